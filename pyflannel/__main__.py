@@ -1,0 +1,3 @@
+from pyflannel.cli import main
+
+raise SystemExit(main())

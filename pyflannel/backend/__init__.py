@@ -1,0 +1,1 @@
+"""Data-plane backends. Each turns the lease table into kernel state on this node."""

@@ -1,0 +1,2 @@
+"""The VXLAN backend: a kernel ``flannel.<VNI>`` device and, per peer, a neighbour, an FDB
+entry and an onlink route."""

@@ -1,0 +1,203 @@
+"""Netlink I/O for the VXLAN backend. Every function takes a pyroute2 ``IPRoute`` first and
+runs on the netlink thread (see pyflannel.netlink); the decisions live in device.py/plan.py.
+
+Ownership: pyflannel touches only its own device, the neighbour/FDB entries on it, and routes
+in the main table that carry its route protocol number ``RTPROT_PYFLANNEL``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
+
+from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
+from pyflannel.backend.vxlan.plan import KernelState, Op, Route
+
+log = logging.getLogger(__name__)
+
+RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
+RT_TABLE_MAIN = 254
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = ndmsg.states["permanent"]
+NTF_SELF = ndmsg.NTF_SELF
+AF_INET = 2
+
+# Errors that mean "already as wanted" for the operation that got them.
+_ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
+
+
+def find_link(ipr, name: str) -> VxlanLink | None:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return None
+    link = ipr.get_links(found[0])[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else ""
+    base = dict(
+        index=link["index"],
+        name=name,
+        kind=kind or "",
+        mac=link.get_attr("IFLA_ADDRESS") or "",
+        mtu=link.get_attr("IFLA_MTU") or 0,
+    )
+    if kind != "vxlan":
+        return VxlanLink(**base)
+    data = info.get_attr("IFLA_INFO_DATA")
+    local = data.get_attr("IFLA_VXLAN_LOCAL")
+    return VxlanLink(
+        **base,
+        vni=data.get_attr("IFLA_VXLAN_ID"),
+        local=IPv4Address(local) if local else None,
+        link_index=data.get_attr("IFLA_VXLAN_LINK") or 0,
+        port=data.get_attr("IFLA_VXLAN_PORT") or 0,
+        learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+        gbp=data.get_attr("IFLA_VXLAN_GBP") is not None,
+    )
+
+
+def create_vxlan(ipr, spec: VxlanSpec, mac: str) -> VxlanLink:
+    attrs = dict(
+        ifname=spec.name,
+        kind="vxlan",
+        address=mac,
+        mtu=spec.mtu,
+        vxlan_id=spec.vni,
+        vxlan_local=str(spec.local),
+        vxlan_link=spec.link_index,
+        vxlan_learning=int(spec.learning),
+    )
+    if spec.port:
+        attrs["vxlan_port"] = spec.port
+    if spec.gbp:
+        attrs["vxlan_gbp"] = True
+    ipr.link("add", **attrs)
+    return find_link(ipr, spec.name)
+
+
+def delete_link(ipr, index: int) -> None:
+    ipr.link("del", index=index)
+
+
+def configure_device(
+    ipr, index: int, name: str, address: IPv4Address, network: IPv4Network, mtu: int
+) -> list[str]:
+    """Make ``address/32`` the device's only address inside ``network``, set the MTU, bring
+    it up, and stop it from taking IPv6 router advertisements. Returns what it changed."""
+    changed = []
+    for msg in ipr.get_addr(index=index, family=AF_INET):
+        ip = IPv4Address(msg.get_attr("IFA_ADDRESS"))
+        if ip in network and (ip != address or msg["prefixlen"] != 32):
+            ipr.addr("del", index=index, address=str(ip), prefixlen=msg["prefixlen"])
+            changed.append(f"removed address {ip}/{msg['prefixlen']}")
+    have = {
+        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=AF_INET)
+    }
+    if address not in have:
+        ipr.addr("replace", index=index, address=str(address), prefixlen=32)
+        changed.append(f"address {address}/32")
+    link = ipr.get_links(index)[0]
+    if link.get_attr("IFLA_MTU") != mtu:
+        ipr.link("set", index=index, mtu=mtu)
+        changed.append(f"MTU {mtu}")
+    if not link["flags"] & 1:  # IFF_UP
+        ipr.link("set", index=index, state="up")
+        changed.append("up")
+    accept_ra = Path(f"/proc/sys/net/ipv6/conf/{name}/accept_ra")
+    try:
+        if accept_ra.read_text().strip() != "0":
+            accept_ra.write_text("0")
+    except OSError:
+        pass  # IPv6 disabled: nothing to turn off
+    return changed
+
+
+def read_state(ipr, index: int) -> KernelState:
+    """What pyflannel owns in the kernel now: permanent IPv4 neighbours and permanent FDB
+    entries on the device, and routes with our protocol number in the main table."""
+    state = KernelState()
+    for msg in ipr.neigh("dump", ifindex=index, family=AF_INET):
+        if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT:
+            state.neighbours[IPv4Address(msg.get_attr("NDA_DST"))] = msg.get_attr("NDA_LLADDR")
+    for msg in ipr.fdb("dump", ifindex=index):
+        dst = msg.get_attr("NDA_DST")
+        if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and dst:
+            state.fdb[msg.get_attr("NDA_LLADDR")] = IPv4Address(dst)
+    for msg in ipr.route("dump", family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL):
+        if msg["proto"] != RTPROT_PYFLANNEL:
+            continue
+        gateway = msg.get_attr("RTA_GATEWAY")
+        dst = IPv4Network((msg.get_attr("RTA_DST") or "0.0.0.0", msg["dst_len"]))
+        onlink = bool(msg["flags"] & RTNH_F_ONLINK) and msg.get_attr("RTA_OIF") == index
+        state.routes[dst] = Route(IPv4Address(gateway) if gateway else IPv4Address(0), onlink)
+    return state
+
+
+def apply_op(ipr, index: int, op: Op) -> None:
+    """Carry out one plan operation; an absent entry on delete counts as success."""
+    try:
+        _OPS[(op.table, op.action)](ipr, index, op.key, op.value)
+    except NetlinkError as e:
+        if op.action == "delete" and e.code in _ABSENT:
+            return
+        raise
+
+
+def _neigh_replace(ipr, index, ip, mac):
+    ipr.neigh("replace", ifindex=index, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
+
+
+def _neigh_delete(ipr, index, ip, mac):
+    ipr.neigh("del", ifindex=index, dst=str(ip), lladdr=mac)
+
+
+def _fdb_replace(ipr, index, mac, dst):
+    ipr.fdb("replace", ifindex=index, lladdr=mac, dst=str(dst), flags=NTF_SELF, state=NUD_PERMANENT)
+
+
+def _fdb_delete(ipr, index, mac, dst):
+    ipr.fdb("del", ifindex=index, lladdr=mac, dst=str(dst), flags=NTF_SELF)
+
+
+def _route_args(index, dst: IPv4Network, route: Route) -> dict:
+    args = dict(
+        dst=str(dst), gateway=str(route.gateway), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL
+    )
+    if route.onlink:
+        args.update(oif=index, flags=RTNH_F_ONLINK)
+    return args
+
+
+def _route_replace(ipr, index, dst, route):
+    ipr.route("replace", **_route_args(index, dst, route))
+
+
+def _route_delete(ipr, index, dst, route):
+    ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL)
+
+
+_OPS = {
+    ("neigh", "replace"): _neigh_replace,
+    ("neigh", "delete"): _neigh_delete,
+    ("fdb", "replace"): _fdb_replace,
+    ("fdb", "delete"): _fdb_delete,
+    ("route", "replace"): _route_replace,
+    ("route", "delete"): _route_delete,
+}
+
+
+def directly_reachable(ipr, ip: IPv4Address, underlay_index: int) -> bool:
+    """DirectRouting: is ``ip`` on a link of ours (no gateway), via the underlay?"""
+    try:
+        routes = ipr.route("get", dst=str(ip))
+    except NetlinkError:
+        return False
+    return (
+        len(routes) == 1
+        and routes[0].get_attr("RTA_GATEWAY") is None
+        and routes[0].get_attr("RTA_OIF") == underlay_index
+    )

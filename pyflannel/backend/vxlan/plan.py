@@ -1,0 +1,167 @@
+"""Desired kernel state for a set of VXLAN peers, and the plan that makes the kernel match it.
+
+Pure: no netlink here. ``KernelState`` describes the three tables pyflannel owns on a node —
+neighbours and FDB entries on its own VXLAN device, and routes carrying its own route
+protocol number — so the same ``diff`` serves start-up, events, and repair after someone
+deleted an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, NamedTuple
+
+from pyflannel.subnet.lease import Lease
+
+VXLAN_BACKEND = "vxlan"
+
+
+class VxlanDataError(ValueError):
+    """A lease's BackendData is not usable VXLAN data."""
+
+
+@dataclass(frozen=True)
+class VtepPeer:
+    """A remote node as the VXLAN data plane needs it."""
+
+    subnet: IPv4Network
+    public_ip: IPv4Address
+    vtep_mac: str
+    direct: bool = False  # DirectRouting and the peer is on our link: plain route, no tunnel
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The peer's VTEP address on the overlay: its subnet's network address."""
+        return self.subnet.network_address
+
+
+def parse_mac(text: Any) -> str:
+    """A 6-byte MAC in Go's HardwareAddr.String() form (lowercase, colon-separated).
+
+    Accepts what Go's net.ParseMAC accepts for EUI-48: ``aa:bb:..``, ``aa-bb-..`` and
+    ``aabb.ccdd.eeff``.
+    """
+    if not isinstance(text, str):
+        raise VxlanDataError("VtepMAC is not a string")
+    if len(text) == 14 and text.count(".") == 2:
+        groups = text.split(".")
+        if not all(len(g) == 4 for g in groups):
+            raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address")
+        octets = [g[i : i + 2] for g in groups for i in (0, 2)]
+    else:
+        octets = text.replace("-", ":").split(":")
+        if len(octets) != 6 or not all(len(o) == 2 for o in octets):
+            raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address")
+    try:
+        return ":".join(f"{int(o, 16):02x}" for o in octets)
+    except ValueError:
+        raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address") from None
+
+
+def vtep_peer(lease: Lease, direct: bool = False) -> VtepPeer:
+    """The VXLAN view of a peer's lease; raises VxlanDataError if it is not a usable one."""
+    if lease.attrs.backend_type != VXLAN_BACKEND:
+        raise VxlanDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not vxlan")
+    data = lease.attrs.backend_data
+    if not isinstance(data, dict):
+        raise VxlanDataError("BackendData is not a JSON object")
+    data = {k.lower(): v for k, v in data.items()}
+    mac = parse_mac(data.get("vtepmac"))
+    if int(mac.split(":")[0], 16) & 1:
+        raise VxlanDataError(f"VtepMAC {mac} is a multicast address")
+    public_ip = lease.attrs.public_ip
+    if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
+        raise VxlanDataError(f"PublicIP {public_ip} cannot be a tunnel endpoint")
+    return VtepPeer(lease.subnet, public_ip, mac, direct)
+
+
+class Route(NamedTuple):
+    gateway: IPv4Address
+    onlink: bool  # True: via the VXLAN device with the onlink flag; False: direct via underlay
+
+
+@dataclass
+class KernelState:
+    """Neighbours (IP -> MAC), FDB (MAC -> remote IP) and routes (subnet -> Route)."""
+
+    neighbours: dict[IPv4Address, str] = field(default_factory=dict)
+    fdb: dict[str, IPv4Address] = field(default_factory=dict)
+    routes: dict[IPv4Network, Route] = field(default_factory=dict)
+
+    def tables(self) -> tuple[tuple[str, dict], ...]:
+        return (("neigh", self.neighbours), ("fdb", self.fdb), ("route", self.routes))
+
+    def add(self, other: KernelState) -> None:
+        for (_, mine), (_, theirs) in zip(self.tables(), other.tables(), strict=True):
+            mine.update(theirs)
+
+    def discard(self, other: KernelState) -> None:
+        """Remove the entries of ``other`` that still have the value ``other`` gave them."""
+        for (_, mine), (_, theirs) in zip(self.tables(), other.tables(), strict=True):
+            for key, value in theirs.items():
+                if mine.get(key) == value:
+                    del mine[key]
+
+    def size(self) -> int:
+        return sum(len(t) for _, t in self.tables())
+
+
+class Op(NamedTuple):
+    action: str  # "replace" | "delete"
+    table: str  # "neigh" | "fdb" | "route"
+    key: Any
+    value: Any
+
+
+def peer_entries(peer: VtepPeer) -> KernelState:
+    if peer.direct:
+        return KernelState(routes={peer.subnet: Route(peer.public_ip, onlink=False)})
+    return KernelState(
+        neighbours={peer.gateway: peer.vtep_mac},
+        fdb={peer.vtep_mac: peer.public_ip},
+        routes={peer.subnet: Route(peer.gateway, onlink=True)},
+    )
+
+
+def desired_state(peers: Iterable[VtepPeer]) -> KernelState:
+    state = KernelState()
+    for peer in peers:
+        state.add(peer_entries(peer))
+    return state
+
+
+def diff(desired: KernelState, actual: KernelState, scope: KernelState | None = None) -> list[Op]:
+    """Operations that turn ``actual`` into ``desired``.
+
+    With ``scope``, only the keys present in ``scope`` are compared (an event touches one
+    peer; there is no need to look at the other thousands). Deletions come first, routes
+    before the entries they use; additions put the route last, as upstream does, so a route
+    never points at a neighbour that is not there yet.
+    """
+    deletes: list[Op] = []
+    replaces: list[Op] = []
+    for (table, want), (_, have), (_, limit) in zip(
+        desired.tables(), actual.tables(), (scope or desired).tables(), strict=True
+    ):
+        keys = limit.keys() if scope is not None else want.keys() | have.keys()
+        for key in keys:
+            if key in want:
+                if have.get(key) != want[key]:
+                    replaces.append(Op("replace", table, key, want[key]))
+            elif key in have:
+                deletes.append(Op("delete", table, key, have[key]))
+    order = {"route": 0, "fdb": 1, "neigh": 2}
+    deletes.sort(key=lambda op: order[op.table])
+    replaces.sort(key=lambda op: -order[op.table])
+    return deletes + replaces
+
+
+def record(actual: KernelState, op: Op) -> None:
+    """Update the model of the kernel after ``op`` succeeded."""
+    table = dict(actual.tables())[op.table]
+    if op.action == "replace":
+        table[op.key] = op.value
+    else:
+        table.pop(op.key, None)

@@ -1,0 +1,63 @@
+"""The ``pyflannel`` command line. Thin: parsing here, behaviour in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pyflannel import __version__
+from pyflannel.errors import OptionsError
+from pyflannel.log import setup_logging
+from pyflannel.options import add_arguments, build_options, normalize_go_flags
+
+log = logging.getLogger("pyflannel")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyflannel",
+        description="Pure-Python overlay network daemon, compatible with flannel.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon on this node",
+        description=(
+            "Lease a subnet from etcd, set up the overlay device and program every peer. "
+            "Every flag can also be given as a FLANNELD_<NAME> environment variable; "
+            "a flag on the command line wins."
+        ),
+    )
+    add_arguments(run)
+    commands.add_parser("version", help="print the version and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    args = parser.parse_args(normalize_go_flags(argv))
+    if args.version or args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "run":
+        return _run(args)
+    parser.print_help()
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        setup_logging()
+        log.error("%s", e)
+        return 1
+    setup_logging(options.v)
+    from pyflannel.daemon import serve  # keeps `pyflannel --help` fast
+
+    return asyncio.run(serve(options))

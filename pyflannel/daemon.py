@@ -1,0 +1,269 @@
+"""``pyflannel run``: wires etcd, the lease, the backend and the kernel together.
+
+Start-up order follows upstream main.go: config from etcd (retried every second), external
+interface, backend device, lease, device address, subnet.env, then the peer watch and the
+renewal loop, then READY=1. On SIGTERM/SIGINT it stops and exits 0, leaving the lease, the
+device and all peer entries in place so that a restart does not interrupt traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from ipaddress import IPv4Address
+
+from pyflannel import sd_notify
+from pyflannel.backend.vxlan.backend import VxlanBackend
+from pyflannel.backoff import Backoff, Outage
+from pyflannel.config import NetworkConfig, parse_network_config
+from pyflannel.errors import BackendError, ConfigError, EtcdUnavailable, FlannelError
+from pyflannel.etcd.client import EtcdClient, TLSFiles
+from pyflannel.etcd.registry import Registry
+from pyflannel.iface import ExtIface, read_interfaces, route_source, select_ext_iface
+from pyflannel.lease_keeper import LeaseKeeper
+from pyflannel.netlink import Netlink
+from pyflannel.options import Options
+from pyflannel.peer_watch import PeerWatch
+from pyflannel.subnet.env_file import SubnetEnv, previous_subnet, write_atomic
+from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.table import LeaseTable, PeerChanges
+
+log = logging.getLogger(__name__)
+
+CONFIG_RETRY = 1.0  # seconds, as upstream
+CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
+PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
+
+
+class Daemon:
+    def __init__(self, options: Options):
+        self.options = options
+        self.started = time.time()
+        self.client = EtcdClient(
+            options.etcd_endpoints,
+            username=options.etcd_username,
+            password=options.etcd_password,
+            tls=TLSFiles(options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile),
+        )
+        self.registry = Registry(self.client, options.etcd_prefix)
+        self.netlink = Netlink()
+        self.network: NetworkConfig | None = None
+        self.ext: ExtIface | None = None
+        self.backend: VxlanBackend | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.table: LeaseTable | None = None
+        self.watch: PeerWatch | None = None
+        self.ready = asyncio.Event()
+
+    # -- start-up --------------------------------------------------------------------------
+
+    async def load_config(self) -> NetworkConfig:
+        """The network config, waiting (1 s retries) until it exists and is valid."""
+        last_error, last_logged = "", 0.0
+        etcd = Outage(log, "etcd unreachable while reading the network config")
+        while True:
+            try:
+                cfg = parse_network_config(await self.registry.network_config())
+                etcd.ok()
+                return cfg
+            except EtcdUnavailable as e:
+                etcd.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
+            except ConfigError as e:
+                etcd.ok()
+                now = time.monotonic()
+                if str(e) != last_error or now - last_logged > CONFIG_REMINDER:
+                    log.error(
+                        "network config at %s: %s; retrying every %.0f s",
+                        self.registry.config_key,
+                        e,
+                        CONFIG_RETRY,
+                    )
+                    last_error, last_logged = str(e), now
+            await asyncio.sleep(CONFIG_RETRY)
+
+    async def _external_interface(self) -> ExtIface:
+        o = self.options
+        interfaces, default = await self.netlink.call(read_interfaces)
+        can_reach = None
+        if o.iface_can_reach:
+            can_reach = await self.netlink.call(route_source, IPv4Address(o.iface_can_reach))
+        return select_ext_iface(
+            interfaces,
+            iface=o.iface,
+            iface_regex=o.iface_regex,
+            public_ip=o.public_ip_address,
+            default_route_index=default,
+            can_reach=can_reach,
+        )
+
+    def _make_backend(self, cfg: NetworkConfig, ext: ExtIface) -> VxlanBackend:
+        kind = cfg.backend_type.lower()
+        if kind != "vxlan":
+            raise BackendError(
+                f"backend type {cfg.backend_type!r} is not supported by this pyflannel "
+                "(supported: vxlan)"
+            )
+        return VxlanBackend(self.netlink, cfg, ext)
+
+    async def start(self) -> None:
+        o = self.options
+        log.info(
+            "pyflannel starting: etcd %s, prefix %s", ",".join(o.etcd_endpoints), o.etcd_prefix
+        )
+        cfg = self.network = await self.load_config()
+        if not cfg.enable_ipv4:
+            raise ConfigError("EnableIPv4 is false: IPv6-only networks are not supported")
+        if cfg.enable_ipv6:
+            log.warning("EnableIPv6 is set, but pyflannel carries IPv4 only; IPv6 is ignored")
+        self.ext = await self._external_interface()
+        log.info("using interface %s", self.ext.describe())
+        self.backend = self._make_backend(cfg, self.ext)
+        attrs = await self.backend.prepare()
+        self.keeper = LeaseKeeper(
+            self.registry,
+            public_ip=self.ext.public_ip,
+            ttl=o.subnet_lease_ttl,
+            renew_margin=o.subnet_lease_renew_margin * 60,
+            load_config=self.load_config,
+            on_change=self._lease_changed,
+        )
+        lease = await self.keeper.acquire(attrs, previous_subnet(o.subnet_file))
+        await self.backend.assign(lease)
+        self._write_subnet_file(lease)
+        self.table = LeaseTable(cfg.network, own=lease.subnet)
+        self.watch = PeerWatch(
+            self.registry,
+            self.table,
+            self._peers_changed,
+            on_own_event=self.keeper.notice,
+            on_snapshot=self.keeper.verify,
+        )
+
+    def _write_subnet_file(self, lease: Lease) -> None:
+        env = SubnetEnv(self.network.network, lease.subnet, self.backend.mtu, self.options.ip_masq)
+        if write_atomic(self.options.subnet_file, env.render()):
+            log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, lease.subnet, env.mtu)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _peers_changed(self, changes: PeerChanges) -> None:
+        for key, reason in changes.ignored:
+            log.warning("ignoring etcd key %s: %s", key, reason)
+        if not changes:
+            return
+        detail = len(changes.added) + len(changes.removed) <= PEER_LOG_LIMIT
+        for lease in changes.added:
+            (log.info if detail else log.debug)(
+                "peer %s at %s (%s) added",
+                lease.subnet,
+                lease.attrs.public_ip,
+                lease.attrs.backend_type or "udp",
+            )
+        for lease in changes.removed:
+            (log.info if detail else log.debug)(
+                "peer %s at %s removed", lease.subnet, lease.attrs.public_ip
+            )
+        if not detail:
+            log.info(
+                "%d peers added or changed, %d removed", len(changes.added), len(changes.removed)
+            )
+        await self.backend.update_peers(changes)
+
+    async def _lease_changed(self, old: Lease | None, new: Lease) -> None:
+        await self.backend.assign(new)
+        await self._peers_changed(self.table.set_own(new.subnet))
+        self._write_subnet_file(new)
+
+    async def _reconcile_loop(self) -> None:
+        interval = self.options.reconcile_interval
+        backoff = Backoff(first=1.0, cap=interval)
+        while True:
+            try:
+                report = await self.backend.reconcile()
+            except FlannelError as e:
+                log.error("could not reconcile the data plane: %s; retrying", e)
+                await asyncio.sleep(backoff.next())
+                continue
+            if report.repaired:
+                log.warning("kernel state repaired: %s", "; ".join(report.repaired[:20]))
+            if report.failed:
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            try:
+                await asyncio.wait_for(self.backend.repair_wanted.wait(), interval)
+            except TimeoutError:
+                pass
+            self.backend.repair_wanted.clear()
+
+    async def run(self) -> None:
+        await self.start()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.watch.run(), name="peer-watch")
+            await self.watch.synced.wait()
+            # Only now is the desired state known: reconciling earlier would remove the
+            # entries of every peer.
+            tasks.create_task(self._reconcile_loop(), name="reconcile")
+            tasks.create_task(self.keeper.run(), name="lease-keeper")
+            self.ready.set()
+            log.info(
+                "ready in %.2f s: subnet %s, %d peers, backend %s on %s",
+                time.time() - self.started,
+                self.keeper.lease.subnet,
+                len(self.table.peers()),
+                self.backend.name,
+                self.backend.device.name,
+            )
+            sd_notify.notify(f"READY=1\nSTATUS=subnet {self.keeper.lease.subnet}")
+
+    async def close(self) -> None:
+        await self.client.close()
+        self.netlink.close()
+
+
+async def serve(options: Options) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit status for the process."""
+    daemon = Daemon(options)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    stopping = False
+
+    def stop(signame: str) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.info("received %s, shutting down (the data plane stays in place)", signame)
+            sd_notify.notify("STOPPING=1")
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig.name)
+    try:
+        await daemon.run()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    except FlannelError as e:
+        log.error("%s", e)
+        return 1
+    except ExceptionGroup as group:  # from the task group of the running daemon
+        errors = group.subgroup(FlannelError)
+        if errors is None or errors is not group:
+            raise
+        for e in _leaves(errors):
+            log.error("%s", e)
+        return 1
+    finally:
+        await daemon.close()
+    log.info("Exiting cleanly...")
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup):
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e

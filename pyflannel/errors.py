@@ -1,0 +1,55 @@
+"""The daemon's error hierarchy.
+
+Every error carries a message an operator can act on. ``retryable`` says whether the daemon
+should wait and try again (etcd unreachable, config not there yet) or give up (bad flags).
+"""
+
+
+class FlannelError(Exception):
+    """Base class for errors pyflannel expects and reports without a traceback."""
+
+    retryable = False
+
+
+class ConfigError(FlannelError):
+    """The network configuration in etcd is missing or invalid (the operator can fix it live)."""
+
+    retryable = True
+
+
+class ConfigNotFound(ConfigError):
+    pass
+
+
+class OptionsError(FlannelError):
+    """A command-line flag or FLANNELD_* variable is invalid."""
+
+
+class InterfaceError(FlannelError):
+    """No usable external interface / public IP could be determined."""
+
+
+class EtcdUnavailable(FlannelError):
+    """etcd could not be reached (or timed out); the caller retries with backoff."""
+
+    retryable = True
+
+
+class RevisionCompacted(FlannelError):
+    """A watch asked for history etcd has already compacted; re-list and diff."""
+
+    retryable = True
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"etcd history compacted up to revision {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class OutOfSubnets(FlannelError):
+    """Every subnet of the network is leased."""
+
+    retryable = True
+
+
+class BackendError(FlannelError):
+    """The data plane could not be set up (device creation failed, ...)."""

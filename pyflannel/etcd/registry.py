@@ -1,0 +1,166 @@
+"""Upstream flannel's etcd schema: ``<prefix>/config`` and ``<prefix>/subnets/<key>``.
+
+Every write is conditional (a transaction on the key's mod_revision), so a node never
+overwrites a lease another node wrote after it looked; upstream's renewals and reuse are
+unconditional puts. Decoding problems are reported per key, never for the whole list.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from pyflannel.errors import ConfigNotFound
+from pyflannel.etcd.client import EtcdClient, KeyValue
+from pyflannel.subnet.key import parse_subnet_key, subnet_key
+from pyflannel.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
+
+log = logging.getLogger(__name__)
+
+
+def join_key(prefix: str, *parts: str) -> str:
+    """Go's path.Join for keys: no empty elements, no trailing slash."""
+    elements = [p for part in (prefix, *parts) for p in part.split("/") if p]
+    return ("/" if prefix.startswith("/") else "") + "/".join(elements)
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One change under ``<prefix>/subnets/``. ``lease`` is None for a deletion, and also for a
+    put whose value could not be decoded (then ``problem`` says why)."""
+
+    kind: str  # "put" | "delete"
+    key: str
+    subnet: IPv4Network | None
+    revision: int
+    lease: Lease | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class LeaseBatch:
+    revision: int  # resume the watch after this
+    events: list[LeaseEvent]
+
+
+class Registry:
+    def __init__(self, client: EtcdClient, prefix: str = "/coreos.com/network"):
+        self.client = client
+        self.prefix = prefix
+        self.config_key = join_key(prefix, "config")
+        # Upstream lists "<prefix>/subnets" without the slash, which would also match a
+        # sibling such as "<prefix>/subnets-old/..."; every lease key has the slash.
+        self.subnets_prefix = join_key(prefix, "subnets") + "/"
+
+    def lease_key(self, subnet: IPv4Network) -> str:
+        return self.subnets_prefix + subnet_key(subnet)
+
+    async def network_config(self) -> bytes:
+        kv, _ = await self.client.get(self.config_key.encode())
+        if kv is None:
+            raise ConfigNotFound(
+                f"flannel config not found in etcd store at {self.config_key}. "
+                "Did you create your config using etcdv3 API?"
+            )
+        return kv.value
+
+    async def list_leases(self) -> tuple[list[Lease], int, list[tuple[str, str]]]:
+        """All decodable leases in key order, the store revision, and (key, problem) skipped."""
+        kvs, revision = await self.client.get_prefix(self.subnets_prefix.encode())
+        leases: list[Lease] = []
+        skipped: list[tuple[str, str]] = []
+        for kv in kvs:
+            event = self._decode("put", kv)
+            if event.lease is None:
+                skipped.append((event.key, event.problem))
+            else:
+                leases.append(event.lease)
+        return leases, revision, skipped
+
+    async def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        kv, _ = await self.client.get(self.lease_key(subnet).encode())
+        return None if kv is None else self._decode("put", kv).lease
+
+    async def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Write a new lease if the key does not exist; None if another node has it."""
+        lease_id, _ = await self.client.grant(ttl)
+        return await self._write(subnet, attrs, lease_id, mod_revision=0, ttl=ttl, fresh=True)
+
+    async def replace_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Take over ``old`` (ours from before a restart) with new attrs, if nobody touched it
+        since it was read. A reservation (no etcd lease) stays a reservation."""
+        if old.is_reservation:
+            return await self._write(old.subnet, attrs, 0, mod_revision=old.mod_revision, ttl=0)
+        lease_id, _ = await self.client.grant(ttl)
+        lease = await self._write(
+            old.subnet, attrs, lease_id, mod_revision=old.mod_revision, ttl=ttl, fresh=True
+        )
+        if lease is not None:
+            await self._revoke_if_unused(old.lease_id)
+        return lease
+
+    async def _write(
+        self, subnet, attrs, lease_id: int, *, mod_revision: int, ttl: int, fresh: bool = False
+    ) -> Lease | None:
+        key = self.lease_key(subnet).encode()
+        try:
+            revision = await self.client.put_if(
+                key, attrs.to_json(), lease=lease_id, mod_revision=mod_revision
+            )
+        except BaseException:
+            if fresh:
+                await self._revoke_quietly(lease_id)
+            raise
+        if revision is None:
+            if fresh:
+                await self._revoke_quietly(lease_id)
+            return None
+        return Lease(subnet, attrs, lease_id=lease_id, mod_revision=revision, ttl=ttl)
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await self.client.revoke(lease_id)
+        except Exception as e:  # the lease expires by itself; nothing is lost
+            log.debug("could not revoke unused etcd lease %x: %s", lease_id, e)
+
+    async def _revoke_if_unused(self, lease_id: int) -> None:
+        """Upstream leaves the previous etcd lease to expire; revoke it if no key uses it."""
+        if not lease_id:
+            return
+        try:
+            ttl, keys = await self.client.time_to_live(lease_id, keys=True)
+            if ttl > 0 and not keys:
+                await self.client.revoke(lease_id)
+        except Exception as e:
+            log.debug("could not revoke previous etcd lease %x: %s", lease_id, e)
+
+    async def keepalive(self, lease: Lease) -> int:
+        """Refresh the etcd lease behind ``lease``; its TTL, or 0 if it is gone."""
+        return await self.client.keepalive(lease.lease_id)
+
+    async def delete_lease(self, lease: Lease) -> bool:
+        """Delete ``lease`` only if it is unchanged since it was read."""
+        return await self.client.delete_if(
+            self.lease_key(lease.subnet).encode(), mod_revision=lease.mod_revision
+        )
+
+    async def watch_leases(self, start_revision: int) -> AsyncIterator[LeaseBatch]:
+        async for resp in self.client.watch_prefix(self.subnets_prefix.encode(), start_revision):
+            yield LeaseBatch(resp.revision, [self._decode(ev.type, ev.kv) for ev in resp.events])
+
+    def _decode(self, kind: str, kv: KeyValue) -> LeaseEvent:
+        key = kv.key.decode(errors="replace")
+        parsed = parse_subnet_key(key)
+        if parsed is None:
+            return LeaseEvent(kind, key, None, kv.mod_revision, problem="not a subnet key")
+        subnet, ipv6_subnet = parsed
+        if kind == "delete":
+            return LeaseEvent(kind, key, subnet, kv.mod_revision)
+        try:
+            attrs = LeaseAttrs.from_json(kv.value)
+        except LeaseDecodeError as e:
+            return LeaseEvent(kind, key, subnet, kv.mod_revision, problem=f"bad value: {e}")
+        lease = Lease(subnet, attrs, ipv6_subnet, lease_id=kv.lease, mod_revision=kv.mod_revision)
+        return LeaseEvent(kind, key, subnet, kv.mod_revision, lease=lease)

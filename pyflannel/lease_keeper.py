@@ -1,0 +1,239 @@
+"""This node's subnet lease as a state machine: acquire, keep (renew), lose, re-acquire.
+
+Differences from upstream (local_manager.go), all deliberate:
+- every write is conditional, and a lost creation race is retried with another subnet
+  (upstream exits 1 on a collision);
+- renewal refreshes the etcd lease with a keepalive instead of re-putting the key, so peers
+  see no event; it happens at half the TTL at the latest, and retries with backoff through
+  etcd outages;
+- a lost lease (expired while partitioned, deleted or taken over) is re-acquired — the same
+  subnet if it is still free — instead of the daemon exiting; the caller then moves the data
+  plane and rewrites subnet.env;
+- a reservation (key without an etcd lease) stays a reservation (upstream issue #1329).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.backoff import Backoff, Outage
+from pyflannel.config import NetworkConfig
+from pyflannel.errors import EtcdUnavailable, FlannelError, OutOfSubnets
+from pyflannel.etcd.registry import LeaseEvent, Registry
+from pyflannel.subnet.allocate import choose_subnet
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+RACE_ATTEMPTS = 20  # per acquisition; each lost race excludes the subnet it lost
+OUT_OF_SUBNETS_RETRY = 10.0  # seconds
+
+
+def renewal_delay(remaining: float, margin: float) -> float:
+    """Seconds until the next renewal, given the seconds left on the lease.
+
+    Upstream renews ``margin`` before expiry (23 h into a 24 h lease). We renew then or at
+    half the remaining time, whichever is sooner, so a long etcd outage at the wrong moment
+    still leaves hours of retries; with a TTL shorter than the margin, every third of it.
+    """
+    if remaining > margin:
+        return max(min(remaining - margin, remaining / 2), 1.0)
+    return max(remaining / 3, 0.5)
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        public_ip: IPv4Address,
+        ttl: int,
+        renew_margin: float,
+        load_config: Callable[[], Awaitable[NetworkConfig]],
+        on_change: Callable[[Lease | None, Lease], Awaitable[None]],
+    ):
+        self.registry = registry
+        self.public_ip = public_ip
+        self.ttl = ttl
+        self.renew_margin = renew_margin
+        self.load_config = load_config
+        self.on_change = on_change
+        self.lease: Lease | None = None
+        self.attrs: LeaseAttrs | None = None
+        self.expires_at = 0.0  # monotonic; meaningless for reservations
+        self.last_renewal: float | None = None  # wall clock, for status
+        self.renewals = 0
+        self._alarm = asyncio.Event()
+        self._alarm_reason = ""
+
+    # -- acquisition -----------------------------------------------------------------------
+
+    async def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None = None) -> Lease:
+        """Get a lease, retrying through etcd trouble and full networks until it succeeds."""
+        self.attrs = attrs
+        outage = Outage(log, "etcd unreachable while acquiring a subnet lease")
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
+            try:
+                lease = await self._try_acquire(await self.load_config(), attrs, previous)
+            except EtcdUnavailable as e:
+                outage.failed(e)
+                await asyncio.sleep(backoff.next())
+                continue
+            except OutOfSubnets as e:
+                log.error("%s; retrying in %.0f s", e, OUT_OF_SUBNETS_RETRY)
+                await asyncio.sleep(OUT_OF_SUBNETS_RETRY)
+                continue
+            outage.ok()
+            self._hold(lease)
+            return lease
+
+    async def _try_acquire(
+        self, cfg: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | None
+    ) -> Lease:
+        lost: set[IPv4Network] = set()
+        for _ in range(RACE_ATTEMPTS):
+            leases, _, _ = await self.registry.list_leases()
+            claim = choose_subnet(cfg, leases, self.public_ip, previous, exclude=lost)
+            for stale in claim.stale:
+                log.warning(
+                    "deleting this node's lease %s: it no longer fits the network config",
+                    stale.subnet,
+                )
+                await self.registry.delete_lease(stale)
+            if claim.existing is not None:
+                lease = await self.registry.replace_lease(claim.existing, attrs, self.ttl)
+            else:
+                lease = await self.registry.create_lease(claim.subnet, attrs, self.ttl)
+            if lease is not None:
+                if claim.reason == "reuse":
+                    log.info(
+                        "Found lease %s for current IP (%s), reusing", lease.subnet, self.public_ip
+                    )
+                elif claim.reason == "previous":
+                    log.info(
+                        "Reusing previously leased subnet %s from the subnet file", lease.subnet
+                    )
+                else:
+                    log.info(
+                        "Allocated lease %s to current node (%s)", lease.subnet, self.public_ip
+                    )
+                return lease
+            log.info("subnet %s was taken by another node meanwhile; choosing again", claim.subnet)
+            lost.add(claim.subnet)
+            await asyncio.sleep(random.uniform(0.01, 0.1))
+        raise EtcdUnavailable(
+            f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
+        )
+
+    def _hold(self, lease: Lease) -> None:
+        self.lease = lease
+        self.expires_at = time.monotonic() + lease.ttl
+        self.last_renewal = time.time()
+
+    # -- events from the peer watch --------------------------------------------------------
+
+    def notice(self, event: LeaseEvent) -> None:
+        """An etcd event on our own key: a deletion or someone else's write means we lost it."""
+        lease = self.lease
+        if lease is None or event.subnet != lease.subnet or event.revision <= lease.mod_revision:
+            return
+        if event.kind == "delete":
+            self._wake("lease deleted from etcd (expired, or removed by an operator)")
+        elif event.lease is not None and event.lease.attrs.public_ip == self.public_ip:
+            self.lease = event.lease  # rewritten for us, e.g. turned into a reservation
+        else:
+            owner = event.lease.attrs.public_ip if event.lease else "someone"
+            self._wake(f"lease overwritten by {owner}")
+
+    def verify(self) -> None:
+        """Check our key in etcd (after a re-list, when events may have been missed)."""
+        self._wake("verify")
+
+    def _wake(self, reason: str) -> None:
+        self._alarm_reason = reason
+        self._alarm.set()
+
+    # -- keeping it ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Renew forever; on loss, re-acquire and report the change."""
+        while True:
+            lease = self.lease
+            assert lease is not None, "acquire() first"
+            timeout = None
+            if not lease.is_reservation:
+                timeout = renewal_delay(self.expires_at - time.monotonic(), self.renew_margin)
+            try:
+                await asyncio.wait_for(self._alarm.wait(), timeout)
+                self._alarm.clear()
+                reason = self._alarm_reason
+                lost = reason if reason != "verify" else await self._check()
+            except TimeoutError:
+                lost = await self._renew()
+            if lost:
+                await self._reacquire(lost)
+
+    async def _check(self) -> str:
+        lease = self.lease
+        outage = Outage(log, "etcd unreachable while checking this node's lease")
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
+            try:
+                current = await self.registry.get_lease(lease.subnet)
+                break
+            except EtcdUnavailable as e:
+                outage.failed(e)
+                await asyncio.sleep(backoff.next())
+        outage.ok()
+        if current is None:
+            return "lease no longer in etcd"
+        if current.attrs.public_ip != self.public_ip:
+            return f"lease now held by {current.attrs.public_ip}"
+        self.lease = current
+        return ""
+
+    async def _renew(self) -> str:
+        lease = self.lease
+        outage = Outage(log, f"etcd unreachable while renewing lease {lease.subnet}")
+        backoff = Backoff(first=1.0, cap=30.0)
+        while True:
+            try:
+                ttl = await self.registry.keepalive(lease)
+                break
+            except EtcdUnavailable as e:
+                left = self.expires_at - time.monotonic()
+                outage.failed(e, f"retrying; the lease has {max(left, 0):.0f} s left")
+                await asyncio.sleep(backoff.next())
+        outage.ok()
+        if ttl <= 0:
+            return "etcd lease expired"
+        self.expires_at = time.monotonic() + ttl
+        self.last_renewal = time.time()
+        self.renewals += 1
+        log.debug("renewed lease %s for %d s", lease.subnet, ttl)
+        return ""
+
+    async def _reacquire(self, reason: str) -> None:
+        old = self.lease
+        log.error("LEASE LOST: %s: %s; re-acquiring", old.subnet, reason)
+        try:
+            new = await self.acquire(self.attrs, previous=old.subnet)
+        except FlannelError as e:  # pragma: no cover - acquire retries internally
+            log.error("could not re-acquire a lease: %s", e)
+            raise
+        if new.subnet != old.subnet:
+            log.error(
+                "SUBNET CHANGED: %s -> %s. Pods on the old subnet lose connectivity until "
+                "they are recreated with addresses from the new one.",
+                old.subnet,
+                new.subnet,
+            )
+        else:
+            log.warning("lease %s re-acquired", new.subnet)
+        await self.on_change(old, new)

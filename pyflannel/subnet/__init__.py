@@ -1,0 +1,1 @@
+"""Subnets and leases: the etcd schema shared with upstream flannel, as pure data and functions."""

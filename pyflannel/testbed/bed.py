@@ -1,0 +1,359 @@
+"""Several "minions" on one machine: etcd and N hosts in network namespaces on a bridge.
+
+Layout (../shared/testbed.md): namespace ``<prefix>lan`` holds bridge ``br0`` (the switch,
+198.51.100.254/24) and etcd on 198.51.100.254:2379; host ``i`` is namespace ``<prefix>h<i>``
+with ``eth0`` = 198.51.100.<i>/24, a veth created directly between the two namespaces so no
+end ever exists in the root namespace. Pods are namespaces ``<prefix>h<i>p`` behind a
+``cni0`` bridge holding the first address of the node's subnet, like the CNI bridge plugin.
+
+Used by the tests, ``bench/`` and the demo. ``close()`` removes everything, also after errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_interface
+from pathlib import Path
+
+from pyflannel.subnet.env_file import parse_env
+from pyflannel.testbed import netns
+from pyflannel.testbed.etcd import EtcdServer
+
+UNDERLAY = "198.51.100"
+ETCD_IP = f"{UNDERLAY}.254"
+DEFAULT_PREFIX = "/coreos.com/network"
+VXLAN_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
+
+_beds = itertools.count()
+
+
+@dataclass
+class PingResult:
+    sent: int
+    received: int
+    rtts: list[float]
+    output: str
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+def parse_ping(output: str) -> PingResult:
+    m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", output)
+    sent, received = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", output)]
+    return PingResult(sent, received, rtts, output)
+
+
+class Node:
+    """One host namespace and the pyflannel daemon that may run in it."""
+
+    def __init__(self, bed: TestBed, index: int):
+        self.bed = bed
+        self.index = index
+        self.ns = f"{bed.prefix}h{index}"
+        self.pod_ns = f"{bed.prefix}h{index}p"
+        self.underlay_ip = IPv4Address(f"{UNDERLAY}.{index}")
+        self.dir = bed.workdir / f"h{index}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.subnet_file = self.dir / "subnet.env"
+        self.log_path = self.dir / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+        self.pod_ip: IPv4Address | None = None
+
+    # -- the daemon ------------------------------------------------------------------------
+
+    def daemon_command(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "run",
+            f"--etcd-endpoints={self.bed.etcd.url}",
+            "--iface=eth0",
+            f"--subnet-file={self.subnet_file}",
+            *args,
+        ]
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Node:
+        assert not self.running, f"daemon on {self.ns} already running"
+        log = open(self.log_path, "ab")
+        log.write(f"---- start {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *self.daemon_command(*args)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the daemon and wait for it; its exit status (None if it was not running)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match:
+        """Wait until the daemon log (from byte ``after``) matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log()[after:])
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.ns}: no {pattern!r} in log:\n{self.log()[-3000:]}")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.ns}: daemon exited {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.05)
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, str]:
+        """Wait for the daemon to write subnet.env and report ready; the file's values."""
+        self.wait_log(r"ready in [\d.]+ s", timeout, after=self._log_mark())
+        return self.subnet_env()
+
+    def _log_mark(self) -> int:
+        text = self.log()
+        return text.rfind("---- start")
+
+    def subnet_env(self) -> dict[str, str]:
+        return parse_env(self.subnet_file.read_text())
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return ip_interface(self.subnet_env()["FLANNEL_SUBNET"]).network
+
+    @property
+    def mtu(self) -> int:
+        return int(self.subnet_env()["FLANNEL_MTU"])
+
+    # -- inside the namespace --------------------------------------------------------------
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30):
+        return netns.run(list(cmd), ns=self.ns, check=check, timeout=timeout)
+
+    def ip_json(self, *args: str) -> list[dict]:
+        return netns.ip_json(self.ns, *args)
+
+    def add_pod(self) -> IPv4Address:
+        """A pod namespace on ``cni0`` with the subnet's second address, MTU from subnet.env."""
+        subnet, mtu = self.subnet, self.mtu
+        gateway, pod = subnet.network_address + 1, subnet.network_address + 2
+        if netns.ip(self.ns, "link", "show", "cni0", check=False).returncode == 0:
+            netns.ip(self.ns, "link", "del", "cni0")
+        if self.pod_ns in netns.list_namespaces():
+            netns.delete(self.pod_ns)
+        netns.sysctl(self.ns, "net.ipv4.ip_forward", "1")
+        netns.ip(self.ns, "link", "add", "cni0", "type", "bridge")
+        netns.ip(self.ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", "cni0")
+        netns.create(self.pod_ns)
+        netns.ip(
+            self.ns,
+            "link",
+            "add",
+            "vp0",
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.pod_ns,
+            "mtu",
+            str(mtu),
+        )
+        netns.ip(self.ns, "link", "set", "vp0", "master", "cni0", "up")
+        netns.ip(self.ns, "link", "set", "cni0", "up")
+        netns.ip(self.pod_ns, "addr", "add", f"{pod}/{subnet.prefixlen}", "dev", "eth0")
+        netns.ip(self.pod_ns, "link", "set", "eth0", "up")
+        netns.ip(self.pod_ns, "route", "add", "default", "via", str(gateway))
+        self.pod_ip = pod
+        return pod
+
+    def ping(
+        self,
+        dst,
+        count: int = 3,
+        interval: float = 0.2,
+        size: int | None = None,
+        dont_fragment: bool = False,
+        wait: float = 1.0,
+        from_pod: bool = True,
+    ) -> PingResult:
+        cmd = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait)]
+        if size is not None:
+            cmd += ["-s", str(size)]
+        if dont_fragment:
+            cmd += ["-M", "do"]
+        proc = netns.run(
+            [*cmd, str(dst)],
+            ns=self.pod_ns if from_pod else self.ns,
+            check=False,
+            timeout=count * interval + wait + 10,
+        )
+        return parse_ping(proc.stdout + proc.stderr)
+
+    def start_ping(self, dst, interval: float = 0.05, count: int | None = None) -> subprocess.Popen:
+        """A continuous ping from the pod; end it with ``finish_ping``."""
+        cmd = ["ip", "netns", "exec", self.pod_ns, "ping", "-n", "-i", str(interval), "-W", "1"]
+        if count:
+            cmd += ["-c", str(count)]
+        return subprocess.Popen(
+            [*cmd, str(dst)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    @staticmethod
+    def finish_ping(
+        proc: subprocess.Popen, interrupt: bool = False, timeout: float = 30
+    ) -> PingResult:
+        """Wait for a ping from ``start_ping`` (or interrupt it) and parse its summary."""
+        if interrupt and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=timeout)
+        return parse_ping(out)
+
+    # -- kernel state ----------------------------------------------------------------------
+
+    def routes(self) -> list[dict]:
+        return self.ip_json("route", "show", "proto", "152")
+
+    def neighbours(self, dev: str = "flannel.1") -> list[dict]:
+        return [
+            n
+            for n in self.ip_json("neigh", "show", "dev", dev)
+            if "PERMANENT" in n.get("state", [])
+        ]
+
+    def fdb(self, dev: str = "flannel.1") -> list[dict]:
+        out = netns.run(["bridge", "-j", "fdb", "show", "dev", dev], ns=self.ns).stdout.strip()
+        return [e for e in (json.loads(out) if out else []) if e.get("dst")]
+
+
+class TestBed:
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None):
+        self.prefix = f"pf{os.getpid()}x{next(_beds)}-"
+        self.lan = f"{self.prefix}lan"
+        self.mtu = mtu
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pf-bed-"))
+        self.nodes = [Node(self, i) for i in range(1, hosts + 1)]
+        self.etcd = EtcdServer(
+            host=ETCD_IP,
+            client_port=2379,
+            peer_port=2380,
+            netns=self.lan,
+            data_dir=str(self.workdir / "etcd"),
+        )
+        self._namespaces: list[str] = []
+
+    def __enter__(self) -> TestBed:
+        try:
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def setup(self) -> None:
+        self._create(self.lan)
+        netns.ip(self.lan, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
+        netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
+        netns.ip(self.lan, "link", "set", "br0", "up")
+        for node in self.nodes:
+            self._create(node.ns)
+            port = f"v{node.index}"
+            netns.ip(
+                self.lan,
+                "link",
+                "add",
+                port,
+                "mtu",
+                str(self.mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                node.ns,
+                "mtu",
+                str(self.mtu),
+            )
+            netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
+            netns.ip(node.ns, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
+            netns.ip(node.ns, "link", "set", "eth0", "up")
+        self.etcd.start()
+
+    def _create(self, name: str) -> None:
+        netns.create(name)
+        self._namespaces.append(name)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            try:
+                node.stop(timeout=5)
+            except Exception:
+                pass
+        try:
+            self.etcd.stop()
+        except Exception:
+            pass
+        for node in self.nodes:
+            if node.pod_ns in netns.list_namespaces():
+                netns.delete(node.pod_ns)
+        for name in reversed(self._namespaces):
+            netns.delete(name)
+        self._namespaces.clear()
+        if self._own_workdir and not os.environ.get("PYFLANNEL_KEEP_BED"):
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def put_config(self, config: dict | str = None, prefix: str = DEFAULT_PREFIX) -> None:
+        text = config if isinstance(config, str) else json.dumps(config or VXLAN_CONFIG)
+        self.etcd.put(f"{prefix}/config", text)
+
+    def leases(self, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+        out = self.etcd.ctl("get", f"{prefix}/subnets/", "--prefix").stdout.splitlines()
+        return dict(zip(out[0::2], out[1::2], strict=False))

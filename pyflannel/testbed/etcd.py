@@ -1,0 +1,147 @@
+"""A throwaway etcd server (Debian's etcd-server) with faults on demand: stop, continue,
+kill, restart on the same data directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pyflannel.testbed.netns import run
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        netns: str | None = None,
+        data_dir: str | None = None,
+        name: str = "pyflannel-test",
+    ):
+        self.host = host
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.netns = netns
+        self.name = name
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="pf-etcd-"))
+        self.log_path = self.data_dir.with_suffix(".log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    def command(self) -> list[str]:
+        peer = f"http://{self.host}:{self.peer_port}"
+        cmd = [
+            ETCD,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir / 'data'}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster={self.name}={peer}",
+            "--log-level=error",
+            "--logger=zap",
+        ]
+        return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
+
+    def start(self, timeout: float = 15.0) -> EtcdServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        log.close()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited {self.proc.returncode}: {self.log_tail()}")
+            if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd at {self.url} not healthy after {timeout} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 20, input: str | None = None):
+        """Run etcdctl (v3 API) against this server."""
+        cmd = [
+            ETCDCTL,
+            f"--endpoints={self.url}",
+            "--dial-timeout=2s",
+            "--command-timeout=5s",
+            *args,
+        ]
+        env = dict(os.environ, ETCDCTL_API="3")
+        return run(cmd, ns=self.netns, check=check, timeout=timeout, env=env, input=input)
+
+    def put(self, key: str, value: str) -> None:
+        # Through stdin, so values starting with "-" or holding newlines arrive intact.
+        self.ctl("put", key, input=value)
+
+    def get(self, key: str) -> str | None:
+        out = self.ctl("get", key, "--print-value-only").stdout
+        return out[:-1] if out.endswith("\n") else (out or None)
+
+    def signal(self, sig: int) -> None:
+        # Under `ip netns exec` the etcd process replaces ip (exec), so the PID is etcd's.
+        os.kill(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Kill (if running) and start again on the same data directory."""
+        self.kill()
+        self.start(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.resume()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
