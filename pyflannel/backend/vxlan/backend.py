@@ -28,6 +28,7 @@ from pyflannel.backend.vxlan.device import (
 )
 from pyflannel.backend.vxlan.plan import (
     VXLAN_BACKEND,
+    DesiredState,
     KernelState,
     Op,
     VtepPeer,
@@ -75,7 +76,7 @@ class VxlanBackend:
         self.device: VxlanLink | None = None
         self.lease: Lease | None = None
         self.peers: dict[IPv4Network, VtepPeer] = {}
-        self.desired = KernelState()
+        self.desired = DesiredState()
         self.actual = KernelState()  # our model of the kernel, refreshed by reconcile()
         self.repairs = 0
         self.repair_wanted = asyncio.Event()  # an event could not be applied fully
@@ -164,7 +165,7 @@ class VxlanBackend:
             self.desired.add(entries)
             scope.add(entries)
         if scope.size():
-            _, failed = await self._apply(diff(self.desired, self.actual, scope))
+            _, failed = await self._apply(diff(self.desired.state, self.actual, scope))
             if failed:
                 self.repair_wanted.set()
 
@@ -214,7 +215,7 @@ class VxlanBackend:
             self.device = link
         report.repaired += [f"device {c}" for c in await self._configure_device()]
         self.actual = await self.netlink.call(kernel.read_state, self.device.index)
-        done, report.failed = await self._apply(diff(self.desired, self.actual))
+        done, report.failed = await self._apply(diff(self.desired.state, self.actual))
         report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]
         self.repairs += len(report.repaired)
         return report

@@ -97,15 +97,45 @@ class KernelState:
         for (_, mine), (_, theirs) in zip(self.tables(), other.tables(), strict=True):
             mine.update(theirs)
 
-    def discard(self, other: KernelState) -> None:
-        """Remove the entries of ``other`` that still have the value ``other`` gave them."""
-        for (_, mine), (_, theirs) in zip(self.tables(), other.tables(), strict=True):
-            for key, value in theirs.items():
-                if mine.get(key) == value:
-                    del mine[key]
+    def entries(self):
+        for table, entries in self.tables():
+            for key, value in entries.items():
+                yield table, key, value
 
     def size(self) -> int:
         return sum(len(t) for _, t in self.tables())
+
+
+class DesiredState:
+    """The union of every peer's entries, kept incrementally and reference-counted: an entry
+    two peers share (two leases of one node share its VTEP MAC) stays until neither needs it,
+    and if two peers want different values for one key, the newest wins until it goes away."""
+
+    def __init__(self) -> None:
+        self.state = KernelState()
+        self._values: dict[tuple[str, Any], dict[Any, int]] = {}
+
+    def add(self, entries: KernelState) -> None:
+        tables = dict(self.state.tables())
+        for table, key, value in entries.entries():
+            counts = self._values.setdefault((table, key), {})
+            counts[value] = counts.pop(value, 0) + 1  # re-insert: newest last
+            tables[table][key] = value
+
+    def discard(self, entries: KernelState) -> None:
+        tables = dict(self.state.tables())
+        for table, key, value in entries.entries():
+            counts = self._values.get((table, key), {})
+            if value not in counts:
+                continue
+            counts[value] -= 1
+            if counts[value] == 0:
+                del counts[value]
+            if counts:
+                tables[table][key] = next(reversed(counts))
+            else:
+                self._values.pop((table, key), None)
+                tables[table].pop(key, None)
 
 
 class Op(NamedTuple):
@@ -126,10 +156,10 @@ def peer_entries(peer: VtepPeer) -> KernelState:
 
 
 def desired_state(peers: Iterable[VtepPeer]) -> KernelState:
-    state = KernelState()
+    desired = DesiredState()
     for peer in peers:
-        state.add(peer_entries(peer))
-    return state
+        desired.add(peer_entries(peer))
+    return desired.state
 
 
 def diff(desired: KernelState, actual: KernelState, scope: KernelState | None = None) -> list[Op]:

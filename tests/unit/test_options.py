@@ -1,0 +1,90 @@
+"""Options: upstream flag names and defaults, FLANNELD_* environment, flags win."""
+
+import pytest
+
+from pyflannel.cli import make_parser
+from pyflannel.errors import OptionsError
+from pyflannel.options import Options, build_options, env_name, normalize_go_flags
+
+
+def options(argv, env=None) -> Options:
+    args = make_parser().parse_args(["run", *normalize_go_flags(argv)])
+    return build_options(args, env or {})
+
+
+def test_upstream_defaults():
+    o = options([])
+    assert o.etcd_endpoints == ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    assert o.etcd_prefix == "/coreos.com/network"
+    assert o.subnet_file == "/run/flannel/subnet.env"
+    assert o.subnet_lease_renew_margin == 60
+    assert o.subnet_lease_ttl == 86400
+    assert (o.iface, o.ip_masq, o.v) == ([], False, 0)
+
+
+def test_environment_names():
+    assert env_name("etcd-endpoints") == "FLANNELD_ETCD_ENDPOINTS"
+    assert env_name("subnet-lease-renew-margin") == "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
+
+
+def test_environment_fills_flags_not_given():
+    o = options(
+        [],
+        {
+            "FLANNELD_ETCD_ENDPOINTS": "http://a:2379,http://b:2379",
+            "FLANNELD_IP_MASQ": "true",
+            "FLANNELD_IFACE": "eth1",
+            "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30",
+        },
+    )
+    assert o.etcd_endpoints == ["http://a:2379", "http://b:2379"]
+    assert o.ip_masq is True and o.iface == ["eth1"] and o.subnet_lease_renew_margin == 30
+
+
+def test_flag_wins_over_environment():
+    o = options(["--etcd-prefix=/flag"], {"FLANNELD_ETCD_PREFIX": "/env"})
+    assert o.etcd_prefix == "/flag"
+
+
+def test_empty_environment_variable_is_ignored():
+    assert options([], {"FLANNELD_ETCD_PREFIX": ""}).etcd_prefix == "/coreos.com/network"
+
+
+def test_iface_is_repeatable_and_keeps_order():
+    assert options(["--iface", "eth1", "--iface=10.0.0.1"]).iface == ["eth1", "10.0.0.1"]
+
+
+def test_go_style_single_dash_flags():
+    o = options(["-etcd-prefix=/x", "-iface", "eth9", "-ip-masq", "-v", "2"])
+    assert (o.etcd_prefix, o.iface, o.ip_masq, o.v) == ("/x", ["eth9"], True, 2)
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("true", True), ("false", False), ("1", True), ("F", False)]
+)
+def test_bool_flags_take_go_values(value, expected):
+    assert options([f"--ip-masq={value}"]).ip_masq is expected
+
+
+@pytest.mark.parametrize("margin", ["0", "1440", "-5"])
+def test_renew_margin_out_of_range_is_upstreams_error(margin):
+    with pytest.raises(
+        OptionsError, match="Invalid subnet-lease-renew-margin option, out of acceptable range"
+    ):
+        options([f"--subnet-lease-renew-margin={margin}"])
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--subnet-lease-renew-margin=soon"], {}, "invalid value for --subnet-lease-renew-margin"),
+        ([], {"FLANNELD_IP_MASQ": "maybe"}, "invalid value for FLANNELD_IP_MASQ"),
+        (["--public-ip=1.2.3"], {}, "is not an IPv4 address"),
+        (["--etcd-certfile=/c"], {}, "must be given together"),
+        (["--etcd-username=u"], {}, "must be given together"),
+        (["--etcd-endpoints=,"], {}, "--etcd-endpoints is empty"),
+    ],
+)
+def test_invalid_options_say_which_flag_or_variable(argv, env, message):
+    with pytest.raises(OptionsError, match=message):
+        options(argv, env)
