@@ -1,0 +1,33 @@
+import os
+
+# grpc's fork handlers crash intermittently when a forking helper runs next to a live
+# channel (library notes); the tests fork (subprocess) while etcd clients are open.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by directory so `-m 'not e2e'` etc. work."""
+    for item in items:
+        path = str(item.fspath)
+        if "/integration/" in path:
+            item.add_marker(pytest.mark.integration)
+        if "/e2e/" in path:
+            item.add_marker(pytest.mark.e2e)
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip only where the machine truly lacks a capability, and say which."""
+    if not condition:
+        pytest.skip(f"this machine lacks {what}")
+
+
+def require_root() -> None:
+    require(os.geteuid() == 0, "root privileges (network namespaces need CAP_NET_ADMIN)")
+
+
+def require_etcd() -> None:
+    require(shutil.which("etcd") is not None, "the etcd server binary (apt install etcd-server)")

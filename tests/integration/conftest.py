@@ -1,0 +1,42 @@
+"""One real etcd server on a loopback port for the whole integration run; each test gets its
+own key prefix so tests cannot see each other's leases."""
+
+import itertools
+
+import pytest
+
+from pyflannel.config import parse_network_config
+from pyflannel.etcd.client import EtcdClient
+from pyflannel.etcd.registry import Registry
+from pyflannel.testbed.etcd import EtcdServer
+from tests.conftest import require_etcd
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    require_etcd()
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(etcd_server):
+    c = EtcdClient([etcd_server.url], timeout=3)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def prefix(request):
+    return f"/test{next(_prefixes)}-{request.node.name[:40]}/network"
+
+
+@pytest.fixture
+def registry(client, prefix):
+    return Registry(client, prefix)
+
+
+def network(text: str = '{"Network": "10.1.0.0/16", "SubnetLen": 24}'):
+    return parse_network_config(text)

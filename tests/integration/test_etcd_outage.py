@@ -1,0 +1,70 @@
+"""etcd killed and restarted on the same data: the watch resumes without losing events and
+the lease survives. Uses its own etcd server, since it kills it."""
+
+import asyncio
+from ipaddress import IPv4Address
+
+import pytest
+
+from pyflannel.etcd.client import EtcdClient
+from pyflannel.etcd.registry import Registry
+from pyflannel.peer_watch import PeerWatch
+from pyflannel.subnet.table import LeaseTable
+from pyflannel.testbed.etcd import EtcdServer
+from tests.conftest import require_etcd
+
+from .test_lease_keeper import attrs, keeper
+from .test_peer_watch import NET, Peers, put
+
+PREFIX = "/outage/network"
+
+
+@pytest.fixture
+def own_etcd():
+    require_etcd()
+    with EtcdServer() as server:
+        yield server
+
+
+async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
+    client = EtcdClient([own_etcd.url], timeout=2)
+    registry = Registry(client, PREFIX)
+    k = keeper(registry)
+    lease = await k.acquire(attrs("198.51.100.1"))
+    put(own_etcd, PREFIX, "10.1.2.0-24", "198.51.100.2")
+    peers = Peers()
+    watch = PeerWatch(registry, LeaseTable(NET, own=lease.subnet), peers)
+    task = asyncio.create_task(watch.run())
+    try:
+        await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
+        own_etcd.kill()
+        await asyncio.sleep(1.0)  # the watch notices and starts retrying
+        own_etcd.start()
+        # Written before the watch has reconnected: must still arrive.
+        put(own_etcd, PREFIX, "10.1.3.0-24", "198.51.100.3")
+        own_etcd.ctl("del", f"{PREFIX}/subnets/10.1.2.0-24")
+        await peers.wait_for({"10.1.3.0/24": "198.51.100.3"}, timeout=20)
+        assert watch.restarts >= 1
+        assert watch.relists == 1  # resumed from its revision, no re-list needed
+        # Renewal works again on the restarted server, and the lease is still ours.
+        assert await k._renew() == ""
+        stored = await registry.get_lease(lease.subnet)
+        assert stored.attrs.public_ip == IPv4Address("198.51.100.1")
+    finally:
+        task.cancel()
+        await client.close()
+
+
+async def test_renewal_retries_through_an_outage(own_etcd):
+    client = EtcdClient([own_etcd.url], timeout=1)
+    registry = Registry(client, PREFIX)
+    k = keeper(registry)
+    await k.acquire(attrs("198.51.100.1"))
+    own_etcd.kill()
+    renewal = asyncio.create_task(k._renew())
+    await asyncio.sleep(2.5)
+    assert not renewal.done()  # still retrying, not crashed, not given up
+    own_etcd.start()
+    assert await asyncio.wait_for(renewal, 20) == ""
+    assert k.renewals == 1
+    await client.close()
