@@ -4,9 +4,9 @@ import os
 # channel (library notes); the tests fork (subprocess) while etcd clients are open.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-import shutil  # noqa: E402
+import shutil
 
-import pytest  # noqa: E402
+import pytest
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,20 +4,20 @@ import asyncio
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
-import pytest
-
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.etcd.registry import Registry
 from pyflannel.lease_keeper import LeaseKeeper
+from pyflannel.peer_watch import PeerWatch
 from pyflannel.subnet.lease import LeaseAttrs
 from pyflannel.subnet.table import LeaseTable
-from pyflannel.peer_watch import PeerWatch
 
 from .conftest import network
 
 
 def attrs(ip: str, mac: str = "02:00:00:00:00:01") -> LeaseAttrs:
-    return LeaseAttrs(IPv4Address(ip), backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": mac})
+    return LeaseAttrs(
+        IPv4Address(ip), backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": mac}
+    )
 
 
 def keeper(registry, ip="198.51.100.1", cfg=None, ttl=600, changes=None) -> LeaseKeeper:
@@ -30,8 +30,14 @@ def keeper(registry, ip="198.51.100.1", cfg=None, ttl=600, changes=None) -> Leas
         if changes is not None:
             changes.append((old, new))
 
-    return LeaseKeeper(registry, public_ip=IPv4Address(ip), ttl=ttl, renew_margin=3600,
-                       load_config=load, on_change=on_change)
+    return LeaseKeeper(
+        registry,
+        public_ip=IPv4Address(ip),
+        ttl=ttl,
+        renew_margin=3600,
+        load_config=load,
+        on_change=on_change,
+    )
 
 
 async def test_first_acquire_allocates_and_a_restart_reuses_it_with_new_attrs(registry):
@@ -43,15 +49,21 @@ async def test_first_acquire_allocates_and_a_restart_reuses_it_with_new_attrs(re
 
 
 async def test_previous_subnet_from_subnet_file_is_reused(registry):
-    lease = await keeper(registry).acquire(attrs("198.51.100.1"), previous=IPv4Network("10.1.77.0/24"))
+    lease = await keeper(registry).acquire(
+        attrs("198.51.100.1"), previous=IPv4Network("10.1.77.0/24")
+    )
     assert lease.subnet == IPv4Network("10.1.77.0/24")
 
 
-async def test_thirty_concurrent_acquirers_in_forty_subnets_get_distinct_subnets(etcd_server, prefix):
+async def test_thirty_concurrent_acquirers_in_forty_subnets_get_distinct_subnets(
+    etcd_server, prefix
+):
     cfg = network('{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMax": "10.1.40.0"}')
     clients = [EtcdClient([etcd_server.url]) for _ in range(30)]
     try:
-        keepers = [keeper(Registry(c, prefix), f"198.51.100.{i + 1}", cfg) for i, c in enumerate(clients)]
+        keepers = [
+            keeper(Registry(c, prefix), f"198.51.100.{i + 1}", cfg) for i, c in enumerate(clients)
+        ]
         leases = await asyncio.gather(*(k.acquire(attrs(str(k.public_ip))) for k in keepers))
     finally:
         await asyncio.gather(*(c.close() for c in clients))
@@ -62,12 +74,19 @@ async def test_thirty_concurrent_acquirers_in_forty_subnets_get_distinct_subnets
     assert owners == {str(le.subnet): str(le.attrs.public_ip) for le in leases}
 
 
-async def test_out_of_subnets_is_logged_clearly_and_retried_until_one_frees(registry, caplog, monkeypatch):
+async def test_out_of_subnets_is_logged_clearly_and_retried_until_one_frees(
+    registry, caplog, monkeypatch
+):
     monkeypatch.setattr("pyflannel.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.2)
     cfg = network('{"Network": "10.1.0.0/22", "SubnetLen": 24}')  # 3 subnets
-    held = [await keeper(registry, f"198.51.100.{i}", cfg).acquire(attrs(f"198.51.100.{i}")) for i in (1, 2, 3)]
+    held = [
+        await keeper(registry, f"198.51.100.{i}", cfg).acquire(attrs(f"198.51.100.{i}"))
+        for i in (1, 2, 3)
+    ]
     caplog.set_level(logging.ERROR)
-    waiting = asyncio.create_task(keeper(registry, "198.51.100.4", cfg).acquire(attrs("198.51.100.4")))
+    waiting = asyncio.create_task(
+        keeper(registry, "198.51.100.4", cfg).acquire(attrs("198.51.100.4"))
+    )
     await asyncio.sleep(0.5)
     assert not waiting.done()
     assert "out of subnets: all 3 /24 subnets of 10.1.0.0/22" in caplog.text
@@ -101,7 +120,9 @@ async def run_with_watch(registry, k):
     return [asyncio.create_task(watch.run()), asyncio.create_task(k.run())], watch
 
 
-async def test_lease_deleted_behind_our_back_is_reacquired_with_the_same_subnet(registry, etcd_server, prefix):
+async def test_lease_deleted_behind_our_back_is_reacquired_with_the_same_subnet(
+    registry, etcd_server, prefix
+):
     changes = []
     k = keeper(registry, changes=changes)
     lease = await k.acquire(attrs("198.51.100.1"))
@@ -114,13 +135,17 @@ async def test_lease_deleted_behind_our_back_is_reacquired_with_the_same_subnet(
                 await asyncio.sleep(0.05)
         old, new = changes[0]
         assert old.subnet == new.subnet == lease.subnet
-        assert (await registry.get_lease(lease.subnet)).attrs.public_ip == IPv4Address("198.51.100.1")
+        assert (await registry.get_lease(lease.subnet)).attrs.public_ip == IPv4Address(
+            "198.51.100.1"
+        )
     finally:
         for t in tasks:
             t.cancel()
 
 
-async def test_subnet_taken_by_another_node_moves_us_to_a_new_one_without_a_fight(registry, etcd_server, prefix):
+async def test_subnet_taken_by_another_node_moves_us_to_a_new_one_without_a_fight(
+    registry, etcd_server, prefix
+):
     changes = []
     k = keeper(registry, changes=changes)
     lease = await k.acquire(attrs("198.51.100.1"))

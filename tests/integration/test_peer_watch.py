@@ -12,8 +12,15 @@ OWN = IPv4Network("10.1.1.0/24")
 
 
 def value(ip: str) -> str:
-    return LeaseAttrs(IPv4Address(ip), backend_type="vxlan",
-                      backend_data={"VNI": 1, "VtepMAC": "02:00:00:00:00:09"}).to_json().decode()
+    return (
+        LeaseAttrs(
+            IPv4Address(ip),
+            backend_type="vxlan",
+            backend_data={"VNI": 1, "VtepMAC": "02:00:00:00:00:09"},
+        )
+        .to_json()
+        .decode()
+    )
 
 
 class Peers:
@@ -63,7 +70,9 @@ async def test_junk_never_removes_peers(registry, etcd_server, prefix):
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
         etcd_server.put(f"{prefix}/subnets/10.1.2.0-24x", "{")
         etcd_server.put(f"{prefix}/subnets/10.1.4.0-24", '{"PublicIP": []}')
-        etcd_server.put(f"{prefix}/subnets/10.9.0.0-24", value("198.51.100.9"))  # outside the network
+        etcd_server.put(
+            f"{prefix}/subnets/10.9.0.0-24", value("198.51.100.9")
+        )  # outside the network
         put(etcd_server, prefix, "10.1.5.0-24", "198.51.100.5")
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2", "10.1.5.0/24": "198.51.100.5"})
         assert len(peers.ignored) == 3
@@ -71,7 +80,9 @@ async def test_junk_never_removes_peers(registry, etcd_server, prefix):
         task.cancel()
 
 
-async def test_compaction_while_disconnected_relists_and_converges(registry, client, etcd_server, prefix):
+async def test_compaction_while_disconnected_relists_and_converges(
+    registry, client, etcd_server, prefix
+):
     for i in (2, 3, 4):
         put(etcd_server, prefix, f"10.1.{i}.0-24", f"198.51.100.{i}")
     peers = Peers()
@@ -88,7 +99,11 @@ async def test_compaction_while_disconnected_relists_and_converges(registry, cli
     task = asyncio.create_task(watch.run())  # resumes from its old revision
     try:
         await peers.wait_for(
-            {"10.1.3.0/24": "198.51.100.33", "10.1.4.0/24": "198.51.100.4", "10.1.5.0/24": "198.51.100.5"}
+            {
+                "10.1.3.0/24": "198.51.100.33",
+                "10.1.4.0/24": "198.51.100.4",
+                "10.1.5.0/24": "198.51.100.5",
+            }
         )
         assert watch.relists == 2
     finally:

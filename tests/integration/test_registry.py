@@ -9,8 +9,11 @@ from pyflannel.errors import ConfigNotFound, EtcdUnavailable, RevisionCompacted
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.subnet.lease import LeaseAttrs
 
-ATTRS = LeaseAttrs(IPv4Address("198.51.100.1"), backend_type="vxlan",
-                   backend_data={"VNI": 1, "VtepMAC": "02:00:00:00:00:01"})
+ATTRS = LeaseAttrs(
+    IPv4Address("198.51.100.1"),
+    backend_type="vxlan",
+    backend_data={"VNI": 1, "VtepMAC": "02:00:00:00:00:01"},
+)
 SN = IPv4Network("10.1.5.0/24")
 
 
@@ -54,7 +57,9 @@ async def test_replace_is_conditional_on_the_revision_read(registry):
     newer = await registry.replace_lease(old, ATTRS, ttl=600)
     assert newer is not None and newer.mod_revision > old.mod_revision
     # A second take-over based on the stale read must fail: someone wrote in between.
-    assert await registry.replace_lease(old, LeaseAttrs(IPv4Address("198.51.100.9")), ttl=600) is None
+    assert (
+        await registry.replace_lease(old, LeaseAttrs(IPv4Address("198.51.100.9")), ttl=600) is None
+    )
     assert (await registry.get_lease(SN)).attrs == ATTRS
 
 
@@ -67,7 +72,9 @@ async def test_replace_revokes_the_previous_etcd_lease(registry, client):
 
 
 async def test_a_reservation_stays_a_reservation(registry, etcd_server, prefix):
-    etcd_server.put(f"{prefix}/subnets/10.1.5.0-24", '{"PublicIP":"198.51.100.1","PublicIPv6":null}')
+    etcd_server.put(
+        f"{prefix}/subnets/10.1.5.0-24", '{"PublicIP":"198.51.100.1","PublicIPv6":null}'
+    )
     reserved = await registry.get_lease(SN)
     assert reserved.is_reservation
     replaced = await registry.replace_lease(reserved, ATTRS, ttl=600)
@@ -112,9 +119,12 @@ async def test_watch_delivers_every_event_of_a_transaction(registry, client, pre
     from aetcd import rpc
 
     ops = [
-        rpc.RequestOp(request_put=rpc.PutRequest(
-            key=f"{prefix}/subnets/10.1.{i}.0-24".encode(),
-            value=LeaseAttrs(IPv4Address(f"198.51.100.{i}")).to_json()))
+        rpc.RequestOp(
+            request_put=rpc.PutRequest(
+                key=f"{prefix}/subnets/10.1.{i}.0-24".encode(),
+                value=LeaseAttrs(IPv4Address(f"198.51.100.{i}")).to_json(),
+            )
+        )
         for i in range(1, 101)
     ]
     await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops))
@@ -139,7 +149,11 @@ async def test_watch_reports_deletions_and_junk_per_event(registry, etcd_server,
             events += batch.events
             if len(events) >= 2:
                 break
-    assert (events[0].kind, events[0].lease, "bad value" in events[0].problem) == ("put", None, True)
+    assert (events[0].kind, events[0].lease, "bad value" in events[0].problem) == (
+        "put",
+        None,
+        True,
+    )
     assert (events[1].kind, events[1].subnet) == ("delete", SN)
 
 
