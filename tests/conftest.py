@@ -20,8 +20,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def require(condition: bool, what: str) -> None:
-    """Skip only where the machine truly lacks a capability, and say which."""
+    """Skip only where the machine truly lacks a capability, and say which. In CI
+    (PYFLANNEL_REQUIRE_ALL=1) the capability is promised, so its absence is a failure."""
     if not condition:
+        if os.environ.get("PYFLANNEL_REQUIRE_ALL") == "1":
+            pytest.fail(f"this machine lacks {what}, which CI must provide")
         pytest.skip(f"this machine lacks {what}")
 
 

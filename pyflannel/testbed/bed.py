@@ -350,7 +350,7 @@ class TestBed:
 
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def put_config(self, config: dict | str = None, prefix: str = DEFAULT_PREFIX) -> None:
+    def put_config(self, config: dict | str | None = None, prefix: str = DEFAULT_PREFIX) -> None:
         text = config if isinstance(config, str) else json.dumps(config or VXLAN_CONFIG)
         self.etcd.put(f"{prefix}/config", text)
 

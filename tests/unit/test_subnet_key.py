@@ -54,7 +54,7 @@ def test_upstream_invalid_keys_are_rejected(key):
         "10.1.2.0-24&fd00::-128",  # 7-bit IPv6 prefix
         "10.1.2.3-24",  # host bits set: not a subnet flannel could have written
         "10.1.2.0-24&FD00::-56",  # upstream's regex takes lowercase hex only
-        "١٠.1.2.0-24",  # non-ASCII digits
+        "\u0661\u0660.1.2.0-24",  # non-ASCII (Arabic-Indic) digits
         "010.1.2.0-24",  # leading zeros are ambiguous (octal?), rejected like Go
     ],
 )
