@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results  # noqa: E402
-from pyflannel.testbed.bed import TestBed  # noqa: E402
+from bench.common import summary, table, write_results
+from pyflannel.testbed.bed import TestBed
 
 
 def main() -> int:
@@ -36,21 +36,43 @@ def main() -> int:
             node.wait_ready()
         probe = Path(__file__).with_name("convergence_probe.py")
         out = subprocess.run(
-            ["ip", "netns", "exec", bed.nodes[0].ns, sys.executable, str(probe), bed.etcd.url,
-             "/coreos.com/network", str(args.events), "150"],
-            capture_output=True, text=True, timeout=60 + args.events, check=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                bed.nodes[0].ns,
+                sys.executable,
+                str(probe),
+                bed.etcd.url,
+                "/coreos.com/network",
+                str(args.events),
+                "150",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 + args.events,
+            check=True,
         ).stdout
         result = json.loads(out)
     add, delete = summary(result["add_ms"]), summary(result["del_ms"])
     rows = [
         ["lease written -> route present", add["n"], add["median"], add["p99"], add["max"]],
-        ["lease deleted -> route gone", delete["n"], delete["median"], delete["p99"], delete["max"]],
+        [
+            "lease deleted -> route gone",
+            delete["n"],
+            delete["median"],
+            delete["p99"],
+            delete["max"],
+        ],
     ]
     text = table(["event", "n", "median ms", "p99 ms", "max ms"], rows)
     text += f"\n\nlost events: {result['lost']} (real daemons: {args.peers})"
     print(text)
-    write_results("convergence", {"add_ms": add, "delete_ms": delete, "lost": result["lost"],
-                                  "raw": result}, text)
+    write_results(
+        "convergence",
+        {"add_ms": add, "delete_ms": delete, "lost": result["lost"], "raw": result},
+        text,
+    )
     return 0 if result["lost"] == 0 else 1
 
 

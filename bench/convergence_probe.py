@@ -48,15 +48,20 @@ class RouteEvents:
                 return found
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), max(0.0, deadline - time.perf_counter()))
+                await asyncio.wait_for(
+                    self.changed.wait(), max(0.0, deadline - time.perf_counter())
+                )
             except TimeoutError:
                 pass
 
 
 def value(i: int) -> bytes:
-    mac = "02:%02x:%02x:%02x:%02x:%02x" % tuple(random.getrandbits(8) for _ in range(5))
-    return LeaseAttrs(IPv4Address(f"198.51.{101 + i // 250}.{1 + i % 250}"), backend_type="vxlan",
-                      backend_data={"VNI": 1, "VtepMAC": mac}).to_json()
+    mac = ":".join(["02"] + [f"{random.getrandbits(8):02x}" for _ in range(5)])
+    return LeaseAttrs(
+        IPv4Address(f"198.51.{101 + i // 250}.{1 + i % 250}"),
+        backend_type="vxlan",
+        backend_data={"VNI": 1, "VtepMAC": mac},
+    ).to_json()
 
 
 async def main(endpoint: str, prefix: str, count: int, first_octet: int) -> None:

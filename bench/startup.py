@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results  # noqa: E402
-from pyflannel.testbed.bed import TestBed  # noqa: E402
+from bench.common import summary, table, write_results
+from pyflannel.testbed.bed import TestBed
 
 
 def rss_mb(pid: int) -> float:
@@ -42,8 +42,11 @@ def timed_start(node) -> tuple[float, float]:
 
 
 def import_time() -> float:
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pyflannel.daemon"],
-                         capture_output=True, text=True).stderr
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import pyflannel.daemon"],
+        capture_output=True,
+        text=True,
+    ).stderr
     last = [line for line in out.splitlines() if "pyflannel.daemon" in line][-1]
     return int(last.split("|")[1]) / 1e6
 
@@ -75,14 +78,23 @@ def main() -> int:
             warm_ready.append(t_ready)
             node.stop()
     imp = import_time()
-    s = {k: summary(v) for k, v in
-         {"cold_subnet_env_s": cold, "warm_subnet_env_s": warm, "cold_ready_s": cold_ready,
-          "warm_ready_s": warm_ready, "rss_idle_2_peers_mb": rss}.items()}
+    s = {
+        k: summary(v)
+        for k, v in {
+            "cold_subnet_env_s": cold,
+            "warm_subnet_env_s": warm,
+            "cold_ready_s": cold_ready,
+            "warm_ready_s": warm_ready,
+            "rss_idle_2_peers_mb": rss,
+        }.items()
+    }
     rows = [[name, s[name]["median"], s[name]["min"], s[name]["max"]] for name in s]
     text = table(["measure", "median", "min", "max"], rows)
     text += f"\n\nimport pyflannel.daemon: {imp:.3f} s; runs: {args.runs}"
     print(text)
-    write_results("startup", {**s, "import_s": imp, "raw": {"cold": cold, "warm": warm, "rss": rss}}, text)
+    write_results(
+        "startup", {**s, "import_s": imp, "raw": {"cold": cold, "warm": warm, "rss": rss}}, text
+    )
     return 0
 
 

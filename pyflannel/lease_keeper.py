@@ -216,7 +216,7 @@ class LeaseKeeper:
         self.expires_at = time.monotonic() + ttl
         self.last_renewal = time.time()
         self.renewals += 1
-        log.debug("renewed lease %s for %d s", lease.subnet, ttl)
+        log.info("renewed lease %s for %d s", lease.subnet, ttl)
         return ""
 
     async def _reacquire(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from pyflannel.errors import OptionsError
+from pyflannel.etcd.endpoint import parse_endpoint
 
 ENV_PREFIX = "FLANNELD_"
 MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
@@ -47,9 +48,14 @@ class Options:
         return IPv4Address(self.public_ip) if self.public_ip else None
 
 
-# (name, type, help). The type decides parsing: str, int, float, bool, list (repeatable).
+class CommaList(list):
+    """A flag holding a comma-separated list; given twice, the last one wins (Go semantics)."""
+
+
+# (name, type, help). The type decides parsing: str, int, float, bool, CommaList, and list
+# (repeatable: every occurrence adds one value).
 FLAGS: list[tuple[str, type, str]] = [
-    ("etcd-endpoints", list, "comma-separated etcd endpoints (default %(default)s)"),
+    ("etcd-endpoints", CommaList, "comma-separated etcd endpoints (default %(default)s)"),
     ("etcd-prefix", str, "etcd key prefix of the network (default %(default)s)"),
     ("etcd-keyfile", str, "TLS client key file for etcd"),
     ("etcd-certfile", str, "TLS client certificate file for etcd"),
@@ -172,10 +178,9 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
             given, source = ([env] if kind is list else env), env_name(name)
         try:
             if kind is list:
-                items = [
-                    i for g in given for i in (g.split(",") if name == "etcd-endpoints" else [g])
-                ]
-                values[dest] = [i.strip() for i in items if i.strip()]
+                values[dest] = [i.strip() for i in given if i.strip()]
+            elif kind is CommaList:
+                values[dest] = [i.strip() for i in given.split(",") if i.strip()]
             else:
                 values[dest] = _convert(kind, given)
         except ValueError as e:
@@ -212,3 +217,8 @@ def validate(options: Options) -> None:
         raise OptionsError("--etcd-username and --etcd-password must be given together")
     if not options.etcd_endpoints:
         raise OptionsError("--etcd-endpoints is empty")
+    for url in options.etcd_endpoints:
+        try:
+            parse_endpoint(url)
+        except ValueError as e:
+            raise OptionsError(f"--etcd-endpoints: {e}") from None

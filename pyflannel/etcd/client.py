@@ -15,12 +15,12 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import grpc
 from aetcd import rpc
 
 from pyflannel.errors import EtcdUnavailable, FlannelError, RevisionCompacted
+from pyflannel.etcd.endpoint import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +48,10 @@ class EtcdError(FlannelError):
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    url: str
-    target: str  # host:port for gRPC
-    tls: bool
-
-
-@dataclass(frozen=True)
 class TLSFiles:
     cafile: str = ""
     certfile: str = ""
     keyfile: str = ""
-
-
-def parse_endpoint(url: str) -> Endpoint:
-    url = url.strip()
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"etcd endpoint {url!r} is not http://host:port or https://host:port")
-    port = parts.port or 2379
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return Endpoint(url, f"{host}:{port}", parts.scheme == "https")
 
 
 @dataclass(frozen=True)

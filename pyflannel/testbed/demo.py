@@ -30,12 +30,14 @@ def iperf_line(a, b) -> str:
     """A 2-second iperf3 TCP run from a's pod to b's pod, as one line."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", b.pod_ns, "iperf3", "-s", "-1", "-B", str(b.pod_ip)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(0.3)
-        out = netns.run(["iperf3", "-c", str(b.pod_ip), "-t", "2", "-J"], ns=a.pod_ns,
-                        check=False, timeout=30).stdout
+        out = netns.run(
+            ["iperf3", "-c", str(b.pod_ip), "-t", "2", "-J"], ns=a.pod_ns, check=False, timeout=30
+        ).stdout
         bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
         return f"iperf3 TCP pod {a.pod_ip} -> pod {b.pod_ip}: {bps / 1e9:.2f} Gbit/s over VXLAN"
     except (ValueError, KeyError):
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{node.ns}: {' '.join(node.daemon_command()[2:])}")
         for node in bed.nodes:
             env = node.wait_ready()
-            say(f"{node.ns} ready after {time.monotonic() - started:.2f} s: "
-                f"FLANNEL_SUBNET={env['FLANNEL_SUBNET']} FLANNEL_MTU={env['FLANNEL_MTU']}")
+            say(
+                f"{node.ns} ready after {time.monotonic() - started:.2f} s: "
+                f"FLANNEL_SUBNET={env['FLANNEL_SUBNET']} FLANNEL_MTU={env['FLANNEL_MTU']}"
+            )
             node.add_pod()
 
         section("leases in etcd")
@@ -75,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
         node = bed.nodes[0]
         section(f"kernel state on {node.ns}")
-        for cmd in (["ip", "-d", "link", "show", "flannel.1"], ["ip", "route", "show", "proto", "152"],
-                    ["ip", "neigh", "show", "dev", "flannel.1"], ["bridge", "fdb", "show", "dev", "flannel.1"]):
+        for cmd in (
+            ["ip", "-d", "link", "show", "flannel.1"],
+            ["ip", "route", "show", "proto", "152"],
+            ["ip", "neigh", "show", "dev", "flannel.1"],
+            ["bridge", "fdb", "show", "dev", "flannel.1"],
+        ):
             say(f"$ {' '.join(cmd)}")
             say(node.run(*cmd).stdout.rstrip())
 
@@ -89,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 ok = result.received == result.sent == 3
                 failures += not ok
                 rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
-                say(f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
-                    f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}")
+                say(
+                    f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
+                    f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
+                )
         if shutil.which("iperf3") and len(bed.nodes) >= 2:
             say(iperf_line(bed.nodes[0], bed.nodes[1]))
 

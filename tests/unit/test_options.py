@@ -83,8 +83,14 @@ def test_renew_margin_out_of_range_is_upstreams_error(margin):
         (["--etcd-certfile=/c"], {}, "must be given together"),
         (["--etcd-username=u"], {}, "must be given together"),
         (["--etcd-endpoints=,"], {}, "--etcd-endpoints is empty"),
+        (["--etcd-endpoints=ftp://x:1"], {}, "is not http://host:port or https://host:port"),
     ],
 )
 def test_invalid_options_say_which_flag_or_variable(argv, env, message):
     with pytest.raises(OptionsError, match=message):
         options(argv, env)
+
+
+def test_etcd_endpoints_given_twice_last_wins_like_go():
+    o = options(["--etcd-endpoints=http://a:2379", "--etcd-endpoints=http://b:2379,http://c:2379"])
+    assert o.etcd_endpoints == ["http://b:2379", "http://c:2379"]
