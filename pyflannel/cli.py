@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     setup_logging(options.v)
+    # gRPC's C core logs handshake failures itself; ours carry the same facts, once.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from pyflannel.daemon import serve  # keeps `pyflannel --help` fast
 
     return asyncio.run(serve(options))

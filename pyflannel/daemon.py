@@ -112,6 +112,12 @@ class Daemon:
         log.info(
             "pyflannel starting: etcd %s, prefix %s", ",".join(o.etcd_endpoints), o.etcd_prefix
         )
+        plaintext = [e.url for e in self.client.endpoints if not e.tls]
+        if plaintext and (o.etcd_cafile or o.etcd_certfile):
+            log.warning(
+                "TLS files are given but %s use http://; TLS applies to https:// only",
+                ", ".join(plaintext),
+            )
         cfg = self.network = await self.load_config()
         if not cfg.enable_ipv4:
             raise ConfigError("EnableIPv4 is false: IPv6-only networks are not supported")

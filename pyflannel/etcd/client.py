@@ -168,6 +168,8 @@ class EtcdClient:
 
     def _translate(self, e: grpc.aio.AioRpcError, ep: Endpoint) -> FlannelError:
         details = (e.details() or e.code().name).strip()
+        if ep.tls and any(s in details for s in ("TSI_", "SSL", "andshake")):
+            details += " (TLS failed: check --etcd-cafile, --etcd-certfile and --etcd-keyfile)"
         if e.code() in _UNAVAILABLE:
             return EtcdUnavailable(f"etcd at {ep.url}: {details}")
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:

@@ -33,6 +33,7 @@ class EtcdServer:
         netns: str | None = None,
         data_dir: str | None = None,
         name: str = "pyflannel-test",
+        certs=None,
     ):
         self.host = host
         self.client_port = client_port or free_port()
@@ -43,10 +44,18 @@ class EtcdServer:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="pf-etcd-"))
         self.log_path = self.data_dir.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
+        self.certs = certs  # a testbed.certs.CertSet: serve TLS and require client certificates
+        self.root_password = ""
+
+    def enable_auth(self, root_password: str) -> None:
+        """Create the root user and turn authentication on."""
+        self.ctl("user", "add", f"root:{root_password}")
+        self.ctl("auth", "enable")
+        self.root_password = root_password
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.certs else 'http'}://{self.host}:{self.client_port}"
 
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
@@ -62,6 +71,13 @@ class EtcdServer:
             "--log-level=error",
             "--logger=zap",
         ]
+        if self.certs:
+            cmd += [
+                f"--cert-file={self.certs.server_cert}",
+                f"--key-file={self.certs.server_key}",
+                f"--trusted-ca-file={self.certs.ca}",
+                "--client-cert-auth",
+            ]
         return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
     def start(self, timeout: float = 15.0) -> EtcdServer:
@@ -76,8 +92,11 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited {self.proc.returncode}: {self.log_tail()}")
-            if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
-                return
+            try:
+                if self.ctl("endpoint", "health", check=False, timeout=5).returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass  # still starting up
             time.sleep(0.1)
         raise RuntimeError(f"etcd at {self.url} not healthy after {timeout} s: {self.log_tail()}")
 
@@ -88,14 +107,17 @@ class EtcdServer:
             return ""
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 20, input: str | None = None):
-        """Run etcdctl (v3 API) against this server."""
-        cmd = [
-            ETCDCTL,
-            f"--endpoints={self.url}",
-            "--dial-timeout=2s",
-            "--command-timeout=5s",
-            *args,
-        ]
+        """Run etcdctl (v3 API) against this server (as root once auth is enabled)."""
+        cmd = [ETCDCTL, f"--endpoints={self.url}", "--dial-timeout=2s", "--command-timeout=5s"]
+        if self.certs:
+            cmd += [
+                f"--cacert={self.certs.ca}",
+                f"--cert={self.certs.client_cert}",
+                f"--key={self.certs.client_key}",
+            ]
+        if self.root_password:
+            cmd.append(f"--user=root:{self.root_password}")
+        cmd += args
         env = dict(os.environ, ETCDCTL_API="3")
         return run(cmd, ns=self.netns, check=check, timeout=timeout, env=env, input=input)
 
