@@ -49,6 +49,8 @@ class PeerWatch:
                 async for batch in self.registry.watch_leases(self.revision + 1):
                     if outage.ok() is not None:
                         backoff.reset()
+                    if batch.created:
+                        continue
                     own = [
                         e
                         for e in batch.events

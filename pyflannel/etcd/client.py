@@ -72,8 +72,9 @@ class WatchEvent:
 
 @dataclass(frozen=True)
 class WatchResponse:
-    revision: int  # the store revision when this response was sent
+    revision: int  # everything up to here has been delivered (0 for ``created``)
     events: list[WatchEvent]
+    created: bool = False  # the watch is established; events from start_revision follow
 
 
 def _kv(kv) -> KeyValue:
@@ -159,8 +160,11 @@ class EtcdClient:
         if channel is not None:
             await channel.close(grace=None)
 
-    async def _failover(self) -> None:
-        """Forget the current member; the next call dials the next endpoint in the list."""
+    async def _failover(self, failed: grpc.aio.Channel | None) -> None:
+        """Forget the member ``failed`` was talking to; the next call dials the next endpoint.
+        Calls that broke because another call already failed over do not move again."""
+        if failed is not self._channel:
+            return
         await self._drop_channel()
         if len(self.endpoints) > 1:
             self._current = (self._current + 1) % len(self.endpoints)
@@ -185,7 +189,7 @@ class EtcdClient:
             )
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE:
-                await self._failover()
+                await self._failover(channel)
             elif e.code() == grpc.StatusCode.UNAUTHENTICATED and self.username:
                 await self._drop_channel()  # token expired: re-authenticate on the next call
             raise self._translate(e, ep) from None
@@ -281,7 +285,7 @@ class EtcdClient:
             resp = await call.read()
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE:
-                await self._failover()
+                await self._failover(channel)
             raise self._translate(e, ep) from None
         finally:
             call.cancel()
@@ -326,6 +330,9 @@ class EtcdClient:
                     reason = resp.cancel_reason or "watch canceled by the server"
                     raise EtcdUnavailable(f"etcd at {ep.url}: {reason}")
                 if resp.created and not resp.events:
+                    # Its header revision is the store's, not how far we have been sent:
+                    # resuming from it could skip events still in flight.
+                    yield WatchResponse(0, [], created=True)
                     continue
                 yield WatchResponse(
                     resp.header.revision,
@@ -338,7 +345,7 @@ class EtcdClient:
                 )
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE:
-                await self._failover()
+                await self._failover(channel)
             raise self._translate(e, ep) from None
         finally:
             call.cancel()

@@ -41,8 +41,9 @@ class LeaseEvent:
 
 @dataclass(frozen=True)
 class LeaseBatch:
-    revision: int  # resume the watch after this
+    revision: int  # resume the watch after this (0: no progress, e.g. ``created``)
     events: list[LeaseEvent]
+    created: bool = False
 
 
 class Registry:
@@ -148,7 +149,8 @@ class Registry:
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[LeaseBatch]:
         async for resp in self.client.watch_prefix(self.subnets_prefix.encode(), start_revision):
-            yield LeaseBatch(resp.revision, [self._decode(ev.type, ev.kv) for ev in resp.events])
+            events = [self._decode(ev.type, ev.kv) for ev in resp.events]
+            yield LeaseBatch(resp.revision, events, resp.created)
 
     def _decode(self, kind: str, kv: KeyValue) -> LeaseEvent:
         key = kv.key.decode(errors="replace")

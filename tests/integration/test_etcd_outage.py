@@ -6,6 +6,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from pyflannel.errors import EtcdUnavailable
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.etcd.registry import Registry
 from pyflannel.peer_watch import PeerWatch
@@ -67,4 +68,22 @@ async def test_renewal_retries_through_an_outage(own_etcd):
     own_etcd.start()
     assert await asyncio.wait_for(renewal, 20) == ""
     assert k.renewals == 1
+    await client.close()
+
+
+async def test_one_dead_member_moves_every_call_to_the_next_member_only(own_etcd, etcd_server):
+    # Endpoints: the member that dies, a healthy one, and a dead address after it.
+    client = EtcdClient([own_etcd.url, etcd_server.url, "http://127.0.0.1:9"], timeout=2)
+    watch = client.watch_prefix(b"/failover/", 1)
+    assert (await anext(watch)).created
+    own_etcd.kill()
+    # Both the watch and a unary call break on the same dead member ...
+    with pytest.raises(EtcdUnavailable):
+        await client.get(b"/failover/x")
+    with pytest.raises(EtcdUnavailable):
+        await anext(watch)
+    # ... and together they move the client one step, to the healthy member.
+    assert client.endpoint.url == etcd_server.url
+    kv, revision = await client.get(b"/failover/x")
+    assert kv is None and revision > 0
     await client.close()

@@ -80,6 +80,8 @@ class VxlanBackend:
         self.actual = KernelState()  # our model of the kernel, refreshed by reconcile()
         self.repairs = 0
         self.repair_wanted = asyncio.Event()  # an event could not be applied fully
+        # Event updates and full reconciles both read and write ``actual``: one at a time.
+        self._kernel_lock = asyncio.Lock()
         self._rejected: dict[IPv4Network, str] = {}
 
     @property
@@ -127,8 +129,9 @@ class VxlanBackend:
 
     async def assign(self, lease: Lease) -> None:
         """Give the device our subnet's network address and bring it up."""
-        self.lease = lease
-        await self._configure_device()
+        async with self._kernel_lock:
+            self.lease = lease
+            await self._configure_device()
 
     async def _configure_device(self) -> list[str]:
         return await self.netlink.call(
@@ -143,6 +146,10 @@ class VxlanBackend:
     # -- peers -----------------------------------------------------------------------------
 
     async def update_peers(self, changes: PeerChanges) -> None:
+        async with self._kernel_lock:
+            await self._update_peers(changes)
+
+    async def _update_peers(self, changes: PeerChanges) -> None:
         scope = KernelState()
         for lease in changes.removed:
             old = self.peers.pop(lease.subnet, None)
@@ -205,6 +212,10 @@ class VxlanBackend:
 
     async def reconcile(self) -> ReconcileReport:
         """Make the kernel match the desired state, whatever happened to it meanwhile."""
+        async with self._kernel_lock:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> ReconcileReport:
         report = ReconcileReport()
         link = await self.netlink.call(kernel.find_link, self.spec.name)
         if link is None or incompatibilities(link, self.spec) or link.mac != self.device.mac:
