@@ -15,6 +15,8 @@ import time
 from ipaddress import IPv4Address
 
 from pyflannel import sd_notify
+from pyflannel.backend.base import Backend
+from pyflannel.backend.udp.backend import UdpBackend, parse_udp_port
 from pyflannel.backend.vxlan.backend import VxlanBackend
 from pyflannel.backoff import Backoff, Outage
 from pyflannel.config import NetworkConfig, parse_network_config
@@ -27,7 +29,7 @@ from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.peer_watch import PeerWatch
 from pyflannel.subnet.env_file import SubnetEnv, previous_subnet, write_atomic
-from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 CONFIG_RETRY = 1.0  # seconds, as upstream
 CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
 PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
+DROP_REPORT_INTERVAL = 10.0  # seconds
 
 
 class Daemon:
@@ -51,7 +54,7 @@ class Daemon:
         self.netlink = Netlink()
         self.network: NetworkConfig | None = None
         self.ext: ExtIface | None = None
-        self.backend: VxlanBackend | None = None
+        self.backend: Backend | None = None
         self.keeper: LeaseKeeper | None = None
         self.table: LeaseTable | None = None
         self.watch: PeerWatch | None = None
@@ -98,14 +101,47 @@ class Daemon:
             can_reach=can_reach,
         )
 
-    def _make_backend(self, cfg: NetworkConfig, ext: ExtIface) -> VxlanBackend:
+    async def _start_backend(self, cfg: NetworkConfig, ext: ExtIface) -> tuple[Backend, LeaseAttrs]:
+        """The backend for this node, its devices ready, and the attributes to advertise."""
+        o = self.options
         kind = cfg.backend_type.lower()
+        if kind == "udp":
+            backend = UdpBackend(
+                self.netlink, cfg, ext, parse_udp_port(cfg.backend), datapath=o.udp_datapath
+            )
+            return backend, await backend.prepare()
         if kind != "vxlan":
             raise BackendError(
                 f"backend type {cfg.backend_type!r} is not supported by this pyflannel "
-                "(supported: vxlan)"
+                "(supported: vxlan, udp)"
             )
-        return VxlanBackend(self.netlink, cfg, ext)
+        if o.backend_fallback == "udp":
+            return await self._fall_back(cfg, ext, "forced by --backend-fallback=udp")
+        udp_port = None if o.backend_fallback == "off" else o.udp_fallback_port
+        backend = VxlanBackend(self.netlink, cfg, ext, udp_port, o.udp_datapath)
+        try:
+            return backend, await backend.prepare()
+        except BackendError as e:
+            if o.backend_fallback == "off":
+                raise BackendError(f"{e} (and --backend-fallback=off)") from e
+            return await self._fall_back(cfg, ext, str(e))
+
+    async def _fall_back(self, cfg: NetworkConfig, ext: ExtIface, reason: str):
+        log.error(
+            "VXLAN FALLBACK: this node uses UDP encapsulation (port %d) instead of VXLAN: %s. "
+            "pyflannel VXLAN peers reach it over UDP; upstream flannel VXLAN nodes cannot.",
+            self.options.udp_fallback_port,
+            reason,
+        )
+        backend = UdpBackend(
+            self.netlink,
+            cfg,
+            ext,
+            self.options.udp_fallback_port,
+            fallback_reason=reason,
+            datapath=self.options.udp_datapath,
+        )
+        return backend, await backend.prepare()
 
     async def start(self) -> None:
         o = self.options
@@ -125,8 +161,7 @@ class Daemon:
             log.warning("EnableIPv6 is set, but pyflannel carries IPv4 only; IPv6 is ignored")
         self.ext = await self._external_interface()
         log.info("using interface %s", self.ext.describe())
-        self.backend = self._make_backend(cfg, self.ext)
-        attrs = await self.backend.prepare()
+        self.backend, attrs = await self._start_backend(cfg, self.ext)
         self.keeper = LeaseKeeper(
             self.registry,
             public_ip=self.ext.public_ip,
@@ -137,6 +172,7 @@ class Daemon:
         )
         lease = await self.keeper.acquire(attrs, previous_subnet(o.subnet_file))
         await self.backend.assign(lease)
+        await self.backend.refresh_model()
         self._write_subnet_file(lease)
         self.table = LeaseTable(cfg.network, own=lease.subnet)
         self.watch = PeerWatch(
@@ -213,6 +249,7 @@ class Daemon:
             # entries of every peer.
             tasks.create_task(self._reconcile_loop(), name="reconcile")
             tasks.create_task(self.keeper.run(), name="lease-keeper")
+            tasks.create_task(self._report_drops(), name="drop-report")
             self.ready.set()
             log.info(
                 "ready in %.2f s: subnet %s, %d peers, backend %s on %s",
@@ -224,7 +261,31 @@ class Daemon:
             )
             sd_notify.notify(f"READY=1\nSTATUS=subnet {self.keeper.lease.subnet}")
 
+    async def _report_drops(self, every: float = DROP_REPORT_INTERVAL) -> None:
+        """Log what the userspace data path dropped, at most once per ``every`` seconds."""
+        before: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(every)
+            stats = self.backend.datapath_stats()
+            if stats is None:
+                continue
+            now = {
+                f"{direction} {reason}": n
+                for direction in ("to_peers", "from_peers")
+                for reason, n in stats[direction]["drops"].items()
+            }
+            new = {k: n - before.get(k, 0) for k, n in now.items() if n > before.get(k, 0)}
+            if new:
+                log.warning(
+                    "udp data path dropped packets in the last %.0f s: %s",
+                    every,
+                    ", ".join(f"{k}={n}" for k, n in sorted(new.items())),
+                )
+            before = now
+
     async def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
         await self.client.close()
         self.netlink.close()
 

@@ -40,6 +40,9 @@ class Options:
     subnet_lease_renew_margin: int = 60
     subnet_lease_ttl: int = 24 * 3600
     reconcile_interval: float = 30.0
+    backend_fallback: str = "auto"
+    udp_fallback_port: int = 8285
+    udp_datapath: str = "threads"
     ip_masq: bool = False
     v: int = 0
 
@@ -92,6 +95,25 @@ FLAGS: list[tuple[str, type, str]] = [
         "reconcile-interval",
         float,
         "seconds between full checks of the kernel state (pyflannel only; default %(default)s)",
+    ),
+    (
+        "backend-fallback",
+        str,
+        "when the network's backend is vxlan: 'auto' falls back to UDP "
+        "encapsulation if this node cannot create a VXLAN device, 'udp' forces UDP on this node, "
+        "'off' never falls back (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-fallback-port",
+        int,
+        "UDP port for encapsulation with UDP-only peers in a vxlan "
+        "network, advertised in the lease (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-datapath",
+        str,
+        "how the UDP data path waits for packets: threads, asyncio or uvloop "
+        "(default %(default)s; pyflannel only)",
     ),
     (
         "ip-masq",
@@ -197,6 +219,16 @@ def validate(options: Options) -> None:
         raise OptionsError("--subnet-lease-ttl must be at least 5 seconds")
     if options.reconcile_interval <= 0:
         raise OptionsError("--reconcile-interval must be positive")
+    if options.backend_fallback not in ("auto", "udp", "off"):
+        raise OptionsError(
+            f"--backend-fallback must be auto, udp or off, not {options.backend_fallback!r}"
+        )
+    if not 0 < options.udp_fallback_port < 65536:
+        raise OptionsError("--udp-fallback-port must be a port number")
+    if options.udp_datapath not in ("threads", "asyncio", "uvloop"):
+        raise OptionsError(
+            f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"
+        )
     if options.public_ip:
         try:
             IPv4Address(options.public_ip)

@@ -62,6 +62,18 @@ def test_unreachable_etcd_is_logged_once_and_sigterm_still_exits_0(bed):
     assert "Traceback" not in log and "Exiting cleanly" in log
 
 
+def test_without_udp_fallback_the_lease_is_upstreams_byte_for_byte(bed, node):
+    bed.put_config()
+    node.start(*FAST_RECONCILE, "--backend-fallback=off")
+    node.wait_ready()
+    mac = node.ip_json("link", "show", "flannel.1")[0]["address"]
+    key = f"/coreos.com/network/subnets/{node.subnet.network_address}-24"
+    assert bed.etcd.get(key) == (
+        '{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"vxlan",'
+        f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}'
+    )
+
+
 def test_sigint_exits_0_and_leaves_the_data_plane(bed, node):
     bed.put_config()
     node.start(*FAST_RECONCILE)

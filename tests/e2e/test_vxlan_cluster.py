@@ -15,7 +15,7 @@ from .conftest import eventually, started_bed
 
 LEASE_VALUE = re.compile(
     r'^\{"PublicIP":"198\.51\.100\.\d","PublicIPv6":null,"BackendType":"vxlan",'
-    r'"BackendData":\{"VNI":1,"VtepMAC":"([0-9a-f]{2}:){5}[0-9a-f]{2}"\}\}$'
+    r'"BackendData":\{"VNI":1,"VtepMAC":"([0-9a-f]{2}:){5}[0-9a-f]{2}"(,"UDPPort":8285)?\}\}$'
 )
 
 

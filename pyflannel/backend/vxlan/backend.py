@@ -1,22 +1,29 @@
-"""The VXLAN backend: owns ``flannel.<VNI>`` and reconciles peer entries onto it.
+"""The VXLAN backend: owns ``flannel.<VNI>``; per peer a neighbour, an FDB entry and an onlink
+route (or a plain route with DirectRouting).
 
-Two paths, one plan function:
-- an event (a peer added/changed/removed) diffs only that peer's entries against the model
-  of the kernel kept here (``actual``), so thousands of peers cost nothing per event;
-- ``reconcile()`` re-reads the device and everything we own from the kernel and diffs it all:
-  used at start-up (removing entries of peers that vanished while we were down), periodically,
-  and after failures (re-adding what someone deleted, recreating a deleted device).
+Peers that can only speak UDP (pyflannel nodes whose kernel has no VXLAN) are reached through
+a UDP path started on first need: their subnets are routed into ``flannel0``. This node says
+it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ignores.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 
+from pyflannel.backend import kernel
+from pyflannel.backend.base import Backend
+from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
-from pyflannel.backend.vxlan import kernel
+from pyflannel.backend.plan import (
+    UDP_BACKEND,
+    VXLAN_BACKEND,
+    KernelState,
+    Peer,
+    peer_entries,
+    udp_peer,
+    vxlan_peer,
+)
+from pyflannel.backend.udp.path import UdpPath
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
     VxlanLink,
@@ -26,41 +33,27 @@ from pyflannel.backend.vxlan.device import (
     parse_vxlan_config,
     random_vtep_mac,
 )
-from pyflannel.backend.vxlan.plan import (
-    VXLAN_BACKEND,
-    DesiredState,
-    KernelState,
-    Op,
-    VtepPeer,
-    VxlanDataError,
-    diff,
-    peer_entries,
-    record,
-    vtep_peer,
-)
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import BackendError
 from pyflannel.iface import ExtIface
 from pyflannel.netlink import Netlink
 from pyflannel.subnet.lease import Lease, LeaseAttrs
-from pyflannel.subnet.table import PeerChanges
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ReconcileReport:
-    repaired: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-class VxlanBackend:
+class VxlanBackend(Backend):
     name = VXLAN_BACKEND
 
-    def __init__(self, netlink: Netlink, network: NetworkConfig, ext: ExtIface):
-        self.netlink = netlink
-        self.network = network
-        self.ext = ext
+    def __init__(
+        self,
+        netlink: Netlink,
+        network: NetworkConfig,
+        ext: ExtIface,
+        udp_port: int | None = None,
+        udp_datapath: str = "threads",
+    ):
+        super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
         self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
         self.spec = VxlanSpec(
@@ -73,31 +66,35 @@ class VxlanBackend:
             gbp=self.config.gbp,
             mtu=self.mtu,
         )
+        self.device_name = self.spec.name
         self.device: VxlanLink | None = None
-        self.lease: Lease | None = None
-        self.peers: dict[IPv4Network, VtepPeer] = {}
-        self.desired = DesiredState()
-        self.actual = KernelState()  # our model of the kernel, refreshed by reconcile()
-        self.repairs = 0
-        self.repair_wanted = asyncio.Event()  # an event could not be applied fully
-        # Event updates and full reconciles both read and write ``actual``: one at a time.
-        self._kernel_lock = asyncio.Lock()
-        self._rejected: dict[IPv4Network, str] = {}
+        self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
+        self.udp = (
+            UdpPath(netlink, ext, udp_port, overlay_mtu(UDP_BACKEND, ext.mtu), udp_datapath)
+            if udp_port
+            else None
+        )
 
     @property
     def mtu_reason(self) -> str:
         source = "Backend.MTU" if self.config.mtu else f"{self.ext.name} MTU"
         return f"{self.config.mtu or self.ext.mtu} ({source}) - 50 (VXLAN overhead)"
 
+    def devices(self) -> Devices:
+        return Devices(
+            vxlan=self.device.index if self.device else None,
+            tun=self.udp.index if self.udp and self.udp.running else None,
+        )
+
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
-        """Create or adopt the device; return the attributes to advertise in our lease."""
         self.device = await self._ensure_device(mac=None)
+        data = {"VNI": self.spec.vni, "VtepMAC": self.device.mac}
+        if self.udp_port:
+            data["UDPPort"] = self.udp_port
         return LeaseAttrs(
-            public_ip=self.ext.public_ip,
-            backend_type=VXLAN_BACKEND,
-            backend_data={"VNI": self.spec.vni, "VtepMAC": self.device.mac},
+            public_ip=self.ext.public_ip, backend_type=VXLAN_BACKEND, backend_data=data
         )
 
     async def _ensure_device(self, mac: str | None) -> VxlanLink:
@@ -127,11 +124,10 @@ class VxlanBackend:
         )
         return link
 
-    async def assign(self, lease: Lease) -> None:
-        """Give the device our subnet's network address and bring it up."""
-        async with self._kernel_lock:
-            self.lease = lease
-            await self._configure_device()
+    async def _assign(self, lease: Lease) -> None:
+        await self._configure_device()
+        if self.udp and self.udp.running:
+            await self.udp.assign(lease.subnet, self.network.network)
 
     async def _configure_device(self) -> list[str]:
         return await self.netlink.call(
@@ -143,101 +139,47 @@ class VxlanBackend:
             self.mtu,
         )
 
-    # -- peers -----------------------------------------------------------------------------
-
-    async def update_peers(self, changes: PeerChanges) -> None:
-        async with self._kernel_lock:
-            await self._update_peers(changes)
-
-    async def _update_peers(self, changes: PeerChanges) -> None:
-        scope = KernelState()
-        for lease in changes.removed:
-            old = self.peers.pop(lease.subnet, None)
-            self._rejected.pop(lease.subnet, None)
-            if old is not None:
-                entries = peer_entries(old)
-                self.desired.discard(entries)
-                scope.add(entries)
-        for lease in changes.added:
-            old = self.peers.pop(lease.subnet, None)
-            if old is not None:
-                entries = peer_entries(old)
-                self.desired.discard(entries)
-                scope.add(entries)
-            peer = await self._peer(lease)
-            if peer is None:
-                continue
-            self.peers[lease.subnet] = peer
-            entries = peer_entries(peer)
-            self.desired.add(entries)
-            scope.add(entries)
-        if scope.size():
-            _, failed = await self._apply(diff(self.desired.state, self.actual, scope))
-            if failed:
-                self.repair_wanted.set()
-
-    async def _peer(self, lease: Lease) -> VtepPeer | None:
-        try:
-            peer = vtep_peer(lease)
-        except VxlanDataError as e:
-            if self._rejected.get(lease.subnet) != str(e):
-                log.warning("ignoring lease %s from %s: %s", lease.subnet, lease.attrs.public_ip, e)
-                self._rejected[lease.subnet] = str(e)
-            return None
-        self._rejected.pop(lease.subnet, None)
-        if self.config.direct_routing:
-            direct = await self.netlink.call(
-                kernel.directly_reachable, peer.public_ip, self.ext.index
-            )
-            peer = VtepPeer(peer.subnet, peer.public_ip, peer.vtep_mac, direct)
-        return peer
-
-    async def _apply(self, ops: list[Op]) -> tuple[list[Op], list[str]]:
-        """Apply operations in order and record each success in the model.
-        Returns the operations done and a description of each failure."""
-        if not ops:
-            return [], []
-        failed = await self.netlink.call(_apply_all, self.device.index, ops)
-        bad = {id(op) for op, _ in failed}
-        done = [op for op in ops if id(op) not in bad]
-        for op in done:
-            record(self.actual, op)
-        for op, error in failed:
-            log.warning(
-                "kernel refused %s %s %s: %s (will retry)", op.action, op.table, op.key, error
-            )
-        return done, [f"{op.action} {op.table} {op.key}: {error}" for op, error in failed]
-
-    # -- reconciliation --------------------------------------------------------------------
-
-    async def reconcile(self) -> ReconcileReport:
-        """Make the kernel match the desired state, whatever happened to it meanwhile."""
-        async with self._kernel_lock:
-            return await self._reconcile()
-
-    async def _reconcile(self) -> ReconcileReport:
-        report = ReconcileReport()
+    async def _ensure_devices(self) -> list[str]:
+        repaired = []
         link = await self.netlink.call(kernel.find_link, self.spec.name)
         if link is None or incompatibilities(link, self.spec) or link.mac != self.device.mac:
             what = "was deleted" if link is None else "was changed"
             self.device = await self._ensure_device(mac=self.device.mac)
-            report.repaired.append(f"device {self.spec.name} {what}; recreated")
+            repaired.append(f"device {self.spec.name} {what}; recreated")
         else:
             self.device = link
-        report.repaired += [f"device {c}" for c in await self._configure_device()]
-        self.actual = await self.netlink.call(kernel.read_state, self.device.index)
-        done, report.failed = await self._apply(diff(self.desired.state, self.actual))
-        report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]
-        self.repairs += len(report.repaired)
-        return report
+        repaired += [f"device {c}" for c in await self._configure_device()]
+        if self.udp and self.udp.running:
+            repaired += await self.udp.ensure()
+        return repaired
 
+    # -- peers -----------------------------------------------------------------------------
 
-def _apply_all(ipr, index: int, ops) -> list[tuple[object, str]]:
-    """Runs on the netlink thread: all operations in one go, failures collected."""
-    failed = []
-    for op in ops:
-        try:
-            kernel.apply_op(ipr, index, op)
-        except Exception as e:
-            failed.append((op, str(e)))
-    return failed
+    async def _peer(self, lease: Lease) -> Peer:
+        if lease.attrs.backend_type != VXLAN_BACKEND and self.udp is not None:
+            peer = udp_peer(lease, self.udp_port)
+            if not self.udp.running:
+                log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
+                await self.udp.start()
+                await self.udp.assign(self.lease.subnet, self.network.network)
+            return peer
+        peer = vxlan_peer(lease)
+        if self.config.direct_routing and await self.netlink.call(
+            kernel.directly_reachable, peer.public_ip, self.ext.index
+        ):
+            peer = vxlan_peer(lease, direct=True)
+        return peer
+
+    def _entries(self, peer: Peer) -> KernelState:
+        return peer_entries(peer)
+
+    def _peers_changed(self) -> None:
+        if self.udp is not None:
+            self.udp.set_peers(p for p in self.peers.values() if p.encap == "udp")
+
+    def datapath_stats(self) -> dict | None:
+        return self.udp.forwarder.snapshot() if self.udp and self.udp.forwarder else None
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.stop()

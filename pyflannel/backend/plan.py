@@ -1,9 +1,9 @@
-"""Desired kernel state for a set of VXLAN peers, and the plan that makes the kernel match it.
+"""Desired kernel state for a set of peers, and the plan that makes the kernel match it.
 
-Pure: no netlink here. ``KernelState`` describes the three tables pyflannel owns on a node —
-neighbours and FDB entries on its own VXLAN device, and routes carrying its own route
-protocol number — so the same ``diff`` serves start-up, events, and repair after someone
-deleted an entry.
+Pure: no netlink here. ``KernelState`` describes the tables pyflannel owns on a node —
+neighbours and FDB entries on its VXLAN device, and routes carrying its route protocol number
+(via the VXLAN device, directly via the underlay, or into the UDP backend's TUN device) — so
+the same ``diff`` serves start-up, events, and repair after someone deleted an entry.
 """
 
 from __future__ import annotations
@@ -16,20 +16,22 @@ from typing import Any, NamedTuple
 from pyflannel.subnet.lease import Lease
 
 VXLAN_BACKEND = "vxlan"
+UDP_BACKEND = "udp"
 
 
-class VxlanDataError(ValueError):
-    """A lease's BackendData is not usable VXLAN data."""
+class PeerDataError(ValueError):
+    """A lease cannot be used as a peer (wrong backend, bad BackendData, bad address)."""
 
 
 @dataclass(frozen=True)
-class VtepPeer:
-    """A remote node as the VXLAN data plane needs it."""
+class Peer:
+    """A remote node as the data plane needs it."""
 
     subnet: IPv4Network
     public_ip: IPv4Address
-    vtep_mac: str
-    direct: bool = False  # DirectRouting and the peer is on our link: plain route, no tunnel
+    encap: str  # "vxlan" | "direct" (same link, plain route) | "udp" (userspace tunnel)
+    vtep_mac: str = ""  # vxlan
+    udp_port: int = 0  # udp
 
     @property
     def gateway(self) -> IPv4Address:
@@ -44,42 +46,92 @@ def parse_mac(text: Any) -> str:
     ``aabb.ccdd.eeff``.
     """
     if not isinstance(text, str):
-        raise VxlanDataError("VtepMAC is not a string")
+        raise PeerDataError("VtepMAC is not a string")
     if len(text) == 14 and text.count(".") == 2:
         groups = text.split(".")
         if not all(len(g) == 4 for g in groups):
-            raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address")
+            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
         octets = [g[i : i + 2] for g in groups for i in (0, 2)]
     else:
         octets = text.replace("-", ":").split(":")
         if len(octets) != 6 or not all(len(o) == 2 for o in octets):
-            raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address")
+            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
     try:
         return ":".join(f"{int(o, 16):02x}" for o in octets)
     except ValueError:
-        raise VxlanDataError(f"VtepMAC {text!r} is not a MAC address") from None
+        raise PeerDataError(f"VtepMAC {text!r} is not a MAC address") from None
 
 
-def vtep_peer(lease: Lease, direct: bool = False) -> VtepPeer:
-    """The VXLAN view of a peer's lease; raises VxlanDataError if it is not a usable one."""
-    if lease.attrs.backend_type != VXLAN_BACKEND:
-        raise VxlanDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not vxlan")
+def _backend_data(lease: Lease) -> dict[str, Any]:
     data = lease.attrs.backend_data
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise VxlanDataError("BackendData is not a JSON object")
-    data = {k.lower(): v for k, v in data.items()}
+        raise PeerDataError("BackendData is not a JSON object")
+    return {k.lower(): v for k, v in data.items()}
+
+
+def _check_public_ip(lease: Lease) -> IPv4Address:
+    ip = lease.attrs.public_ip
+    if (
+        ip.is_unspecified
+        or ip.is_multicast
+        or ip.is_loopback
+        or ip == IPv4Address("255.255.255.255")
+    ):
+        raise PeerDataError(f"PublicIP {ip} cannot be a tunnel endpoint")
+    return ip
+
+
+def vxlan_peer(lease: Lease, direct: bool = False) -> Peer:
+    """The VXLAN view of a peer's lease; raises PeerDataError if it is not a usable one."""
+    if lease.attrs.backend_type != VXLAN_BACKEND:
+        raise PeerDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not vxlan")
+    data = _backend_data(lease)
+    if not data:
+        raise PeerDataError("BackendData is missing")
     mac = parse_mac(data.get("vtepmac"))
     if int(mac.split(":")[0], 16) & 1:
-        raise VxlanDataError(f"VtepMAC {mac} is a multicast address")
-    public_ip = lease.attrs.public_ip
-    if public_ip.is_unspecified or public_ip.is_multicast or public_ip.is_loopback:
-        raise VxlanDataError(f"PublicIP {public_ip} cannot be a tunnel endpoint")
-    return VtepPeer(lease.subnet, public_ip, mac, direct)
+        raise PeerDataError(f"VtepMAC {mac} is a multicast address")
+    ip = _check_public_ip(lease)
+    return Peer(lease.subnet, ip, "direct" if direct else "vxlan", vtep_mac=mac)
+
+
+def udp_port(lease: Lease, default: int) -> int | None:
+    """The port at which a lease's owner accepts flannel UDP encapsulation, or None.
+
+    Upstream UDP nodes write no BackendType and expect every node to use the same port
+    (``default``). pyflannel nodes that fell back to UDP write BackendType "udp" with their
+    Port; pyflannel VXLAN nodes advertise ``UDPPort`` in their BackendData (upstream ignores
+    unknown keys there).
+    """
+    data = _backend_data(lease)
+    kind = lease.attrs.backend_type
+    if kind == "" or kind == UDP_BACKEND:
+        port = data.get("port", default)
+    elif kind == VXLAN_BACKEND:
+        port = data.get("udpport")
+        if port is None:
+            return None
+    else:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise PeerDataError(f"UDP port {port!r} is not a port number")
+    return port
+
+
+def udp_peer(lease: Lease, default_port: int) -> Peer:
+    port = udp_port(lease, default_port)
+    if port is None:
+        raise PeerDataError(
+            f"backend type {lease.attrs.backend_type!r} does not accept UDP encapsulation"
+        )
+    return Peer(lease.subnet, _check_public_ip(lease), "udp", udp_port=port)
 
 
 class Route(NamedTuple):
-    gateway: IPv4Address
-    onlink: bool  # True: via the VXLAN device with the onlink flag; False: direct via underlay
+    gateway: IPv4Address | None
+    via: str  # "vxlan": onlink via the VXLAN device; "underlay": direct; "tun": into flannel0
 
 
 @dataclass
@@ -145,17 +197,19 @@ class Op(NamedTuple):
     value: Any
 
 
-def peer_entries(peer: VtepPeer) -> KernelState:
-    if peer.direct:
-        return KernelState(routes={peer.subnet: Route(peer.public_ip, onlink=False)})
+def peer_entries(peer: Peer) -> KernelState:
+    if peer.encap == "direct":
+        return KernelState(routes={peer.subnet: Route(peer.public_ip, "underlay")})
+    if peer.encap == "udp":
+        return KernelState(routes={peer.subnet: Route(None, "tun")})
     return KernelState(
         neighbours={peer.gateway: peer.vtep_mac},
         fdb={peer.vtep_mac: peer.public_ip},
-        routes={peer.subnet: Route(peer.gateway, onlink=True)},
+        routes={peer.subnet: Route(peer.gateway, "vxlan")},
     )
 
 
-def desired_state(peers: Iterable[VtepPeer]) -> KernelState:
+def desired_state(peers: Iterable[Peer]) -> KernelState:
     desired = DesiredState()
     for peer in peers:
         desired.add(peer_entries(peer))

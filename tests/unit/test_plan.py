@@ -4,24 +4,26 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.backend.vxlan.plan import (
+from pyflannel.backend.plan import (
     DesiredState,
     KernelState,
     Op,
+    Peer,
+    PeerDataError,
     Route,
-    VtepPeer,
-    VxlanDataError,
     desired_state,
     diff,
     parse_mac,
     peer_entries,
     record,
-    vtep_peer,
+    udp_peer,
+    udp_port,
+    vxlan_peer,
 )
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
-A = VtepPeer(IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), "02:00:00:00:00:02")
-B = VtepPeer(IPv4Network("10.1.3.0/24"), IPv4Address("198.51.100.3"), "02:00:00:00:00:03")
+A = Peer(IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), "vxlan", "02:00:00:00:00:02")
+B = Peer(IPv4Network("10.1.3.0/24"), IPv4Address("198.51.100.3"), "vxlan", "02:00:00:00:00:03")
 
 
 def vxlan_lease(data, public_ip="198.51.100.2", backend="vxlan"):
@@ -34,14 +36,19 @@ def test_a_peer_needs_a_neighbour_an_fdb_entry_and_an_onlink_route():
     state = peer_entries(A)
     assert state.neighbours == {IPv4Address("10.1.2.0"): "02:00:00:00:00:02"}
     assert state.fdb == {"02:00:00:00:00:02": IPv4Address("198.51.100.2")}
-    assert state.routes == {IPv4Network("10.1.2.0/24"): Route(IPv4Address("10.1.2.0"), onlink=True)}
+    assert state.routes == {IPv4Network("10.1.2.0/24"): Route(IPv4Address("10.1.2.0"), "vxlan")}
 
 
 def test_a_direct_peer_needs_only_a_route_via_its_public_ip():
-    direct = VtepPeer(A.subnet, A.public_ip, A.vtep_mac, direct=True)
+    direct = Peer(A.subnet, A.public_ip, "direct", A.vtep_mac)
     state = peer_entries(direct)
     assert (state.neighbours, state.fdb) == ({}, {})
-    assert state.routes == {A.subnet: Route(A.public_ip, onlink=False)}
+    assert state.routes == {A.subnet: Route(A.public_ip, "underlay")}
+
+
+def test_a_udp_peer_needs_only_a_route_into_the_tun_device():
+    udp = Peer(A.subnet, A.public_ip, "udp", udp_port=8285)
+    assert peer_entries(udp) == KernelState(routes={A.subnet: Route(None, "tun")})
 
 
 def test_diff_from_empty_adds_neighbour_then_fdb_then_route():
@@ -67,7 +74,7 @@ def test_diff_of_equal_states_is_empty():
 
 
 def test_diff_replaces_a_changed_mac_and_deletes_the_old_fdb_entry():
-    moved = VtepPeer(A.subnet, A.public_ip, "02:00:00:00:00:99")
+    moved = Peer(A.subnet, A.public_ip, "vxlan", "02:00:00:00:00:99")
     ops = diff(peer_entries(moved), peer_entries(A))
     assert Op("delete", "fdb", "02:00:00:00:00:02", A.public_ip) in ops
     assert Op("replace", "fdb", "02:00:00:00:00:99", A.public_ip) in ops
@@ -83,7 +90,7 @@ def test_scoped_diff_looks_only_at_the_given_peer():
 
 def test_record_makes_the_model_match_after_applying_the_plan():
     desired, actual = desired_state([A, B]), desired_state([A])
-    actual.routes[IPv4Network("10.1.9.0/24")] = Route(IPv4Address("10.1.9.0"), True)  # stale
+    actual.routes[IPv4Network("10.1.9.0/24")] = Route(IPv4Address("10.1.9.0"), "vxlan")  # stale
     for op in diff(desired, actual):
         record(actual, op)
     assert actual == desired
@@ -91,7 +98,7 @@ def test_record_makes_the_model_match_after_applying_the_plan():
 
 def test_an_entry_two_peers_share_stays_until_both_are_gone():
     desired = DesiredState()
-    second = VtepPeer(IPv4Network("10.1.7.0/24"), A.public_ip, A.vtep_mac)  # same node's VTEP
+    second = Peer(IPv4Network("10.1.7.0/24"), A.public_ip, "vxlan", A.vtep_mac)  # same VTEP
     desired.add(peer_entries(A))
     desired.add(peer_entries(second))
     desired.discard(peer_entries(A))
@@ -103,7 +110,7 @@ def test_an_entry_two_peers_share_stays_until_both_are_gone():
 
 def test_conflicting_values_newest_wins_and_the_older_returns_when_it_leaves():
     desired = DesiredState()
-    moved = VtepPeer(IPv4Network("10.1.7.0/24"), IPv4Address("198.51.100.7"), A.vtep_mac)
+    moved = Peer(IPv4Network("10.1.7.0/24"), IPv4Address("198.51.100.7"), "vxlan", A.vtep_mac)
     desired.add(peer_entries(A))
     desired.add(peer_entries(moved))
     assert desired.state.fdb[A.vtep_mac] == moved.public_ip
@@ -118,10 +125,10 @@ def test_discarding_what_was_never_added_changes_nothing():
     assert desired.state == peer_entries(A)
 
 
-def test_vtep_peer_from_an_upstream_lease():
-    peer = vtep_peer(vxlan_lease({"VNI": 1, "VtepMAC": "C6:D2:32:6F:8F:44"}))
-    assert peer == VtepPeer(
-        IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), "c6:d2:32:6f:8f:44"
+def test_vxlan_peer_from_an_upstream_lease():
+    peer = vxlan_peer(vxlan_lease({"VNI": 1, "VtepMAC": "C6:D2:32:6F:8F:44"}))
+    assert peer == Peer(
+        IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), "vxlan", "c6:d2:32:6f:8f:44"
     )
 
 
@@ -138,7 +145,7 @@ def test_mac_forms_go_accepts(text, mac):
     [
         (vxlan_lease(None, backend=""), "not vxlan"),
         (vxlan_lease({"VNI": 1, "VtepMAC": "x"}, backend="host-gw"), "not vxlan"),
-        (vxlan_lease(None), "BackendData is not a JSON object"),
+        (vxlan_lease(None), "BackendData is missing"),
         (vxlan_lease([1]), "BackendData is not a JSON object"),
         (vxlan_lease({"VNI": 1}), "VtepMAC is not a string"),
         (vxlan_lease({"VtepMAC": "zz:00:00:00:00:00"}), "not a MAC"),
@@ -153,5 +160,36 @@ def test_mac_forms_go_accepts(text, mac):
     ],
 )
 def test_unusable_leases_are_rejected_with_a_reason(lease, reason):
-    with pytest.raises(VxlanDataError, match=reason):
-        vtep_peer(lease)
+    with pytest.raises(PeerDataError, match=reason):
+        vxlan_peer(lease)
+
+
+@pytest.mark.parametrize(
+    "backend, data, port",
+    [
+        ("", None, 8285),  # upstream UDP node: no BackendType, everyone on the local port
+        ("udp", {"Port": 7000}, 7000),  # pyflannel node that fell back to UDP
+        ("udp", None, 8285),
+        ("vxlan", {"VNI": 1, "VtepMAC": "02:00:00:00:00:02", "UDPPort": 8300}, 8300),
+        ("vxlan", {"VNI": 1, "VtepMAC": "02:00:00:00:00:02"}, None),  # upstream VXLAN node
+        ("host-gw", None, None),
+    ],
+)
+def test_which_peers_accept_udp_and_on_which_port(backend, data, port):
+    assert udp_port(vxlan_lease(data, backend=backend), 8285) == port
+
+
+def test_udp_peer_from_a_fallback_lease():
+    peer = udp_peer(vxlan_lease({"Port": 7000, "Reason": "no vxlan"}, backend="udp"), 8285)
+    assert (peer.encap, peer.udp_port, str(peer.public_ip)) == ("udp", 7000, "198.51.100.2")
+
+
+@pytest.mark.parametrize("data", [{"Port": "8285"}, {"Port": 0}, {"Port": 70000}, {"Port": True}])
+def test_bad_udp_ports_are_rejected(data):
+    with pytest.raises(PeerDataError, match="not a port number"):
+        udp_peer(vxlan_lease(data, backend="udp"), 8285)
+
+
+def test_a_peer_that_cannot_do_udp_is_rejected_by_a_udp_node():
+    with pytest.raises(PeerDataError, match="does not accept UDP encapsulation"):
+        udp_peer(vxlan_lease({"VNI": 1, "VtepMAC": "02:00:00:00:00:02"}), 8285)

@@ -1,22 +1,23 @@
-"""Netlink I/O for the VXLAN backend. Every function takes a pyroute2 ``IPRoute`` first and
-runs on the netlink thread (see pyflannel.netlink); the decisions live in device.py/plan.py.
+"""Netlink I/O for the backends. Every function takes a pyroute2 ``IPRoute`` first and runs
+on the netlink thread (see pyflannel.netlink); the decisions live in plan.py and device.py.
 
-Ownership: pyflannel touches only its own device, the neighbour/FDB entries on it, and routes
-in the main table that carry its route protocol number ``RTPROT_PYFLANNEL``.
+Ownership: pyflannel touches only its own devices, the neighbour/FDB entries on its VXLAN
+device, and routes in the main table that carry its route protocol number ``RTPROT_PYFLANNEL``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from pyflannel.backend.plan import KernelState, Op, Route
 from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
-from pyflannel.backend.vxlan.plan import KernelState, Op, Route
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,14 @@ AF_INET = 2
 
 # Errors that mean "already as wanted" for the operation that got them.
 _ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Interface indexes of the devices routes may point at (None: not on this node)."""
+
+    vxlan: int | None = None
+    tun: int | None = None
 
 
 def find_link(ipr, name: str) -> VxlanLink | None:
@@ -116,67 +125,98 @@ def configure_device(
     return changed
 
 
-def read_state(ipr, index: int) -> KernelState:
+def read_state(ipr, devices: Devices) -> KernelState:
     """What pyflannel owns in the kernel now: permanent IPv4 neighbours and permanent FDB
-    entries on the device, and routes with our protocol number in the main table."""
+    entries on the VXLAN device, and routes with our protocol number in the main table."""
     state = KernelState()
-    for msg in ipr.neigh("dump", ifindex=index, family=AF_INET):
-        if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT:
-            state.neighbours[IPv4Address(msg.get_attr("NDA_DST"))] = msg.get_attr("NDA_LLADDR")
-    for msg in ipr.fdb("dump", ifindex=index):
-        dst = msg.get_attr("NDA_DST")
-        if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and dst:
-            state.fdb[msg.get_attr("NDA_LLADDR")] = IPv4Address(dst)
+    index = devices.vxlan
+    if index is not None:
+        for msg in ipr.neigh("dump", ifindex=index, family=AF_INET):
+            if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT:
+                state.neighbours[IPv4Address(msg.get_attr("NDA_DST"))] = msg.get_attr("NDA_LLADDR")
+        for msg in ipr.fdb("dump", ifindex=index):
+            dst = msg.get_attr("NDA_DST")
+            if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and dst:
+                state.fdb[msg.get_attr("NDA_LLADDR")] = IPv4Address(dst)
     for msg in ipr.route("dump", family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL):
         if msg["proto"] != RTPROT_PYFLANNEL:
             continue
-        gateway = msg.get_attr("RTA_GATEWAY")
         dst = IPv4Network((msg.get_attr("RTA_DST") or "0.0.0.0", msg["dst_len"]))
-        onlink = bool(msg["flags"] & RTNH_F_ONLINK) and msg.get_attr("RTA_OIF") == index
-        state.routes[dst] = Route(IPv4Address(gateway) if gateway else IPv4Address(0), onlink)
+        state.routes[dst] = _route_of(msg, devices)
     return state
 
 
-def apply_op(ipr, index: int, op: Op) -> None:
+def _route_of(msg, devices: Devices) -> Route:
+    gateway = msg.get_attr("RTA_GATEWAY")
+    gateway = IPv4Address(gateway) if gateway else None
+    oif = msg.get_attr("RTA_OIF")
+    if oif is not None and oif == devices.tun:
+        return Route(gateway, "tun")
+    if oif is not None and oif == devices.vxlan and msg["flags"] & RTNH_F_ONLINK:
+        return Route(gateway, "vxlan")
+    return Route(gateway, "underlay" if oif not in (devices.vxlan, devices.tun) else "other")
+
+
+def apply_op(ipr, devices: Devices, op: Op) -> None:
     """Carry out one plan operation; an absent entry on delete counts as success."""
     try:
-        _OPS[(op.table, op.action)](ipr, index, op.key, op.value)
+        _OPS[(op.table, op.action)](ipr, devices, op.key, op.value)
     except NetlinkError as e:
         if op.action == "delete" and e.code in _ABSENT:
             return
         raise
 
 
-def _neigh_replace(ipr, index, ip, mac):
-    ipr.neigh("replace", ifindex=index, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
+def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
+    """All operations in one go on the netlink thread; the failures, with their errors."""
+    failed = []
+    for op in ops:
+        try:
+            apply_op(ipr, devices, op)
+        except Exception as e:
+            failed.append((op, str(e)))
+    return failed
 
 
-def _neigh_delete(ipr, index, ip, mac):
-    ipr.neigh("del", ifindex=index, dst=str(ip), lladdr=mac)
+def _neigh_replace(ipr, devices, ip, mac):
+    ipr.neigh("replace", ifindex=devices.vxlan, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
 
 
-def _fdb_replace(ipr, index, mac, dst):
-    ipr.fdb("replace", ifindex=index, lladdr=mac, dst=str(dst), flags=NTF_SELF, state=NUD_PERMANENT)
+def _neigh_delete(ipr, devices, ip, mac):
+    ipr.neigh("del", ifindex=devices.vxlan, dst=str(ip), lladdr=mac)
 
 
-def _fdb_delete(ipr, index, mac, dst):
-    ipr.fdb("del", ifindex=index, lladdr=mac, dst=str(dst), flags=NTF_SELF)
-
-
-def _route_args(index, dst: IPv4Network, route: Route) -> dict:
-    args = dict(
-        dst=str(dst), gateway=str(route.gateway), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL
+def _fdb_replace(ipr, devices, mac, dst):
+    ipr.fdb(
+        "replace",
+        ifindex=devices.vxlan,
+        lladdr=mac,
+        dst=str(dst),
+        flags=NTF_SELF,
+        state=NUD_PERMANENT,
     )
-    if route.onlink:
-        args.update(oif=index, flags=RTNH_F_ONLINK)
+
+
+def _fdb_delete(ipr, devices, mac, dst):
+    ipr.fdb("del", ifindex=devices.vxlan, lladdr=mac, dst=str(dst), flags=NTF_SELF)
+
+
+def _route_args(devices: Devices, dst: IPv4Network, route: Route) -> dict:
+    args = dict(dst=str(dst), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL)
+    if route.gateway is not None:
+        args["gateway"] = str(route.gateway)
+    if route.via == "vxlan":
+        args.update(oif=devices.vxlan, flags=RTNH_F_ONLINK)
+    elif route.via == "tun":
+        args.update(oif=devices.tun)
     return args
 
 
-def _route_replace(ipr, index, dst, route):
-    ipr.route("replace", **_route_args(index, dst, route))
+def _route_replace(ipr, devices, dst, route):
+    ipr.route("replace", **_route_args(devices, dst, route))
 
 
-def _route_delete(ipr, index, dst, route):
+def _route_delete(ipr, devices, dst, route):
     ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL)
 
 

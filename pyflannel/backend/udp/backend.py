@@ -1,0 +1,105 @@
+"""The UDP backend: every peer through ``flannel0`` and the userspace forwarder.
+
+Two modes, one data path:
+- ``udp``: the cluster's config says ``"Type": "udp"``. Exactly upstream on the wire and in
+  etcd: lease ``{"PublicIP":…,"PublicIPv6":null}``, one route for the whole network into
+  ``flannel0``, all nodes on the same port (Backend.Port, default 8285).
+- ``fallback``: the cluster is VXLAN but this node cannot (or is told not to) create a VXLAN
+  device. Its lease says so (BackendType "udp" with its Port and the reason); pyflannel VXLAN
+  peers that advertise ``UDPPort`` are reached over UDP, upstream VXLAN peers cannot be.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyflannel.backend.base import Backend
+from pyflannel.backend.kernel import Devices
+from pyflannel.backend.mtu import overlay_mtu
+from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, diff, udp_peer
+from pyflannel.backend.udp.path import DEFAULT_PORT, UdpPath
+from pyflannel.backend.udp.tun import TUN_NAME
+from pyflannel.config import NetworkConfig
+from pyflannel.errors import ConfigError
+from pyflannel.iface import ExtIface
+from pyflannel.netlink import Netlink
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+
+def parse_udp_port(backend: dict) -> int:
+    port = {k.lower(): v for k, v in backend.items()}.get("port", DEFAULT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"Backend.Port must be an integer from 1 to 65535, not {port!r}")
+    return port
+
+
+class UdpBackend(Backend):
+    name = UDP_BACKEND
+    device_name = TUN_NAME
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        network: NetworkConfig,
+        ext: ExtIface,
+        port: int,
+        fallback_reason: str = "",
+        datapath: str = "threads",
+    ):
+        super().__init__(netlink, network, ext)
+        self.port = port
+        self.fallback_reason = fallback_reason  # empty: the cluster's own backend is udp
+        self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
+        self.path = UdpPath(netlink, ext, port, self.mtu, datapath)
+
+    @property
+    def mtu_reason(self) -> str:
+        return f"{self.ext.mtu} ({self.ext.name} MTU) - 28 (UDP overhead)"
+
+    def devices(self) -> Devices:
+        return Devices(tun=self.path.index)
+
+    async def prepare(self) -> LeaseAttrs:
+        await self.path.start()
+        if not self.fallback_reason:
+            return LeaseAttrs(public_ip=self.ext.public_ip)  # byte-identical to upstream's
+        return LeaseAttrs(
+            public_ip=self.ext.public_ip,
+            backend_type=UDP_BACKEND,
+            backend_data={
+                "Port": self.port,
+                "FallbackFrom": self.network.backend_type,
+                "Reason": self.fallback_reason[:200],
+            },
+        )
+
+    async def _assign(self, lease: Lease) -> None:
+        await self.path.assign(lease.subnet, self.network.network)
+        # Like upstream: the whole network into flannel0; our own subnet is more specific
+        # (on cni0), and a destination no peer owns gets ICMP net-unreachable from us.
+        network_route = KernelState(routes={self.network.network: Route(None, "tun")})
+        if not self.desired.state.routes:
+            self.desired.add(network_route)
+            _, failed = await self._apply(diff(self.desired.state, self.actual, network_route))
+            if failed:
+                self.repair_wanted.set()
+
+    async def _ensure_devices(self) -> list[str]:
+        return await self.path.ensure()
+
+    async def _peer(self, lease: Lease) -> Peer:
+        return udp_peer(lease, self.port)
+
+    def _entries(self, peer: Peer) -> KernelState:
+        return KernelState()  # peers live in the forwarding table, not in the kernel
+
+    def _peers_changed(self) -> None:
+        self.path.set_peers(self.peers.values())
+
+    def datapath_stats(self) -> dict | None:
+        return self.path.forwarder.snapshot() if self.path.forwarder else None
+
+    def close(self) -> None:
+        self.path.stop()
