@@ -257,7 +257,7 @@ class Daemon:
                 self.keeper.lease.subnet,
                 len(self.table.peers()),
                 self.backend.name,
-                self.backend.device.name,
+                self.backend.device_name,
             )
             sd_notify.notify(f"READY=1\nSTATUS=subnet {self.keeper.lease.subnet}")
 

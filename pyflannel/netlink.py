@@ -27,7 +27,9 @@ class Netlink:
         if ipr is None:
             from pyroute2 import IPRoute
 
-            ipr = self._local.ipr = IPRoute()
+            # ext_ack: errors carry the kernel's own explanation ("A VXLAN device with the
+            # specified VNI already exists"), not just an errno.
+            ipr = self._local.ipr = IPRoute(ext_ack=True)
         return ipr
 
     def _run(self, fn: Callable[..., T], args, kwargs) -> T:

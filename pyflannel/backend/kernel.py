@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -38,6 +39,15 @@ class Devices:
 
     vxlan: int | None = None
     tun: int | None = None
+
+
+def describe_error(e: Exception) -> str:
+    """A netlink error as a sentence: the kernel's message and the errno name."""
+    if isinstance(e, NetlinkError):
+        name = errno.errorcode.get(e.code, str(e.code))
+        message = e.args[1] if len(e.args) > 1 and e.args[1] else os.strerror(e.code)
+        return f"{message} ({name})"
+    return str(e)
 
 
 def find_link(ipr, name: str) -> VxlanLink | None:
@@ -174,7 +184,7 @@ def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
         try:
             apply_op(ipr, devices, op)
         except Exception as e:
-            failed.append((op, str(e)))
+            failed.append((op, describe_error(e)))
     return failed
 
 

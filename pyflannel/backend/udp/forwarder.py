@@ -58,7 +58,7 @@ class Forwarder:
         self.datapath = datapath
         self.table = ForwardingTable()
         self.local_net = self.local_mask = 0xFFFFFFFF  # matches nothing until set_local()
-        self.tun_address = 0
+        self.icmp_source = 0
         self.to_peers = Counters()  # TUN -> UDP
         self.from_peers = Counters()  # UDP -> TUN
         self.icmp_sent = 0
@@ -68,11 +68,15 @@ class Forwarder:
         self._errors_logged: set[str] = set()
         self.failed: str | None = None  # why a data-path thread died (the device vanished...)
 
-    def set_local(self, subnet: IPv4Network) -> None:
-        """Our subnet: the only inner destinations accepted from peers; .0 sources ICMP."""
+    def set_local(self, subnet: IPv4Network, network: IPv4Network) -> None:
+        """Our subnet: the only inner destinations accepted from peers.
+
+        ICMP errors come from the cluster network's own address (10.1.0.0), never leased:
+        upstream uses the TUN's address, which is local to this host, so the kernel drops
+        those errors as martians before they reach the pod."""
         self.local_mask = int(subnet.netmask)
         self.local_net = int(subnet.network_address)
-        self.tun_address = int(subnet.network_address)
+        self.icmp_source = int(network.network_address)
 
     # -- one packet each way ---------------------------------------------------------------
 
@@ -85,7 +89,7 @@ class Forwarder:
         if hop is None:
             counters.drop(pk.NO_ROUTE)
             if pk.wants_icmp_error(data):
-                self._write_tun(pk.net_unreachable(data, self.tun_address), counters)
+                self._write_tun(pk.net_unreachable(data, self.icmp_source), counters)
                 self.icmp_sent += 1
             return
         buf = bytearray(data)
@@ -103,7 +107,8 @@ class Forwarder:
 
     def from_udp(self, data: bytes, sender: str) -> None:
         counters = self.from_peers
-        if sender not in self.table.senders:
+        owned = self.table.senders.get(sender)
+        if owned is None:
             counters.drop(pk.UNKNOWN_SENDER)
             return
         reason = pk.problem(data, self.mtu)
@@ -111,7 +116,11 @@ class Forwarder:
             counters.drop(reason)
             return
         if int.from_bytes(data[16:20], "big") & self.local_mask != self.local_net:
-            counters.drop(pk.NOT_FOR_US)
+            counters.drop(pk.NOT_FOR_US)  # we are no relay
+            return
+        src = int.from_bytes(data[12:16], "big")
+        if not any(src & mask == net for net, mask in owned):
+            counters.drop(pk.SPOOFED_SOURCE)
             return
         buf = bytearray(data)
         if not pk.decrement_ttl(buf):

@@ -28,6 +28,7 @@ TTL_EXPIRED = "ttl_expired"
 NO_ROUTE = "no_route"
 UNKNOWN_SENDER = "unknown_sender"
 NOT_FOR_US = "not_for_this_node"
+SPOOFED_SOURCE = "spoofed_source"  # inner source outside the sending peer's subnets
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:

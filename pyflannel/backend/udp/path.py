@@ -86,7 +86,7 @@ class UdpPath:
             (p.subnet, p.public_ip, p.udp_port) for p in self._peers
         )
         if self._subnet is not None:
-            self.forwarder.set_local(self._subnet)
+            self.forwarder.set_local(self._subnet, self._network)
         self.forwarder.start()
         log.info(
             "UDP path up: %s (index %d, MTU %d), socket %s:%d, data path %s",
@@ -102,7 +102,7 @@ class UdpPath:
         """Give flannel0 our subnet's network address; accept packets for our subnet."""
         self._subnet, self._network = subnet, network
         if self.forwarder is not None:
-            self.forwarder.set_local(subnet)
+            self.forwarder.set_local(subnet, network)
         return await self.netlink.call(
             kernel.configure_device, self.index, TUN_NAME, subnet.network_address, network, self.mtu
         )

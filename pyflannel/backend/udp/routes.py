@@ -18,23 +18,26 @@ NextHop = tuple[str, int]  # (public IP, UDP port), ready for sendto()
 class ForwardingTable:
     # prefix length -> {network address as int -> next hop}, longest prefix first
     _by_length: tuple[tuple[int, int, dict[int, NextHop]], ...] = ()
-    senders: frozenset[int] = field(default_factory=frozenset)  # peers' public IPs as ints
+    # a peer's public IP, as recvfrom gives it -> the (network, mask) pairs it owns
+    senders: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, routes: Iterable[tuple[IPv4Network, IPv4Address, int]]) -> ForwardingTable:
         by_length: dict[int, dict[int, NextHop]] = {}
-        senders = set()
+        senders: dict[str, list[tuple[int, int]]] = {}
         for subnet, public_ip, port in routes:
             by_length.setdefault(subnet.prefixlen, {})[int(subnet.network_address)] = (
                 str(public_ip),
                 port,
             )
-            senders.add(int(public_ip))
+            senders.setdefault(str(public_ip), []).append(
+                (int(subnet.network_address), int(subnet.netmask))
+            )
         ordered = tuple(
             (length, (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, by_length[length])
             for length in sorted(by_length, reverse=True)
         )
-        return cls(ordered, frozenset(senders))
+        return cls(ordered, {ip: tuple(nets) for ip, nets in senders.items()})
 
     def lookup(self, address: int) -> NextHop | None:
         for _, mask, networks in self._by_length:

@@ -111,7 +111,7 @@ class VxlanBackend(Backend):
         except Exception as e:
             raise BackendError(
                 f"cannot create VXLAN device {self.spec.name} (VNI {self.spec.vni}, "
-                f"port {self.spec.effective_port}, via {self.ext.name}): {e}"
+                f"port {self.spec.effective_port}, via {self.ext.name}): {kernel.describe_error(e)}"
             ) from e
         log.info(
             "created %s: VNI %d, local %s, port %d, MTU %d, VTEP MAC %s",
