@@ -42,7 +42,7 @@ class Options:
     reconcile_interval: float = 30.0
     backend_fallback: str = "auto"
     udp_fallback_port: int = 8285
-    udp_datapath: str = "threads"
+    udp_datapath: str = "auto"
     ip_masq: bool = False
     v: int = 0
 
@@ -112,8 +112,8 @@ FLAGS: list[tuple[str, type, str]] = [
     (
         "udp-datapath",
         str,
-        "how the UDP data path waits for packets: threads, asyncio or uvloop "
-        "(default %(default)s; pyflannel only)",
+        "how the UDP data path waits for packets: auto (uvloop if installed, else asyncio), "
+        "uvloop, asyncio, or threads (measured slower; default %(default)s; pyflannel only)",
     ),
     (
         "ip-masq",
@@ -225,7 +225,7 @@ def validate(options: Options) -> None:
         )
     if not 0 < options.udp_fallback_port < 65536:
         raise OptionsError("--udp-fallback-port must be a port number")
-    if options.udp_datapath not in ("threads", "asyncio", "uvloop"):
+    if options.udp_datapath not in ("auto", "threads", "asyncio", "uvloop"):
         raise OptionsError(
             f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"
         )

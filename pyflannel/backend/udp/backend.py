@@ -46,7 +46,7 @@ class UdpBackend(Backend):
         ext: ExtIface,
         port: int,
         fallback_reason: str = "",
-        datapath: str = "threads",
+        datapath: str = "auto",
     ):
         super().__init__(netlink, network, ext)
         self.port = port

@@ -5,7 +5,7 @@ separate, swappable strategy (``DATAPATHS``), measured in bench/dataplane.py:
 - ``threads``: one thread per direction, each blocking in poll() and then draining its
   non-blocking fd until EAGAIN, so a busy fd costs one poll per batch, not per packet;
 - ``asyncio`` / ``uvloop``: both fds on one event loop in one thread, draining per wake-up.
-Either way the data path runs outside the daemon's control-plane event loop: route updates
+The default (``auto``) is uvloop when installed, else asyncio. Either way the data path runs outside the daemon's control-plane event loop: route updates
 swap an immutable table (one reference assignment) and never wait for packets, and packets
 never wait for etcd or netlink.
 """
@@ -29,6 +29,21 @@ log = logging.getLogger(__name__)
 
 BUFFER = 65536  # read whole datagrams: anything longer than the MTU is dropped, not truncated
 DATAPATHS = ("threads", "asyncio", "uvloop")
+
+
+def resolve_datapath(name: str) -> str:
+    """``auto``: uvloop if installed, else the stdlib loop. bench/dataplane.py measured one
+    event-loop thread 17% faster than two threads on 2 cores, and uvloop level with asyncio
+    in throughput but 26% lower in median RTT (31% at p99)."""
+    if name != "auto":
+        return name
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 SEND_ERROR = "send_error"
 WRITE_ERROR = "write_error"
 INTERNAL_ERROR = "internal_error"
@@ -47,7 +62,8 @@ class Counters:
 
 
 class Forwarder:
-    def __init__(self, tun_fd: int, sock: socket.socket, mtu: int, datapath: str = "threads"):
+    def __init__(self, tun_fd: int, sock: socket.socket, mtu: int, datapath: str = "auto"):
+        datapath = resolve_datapath(datapath)
         if datapath not in DATAPATHS:
             raise ValueError(
                 f"unknown UDP data path {datapath!r}; choose from {', '.join(DATAPATHS)}"

@@ -43,7 +43,7 @@ def _prepare_tun(ipr, name: str) -> int:
 
 class UdpPath:
     def __init__(
-        self, netlink: Netlink, ext: ExtIface, port: int, mtu: int, datapath: str = "threads"
+        self, netlink: Netlink, ext: ExtIface, port: int, mtu: int, datapath: str = "auto"
     ):
         self.netlink = netlink
         self.ext = ext
@@ -95,7 +95,7 @@ class UdpPath:
             self.mtu,
             self.ext.iface_addr,
             self.port,
-            self.datapath,
+            self.forwarder.datapath,
         )
 
     async def assign(self, subnet: IPv4Network, network: IPv4Network) -> list[str]:

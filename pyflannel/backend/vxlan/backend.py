@@ -51,7 +51,7 @@ class VxlanBackend(Backend):
         network: NetworkConfig,
         ext: ExtIface,
         udp_port: int | None = None,
-        udp_datapath: str = "threads",
+        udp_datapath: str = "auto",
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
