@@ -70,7 +70,7 @@ def test_tun_to_peer_carries_exactly_the_inner_packet_with_ttl_minus_one(rig):
     data, addr = rig.peer.recvfrom(65536)
     assert addr == rig.our_addr
     assert data == pod_packet(ttl=63)  # scapy's own encoding, checksum included
-    assert rig.fwd.to_peers.packets == 1
+    rig.wait(lambda: rig.fwd.to_peers.packets == 1)  # counted just after sendto() returns
 
 
 def test_peer_to_tun_delivers_packets_for_our_subnet(rig):
@@ -101,7 +101,7 @@ def test_no_route_answers_icmp_net_unreachable_into_the_tun(rig):
     reply = IP(rig.kernel.recv(65536))
     assert (reply.src, reply.dst) == ("10.1.0.0", "10.1.1.2")  # never a local address
     assert (reply[ICMP].type, reply[ICMP].code) == (3, 0)
-    assert rig.fwd.to_peers.drops[pk.NO_ROUTE] == 1 and rig.fwd.icmp_sent == 1
+    rig.wait(lambda: rig.fwd.to_peers.drops.get(pk.NO_ROUTE) == 1 and rig.fwd.icmp_sent == 1)
 
 
 def test_table_swaps_take_effect_without_restart(rig):
