@@ -31,6 +31,7 @@ from pyflannel.peer_watch import PeerWatch
 from pyflannel.subnet.env_file import SubnetEnv, previous_subnet, write_atomic
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import LeaseTable, PeerChanges
+from pyflannel.traffic import TrafficRules
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class Daemon:
         self.table: LeaseTable | None = None
         self.watch: PeerWatch | None = None
         self.ready = asyncio.Event()
+        self.traffic = TrafficRules(
+            masquerade=options.ip_masq,
+            forward=options.iptables_forward_rules,
+            random_fully_disabled=options.ip_masq_fully_random_disable,
+        )
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class Daemon:
         lease = await self.keeper.acquire(attrs, previous_subnet(o.subnet_file))
         await self.backend.assign(lease)
         await self.backend.refresh_model()
+        await self.traffic.setup(cfg.network, lease.subnet)
         self._write_subnet_file(lease)
         self.table = LeaseTable(cfg.network, own=lease.subnet)
         self.watch = PeerWatch(
@@ -216,6 +223,7 @@ class Daemon:
     async def _lease_changed(self, old: Lease | None, new: Lease) -> None:
         await self.backend.assign(new)
         await self._peers_changed(self.table.set_own(new.subnet))
+        await self.traffic.setup(self.network.network, new.subnet)
         self._write_subnet_file(new)
 
     async def _reconcile_loop(self) -> None:
@@ -250,6 +258,10 @@ class Daemon:
             tasks.create_task(self._reconcile_loop(), name="reconcile")
             tasks.create_task(self.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
+            if self.traffic.enabled:
+                tasks.create_task(
+                    self.traffic.resync_forever(self.options.iptables_resync), name="iptables"
+                )
             self.ready.set()
             log.info(
                 "ready in %.2f s: subnet %s, %d peers, backend %s on %s",

@@ -44,6 +44,9 @@ class Options:
     udp_fallback_port: int = 8285
     udp_datapath: str = "auto"
     ip_masq: bool = False
+    ip_masq_fully_random_disable: bool = False
+    iptables_forward_rules: bool = True
+    iptables_resync: int = 5
     v: int = 0
 
     @property
@@ -118,8 +121,20 @@ FLAGS: list[tuple[str, type, str]] = [
     (
         "ip-masq",
         bool,
-        "set up IP masquerade for traffic leaving the overlay (written to "
-        "subnet.env as FLANNEL_IPMASQ)",
+        "masquerade traffic from pods to outside the overlay (upstream's FLANNEL-POSTRTG "
+        "rules; also written to subnet.env as FLANNEL_IPMASQ)",
+    ),
+    ("ip-masq-fully-random-disable", bool, "never use --random-fully in masquerade rules"),
+    (
+        "iptables-forward-rules",
+        bool,
+        "accept forwarded traffic to and from the network "
+        "(upstream's FLANNEL-FWD chain; default %(default)s)",
+    ),
+    (
+        "iptables-resync",
+        int,
+        "seconds between checks that the iptables rules are intact (default %(default)s)",
     ),
     ("v", int, "log verbosity: 0 informational, 1 or more debug (default %(default)s)"),
 ]
@@ -217,6 +232,8 @@ def validate(options: Options) -> None:
         raise OptionsError("Invalid subnet-lease-renew-margin option, out of acceptable range")
     if options.subnet_lease_ttl < 5:
         raise OptionsError("--subnet-lease-ttl must be at least 5 seconds")
+    if options.iptables_resync <= 0:
+        raise OptionsError("--iptables-resync must be positive")
     if options.reconcile_interval <= 0:
         raise OptionsError("--reconcile-interval must be positive")
     if options.backend_fallback not in ("auto", "udp", "off"):

@@ -1,0 +1,97 @@
+"""iptables in namespaces, with real traffic: pods reach the outside masqueraded, pods reach
+each other with their own addresses; a flushed chain comes back; a previous subnet's rules
+do not survive a restart."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from pyflannel.testbed import netns
+
+from .conftest import eventually, started_bed
+
+ARGS = ("--reconcile-interval=2", "--ip-masq", "--iptables-resync=1")
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+print("READY", flush=True)
+data, addr = s.recvfrom(100)
+print(addr[0], flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def bed():
+    bed = started_bed(hosts=2, daemon_args=ARGS)
+    yield bed
+    bed.close()
+
+
+def source_seen(server_ns: str, server_ip: str, client_ns: str) -> str:
+    """The source address a UDP datagram from client_ns arrives with at server_ip."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "python3", "-c", ECHO_SERVER, server_ip],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "READY"
+        send = f"import socket; socket.socket(2, 2).sendto(b'x', ('{server_ip}', 9999))"
+        netns.run(["python3", "-c", send], ns=client_ns)
+        return server.stdout.readline().strip()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_pod_to_outside_is_masqueraded(bed):
+    a = bed.nodes[0]
+    assert source_seen(bed.lan, "198.51.100.254", a.pod_ns) == str(a.underlay_ip)
+
+
+def test_pod_to_pod_keeps_the_pod_address(bed):
+    a, b = bed.nodes
+    assert source_seen(b.pod_ns, str(b.pod_ip), a.pod_ns) == str(a.pod_ip)
+
+
+def test_rules_are_upstreams(bed):
+    a = bed.nodes[0]
+    nat = a.run("iptables", "-t", "nat", "-S").stdout
+    assert '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG' in nat
+    assert (f'-A FLANNEL-POSTRTG -s {a.subnet} -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j RETURN'
+            in nat)
+    assert re.search(r'-A FLANNEL-POSTRTG -s 10\.1\.0\.0/16 ! -d 224\.0\.0\.0/4 .* -j MASQUERADE --random-fully', nat)
+    filt = a.run("iptables", "-t", "filter", "-S").stdout
+    assert '-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT' in filt
+
+
+def test_a_flushed_chain_and_a_deleted_jump_are_restored(bed):
+    a = bed.nodes[0]
+    a.run("iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG")
+    a.run("iptables", "-t", "filter", "-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward",
+          "-j", "FLANNEL-FWD")
+    t0 = time.monotonic()
+    eventually(lambda: _intact(a), timeout=10)
+    assert time.monotonic() - t0 < 5  # resync every 1 s here
+    assert "iptables rules drifted" in a.log()
+    assert source_seen(bed.lan, "198.51.100.254", a.pod_ns) == str(a.underlay_ip)
+
+
+def _intact(node):
+    nat = node.run("iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG").stdout
+    assert nat.count("-A FLANNEL-POSTRTG") == 6
+    filt = node.run("iptables", "-t", "filter", "-S", "FORWARD").stdout
+    assert filt.count("FLANNEL-FWD") == 1
+
+
+def test_a_previous_subnets_rules_do_not_survive_a_restart(bed):
+    a = bed.nodes[0]
+    a.stop()
+    a.run("iptables", "-t", "nat", "-A", "FLANNEL-POSTRTG", "-s", "10.1.222.0/24", "-d", "10.1.0.0/16",
+          "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN")
+    a.start(*ARGS)
+    a.wait_ready()
+    nat = a.run("iptables", "-t", "nat", "-S").stdout
+    assert "10.1.222.0/24" not in nat
+    assert nat.count('-j FLANNEL-POSTRTG') == 1  # the jump was not duplicated by the restart

@@ -1,0 +1,96 @@
+"""iptables rules: upstream's exact text and order, the restore transaction, drift checks."""
+
+from ipaddress import IPv4Network
+
+from pyflannel.iptables_rules import (
+    drift,
+    forward_rules,
+    masquerade_rules,
+    parse_version,
+    restore_payload,
+)
+
+CLUSTER = IPv4Network("10.1.0.0/16")
+POD = IPv4Network("10.1.5.0/24")
+
+
+def test_masquerade_rules_match_upstreams_iptables_S_output():
+    assert [r.line for r in masquerade_rules(CLUSTER, POD, random_fully=True)] == [
+        '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+        '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s 10.1.5.0/24 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.5.0/24 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.5.0/24 -m comment --comment "flanneld masq" -j RETURN',
+        '-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" '
+        "-j MASQUERADE --random-fully",
+        '-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" '
+        "-j MASQUERADE --random-fully",
+    ]
+    assert all(r.table == "nat" for r in masquerade_rules(CLUSTER, POD, True))
+
+
+def test_without_random_fully():
+    rules = masquerade_rules(CLUSTER, POD, random_fully=False)
+    assert rules[-1].line.endswith("-j MASQUERADE") and "random" not in " ".join(r.line for r in rules)
+
+
+def test_forward_rules_match_upstream():
+    assert [(r.table, r.line) for r in forward_rules(CLUSTER)] == [
+        ("filter", '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD'),
+        ("filter", '-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT'),
+        ("filter", '-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT'),
+    ]
+
+
+def test_restore_payload_declares_our_chain_and_replaces_existing_jumps():
+    rules = forward_rules(CLUSTER)
+    jump = rules[0].line
+    payload = restore_payload("filter", rules, {jump: 2})
+    assert payload.splitlines() == [
+        "*filter",
+        ":FLANNEL-FWD - [0:0]",
+        '-D FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+        '-D FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+        jump,
+        rules[1].line,
+        rules[2].line,
+        "COMMIT",
+    ]
+
+
+def test_restore_payload_for_a_fresh_table_has_no_deletes():
+    payload = restore_payload("nat", masquerade_rules(CLUSTER, POD, False), {})
+    assert "-D " not in payload and payload.startswith("*nat\n:FLANNEL-POSTRTG - [0:0]\n")
+
+
+def listing(rules):
+    return {"nat": ["-P POSTROUTING ACCEPT", "-N FLANNEL-POSTRTG"] + [r.line for r in rules]}
+
+
+def test_no_drift_when_everything_is_there():
+    rules = masquerade_rules(CLUSTER, POD, True)
+    assert drift(rules, listing(rules)) == []
+
+
+def test_drift_finds_missing_duplicated_and_foreign_rules():
+    rules = masquerade_rules(CLUSTER, POD, True)
+    have = listing(rules)
+    have["nat"].remove(rules[3].line)
+    have["nat"].append(rules[0].line)  # jump twice
+    have["nat"].append('-A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN')  # old subnet's leftovers
+    assert set(drift(rules, have)) == {
+        f"missing in nat: {rules[3].line}",
+        f"duplicated in nat: {rules[0].line}",
+        "unexpected in nat: -A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN",
+    }
+
+
+def test_a_flushed_table_is_all_missing():
+    rules = forward_rules(CLUSTER)
+    assert len(drift(rules, {"filter": ["-P FORWARD ACCEPT"]})) == 3
+
+
+def test_version_parsing():
+    assert parse_version("iptables v1.8.9 (nf_tables)") == (1, 8, 9)
+    assert parse_version("iptables v1.6.1") < (1, 6, 2) <= parse_version("iptables v1.6.2")
+    assert parse_version("garbage") == (0, 0, 0)
