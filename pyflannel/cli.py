@@ -34,6 +34,18 @@ def make_parser() -> argparse.ArgumentParser:
         ),
     )
     add_arguments(run)
+    status = commands.add_parser(
+        "status",
+        help="is this node's overlay healthy? (exit 0 healthy, 1 unhealthy, 2 degraded)",
+        description=(
+            "Ask the running daemon (its --healthz-ip/--healthz-port endpoint) for its state; "
+            "if it does not answer, read subnet.env, the kernel and etcd directly. Takes the "
+            "same flags and FLANNELD_* variables as `run`."
+        ),
+    )
+    add_arguments(status)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument("--cluster", action="store_true", help="list every lease in etcd instead")
     commands.add_parser("version", help="print the version and exit")
     return parser
 
@@ -47,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return _run(args)
+    if args.command == "status":
+        return _status(args)
     parser.print_help()
     return 2
 
@@ -64,3 +78,38 @@ def _run(args: argparse.Namespace) -> int:
     from pyflannel.daemon import serve  # keeps `pyflannel --help` fast
 
     return asyncio.run(serve(options))
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from pyflannel.errors import FlannelError
+    from pyflannel.status.client import daemon_document
+    from pyflannel.status.offline import cluster_leases, offline_status
+    from pyflannel.status.report import UNHEALTHY, exit_code, render, render_cluster
+
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        print(f"pyflannel status: {e}", file=sys.stderr)
+        return UNHEALTHY
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    if args.cluster:
+        try:
+            rows = asyncio.run(cluster_leases(options))
+        except FlannelError as e:
+            print(f"pyflannel status --cluster: {e}", file=sys.stderr)
+            return UNHEALTHY
+        print(
+            json.dumps(rows, indent=1) if args.json else render_cluster(rows),
+            end="" if not args.json else "\n",
+        )
+        return 0
+    doc, why = daemon_document(options)
+    if doc is None:
+        doc = asyncio.run(offline_status(options, why))
+    print(
+        json.dumps(doc, indent=1, default=str) if args.json else render(doc),
+        end="" if not args.json else "\n",
+    )
+    return exit_code(doc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from ipaddress import IPv4Address
@@ -23,11 +24,14 @@ from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import BackendError, ConfigError, EtcdUnavailable, FlannelError
 from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
+from pyflannel.http_endpoint import HttpEndpoint, as_json, text
 from pyflannel.iface import ExtIface, read_interfaces, route_source, select_ext_iface
 from pyflannel.lease_keeper import LeaseKeeper
+from pyflannel.metrics import metrics_text
 from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.peer_watch import PeerWatch
+from pyflannel.status.live import daemon_status
 from pyflannel.subnet.env_file import SubnetEnv, previous_subnet, write_atomic
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import LeaseTable, PeerChanges
@@ -44,7 +48,7 @@ DROP_REPORT_INTERVAL = 10.0  # seconds
 class Daemon:
     def __init__(self, options: Options):
         self.options = options
-        self.started = time.time()
+        self.started = process_start_time()
         self.client = EtcdClient(
             options.etcd_endpoints,
             username=options.etcd_username,
@@ -60,6 +64,9 @@ class Daemon:
         self.table: LeaseTable | None = None
         self.watch: PeerWatch | None = None
         self.ready = asyncio.Event()
+        self.programmed = asyncio.Event()  # a full reconcile has succeeded
+        self.subnet_file_written = False
+        self.endpoint: HttpEndpoint | None = None
         self.traffic = TrafficRules(
             masquerade=options.ip_masq,
             forward=options.iptables_forward_rules,
@@ -194,6 +201,7 @@ class Daemon:
         env = SubnetEnv(self.network.network, lease.subnet, self.backend.mtu, self.options.ip_masq)
         if write_atomic(self.options.subnet_file, env.render()):
             log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, lease.subnet, env.mtu)
+        self.subnet_file_written = True
 
     # -- running ---------------------------------------------------------------------------
 
@@ -226,21 +234,25 @@ class Daemon:
         await self.traffic.setup(self.network.network, new.subnet)
         self._write_subnet_file(new)
 
+    async def _reconcile_once(self) -> bool:
+        """One full reconcile; True if the kernel now matches the desired state."""
+        try:
+            report = await self.backend.reconcile()
+        except FlannelError as e:
+            log.error("could not reconcile the data plane: %s; retrying", e)
+            return False
+        if report.repaired:
+            log.warning("kernel state repaired: %s", "; ".join(report.repaired[:20]))
+        return not report.failed
+
     async def _reconcile_loop(self) -> None:
         interval = self.options.reconcile_interval
         backoff = Backoff(first=1.0, cap=interval)
         while True:
-            try:
-                report = await self.backend.reconcile()
-            except FlannelError as e:
-                log.error("could not reconcile the data plane: %s; retrying", e)
+            if not await self._reconcile_once():
                 await asyncio.sleep(backoff.next())
                 continue
-            if report.repaired:
-                log.warning("kernel state repaired: %s", "; ".join(report.repaired[:20]))
-            if report.failed:
-                await asyncio.sleep(backoff.next())
-                continue
+            self.programmed.set()
             backoff.reset()
             try:
                 await asyncio.wait_for(self.backend.repair_wanted.wait(), interval)
@@ -249,13 +261,15 @@ class Daemon:
             self.backend.repair_wanted.clear()
 
     async def run(self) -> None:
+        await self._start_endpoint()
         await self.start()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.watch.run(), name="peer-watch")
             await self.watch.synced.wait()
             # Only now is the desired state known: reconciling earlier would remove the
-            # entries of every peer.
+            # entries of every peer. Ready means programmed: wait for the first full pass.
             tasks.create_task(self._reconcile_loop(), name="reconcile")
+            await self.programmed.wait()
             tasks.create_task(self.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
             if self.traffic.enabled:
@@ -271,7 +285,85 @@ class Daemon:
                 self.backend.name,
                 self.backend.device_name,
             )
-            sd_notify.notify(f"READY=1\nSTATUS=subnet {self.keeper.lease.subnet}")
+            sd_notify.notify(f"READY=1\nSTATUS={self.summary()}")
+            interval = sd_notify.watchdog_interval()
+            if interval:
+                tasks.create_task(self._watchdog(interval), name="watchdog")
+                log.info("systemd watchdog: pinging every %.1f s while alive", interval)
+
+    def summary(self) -> str:
+        """The one line systemd shows as the unit's status."""
+        return (
+            f"subnet {self.keeper.lease.subnet}, {len(self.backend.peers)} peers, "
+            f"{self.backend.name} on {self.backend.device_name}"
+            + ("" if self.watch.connected else ", etcd unreachable")
+        )
+
+    async def alive(self) -> str:
+        """Empty if the daemon is alive, else why not: the event loop runs (we are here),
+        the netlink thread answers, and a userspace data path has not died."""
+        try:
+            await asyncio.wait_for(self.netlink.call(lambda ipr: None), 5)
+        except TimeoutError:
+            return "the netlink worker does not answer"
+        problem = self.backend.datapath_problem() if self.backend else None
+        return f"the UDP data path died: {problem}" if problem else ""
+
+    async def _watchdog(self, interval: float) -> None:
+        last_status = ""
+        while True:
+            problem = await self.alive()
+            if problem:
+                log.error("not pinging the systemd watchdog: %s", problem)
+            else:
+                status = self.summary()
+                sd_notify.notify(
+                    "WATCHDOG=1" + (f"\nSTATUS={status}" if status != last_status else "")
+                )
+                last_status = status
+            await asyncio.sleep(interval)
+
+    async def _start_endpoint(self) -> None:
+        o = self.options
+        if not o.healthz_port:
+            return
+        self.endpoint = HttpEndpoint(
+            {
+                "/healthz": self._healthz,
+                "/readyz": self._readyz,
+                "/metrics": self._metrics,
+                "/status": self._status,
+            }
+        )
+        try:
+            await self.endpoint.start(o.healthz_ip, o.healthz_port)
+        except OSError as e:  # e.g. a second daemon for another network on this host
+            log.error(
+                "health endpoint on %s:%d unavailable: %s; continuing without it",
+                o.healthz_ip,
+                o.healthz_port,
+                e.strerror,
+            )
+            self.endpoint = None
+
+    async def _healthz(self):
+        problem = await self.alive()
+        return (
+            text(500, f"flanneld is not healthy: {problem}\n")
+            if problem
+            else text(200, "flanneld is running")
+        )
+
+    async def _readyz(self):
+        if self.ready.is_set():
+            return text(200, "flanneld is ready")
+        return text(503, "flanneld is not ready yet")
+
+    async def _metrics(self):
+        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(self)
+
+    async def _status(self):
+        return as_json(200, await daemon_status(self))
 
     async def _report_drops(self, every: float = DROP_REPORT_INTERVAL) -> None:
         """Log what the userspace data path dropped, at most once per ``every`` seconds."""
@@ -296,6 +388,8 @@ class Daemon:
             before = now
 
     async def close(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.close()
         if self.backend is not None:
             self.backend.close()
         await self.client.close()
@@ -346,3 +440,15 @@ def _leaves(group: BaseExceptionGroup):
             yield from _leaves(e)
         else:
             yield e
+
+
+def process_start_time() -> float:
+    """When this process started (wall clock), so "ready in" counts the imports too."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        btime = next(
+            int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime")
+        )
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return time.time()

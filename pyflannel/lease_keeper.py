@@ -68,6 +68,7 @@ class LeaseKeeper:
         self.expires_at = 0.0  # monotonic; meaningless for reservations
         self.last_renewal: float | None = None  # wall clock, for status
         self.renewals = 0
+        self.losses = 0
         self._alarm = asyncio.Event()
         self._alarm_reason = ""
 
@@ -221,6 +222,7 @@ class LeaseKeeper:
 
     async def _reacquire(self, reason: str) -> None:
         old = self.lease
+        self.losses += 1
         log.error("LEASE LOST: %s: %s; re-acquiring", old.subnet, reason)
         try:
             new = await self.acquire(self.attrs, previous=old.subnet)

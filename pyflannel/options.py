@@ -47,6 +47,8 @@ class Options:
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
     iptables_resync: int = 5
+    healthz_ip: str = "127.0.0.1"
+    healthz_port: int = 8471
     v: int = 0
 
     @property
@@ -130,6 +132,18 @@ FLAGS: list[tuple[str, type, str]] = [
         bool,
         "accept forwarded traffic to and from the network "
         "(upstream's FLANNEL-FWD chain; default %(default)s)",
+    ),
+    (
+        "healthz-ip",
+        str,
+        "address of the health/metrics/status endpoint (default %(default)s; "
+        "upstream's default is 0.0.0.0)",
+    ),
+    (
+        "healthz-port",
+        int,
+        "port of that endpoint, 0 to turn it off (default %(default)s; upstream's "
+        "default is 0); serves /healthz, /readyz, /metrics and /status",
     ),
     (
         "iptables-resync",
@@ -232,6 +246,8 @@ def validate(options: Options) -> None:
         raise OptionsError("Invalid subnet-lease-renew-margin option, out of acceptable range")
     if options.subnet_lease_ttl < 5:
         raise OptionsError("--subnet-lease-ttl must be at least 5 seconds")
+    if not 0 <= options.healthz_port < 65536:
+        raise OptionsError("--healthz-port must be a port number (0 turns the endpoint off)")
     if options.iptables_resync <= 0:
         raise OptionsError("--iptables-resync must be positive")
     if options.reconcile_interval <= 0:

@@ -38,6 +38,8 @@ class PeerWatch:
         self.restarts = 0  # watch streams re-opened after a break
         self.relists = 0
         self.synced = asyncio.Event()  # set once the first snapshot is applied
+        self.connected = False  # the watch stream is established right now
+        self.last_error = ""
 
     async def run(self) -> None:
         outage = Outage(log, "etcd unreachable for the lease watch")
@@ -47,6 +49,7 @@ class PeerWatch:
                 if self.revision is None:
                     await self._relist()
                 async for batch in self.registry.watch_leases(self.revision + 1):
+                    self.connected = True
                     if outage.ok() is not None:
                         backoff.reset()
                     if batch.created:
@@ -66,6 +69,7 @@ class PeerWatch:
                 )
                 self.revision = None
             except EtcdUnavailable as e:
+                self.connected, self.last_error = False, str(e)
                 outage.failed(e, f"resuming the watch after revision {self.revision}")
                 self.restarts += 1
                 await asyncio.sleep(backoff.next())

@@ -19,3 +19,12 @@ def notify(state: str, environ=os.environ) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval(environ=os.environ) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None if not asked for."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6

@@ -51,7 +51,7 @@ class Backend:
         self.repair_wanted = asyncio.Event()  # an event could not be applied fully
         # Event updates, reconciles and re-addressing all touch the kernel: one at a time.
         self._kernel_lock = asyncio.Lock()
-        self._rejected: dict[IPv4Network, str] = {}
+        self.rejected: dict[IPv4Network, str] = {}  # leases this node cannot use, and why
 
     # -- what a backend supplies -----------------------------------------------------------
 
@@ -85,6 +85,10 @@ class Backend:
         """Packet counters of a userspace data path, if this backend runs one."""
         return None
 
+    def datapath_problem(self) -> str | None:
+        """Why a userspace data path has stopped, if it has (for liveness checks)."""
+        return None
+
     def close(self) -> None:
         """Stop packet threads; devices and kernel entries stay for the next start."""
 
@@ -102,7 +106,7 @@ class Backend:
         async with self._kernel_lock:
             scope = KernelState()
             for lease in changes.removed:
-                self._rejected.pop(lease.subnet, None)
+                self.rejected.pop(lease.subnet, None)
                 self._forget(lease.subnet, scope)
             for lease in changes.added:
                 self._forget(lease.subnet, scope)
@@ -111,7 +115,7 @@ class Backend:
                 except PeerDataError as e:
                     self._reject(lease, str(e))
                     continue
-                self._rejected.pop(lease.subnet, None)
+                self.rejected.pop(lease.subnet, None)
                 self.peers[lease.subnet] = peer
                 entries = self._entries(peer)
                 self.desired.add(entries)
@@ -130,11 +134,11 @@ class Backend:
             scope.add(entries)
 
     def _reject(self, lease: Lease, reason: str) -> None:
-        if self._rejected.get(lease.subnet) != reason:  # once per lease and reason
+        if self.rejected.get(lease.subnet) != reason:  # once per lease and reason
             log.warning(
                 "ignoring lease %s from %s: %s", lease.subnet, lease.attrs.public_ip, reason
             )
-            self._rejected[lease.subnet] = reason
+            self.rejected[lease.subnet] = reason
 
     async def _apply(self, ops: list[Op]) -> tuple[list[Op], list[str]]:
         """Apply operations in order and record each success in the model.

@@ -33,9 +33,12 @@ _UNAVAILABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 # Detect a dead or frozen member on an idle watch within ~15 s (etcd accepts pings >= 5 s).
+# A frozen process's kernel still ACKs TCP, so only an unanswered HTTP/2 PING tells; current
+# gRPC cores enforce that through ping_timeout_ms (keepalive_timeout_ms alone never fired).
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 << 20),

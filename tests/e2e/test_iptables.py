@@ -33,8 +33,11 @@ def bed():
 
 def source_seen(server_ns: str, server_ip: str, client_ns: str) -> str:
     """The source address a UDP datagram from client_ns arrives with at server_ip."""
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "python3", "-c", ECHO_SERVER, server_ip],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "python3", "-c", ECHO_SERVER, server_ip],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout.readline().strip() == "READY"
         send = f"import socket; socket.socket(2, 2).sendto(b'x', ('{server_ip}', 9999))"
@@ -59,9 +62,14 @@ def test_rules_are_upstreams(bed):
     a = bed.nodes[0]
     nat = a.run("iptables", "-t", "nat", "-S").stdout
     assert '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG' in nat
-    assert (f'-A FLANNEL-POSTRTG -s {a.subnet} -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j RETURN'
-            in nat)
-    assert re.search(r'-A FLANNEL-POSTRTG -s 10\.1\.0\.0/16 ! -d 224\.0\.0\.0/4 .* -j MASQUERADE --random-fully', nat)
+    assert (
+        f'-A FLANNEL-POSTRTG -s {a.subnet} -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j RETURN'
+        in nat
+    )
+    assert re.search(
+        r"-A FLANNEL-POSTRTG -s 10\.1\.0\.0/16 ! -d 224\.0\.0\.0/4 .* -j MASQUERADE --random-fully",
+        nat,
+    )
     filt = a.run("iptables", "-t", "filter", "-S").stdout
     assert '-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT' in filt
 
@@ -69,8 +77,19 @@ def test_rules_are_upstreams(bed):
 def test_a_flushed_chain_and_a_deleted_jump_are_restored(bed):
     a = bed.nodes[0]
     a.run("iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG")
-    a.run("iptables", "-t", "filter", "-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward",
-          "-j", "FLANNEL-FWD")
+    a.run(
+        "iptables",
+        "-t",
+        "filter",
+        "-D",
+        "FORWARD",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld forward",
+        "-j",
+        "FLANNEL-FWD",
+    )
     t0 = time.monotonic()
     eventually(lambda: _intact(a), timeout=10)
     assert time.monotonic() - t0 < 5  # resync every 1 s here
@@ -88,10 +107,25 @@ def _intact(node):
 def test_a_previous_subnets_rules_do_not_survive_a_restart(bed):
     a = bed.nodes[0]
     a.stop()
-    a.run("iptables", "-t", "nat", "-A", "FLANNEL-POSTRTG", "-s", "10.1.222.0/24", "-d", "10.1.0.0/16",
-          "-m", "comment", "--comment", "flanneld masq", "-j", "RETURN")
+    a.run(
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "FLANNEL-POSTRTG",
+        "-s",
+        "10.1.222.0/24",
+        "-d",
+        "10.1.0.0/16",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld masq",
+        "-j",
+        "RETURN",
+    )
     a.start(*ARGS)
     a.wait_ready()
     nat = a.run("iptables", "-t", "nat", "-S").stdout
     assert "10.1.222.0/24" not in nat
-    assert nat.count('-j FLANNEL-POSTRTG') == 1  # the jump was not duplicated by the restart
+    assert nat.count("-j FLANNEL-POSTRTG") == 1  # the jump was not duplicated by the restart

@@ -87,3 +87,21 @@ async def test_one_dead_member_moves_every_call_to_the_next_member_only(own_etcd
     kv, revision = await client.get(b"/failover/x")
     assert kv is None and revision > 0
     await client.close()
+
+
+async def test_a_frozen_member_breaks_the_watch_within_seconds(own_etcd):
+    # SIGSTOP: the TCP connection stays up, only unanswered HTTP/2 pings reveal it.
+    client = EtcdClient([own_etcd.url], timeout=2)
+    watch = client.watch_prefix(b"/frozen/", 1)
+    assert (await anext(watch)).created
+    own_etcd.pause()
+    t0 = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(
+            EtcdUnavailable, match=r"ping timeout|Socket closed|UNAVAILABLE|unavailable"
+        ):
+            await asyncio.wait_for(anext(watch), 40)
+        assert asyncio.get_running_loop().time() - t0 < 25
+    finally:
+        own_etcd.resume()
+        await client.close()

@@ -31,14 +31,22 @@ def test_masquerade_rules_match_upstreams_iptables_S_output():
 
 def test_without_random_fully():
     rules = masquerade_rules(CLUSTER, POD, random_fully=False)
-    assert rules[-1].line.endswith("-j MASQUERADE") and "random" not in " ".join(r.line for r in rules)
+    assert rules[-1].line.endswith("-j MASQUERADE") and "random" not in " ".join(
+        r.line for r in rules
+    )
 
 
 def test_forward_rules_match_upstream():
     assert [(r.table, r.line) for r in forward_rules(CLUSTER)] == [
         ("filter", '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD'),
-        ("filter", '-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT'),
-        ("filter", '-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT'),
+        (
+            "filter",
+            '-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+        ),
+        (
+            "filter",
+            '-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+        ),
     ]
 
 
@@ -77,7 +85,7 @@ def test_drift_finds_missing_duplicated_and_foreign_rules():
     have = listing(rules)
     have["nat"].remove(rules[3].line)
     have["nat"].append(rules[0].line)  # jump twice
-    have["nat"].append('-A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN')  # old subnet's leftovers
+    have["nat"].append("-A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN")  # old subnet's leftovers
     assert set(drift(rules, have)) == {
         f"missing in nat: {rules[3].line}",
         f"duplicated in nat: {rules[0].line}",

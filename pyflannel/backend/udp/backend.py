@@ -101,5 +101,8 @@ class UdpBackend(Backend):
     def datapath_stats(self) -> dict | None:
         return self.path.forwarder.snapshot() if self.path.forwarder else None
 
+    def datapath_problem(self) -> str | None:
+        return self.path.problem()
+
     def close(self) -> None:
         self.path.stop()

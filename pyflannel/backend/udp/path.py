@@ -133,6 +133,12 @@ class UdpPath:
             repaired += [f"{TUN_NAME} {c}" for c in await self.assign(self._subnet, self._network)]
         return repaired
 
+    def problem(self) -> str | None:
+        """Why the packet threads stopped, if they did."""
+        if self.forwarder is not None and not self.forwarder.alive:
+            return self.forwarder.failed or "a data-path thread exited"
+        return None
+
     def stop(self) -> None:
         if self.forwarder is not None:
             self.forwarder.stop()

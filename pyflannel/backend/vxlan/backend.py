@@ -180,6 +180,9 @@ class VxlanBackend(Backend):
     def datapath_stats(self) -> dict | None:
         return self.udp.forwarder.snapshot() if self.udp and self.udp.forwarder else None
 
+    def datapath_problem(self) -> str | None:
+        return self.udp.problem() if self.udp is not None else None
+
     def close(self) -> None:
         if self.udp is not None:
             self.udp.stop()

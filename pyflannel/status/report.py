@@ -1,0 +1,194 @@
+"""The status document: what is programmed per peer, whether the node is healthy, and how to
+show it. Pure: the daemon and ``pyflannel status`` (when the daemon is down) build the same
+document from different sources; this module judges and renders it.
+
+Exit codes of ``pyflannel status``: 0 healthy, 1 unhealthy (the node's overlay is or will be
+broken), 2 degraded (works now, but needs attention: e.g. etcd unreachable).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from pyflannel.backend.plan import KernelState, Peer, peer_entries
+
+HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
+
+
+def peer_row(peer: Peer, actual: KernelState) -> dict:
+    """One line of the peers table: what the peer needs and whether the kernel has it."""
+    want = peer_entries(peer)
+    row = {
+        "subnet": str(peer.subnet),
+        "public_ip": str(peer.public_ip),
+        "encap": peer.encap,
+        "vtep_mac": peer.vtep_mac or None,
+        "udp_port": peer.udp_port or None,
+    }
+    for name, (_, wanted), (_, have) in zip(
+        ("neighbour", "fdb", "route"), want.tables(), actual.tables(), strict=True
+    ):
+        row[name] = None if not wanted else all(have.get(k) == v for k, v in wanted.items())
+    return row
+
+
+def peer_rows(peers: Iterable[Peer], actual: KernelState) -> list[dict]:
+    return sorted(
+        (peer_row(p, actual) for p in peers),
+        key=lambda r: tuple(int(x) for x in r["subnet"].split("/")[0].split(".")),
+    )
+
+
+def assess(doc: dict) -> tuple[list[str], list[str]]:
+    """(problems, warnings) in words an operator can act on."""
+    problems, warnings = [], []
+    daemon = doc.get("daemon", {})
+    if not daemon.get("running"):
+        problems.append(f"daemon not running ({daemon.get('reason', 'no answer')})")
+    elif not daemon.get("ready"):
+        problems.append(f"daemon not ready: {', '.join(daemon.get('not_ready', [])) or 'starting'}")
+    etcd = doc.get("etcd", {})
+    if not etcd.get("reachable"):
+        warnings.append(f"etcd unreachable: {etcd.get('last_error') or 'no answer'}")
+    lease = doc.get("lease") or {}
+    if not lease.get("subnet"):
+        problems.append("no subnet lease")
+    elif lease.get("expires_in_s") is not None and lease["expires_in_s"] < 3600:
+        warnings.append(f"lease expires in {lease['expires_in_s']:.0f} s")
+    backend = doc.get("backend") or {}
+    if backend.get("device") and not backend.get("device_present", True):
+        problems.append(f"device {backend['device']} missing")
+    if backend.get("fallback"):
+        warnings.append(f"running in UDP fallback: {backend['fallback']}")
+    env = doc.get("subnet_env") or {}
+    problems += [f"subnet.env: {p}" for p in env.get("problems", [])]
+    iptables = doc.get("iptables") or {}
+    if iptables.get("enabled") and not iptables.get("present"):
+        problems.append(f"iptables rules missing: {iptables.get('last_problem') or 'drift'}")
+    for row in doc.get("peers", []):
+        missing = [k for k in ("neighbour", "fdb", "route") if row.get(k) is False]
+        if missing:
+            problems.append(f"peer {row['subnet']}: {', '.join(missing)} not programmed")
+    return problems, warnings
+
+
+def exit_code(doc: dict) -> int:
+    problems, warnings = assess(doc)
+    return UNHEALTHY if problems else DEGRADED if warnings else HEALTHY
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    seconds = max(0, time.time() - ts)
+    return f"{seconds / 3600:.1f} h ago" if seconds > 5400 else f"{seconds:.0f} s ago"
+
+
+def _duration(seconds: float | None, reservation: bool = False) -> str:
+    if reservation:
+        return "no expiry (reservation)"
+    if seconds is None:
+        return "unknown"
+    h, rem = divmod(int(max(seconds, 0)), 3600)
+    return f"{h}h{rem // 60:02d}m"
+
+
+def _mark(value) -> str:
+    return {True: "ok", False: "MISSING", None: "-"}[value]
+
+
+def render(doc: dict) -> str:
+    """The one-screen answer to "is this node's overlay healthy, and if not, why?"."""
+    problems, warnings = assess(doc)
+    verdict = "UNHEALTHY" if problems else "DEGRADED" if warnings else "HEALTHY"
+    d, e, i = doc.get("daemon", {}), doc.get("etcd", {}), doc.get("interface") or {}
+    lease, b = doc.get("lease") or {}, doc.get("backend") or {}
+    env, ipt = doc.get("subnet_env") or {}, doc.get("iptables") or {}
+    lines = [f"pyflannel on this node: {verdict}"]
+    lines += [f"  ! {p}" for p in problems] + [f"  ~ {w}" for w in warnings]
+    running = (
+        (
+            f"running (pid {d.get('pid')}, since {_ago(d.get('started'))}, "
+            f"{'ready' if d.get('ready') else 'not ready'})"
+        )
+        if d.get("running")
+        else "NOT RUNNING"
+    )
+    lines += [
+        "",
+        f"daemon     {running}  version {d.get('version', '?')}",
+        f"etcd       {e.get('current') or ', '.join(e.get('endpoints', []))}: "
+        f"{'reachable' if e.get('reachable') else 'UNREACHABLE'}"
+        + (f", revision {e['revision']}" if e.get("revision") else "")
+        + (f", last error: {e['last_error']}" if e.get("last_error") else ""),
+    ]
+    if i:
+        lines.append(
+            f"interface  {i.get('name')} {i.get('address')} MTU {i.get('mtu')}, public IP {i.get('public_ip')}"
+        )
+    if lease:
+        lines.append(
+            f"lease      {lease.get('subnet')} (network {doc.get('network', '?')}), expires in "
+            f"{_duration(lease.get('expires_in_s'), lease.get('reservation', False))}, "
+            f"last renewal {_ago(lease.get('last_renewal'))}"
+        )
+    if b:
+        extra = []
+        if b.get("vni") is not None:
+            extra.append(f"VNI {b['vni']}")
+        if b.get("port"):
+            extra.append(f"port {b['port']}")
+        if b.get("vtep_mac"):
+            extra.append(f"VTEP MAC {b['vtep_mac']}")
+        lines.append(
+            f"backend    {b.get('type')} on {b.get('device')} ({', '.join(extra)}); MTU {b.get('mtu')}"
+            + (f" = {b['mtu_reason']}" if b.get("mtu_reason") else "")
+        )
+        if b.get("fallback"):
+            lines.append(f"           UDP FALLBACK: {b['fallback']}")
+        udp = b.get("udp")
+        if udp:
+            drops = {
+                **udp["to_peers"]["drops"],
+                **{f"in:{k}": v for k, v in udp["from_peers"]["drops"].items()},
+            }
+            lines.append(
+                f"udp path   {udp['datapath']}: out {udp['to_peers']['packets']} pkts, in "
+                f"{udp['from_peers']['packets']} pkts, drops {drops or 'none'}"
+            )
+    if env:
+        lines.append(
+            f"subnet.env {env.get('path')}: {'matches' if not env.get('problems') else 'DIFFERS'}"
+        )
+    if ipt:
+        what = [n for n in ("masquerade", "forward") if ipt.get(n)]
+        lines.append(
+            f"iptables   {' + '.join(what) or 'off'}"
+            + (f": {'in place' if ipt.get('present') else 'MISSING'}" if what else "")
+        )
+    peers = doc.get("peers", [])
+    lines += ["", f"peers ({len(peers)}):"]
+    if peers:
+        lines.append(
+            f"  {'subnet':<18} {'public IP':<15} {'encap':<6} {'VTEP MAC / port':<18} neigh   fdb     route"
+        )
+        for r in peers:
+            lines.append(
+                f"  {r['subnet']:<18} {r['public_ip']:<15} {r['encap']:<6} "
+                f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_mark(r['neighbour']):<7} "
+                f"{_mark(r['fdb']):<7} {_mark(r['route'])}"
+            )
+    for r in doc.get("ignored", []):
+        lines.append(f"  ignored: {r}")
+    return "\n".join(lines) + "\n"
+
+
+def render_cluster(leases: list[dict]) -> str:
+    lines = [f"{'subnet':<18} {'public IP':<15} {'backend':<8} {'expires in':<12} details"]
+    for le in leases:
+        lines.append(
+            f"{le['subnet']:<18} {le['public_ip']:<15} {le['backend'] or 'udp':<8} "
+            f"{_duration(le['expires_in_s'], le.get('reservation', False)):<12} {le.get('details', '')}"
+        )
+    return "\n".join(lines) + f"\n{len(leases)} leases\n"
