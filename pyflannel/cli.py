@@ -46,6 +46,30 @@ def make_parser() -> argparse.ArgumentParser:
     add_arguments(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     status.add_argument("--cluster", action="store_true", help="list every lease in etcd instead")
+    opts = commands.add_parser(
+        "docker-opts",
+        help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
+        description="Write Docker's --bip, --mtu and --ip-masq options derived from subnet.env. "
+        "With neither -i nor -c, both kinds of line are written.",
+    )
+    opts.add_argument(
+        "-f",
+        dest="subnet_file",
+        default="/run/flannel/subnet.env",
+        help="the subnet file (default %(default)s)",
+    )
+    opts.add_argument(
+        "-d",
+        dest="output",
+        default="/run/docker_opts.env",
+        help="where to write the options (default %(default)s; - for stdout)",
+    )
+    opts.add_argument(
+        "-i", dest="individual", action="store_true", help="one DOCKER_OPT_* per option"
+    )
+    opts.add_argument("-c", dest="combined", action="store_true", help="one combined line")
+    opts.add_argument("-k", dest="key", default="DOCKER_OPTS", help="name of the combined variable")
+    opts.add_argument("-m", dest="omit_ipmasq", action="store_true", help="leave out --ip-masq")
     commands.add_parser("version", help="print the version and exit")
     return parser
 
@@ -61,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "docker-opts":
+        return _docker_opts(args)
     parser.print_help()
     return 2
 
@@ -113,3 +139,46 @@ def _status(args: argparse.Namespace) -> int:
         end="" if not args.json else "\n",
     )
     return exit_code(doc)
+
+
+def _docker_opts(args: argparse.Namespace) -> int:
+    from ipaddress import ip_interface
+    from pathlib import Path
+
+    from pyflannel.docker_opts import DockerOptsError, docker_options
+    from pyflannel.subnet.env_file import parse_env, write_atomic
+
+    try:
+        env = parse_env(Path(args.subnet_file).read_text())
+        text = docker_options(
+            env,
+            individual=args.individual,
+            combined=args.combined,
+            key=args.key,
+            existing=os.environ.get(args.key, ""),
+            omit_ipmasq=args.omit_ipmasq,
+        )
+    except (OSError, DockerOptsError) as e:
+        print(f"pyflannel docker-opts: {e}", file=sys.stderr)
+        return 1
+    subnet = ip_interface(env["FLANNEL_SUBNET"]).network
+    if _routed_via_gateway(subnet):  # as upstream: the subnet must not already be routed elsewhere
+        print(f"Your routing table already contains the subnet: {subnet}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        write_atomic(args.output, text)
+    return 0
+
+
+def _routed_via_gateway(subnet) -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return any(
+            r.get_attr("RTA_GATEWAY")
+            and r["dst_len"] == subnet.prefixlen
+            and r.get_attr("RTA_DST") == str(subnet.network_address)
+            for r in ipr.route("dump", family=2, table=254)
+        )

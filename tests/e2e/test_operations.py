@@ -208,3 +208,40 @@ def test_systemd_notify_ready_status_watchdog_and_stopping(bed, tmp_path):
         if not a.running:
             a.start(*ARGS)
             a.wait_ready()
+
+
+def test_docker_opts_from_the_nodes_subnet_env(bed):
+    a = bed.nodes[0]
+    run = [
+        "ip",
+        "netns",
+        "exec",
+        a.ns,
+        sys.executable,
+        "-m",
+        "pyflannel",
+        "docker-opts",
+        "-f",
+        str(a.subnet_file),
+        "-d",
+        "-",
+    ]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f'DOCKER_OPT_BIP="--bip={a.subnet.network_address + 1}/24"',
+        'DOCKER_OPT_IPMASQ="--ip-masq=false"',  # pyflannel masquerades (--ip-masq), Docker must not
+        'DOCKER_OPT_MTU="--mtu=1450"',
+        f'DOCKER_OPTS=" --bip={a.subnet.network_address + 1}/24 --ip-masq=false --mtu=1450"',
+    ]
+    # As upstream: refuse when the routing table already sends that subnet elsewhere.
+    a.run("ip", "route", "add", "10.1.254.0/24", "via", "198.51.100.254")
+    try:
+        (a.dir / "other.env").write_text(
+            "FLANNEL_SUBNET=10.1.254.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        )
+        run[run.index(str(a.subnet_file))] = str(a.dir / "other.env")
+        out = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1 and "already contains the subnet: 10.1.254.0/24" in out.stderr
+    finally:
+        a.run("ip", "route", "del", "10.1.254.0/24")
