@@ -46,6 +46,16 @@ def make_parser() -> argparse.ArgumentParser:
     add_arguments(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     status.add_argument("--cluster", action="store_true", help="list every lease in etcd instead")
+    doctor = commands.add_parser(
+        "doctor",
+        help="preflight checks for this node (exit 0 pass, 1 fail, 2 warnings)",
+        description="Can this node run pyflannel? Tries VXLAN and TUN devices in a throwaway "
+        "namespace, looks for container-VPS markers, checks iptables, the interface MTU, etcd "
+        "(round trips, its disk-sync times), UDP ports 8472/8285 and the clock. Takes the same "
+        "flags and FLANNELD_* variables as `run`.",
+    )
+    add_arguments(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     opts = commands.add_parser(
         "docker-opts",
         help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
@@ -87,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "docker-opts":
         return _docker_opts(args)
+    if args.command == "doctor":
+        return _doctor(args)
     parser.print_help()
     return 2
 
@@ -182,3 +194,24 @@ def _routed_via_gateway(subnet) -> bool:
             and r.get_attr("RTA_DST") == str(subnet.network_address)
             for r in ipr.route("dump", family=2, table=254)
         )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pyflannel.doctor.checks import exit_code, render
+    from pyflannel.doctor.probes import run_checks
+
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        print(f"pyflannel doctor: {e}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    findings = asyncio.run(run_checks(options))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
+    else:
+        print(render(findings), end="")
+    return exit_code(findings)

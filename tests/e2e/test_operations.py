@@ -245,3 +245,59 @@ def test_docker_opts_from_the_nodes_subnet_env(bed):
         assert out.returncode == 1 and "already contains the subnet: 10.1.254.0/24" in out.stderr
     finally:
         a.run("ip", "route", "del", "10.1.254.0/24")
+
+
+def test_doctor_on_a_node_of_the_bed(bed):
+    a = bed.nodes[0]
+    proc = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            a.ns,
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "doctor",
+            "--json",
+            f"--etcd-endpoints={bed.etcd.url}",
+            "--iface=eth0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    findings = {f["check"]: f for f in json.loads(proc.stdout)}
+    for check in ("vxlan", "tun", "iptables", "mtu"):
+        assert findings[check]["status"] == "pass", findings[check]
+    assert findings["etcd"]["status"] in ("pass", "warn")  # warn: this VM's disk may be slow
+    assert (
+        "round trip" in findings["etcd"]["detail"] and "WAL fsync p99" in findings["etcd"]["detail"]
+    )
+    assert findings["clock"]["status"] == "pass"
+    # The daemon runs here: 8472 belongs to its VXLAN device, which is fine.
+    assert (
+        findings["port-8472"]["detail"] == "UDP 8472 (VXLAN) is used by flannel.1: pyflannel's own"
+    )
+    assert proc.returncode in (0, 2)
+    assert not [ns for ns in netns.list_namespaces() if ns.endswith("-doctor")]  # throwaway removed
+
+
+def test_doctor_with_etcd_unreachable_fails(bed):
+    proc = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            bed.nodes[0].ns,
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "doctor",
+            "--etcd-endpoints=http://198.51.100.254:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "FAIL  etcd       etcd unreachable" in proc.stdout

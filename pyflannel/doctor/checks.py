@@ -1,0 +1,231 @@
+"""``pyflannel doctor``'s verdicts: each check turns what a probe found into pass/warn/fail
+with advice. Pure, so every verdict (an OpenVZ host, a slow etcd disk, a skewed clock) can be
+tested without such a machine."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str
+    detail: str
+    advice: str = ""
+
+
+@dataclass
+class Probe:
+    """Raw facts a probe gathered (None: not determined)."""
+
+    ok: bool | None = None
+    error: str = ""
+    facts: dict = field(default_factory=dict)
+
+
+def judge_vxlan(p: Probe, tun_ok: bool | None) -> Finding:
+    if p.ok:
+        return Finding("vxlan", PASS, "this kernel creates VXLAN devices")
+    fallback = "pyflannel falls back to UDP encapsulation (--backend-fallback=auto), at a few % of VXLAN's throughput"
+    if tun_ok:
+        return Finding(
+            "vxlan",
+            WARN,
+            f"cannot create a VXLAN device: {p.error}",
+            f"Load the vxlan module (modprobe vxlan) if you can; otherwise {fallback}.",
+        )
+    return Finding(
+        "vxlan",
+        FAIL,
+        f"cannot create a VXLAN device: {p.error}",
+        "Neither VXLAN nor TUN works: this node cannot join the overlay.",
+    )
+
+
+def judge_tun(p: Probe) -> Finding:
+    if p.ok:
+        return Finding("tun", PASS, "TUN devices work (UDP backend and fallback possible)")
+    return Finding(
+        "tun",
+        WARN if p.ok is None else FAIL,
+        f"cannot create a TUN device: {p.error}",
+        "The UDP backend needs /dev/net/tun (modprobe tun; in a container, ask the host to "
+        "allow the tun device).",
+    )
+
+
+def judge_container(markers: dict) -> Finding:
+    """markers: openvz (bool), lxc (bool), kind (str from systemd/env), e.g. {'openvz': True}."""
+    if markers.get("openvz"):
+        return Finding(
+            "container",
+            WARN,
+            "this is an OpenVZ container (/proc/vz without /proc/bc)",
+            "OpenVZ containers share the host kernel and usually cannot create VXLAN "
+            "devices: expect the UDP fallback, or run pyflannel on the host.",
+        )
+    kind = markers.get("kind") or ("lxc" if markers.get("lxc") else "")
+    if kind:
+        return Finding(
+            "container",
+            WARN,
+            f"running inside a container ({kind})",
+            "Containers share the host kernel: VXLAN and iptables need the host's "
+            "permission (CAP_NET_ADMIN, the vxlan/tun modules loaded on the host).",
+        )
+    return Finding("container", PASS, "not a container (own kernel)")
+
+
+def judge_iptables(p: Probe, masquerade_wanted: bool) -> Finding:
+    if p.ok:
+        return Finding("iptables", PASS, f"{p.facts.get('version', 'iptables')} usable")
+    status = FAIL if masquerade_wanted else WARN
+    return Finding(
+        "iptables",
+        status,
+        f"iptables not usable: {p.error}",
+        "Install iptables (apt install iptables); --ip-masq and the forward rules need it.",
+    )
+
+
+def judge_mtu(interface: str, mtu: int | None, overhead: int = 50) -> Finding:
+    if mtu is None:
+        return Finding(
+            "mtu",
+            FAIL,
+            f"no usable interface: {interface}",
+            "Choose the interface that carries traffic between nodes with --iface.",
+        )
+    pod = mtu - overhead
+    if pod < 68:
+        return Finding(
+            "mtu",
+            FAIL,
+            f"{interface} MTU {mtu} leaves {pod} bytes for pods",
+            "The underlay MTU is too small for any encapsulation.",
+        )
+    if pod < 1280:
+        return Finding(
+            "mtu",
+            WARN,
+            f"{interface} MTU {mtu}: pods get MTU {pod}",
+            "Below 1280 IPv6 breaks and many programs assume larger packets: raise the "
+            "underlay MTU if you can (jumbo frames: 9000 gives pods 8950).",
+        )
+    return Finding(
+        "mtu", PASS, f"{interface} MTU {mtu}: pods get MTU {pod} with VXLAN, {mtu - 28} with UDP"
+    )
+
+
+def judge_etcd(p: Probe) -> Finding:
+    if not p.ok:
+        return Finding(
+            "etcd",
+            FAIL,
+            f"etcd unreachable: {p.error}",
+            "Check --etcd-endpoints, the network path and firewalls (TCP 2379), TLS files.",
+        )
+    f = p.facts
+    notes, advice = [f"round trip {f['rtt_ms']:.1f} ms"], []
+    status = PASS
+    if f["rtt_ms"] > 50:
+        status = WARN
+        advice.append("round trips above 50 ms slow every lease operation; put etcd closer")
+    for name, limit, what in (
+        ("fsync_p99_ms", 10, "WAL fsync"),
+        ("commit_p99_ms", 25, "backend commit"),
+    ):
+        value = f.get(name)
+        if value is None:
+            continue
+        notes.append(f"{what} p99 {value:.1f} ms")
+        if value > limit:
+            status = WARN
+            advice.append(
+                f"etcd's {what} p99 is above {limit} ms: a slow disk makes Raft heartbeats "
+                "time out and leaders change; give etcd an SSD of its own"
+            )
+    return Finding(
+        "etcd", status, f"{f.get('endpoint', 'etcd')}: " + ", ".join(notes), "; ".join(advice)
+    )
+
+
+def judge_port(port: int, what: str, owner: str | None, in_use: bool) -> Finding:
+    if not in_use:
+        return Finding(f"port-{port}", PASS, f"UDP {port} ({what}) is free")
+    if owner and owner.startswith("flannel"):
+        return Finding(
+            f"port-{port}", PASS, f"UDP {port} ({what}) is used by {owner}: pyflannel's own"
+        )
+    return Finding(
+        f"port-{port}",
+        FAIL,
+        f"UDP {port} ({what}) is in use by {owner or 'another program'}",
+        "Free the port, or configure another one (Backend.Port; all nodes must agree).",
+    )
+
+
+def judge_clock(skew_s: float | None, now: float) -> Finding:
+    if now < 1_600_000_000:  # before 2020: the clock was never set
+        return Finding(
+            "clock",
+            FAIL,
+            "the system clock is in the past (never synchronised?)",
+            "Enable NTP (systemd-timesyncd, chrony): TLS certificates and lease times depend on it.",
+        )
+    if skew_s is None:
+        return Finding(
+            "clock",
+            WARN,
+            "could not compare the clock with etcd's",
+            "Make sure NTP runs on every node.",
+        )
+    if abs(skew_s) > 60:
+        return Finding(
+            "clock", FAIL, f"clock differs from etcd's by {skew_s:+.0f} s", "Enable NTP."
+        )
+    if abs(skew_s) > 5:
+        return Finding(
+            "clock", WARN, f"clock differs from etcd's by {skew_s:+.0f} s", "Enable NTP."
+        )
+    return Finding("clock", PASS, f"clock within {abs(skew_s):.0f} s of etcd's")
+
+
+def histogram_p99(metrics: str, name: str) -> float | None:
+    """The 99th percentile (in ms) of a Prometheus histogram, by its upper bucket bound."""
+    buckets = []
+    for m in re.finditer(
+        rf'^{name}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} ([0-9.e+]+)$', metrics, re.M
+    ):
+        bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+        buckets.append((bound, float(m.group(2))))
+    if not buckets:
+        return None
+    buckets.sort()
+    total = buckets[-1][1]
+    if total == 0:
+        return None
+    for bound, count in buckets:
+        if count >= 0.99 * total:
+            return bound * 1000 if bound != float("inf") else float("inf")
+    return None
+
+
+def exit_code(findings: list[Finding]) -> int:
+    statuses = {f.status for f in findings}
+    return 1 if FAIL in statuses else 2 if WARN in statuses else 0
+
+
+def render(findings: list[Finding]) -> str:
+    lines = []
+    for f in findings:
+        lines.append(f"{f.status.upper():<5} {f.check:<10} {f.detail}")
+        if f.advice:
+            lines.append(f"{'':<17}-> {f.advice}")
+    code = exit_code(findings)
+    lines.append({0: "all checks passed", 1: "some checks FAILED", 2: "passed with warnings"}[code])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""pyflannel doctor's verdicts, fed with findings this machine cannot show (an OpenVZ host,
+a slow etcd disk, a skewed clock, a missing VXLAN module)."""
+
+import pytest
+
+from pyflannel.doctor.checks import (
+    FAIL,
+    PASS,
+    WARN,
+    Finding,
+    Probe,
+    exit_code,
+    histogram_p99,
+    judge_clock,
+    judge_container,
+    judge_etcd,
+    judge_iptables,
+    judge_mtu,
+    judge_port,
+    judge_tun,
+    judge_vxlan,
+    render,
+)
+
+NOW = 1_790_000_000.0
+
+
+def test_vxlan_missing_with_tun_is_a_warning_about_the_fallback():
+    f = judge_vxlan(Probe(False, "Operation not supported"), tun_ok=True)
+    assert f.status == WARN and "falls back to UDP" in f.advice
+
+
+def test_neither_vxlan_nor_tun_is_a_failure():
+    assert judge_vxlan(Probe(False, "Operation not supported"), tun_ok=False).status == FAIL
+    assert judge_tun(Probe(False, "No such device")).status == FAIL
+
+
+def test_openvz_container_is_recognised():
+    f = judge_container({"openvz": True, "kind": ""})
+    assert f.status == WARN and "OpenVZ" in f.detail and "UDP fallback" in f.advice
+
+
+@pytest.mark.parametrize(
+    "markers, status", [({"kind": "lxc"}, WARN), ({"lxc": True}, WARN), ({}, PASS)]
+)
+def test_other_containers(markers, status):
+    assert judge_container(markers).status == status
+
+
+def test_iptables_missing_fails_only_when_masquerade_is_wanted():
+    assert judge_iptables(Probe(False, "not installed"), masquerade_wanted=True).status == FAIL
+    assert judge_iptables(Probe(False, "not installed"), masquerade_wanted=False).status == WARN
+
+
+@pytest.mark.parametrize(
+    "mtu, status", [(1500, PASS), (9000, PASS), (1300, WARN), (100, FAIL), (None, FAIL)]
+)
+def test_mtu(mtu, status):
+    assert judge_mtu("eth0", mtu).status == status
+
+
+def test_slow_etcd_disk_is_a_warning_with_advice():
+    f = judge_etcd(
+        Probe(
+            True,
+            facts={
+                "endpoint": "http://e:2379",
+                "rtt_ms": 1.2,
+                "fsync_p99_ms": 64.0,
+                "commit_p99_ms": 8.0,
+            },
+        )
+    )
+    assert (
+        f.status == WARN and "WAL fsync p99 64.0 ms" in f.detail and "Raft heartbeats" in f.advice
+    )
+
+
+def test_fast_etcd_passes_and_unreachable_fails():
+    ok = judge_etcd(
+        Probe(
+            True, facts={"endpoint": "e", "rtt_ms": 0.8, "fsync_p99_ms": 2.0, "commit_p99_ms": 4.0}
+        )
+    )
+    assert ok.status == PASS
+    assert judge_etcd(Probe(False, "connection refused")).status == FAIL
+
+
+def test_ports_used_by_our_own_devices_are_fine_others_are_not():
+    assert judge_port(8472, "VXLAN", None, in_use=False).status == PASS
+    assert judge_port(8472, "VXLAN", "flannel.1", in_use=True).status == PASS
+    assert judge_port(8472, "VXLAN", "vxlan0", in_use=True).status == FAIL
+
+
+@pytest.mark.parametrize(
+    "skew, now, status",
+    [(0.4, NOW, PASS), (12, NOW, WARN), (-300, NOW, FAIL), (None, NOW, WARN), (0, 1_000_000, FAIL)],
+)
+def test_clock(skew, now, status):
+    assert judge_clock(skew, now).status == status
+
+
+METRICS = """# HELP etcd_disk_wal_fsync_duration_seconds
+etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"} 10
+etcd_disk_wal_fsync_duration_seconds_bucket{le="0.002"} 90
+etcd_disk_wal_fsync_duration_seconds_bucket{le="0.004"} 99
+etcd_disk_wal_fsync_duration_seconds_bucket{le="0.008"} 100
+etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"} 100
+etcd_disk_wal_fsync_duration_seconds_sum 0.2
+"""
+
+
+def test_histogram_p99_from_etcd_metrics():
+    assert histogram_p99(METRICS, "etcd_disk_wal_fsync_duration_seconds") == pytest.approx(4.0)
+    assert histogram_p99(METRICS, "missing_metric") is None
+
+
+def test_exit_code_and_rendering():
+    findings = [Finding("a", PASS, "fine"), Finding("b", WARN, "hmm", "do this")]
+    assert exit_code(findings) == 2
+    assert exit_code([*findings, Finding("c", FAIL, "bad")]) == 1
+    assert exit_code(findings[:1]) == 0
+    text = render(findings)
+    assert (
+        "WARN  b          hmm\n" in text
+        and "-> do this" in text
+        and text.endswith("passed with warnings\n")
+    )
