@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install-deps
-exec "${PYTHON:-python3}" -m pytest tests -rs --durations=15 "$@"
+exec "${PYTHON:-python3}" -m pytest tests -rfEs --durations=15 "$@"

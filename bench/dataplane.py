@@ -12,9 +12,7 @@ bench/results/dataplane.{json,md}; ratios are against the underlay of the same r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import summary, table, write_results
 from pyflannel.testbed import netns
 from pyflannel.testbed.bed import TestBed
+from pyflannel.testbed.iperf import iperf, received_bits_per_second
 
 MODES = ("underlay", "vxlan", "udp-threads", "udp-asyncio", "udp-uvloop")
 
@@ -39,28 +38,6 @@ def tun_packets(node) -> int:
             f = line.split(":", 1)[1].split()
             return int(f[1]) + int(f[9])  # rx + tx packets
     return 0
-
-
-def iperf(
-    client_ns: str, server_ns: str, server_ip: str, seconds: float, streams: int, reverse: bool
-) -> float:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.2)
-        cmd = ["iperf3", "-c", server_ip, "-t", str(seconds), "-P", str(streams), "-J"]
-        if reverse:
-            cmd.append("-R")
-        out = netns.run(cmd, ns=client_ns, timeout=seconds + 30, check=False).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-    except (ValueError, KeyError):
-        return 0.0
-    finally:
-        server.kill()
-        server.wait()
 
 
 def configure(bed: TestBed, mode: str) -> None:
@@ -103,7 +80,12 @@ def measure(bed: TestBed, mode: str, args) -> dict:
                 cpu0 = [cpu_seconds(p) for p in pids]
                 pk0 = tun_packets(a) if mode.startswith("udp") else 0
                 t0 = time.monotonic()
-                rates.append(iperf(client, server, server_ip, args.seconds, streams, reverse))
+                rates.append(
+                    received_bits_per_second(
+                        iperf(client, server, server_ip, args.seconds, streams, reverse)
+                    )
+                    / 1e9
+                )
                 elapsed = time.monotonic() - t0
                 cpus.append(sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)))
                 if mode.startswith("udp"):

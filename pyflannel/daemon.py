@@ -25,7 +25,7 @@ from pyflannel.errors import BackendError, ConfigError, EtcdUnavailable, Flannel
 from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
 from pyflannel.http_endpoint import HttpEndpoint, as_json, text
-from pyflannel.iface import ExtIface, read_interfaces, route_source, select_ext_iface
+from pyflannel.iface import ExtIface, external_interface
 from pyflannel.lease_keeper import LeaseKeeper
 from pyflannel.metrics import metrics_text
 from pyflannel.netlink import Netlink
@@ -101,16 +101,12 @@ class Daemon:
 
     async def _external_interface(self) -> ExtIface:
         o = self.options
-        interfaces, default = await self.netlink.call(read_interfaces)
-        can_reach = None
-        if o.iface_can_reach:
-            can_reach = await self.netlink.call(route_source, IPv4Address(o.iface_can_reach))
-        return select_ext_iface(
-            interfaces,
+        can_reach = IPv4Address(o.iface_can_reach) if o.iface_can_reach else None
+        return await self.netlink.call(
+            external_interface,
             iface=o.iface,
             iface_regex=o.iface_regex,
             public_ip=o.public_ip_address,
-            default_route_index=default,
             can_reach=can_reach,
         )
 

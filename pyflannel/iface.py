@@ -184,6 +184,26 @@ def read_interfaces(ipr) -> tuple[list[Interface], int | None]:
     return interfaces, default
 
 
+def external_interface(
+    ipr,
+    *,
+    iface: list[str] = (),
+    iface_regex: list[str] = (),
+    public_ip: IPv4Address | None = None,
+    can_reach: IPv4Address | None = None,
+) -> ExtIface:
+    """Read the interfaces (and routes) from the kernel and choose as upstream does."""
+    interfaces, default = read_interfaces(ipr)
+    return select_ext_iface(
+        interfaces,
+        iface=iface,
+        iface_regex=iface_regex,
+        public_ip=public_ip,
+        default_route_index=default,
+        can_reach=route_source(ipr, can_reach) if can_reach is not None else None,
+    )
+
+
 def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:
     """``ip route get dst``: the outgoing interface index and source address."""
     route = ipr.route("get", dst=str(dst))[0]

@@ -93,20 +93,17 @@ def probe_interface(o: Options) -> tuple[str, int | None]:
     from pyroute2 import IPRoute
 
     from pyflannel.errors import InterfaceError
-    from pyflannel.iface import read_interfaces, route_source, select_ext_iface
+    from pyflannel.iface import external_interface
 
-    with IPRoute() as ipr:
-        interfaces, default = read_interfaces(ipr)
-        can_reach = route_source(ipr, IPv4Address(o.iface_can_reach)) if o.iface_can_reach else None
     try:
-        ext = select_ext_iface(
-            interfaces,
-            iface=o.iface,
-            iface_regex=o.iface_regex,
-            public_ip=o.public_ip_address,
-            default_route_index=default,
-            can_reach=can_reach,
-        )
+        with IPRoute() as ipr:
+            ext = external_interface(
+                ipr,
+                iface=o.iface,
+                iface_regex=o.iface_regex,
+                public_ip=o.public_ip_address,
+                can_reach=IPv4Address(o.iface_can_reach) if o.iface_can_reach else None,
+            )
     except InterfaceError as e:
         return str(e), None
     return ext.name, ext.mtu

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 
 from pyflannel.testbed import netns
 from pyflannel.testbed.bed import VXLAN_CONFIG, TestBed
+from pyflannel.testbed.iperf import iperf, received_bits_per_second
 
 
 def say(text: str = "") -> None:
@@ -28,23 +28,10 @@ def section(title: str) -> None:
 
 def iperf_line(a, b) -> str:
     """A 2-second iperf3 TCP run from a's pod to b's pod, as one line."""
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", b.pod_ns, "iperf3", "-s", "-1", "-B", str(b.pod_ip)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.3)
-        out = netns.run(
-            ["iperf3", "-c", str(b.pod_ip), "-t", "2", "-J"], ns=a.pod_ns, check=False, timeout=30
-        ).stdout
-        bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-        return f"iperf3 TCP pod {a.pod_ip} -> pod {b.pod_ip}: {bps / 1e9:.2f} Gbit/s over VXLAN"
-    except (ValueError, KeyError):
+    bps = received_bits_per_second(iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=2))
+    if not bps:
         return "iperf3 did not report a result"
-    finally:
-        server.kill()
-        server.wait()
+    return f"iperf3 TCP pod {a.pod_ip} -> pod {b.pod_ip}: {bps / 1e9:.2f} Gbit/s over VXLAN"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,8 @@
 reachable, hostile datagrams dropped and counted, ICMP net-unreachable for unowned
 destinations, and a restart costing at most the restart window."""
 
-import json
 import random
 import re
-import subprocess
 import time
 
 import pytest
@@ -14,6 +12,7 @@ from scapy.layers.inet import IP, UDP
 from pyflannel.testbed import netns
 from pyflannel.testbed.capture import finish_capture, start_capture
 from pyflannel.testbed.inject import inject
+from pyflannel.testbed.iperf import iperf
 
 from .conftest import eventually, started_bed
 
@@ -38,21 +37,8 @@ def test_every_pod_reaches_every_other_pod(bed):
 
 def test_a_tcp_transfer_crosses_the_udp_tunnel(bed):
     a, b = bed.nodes[0], bed.nodes[1]
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", b.pod_ns, "iperf3", "-s", "-1", "-B", str(b.pod_ip)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.3)
-        out = netns.run(
-            ["iperf3", "-c", str(b.pod_ip), "-t", "1", "-J"], ns=a.pod_ns, timeout=30
-        ).stdout
-        received = json.loads(out)["end"]["sum_received"]["bytes"]
-        assert received > 1_000_000
-    finally:
-        server.kill()
-        server.wait()
+    result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
 
 
 def test_lease_is_upstreams_udp_lease_byte_for_byte(bed):
@@ -90,85 +76,31 @@ def test_each_datagram_on_the_wire_is_exactly_one_inner_ipv4_packet(bed):
 
 def test_hostile_datagrams_are_dropped_and_counted_while_real_traffic_continues(bed):
     a, b, c = bed.nodes
-    target = str(a.underlay_ip)
     rng = random.Random(7)
-    good_inner = bytes(IP(src=str(b.pod_ip), dst=str(a.pod_ip)) / UDP(dport=9) / b"x")
+
+    def datagram(payload: bytes, src=str(b.underlay_ip)) -> dict:
+        return dict(
+            src=src, dst=str(a.underlay_ip), sport=8285, dport=8285, payload_hex=payload.hex()
+        )
+
+    def inner(src, dst, size=0) -> bytes:
+        return bytes(IP(src=str(src), dst=str(dst)) / UDP(dport=9) / bytes(size))
+
+    good = inner(b.pod_ip, a.pod_ip)
     hostile = (
-        # unknown sender: the switch itself is no peer
-        [
-            dict(
-                src="198.51.100.254",
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=good_inner.hex(),
-            )
-        ]
-        * 5
-        # spoofed peer address, inner source outside that peer's subnet
+        [datagram(good, src="198.51.100.254")] * 5  # unknown sender: the switch is no peer
+        + [datagram(inner("10.1.250.9", a.pod_ip))] * 5  # inner source outside b's subnet
+        + [datagram(inner(b.pod_ip, c.pod_ip))] * 5  # relay attempt: for another node's pods
+        # garbage from a peer's address: random bytes, IPv6, a lying length, truncated, oversized
         + [
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=bytes(IP(src="10.1.250.9", dst=str(a.pod_ip)) / UDP(dport=9)).hex(),
-            )
-        ]
-        * 5
-        # relay attempt: for another node's pods
-        + [
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=bytes(IP(src=str(b.pod_ip), dst=str(c.pod_ip)) / UDP(dport=9)).hex(),
-            )
-        ]
-        * 5
-        # garbage from a peer address: random bytes, IPv6, lying lengths, truncated, oversized
-        + [
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 60))).hex(),
-            )
+            datagram(bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 60))))
             for _ in range(20)
         ]
         + [
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=(b"\x60" + bytes(47)).hex(),
-            ),
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=(good_inner[:2] + b"\x05\xdc" + good_inner[4:]).hex(),
-            ),
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=good_inner[:15].hex(),
-            ),
-            dict(
-                src=str(b.underlay_ip),
-                dst=target,
-                sport=8285,
-                dport=8285,
-                payload_hex=bytes(
-                    IP(src=str(b.pod_ip), dst=str(a.pod_ip)) / UDP(dport=9) / bytes(1460)
-                ).hex(),
-            ),
+            datagram(b"\x60" + bytes(47)),
+            datagram(good[:2] + b"\x05\xdc" + good[4:]),
+            datagram(good[:15]),
+            datagram(inner(b.pod_ip, a.pod_ip, size=1460)),
         ]
     )
     mark = len(a.log())

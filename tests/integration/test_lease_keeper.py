@@ -109,6 +109,14 @@ async def test_renewal_keeps_a_short_lease_alive_past_its_ttl(registry, client):
         task.cancel()
 
 
+async def first_change(changes: list, timeout: float = 5):
+    """The first (old, new) the keeper reported through on_change."""
+    async with asyncio.timeout(timeout):
+        while not changes:
+            await asyncio.sleep(0.05)
+    return changes[0]
+
+
 async def run_with_watch(registry, k):
     """A keeper plus the peer watch that feeds it its own-key events, as in the daemon."""
     table = LeaseTable(network().network, own=k.lease.subnet)
@@ -130,10 +138,7 @@ async def test_lease_deleted_behind_our_back_is_reacquired_with_the_same_subnet(
     try:
         await watch.synced.wait()
         etcd_server.ctl("del", f"{prefix}/subnets/{lease.key}")
-        async with asyncio.timeout(5):
-            while not changes:
-                await asyncio.sleep(0.05)
-        old, new = changes[0]
+        old, new = await first_change(changes)
         assert old.subnet == new.subnet == lease.subnet
         assert (await registry.get_lease(lease.subnet)).attrs.public_ip == IPv4Address(
             "198.51.100.1"
@@ -154,10 +159,7 @@ async def test_subnet_taken_by_another_node_moves_us_to_a_new_one_without_a_figh
         await watch.synced.wait()
         intruder = attrs("198.51.100.2", "02:00:00:00:00:02").to_json().decode()
         etcd_server.put(f"{prefix}/subnets/{lease.key}", intruder)
-        async with asyncio.timeout(5):
-            while not changes:
-                await asyncio.sleep(0.05)
-        old, new = changes[0]
+        old, new = await first_change(changes)
         assert old.subnet == lease.subnet and new.subnet != lease.subnet
         # The other node's lease is untouched.
         assert etcd_server.get(f"{prefix}/subnets/{lease.key}") == intruder
@@ -175,10 +177,7 @@ async def test_expired_lease_is_noticed_by_renewal_and_reacquired(registry, clie
     k.expires_at = 0  # renew now
     task = asyncio.create_task(k.run())
     try:
-        async with asyncio.timeout(5):
-            while not changes:
-                await asyncio.sleep(0.05)
-        assert changes[0][1].subnet == lease.subnet
+        assert (await first_change(changes))[1].subnet == lease.subnet
         assert await registry.get_lease(lease.subnet) is not None
     finally:
         task.cancel()
