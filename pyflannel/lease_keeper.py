@@ -24,11 +24,15 @@ from ipaddress import IPv4Address, IPv4Network
 from pyflannel.backoff import Backoff, Outage
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import EtcdUnavailable, FlannelError, OutOfSubnets
+from pyflannel.etcd.client import EtcdError
 from pyflannel.etcd.registry import LeaseEvent, Registry
 from pyflannel.subnet.allocate import choose_subnet
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
+
+# Anything etcd can throw at us: keep retrying with backoff and say why; never give up the node.
+EtcdTrouble = (EtcdUnavailable, EtcdError)
 
 RACE_ATTEMPTS = 20  # per acquisition; each lost race excludes the subnet it lost
 OUT_OF_SUBNETS_RETRY = 10.0  # seconds
@@ -82,7 +86,7 @@ class LeaseKeeper:
         while True:
             try:
                 lease = await self._try_acquire(await self.load_config(), attrs, previous)
-            except EtcdUnavailable as e:
+            except EtcdTrouble as e:
                 outage.failed(e)
                 await asyncio.sleep(backoff.next())
                 continue
@@ -188,7 +192,7 @@ class LeaseKeeper:
             try:
                 current = await self.registry.get_lease(lease.subnet)
                 break
-            except EtcdUnavailable as e:
+            except EtcdTrouble as e:
                 outage.failed(e)
                 await asyncio.sleep(backoff.next())
         outage.ok()
@@ -202,12 +206,15 @@ class LeaseKeeper:
     async def _renew(self) -> str:
         lease = self.lease
         outage = Outage(log, f"etcd unreachable while renewing lease {lease.subnet}")
-        backoff = Backoff(first=1.0, cap=30.0)
+        # One stuck member must not eat the lease: each try gets at most a fifth of the time
+        # left (within 1..5 s) before the client moves to the next member.
+        backoff = Backoff(first=0.5, cap=min(30.0, max(1.0, self.ttl / 8)))
         while True:
+            left = self.expires_at - time.monotonic()
             try:
-                ttl = await self.registry.keepalive(lease)
+                ttl = await self.registry.keepalive(lease, timeout=min(5.0, max(1.0, left / 5)))
                 break
-            except EtcdUnavailable as e:
+            except EtcdTrouble as e:
                 left = self.expires_at - time.monotonic()
                 outage.failed(e, f"retrying; the lease has {max(left, 0):.0f} s left")
                 await asyncio.sleep(backoff.next())

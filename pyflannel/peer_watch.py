@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pyflannel.backoff import Backoff, Outage
-from pyflannel.errors import EtcdUnavailable, RevisionCompacted
+from pyflannel.errors import FlannelError, RevisionCompacted
 from pyflannel.etcd.registry import LeaseEvent, Registry
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 
@@ -68,7 +68,9 @@ class PeerWatch:
                     "lease watch: %s (we were at %s); re-listing all leases", e, self.revision
                 )
                 self.revision = None
-            except EtcdUnavailable as e:
+            except FlannelError as e:
+                # Unreachable, or refused (auth, permissions, a server error): either way the
+                # data plane stays as it is and we keep trying, saying why, never exiting.
                 self.connected, self.last_error = False, str(e)
                 outage.failed(e, f"resuming the watch after revision {self.revision}")
                 self.restarts += 1

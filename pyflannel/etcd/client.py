@@ -25,12 +25,15 @@ from pyflannel.etcd.endpoint import Endpoint, parse_endpoint
 log = logging.getLogger(__name__)
 
 # gRPC codes that mean "this member cannot serve us now": try again, maybe elsewhere.
+# INTERNAL included: a member shutting down mid-stream surfaces as "Internal error from Core".
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.ABORTED,
 }
 # Detect a dead or frozen member on an idle watch within ~15 s (etcd accepts pings >= 5 s).
 # A frozen process's kernel still ACKs TCP, so only an unanswered HTTP/2 PING tells; current
@@ -276,12 +279,12 @@ class EtcdClient:
         resp = await self._call(rpc.LeaseStub, "LeaseTimeToLive", req)
         return resp.TTL, list(resp.keys)
 
-    async def keepalive(self, lease_id: int) -> int:
+    async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease once; return its new TTL, or 0 if etcd no longer has it."""
         channel = await self._ensure_channel()
         ep = self.endpoint
         call = rpc.LeaseStub(channel).LeaseKeepAlive(
-            timeout=self.timeout, metadata=self._metadata()
+            timeout=timeout or self.timeout, metadata=self._metadata()
         )
         try:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
@@ -300,6 +303,20 @@ class EtcdClient:
 
     async def status(self):
         return await self._call(rpc.MaintenanceStub, "Status", rpc.StatusRequest())
+
+    async def members(self) -> list[dict]:
+        """The cluster's members as the current member sees them, with the leader marked."""
+        members = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        leader = (await self.status()).leader
+        return [
+            {
+                "name": m.name,
+                "id": f"{m.ID:x}",
+                "client_urls": list(m.clientURLs),
+                "leader": leader == m.ID,
+            }
+            for m in members.members
+        ]
 
     # -- watch -----------------------------------------------------------------------------
 

@@ -137,9 +137,9 @@ class Registry:
         except Exception as e:
             log.debug("could not revoke previous etcd lease %x: %s", lease_id, e)
 
-    async def keepalive(self, lease: Lease) -> int:
+    async def keepalive(self, lease: Lease, timeout: float | None = None) -> int:
         """Refresh the etcd lease behind ``lease``; its TTL, or 0 if it is gone."""
-        return await self.client.keepalive(lease.lease_id)
+        return await self.client.keepalive(lease.lease_id, timeout)
 
     async def delete_lease(self, lease: Lease) -> bool:
         """Delete ``lease`` only if it is unchanged since it was read."""

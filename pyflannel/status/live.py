@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 
 from pyflannel import __version__
 from pyflannel.backend import kernel
+from pyflannel.errors import FlannelError
 from pyflannel.status.report import peer_rows
 from pyflannel.subnet.env_file import SubnetEnv
 
@@ -63,6 +65,11 @@ async def daemon_status(daemon) -> dict:
         },
         "network": str(daemon.network.network) if daemon.network else None,
     }
+    try:
+        doc["etcd"]["members"] = await asyncio.wait_for(daemon.client.members(), 3)
+    except (FlannelError, TimeoutError) as e:
+        doc["etcd"]["members"] = []
+        doc["etcd"]["last_error"] = doc["etcd"]["last_error"] or str(e) or "timed out"
     if daemon.ext is not None:
         e = daemon.ext
         doc["interface"] = {

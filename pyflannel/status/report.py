@@ -123,6 +123,9 @@ def render(doc: dict) -> str:
         + (f", revision {e['revision']}" if e.get("revision") else "")
         + (f", last error: {e['last_error']}" if e.get("last_error") else ""),
     ]
+    if e.get("members"):
+        names = " ".join(m["name"] + ("*" if m["leader"] else "") for m in e["members"])
+        lines.append(f"           members {names} (* leader)")
     if i:
         lines.append(
             f"interface  {i.get('name')} {i.get('address')} MTU {i.get('mtu')}, public IP {i.get('public_ip')}"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.testbed import netns
-from pyflannel.testbed.etcd import EtcdServer
+from pyflannel.testbed.etcd import EtcdCluster, EtcdServer
 
 UNDERLAY = "198.51.100"
 ETCD_IP = f"{UNDERLAY}.254"
@@ -268,20 +268,39 @@ class Node:
 class TestBed:
     __test__ = False  # not a pytest test class
 
-    def __init__(self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None):
+    def __init__(
+        self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None, etcd_members: int = 1
+    ):
+        """``etcd_members`` > 1: a Raft cluster, member i in namespace ``<prefix>e<i>`` at
+        198.51.100.(250 + i); 1: a single etcd in the LAN namespace at 198.51.100.254."""
         self.prefix = f"pf{os.getpid()}x{next(_beds)}-"
         self.lan = f"{self.prefix}lan"
         self.mtu = mtu
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pf-bed-"))
         self.nodes = [Node(self, i) for i in range(1, hosts + 1)]
-        self.etcd = EtcdServer(
-            host=ETCD_IP,
-            client_port=2379,
-            peer_port=2380,
-            netns=self.lan,
-            data_dir=str(self.workdir / "etcd"),
-        )
+        if etcd_members == 1:
+            self.etcd = EtcdServer(
+                host=ETCD_IP,
+                client_port=2379,
+                peer_port=2380,
+                netns=self.lan,
+                data_dir=str(self.workdir / "etcd"),
+            )
+        else:
+            self.etcd = EtcdCluster(
+                [
+                    EtcdServer(
+                        host=f"{UNDERLAY}.{250 + i}",
+                        client_port=2379,
+                        peer_port=2380,
+                        netns=f"{self.prefix}e{i}",
+                        data_dir=str(self.workdir / f"etcd{i}"),
+                        name=f"e{i}",
+                    )
+                    for i in range(1, etcd_members + 1)
+                ]
+            )
         self._namespaces: list[str] = []
 
     def __enter__(self) -> TestBed:
@@ -301,29 +320,34 @@ class TestBed:
         netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
         netns.ip(self.lan, "link", "set", "br0", "up")
         for node in self.nodes:
-            self._create(node.ns)
-            port = f"v{node.index}"
-            netns.ip(
-                self.lan,
-                "link",
-                "add",
-                port,
-                "mtu",
-                str(self.mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                node.ns,
-                "mtu",
-                str(self.mtu),
-            )
-            netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
-            netns.ip(node.ns, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
-            netns.ip(node.ns, "link", "set", "eth0", "up")
+            self._attach(node.ns, f"v{node.index}", node.underlay_ip)
+        for member in getattr(self.etcd, "members", []):
+            self._attach(member.netns, f"v{member.name}", member.host)
         self.etcd.start()
+
+    def _attach(self, ns: str, port: str, address) -> None:
+        """A namespace whose eth0 (``address``/24) is a port of the switch."""
+        self._create(ns)
+        netns.ip(
+            self.lan,
+            "link",
+            "add",
+            port,
+            "mtu",
+            str(self.mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+            "mtu",
+            str(self.mtu),
+        )
+        netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
+        netns.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        netns.ip(ns, "link", "set", "eth0", "up")
 
     def _create(self, name: str) -> None:
         netns.create(name)

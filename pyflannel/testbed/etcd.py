@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyflannel.testbed.netns import run
+from pyflannel.testbed.netns import CommandError, run
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -34,6 +34,7 @@ class EtcdServer:
         data_dir: str | None = None,
         name: str = "pyflannel-test",
         certs=None,
+        initial_cluster: str | None = None,
     ):
         self.host = host
         self.client_port = client_port or free_port()
@@ -45,6 +46,7 @@ class EtcdServer:
         self.log_path = self.data_dir.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
         self.certs = certs  # a testbed.certs.CertSet: serve TLS and require client certificates
+        self.initial_cluster = initial_cluster  # "name=peerURL,..." for a member of a cluster
         self.root_password = ""
 
     def enable_auth(self, root_password: str) -> None:
@@ -67,7 +69,8 @@ class EtcdServer:
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={self.name}={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
+            "--initial-cluster-token=pyflannel-test",
             "--log-level=error",
             "--logger=zap",
         ]
@@ -80,12 +83,17 @@ class EtcdServer:
             ]
         return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
-    def start(self, timeout: float = 15.0) -> EtcdServer:
+    def start(self, timeout: float = 15.0, wait: bool = True) -> EtcdServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
         log.close()
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
         return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -149,6 +157,12 @@ class EtcdServer:
         self.kill()
         self.start(timeout)
 
+    def stop_keeping_data(self) -> None:
+        """Stop gracefully (SIGTERM) but keep the data directory for a restart."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.resume()
@@ -167,3 +181,75 @@ class EtcdServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class EtcdCluster:
+    """A Raft cluster of members, one per namespace; ``ctl``/``put``/``get`` go to all of them."""
+
+    def __init__(self, members: list[EtcdServer]):
+        self.members = members
+        cluster = ",".join(f"{m.name}=http://{m.host}:{m.peer_port}" for m in members)
+        for m in members:
+            m.initial_cluster = cluster
+
+    @property
+    def url(self) -> str:
+        return ",".join(m.url for m in self.members)
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        for m in self.members:  # all at once: each waits for a quorum
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_healthy(timeout)
+        return self
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 20, input: str | None = None):
+        """etcdctl against the live members. A request that lands in a leader election times
+        out without a retry in etcdctl: try again (all our uses are idempotent)."""
+        for _ in range(4):
+            live = [m for m in self.members if m.running] or self.members
+            cmd = [
+                ETCDCTL,
+                f"--endpoints={','.join(m.url for m in live)}",
+                "--dial-timeout=2s",
+                "--command-timeout=5s",
+                *args,
+            ]
+            proc = run(
+                cmd,
+                ns=live[0].netns,
+                check=False,
+                timeout=timeout,
+                env=dict(os.environ, ETCDCTL_API="3"),
+                input=input,
+            )
+            if proc.returncode == 0 or not check:
+                return proc
+            time.sleep(0.5)
+        raise CommandError(f"etcdctl {' '.join(args)} failed 4 times: {proc.stderr.strip()[-300:]}")
+
+    def put(self, key: str, value: str) -> None:
+        self.ctl("put", key, input=value)
+
+    def get(self, key: str) -> str | None:
+        out = self.ctl("get", key, "--print-value-only").stdout
+        return out[:-1] if out.endswith("\n") else (out or None)
+
+    def leader(self) -> EtcdServer:
+        """The member that is the Raft leader now (asked of the live members)."""
+        import json
+
+        out = self.ctl("endpoint", "status", "-w", "json").stdout
+        statuses = json.loads(out)
+        leader_id = statuses[0]["Status"]["leader"]
+        for s in statuses:
+            if s["Status"]["header"]["member_id"] == leader_id:
+                return next(m for m in self.members if m.url == s["Endpoint"])
+        raise RuntimeError(f"no leader among {out}")
+
+    def member_for(self, url: str) -> EtcdServer:
+        return next(m for m in self.members if m.url == url)

@@ -106,3 +106,38 @@ async def test_no_credentials_against_auth_is_refused(auth_etcd):
     with pytest.raises(EtcdError, match=r"user name is empty|permission denied"):
         await client.get(b"/coreos.com/network/config")
     await client.close()
+
+
+async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_etcd, caplog):
+    import asyncio
+    import logging
+    from ipaddress import IPv4Network
+
+    from pyflannel.etcd.registry import Registry
+    from pyflannel.peer_watch import PeerWatch
+    from pyflannel.subnet.table import LeaseTable
+
+    auth_etcd.ctl("user", "add", "late:late-pw")
+    auth_etcd.ctl("role", "add", "late")
+    auth_etcd.ctl("user", "grant-role", "late", "late")
+    auth_etcd.put("/late/network/subnets/10.1.2.0-24", '{"PublicIP":"198.51.100.2","PublicIPv6":null}')
+    seen = []
+
+    async def on_changes(changes):
+        seen.extend(str(le.subnet) for le in changes.added)
+
+    client = EtcdClient([auth_etcd.url], username="late", password="late-pw", timeout=2)
+    watch = PeerWatch(Registry(client, "/late/network"), LeaseTable(IPv4Network("10.1.0.0/16")), on_changes)
+    caplog.set_level(logging.WARNING)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(1.5)
+        assert not task.done()  # refused, but still running
+        assert "permission denied" in caplog.text and not watch.connected
+        auth_etcd.ctl("role", "grant-permission", "late", "--prefix=true", "read", "/late/network/")
+        async with asyncio.timeout(15):
+            while "10.1.2.0/24" not in seen:
+                await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await client.close()

@@ -1,0 +1,164 @@
+"""etcd as a real 3-member Raft cluster, one member per namespace: kill the member a daemon
+talks to, cut a member off from its peers while a daemon watches through it, stop and restart
+the leader. Each time the daemon moves to a healthy member, programs a lease written
+meanwhile, keeps its own lease and renews it; a continuous overlay ping loses nothing.
+Seconds until the daemon is back in sync are printed as ``SYNC <fault> <seconds>``."""
+
+import json
+import sys
+import time
+
+import pytest
+
+from pyflannel.testbed import netns
+from pyflannel.testbed.bed import TestBed
+
+from .conftest import eventually, require_testbed
+
+# A short lease TTL makes renewals happen every few seconds (every 8 s), so the tests can
+# watch them.
+ARGS = ("--reconcile-interval=5", "--subnet-lease-ttl=24")
+PEER_VALUE = (
+    '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}'
+)
+
+
+@pytest.fixture(scope="module")
+def bed():
+    require_testbed()
+    with TestBed(hosts=2, etcd_members=3) as bed:
+        bed.put_config()
+        for node in bed.nodes:
+            node.start(*ARGS)
+        for node in bed.nodes:
+            node.wait_ready()
+            node.add_pod()
+        yield bed
+
+
+def daemon_status(node) -> dict:
+    code = (
+        "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
+        "'http://127.0.0.1:8471/status', timeout=10).read().decode())"
+    )
+    return json.loads(netns.run([sys.executable, "-c", code], ns=node.ns, timeout=30).stdout)
+
+
+def connected_member(bed, node):
+    return bed.etcd.member_for(daemon_status(node)["etcd"]["current"])
+
+
+def renewals(node) -> int:
+    return daemon_status(node)["lease"]["renewals"]
+
+
+def has_route(node, subnet: str) -> bool:
+    return subnet in [r["dst"] for r in node.routes()]
+
+
+def time_to_program(bed, node, subnet: str, t0: float, timeout: float = 60) -> float:
+    """Write a peer lease for ``subnet`` through the cluster; seconds from ``t0`` until
+    ``node`` has its route."""
+    bed.etcd.put(f"/coreos.com/network/subnets/{subnet.replace('/', '-')}", PEER_VALUE)
+    deadline = time.monotonic() + timeout
+    while not has_route(node, subnet):
+        assert time.monotonic() < deadline, f"{subnet} never programmed:\n{node.log()[-3000:]}"
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    bed.etcd.ctl("del", f"/coreos.com/network/subnets/{subnet.replace('/', '-')}")
+    return elapsed
+
+
+@pytest.fixture
+def overlay_ping(bed):
+    """A continuous ping between the two nodes' pods for the length of the test: none lost."""
+    a, b = bed.nodes
+    ping = b.start_ping(a.pod_ip, interval=0.05)
+    yield
+    result = b.finish_ping(ping, interrupt=True)
+    assert result.sent > 20 and result.lost == 0, result.output[-400:]
+
+
+def assert_lease_kept(bed, node, subnet) -> None:
+    before = renewals(node)
+    eventually(lambda: _renewed_since(node, before), timeout=20)
+    assert node.subnet == subnet and daemon_status(node)["lease"]["subnet"] == str(subnet)
+
+
+def _renewed_since(node, before):
+    assert renewals(node) > before
+
+
+def test_status_shows_the_member_in_use_and_the_leader(bed):
+    doc = daemon_status(bed.nodes[0])
+    members = doc["etcd"]["members"]
+    assert sorted(m["name"] for m in members) == ["e1", "e2", "e3"]
+    assert sum(m["leader"] for m in members) == 1
+    assert doc["etcd"]["current"] in bed.etcd.url.split(",")
+
+
+def test_killing_the_member_in_use(bed, overlay_ping):
+    a, b = bed.nodes
+    subnet = a.subnet
+    member = connected_member(bed, a)
+    t0 = time.monotonic()
+    member.kill()
+    try:
+        seconds = time_to_program(bed, a, "10.1.201.0/24", t0)
+        print(f"\nSYNC member-killed {seconds:.2f}")
+        assert connected_member(bed, a) is not member
+        assert has_route(a, str(b.subnet))  # no peer lost
+        assert_lease_kept(bed, a, subnet)
+    finally:
+        member.start()
+
+
+def test_a_member_cut_off_from_its_peers(bed, overlay_ping):
+    a, b = bed.nodes
+    subnet = a.subnet
+    member = connected_member(bed, a)
+    cut = [
+        ["iptables", "-A", chain, "-p", "tcp", port, "2380", "-j", "DROP"]
+        for chain in ("INPUT", "OUTPUT")
+        for port in ("--dport", "--sport")
+    ]
+    for rule in cut:  # clients still reach it on 2379; Raft traffic to its peers is gone
+        netns.run(rule, ns=member.netns)
+    try:
+        t0 = time.monotonic()
+        seconds = time_to_program(bed, a, "10.1.202.0/24", t0)
+        print(f"\nSYNC member-partitioned {seconds:.2f}")
+        assert connected_member(bed, a) is not member
+        assert has_route(a, str(b.subnet))
+        assert_lease_kept(bed, a, subnet)
+        assert "no leader" in a.log() or "Deadline" in a.log() or "timed out" in a.log().lower()
+    finally:
+        netns.run(["iptables", "-F"], ns=member.netns)
+        member.wait_healthy(30)
+
+
+def test_stopping_and_restarting_the_leader(bed, overlay_ping):
+    a, b = bed.nodes
+    subnets = {n: n.subnet for n in bed.nodes}
+    leader = bed.etcd.leader()
+    t0 = time.monotonic()
+    leader.stop_keeping_data()
+    try:
+        new_leader = eventually(lambda: _new_leader(bed, leader), timeout=20)
+        seconds = time_to_program(bed, a, "10.1.203.0/24", t0)
+        print(f"\nSYNC leader-stopped {seconds:.2f} (new leader {new_leader.name})")
+        for node in bed.nodes:
+            assert_lease_kept(bed, node, subnets[node])
+    finally:
+        leader.start()
+    t0 = time.monotonic()
+    seconds = time_to_program(bed, b, "10.1.204.0/24", t0)
+    print(f"\nSYNC leader-restarted {seconds:.2f}")
+    assert has_route(a, str(b.subnet)) and has_route(b, str(a.subnet))
+
+
+def _new_leader(bed, old):
+    leader = bed.etcd.leader()
+    assert leader is not old
+    return leader
