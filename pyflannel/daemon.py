@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from pyflannel import sd_notify
 from pyflannel.backend.base import Backend
 from pyflannel.backend.udp.backend import UdpBackend, parse_udp_port
+from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.backend import VxlanBackend
 from pyflannel.backoff import Backoff, Outage
 from pyflannel.config import NetworkConfig, parse_network_config
@@ -26,6 +27,7 @@ from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
 from pyflannel.http_endpoint import HttpEndpoint, as_json, text
 from pyflannel.iface import ExtIface, external_interface
+from pyflannel.kernel_watch import KernelWatch
 from pyflannel.lease_keeper import LeaseKeeper
 from pyflannel.metrics import metrics_text
 from pyflannel.netlink import Netlink
@@ -43,6 +45,7 @@ CONFIG_RETRY = 1.0  # seconds, as upstream
 CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
 PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
 DROP_REPORT_INTERVAL = 10.0  # seconds
+REPAIR_SETTLE = 0.05  # seconds to wait after a kernel notification before reconciling
 
 
 class Daemon:
@@ -67,6 +70,7 @@ class Daemon:
         self.programmed = asyncio.Event()  # a full reconcile has succeeded
         self.subnet_file_written = False
         self.endpoint: HttpEndpoint | None = None
+        self.kernel_watch: KernelWatch | None = None
         self.traffic = TrafficRules(
             masquerade=options.ip_masq,
             forward=options.iptables_forward_rules,
@@ -184,7 +188,7 @@ class Daemon:
         await self.backend.refresh_model()
         await self.traffic.setup(cfg.network, lease.subnet)
         self._write_subnet_file(lease)
-        self.table = LeaseTable(cfg.network, own=lease.subnet)
+        self.table = LeaseTable(cfg.network, own=lease.subnet, own_ip=self.ext.public_ip)
         self.watch = PeerWatch(
             self.registry,
             self.table,
@@ -252,6 +256,7 @@ class Daemon:
             backoff.reset()
             try:
                 await asyncio.wait_for(self.backend.repair_wanted.wait(), interval)
+                await asyncio.sleep(REPAIR_SETTLE)  # let a burst of notifications arrive
             except TimeoutError:
                 pass
             self.backend.repair_wanted.clear()
@@ -266,6 +271,8 @@ class Daemon:
             # entries of every peer. Ready means programmed: wait for the first full pass.
             tasks.create_task(self._reconcile_loop(), name="reconcile")
             await self.programmed.wait()
+            self.kernel_watch = KernelWatch(self._our_devices, self._kernel_damaged)
+            self.kernel_watch.start()
             tasks.create_task(self.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
             if self.traffic.enabled:
@@ -286,6 +293,14 @@ class Daemon:
             if interval:
                 tasks.create_task(self._watchdog(interval), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
+
+    def _our_devices(self) -> tuple[set[str], set[int]]:
+        devices = self.backend.devices()
+        return {self.backend.device_name, TUN_NAME}, {i for i in (devices.vxlan,) if i}
+
+    def _kernel_damaged(self, what: str) -> None:
+        log.debug("kernel: %s; reconciling", what)
+        self.backend.repair_wanted.set()
 
     def summary(self) -> str:
         """The one line systemd shows as the unit's status."""
@@ -384,6 +399,8 @@ class Daemon:
             before = now
 
     async def close(self) -> None:
+        if self.kernel_watch is not None:
+            self.kernel_watch.close()
         if self.endpoint is not None:
             await self.endpoint.close()
         if self.backend is not None:

@@ -10,6 +10,7 @@ yield whole responses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -81,6 +82,13 @@ class WatchResponse:
     revision: int  # everything up to here has been delivered (0 for ``created``)
     events: list[WatchEvent]
     created: bool = False  # the watch is established; events from start_revision follow
+
+
+def _channel_closed_under_us() -> bool:
+    """grpc.aio raises CancelledError in calls on a channel that is being closed (another call
+    failed over). Unless our task itself is being cancelled, that is a broken connection."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def _kv(kv) -> KeyValue:
@@ -199,6 +207,12 @@ class EtcdClient:
             elif e.code() == grpc.StatusCode.UNAUTHENTICATED and self.username:
                 await self._drop_channel()  # token expired: re-authenticate on the next call
             raise self._translate(e, ep) from None
+        except asyncio.CancelledError:
+            if _channel_closed_under_us():
+                raise EtcdUnavailable(
+                    f"etcd at {ep.url}: connection closed (moving member)"
+                ) from None
+            raise
         except ssl.SSLError as e:  # pragma: no cover - grpc reports TLS failures as UNAVAILABLE
             raise EtcdUnavailable(f"etcd at {ep.url}: TLS error: {e}") from None
 
@@ -293,6 +307,12 @@ class EtcdClient:
             if e.code() in _UNAVAILABLE:
                 await self._failover(channel)
             raise self._translate(e, ep) from None
+        except asyncio.CancelledError:
+            if _channel_closed_under_us():
+                raise EtcdUnavailable(
+                    f"etcd at {ep.url}: connection closed (moving member)"
+                ) from None
+            raise
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
@@ -339,9 +359,18 @@ class EtcdClient:
             progress_notify=True,
         )
         try:
-            await call.write(rpc.WatchRequest(create_request=create))
+            # Establishing the stream is bounded like any call: a connection attempt made
+            # while the network was cut can otherwise wait for TCP's SYN retries (minutes).
+            await asyncio.wait_for(
+                call.write(rpc.WatchRequest(create_request=create)), self.timeout
+            )
+            established = False
             while True:
-                resp = await call.read()
+                if established:
+                    resp = await call.read()  # idle for hours is fine: HTTP/2 pings watch it
+                else:
+                    resp = await asyncio.wait_for(call.read(), self.timeout)
+                    established = True
                 if resp is grpc.aio.EOF:
                     raise EtcdUnavailable(f"etcd at {ep.url}: watch stream closed")
                 if resp.compact_revision:
@@ -367,5 +396,16 @@ class EtcdClient:
             if e.code() in _UNAVAILABLE:
                 await self._failover(channel)
             raise self._translate(e, ep) from None
+        except TimeoutError:
+            await self._failover(channel)
+            raise EtcdUnavailable(
+                f"etcd at {ep.url}: watch not established within {self.timeout:.0f} s"
+            ) from None
+        except asyncio.CancelledError:
+            if _channel_closed_under_us():
+                raise EtcdUnavailable(
+                    f"etcd at {ep.url}: connection closed (moving member)"
+                ) from None
+            raise
         finally:
             call.cancel()

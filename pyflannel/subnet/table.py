@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.etcd.registry import LeaseEvent
 from pyflannel.subnet.lease import Lease
@@ -28,9 +28,15 @@ class PeerChanges:
 
 
 class LeaseTable:
-    def __init__(self, network: IPv4Network, own: IPv4Network | None = None):
+    def __init__(
+        self,
+        network: IPv4Network,
+        own: IPv4Network | None = None,
+        own_ip: IPv4Address | None = None,
+    ):
         self.network = network
         self.own = own
+        self.own_ip = own_ip  # this node's public IP: its leases, old or new, are never peers
         self.leases: dict[IPv4Network, Lease] = {}
 
     def peer_problem(self, lease: Lease) -> str | None:
@@ -38,6 +44,8 @@ class LeaseTable:
         subnet = lease.subnet
         if self.own is not None and subnet == self.own:
             return "own"
+        if self.own_ip is not None and lease.attrs.public_ip == self.own_ip:
+            return "own"  # e.g. our previous lease, until etcd tells us who holds it now
         if not subnet.subnet_of(self.network) or subnet.prefixlen <= self.network.prefixlen:
             return f"subnet {subnet} is not a subnet of the network {self.network}"
         if self.own is not None and subnet.overlaps(self.own):

@@ -105,3 +105,19 @@ async def test_a_frozen_member_breaks_the_watch_within_seconds(own_etcd):
     finally:
         own_etcd.resume()
         await client.close()
+
+
+async def test_a_watch_survives_its_channel_being_closed_by_another_calls_failover(etcd_server):
+    # One call failing over closes the channel; a watch on it must see a broken connection
+    # (and resume), not be cancelled: a cancelled watch task would end silently.
+    client = EtcdClient([etcd_server.url], timeout=2)
+    watch = client.watch_prefix(b"/closed/", 1)
+    assert (await anext(watch)).created
+    pending = asyncio.create_task(anext(watch))
+    await asyncio.sleep(0.2)
+    await client._failover(client._channel)
+    with pytest.raises(EtcdUnavailable, match="connection closed"):
+        await pending
+    resumed = client.watch_prefix(b"/closed/", 1)
+    assert (await anext(resumed)).created
+    await client.close()

@@ -120,14 +120,18 @@ async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_e
     auth_etcd.ctl("user", "add", "late:late-pw")
     auth_etcd.ctl("role", "add", "late")
     auth_etcd.ctl("user", "grant-role", "late", "late")
-    auth_etcd.put("/late/network/subnets/10.1.2.0-24", '{"PublicIP":"198.51.100.2","PublicIPv6":null}')
+    auth_etcd.put(
+        "/late/network/subnets/10.1.2.0-24", '{"PublicIP":"198.51.100.2","PublicIPv6":null}'
+    )
     seen = []
 
     async def on_changes(changes):
         seen.extend(str(le.subnet) for le in changes.added)
 
     client = EtcdClient([auth_etcd.url], username="late", password="late-pw", timeout=2)
-    watch = PeerWatch(Registry(client, "/late/network"), LeaseTable(IPv4Network("10.1.0.0/16")), on_changes)
+    watch = PeerWatch(
+        Registry(client, "/late/network"), LeaseTable(IPv4Network("10.1.0.0/16")), on_changes
+    )
     caplog.set_level(logging.WARNING)
     task = asyncio.create_task(watch.run())
     try:

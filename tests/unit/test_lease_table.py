@@ -112,6 +112,15 @@ def test_leases_outside_the_network_or_over_our_subnet_are_never_peers():
     assert "overlaps this node's subnet" in reasons["10.1.0.0-23"]
 
 
+def test_our_previous_lease_is_never_a_peer_even_before_etcd_says_who_holds_it_now():
+    table = LeaseTable(NET, OWN, own_ip=IPv4Address("198.51.100.1"))
+    table.reset([lease("10.1.1.0/24", "198.51.100.1"), lease("10.1.2.0/24")])
+    # Our lease was lost; we moved to 10.1.9.0/24 before the watch told us anything new.
+    changes = table.set_own(IPv4Network("10.1.9.0/24"))
+    assert not changes.added and not changes.removed
+    assert subnets(table.peers()) == {"10.1.2.0/24"}
+
+
 def test_moving_to_a_new_subnet_makes_the_old_one_a_peer_when_someone_else_holds_it():
     table = LeaseTable(NET, OWN)
     table.reset([lease("10.1.1.0/24", "198.51.100.1")])

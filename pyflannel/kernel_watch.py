@@ -1,0 +1,79 @@
+"""Notice at once when someone removes what pyflannel owns in the kernel.
+
+Subscribes to netlink link, neighbour and IPv4 route notifications (an ``IPRSocket`` read from
+the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
+deletion of one of our devices, of a route with our protocol number, of a neighbour or FDB
+entry on our VXLAN device, or our device going down. The reconciler then repairs within a
+fraction of a second instead of at its next periodic pass. Our own deletions trigger it too;
+such a reconcile finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pyroute2 import IPRSocket
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
+
+from pyflannel.backend.kernel import RTPROT_PYFLANNEL
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 1
+
+
+def is_damage(msg, device_names: set[str], device_indexes: set[int]) -> str | None:
+    """What a netlink notification did to us, or None if it is not about our objects."""
+    event = msg.get("event")
+    if event in ("RTM_DELLINK", "RTM_NEWLINK"):
+        name = msg.get_attr("IFLA_IFNAME")
+        if name not in device_names:
+            return None
+        if event == "RTM_DELLINK":
+            return f"device {name} deleted"
+        return None if msg["flags"] & IFF_UP else f"device {name} set down"
+    if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
+        return f"route {msg.get_attr('RTA_DST')}/{msg['dst_len']} deleted"
+    if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
+        return f"{'FDB' if msg.get('family') == 7 else 'neighbour'} entry {msg.get_attr('NDA_DST') or msg.get_attr('NDA_LLADDR')} deleted"
+    return None
+
+
+class KernelWatch:
+    def __init__(
+        self, devices: Callable[[], tuple[set[str], set[int]]], on_damage: Callable[[str], None]
+    ):
+        self.devices = devices  # names and indexes of our devices, asked at each notification
+        self.on_damage = on_damage
+        self.sock: IPRSocket | None = None
+        self.noticed = 0
+
+    def start(self) -> None:
+        self.sock = IPRSocket()
+        self.sock.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            messages = self.sock.get()
+        except Exception as e:  # e.g. ENOBUFS after a burst: we may have missed something
+            log.debug("kernel notifications: %s; reconciling to be sure", e)
+            self.on_damage(f"missed notifications ({e})")
+            return
+        names, indexes = self.devices()
+        for msg in messages:
+            what = is_damage(msg, names, indexes)
+            if what:
+                self.noticed += 1
+                self.on_damage(what)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            except RuntimeError:
+                pass
+            self.sock.close()
+            self.sock = None
