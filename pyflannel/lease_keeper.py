@@ -75,6 +75,7 @@ class LeaseKeeper:
         self.losses = 0
         self._alarm = asyncio.Event()
         self._alarm_reason = ""
+        self._junk_revision = 0
 
     # -- acquisition -----------------------------------------------------------------------
 
@@ -150,7 +151,10 @@ class LeaseKeeper:
             return
         if event.kind == "delete":
             self._wake("lease deleted from etcd (expired, or removed by an operator)")
-        elif event.lease is not None and event.lease.attrs.public_ip == self.public_ip:
+        elif event.lease is None:  # an undecodable value over our key: nobody's claim
+            self._junk_revision = event.revision
+            self._wake("repair")
+        elif event.lease.attrs.public_ip == self.public_ip:
             self.lease = event.lease  # rewritten for us, e.g. turned into a reservation
         else:
             owner = event.lease.attrs.public_ip if event.lease else "someone"
@@ -178,7 +182,10 @@ class LeaseKeeper:
                 await asyncio.wait_for(self._alarm.wait(), timeout)
                 self._alarm.clear()
                 reason = self._alarm_reason
-                lost = reason if reason != "verify" else await self._check()
+                if reason == "repair":
+                    lost = await self._restore()
+                else:
+                    lost = reason if reason != "verify" else await self._check()
             except TimeoutError:
                 lost = await self._renew()
             if lost:
@@ -201,6 +208,22 @@ class LeaseKeeper:
         if current.attrs.public_ip != self.public_ip:
             return f"lease now held by {current.attrs.public_ip}"
         self.lease = current
+        return ""
+
+    async def _restore(self) -> str:
+        """Put our lease back over a junk value written to our key (only over that junk)."""
+        lease = self.lease
+        log.warning(
+            "an undecodable value was written over this node's lease %s; restoring it", lease.subnet
+        )
+        try:
+            restored = await self.registry.restore_lease(lease, self._junk_revision)
+        except EtcdTrouble as e:
+            return f"could not restore the lease over junk: {e}"
+        if restored is None:
+            return await self._check()  # changed again meanwhile: look at what is there now
+        self.lease = restored
+        log.info("lease %s restored", lease.subnet)
         return ""
 
     async def _renew(self) -> str:

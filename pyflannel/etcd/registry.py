@@ -102,6 +102,12 @@ class Registry:
             await self._revoke_if_unused(old.lease_id)
         return lease
 
+    async def restore_lease(self, lease: Lease, over_revision: int) -> Lease | None:
+        """Write ``lease`` again (same etcd lease) if the key is still at ``over_revision``."""
+        return await self._write(
+            lease.subnet, lease.attrs, lease.lease_id, mod_revision=over_revision, ttl=lease.ttl
+        )
+
     async def _write(
         self, subnet, attrs, lease_id: int, *, mod_revision: int, ttl: int, fresh: bool = False
     ) -> Lease | None:

@@ -145,3 +145,49 @@ async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_e
     finally:
         task.cancel()
         await client.close()
+
+
+def _status_cluster(*flags):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pyflannel", "status", "--cluster", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_flags_reach_etcd_over_tls(tls_etcd, certs):
+    proc = _status_cluster(
+        f"--etcd-endpoints={tls_etcd.url}",
+        f"--etcd-cafile={certs.ca}",
+        f"--etcd-certfile={certs.client_cert}",
+        f"--etcd-keyfile={certs.client_key}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("leases\n")
+
+
+def test_the_cli_with_the_wrong_ca_says_so_and_fails(tls_etcd, certs, tmp_path):
+    other = make_certs(tmp_path, name="wrongca")
+    proc = _status_cluster(
+        f"--etcd-endpoints={tls_etcd.url}",
+        f"--etcd-cafile={other.ca}",
+        f"--etcd-certfile={certs.client_cert}",
+        f"--etcd-keyfile={certs.client_key}",
+    )
+    assert proc.returncode == 1
+    assert "TLS failed: check --etcd-cafile" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_cli_flags_carry_username_and_password(auth_etcd):
+    ok = _status_cluster(
+        f"--etcd-endpoints={auth_etcd.url}", "--etcd-username=flannel", "--etcd-password=flannel-pw"
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = _status_cluster(
+        f"--etcd-endpoints={auth_etcd.url}", "--etcd-username=flannel", "--etcd-password=nope"
+    )
+    assert bad.returncode == 1 and "authentication failed" in bad.stderr

@@ -181,3 +181,40 @@ async def test_expired_lease_is_noticed_by_renewal_and_reacquired(registry, clie
         assert await registry.get_lease(lease.subnet) is not None
     finally:
         task.cancel()
+
+
+async def test_fifty_racers_for_forty_subnets_never_share_one_and_losers_wait(
+    etcd_server, prefix, monkeypatch, caplog
+):
+    monkeypatch.setattr("pyflannel.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.3)
+    cfg = network('{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMax": "10.1.40.0"}')
+    clients = [EtcdClient([etcd_server.url]) for _ in range(50)]
+    caplog.set_level(logging.ERROR)
+    keepers = [
+        keeper(Registry(c, prefix), f"198.51.100.{i + 1}", cfg) for i, c in enumerate(clients)
+    ]
+    tasks = [asyncio.create_task(k.acquire(attrs(str(k.public_ip)))) for k in keepers]
+    try:
+        async with asyncio.timeout(30):
+            while sum(t.done() for t in tasks) < 40:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        winners = [t.result() for t in tasks if t.done()]
+        assert len(winners) == 40 and len({le.subnet for le in winners}) == 40
+        assert "out of subnets: all 40 /24 subnets of 10.1.0.0/16" in caplog.text
+        listed, _, _ = await Registry(clients[0], prefix).list_leases()
+        assert len(listed) == 40
+        # A node leaves: exactly one waiting racer gets its subnet.
+        gone = winners[0]
+        await Registry(clients[0], prefix).delete_lease(
+            await Registry(clients[0], prefix).get_lease(gone.subnet)
+        )
+        async with asyncio.timeout(10):
+            while sum(t.done() for t in tasks) < 41:
+                await asyncio.sleep(0.1)
+        newcomer = next(t.result() for t in tasks if t.done() and t.result() not in winners)
+        assert newcomer.subnet == gone.subnet
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*(c.close() for c in clients))

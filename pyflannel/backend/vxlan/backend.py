@@ -156,7 +156,9 @@ class VxlanBackend(Backend):
     # -- peers -----------------------------------------------------------------------------
 
     async def _peer(self, lease: Lease) -> Peer:
-        if lease.attrs.backend_type != VXLAN_BACKEND and self.udp is not None:
+        # Only an explicit "udp" lease (a pyflannel node that fell back) is reached over UDP:
+        # a lease without BackendType in a vxlan network is junk or an alloc-only node.
+        if lease.attrs.backend_type == UDP_BACKEND and self.udp is not None:
             peer = udp_peer(lease, self.udp_port)
             if not self.udp.running:
                 log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
