@@ -22,7 +22,13 @@ from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.backend import VxlanBackend
 from pyflannel.backoff import Backoff, Outage
 from pyflannel.config import NetworkConfig, parse_network_config
-from pyflannel.errors import BackendError, ConfigError, EtcdUnavailable, FlannelError
+from pyflannel.errors import (
+    BackendError,
+    ConfigError,
+    EtcdUnavailable,
+    FlannelError,
+    InterfaceError,
+)
 from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
 from pyflannel.http_endpoint import HttpEndpoint, as_json, text
@@ -71,6 +77,7 @@ class Daemon:
         self.subnet_file_written = False
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
+        self._underlay_problem = ""
         self.traffic = TrafficRules(
             masquerade=options.ip_masq,
             forward=options.iptables_forward_rules,
@@ -175,6 +182,8 @@ class Daemon:
         self.ext = await self._external_interface()
         log.info("using interface %s", self.ext.describe())
         self.backend, attrs = await self._start_backend(cfg, self.ext)
+        if o.vxlan_peer_filter and isinstance(self.backend, VxlanBackend):
+            self.traffic.vxlan_port = self.backend.spec.effective_port
         self.keeper = LeaseKeeper(
             self.registry,
             public_ip=self.ext.public_ip,
@@ -227,6 +236,9 @@ class Daemon:
                 "%d peers added or changed, %d removed", len(changes.added), len(changes.removed)
             )
         await self.backend.update_peers(changes)
+        await self.traffic.set_peers(
+            [str(p.public_ip) for p in self.backend.peers.values() if p.encap == "vxlan"]
+        )
 
     async def _lease_changed(self, old: Lease | None, new: Lease) -> None:
         await self.backend.assign(new)
@@ -234,8 +246,35 @@ class Daemon:
         await self.traffic.setup(self.network.network, new.subnet)
         self._write_subnet_file(new)
 
+    async def _follow_underlay(self) -> None:
+        """Has the external interface or its address changed? Then move the tunnel endpoint
+        and re-advertise the lease with the new public IP, keeping the subnet."""
+        try:
+            ext = await self._external_interface()
+        except InterfaceError as e:
+            if str(e) != self._underlay_problem:
+                log.error("underlay: %s; keeping the current set-up until it is back", e)
+                self._underlay_problem = str(e)
+            return
+        if self._underlay_problem:
+            log.info("underlay: back (%s)", ext.describe())
+            self._underlay_problem = ""
+        if ext == self.ext:
+            return
+        log.warning(
+            "UNDERLAY CHANGED: %s -> %s; moving the tunnel endpoint and updating the lease",
+            self.ext.describe(),
+            ext.describe(),
+        )
+        self.ext = ext
+        attrs = await self.backend.move_underlay(ext)
+        self.table.own_ip = ext.public_ip
+        self.keeper.change_attrs(attrs)
+        self._write_subnet_file(self.keeper.lease)  # the MTU may have changed with it
+
     async def _reconcile_once(self) -> bool:
         """One full reconcile; True if the kernel now matches the desired state."""
+        await self._follow_underlay()
         try:
             report = await self.backend.reconcile()
         except FlannelError as e:
@@ -294,9 +333,13 @@ class Daemon:
                 tasks.create_task(self._watchdog(interval), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
 
-    def _our_devices(self) -> tuple[set[str], set[int]]:
+    def _our_devices(self) -> tuple[set[str], set[int], int]:
         devices = self.backend.devices()
-        return {self.backend.device_name, TUN_NAME}, {i for i in (devices.vxlan,) if i}
+        return (
+            {self.backend.device_name, TUN_NAME},
+            {i for i in (devices.vxlan,) if i},
+            self.ext.index,
+        )
 
     def _kernel_damaged(self, what: str) -> None:
         log.debug("kernel: %s; reconciling", what)

@@ -14,6 +14,8 @@ from ipaddress import IPv4Network
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
+VXLAN_CHAIN = "FLANNEL-VXLAN-IN"
+VXLAN_COMMENT = "pyflannel vxlan peers"
 MASQ_COMMENT = "flanneld masq"
 FORWARD_COMMENT = "flanneld forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"
@@ -57,6 +59,17 @@ def forward_rules(cluster: IPv4Network) -> list[Rule]:
         Rule("filter", FORWARD_CHAIN, f"-s {cluster} {c} -j ACCEPT"),
         Rule("filter", FORWARD_CHAIN, f"-d {cluster} {c} -j ACCEPT"),
     ]
+
+
+def vxlan_peer_rules(port: int, peers: list[str]) -> list[Rule]:
+    """pyflannel only (--vxlan-peer-filter): VXLAN datagrams are accepted from the public IPs
+    of known peers only. One rule per peer, checked in order: meant for small clusters."""
+    c = f'-m comment --comment "{VXLAN_COMMENT}"'
+    return (
+        [Rule("filter", "INPUT", f"-p udp -m udp --dport {port} {c} -j {VXLAN_CHAIN}")]
+        + [Rule("filter", VXLAN_CHAIN, f"-s {ip}/32 {c} -j RETURN") for ip in peers]
+        + [Rule("filter", VXLAN_CHAIN, f"{c} -j DROP")]
+    )
 
 
 def our_chains(rules: list[Rule]) -> dict[str, str]:

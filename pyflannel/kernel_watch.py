@@ -15,7 +15,12 @@ import logging
 from collections.abc import Callable
 
 from pyroute2 import IPRSocket
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+)
 
 from pyflannel.backend.kernel import RTPROT_PYFLANNEL
 
@@ -24,9 +29,13 @@ log = logging.getLogger(__name__)
 IFF_UP = 1
 
 
-def is_damage(msg, device_names: set[str], device_indexes: set[int]) -> str | None:
+def is_damage(
+    msg, device_names: set[str], device_indexes: set[int], underlay: int = 0
+) -> str | None:
     """What a netlink notification did to us, or None if it is not about our objects."""
     event = msg.get("event")
+    if event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("index") == underlay:
+        return f"underlay address {msg.get_attr('IFA_ADDRESS')} {'added' if event == 'RTM_NEWADDR' else 'removed'}"
     if event in ("RTM_DELLINK", "RTM_NEWLINK"):
         name = msg.get_attr("IFLA_IFNAME")
         if name not in device_names:
@@ -43,16 +52,18 @@ def is_damage(msg, device_names: set[str], device_indexes: set[int]) -> str | No
 
 class KernelWatch:
     def __init__(
-        self, devices: Callable[[], tuple[set[str], set[int]]], on_damage: Callable[[str], None]
+        self,
+        devices: Callable[[], tuple[set[str], set[int], int]],
+        on_damage: Callable[[str], None],
     ):
-        self.devices = devices  # names and indexes of our devices, asked at each notification
+        self.devices = devices  # our device names and indexes, and the underlay's index
         self.on_damage = on_damage
         self.sock: IPRSocket | None = None
         self.noticed = 0
 
     def start(self) -> None:
         self.sock = IPRSocket()
-        self.sock.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
+        self.sock.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR)
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
 
     def _read(self) -> None:
@@ -62,9 +73,9 @@ class KernelWatch:
             log.debug("kernel notifications: %s; reconciling to be sure", e)
             self.on_damage(f"missed notifications ({e})")
             return
-        names, indexes = self.devices()
+        names, indexes, underlay = self.devices()
         for msg in messages:
-            what = is_damage(msg, names, indexes)
+            what = is_damage(msg, names, indexes, underlay)
             if what:
                 self.noticed += 1
                 self.on_damage(what)

@@ -76,6 +76,7 @@ class LeaseKeeper:
         self._alarm = asyncio.Event()
         self._alarm_reason = ""
         self._junk_revision = 0
+        self._new_attrs: LeaseAttrs | None = None
 
     # -- acquisition -----------------------------------------------------------------------
 
@@ -160,6 +161,12 @@ class LeaseKeeper:
             owner = event.lease.attrs.public_ip if event.lease else "someone"
             self._wake(f"lease overwritten by {owner}")
 
+    def change_attrs(self, attrs: LeaseAttrs) -> None:
+        """Advertise new attributes (a new public IP after the underlay changed), keeping
+        the subnet. Done by the run loop, so it never races a renewal."""
+        self._new_attrs = attrs
+        self._wake("attrs")
+
     def verify(self) -> None:
         """Check our key in etcd (after a re-list, when events may have been missed)."""
         self._wake("verify")
@@ -184,6 +191,8 @@ class LeaseKeeper:
                 reason = self._alarm_reason
                 if reason == "repair":
                     lost = await self._restore()
+                elif reason == "attrs":
+                    lost = await self._readvertise()
                 else:
                     lost = reason if reason != "verify" else await self._check()
             except TimeoutError:
@@ -209,6 +218,26 @@ class LeaseKeeper:
             return f"lease now held by {current.attrs.public_ip}"
         self.lease = current
         return ""
+
+    async def _readvertise(self) -> str:
+        """Re-put our lease with new attributes, conditionally, keeping the subnet."""
+        attrs, old_ip = self._new_attrs, self.public_ip
+        self.attrs, self.public_ip = attrs, attrs.public_ip
+        backoff = Backoff(first=0.5, cap=5.0)
+        while True:
+            try:
+                current = await self.registry.get_lease(self.lease.subnet)
+                if current is None or current.attrs.public_ip not in (old_ip, attrs.public_ip):
+                    return "lease gone or taken while the underlay changed"
+                lease = await self.registry.replace_lease(current, attrs, self.ttl)
+            except EtcdTrouble as e:
+                log.warning("could not update the lease after the underlay change: %s; retrying", e)
+                await asyncio.sleep(backoff.next())
+                continue
+            if lease is not None:
+                self._hold(lease)
+                log.warning("lease %s now advertises public IP %s", lease.subnet, attrs.public_ip)
+                return ""
 
     async def _restore(self) -> str:
         """Put our lease back over a junk value written to our key (only over that junk)."""

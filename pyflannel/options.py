@@ -47,6 +47,7 @@ class Options:
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
     iptables_resync: int = 5
+    vxlan_peer_filter: bool = False
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 8471
     v: int = 0
@@ -132,6 +133,12 @@ FLAGS: list[tuple[str, type, str]] = [
         bool,
         "accept forwarded traffic to and from the network "
         "(upstream's FLANNEL-FWD chain; default %(default)s)",
+    ),
+    (
+        "vxlan-peer-filter",
+        bool,
+        "accept VXLAN datagrams only from peers' public IPs (iptables "
+        "chain FLANNEL-VXLAN-IN, one rule per peer; pyflannel only)",
     ),
     (
         "healthz-ip",

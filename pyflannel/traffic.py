@@ -21,6 +21,7 @@ from pyflannel.iptables_rules import (
     masquerade_rules,
     parse_version,
     restore_payload,
+    vxlan_peer_rules,
 )
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,19 @@ async def _run(*cmd: str, stdin: str | None = None) -> str:
 
 
 class TrafficRules:
-    def __init__(self, masquerade: bool, forward: bool, random_fully_disabled: bool = False):
+    def __init__(
+        self,
+        masquerade: bool,
+        forward: bool,
+        random_fully_disabled: bool = False,
+        vxlan_port: int | None = None,
+    ):
         self.masquerade = masquerade
         self.forward = forward
         self.random_fully_disabled = random_fully_disabled
+        self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        self.peer_ips: list[str] = []
+        self._network: tuple | None = None
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
         self.restores = 0
@@ -57,7 +67,7 @@ class TrafficRules:
 
     @property
     def enabled(self) -> bool:
-        return self.masquerade or self.forward
+        return self.masquerade or self.forward or self.vxlan_port is not None
 
     async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
         """Install the rules for this network and subnet (again, after the subnet changed)."""
@@ -70,19 +80,41 @@ class TrafficRules:
             )
         if self.version == (0, 0, 0):
             self.version = parse_version(await _run("iptables", "--version"))
+        self._network = (cluster, pod)
+        self.rules = self._build()
+        await self._restore()
+        what = [
+            name
+            for name, on in (
+                ("masquerade", self.masquerade),
+                ("forward", self.forward),
+                ("vxlan peer filter", self.vxlan_port is not None),
+            )
+            if on
+        ]
+        log.info("iptables rules in place: %s", ", ".join(what))
+
+    def _build(self) -> list[Rule]:
+        cluster, pod = self._network
         random_fully = self.version >= RANDOM_FULLY_SINCE and not self.random_fully_disabled
         rules = []
         if self.masquerade:
             rules += masquerade_rules(cluster, pod, random_fully)
         if self.forward:
             rules += forward_rules(cluster)
-        self.rules = rules
-        await self._restore()
-        log.info(
-            "iptables rules in place: %s%s",
-            "masquerade " if self.masquerade else "",
-            "forward" if self.forward else "",
-        )
+        if self.vxlan_port is not None:
+            rules += vxlan_peer_rules(self.vxlan_port, self.peer_ips)
+        return rules
+
+    async def set_peers(self, public_ips: list[str]) -> None:
+        """The VXLAN peer filter follows the peer set."""
+        ips = sorted(set(public_ips), key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        if self.vxlan_port is None or ips == self.peer_ips:
+            return
+        self.peer_ips = ips
+        if self._network is not None:
+            self.rules = self._build()
+            await self._restore()
 
     async def _listing(self) -> dict[str, list[str]]:
         return {

@@ -59,6 +59,14 @@ class Backend:
         """Create or adopt the devices; return the attributes to advertise in our lease."""
         raise NotImplementedError
 
+    def lease_attrs(self) -> LeaseAttrs:
+        """The attributes to advertise, from the current devices."""
+        raise NotImplementedError
+
+    async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
+        """Follow a changed underlay interface/address; the attributes to advertise now."""
+        raise NotImplementedError
+
     async def _assign(self, lease: Lease) -> None:
         """Configure the devices for our (new) subnet."""
         raise NotImplementedError

@@ -129,3 +129,60 @@ def test_a_previous_subnets_rules_do_not_survive_a_restart(bed):
     nat = a.run("iptables", "-t", "nat", "-S").stdout
     assert "10.1.222.0/24" not in nat
     assert nat.count("-j FLANNEL-POSTRTG") == 1  # the jump was not duplicated by the restart
+
+
+def test_vxlan_peer_filter_accepts_only_peers(bed):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    from pyflannel.testbed.inject import inject
+
+    a, b = bed.nodes
+    a.stop()
+    a.start(*ARGS, "--vxlan-peer-filter")
+    a.wait_ready()
+    try:
+        chain = a.run("iptables", "-S", "FLANNEL-VXLAN-IN").stdout
+        assert f"-A FLANNEL-VXLAN-IN -s {b.underlay_ip}/32" in chain and chain.rstrip().endswith(
+            "-j DROP"
+        )
+        assert (
+            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-IN'
+            in a.run("iptables", "-S", "INPUT").stdout
+        )
+        # A stranger's VXLAN datagrams carrying a packet for a's pod are dropped ...
+        forged = bytes(
+            VXLAN(vni=1)
+            / Ether(dst=a.ip_json("link", "show", "flannel.1")[0]["address"])
+            / IP(src=str(b.pod_ip), dst=str(a.pod_ip))
+            / UDP(dport=9)
+        )
+        inject(
+            bed.lan,
+            [
+                dict(
+                    src="198.51.100.254",
+                    dst=str(a.underlay_ip),
+                    sport=40000,
+                    dport=8472,
+                    payload_hex=forged.hex(),
+                )
+            ]
+            * 5,
+        )
+        dropped = [
+            line
+            for line in a.run(
+                "iptables", "-L", "FLANNEL-VXLAN-IN", "-v", "-x", "-n"
+            ).stdout.splitlines()
+            if "DROP" in line
+        ]
+        assert int(dropped[0].split()[0]) >= 5
+        # ... while the peer's traffic passes.
+        assert a.ping(b.pod_ip, count=2, interval=0.1).received == 2
+        assert b.ping(a.pod_ip, count=2, interval=0.1).received == 2
+    finally:
+        a.stop()
+        a.start(*ARGS)
+        a.wait_ready()

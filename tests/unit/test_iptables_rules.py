@@ -102,3 +102,24 @@ def test_version_parsing():
     assert parse_version("iptables v1.8.9 (nf_tables)") == (1, 8, 9)
     assert parse_version("iptables v1.6.1") < (1, 6, 2) <= parse_version("iptables v1.6.2")
     assert parse_version("garbage") == (0, 0, 0)
+
+
+def test_vxlan_peer_filter_rules():
+    from pyflannel.iptables_rules import vxlan_peer_rules
+
+    rules = vxlan_peer_rules(8472, ["198.51.100.2", "198.51.100.3"])
+    assert [(r.table, r.line) for r in rules] == [
+        (
+            "filter",
+            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-IN',
+        ),
+        (
+            "filter",
+            '-A FLANNEL-VXLAN-IN -s 198.51.100.2/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
+        ),
+        (
+            "filter",
+            '-A FLANNEL-VXLAN-IN -s 198.51.100.3/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
+        ),
+        ("filter", '-A FLANNEL-VXLAN-IN -m comment --comment "pyflannel vxlan peers" -j DROP'),
+    ]

@@ -63,6 +63,17 @@ class UdpBackend(Backend):
 
     async def prepare(self) -> LeaseAttrs:
         await self.path.start()
+        return self.lease_attrs()
+
+    async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
+        """The underlay address or interface changed: rebind the UDP path."""
+        async with self._kernel_lock:
+            self.ext = ext
+            self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
+            await self.path.move(ext, self.mtu)
+        return self.lease_attrs()
+
+    def lease_attrs(self) -> LeaseAttrs:
         if not self.fallback_reason:
             return LeaseAttrs(public_ip=self.ext.public_ip)  # byte-identical to upstream's
         return LeaseAttrs(

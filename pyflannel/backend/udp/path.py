@@ -133,6 +133,15 @@ class UdpPath:
             repaired += [f"{TUN_NAME} {c}" for c in await self.assign(self._subnet, self._network)]
         return repaired
 
+    async def move(self, ext: ExtIface, mtu: int) -> None:
+        """Rebind to a new underlay address (restarting the packet threads if running)."""
+        self.ext, self.mtu = ext, mtu
+        if self.running:
+            self.stop()
+            await self.start()
+            if self._subnet is not None:
+                await self.assign(self._subnet, self._network)
+
     def problem(self) -> str | None:
         """Why the packet threads stopped, if they did."""
         if self.forwarder is not None and not self.forwarder.alive:

@@ -9,6 +9,7 @@ it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ig
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
@@ -90,12 +91,29 @@ class VxlanBackend(Backend):
 
     async def prepare(self) -> LeaseAttrs:
         self.device = await self._ensure_device(mac=None)
+        return self.lease_attrs()
+
+    def lease_attrs(self) -> LeaseAttrs:
         data = {"VNI": self.spec.vni, "VtepMAC": self.device.mac}
         if self.udp_port:
             data["UDPPort"] = self.udp_port
         return LeaseAttrs(
             public_ip=self.ext.public_ip, backend_type=VXLAN_BACKEND, backend_data=data
         )
+
+    async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
+        """The underlay address or interface changed: recreate the device on it with the
+        same MAC (so peers need only a new FDB destination) and rebind the UDP path."""
+        async with self._kernel_lock:
+            self.ext = ext
+            self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
+            self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=self.mtu)
+            self.device = await self._ensure_device(mac=self.device.mac)
+            await self._configure_device()
+            if self.udp is not None:
+                await self.udp.move(ext, overlay_mtu(UDP_BACKEND, ext.mtu))
+            self.repair_wanted.set()  # entries on the new device: the reconciler restores them
+        return self.lease_attrs()
 
     async def _ensure_device(self, mac: str | None) -> VxlanLink:
         link = await self.netlink.call(kernel.find_link, self.spec.name)
