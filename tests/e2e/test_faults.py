@@ -109,11 +109,11 @@ def test_the_etcd_outage_is_logged_once_and_its_end(bed):
     mark = len(a.log())
     ping = b.start_ping(a.pod_ip, interval=0.05)
     bed.etcd.pause()
-    time.sleep(20)  # longer than the 15 s it takes to notice a frozen member
+    time.sleep(30)  # longer than the 15 s it takes to notice a frozen member
     bed.etcd.resume()
     seconds = until(lambda: "lease watch: recovered after" in a.log()[mark:], timeout=40)
     result = b.finish_ping(ping, interrupt=True)
-    report("etcd-frozen-20s-resync-after-resume", seconds)
+    report("etcd-frozen-30s-resync-after-resume", seconds)
     log = a.log()[mark:]
     # One line when the outage is noticed, one when it ends: not one per retry.
     assert log.count("; resuming the watch after revision") == 1
