@@ -35,7 +35,6 @@ from pyflannel.http_endpoint import HttpEndpoint, as_json, text
 from pyflannel.iface import ExtIface, external_interface
 from pyflannel.kernel_watch import KernelWatch
 from pyflannel.lease_keeper import LeaseKeeper
-from pyflannel.metrics import metrics_text
 from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.peer_watch import PeerWatch
@@ -204,6 +203,7 @@ class Daemon:
             self._peers_changed,
             on_own_event=self.keeper.notice,
             on_snapshot=self.keeper.verify,
+            first_listing=self.keeper.last_listing,
         )
 
     def _write_subnet_file(self, lease: Lease) -> None:
@@ -414,6 +414,8 @@ class Daemon:
         return text(503, "flanneld is not ready yet")
 
     async def _metrics(self):
+        from pyflannel.metrics import metrics_text  # prometheus_client: only when scraped
+
         return 200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(self)
 
     async def _status(self):

@@ -176,12 +176,26 @@ def read_interfaces(ipr) -> tuple[list[Interface], int | None]:
         )
         for link in ipr.get_links()
     ]
+    return interfaces, default_route_interface()
+
+
+def default_route_interface() -> int | None:
+    """The interface of the IPv4 default route in the main table (upstream's choice). Read with
+    the fast dump: the table also holds one route per peer, thousands of them."""
+    from pyflannel import netlink_codec as codec
+    from pyflannel.netlink import route_socket
+
     default = None
-    for route in ipr.route("dump", family=2, table=254):
-        if route["dst_len"] == 0:
-            default = route.get_attr("RTA_OIF")
-            break
-    return interfaces, default
+    for payload in route_socket().dump(codec.RTM_GETROUTE, codec.AF_INET):  # read it all
+        route = codec.decode_route(payload)
+        if (
+            default is None
+            and route
+            and route[0].prefixlen == 0
+            and route[5] == codec.RT_TABLE_MAIN
+        ):
+            default = route[2]
+    return default
 
 
 def external_interface(

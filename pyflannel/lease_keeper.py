@@ -69,6 +69,9 @@ class LeaseKeeper:
         self.on_change = on_change
         self.lease: Lease | None = None
         self.attrs: LeaseAttrs | None = None
+        # The listing the last acquisition decided on, and its revision: the peer watch can
+        # start from it instead of listing every lease again.
+        self.last_listing: tuple[list[Lease], int, list] | None = None
         self.expires_at = 0.0  # monotonic; meaningless for reservations
         self.last_renewal: float | None = None  # wall clock, for status
         self.renewals = 0
@@ -105,7 +108,8 @@ class LeaseKeeper:
     ) -> Lease:
         lost: set[IPv4Network] = set()
         for _ in range(RACE_ATTEMPTS):
-            leases, _, _ = await self.registry.list_leases()
+            leases, revision, skipped = await self.registry.list_leases()
+            self.last_listing = (leases, revision, skipped)
             claim = choose_subnet(cfg, leases, self.public_ip, previous, exclude=lost)
             for stale in claim.stale:
                 log.warning(

@@ -28,6 +28,7 @@ class PeerWatch:
         on_changes: Callable[[PeerChanges], Awaitable[None]],
         on_own_event: Callable[[LeaseEvent], None] = lambda event: None,
         on_snapshot: Callable[[], None] = lambda: None,
+        first_listing: tuple[list, int, list] | None = None,
     ):
         self.registry = registry
         self.table = table
@@ -38,6 +39,7 @@ class PeerWatch:
         self.restarts = 0  # watch streams re-opened after a break
         self.relists = 0
         self.synced = asyncio.Event()  # set once the first snapshot is applied
+        self._first_listing = first_listing  # (leases, revision, skipped) just listed
         self.connected = False  # the watch stream is established right now
         self.last_error = ""
 
@@ -77,7 +79,11 @@ class PeerWatch:
                 await asyncio.sleep(backoff.next())
 
     async def _relist(self) -> None:
-        leases, revision, skipped = await self.registry.list_leases()
+        if self._first_listing is not None:
+            leases, revision, skipped = self._first_listing
+            self._first_listing = None
+        else:
+            leases, revision, skipped = await self.registry.list_leases()
         changes = self.table.reset(leases)
         changes.ignored.extend(skipped)
         await self.on_changes(changes)

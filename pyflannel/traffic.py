@@ -82,7 +82,7 @@ class TrafficRules:
             self.version = parse_version(await _run("iptables", "--version"))
         self._network = (cluster, pod)
         self.rules = self._build()
-        await self._restore()
+        await self._restore(if_drifted=True)
         what = [
             name
             for name, on in (
@@ -122,8 +122,10 @@ class TrafficRules:
             for table in sorted({r.table for r in self.rules})
         }
 
-    async def _restore(self) -> None:
+    async def _restore(self, if_drifted: bool = False) -> None:
         listed = await self._listing()
+        if if_drifted and not drift(self.rules, listed):
+            return  # e.g. a restart: the rules are already as they should be
         wait = ["--wait"] if self.version >= (1, 6, 2) else []
         for table in sorted({r.table for r in self.rules}):
             jumps = {line: listed[table].count(line) for line in listed[table]}

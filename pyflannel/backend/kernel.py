@@ -17,8 +17,10 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from pyflannel import netlink_codec as codec
 from pyflannel.backend.plan import KernelState, Op, Route
 from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
+from pyflannel.netlink import route_socket
 
 log = logging.getLogger(__name__)
 
@@ -138,106 +140,66 @@ def configure_device(
 def read_state(ipr, devices: Devices) -> KernelState:
     """What pyflannel owns in the kernel now: permanent IPv4 neighbours and permanent FDB
     entries on the VXLAN device, and routes with our protocol number in the main table."""
+    rs = route_socket()
     state = KernelState()
     index = devices.vxlan
     if index is not None:
-        for msg in ipr.neigh("dump", ifindex=index, family=AF_INET):
-            if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT:
-                state.neighbours[IPv4Address(msg.get_attr("NDA_DST"))] = msg.get_attr("NDA_LLADDR")
-        for msg in ipr.fdb("dump", ifindex=index):
-            dst = msg.get_attr("NDA_DST")
-            if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and dst:
-                state.fdb[msg.get_attr("NDA_LLADDR")] = IPv4Address(dst)
-    for msg in ipr.route("dump", family=AF_INET, table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL):
-        if msg["proto"] != RTPROT_PYFLANNEL:
+        for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_INET):
+            _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
+            if ifindex == index and nud & NUD_PERMANENT and dst and lladdr:
+                state.neighbours[IPv4Address(dst)] = codec.mac_text(lladdr)
+        for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE):
+            _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
+            if ifindex == index and nud & NUD_PERMANENT and dst and lladdr and len(dst) == 4:
+                state.fdb[codec.mac_text(lladdr)] = IPv4Address(dst)
+    for payload in rs.dump(codec.RTM_GETROUTE, codec.AF_INET):
+        route = codec.decode_route(payload)
+        if route is None:
             continue
-        dst = IPv4Network((msg.get_attr("RTA_DST") or "0.0.0.0", msg["dst_len"]))
-        state.routes[dst] = _route_of(msg, devices)
+        dst, gateway, oif, flags, proto, table = route
+        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN:
+            state.routes[dst] = _route_of(gateway, oif, flags, devices)
     return state
 
 
-def _route_of(msg, devices: Devices) -> Route:
-    gateway = msg.get_attr("RTA_GATEWAY")
-    gateway = IPv4Address(gateway) if gateway else None
-    oif = msg.get_attr("RTA_OIF")
+def _route_of(gateway, oif, flags, devices: Devices) -> Route:
     if oif is not None and oif == devices.tun:
         return Route(gateway, "tun")
-    if oif is not None and oif == devices.vxlan and msg["flags"] & RTNH_F_ONLINK:
+    if oif is not None and oif == devices.vxlan and flags & RTNH_F_ONLINK:
         return Route(gateway, "vxlan")
     return Route(gateway, "underlay" if oif not in (devices.vxlan, devices.tun) else "other")
 
 
-def apply_op(ipr, devices: Devices, op: Op) -> None:
-    """Carry out one plan operation; an absent entry on delete counts as success."""
-    try:
-        _OPS[(op.table, op.action)](ipr, devices, op.key, op.value)
-    except NetlinkError as e:
-        if op.action == "delete" and e.code in _ABSENT:
-            return
-        raise
-
-
-def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
-    """All operations in one go on the netlink thread; the failures, with their errors."""
-    failed = []
-    for op in ops:
-        try:
-            apply_op(ipr, devices, op)
-        except Exception as e:
-            failed.append((op, describe_error(e)))
-    return failed
-
-
-def _neigh_replace(ipr, devices, ip, mac):
-    ipr.neigh("replace", ifindex=devices.vxlan, dst=str(ip), lladdr=mac, state=NUD_PERMANENT)
-
-
-def _neigh_delete(ipr, devices, ip, mac):
-    ipr.neigh("del", ifindex=devices.vxlan, dst=str(ip), lladdr=mac)
-
-
-def _fdb_replace(ipr, devices, mac, dst):
-    ipr.fdb(
-        "replace",
-        ifindex=devices.vxlan,
-        lladdr=mac,
-        dst=str(dst),
-        flags=NTF_SELF,
-        state=NUD_PERMANENT,
+def _encode(seq: int, devices: Devices, op: Op) -> bytes:
+    if op.table == "neigh":
+        if op.action == "replace":
+            return codec.neighbour_replace(seq, devices.vxlan, op.key, op.value)
+        return codec.neighbour_delete(seq, devices.vxlan, op.key)
+    if op.table == "fdb":
+        if op.action == "replace":
+            return codec.fdb_replace(seq, devices.vxlan, op.key, op.value)
+        return codec.fdb_delete(seq, devices.vxlan, op.key, op.value)
+    if op.action == "delete":
+        return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
+    route: Route = op.value
+    oif = devices.vxlan if route.via == "vxlan" else devices.tun if route.via == "tun" else None
+    return codec.route_replace(
+        seq, op.key, route.gateway, oif, route.via == "vxlan", RTPROT_PYFLANNEL
     )
 
 
-def _fdb_delete(ipr, devices, mac, dst):
-    ipr.fdb("del", ifindex=devices.vxlan, lladdr=mac, dst=str(dst), flags=NTF_SELF)
-
-
-def _route_args(devices: Devices, dst: IPv4Network, route: Route) -> dict:
-    args = dict(dst=str(dst), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL)
-    if route.gateway is not None:
-        args["gateway"] = str(route.gateway)
-    if route.via == "vxlan":
-        args.update(oif=devices.vxlan, flags=RTNH_F_ONLINK)
-    elif route.via == "tun":
-        args.update(oif=devices.tun)
-    return args
-
-
-def _route_replace(ipr, devices, dst, route):
-    ipr.route("replace", **_route_args(devices, dst, route))
-
-
-def _route_delete(ipr, devices, dst, route):
-    ipr.route("del", dst=str(dst), table=RT_TABLE_MAIN, proto=RTPROT_PYFLANNEL)
-
-
-_OPS = {
-    ("neigh", "replace"): _neigh_replace,
-    ("neigh", "delete"): _neigh_delete,
-    ("fdb", "replace"): _fdb_replace,
-    ("fdb", "delete"): _fdb_delete,
-    ("route", "replace"): _route_replace,
-    ("route", "delete"): _route_delete,
-}
+def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
+    """All operations, many per system call; the failures, with their errors. An entry that
+    is already absent counts as deleted."""
+    rs = route_socket()
+    requests = [(seq, _encode(seq, devices, op)) for op in ops for seq in (rs.next_seq(),)]
+    results = rs.execute(requests)
+    failed = []
+    for op, (seq, _) in zip(ops, requests, strict=True):
+        code = results.get(seq, 0)
+        if code and not (op.action == "delete" and code in _ABSENT):
+            failed.append((op, f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"))
+    return failed
 
 
 def directly_reachable(ipr, ip: IPv4Address, underlay_index: int) -> bool:
