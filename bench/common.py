@@ -48,3 +48,42 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plot(
+    path_name: str,
+    title: str,
+    series: dict[str, tuple[list, list]],
+    xlabel: str,
+    ylabel: str,
+    kind: str = "line",
+) -> Path:
+    """A PNG next to the JSON: lines (x, y per series) or grouped bars (labels, values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    if kind == "line":
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=label)
+    else:
+        labels = next(iter(series.values()))[0]
+        width = 0.8 / len(series)
+        for n, (label, (_, values)) in enumerate(series.items()):
+            ax.bar([i + n * width for i in range(len(labels))], values, width, label=label)
+        ax.set_xticks(
+            [i + width * (len(series) - 1) / 2 for i in range(len(labels))], labels, rotation=15
+        )
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / f"{path_name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -193,7 +193,6 @@ class Daemon:
         )
         lease = await self.keeper.acquire(attrs, previous_subnet(o.subnet_file))
         await self.backend.assign(lease)
-        await self.backend.refresh_model()
         await self.traffic.setup(cfg.network, lease.subnet)
         self._write_subnet_file(lease)
         self.table = LeaseTable(cfg.network, own=lease.subnet, own_ip=self.ext.public_ip)

@@ -51,6 +51,10 @@ class Backend:
         self.repair_wanted = asyncio.Event()  # an event could not be applied fully
         # Event updates, reconciles and re-addressing all touch the kernel: one at a time.
         self._kernel_lock = asyncio.Lock()
+        # Until the first full reconcile, peer events only shape the desired state: that
+        # reconcile reads the kernel once and applies the whole difference (a restart with
+        # everything in place: one dump, nothing to apply).
+        self.programmed = False
         self.rejected: dict[IPv4Network, str] = {}  # leases this node cannot use, and why
 
     # -- what a backend supplies -----------------------------------------------------------
@@ -129,7 +133,7 @@ class Backend:
                 self.desired.add(entries)
                 scope.add(entries)
             self._peers_changed()
-            if scope.size():
+            if self.programmed and scope.size():
                 _, failed = await self._apply(diff(self.desired.state, self.actual, scope))
                 if failed:
                     self.repair_wanted.set()
@@ -164,18 +168,14 @@ class Backend:
             )
         return done, [f"{op.action} {op.table} {op.key}: {error}" for op, error in failed]
 
-    async def refresh_model(self) -> None:
-        """Read what we own from the kernel, changing nothing (so that the first peer
-        snapshot after a restart applies only what is missing)."""
-        async with self._kernel_lock:
-            self.actual = await self.netlink.call(kernel.read_state, self.devices())
-
     async def reconcile(self) -> ReconcileReport:
         """Make the kernel match the desired state, whatever happened to it meanwhile."""
         async with self._kernel_lock:
             report = ReconcileReport(repaired=await self._ensure_devices())
             self.actual = await self.netlink.call(kernel.read_state, self.devices())
             done, report.failed = await self._apply(diff(self.desired.state, self.actual))
-            report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]
-            self.repairs += len(report.repaired)
+            if self.programmed:
+                report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]
+                self.repairs += len(report.repaired)
+            self.programmed = self.programmed or not report.failed
             return report
