@@ -1,16 +1,18 @@
 """Runs inside a node's namespace (started by convergence.py): writes synthetic peer leases to
-etcd and times how long until the daemon's route for each appears (and disappears) in the
-kernel, watching netlink route events. One clock for both ends. Prints JSON."""
+etcd and times, from each write, how long until the daemon's route for it appears (and, from
+each deletion, until it is gone), watching netlink route events: one clock for both ends.
+Three phases: sequential events, a burst of 100 in one transaction, 1,000 written at once.
+Prints JSON."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
+from aetcd import rpc
 from pyroute2 import IPRSocket
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
 
@@ -18,6 +20,8 @@ from pyflannel.etcd.client import EtcdClient
 from pyflannel.subnet.lease import LeaseAttrs
 
 PROTO = 152
+PREFIX = "/coreos.com/network/subnets/"
+NETWORK = IPv4Network("10.0.0.0/12")
 
 
 class RouteEvents:
@@ -36,8 +40,7 @@ class RouteEvents:
             if msg.get("proto") != PROTO:
                 continue
             kind = "add" if msg["event"] == "RTM_NEWROUTE" else "del"
-            dst = f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"
-            self.seen.setdefault((kind, dst), now)
+            self.seen.setdefault((kind, f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"), now)
         self.changed.set()
 
     async def wait(self, kind: str, dsts: set[str], timeout: float) -> dict[str, float]:
@@ -55,40 +58,110 @@ class RouteEvents:
                 pass
 
 
-def value(i: int) -> bytes:
-    mac = ":".join(["02"] + [f"{random.getrandbits(8):02x}" for _ in range(5)])
-    return LeaseAttrs(
-        IPv4Address(f"198.51.{101 + i // 250}.{1 + i % 250}"),
+def lease(i: int) -> tuple[str, bytes, str]:
+    subnet = IPv4Network((int(NETWORK.network_address) + i * 64, 26))
+    mac = ":".join(f"{b:02x}" for b in (2, 0xBB, 0, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+    value = LeaseAttrs(
+        IPv4Address(int(IPv4Address("198.18.0.0")) + i),
         backend_type="vxlan",
         backend_data={"VNI": 1, "VtepMAC": mac},
     ).to_json()
+    return f"{PREFIX}{subnet.network_address}-26", value, str(subnet)
 
 
-async def main(endpoint: str, prefix: str, count: int, first_octet: int) -> None:
-    client = EtcdClient([endpoint])
+def latencies(written: dict[str, float], seen: dict[str, float]) -> tuple[list[float], int]:
+    return [(seen[d] - written[d]) * 1000 for d in written if d in seen], sum(
+        d not in seen for d in written
+    )
+
+
+async def sequential(client, events, first: int, count: int) -> dict:
+    add, delete, lost = [], [], 0
+    for i in range(first, first + count):
+        key, value, dst = lease(i)
+        t0 = time.perf_counter()
+        await client.put(key.encode(), value)
+        got = await events.wait("add", {dst}, 5)
+        add += [(got[dst] - t0) * 1000] if got else []
+        t0 = time.perf_counter()
+        await client.delete(key.encode())
+        gone = await events.wait("del", {dst}, 5)
+        delete += [(gone[dst] - t0) * 1000] if gone else []
+        lost += (not got) + (not gone)
+        await asyncio.sleep(0.01)
+    return {"add_ms": add, "del_ms": delete, "lost": lost}
+
+
+async def transaction_burst(client, events, first: int, count: int) -> dict:
+    leases = [lease(i) for i in range(first, first + count)]
+    t0 = time.perf_counter()
+    puts = [
+        rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=v)) for k, v, _ in leases
+    ]
+    await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=puts))
+    got = await events.wait("add", {d for _, _, d in leases}, 20)
+    add, lost_add = latencies({d: t0 for _, _, d in leases}, got)
+    t0 = time.perf_counter()
+    dels = [
+        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
+        for k, _, _ in leases
+    ]
+    await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=dels))
+    gone = await events.wait("del", {d for _, _, d in leases}, 20)
+    delete, lost_del = latencies({d: t0 for _, _, d in leases}, gone)
+    return {
+        "add_ms": add,
+        "del_ms": delete,
+        "lost": lost_add + lost_del,
+        "all_added_ms": max(add, default=0),
+        "all_deleted_ms": max(delete, default=0),
+    }
+
+
+async def concurrent_burst(clients, events, first: int, count: int) -> dict:
+    leases = [lease(i) for i in range(first, first + count)]
+    written: dict[str, float] = {}
+
+    async def put(n: int, key: str, value: bytes, dst: str):
+        written[dst] = time.perf_counter()
+        await clients[n % len(clients)].put(key.encode(), value)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(put(n, k, v, d) for n, (k, v, d) in enumerate(leases)))
+    got = await events.wait("add", set(written), 60)
+    add, lost_add = latencies(written, got)
+    all_added = (max(got.values(), default=t0) - t0) * 1000
+    deleted: dict[str, float] = {}
+
+    async def delete(n: int, key: str, dst: str):
+        deleted[dst] = time.perf_counter()
+        await clients[n % len(clients)].delete(key.encode())
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(delete(n, k, d) for n, (k, _, d) in enumerate(leases)))
+    gone = await events.wait("del", set(deleted), 60)
+    delete_ms, lost_del = latencies(deleted, gone)
+    return {
+        "add_ms": add,
+        "del_ms": delete_ms,
+        "lost": lost_add + lost_del,
+        "all_added_ms": all_added,
+        "all_deleted_ms": (max(gone.values(), default=t0) - t0) * 1000,
+    }
+
+
+async def main(endpoint: str, sequential_events: int) -> None:
+    clients = [EtcdClient([endpoint], timeout=30) for _ in range(8)]
     events = RouteEvents(asyncio.get_running_loop())
-    add_ms, del_ms, lost = [], [], 0
-    for i in range(count):
-        subnet = IPv4Network(f"10.1.{first_octet + i}.0/24")
-        key = f"{prefix}/subnets/{subnet.network_address}-24".encode()
-        t0 = time.perf_counter()
-        await client.put(key, value(i))
-        got = await events.wait("add", {str(subnet)}, timeout=5)
-        if got:
-            add_ms.append((got[str(subnet)] - t0) * 1000)
-        else:
-            lost += 1
-        t0 = time.perf_counter()
-        await client.delete(key)
-        got = await events.wait("del", {str(subnet)}, timeout=5)
-        if got:
-            del_ms.append((got[str(subnet)] - t0) * 1000)
-        else:
-            lost += 1
-        await asyncio.sleep(0.05)
-    await client.close()
-    print(json.dumps({"add_ms": add_ms, "del_ms": del_ms, "lost": lost}))
+    result = {
+        "sequential": await sequential(clients[0], events, 1000, sequential_events),
+        "transaction_100": await transaction_burst(clients[0], events, 3000, 100),
+        "concurrent_1000": await concurrent_burst(clients, events, 5000, 1000),
+    }
+    for c in clients:
+        await c.close()
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))

@@ -73,6 +73,8 @@ class Daemon:
         self.watch: PeerWatch | None = None
         self.ready = asyncio.Event()
         self.programmed = asyncio.Event()  # a full reconcile has succeeded
+        self._pending: dict = {}  # subnet -> ("added" | "removed", lease), not yet applied
+        self._pending_wake = asyncio.Event()
         self.subnet_file_written = False
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
@@ -214,8 +216,35 @@ class Daemon:
     # -- running ---------------------------------------------------------------------------
 
     async def _peers_changed(self, changes: PeerChanges) -> None:
+        """From the watch: the first listing is applied at once (the first reconcile must
+        see it); later changes queue up and are applied together by ``_apply_peer_changes``,
+        so a burst of events becomes a few batches of kernel requests, not one each."""
         for key, reason in changes.ignored:
             log.warning("ignoring etcd key %s: %s", key, reason)
+        if not changes:
+            return
+        if not self.watch.synced.is_set():
+            await self._program_peers(changes)
+            return
+        for lease in changes.removed:
+            self._pending[lease.subnet] = ("removed", lease)
+        for lease in changes.added:
+            self._pending[lease.subnet] = ("added", lease)
+        self._pending_wake.set()
+
+    async def _apply_peer_changes(self) -> None:
+        while True:
+            await self._pending_wake.wait()
+            self._pending_wake.clear()
+            pending, self._pending = self._pending, {}
+            await self._program_peers(
+                PeerChanges(
+                    added=[lease for kind, lease in pending.values() if kind == "added"],
+                    removed=[lease for kind, lease in pending.values() if kind == "removed"],
+                )
+            )
+
+    async def _program_peers(self, changes: PeerChanges) -> None:
         if not changes:
             return
         detail = len(changes.added) + len(changes.removed) <= PEER_LOG_LIMIT
@@ -304,6 +333,7 @@ class Daemon:
         await self.start()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.watch.run(), name="peer-watch")
+            tasks.create_task(self._apply_peer_changes(), name="peer-changes")
             await self.watch.synced.wait()
             # Only now is the desired state known: reconciling earlier would remove the
             # entries of every peer. Ready means programmed: wait for the first full pass.
@@ -340,7 +370,10 @@ class Daemon:
             self.ext.index,
         )
 
-    def _kernel_damaged(self, what: str) -> None:
+    def _kernel_damaged(self, damage: tuple[str, str, str]) -> None:
+        table, key, what = damage
+        if table in ("route", "neigh", "fdb") and self.backend.explains(table, key):
+            return  # our own doing
         log.debug("kernel: %s; reconciling", what)
         self.backend.repair_wanted.set()
 

@@ -4,8 +4,8 @@ Subscribes to netlink link, neighbour and IPv4 route notifications (an ``IPRSock
 the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
 deletion of one of our devices, of a route with our protocol number, of a neighbour or FDB
 entry on our VXLAN device, or our device going down. The reconciler then repairs within a
-fraction of a second instead of at its next periodic pass. Our own deletions trigger it too;
-such a reconcile finds nothing to do.
+fraction of a second instead of at its next periodic pass. The backend recognises its own
+deletions, so removing thousands of peers does not set off thousands of reconciles.
 """
 
 from __future__ import annotations
@@ -31,22 +31,30 @@ IFF_UP = 1
 
 def is_damage(
     msg, device_names: set[str], device_indexes: set[int], underlay: int = 0
-) -> str | None:
-    """What a netlink notification did to us, or None if it is not about our objects."""
+) -> tuple[str, str, str] | None:
+    """(table, key, description) of what a netlink notification did to our objects, or None.
+    ``table``/``key`` match the reconciler's tables ("route", "neigh", "fdb") so that our
+    own deletions can be recognised; devices and the underlay use "device"/"underlay"."""
     event = msg.get("event")
     if event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("index") == underlay:
-        return f"underlay address {msg.get_attr('IFA_ADDRESS')} {'added' if event == 'RTM_NEWADDR' else 'removed'}"
+        what = "added" if event == "RTM_NEWADDR" else "removed"
+        return "underlay", "", f"underlay address {msg.get_attr('IFA_ADDRESS')} {what}"
     if event in ("RTM_DELLINK", "RTM_NEWLINK"):
         name = msg.get_attr("IFLA_IFNAME")
         if name not in device_names:
             return None
         if event == "RTM_DELLINK":
-            return f"device {name} deleted"
-        return None if msg["flags"] & IFF_UP else f"device {name} set down"
+            return "device", name, f"device {name} deleted"
+        return None if msg["flags"] & IFF_UP else ("device", name, f"device {name} set down")
     if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
-        return f"route {msg.get_attr('RTA_DST')}/{msg['dst_len']} deleted"
+        dst = f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"
+        return "route", dst, f"route {dst} deleted"
     if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
-        return f"{'FDB' if msg.get('family') == 7 else 'neighbour'} entry {msg.get_attr('NDA_DST') or msg.get_attr('NDA_LLADDR')} deleted"
+        if msg.get("family") == 7:  # AF_BRIDGE: an FDB entry
+            mac = msg.get_attr("NDA_LLADDR")
+            return "fdb", mac, f"FDB entry {mac} deleted"
+        ip = msg.get_attr("NDA_DST")
+        return "neigh", ip, f"neighbour entry {ip} deleted"
     return None
 
 
@@ -71,7 +79,7 @@ class KernelWatch:
             messages = self.sock.get()
         except Exception as e:  # e.g. ENOBUFS after a burst: we may have missed something
             log.debug("kernel notifications: %s; reconciling to be sure", e)
-            self.on_damage(f"missed notifications ({e})")
+            self.on_damage(("missed", "", f"missed notifications ({e})"))
             return
         names, indexes, underlay = self.devices()
         for msg in messages:

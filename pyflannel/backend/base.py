@@ -55,6 +55,7 @@ class Backend:
         # reconcile reads the kernel once and applies the whole difference (a restart with
         # everything in place: one dump, nothing to apply).
         self.programmed = False
+        self._own_deletions: dict[tuple[str, str], int] = {}  # (table, key) we deleted ourselves
         self.rejected: dict[IPv4Network, str] = {}  # leases this node cannot use, and why
 
     # -- what a backend supplies -----------------------------------------------------------
@@ -157,7 +158,13 @@ class Backend:
         Returns the operations done and a description of each failure."""
         if not ops:
             return [], []
+        deletions = [(op.table, str(op.key)) for op in ops if op.action == "delete"]
+        for mark in deletions:  # before sending: the notification may beat our own wake-up
+            self._own_deletions[mark] = self._own_deletions.get(mark, 0) + 1
         failed = await self.netlink.call(kernel.apply_all, self.devices(), ops)
+        for op, _ in failed:
+            if op.action == "delete":
+                self.explains(op.table, str(op.key))
         bad = {id(op) for op, _ in failed}
         done = [op for op in ops if id(op) not in bad]
         for op in done:
@@ -167,6 +174,17 @@ class Backend:
                 "kernel refused %s %s %s: %s (will retry)", op.action, op.table, op.key, error
             )
         return done, [f"{op.action} {op.table} {op.key}: {error}" for op, error in failed]
+
+    def explains(self, table: str, key: str) -> bool:
+        """Is this deletion one we made ourselves (each is explained once)?"""
+        count = self._own_deletions.get((table, key), 0)
+        if not count:
+            return False
+        if count == 1:
+            del self._own_deletions[(table, key)]
+        else:
+            self._own_deletions[(table, key)] = count - 1
+        return True
 
     async def reconcile(self) -> ReconcileReport:
         """Make the kernel match the desired state, whatever happened to it meanwhile."""
