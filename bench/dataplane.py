@@ -19,12 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results
+from bench.common import plot, summary, table, write_results
 from pyflannel.testbed import netns
 from pyflannel.testbed.bed import TestBed
 from pyflannel.testbed.iperf import iperf, received_bits_per_second
 
-MODES = ("underlay", "vxlan", "udp-threads", "udp-asyncio", "udp-uvloop")
+# underlay: host to host, no overlay. direct: pod to pod with DirectRouting (routes via the
+# peer's underlay address: the pod plumbing without encapsulation, the fair baseline for
+# what VXLAN itself costs). The rest: pod to pod through the overlay.
+MODES = ("underlay", "direct", "vxlan", "udp-threads", "udp-asyncio", "udp-uvloop")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,9 +52,13 @@ def configure(bed: TestBed, mode: str) -> None:
         node.run("ip", "route", "flush", "proto", "152", check=False)
     if mode == "underlay":
         return
-    backend = "vxlan" if mode == "vxlan" else "udp"
-    bed.put_config({"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": backend}})
-    args = [] if mode == "vxlan" else [f"--udp-datapath={mode.split('-', 1)[1]}"]
+    backend = (
+        {"Type": "udp"}
+        if mode.startswith("udp")
+        else {"Type": "vxlan", "DirectRouting": mode == "direct"}
+    )
+    bed.put_config({"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": backend})
+    args = [f"--udp-datapath={mode.split('-', 1)[1]}"] if mode.startswith("udp") else []
     for node in bed.nodes:
         node.start(*args)
     for node in bed.nodes:
@@ -156,6 +163,18 @@ def main() -> int:
     )
     text += f"\n\nunderlay MTU {args.mtu}, iperf3 {args.seconds} s x {args.repeat} per cell"
     print(text)
+    labels = list(results)
+    plot(
+        f"dataplane-mtu{args.mtu}",
+        f"TCP throughput, underlay MTU {args.mtu} (median of {args.repeat})",
+        {
+            label: (labels, [results[m]["runs"][label]["gbps"]["median"] for m in labels])
+            for label in ("1x a->b", "4x a->b")
+        },
+        "",
+        "Gbit/s",
+        kind="bar",
+    )
     write_results(f"dataplane-mtu{args.mtu}", {"args": vars(args), "results": results}, text)
     return 0
 

@@ -11,8 +11,8 @@ yield whole responses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,27 +194,36 @@ class EtcdClient:
             return EtcdError(f"etcd at {ep.url} refused the credentials: {details}")
         return EtcdError(f"etcd at {ep.url}: {details}")
 
-    async def _call(self, stub_type, method: str, request, *, timeout: float | None = None):
-        channel = await self._ensure_channel()
-        ep = self.endpoint
+    @contextlib.asynccontextmanager
+    async def _calling(self, channel: grpc.aio.Channel, ep: Endpoint):
+        """What every call does on failure: move to the next member when this one cannot
+        serve, re-authenticate after an expired token, and turn gRPC's errors into ours."""
         try:
-            return await getattr(stub_type(channel), method)(
-                request, timeout=timeout or self.timeout, metadata=self._metadata()
-            )
+            yield
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE:
                 await self._failover(channel)
             elif e.code() == grpc.StatusCode.UNAUTHENTICATED and self.username:
                 await self._drop_channel()  # token expired: re-authenticate on the next call
             raise self._translate(e, ep) from None
+        except TimeoutError:
+            await self._failover(channel)
+            raise EtcdUnavailable(
+                f"etcd at {ep.url}: no answer within {self.timeout:.0f} s"
+            ) from None
         except asyncio.CancelledError:
             if _channel_closed_under_us():
                 raise EtcdUnavailable(
                     f"etcd at {ep.url}: connection closed (moving member)"
                 ) from None
             raise
-        except ssl.SSLError as e:  # pragma: no cover - grpc reports TLS failures as UNAVAILABLE
-            raise EtcdUnavailable(f"etcd at {ep.url}: TLS error: {e}") from None
+
+    async def _call(self, stub_type, method: str, request, *, timeout: float | None = None):
+        channel = await self._ensure_channel()
+        async with self._calling(channel, self.endpoint):
+            return await getattr(stub_type(channel), method)(
+                request, timeout=timeout or self.timeout, metadata=self._metadata()
+            )
 
     async def close(self) -> None:
         await self._drop_channel()
@@ -301,18 +310,9 @@ class EtcdClient:
             timeout=timeout or self.timeout, metadata=self._metadata()
         )
         try:
-            await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-            resp = await call.read()
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _UNAVAILABLE:
-                await self._failover(channel)
-            raise self._translate(e, ep) from None
-        except asyncio.CancelledError:
-            if _channel_closed_under_us():
-                raise EtcdUnavailable(
-                    f"etcd at {ep.url}: connection closed (moving member)"
-                ) from None
-            raise
+            async with self._calling(channel, ep):
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                resp = await call.read()
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
@@ -359,53 +359,40 @@ class EtcdClient:
             progress_notify=True,
         )
         try:
-            # Establishing the stream is bounded like any call: a connection attempt made
-            # while the network was cut can otherwise wait for TCP's SYN retries (minutes).
-            await asyncio.wait_for(
-                call.write(rpc.WatchRequest(create_request=create)), self.timeout
-            )
-            established = False
-            while True:
-                if established:
-                    resp = await call.read()  # idle for hours is fine: HTTP/2 pings watch it
-                else:
-                    resp = await asyncio.wait_for(call.read(), self.timeout)
-                    established = True
-                if resp is grpc.aio.EOF:
-                    raise EtcdUnavailable(f"etcd at {ep.url}: watch stream closed")
-                if resp.compact_revision:
-                    raise RevisionCompacted(resp.compact_revision)
-                if resp.canceled:
-                    reason = resp.cancel_reason or "watch canceled by the server"
-                    raise EtcdUnavailable(f"etcd at {ep.url}: {reason}")
-                if resp.created and not resp.events:
-                    # Its header revision is the store's, not how far we have been sent:
-                    # resuming from it could skip events still in flight.
-                    yield WatchResponse(0, [], created=True)
-                    continue
-                yield WatchResponse(
-                    resp.header.revision,
-                    [
-                        WatchEvent(
-                            "delete" if ev.type == rpc.Event.EventType.DELETE else "put", _kv(ev.kv)
-                        )
-                        for ev in resp.events
-                    ],
+            async with self._calling(channel, ep):
+                # Establishing the stream is bounded like any call: a connection attempt made
+                # while the network was cut can otherwise wait for TCP's SYN retries (minutes).
+                await asyncio.wait_for(
+                    call.write(rpc.WatchRequest(create_request=create)), self.timeout
                 )
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _UNAVAILABLE:
-                await self._failover(channel)
-            raise self._translate(e, ep) from None
-        except TimeoutError:
-            await self._failover(channel)
-            raise EtcdUnavailable(
-                f"etcd at {ep.url}: watch not established within {self.timeout:.0f} s"
-            ) from None
-        except asyncio.CancelledError:
-            if _channel_closed_under_us():
-                raise EtcdUnavailable(
-                    f"etcd at {ep.url}: connection closed (moving member)"
-                ) from None
-            raise
+                established = False
+                while True:
+                    if established:
+                        resp = await call.read()  # idle for hours is fine: HTTP/2 pings watch it
+                    else:
+                        resp = await asyncio.wait_for(call.read(), self.timeout)
+                        established = True
+                    if resp is grpc.aio.EOF:
+                        raise EtcdUnavailable(f"etcd at {ep.url}: watch stream closed")
+                    if resp.compact_revision:
+                        raise RevisionCompacted(resp.compact_revision)
+                    if resp.canceled:
+                        reason = resp.cancel_reason or "watch canceled by the server"
+                        raise EtcdUnavailable(f"etcd at {ep.url}: {reason}")
+                    if resp.created and not resp.events:
+                        # Its header revision is the store's, not how far we have been sent:
+                        # resuming from it could skip events still in flight.
+                        yield WatchResponse(0, [], created=True)
+                        continue
+                    yield WatchResponse(
+                        resp.header.revision,
+                        [
+                            WatchEvent(
+                                "delete" if ev.type == rpc.Event.EventType.DELETE else "put",
+                                _kv(ev.kv),
+                            )
+                            for ev in resp.events
+                        ],
+                    )
         finally:
             call.cancel()
