@@ -118,8 +118,9 @@ FLAGS: list[tuple[str, type, str]] = [
     (
         "udp-datapath",
         str,
-        "how the UDP data path waits for packets: auto (uvloop if installed, else asyncio), "
-        "uvloop, asyncio, or threads (measured slower; default %(default)s; pyflannel only)",
+        "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
+        "(needs the uvloop package), or threads (measured slower); default %(default)s; "
+        "pyflannel only",
     ),
     (
         "ip-masq",

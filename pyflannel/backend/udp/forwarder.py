@@ -5,7 +5,7 @@ separate, swappable strategy (``DATAPATHS``), measured in bench/dataplane.py:
 - ``threads``: one thread per direction, each blocking in poll() and then draining its
   non-blocking fd until EAGAIN, so a busy fd costs one poll per batch, not per packet;
 - ``asyncio`` / ``uvloop``: both fds on one event loop in one thread, draining per wake-up.
-The default (``auto``) is uvloop when installed, else asyncio. Either way the data path runs outside the daemon's control-plane event loop: route updates
+The default (``auto``) is the stdlib loop. Either way the data path runs outside the daemon's control-plane event loop: route updates
 swap an immutable table (one reference assignment) and never wait for packets, and packets
 never wait for etcd or netlink.
 """
@@ -32,16 +32,10 @@ DATAPATHS = ("threads", "asyncio", "uvloop")
 
 
 def resolve_datapath(name: str) -> str:
-    """``auto``: uvloop if installed, else the stdlib loop. bench/dataplane.py measured one
-    event-loop thread 17% faster than two threads on 2 cores, and uvloop level with asyncio
-    in throughput but 26% lower in median RTT (31% at p99)."""
-    if name != "auto":
-        return name
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
+    """``auto`` is the stdlib loop. bench/dataplane.py (three runs, MTU 1500 and 9000): one
+    event-loop thread beats two threads by 10-17 % on 2 cores; uvloop ties the stdlib loop
+    on throughput, and on latency it won one run and lost two — no reason to need it."""
+    return "asyncio" if name == "auto" else name
 
 
 SEND_ERROR = "send_error"
