@@ -88,7 +88,11 @@ class EtcdServer:
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
         log.close()
         if wait:
-            self.wait_healthy(timeout)
+            try:
+                self.wait_healthy(timeout)
+            except BaseException:
+                self.kill()  # never leave a half-started server behind
+                raise
         return self
 
     @property
@@ -177,7 +181,11 @@ class EtcdServer:
             self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> EtcdServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()

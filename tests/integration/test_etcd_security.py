@@ -3,6 +3,7 @@ clear errors (never a silent plaintext fallback) for a wrong CA, a missing clien
 certificate, plaintext against a TLS server, and a wrong password."""
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -191,3 +192,15 @@ def test_the_cli_flags_carry_username_and_password(auth_etcd):
         f"--etcd-endpoints={auth_etcd.url}", "--etcd-username=flannel", "--etcd-password=nope"
     )
     assert bad.returncode == 1 and "authentication failed" in bad.stderr
+
+
+def test_an_etcd_that_never_gets_healthy_leaves_no_process(certs):
+    # A TLS server checked without its certificates never answers "healthy".
+    server = EtcdServer(certs=certs)
+    server.ctl = lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "unhealthy")
+    try:
+        with pytest.raises(RuntimeError, match="not healthy"):
+            server.start(timeout=1)
+        assert server.proc is not None and server.proc.poll() is not None  # ended, not leaked
+    finally:
+        server.stop()
