@@ -128,7 +128,12 @@ class Daemon:
         kind = cfg.backend_type.lower()
         if kind == "udp":
             backend = UdpBackend(
-                self.netlink, cfg, ext, parse_udp_port(cfg.backend), datapath=o.udp_datapath
+                self.netlink,
+                cfg,
+                ext,
+                parse_udp_port(cfg.backend),
+                datapath=o.udp_datapath,
+                fastpath=o.udp_fastpath,
             )
             return backend, await backend.prepare()
         if kind != "vxlan":
@@ -139,7 +144,7 @@ class Daemon:
         if o.backend_fallback == "udp":
             return await self._fall_back(cfg, ext, "forced by --backend-fallback=udp")
         udp_port = None if o.backend_fallback == "off" else o.udp_fallback_port
-        backend = VxlanBackend(self.netlink, cfg, ext, udp_port, o.udp_datapath)
+        backend = VxlanBackend(self.netlink, cfg, ext, udp_port, o.udp_datapath, o.udp_fastpath)
         try:
             return backend, await backend.prepare()
         except BackendError as e:
@@ -161,6 +166,7 @@ class Daemon:
             self.options.udp_fallback_port,
             fallback_reason=reason,
             datapath=self.options.udp_datapath,
+            fastpath=self.options.udp_fastpath,
         )
         return backend, await backend.prepare()
 

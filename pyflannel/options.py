@@ -43,6 +43,7 @@ class Options:
     backend_fallback: str = "auto"
     udp_fallback_port: int = 8285
     udp_datapath: str = "auto"
+    udp_fastpath: bool = True
     ip_masq: bool = False
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
@@ -121,6 +122,13 @@ FLAGS: list[tuple[str, type, str]] = [
         "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
         "(needs the uvloop package), or threads (measured slower); default %(default)s; "
         "pyflannel only",
+    ),
+    (
+        "udp-fastpath",
+        bool,
+        "UDP backend: batch with kernel offloads (UDP_SEGMENT sends, UDP_GRO "
+        "receives coalesced into GSO writes to the TUN); falls back per packet where the kernel "
+        "refuses (default %(default)s; pyflannel only)",
     ),
     (
         "ip-masq",

@@ -160,6 +160,12 @@ def render(doc: dict) -> str:
                 f"udp path   {udp['datapath']}: out {udp['to_peers']['packets']} pkts, in "
                 f"{udp['from_peers']['packets']} pkts, drops {drops or 'none'}"
             )
+            fast = udp.get("fastpath") or {}
+            halves = [f"{h} {'batched' if fast.get(h) else 'per packet'}" for h in ("tx", "rx")]
+            lines.append(
+                f"           fast path: {', '.join(halves)}"
+                + "".join(f"; {h} off: {why}" for h, why in fast.get("off", {}).items())
+            )
     if env:
         lines.append(
             f"subnet.env {env.get('path')}: {'matches' if not env.get('problems') else 'DIFFERS'}"

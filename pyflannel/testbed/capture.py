@@ -34,7 +34,12 @@ def describe(pkt) -> dict | None:
         except Exception:
             inner = None
     if inner is not None and IP in inner:
-        record.update(inner_src=inner[IP].src, inner_dst=inner[IP].dst, inner_proto=inner[IP].proto)
+        record.update(
+            inner_src=inner[IP].src,
+            inner_dst=inner[IP].dst,
+            inner_proto=inner[IP].proto,
+            inner_len=inner[IP].len,
+        )
     return record
 
 

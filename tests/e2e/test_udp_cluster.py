@@ -223,3 +223,50 @@ def test_a_flood_of_garbage_is_counted_with_bounded_memory_and_real_traffic_surv
     assert grown < 20_000  # bounded: nothing is queued per datagram
     assert during.received > 0  # real traffic keeps flowing through the flood
     assert b.ping(a.pod_ip, count=3, interval=0.1).received == 3
+
+
+def test_with_the_fast_path_every_datagram_is_one_inner_packet_within_the_mtu(bed):
+    a, b, _ = bed.nodes
+    # veth hands GSO packets over whole; with segmentation offload off on the sender's veth the
+    # switch sees the datagrams the way a physical wire would.
+    a.run("ethtool", "-K", "eth0", "tx-udp-segmentation", "off", "gso", "off", "tso", "off")
+    try:
+        capture = start_capture(bed.lan, f"v{a.index}", seconds=3.0)
+        result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)
+        packets = [
+            p
+            for p in finish_capture(capture)
+            if p["dport"] == 8285 and p.get("inner_proto") == 6 and p["src"] == str(a.underlay_ip)
+        ]
+    finally:
+        a.run("ethtool", "-K", "eth0", "tx-udp-segmentation", "on", "gso", "on", "tso", "on")
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    assert len(packets) > 100
+    assert all(p["frame_len"] <= 1514 for p in packets)  # 1500 + Ethernet header
+    assert all(p["ip_len"] - 28 == p["inner_len"] for p in packets)  # one inner packet each
+    stats = udp_stats(a)
+    assert stats["fastpath"]["tx"] and stats["fastpath"]["rx"]
+
+
+def test_a_peer_without_the_fast_path_still_interoperates(bed):
+    a, _, c = bed.nodes
+    c.stop()
+    c.start(*DAEMON_ARGS, "--udp-fastpath=false")
+    c.wait_ready()
+    try:
+        assert udp_stats(c)["fastpath"] == {"tx": False, "rx": False, "off": {}}
+        for src, dst in ((a, c), (c, a)):
+            result = iperf(src.pod_ns, dst.pod_ns, str(dst.pod_ip), seconds=1)
+            assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    finally:
+        c.stop()
+        c.start(*DAEMON_ARGS)
+        c.wait_ready()
+
+
+def udp_stats(node) -> dict:
+    code = (
+        "import json, urllib.request; d = json.load(urllib.request.urlopen("
+        "'http://127.0.0.1:8471/status', timeout=5)); print(json.dumps(d['backend']['udp']))"
+    )
+    return json.loads(netns.run([sys.executable, "-c", code], ns=node.ns).stdout)

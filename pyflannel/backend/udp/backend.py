@@ -47,12 +47,13 @@ class UdpBackend(Backend):
         port: int,
         fallback_reason: str = "",
         datapath: str = "auto",
+        fastpath: bool = False,
     ):
         super().__init__(netlink, network, ext)
         self.port = port
         self.fallback_reason = fallback_reason  # empty: the cluster's own backend is udp
         self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
-        self.path = UdpPath(netlink, ext, port, self.mtu, datapath)
+        self.path = UdpPath(netlink, ext, port, self.mtu, datapath, fastpath)
 
     @property
     def mtu_reason(self) -> str:

@@ -17,17 +17,22 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
+from pyflannel.backend.udp import gso
 from pyflannel.backend.udp import packet as pk
-from pyflannel.backend.udp.routes import ForwardingTable
+from pyflannel.backend.udp.routes import ForwardingTable, NextHop
 
 log = logging.getLogger(__name__)
 
 BUFFER = 65536  # read whole datagrams: anything longer than the MTU is dropped, not truncated
+TX_BATCH = 64  # packets read from the TUN before the fast path sends them
+UDP_SEGMENT, UDP_GRO = 103, 104  # SOL_UDP options (linux/udp.h)
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 DATAPATHS = ("threads", "asyncio", "uvloop")
 
 
@@ -56,7 +61,14 @@ class Counters:
 
 
 class Forwarder:
-    def __init__(self, tun_fd: int, sock: socket.socket, mtu: int, datapath: str = "auto"):
+    def __init__(
+        self,
+        tun_fd: int,
+        sock: socket.socket,
+        mtu: int,
+        datapath: str = "auto",
+        fastpath: bool = False,
+    ):
         datapath = resolve_datapath(datapath)
         if datapath not in DATAPATHS:
             raise ValueError(
@@ -77,6 +89,19 @@ class Forwarder:
         self._loop = None
         self._errors_logged: set[str] = set()
         self.failed: str | None = None  # why a data-path thread died (the device vanished...)
+        # Fast path: the TUN carries virtio-net headers (it was opened with IFF_VNET_HDR),
+        # receives use UDP_GRO, sends UDP_SEGMENT. Each half turns itself off (once, logged)
+        # if the kernel refuses it.
+        self.vnet_hdr = fastpath
+        self.fast_tx = fastpath
+        self.fast_rx = fastpath
+        self.fast_off: dict[str, str] = {}
+        self._rx_buf = bytearray(BUFFER)
+        if fastpath:
+            try:
+                sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+            except OSError as e:
+                self._turn_off("rx", f"UDP_GRO refused: {e}")
 
     def set_local(self, subnet: IPv4Network, network: IPv4Network) -> None:
         """Our subnet: the only inner destinations accepted from peers.
@@ -90,55 +115,70 @@ class Forwarder:
 
     # -- one packet each way ---------------------------------------------------------------
 
-    def from_tun(self, data: bytes) -> None:
+    def outgoing(self, data) -> tuple[NextHop, bytearray] | None:
+        """A packet from the TUN, checked, routed and with its TTL decremented; None if it
+        was dropped (counted; ICMP net-unreachable sent back where due)."""
         counters = self.to_peers
         if len(data) < pk.IPV4_MIN_HEADER or data[0] >> 4 != 4:
             counters.drop(pk.TOO_SHORT if len(data) < pk.IPV4_MIN_HEADER else pk.NOT_IPV4)
-            return
+            return None
         hop = self.table.lookup(int.from_bytes(data[16:20], "big"))
         if hop is None:
             counters.drop(pk.NO_ROUTE)
             if pk.wants_icmp_error(data):
-                self._write_tun(pk.net_unreachable(data, self.icmp_source), counters)
+                icmp = pk.net_unreachable(data, self.icmp_source)
+                self._write_tun(gso.PLAIN + icmp if self.vnet_hdr else icmp, counters)
                 self.icmp_sent += 1
-            return
+            return None
         buf = bytearray(data)
         if not pk.decrement_ttl(buf):
             counters.drop(pk.TTL_EXPIRED)
-            return
-        try:
-            self.sock.sendto(buf, hop)
-        except OSError as e:
-            counters.drop(SEND_ERROR)
-            self._log_error(f"sendto {hop[0]}:{hop[1]}", e)
-            return
-        counters.packets += 1
-        counters.bytes += len(buf)
+            return None
+        return hop, buf
 
-    def from_udp(self, data: bytes, sender: str) -> None:
+    def incoming(self, data, sender: str) -> bool:
+        """A datagram from a peer, checked and its TTL decremented in place (``data`` must be
+        writable); False if it was dropped (counted)."""
         counters = self.from_peers
         owned = self.table.senders.get(sender)
         if owned is None:
             counters.drop(pk.UNKNOWN_SENDER)
-            return
+            return False
         reason = pk.problem(data, self.mtu)
         if reason is not None:
             counters.drop(reason)
-            return
+            return False
         if int.from_bytes(data[16:20], "big") & self.local_mask != self.local_net:
             counters.drop(pk.NOT_FOR_US)  # we are no relay
-            return
+            return False
         src = int.from_bytes(data[12:16], "big")
         if not any(src & mask == net for net, mask in owned):
             counters.drop(pk.SPOOFED_SOURCE)
-            return
-        buf = bytearray(data)
-        if not pk.decrement_ttl(buf):
+            return False
+        if not pk.decrement_ttl(data):
             counters.drop(pk.TTL_EXPIRED)
+            return False
+        return True
+
+    def from_tun(self, data: bytes) -> None:
+        routed = self.outgoing(data)
+        if routed is None:
             return
-        if self._write_tun(buf, counters):
-            counters.packets += 1
-            counters.bytes += len(buf)
+        hop, buf = routed
+        try:
+            self.sock.sendto(buf, hop)
+        except OSError as e:
+            self.to_peers.drop(SEND_ERROR)
+            self._log_error(f"sendto {hop[0]}:{hop[1]}", e)
+            return
+        self.to_peers.packets += 1
+        self.to_peers.bytes += len(buf)
+
+    def from_udp(self, data: bytes, sender: str) -> None:
+        buf = bytearray(data)
+        if self.incoming(buf, sender) and self._write_tun(buf, self.from_peers):
+            self.from_peers.packets += 1
+            self.from_peers.bytes += len(buf)
 
     def _write_tun(self, data: bytes | bytearray, counters: Counters) -> bool:
         try:
@@ -154,6 +194,107 @@ class Forwarder:
         if key not in self._errors_logged:  # once per kind, the counters carry the rest
             self._errors_logged.add(key)
             log.warning("udp data path: %s failed: %s (counted; logged once)", what, e)
+
+    # -- the fast path ---------------------------------------------------------------------
+
+    def _turn_off(self, half: str, why: str) -> None:
+        if half == "tx":
+            self.fast_tx = False
+        else:
+            self.fast_rx = False
+        self.fast_off[half] = why
+        log.warning("udp fast path: %s batching off, per packet from now on: %s", half, why)
+
+    def drain_tun_fast(self) -> None:
+        """Read up to TX_BATCH packets, then send each peer's as UDP_SEGMENT groups."""
+        read, fd = os.read, self.tun_fd
+        while True:
+            per_hop: dict = {}
+            count = 0
+            while count < TX_BATCH:
+                try:
+                    data = read(fd, BUFFER)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.EBADF:
+                        return
+                    raise
+                count += 1
+                try:
+                    routed = self.outgoing(memoryview(data)[gso.VNET_LEN :])
+                except Exception as e:
+                    self.to_peers.drop(INTERNAL_ERROR)
+                    log.exception("udp data path: packet from TUN: %s", e)
+                    continue
+                if routed is not None:
+                    per_hop.setdefault(routed[0], []).append(routed[1])
+            for hop, packets in per_hop.items():
+                self._send(hop, packets)
+            if count < TX_BATCH:
+                return
+
+    def _send(self, hop, packets: list) -> None:
+        counters = self.to_peers
+        for group in gso.segment_groups(packets) if self.fast_tx else [[p] for p in packets]:
+            try:
+                if len(group) == 1:
+                    self.sock.sendto(group[0], hop)
+                else:
+                    size = struct.pack("=H", len(group[0]))
+                    self.sock.sendmsg(group, [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, hop)
+            except OSError as e:
+                if len(group) > 1 and e.errno in (
+                    errno.EINVAL,
+                    errno.EIO,
+                    errno.ENOPROTOOPT,
+                    errno.EOPNOTSUPP,
+                ):
+                    self._turn_off("tx", f"UDP_SEGMENT refused: {e}")
+                    self._send(hop, group)
+                else:
+                    counters.drop(SEND_ERROR)
+                    self._log_error(f"sendto {hop[0]}:{hop[1]}", e)
+                continue
+            counters.packets += len(group)
+            counters.bytes += sum(len(p) for p in group)
+
+    def drain_udp_fast(self) -> None:
+        """Receive many datagrams per call (UDP_GRO), check each in place, and write TCP runs
+        to the TUN as GSO super-packets."""
+        buf, view, counters = self._rx_buf, memoryview(self._rx_buf), self.from_peers
+        recv = self.sock.recvmsg_into
+        while True:
+            try:
+                nbytes, ancillary, _, addr = recv([buf], _GRO_CMSG_SPACE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                counters.drop(SEND_ERROR)  # an ICMP error for an earlier send surfaced here
+                continue
+            size = nbytes
+            for level, kind, data in ancillary:
+                if level == socket.SOL_UDP and kind == UDP_GRO:
+                    size = struct.unpack("=i", data[:4])[0]
+            try:
+                accepted = [
+                    view[start : min(start + size, nbytes)]
+                    for start in range(0, nbytes, size or 1)
+                    if self.incoming(view[start : min(start + size, nbytes)], addr[0])
+                ]
+                for write in gso.coalesce(accepted):
+                    os.writev(self.tun_fd, write)
+                    segments = 1 if write[0] is gso.PLAIN else len(write) - 2
+                    counters.packets += segments
+                    counters.bytes += sum(len(part) for part in write[1:])
+            except OSError as e:
+                counters.drop(WRITE_ERROR)
+                self._log_error("write to TUN", e)
+            except Exception as e:
+                counters.drop(INTERNAL_ERROR)
+                log.exception("udp data path: datagrams from %s: %s", addr[0], e)
 
     # -- draining --------------------------------------------------------------------------
 
@@ -195,18 +336,26 @@ class Forwarder:
 
     # -- running ---------------------------------------------------------------------------
 
+    @property
+    def _drain_tun(self):
+        return self.drain_tun_fast if self.vnet_hdr else self.drain_tun
+
+    @property
+    def _drain_udp(self):
+        return self.drain_udp_fast if self.vnet_hdr else self.drain_udp
+
     def start(self) -> None:
         if self.datapath == "threads":
             self._threads = [
                 threading.Thread(
                     target=self._poll_loop,
-                    args=(self.tun_fd, self.drain_tun),
+                    args=(self.tun_fd, self._drain_tun),
                     name="udp-tun-to-peers",
                     daemon=True,
                 ),
                 threading.Thread(
                     target=self._poll_loop,
-                    args=(self.sock.fileno(), self.drain_udp),
+                    args=(self.sock.fileno(), self._drain_udp),
                     name="udp-peers-to-tun",
                     daemon=True,
                 ),
@@ -252,8 +401,8 @@ class Forwarder:
 
             loop = asyncio.new_event_loop()
         self._loop = loop
-        loop.add_reader(self.tun_fd, self.drain_tun)
-        loop.add_reader(self.sock.fileno(), self.drain_udp)
+        loop.add_reader(self.tun_fd, self._drain_tun)
+        loop.add_reader(self.sock.fileno(), self._drain_udp)
         loop.add_reader(self._stop_r, loop.stop)
         try:
             loop.run_forever()
@@ -282,6 +431,7 @@ class Forwarder:
                 "drops": dict(self.from_peers.drops),
             },
             "icmp_unreachable_sent": self.icmp_sent,
+            "fastpath": {"tx": self.fast_tx, "rx": self.fast_rx, "off": dict(self.fast_off)},
             "peers": len(self.table),
             "time": time.time(),
         }

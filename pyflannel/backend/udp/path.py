@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8285
 TXQUEUELEN = 1000
+TXQUEUELEN_BATCHED = 4000  # read in batches, the default 500 overflows (library notes)
 
 
 def _tun_index(ipr, name: str) -> int | None:
@@ -35,21 +36,28 @@ def _tun_index(ipr, name: str) -> int | None:
     return found[0] if found else None
 
 
-def _prepare_tun(ipr, name: str) -> int:
+def _prepare_tun(ipr, name: str, txqueuelen: int) -> int:
     index = ipr.link_lookup(ifname=name)[0]
-    ipr.link("set", index=index, txqlen=TXQUEUELEN)
+    ipr.link("set", index=index, txqlen=txqueuelen)
     return index
 
 
 class UdpPath:
     def __init__(
-        self, netlink: Netlink, ext: ExtIface, port: int, mtu: int, datapath: str = "auto"
+        self,
+        netlink: Netlink,
+        ext: ExtIface,
+        port: int,
+        mtu: int,
+        datapath: str = "auto",
+        fastpath: bool = False,
     ):
         self.netlink = netlink
         self.ext = ext
         self.port = port
         self.mtu = mtu
         self.datapath = datapath
+        self.fastpath = fastpath
         self.index: int | None = None
         self.forwarder: Forwarder | None = None
         self._tun_fd: int | None = None
@@ -64,10 +72,18 @@ class UdpPath:
 
     async def start(self) -> None:
         """Attach to (or create) flannel0, bind the socket, start the packet threads."""
+        fastpath = self.fastpath
         try:
-            self._tun_fd = open_tun(TUN_NAME)
+            self._tun_fd = open_tun(TUN_NAME, vnet_hdr=fastpath)
         except TunError as e:
-            raise BackendError(f"UDP backend: {e}") from e
+            if not fastpath:
+                raise BackendError(f"UDP backend: {e}") from e
+            log.warning("udp fast path off: the TUN refuses virtio-net headers (%s)", e)
+            fastpath = False
+            try:
+                self._tun_fd = open_tun(TUN_NAME)
+            except TunError as e2:
+                raise BackendError(f"UDP backend: {e2}") from e2
         try:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -79,9 +95,11 @@ class UdpPath:
             raise BackendError(
                 f"UDP backend: cannot bind {self.ext.iface_addr}:{self.port}: {e.strerror}"
             ) from e
-        self.index = await self.netlink.call(_prepare_tun, TUN_NAME)
+        self.index = await self.netlink.call(
+            _prepare_tun, TUN_NAME, TXQUEUELEN_BATCHED if fastpath else TXQUEUELEN
+        )
         _disable_ipv6(TUN_NAME)  # or its router solicitations would be tunnelled
-        self.forwarder = Forwarder(self._tun_fd, self._sock, self.mtu, self.datapath)
+        self.forwarder = Forwarder(self._tun_fd, self._sock, self.mtu, self.datapath, fastpath)
         self.forwarder.table = ForwardingTable.build(
             (p.subnet, p.public_ip, p.udp_port) for p in self._peers
         )

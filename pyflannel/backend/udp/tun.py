@@ -16,6 +16,9 @@ TUNSETPERSIST = 0x400454CB
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+TUNSETVNETHDRSZ = 0x400454D8
+VNET_HDR_LEN = 10
 
 TUN_NAME = "flannel0"
 
@@ -24,8 +27,9 @@ class TunError(OSError):
     pass
 
 
-def open_tun(name: str = TUN_NAME, persist: bool = True) -> int:
-    """Open (creating if needed) TUN device ``name``; return a non-blocking fd.
+def open_tun(name: str = TUN_NAME, persist: bool = True, vnet_hdr: bool = False) -> int:
+    """Open (creating if needed) TUN device ``name``; return a non-blocking fd. With
+    ``vnet_hdr`` every packet read or written starts with a 10-byte virtio-net header.
 
     A leftover device of another kind or with other flags (EINVAL/EBUSY) is reported, not
     silently replaced: the caller decides.
@@ -37,7 +41,10 @@ def open_tun(name: str = TUN_NAME, persist: bool = True) -> int:
             e.errno, f"cannot open /dev/net/tun: {e.strerror} (is the tun module loaded?)"
         ) from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        if vnet_hdr:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
         if persist:
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as e:

@@ -53,6 +53,7 @@ class VxlanBackend(Backend):
         ext: ExtIface,
         udp_port: int | None = None,
         udp_datapath: str = "auto",
+        udp_fastpath: bool = False,
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
@@ -71,7 +72,14 @@ class VxlanBackend(Backend):
         self.device: VxlanLink | None = None
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
         self.udp = (
-            UdpPath(netlink, ext, udp_port, overlay_mtu(UDP_BACKEND, ext.mtu), udp_datapath)
+            UdpPath(
+                netlink,
+                ext,
+                udp_port,
+                overlay_mtu(UDP_BACKEND, ext.mtu),
+                udp_datapath,
+                udp_fastpath,
+            )
             if udp_port
             else None
         )

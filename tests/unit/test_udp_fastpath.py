@@ -1,0 +1,175 @@
+"""The UDP fast path with real sockets: a SOCK_DGRAM socketpair plays a TUN with virtio-net
+headers, a loopback socket plays a peer. Batches go out as UDP_SEGMENT sends (the peer still
+receives one inner packet per datagram), batches come in through UDP_GRO and reach the TUN as
+GSO writes that re-segment into exactly the packets sent; if the kernel refuses an offload
+the path falls back per packet, once, and says so."""
+
+import errno
+import socket
+import struct
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+
+from pyflannel.backend.udp import gso
+from pyflannel.backend.udp.forwarder import UDP_SEGMENT, Forwarder
+from pyflannel.backend.udp.routes import ForwardingTable
+
+from .test_udp_gso import resegment
+
+OWN, PEER = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
+
+
+class Rig:
+    def __init__(self, datapath: str):
+        self.kernel, self._tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.kernel.settimeout(2)
+        self._tun.setblocking(False)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind(("127.0.0.2", 0))
+        self.peer.settimeout(2)
+        self.fwd = Forwarder(self._tun.fileno(), self.sock, 1472, datapath, fastpath=True)
+        self.fwd.set_local(OWN, IPv4Network("10.1.0.0/16"))
+        self.fwd.table = ForwardingTable.build(
+            [(PEER, IPv4Address("127.0.0.2"), self.peer.getsockname()[1])]
+        )
+        self.our_addr = self.sock.getsockname()
+
+    def close(self):
+        self.fwd.stop()
+        for s in (self.kernel, self._tun, self.sock, self.peer):
+            s.close()
+
+    def wait(self, check, timeout=3.0):
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.005)
+
+
+@pytest.fixture(params=["asyncio", "threads"])
+def rig(request):
+    r = Rig(request.param)
+    yield r
+    r.close()
+
+
+def outgoing_flow(n, size=1380):
+    return [
+        bytes(
+            IP(src="10.1.1.2", dst="10.1.2.2", id=100 + k, ttl=64)
+            / TCP(sport=5000, dport=80, seq=1 + size * k, flags="A")
+            / bytes(size)
+        )
+        for k in range(n)
+    ]
+
+
+def incoming_flow(n, size=1380, ttl=10):
+    return [
+        bytes(
+            IP(src="10.1.2.2", dst="10.1.1.2", id=200 + k, ttl=ttl)
+            / TCP(sport=80, dport=5000, seq=9 + size * k, flags="A")
+            / bytes((k + i) % 256 for i in range(size))
+        )
+        for k in range(n)
+    ]
+
+
+def minus_one_ttl(packet: bytes) -> bytes:
+    ip = IP(packet)
+    ip.ttl -= 1
+    del ip.chksum
+    return bytes(ip)
+
+
+def test_a_burst_from_the_tun_leaves_as_one_datagram_per_inner_packet(rig):
+    sent_calls = []
+    real_sendmsg = rig.sock.sendmsg
+    rig.sock = rig.fwd.sock = _Recording(real_sendmsg, rig.sock, sent_calls)
+    packets = outgoing_flow(20)
+    for p in packets:  # queued before the data path looks: one drain sees them all
+        rig.kernel.send(gso.PLAIN + p)
+    rig.fwd.start()
+    received = [rig.peer.recvfrom(65536)[0] for _ in packets]
+    assert received == [minus_one_ttl(p) for p in packets]  # each datagram: one inner packet
+    assert sent_calls and max(sent_calls) > 1  # ... sent with UDP_SEGMENT, several per call
+    rig.wait(lambda: rig.fwd.to_peers.packets == 20)
+
+
+def test_a_burst_from_a_peer_reaches_the_tun_as_gso_writes_of_the_same_packets(rig):
+    rig.fwd.start()
+    packets = incoming_flow(12)
+    # The peer sends them as one UDP_SEGMENT batch, so our UDP_GRO socket gets them at once.
+    rig.peer.sendmsg(
+        packets,
+        [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(packets[0])))],
+        0,
+        rig.our_addr,
+    )
+    frames = []
+    while sum(len(f) for f in frames) < 12:
+        frame = rig.kernel.recv(65536 + 10)
+        frames.append(
+            resegment([frame[:10], frame[10:50], frame[50:]])
+            if frame[1] == gso.GSO_TCPV4
+            else [frame[10:]]
+        )
+    assert [p for f in frames for p in f] == [minus_one_ttl(p) for p in packets]
+    assert len(frames) < 12  # coalesced: fewer writes than packets
+    rig.wait(lambda: rig.fwd.from_peers.packets == 12)
+
+
+def test_non_tcp_from_a_peer_is_written_plain(rig):
+    rig.fwd.start()
+    ping = bytes(IP(src="10.1.2.2", dst="10.1.1.2", ttl=5) / ICMP() / b"hello")
+    rig.peer.sendto(ping, rig.our_addr)
+    frame = rig.kernel.recv(65536)
+    assert frame[:10] == gso.PLAIN and frame[10:] == minus_one_ttl(ping)
+
+
+def test_no_route_icmp_goes_back_with_a_vnet_header(rig):
+    rig.fwd.start()
+    rig.kernel.send(gso.PLAIN + bytes(IP(src="10.1.1.2", dst="10.1.9.9") / TCP(flags="S")))
+    frame = rig.kernel.recv(65536)
+    assert frame[:10] == gso.PLAIN and IP(frame[10:])[ICMP].type == 3
+
+
+def test_a_refused_udp_segment_falls_back_once_and_loses_nothing(rig, caplog):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    rig.fwd.sock = _Patched(rig.sock, sendmsg=refuse)
+    packets = outgoing_flow(10)
+    for p in packets:
+        rig.kernel.send(gso.PLAIN + p)
+    rig.fwd.start()
+    received = [rig.peer.recvfrom(65536)[0] for _ in packets]
+    assert received == [minus_one_ttl(p) for p in packets]
+    assert not rig.fwd.fast_tx and "UDP_SEGMENT refused" in rig.fwd.fast_off["tx"]
+    assert caplog.text.count("batching off") == 1
+    assert rig.fwd.snapshot()["fastpath"] == {"tx": False, "rx": True, "off": rig.fwd.fast_off}
+
+
+class _Patched:
+    """A socket with some methods replaced."""
+
+    def __init__(self, sock, **methods):
+        self._sock, self._methods = sock, methods
+
+    def __getattr__(self, name):
+        return self._methods.get(name) or getattr(self._sock, name)
+
+
+class _Recording(_Patched):
+    def __init__(self, sendmsg, sock, calls):
+        def recording(buffers, *args):
+            calls.append(len(buffers))
+            return sendmsg(buffers, *args)
+
+        super().__init__(sock, sendmsg=recording)
