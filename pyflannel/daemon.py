@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from pyflannel import sd_notify
 from pyflannel.backend.base import Backend
 from pyflannel.backend.udp.backend import UdpBackend, parse_udp_port
+from pyflannel.backend.udp.path import UdpTuning, default_workers
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.backend import VxlanBackend
 from pyflannel.backoff import Backoff, Outage
@@ -132,8 +133,7 @@ class Daemon:
                 cfg,
                 ext,
                 parse_udp_port(cfg.backend),
-                datapath=o.udp_datapath,
-                fastpath=o.udp_fastpath,
+                tuning=self._udp_tuning(),
             )
             return backend, await backend.prepare()
         if kind != "vxlan":
@@ -144,7 +144,7 @@ class Daemon:
         if o.backend_fallback == "udp":
             return await self._fall_back(cfg, ext, "forced by --backend-fallback=udp")
         udp_port = None if o.backend_fallback == "off" else o.udp_fallback_port
-        backend = VxlanBackend(self.netlink, cfg, ext, udp_port, o.udp_datapath, o.udp_fastpath)
+        backend = VxlanBackend(self.netlink, cfg, ext, udp_port, self._udp_tuning())
         try:
             return backend, await backend.prepare()
         except BackendError as e:
@@ -165,10 +165,18 @@ class Daemon:
             ext,
             self.options.udp_fallback_port,
             fallback_reason=reason,
-            datapath=self.options.udp_datapath,
-            fastpath=self.options.udp_fastpath,
+            tuning=self._udp_tuning(),
         )
         return backend, await backend.prepare()
+
+    def _udp_tuning(self) -> UdpTuning:
+        o = self.options
+        return UdpTuning(
+            datapath=o.udp_datapath,
+            fastpath=o.udp_fastpath,
+            workers=o.udp_workers or default_workers(),
+            verbosity=o.v,
+        )
 
     async def start(self) -> None:
         o = self.options

@@ -19,6 +19,7 @@ from pyflannel.etcd.endpoint import parse_endpoint
 
 ENV_PREFIX = "FLANNELD_"
 MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
+MAX_UDP_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Options:
     udp_fallback_port: int = 8285
     udp_datapath: str = "auto"
     udp_fastpath: bool = True
+    udp_workers: int = 0
     ip_masq: bool = False
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
@@ -129,6 +131,12 @@ FLAGS: list[tuple[str, type, str]] = [
         "UDP backend: batch with kernel offloads (UDP_SEGMENT sends, UDP_GRO "
         "receives coalesced into GSO writes to the TUN); falls back per packet where the kernel "
         "refuses (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-workers",
+        int,
+        "UDP backend: data-path worker processes, each with its own TUN queue and socket; "
+        "flows are spread over them (default 0: one per core; pyflannel only)",
     ),
     (
         "ip-masq",
@@ -274,6 +282,11 @@ def validate(options: Options) -> None:
         )
     if not 0 < options.udp_fallback_port < 65536:
         raise OptionsError("--udp-fallback-port must be a port number")
+    if not 0 <= options.udp_workers <= MAX_UDP_WORKERS:
+        raise OptionsError(
+            f"--udp-workers must be from 0 (one per core) to {MAX_UDP_WORKERS}, "
+            f"not {options.udp_workers}"
+        )
     if options.udp_datapath not in ("auto", "threads", "asyncio", "uvloop"):
         raise OptionsError(
             f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"

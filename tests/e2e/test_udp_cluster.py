@@ -3,6 +3,7 @@ reachable, hostile datagrams dropped and counted, ICMP net-unreachable for unown
 destinations, and a restart costing at most the restart window."""
 
 import json
+import os
 import random
 import signal
 import sys
@@ -19,7 +20,7 @@ from pyflannel.testbed.iperf import iperf
 from .conftest import eventually, started_bed
 
 CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "udp"}}
-DAEMON_ARGS = ("--reconcile-interval=2",)
+DAEMON_ARGS = ("--reconcile-interval=2", "--udp-workers=2")
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +164,12 @@ def test_a_restart_loses_at_most_the_restart_window(bed, sig):
     index = node.ip_json("link", "show", "flannel0")[0]["ifindex"]
     ping = other.start_ping(node.pod_ip, interval=0.02, count=250)  # 5 s
     time.sleep(0.5)
+    workers = worker_pids(node)
+    assert len(workers) == 2
     t0 = time.monotonic()
     assert node.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     assert node.ip_json("link", "show", "flannel0")  # persistent: survives the daemon
+    eventually(lambda: _all_gone(workers), timeout=3)  # the workers follow their daemon
     node.start(*DAEMON_ARGS)
     node.wait_ready()
     window = time.monotonic() - t0
@@ -177,6 +181,61 @@ def test_a_restart_loses_at_most_the_restart_window(bed, sig):
 
 def _pings(a, b):
     assert a.ping(b.pod_ip, count=1).received == 1
+
+
+def worker_pids(node) -> list[int]:
+    """The daemon's child processes: its UDP data-path workers."""
+    text = open(f"/proc/{node.pid}/task/{node.pid}/children").read()
+    return [int(pid) for pid in text.split()]
+
+
+def _all_gone(pids):
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+def test_flows_spread_over_the_worker_processes_on_both_sides(bed):
+    a, b, _ = bed.nodes
+    before = {n.ns: udp_stats(n)["per_worker"] for n in (a, b)}
+    result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=2, streams=8)
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    sent = [
+        w["to_peers"] - w0["to_peers"]
+        for w, w0 in zip(udp_stats(a)["per_worker"], before[a.ns], strict=True)
+    ]
+    received = [
+        w["from_peers"] - w0["from_peers"]
+        for w, w0 in zip(udp_stats(b)["per_worker"], before[b.ns], strict=True)
+    ]
+    print(f"\nper worker: sent {sent} on {a.ns}, received {received} on {b.ns}")
+    assert len(sent) == len(received) == 2
+    # the kernel spreads the flows over the TUN queues, the BPF program over the sockets
+    assert all(n > 1000 for n in sent), sent
+    assert all(n > 1000 for n in received), received
+    assert sorted(w["pid"] for w in udp_stats(a)["per_worker"]) == sorted(worker_pids(a))
+
+
+def test_a_killed_worker_is_replaced_by_the_reconciler(bed):
+    a, b, _ = bed.nodes
+    mark = len(a.log())
+    victim = worker_pids(a)[0]
+    os.kill(victim, signal.SIGKILL)
+    a.wait_log(rf"UDP path restarted \(worker \d \(pid {victim}\) exited", after=mark)
+    assert victim not in worker_pids(a) and len(worker_pids(a)) == 2
+    eventually(lambda: _pings(b, a))
+    eventually(lambda: _pings(a, b))
+
+
+def test_a_single_queue_flannel0_left_behind_is_recreated(bed):
+    _, b, c = bed.nodes
+    c.stop()
+    c.run("ip", "link", "del", "flannel0")
+    c.run("ip", "tuntap", "add", "dev", "flannel0", "mode", "tun")  # single-queue, persistent
+    mark = len(c.log())
+    c.start(*DAEMON_ARGS)
+    c.wait_ready()
+    c.wait_log("flannel0 exists as a single-queue or otherwise different device", after=mark)
+    eventually(lambda: _pings(b, c))
+    eventually(lambda: _pings(c, b))
 
 
 FLOOD = """
@@ -196,15 +255,17 @@ print(sent)
 """
 
 
-def rss_kb(pid: int) -> int:
-    return int(
-        next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
+def rss_kb(node) -> int:
+    """The daemon's and its workers' resident memory."""
+    return sum(
+        int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if "VmRSS" in line))
+        for pid in [node.pid, *worker_pids(node)]
     )
 
 
 def test_a_flood_of_garbage_is_counted_with_bounded_memory_and_real_traffic_survives(bed):
     a, b, _ = bed.nodes
-    before_rss, before = rss_kb(a.pid), sum(drops(a).values())
+    before_rss, before = rss_kb(a), sum(drops(a).values())
     ping = b.start_ping(a.pod_ip, interval=0.05, count=60)  # 3 s
     sent = int(
         netns.run(
@@ -213,7 +274,7 @@ def test_a_flood_of_garbage_is_counted_with_bounded_memory_and_real_traffic_surv
     )
     during = b.finish_ping(ping)
     dropped = sum(drops(a).values()) - before
-    grown = rss_kb(a.pid) - before_rss
+    grown = rss_kb(a) - before_rss
     print(
         f"\nFLOOD sent {sent} datagrams in 3 s, {dropped} counted as drops, RSS +{grown} kB, "
         f"real pings {during.received}/{during.sent}"

@@ -84,6 +84,8 @@ def test_renew_margin_out_of_range_is_upstreams_error(margin):
         (["--etcd-username=u"], {}, "must be given together"),
         (["--etcd-endpoints=,"], {}, "--etcd-endpoints is empty"),
         (["--etcd-endpoints=ftp://x:1"], {}, "is not http://host:port or https://host:port"),
+        (["--udp-workers=-1"], {}, "--udp-workers must be from 0 \\(one per core\\) to 64"),
+        ([], {"FLANNELD_UDP_WORKERS": "100"}, "--udp-workers must be from 0"),
     ],
 )
 def test_invalid_options_say_which_flag_or_variable(argv, env, message):

@@ -17,7 +17,7 @@ from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, diff, udp_peer
-from pyflannel.backend.udp.path import DEFAULT_PORT, UdpPath
+from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError
@@ -46,14 +46,13 @@ class UdpBackend(Backend):
         ext: ExtIface,
         port: int,
         fallback_reason: str = "",
-        datapath: str = "auto",
-        fastpath: bool = False,
+        tuning: UdpTuning = DEFAULT_TUNING,
     ):
         super().__init__(netlink, network, ext)
         self.port = port
         self.fallback_reason = fallback_reason  # empty: the cluster's own backend is udp
         self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
-        self.path = UdpPath(netlink, ext, port, self.mtu, datapath, fastpath)
+        self.path = UdpPath(netlink, ext, port, self.mtu, tuning)
 
     @property
     def mtu_reason(self) -> str:
@@ -111,7 +110,7 @@ class UdpBackend(Backend):
         self.path.set_peers(self.peers.values())
 
     def datapath_stats(self) -> dict | None:
-        return self.path.forwarder.snapshot() if self.path.forwarder else None
+        return self.path.snapshot()
 
     def datapath_problem(self) -> str | None:
         return self.path.problem()

@@ -1,9 +1,13 @@
-"""The UDP encapsulation path of a node: TUN device ``flannel0``, a UDP socket on the
-interface address, and the forwarder between them.
+"""The UDP encapsulation path of a node: TUN device ``flannel0``, UDP sockets on the
+interface address, and the worker processes forwarding between them.
 
 Used by the UDP backend (every peer goes this way) and by the VXLAN backend for peers that
 can only speak UDP (nodes that fell back). Kernel routes into ``flannel0`` are the owning
-backend's business (plan.py); this class owns the device, the socket and the packet threads.
+backend's business (plan.py); this class owns the device, the sockets and the workers.
+
+With N workers the TUN has N queues and the sockets form one ``SO_REUSEPORT`` group: the kernel
+spreads flows over the queues when sending, and a BPF program (steering.py) spreads received
+datagrams by inner flow. Each worker owns one queue and one socket (worker.py).
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import Peer
-from pyflannel.backend.udp.forwarder import Forwarder
-from pyflannel.backend.udp.routes import ForwardingTable
-from pyflannel.backend.udp.tun import TUN_NAME, TunError, open_tun
+from pyflannel.backend.udp import steering
+from pyflannel.backend.udp.pool import WorkerPool
+from pyflannel.backend.udp.tun import TUN_NAME, TunError, open_queues
+from pyflannel.backend.udp.worker import table_message
 from pyflannel.errors import BackendError
 from pyflannel.iface import ExtIface
 from pyflannel.netlink import Netlink
@@ -29,6 +35,24 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8285
 TXQUEUELEN = 1000
 TXQUEUELEN_BATCHED = 4000  # read in batches, the default 500 overflows (library notes)
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class UdpTuning:
+    """How the data path runs: see --udp-datapath, --udp-fastpath, --udp-workers."""
+
+    datapath: str = "auto"
+    fastpath: bool = True
+    workers: int = 1
+    verbosity: int = 0
+
+
+DEFAULT_TUNING = UdpTuning()
 
 
 def _tun_index(ipr, name: str) -> int | None:
@@ -43,106 +67,123 @@ def _prepare_tun(ipr, name: str, txqueuelen: int) -> int:
 
 
 class UdpPath:
-    def __init__(
-        self,
-        netlink: Netlink,
-        ext: ExtIface,
-        port: int,
-        mtu: int,
-        datapath: str = "auto",
-        fastpath: bool = False,
-    ):
+    def __init__(self, netlink: Netlink, ext: ExtIface, port: int, mtu: int, tuning: UdpTuning):
         self.netlink = netlink
         self.ext = ext
         self.port = port
         self.mtu = mtu
-        self.datapath = datapath
-        self.fastpath = fastpath
+        self.tuning = tuning
         self.index: int | None = None
-        self.forwarder: Forwarder | None = None
-        self._tun_fd: int | None = None
-        self._sock: socket.socket | None = None
+        self.pool: WorkerPool | None = None
+        self.vnet_refused: str | None = None
         self._peers: list[Peer] = []
         self._subnet: IPv4Network | None = None
         self._network: IPv4Network | None = None
 
     @property
     def running(self) -> bool:
-        return self.forwarder is not None
+        return self.pool is not None
 
     async def start(self) -> None:
-        """Attach to (or create) flannel0, bind the socket, start the packet threads."""
-        fastpath = self.fastpath
+        """Attach to (or create) flannel0, bind the sockets, start the workers."""
+        tuning = self.tuning
         try:
-            self._tun_fd = open_tun(TUN_NAME, vnet_hdr=fastpath)
+            tun_fds, self.vnet_refused = open_queues(tuning.workers, tuning.fastpath)
         except TunError as e:
-            if not fastpath:
-                raise BackendError(f"UDP backend: {e}") from e
-            log.warning("udp fast path off: the TUN refuses virtio-net headers (%s)", e)
-            fastpath = False
-            try:
-                self._tun_fd = open_tun(TUN_NAME)
-            except TunError as e2:
-                raise BackendError(f"UDP backend: {e2}") from e2
+            raise BackendError(f"UDP backend: {e}") from e
+        fastpath = tuning.fastpath and self.vnet_refused is None
+        if self.vnet_refused:
+            log.warning(
+                "udp fast path off: the TUN refuses virtio-net headers (%s)", self.vnet_refused
+            )
         try:
-            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            self._sock.bind((str(self.ext.iface_addr), self.port))
-            self._sock.setblocking(False)
+            socks = self._bind(tuning.workers)
+        except BackendError:
+            for fd in tun_fds:
+                os.close(fd)
+            raise
+        setup = [table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers)]
+        if self._subnet is not None:
+            setup.append({"local": [str(self._subnet), str(self._network)]})
+        pool = WorkerPool(self.mtu, tuning.datapath, fastpath, tuning.verbosity)
+        try:
+            pool.start(tun_fds, socks, setup)
         except OSError as e:
-            self._close_fds()
-            raise BackendError(
-                f"UDP backend: cannot bind {self.ext.iface_addr}:{self.port}: {e.strerror}"
-            ) from e
+            raise BackendError(f"UDP backend: cannot start the data-path workers: {e}") from e
+        finally:  # the workers hold their own copies; a queue nobody reads would drop flows
+            for fd in tun_fds:
+                os.close(fd)
+            for sock in socks:
+                sock.close()
+        self.pool = pool
         self.index = await self.netlink.call(
             _prepare_tun, TUN_NAME, TXQUEUELEN_BATCHED if fastpath else TXQUEUELEN
         )
         _disable_ipv6(TUN_NAME)  # or its router solicitations would be tunnelled
-        self.forwarder = Forwarder(self._tun_fd, self._sock, self.mtu, self.datapath, fastpath)
-        self.forwarder.table = ForwardingTable.build(
-            (p.subnet, p.public_ip, p.udp_port) for p in self._peers
-        )
-        if self._subnet is not None:
-            self.forwarder.set_local(self._subnet, self._network)
-        self.forwarder.start()
         log.info(
-            "UDP path up: %s (index %d, MTU %d), socket %s:%d, data path %s",
+            "UDP path up: %s (index %d, MTU %d), socket %s:%d, %d worker(s) %s, fast path %s",
             TUN_NAME,
             self.index,
             self.mtu,
             self.ext.iface_addr,
             self.port,
-            self.forwarder.datapath,
+            tuning.workers,
+            [p.pid for p in pool.processes],
+            "on" if fastpath else "off",
         )
+
+    def _bind(self, count: int) -> list[socket.socket]:
+        """``count`` sockets on the interface address and port, one reuseport group."""
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                sock.bind((str(self.ext.iface_addr), self.port))
+                sock.setblocking(False)
+        except OSError as e:
+            for sock in socks:
+                sock.close()
+            raise BackendError(
+                f"UDP backend: cannot bind {self.ext.iface_addr}:{self.port}: {e.strerror}"
+            ) from e
+        if count > 1:
+            try:
+                steering.attach(socks[0], count)
+            except OSError as e:
+                log.warning(
+                    "UDP workers: the kernel refuses the steering program (%s); received "
+                    "datagrams are spread by the outer addresses, so one peer's traffic "
+                    "reaches one worker",
+                    e,
+                )
+        return socks
 
     async def assign(self, subnet: IPv4Network, network: IPv4Network) -> list[str]:
         """Give flannel0 our subnet's network address; accept packets for our subnet."""
         self._subnet, self._network = subnet, network
-        if self.forwarder is not None:
-            self.forwarder.set_local(subnet, network)
+        if self.pool is not None:
+            self.pool.send({"local": [str(subnet), str(network)]})
         return await self.netlink.call(
             kernel.configure_device, self.index, TUN_NAME, subnet.network_address, network, self.mtu
         )
 
     def set_peers(self, peers: Iterable[Peer]) -> None:
-        """Swap in a new forwarding table (one reference assignment: no lock, no stall)."""
+        """Send the workers a new forwarding table (each swaps it in with one assignment)."""
         self._peers = list(peers)
-        if self.forwarder is not None:
-            self.forwarder.table = ForwardingTable.build(
-                (p.subnet, p.public_ip, p.udp_port) for p in self._peers
-            )
+        if self.pool is not None:
+            self.pool.send(table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers))
 
     async def ensure(self) -> list[str]:
-        """Reconcile: restart the path if its device vanished or a thread died."""
+        """Reconcile: restart the path if its device vanished or a worker died."""
         repaired = []
         index = await self.netlink.call(_tun_index, TUN_NAME)
-        if index is None or index != self.index or not self.forwarder.alive:
-            why = (
-                "device was deleted"
-                if index is None or index != self.index
-                else self.forwarder.failed
-            )
+        problem = self.problem()
+        if index is None or index != self.index or problem:
+            why = "device was deleted" if index is None or index != self.index else problem
             log.warning("UDP path: %s; restarting it", why)
             self.stop()
             await self.start()
@@ -152,7 +193,7 @@ class UdpPath:
         return repaired
 
     async def move(self, ext: ExtIface, mtu: int) -> None:
-        """Rebind to a new underlay address (restarting the packet threads if running)."""
+        """Rebind to a new underlay address (restarting the workers if running)."""
         self.ext, self.mtu = ext, mtu
         if self.running:
             self.stop()
@@ -161,24 +202,17 @@ class UdpPath:
                 await self.assign(self._subnet, self._network)
 
     def problem(self) -> str | None:
-        """Why the packet threads stopped, if they did."""
-        if self.forwarder is not None and not self.forwarder.alive:
-            return self.forwarder.failed or "a data-path thread exited"
-        return None
+        """Why the data path stopped forwarding, if it did."""
+        return self.pool.problem() if self.pool is not None else None
+
+    def snapshot(self) -> dict | None:
+        """The workers' counters, summed (None while the path is not running)."""
+        return self.pool.snapshot() if self.pool is not None else None
 
     def stop(self) -> None:
-        if self.forwarder is not None:
-            self.forwarder.stop()
-            self.forwarder = None
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._tun_fd is not None:
-            os.close(self._tun_fd)  # the device persists: routes and address stay
-            self._tun_fd = None
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
 
 
 def _disable_ipv6(name: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import struct
 
@@ -22,14 +23,20 @@ VNET_HDR_LEN = 10
 
 TUN_NAME = "flannel0"
 
+log = logging.getLogger(__name__)
+
 
 class TunError(OSError):
     pass
 
 
-def open_tun(name: str = TUN_NAME, persist: bool = True, vnet_hdr: bool = False) -> int:
+def open_tun(
+    name: str = TUN_NAME, persist: bool = True, vnet_hdr: bool = False, multi_queue: bool = False
+) -> int:
     """Open (creating if needed) TUN device ``name``; return a non-blocking fd. With
-    ``vnet_hdr`` every packet read or written starts with a 10-byte virtio-net header.
+    ``vnet_hdr`` every packet read or written starts with a 10-byte virtio-net header. With
+    ``multi_queue`` each call attaches one more queue to the device: the kernel spreads the
+    packets it routes into the device over the queues by flow.
 
     A leftover device of another kind or with other flags (EINVAL/EBUSY) is reported, not
     silently replaced: the caller decides.
@@ -41,7 +48,12 @@ def open_tun(name: str = TUN_NAME, persist: bool = True, vnet_hdr: bool = False)
             e.errno, f"cannot open /dev/net/tun: {e.strerror} (is the tun module loaded?)"
         ) from None
     try:
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        flags = (
+            IFF_TUN
+            | IFF_NO_PI
+            | (IFF_VNET_HDR if vnet_hdr else 0)
+            | (IFF_MULTI_QUEUE if multi_queue else 0)
+        )
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
         if vnet_hdr:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
@@ -58,10 +70,49 @@ def open_tun(name: str = TUN_NAME, persist: bool = True, vnet_hdr: bool = False)
     return fd
 
 
-def remove_tun(name: str = TUN_NAME) -> None:
+def remove_tun(name: str = TUN_NAME, multi_queue: bool = False) -> None:
     """Delete a persistent TUN device (clearing TUNSETPERSIST on a fresh fd)."""
-    fd = open_tun(name, persist=False)
+    fd = open_tun(name, persist=False, multi_queue=multi_queue)
     try:
         fcntl.ioctl(fd, TUNSETPERSIST, 0)
     finally:
         os.close(fd)
+
+
+def open_queues(count: int, vnet_hdr: bool, name: str = TUN_NAME) -> tuple[list[int], str | None]:
+    """Attach ``count`` queues of the multi-queue device ``name`` (creating it). Returns the
+    fds, and why the virtio-net header was refused if it was (then no queue has it).
+
+    A single-queue device of that name (made by upstream flannel or an older pyflannel) cannot
+    take more queues: it is deleted and recreated, and the caller re-adds address and routes.
+    """
+    try:
+        first, refused = _attach_first(name, vnet_hdr)
+    except TunError as e:
+        if e.errno not in (errno.EINVAL, errno.EBUSY):
+            raise
+        log.warning(
+            "%s exists as a single-queue or otherwise different device (%s); recreating it",
+            name,
+            e.strerror,
+        )
+        remove_tun(name)  # raises TunError if it is no TUN device at all
+        first, refused = _attach_first(name, vnet_hdr)
+    fds = [first]
+    try:
+        for _ in range(count - 1):
+            fds.append(open_tun(name, vnet_hdr=vnet_hdr and refused is None, multi_queue=True))
+    except TunError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds, refused
+
+
+def _attach_first(name: str, vnet_hdr: bool) -> tuple[int, str | None]:
+    if not vnet_hdr:
+        return open_tun(name, multi_queue=True), None
+    try:
+        return open_tun(name, vnet_hdr=True, multi_queue=True), None
+    except TunError as e:
+        return open_tun(name, multi_queue=True), str(e)  # raises too if the device is the problem

@@ -24,7 +24,7 @@ from pyflannel.backend.plan import (
     udp_peer,
     vxlan_peer,
 )
-from pyflannel.backend.udp.path import UdpPath
+from pyflannel.backend.udp.path import DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
     VxlanLink,
@@ -52,8 +52,7 @@ class VxlanBackend(Backend):
         network: NetworkConfig,
         ext: ExtIface,
         udp_port: int | None = None,
-        udp_datapath: str = "auto",
-        udp_fastpath: bool = False,
+        udp_tuning: UdpTuning = DEFAULT_TUNING,
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
@@ -77,8 +76,7 @@ class VxlanBackend(Backend):
                 ext,
                 udp_port,
                 overlay_mtu(UDP_BACKEND, ext.mtu),
-                udp_datapath,
-                udp_fastpath,
+                udp_tuning,
             )
             if udp_port
             else None
@@ -206,7 +204,7 @@ class VxlanBackend(Backend):
             self.udp.set_peers(p for p in self.peers.values() if p.encap == "udp")
 
     def datapath_stats(self) -> dict | None:
-        return self.udp.forwarder.snapshot() if self.udp and self.udp.forwarder else None
+        return self.udp.snapshot() if self.udp is not None else None
 
     def datapath_problem(self) -> str | None:
         return self.udp.problem() if self.udp is not None else None

@@ -1,0 +1,196 @@
+"""The daemon's side of the UDP data-path workers (worker.py): starting the processes with
+their descriptors, sending them the forwarding table, collecting their counters, noticing
+when one dies.
+
+Worker processes are started with exec (``python -m``), never a bare fork: the daemon holds
+grpc channels, and grpc does not survive a fork that goes on running Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from pyflannel.backend.udp.worker import encode
+
+log = logging.getLogger(__name__)
+
+REPLY_TIMEOUT = 1.0  # seconds a worker has to answer a snapshot request
+SEND_TIMEOUT = 5.0
+
+
+class Channel:
+    """One worker's control socket: JSON lines out, replies matched by request number."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.sock.settimeout(SEND_TIMEOUT)
+        self._pending = b""
+        self.broken: str | None = None
+
+    def send(self, message: dict) -> None:
+        if self.broken:
+            return
+        try:
+            self.sock.sendall(encode(message))
+        except OSError as e:
+            self.broken = f"control socket: {e}"
+
+    def request(self, message: dict, key: str, timeout: float) -> dict | None:
+        self.send(message)
+        deadline = time.monotonic() + timeout
+        while not self.broken:
+            line, newline, rest = self._pending.partition(b"\n")
+            if newline:
+                self._pending = rest
+                reply = json.loads(line)
+                if reply.get(key) == message[key]:
+                    return reply
+                continue  # the late answer to an earlier request that timed out
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError as e:
+                self.broken = f"control socket: {e}"
+                return None
+            if not chunk:
+                self.broken = "control socket closed"
+                return None
+            self._pending += chunk
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class WorkerPool:
+    def __init__(self, mtu: int, datapath: str, fastpath: bool, verbosity: int = 0):
+        self.mtu = mtu
+        self.datapath = datapath
+        self.fastpath = fastpath
+        self.verbosity = verbosity
+        self.processes: list[subprocess.Popen] = []
+        self.channels: list[Channel] = []
+        self._lock = threading.Lock()
+        self._requests = 0
+
+    def start(self, tun_fds: list[int], socks: list[socket.socket], setup: list[dict]) -> None:
+        """One worker per (TUN queue, socket) pair, each given the ``setup`` messages before
+        it forwards a packet. The caller closes its own copies of the descriptors."""
+        for index, (tun_fd, sock) in enumerate(zip(tun_fds, socks, strict=True)):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            command = [
+                sys.executable,
+                "-m",
+                "pyflannel.backend.udp.worker",
+                f"--index={index}",
+                f"--tun-fd={tun_fd}",
+                f"--sock-fd={sock.fileno()}",
+                f"--control-fd={theirs.fileno()}",
+                f"--mtu={self.mtu}",
+                f"--datapath={self.datapath}",
+                f"-v={self.verbosity}",
+            ] + (["--fastpath"] if self.fastpath else [])
+            try:
+                process = subprocess.Popen(
+                    command, pass_fds=(tun_fd, sock.fileno(), theirs.fileno()), close_fds=True
+                )
+            except OSError:
+                ours.close()
+                self.stop()
+                raise
+            finally:
+                theirs.close()
+            self.processes.append(process)
+            self.channels.append(Channel(ours))
+        for message in [*setup, {"start": True}]:
+            self.send(message)
+
+    def send(self, message: dict) -> None:
+        with self._lock:
+            for channel in self.channels:
+                channel.send(message)
+
+    def problem(self) -> str | None:
+        """Why the pool no longer forwards everything, if it does not."""
+        for index, (process, channel) in enumerate(zip(self.processes, self.channels, strict=True)):
+            code = process.poll()
+            if code is not None:
+                return f"worker {index} (pid {process.pid}) exited with status {code}"
+            if channel.broken:
+                return f"worker {index} (pid {process.pid}): {channel.broken}"
+        return None
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            self._requests += 1
+            replies = [
+                channel.request({"snapshot": self._requests}, "snapshot", REPLY_TIMEOUT)
+                for channel in self.channels
+            ]
+        return merge(
+            [reply["stats"] if reply else None for reply in replies],
+            [p.pid for p in self.processes],
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the control sockets (each worker exits on end of file), then reap."""
+        for channel in self.channels:
+            channel.close()
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("UDP worker pid %d did not stop; killing it", process.pid)
+                process.kill()
+                process.wait()
+        self.processes, self.channels = [], []
+
+
+def merge(snapshots: list[dict | None], pids: list[int]) -> dict:
+    """One view of the whole data path from the workers' counters (None: no answer)."""
+    answered = [s for s in snapshots if s is not None]
+    total: dict = {
+        "workers": len(snapshots),
+        "datapath": answered[0]["datapath"] if answered else None,
+        "to_peers": _sum_direction(s["to_peers"] for s in answered),
+        "from_peers": _sum_direction(s["from_peers"] for s in answered),
+        "icmp_unreachable_sent": sum(s["icmp_unreachable_sent"] for s in answered),
+        "fastpath": {
+            "tx": bool(answered) and all(s["fastpath"]["tx"] for s in answered),
+            "rx": bool(answered) and all(s["fastpath"]["rx"] for s in answered),
+            "off": {k: v for s in answered for k, v in s["fastpath"]["off"].items()},
+        },
+        "peers": max((s["peers"] for s in answered), default=0),
+        "per_worker": [
+            {
+                "pid": pid,
+                "to_peers": s["to_peers"]["packets"] if s else None,
+                "from_peers": s["from_peers"]["packets"] if s else None,
+            }
+            for s, pid in zip(snapshots, pids, strict=True)
+        ],
+        "time": time.time(),
+    }
+    if len(answered) < len(snapshots):
+        total["unanswered"] = len(snapshots) - len(answered)
+    return total
+
+
+def _sum_direction(directions) -> dict:
+    out: dict = {"packets": 0, "bytes": 0, "drops": {}}
+    for d in directions:
+        out["packets"] += d["packets"]
+        out["bytes"] += d["bytes"]
+        for reason, n in d["drops"].items():
+            out["drops"][reason] = out["drops"].get(reason, 0) + n
+    return out

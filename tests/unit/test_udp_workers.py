@@ -1,0 +1,75 @@
+"""The UDP worker processes' plumbing that is pure logic: control messages applied to a
+forwarder, and the workers' counters merged into one view. (The processes themselves, their
+TUN queues and steering are tested end to end in tests/e2e/test_udp_cluster.py.)"""
+
+import socket
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.backend.udp.forwarder import Forwarder
+from pyflannel.backend.udp.pool import merge
+from pyflannel.backend.udp.worker import apply, encode, table_message
+
+
+def snapshot(to=0, frm=0, drops=None, tx=True, rx=True, off=None, peers=1):
+    return {
+        "datapath": "asyncio",
+        "to_peers": {"packets": to, "bytes": 100 * to, "drops": drops or {}},
+        "from_peers": {"packets": frm, "bytes": 100 * frm, "drops": {}},
+        "icmp_unreachable_sent": 1,
+        "fastpath": {"tx": tx, "rx": rx, "off": off or {}},
+        "peers": peers,
+        "time": 0,
+    }
+
+
+def test_counters_and_drops_are_summed_over_the_workers():
+    total = merge(
+        [snapshot(5, 7, {"no_route": 2}), snapshot(1, 3, {"no_route": 1, "ttl": 4})], [10, 11]
+    )
+    assert total["workers"] == 2
+    assert total["to_peers"] == {"packets": 6, "bytes": 600, "drops": {"no_route": 3, "ttl": 4}}
+    assert total["from_peers"]["packets"] == 10
+    assert total["icmp_unreachable_sent"] == 2
+    assert total["per_worker"] == [
+        {"pid": 10, "to_peers": 5, "from_peers": 7},
+        {"pid": 11, "to_peers": 1, "from_peers": 3},
+    ]
+    assert "unanswered" not in total
+
+
+def test_the_fast_path_is_on_only_where_every_worker_has_it():
+    total = merge([snapshot(), snapshot(tx=False, off={"tx": "UDP_SEGMENT refused: EIO"})], [1, 2])
+    assert total["fastpath"] == {
+        "tx": False,
+        "rx": True,
+        "off": {"tx": "UDP_SEGMENT refused: EIO"},
+    }
+
+
+def test_a_worker_that_does_not_answer_is_reported_not_guessed():
+    total = merge([snapshot(4, 4), None], [1, 2])
+    assert total["unanswered"] == 1
+    assert total["to_peers"]["packets"] == 4
+    assert total["per_worker"][1] == {"pid": 2, "to_peers": None, "from_peers": None}
+    nobody = merge([None], [1])
+    assert nobody["fastpath"]["tx"] is False and nobody["datapath"] is None
+
+
+def test_control_messages_set_the_table_and_the_lease_and_answer_snapshots():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fwd = Forwarder(a.fileno(), sock, 1472)
+        entries = [(IPv4Network("10.1.2.0/24"), IPv4Address("192.0.2.2"), 8285)]
+        message = table_message(entries)
+        assert encode(message).endswith(b"\n") and b"\n" not in encode(message)[:-1]
+        assert apply(fwd, message) is None
+        assert fwd.table.lookup(int(IPv4Address("10.1.2.9"))) == ("192.0.2.2", 8285)
+        assert apply(fwd, {"local": ["10.1.1.0/24", "10.1.0.0/16"]}) is None
+        assert fwd.local_net == int(IPv4Address("10.1.1.0"))
+        assert fwd.icmp_source == int(IPv4Address("10.1.0.0"))
+        reply = apply(fwd, {"snapshot": 7})
+        assert reply["snapshot"] == 7 and reply["stats"]["peers"] == 1
+    finally:
+        for s in (a, b, sock):
+            s.close()
