@@ -123,6 +123,19 @@ class Node:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def children(self) -> list[int]:
+        """The daemon's child processes (its UDP data-path workers)."""
+        text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        return [int(pid) for pid in text.split()]
+
+    def status(self, port: int = 8471) -> dict:
+        """The daemon's /status document, fetched inside the host's namespace."""
+        code = (
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port}/status', timeout=10).read().decode())"
+        )
+        return json.loads(netns.run([sys.executable, "-c", code], ns=self.ns).stdout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

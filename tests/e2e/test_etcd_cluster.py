@@ -4,8 +4,6 @@ the leader. Each time the daemon moves to a healthy member, programs a lease wri
 meanwhile, keeps its own lease and renews it; a continuous overlay ping loses nothing.
 Seconds until the daemon is back in sync are printed as ``SYNC <fault> <seconds>``."""
 
-import json
-import sys
 import time
 
 import pytest
@@ -37,20 +35,12 @@ def bed():
         yield bed
 
 
-def daemon_status(node) -> dict:
-    code = (
-        "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
-        "'http://127.0.0.1:8471/status', timeout=10).read().decode())"
-    )
-    return json.loads(netns.run([sys.executable, "-c", code], ns=node.ns, timeout=30).stdout)
-
-
 def connected_member(bed, node):
-    return bed.etcd.member_for(daemon_status(node)["etcd"]["current"])
+    return bed.etcd.member_for(node.status()["etcd"]["current"])
 
 
 def renewals(node) -> int:
-    return daemon_status(node)["lease"]["renewals"]
+    return node.status()["lease"]["renewals"]
 
 
 def has_route(node, subnet: str) -> bool:
@@ -83,7 +73,7 @@ def overlay_ping(bed):
 def assert_lease_kept(bed, node, subnet) -> None:
     before = renewals(node)
     eventually(lambda: _renewed_since(node, before), timeout=20)
-    assert node.subnet == subnet and daemon_status(node)["lease"]["subnet"] == str(subnet)
+    assert node.subnet == subnet and node.status()["lease"]["subnet"] == str(subnet)
 
 
 def _renewed_since(node, before):
@@ -91,7 +81,7 @@ def _renewed_since(node, before):
 
 
 def test_status_shows_the_member_in_use_and_the_leader(bed):
-    doc = daemon_status(bed.nodes[0])
+    doc = bed.nodes[0].status()
     members = doc["etcd"]["members"]
     assert sorted(m["name"] for m in members) == ["e1", "e2", "e3"]
     assert sum(m["leader"] for m in members) == 1

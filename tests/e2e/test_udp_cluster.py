@@ -2,7 +2,6 @@
 reachable, hostile datagrams dropped and counted, ICMP net-unreachable for unowned
 destinations, and a restart costing at most the restart window."""
 
-import json
 import os
 import random
 import signal
@@ -134,11 +133,7 @@ def test_hostile_datagrams_are_dropped_and_counted_while_real_traffic_continues(
 
 def drops(node) -> dict[str, int]:
     """The node's cumulative UDP drop counters (from peers), from its /status endpoint."""
-    code = (
-        "import json, urllib.request; d = json.load(urllib.request.urlopen("
-        "'http://127.0.0.1:8471/status', timeout=5)); print(json.dumps(d['backend']['udp']['from_peers']['drops']))"
-    )
-    return json.loads(netns.run([sys.executable, "-c", code], ns=node.ns).stdout)
+    return node.status()["backend"]["udp"]["from_peers"]["drops"]
 
 
 def _all_counted(node, before, expected) -> dict[str, int]:
@@ -164,7 +159,7 @@ def test_a_restart_loses_at_most_the_restart_window(bed, sig):
     index = node.ip_json("link", "show", "flannel0")[0]["ifindex"]
     ping = other.start_ping(node.pod_ip, interval=0.02, count=250)  # 5 s
     time.sleep(0.5)
-    workers = worker_pids(node)
+    workers = node.children()
     assert len(workers) == 2
     t0 = time.monotonic()
     assert node.stop(sig) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
@@ -181,12 +176,6 @@ def test_a_restart_loses_at_most_the_restart_window(bed, sig):
 
 def _pings(a, b):
     assert a.ping(b.pod_ip, count=1).received == 1
-
-
-def worker_pids(node) -> list[int]:
-    """The daemon's child processes: its UDP data-path workers."""
-    text = open(f"/proc/{node.pid}/task/{node.pid}/children").read()
-    return [int(pid) for pid in text.split()]
 
 
 def _all_gone(pids):
@@ -211,16 +200,16 @@ def test_flows_spread_over_the_worker_processes_on_both_sides(bed):
     # the kernel spreads the flows over the TUN queues, the BPF program over the sockets
     assert all(n > 1000 for n in sent), sent
     assert all(n > 1000 for n in received), received
-    assert sorted(w["pid"] for w in udp_stats(a)["per_worker"]) == sorted(worker_pids(a))
+    assert sorted(w["pid"] for w in udp_stats(a)["per_worker"]) == sorted(a.children())
 
 
 def test_a_killed_worker_is_replaced_by_the_reconciler(bed):
     a, b, _ = bed.nodes
     mark = len(a.log())
-    victim = worker_pids(a)[0]
+    victim = a.children()[0]
     os.kill(victim, signal.SIGKILL)
     a.wait_log(rf"UDP path restarted \(worker \d \(pid {victim}\) exited", after=mark)
-    assert victim not in worker_pids(a) and len(worker_pids(a)) == 2
+    assert victim not in a.children() and len(a.children()) == 2
     eventually(lambda: _pings(b, a))
     eventually(lambda: _pings(a, b))
 
@@ -259,7 +248,7 @@ def rss_kb(node) -> int:
     """The daemon's and its workers' resident memory."""
     return sum(
         int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if "VmRSS" in line))
-        for pid in [node.pid, *worker_pids(node)]
+        for pid in [node.pid, *node.children()]
     )
 
 
@@ -326,8 +315,4 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
 
 
 def udp_stats(node) -> dict:
-    code = (
-        "import json, urllib.request; d = json.load(urllib.request.urlopen("
-        "'http://127.0.0.1:8471/status', timeout=5)); print(json.dumps(d['backend']['udp']))"
-    )
-    return json.loads(netns.run([sys.executable, "-c", code], ns=node.ns).stdout)
+    return node.status()["backend"]["udp"]
