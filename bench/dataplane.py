@@ -1,12 +1,14 @@
 """Data-plane throughput and latency: the bare underlay, kernel VXLAN, and the UDP backend with
-each data-path design (threads, asyncio, uvloop), in one run on one 2-node test bed.
+each data-path design, in one run on one 2-node test bed.
 
     sudo python3 bench/dataplane.py [--repeat 3] [--seconds 3] [--mtu 1500] [--modes ...]
 
 For each mode: iperf3 TCP pod -> pod (underlay: host -> host) with 1 and 4 streams, both
-directions, repeated; ping RTT (median, p99); CPU seconds the two daemons spent per run; and
-for the UDP modes the packets per second through flannel0. Medians and spread go to
-bench/results/dataplane.{json,md}; ratios are against the underlay of the same run.
+directions, repeated; ping RTT (median, p99); CPU seconds the two daemons and their UDP
+workers spent per run and per gigabyte carried; for the UDP modes the datagrams per second
+the tunnel delivered (both nodes, both directions). Medians and spread go to
+bench/results/dataplane-mtu<MTU>.{json,md}; ratios are against the underlay and against
+VXLAN of the same run.
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ from pyflannel.testbed.iperf import iperf, received_bits_per_second
 # underlay: host to host, no overlay. direct: pod to pod with DirectRouting (routes via the
 # peer's underlay address: the pod plumbing without encapsulation, the fair baseline for
 # what VXLAN itself costs). The rest: pod to pod through the overlay.
-# udp-threads/-asyncio/-uvloop: the per-packet path with each loop design; udp-fast: the
-# default, batched with kernel offloads (UDP_SEGMENT, UDP_GRO, GSO writes to the TUN).
-MODES = ("underlay", "direct", "vxlan", "udp-threads", "udp-asyncio", "udp-uvloop", "udp-fast")
+# udp-threads/-asyncio/-uvloop: the per-packet path (fast path off) with each loop design, one
+# worker; udp-fast: batched with kernel offloads (UDP_SEGMENT, UDP_GRO, GSO writes to the TUN),
+# one worker; -2w: the same with two workers a node (multi-queue TUN, steered sockets).
+UDP_ARGS = {
+    "udp-threads": ["--udp-datapath=threads", "--udp-fastpath=false", "--udp-workers=1"],
+    "udp-asyncio": ["--udp-datapath=asyncio", "--udp-fastpath=false", "--udp-workers=1"],
+    "udp-uvloop": ["--udp-datapath=uvloop", "--udp-fastpath=false", "--udp-workers=1"],
+    "udp-asyncio-2w": ["--udp-datapath=asyncio", "--udp-fastpath=false", "--udp-workers=2"],
+    "udp-fast": ["--udp-fastpath=true", "--udp-workers=1"],
+    "udp-fast-2w": ["--udp-fastpath=true", "--udp-workers=2"],
+}
+MODES = ("underlay", "direct", "vxlan", *UDP_ARGS)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -37,12 +48,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tun_packets(node) -> int:
-    for line in node.run("cat", "/proc/net/dev").stdout.splitlines():
-        if line.strip().startswith("flannel0:"):
-            f = line.split(":", 1)[1].split()
-            return int(f[1]) + int(f[9])  # rx + tx packets
-    return 0
+def daemon_pids(bed: TestBed) -> list[int]:
+    """Every running daemon and its UDP workers."""
+    return [pid for n in bed.nodes if n.running for pid in (n.pid, *n.children())]
+
+
+def tunnel_datagrams(bed: TestBed) -> int:
+    """Datagrams the UDP tunnel delivered so far, both nodes (so both directions)."""
+    return sum(n.status()["backend"]["udp"]["from_peers"]["packets"] for n in bed.nodes)
 
 
 def configure(bed: TestBed, mode: str) -> None:
@@ -60,12 +73,7 @@ def configure(bed: TestBed, mode: str) -> None:
         else {"Type": "vxlan", "DirectRouting": mode == "direct"}
     )
     bed.put_config({"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": backend})
-    if mode == "udp-fast":
-        args = ["--udp-fastpath=true"]
-    elif mode.startswith("udp"):
-        args = [f"--udp-datapath={mode.split('-', 1)[1]}", "--udp-fastpath=false"]
-    else:
-        args = []
+    args = UDP_ARGS.get(mode, [])
     for node in bed.nodes:
         node.start(*args)
     for node in bed.nodes:
@@ -84,33 +92,47 @@ def measure(bed: TestBed, mode: str, args) -> dict:
         ["ping", "-n", "-c", "200", "-i", "0.005", server_ip], ns=ping_from, check=False, timeout=60
     )
     rtts = [float(x.split("=")[1]) for x in ping.stdout.split() if x.startswith("time=")]
+    udp = mode in UDP_ARGS
     result = {"rtt_ms": summary(rtts), "runs": {}}
     for streams in (1, 4):
         for reverse in (False, True):
             label = f"{streams}x {'b->a' if reverse else 'a->b'}"
-            rates, cpus, pps = [], [], []
+            rates, cpus, cpu_per_gb, pps = [], [], [], []
             for _ in range(args.repeat):
-                pids = [n.pid for n in bed.nodes if n.running]
+                pids = daemon_pids(bed)
                 cpu0 = [cpu_seconds(p) for p in pids]
-                pk0 = tun_packets(a) if mode.startswith("udp") else 0
-                t0 = time.monotonic()
-                rates.append(
+                dg0 = tunnel_datagrams(bed) if udp else 0
+                rate = (
                     received_bits_per_second(
                         iperf(client, server, server_ip, args.seconds, streams, reverse)
                     )
                     / 1e9
                 )
-                elapsed = time.monotonic() - t0
-                cpus.append(sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)))
-                if mode.startswith("udp"):
-                    pps.append((tun_packets(a) - pk0) / elapsed)
+                rates.append(rate)
+                cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+                cpus.append(cpu)
+                cpu_per_gb.append(cpu / (rate * args.seconds / 8) if rate else float("inf"))
+                if udp:  # datagrams flow only during iperf3's test time
+                    pps.append((tunnel_datagrams(bed) - dg0) / args.seconds)
             result["runs"][label] = {
                 "gbps": summary(rates),
                 "daemon_cpu_s": summary(cpus),
+                "cpu_s_per_gb": summary(cpu_per_gb),
                 "pps": summary(pps) if pps else None,
                 "samples": rates,
             }
     return result
+
+
+def ratio(results: dict, base: str, mode: str, label: str) -> str:
+    """Median throughput of ``mode`` over that of ``base`` in the same run ("-" if not run)."""
+    if base not in results:
+        return "-"
+
+    def median(m: str) -> float:
+        return results[m]["runs"][label]["gbps"]["median"]
+
+    return f"{median(mode) / median(base):.3f}"
 
 
 def main() -> int:
@@ -133,22 +155,21 @@ def main() -> int:
                 ),
                 flush=True,
             )
-    base = results.get("underlay")
     rows = []
     for mode, r in results.items():
         for label, run in r["runs"].items():
             g = run["gbps"]
-            ratio = g["median"] / base["runs"][label]["gbps"]["median"] if base else float("nan")
-            spread = f"{g['min']:.2f}-{g['max']:.2f}"
             pps = f"{run['pps']['median'] / 1000:.0f}k" if run["pps"] else "-"
             rows.append(
                 [
                     mode,
                     label,
                     g["median"],
-                    spread,
-                    f"{ratio:.3f}",
+                    f"{g['min']:.2f}-{g['max']:.2f}",
+                    ratio(results, "underlay", mode, label),
+                    ratio(results, "vxlan", mode, label),
                     run["daemon_cpu_s"]["median"],
+                    run["cpu_s_per_gb"]["median"],
                     pps,
                     r["rtt_ms"]["median"],
                     r["rtt_ms"]["p99"],
@@ -161,8 +182,10 @@ def main() -> int:
             "Gbit/s median",
             "min-max",
             "x underlay",
+            "x VXLAN",
             "daemon CPU s",
-            "pps",
+            "CPU s/GB",
+            "datagrams/s",
             "RTT ms median",
             "RTT ms p99",
         ],
