@@ -176,6 +176,79 @@ def test_runs_are_capped_at_64_segments_and_64k():
     assert [p for w in big for p in resegment(w)] == flow(60, payload=1460)
 
 
+class Admit:
+    """An ``admit`` that records what it was asked, decrements the TTL in place like the
+    forwarder's checks do, and refuses the packets listed."""
+
+    def __init__(self, refuse=()):
+        self.asked, self.refuse = [], set(refuse)
+
+    def __call__(self, packet) -> bool:
+        self.asked.append(bytes(packet))
+        if bytes(packet) in self.refuse:
+            return False
+        packet[:20] = ttl_down(packet)[:20]
+        return True
+
+
+def ttl_down(packet) -> bytes:
+    """``packet`` with its TTL one less and its header checksum redone."""
+    p = bytearray(packet)
+    p[8] -= 1
+    p[10:12] = b"\0\0"
+    p[10:12] = checksum(p[:20]).to_bytes(2, "big")
+    return bytes(p)
+
+
+def writable(packets):
+    return [memoryview(bytearray(p)) for p in packets]
+
+
+def test_only_the_first_segment_of_a_run_is_checked_and_its_edits_are_kept():
+    packets = flow(6, ttl=30)
+    admit = Admit()
+    (write,) = gso.coalesce(writable(packets), admit)
+    assert admit.asked == [packets[0]]  # the other five repeat its headers
+    assert resegment(write) == [ttl_down(p) for p in packets]  # TTL 30 -> 29 in every one
+
+
+def test_a_refused_first_segment_is_left_out_and_the_next_one_is_checked():
+    packets = flow(4)
+    admit = Admit(refuse=[packets[0]])
+    writes = gso.coalesce(writable(packets), admit)
+    assert admit.asked == [packets[0], packets[1]]
+    assert [p for w in writes for p in resegment(w)] == [ttl_down(p) for p in packets[1:]]
+
+
+def test_lone_packets_are_each_checked_and_refusals_dropped():
+    ping = bytes(IP(src=SRC, dst=DST) / ICMP() / (b"x" * 100))
+    ack = seg(1000, payload=0)
+    admit = Admit(refuse=[ping])
+    writes = gso.coalesce(writable([ping, ack]), admit)
+    assert admit.asked == [ping, ack]
+    assert [segments(w) for w in writes] == [1]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda p: p.__setitem__(slice(2, 4), (len(p) + 4).to_bytes(2, "big")),  # length lies
+        lambda p: p.__setitem__(8, p[8] + 1),  # TTL
+        lambda p: p.__setitem__(15, p[15] ^ 1),  # source address
+        lambda p: p.__setitem__(33, p[33] | 0x01),  # FIN
+        lambda p: p.__setitem__(39, 1),  # urgent pointer
+    ],
+)
+def test_a_segment_differing_from_the_first_starts_over_and_is_checked(corrupt):
+    packets = flow(3)
+    odd = bytearray(packets[1])
+    corrupt(odd)
+    admit = Admit()
+    writes = gso.coalesce(writable([packets[0], bytes(odd), packets[2]]), admit)
+    assert bytes(odd) in admit.asked  # never merged unchecked
+    assert segments(writes[0]) == 1
+
+
 def test_segment_groups_equal_sizes_with_a_shorter_last():
     packets = [b"a" * 1400] * 5 + [b"b" * 300] + [b"c" * 1400] * 2
     groups = gso.segment_groups(packets)

@@ -13,6 +13,7 @@ never wait for etcd or netlink.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import select
@@ -278,13 +279,15 @@ class Forwarder:
             for level, kind, data in ancillary:
                 if level == socket.SOL_UDP and kind == UDP_GRO:
                     size = struct.unpack("=i", data[:4])[0]
+            sender = addr[0]
+            received = view[:nbytes]
             try:
-                accepted = [
-                    view[start : min(start + size, nbytes)]
-                    for start in range(0, nbytes, size or 1)
-                    if self.incoming(view[start : min(start + size, nbytes)], addr[0])
+                datagrams = [
+                    received[start : start + size] for start in range(0, nbytes, size or 1)
                 ]
-                for write in gso.coalesce(accepted):
+                for write in gso.coalesce(
+                    datagrams, functools.partial(self.incoming, sender=sender)
+                ):
                     os.writev(self.tun_fd, write)
                     segments = 1 if write[0] is gso.PLAIN else len(write) - 2
                     counters.packets += segments

@@ -8,13 +8,18 @@ many datagrams. On the wire nothing changes: each datagram is still one inner IP
 
 A coalesced packet's TCP checksum is completed by the kernel (VIRTIO_NET_HDR_F_NEEDS_CSUM):
 the segments' own checksums are not re-verified in Python (that costs more than batching
-saves); the outer UDP checksum, verified by the kernel, protects them on the wire.
+saves); the outer UDP checksum, verified by the kernel, protects them on the wire. Likewise
+only a run's first segment goes through the full checks (``admit``); the others must repeat
+its headers bit for bit except length, IP ID, checksums, sequence number and PSH, so they
+would pass or fail the same checks, and the merged header is rebuilt from the first.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_LEN = VNET_HDR.size  # 10
@@ -51,55 +56,66 @@ def _tcp_info(p) -> tuple[int, int] | None:
     return (thl, payload) if payload > 0 else None
 
 
-def _follows(prev, prev_info, cur, cur_info, gso_size: int) -> bool:
-    thl, payload = cur_info
-    if prev[33] & TCP_PSH or thl != prev_info[0] or prev_info[1] != gso_size or payload > gso_size:
-        return False
-    # Same flow and same everything but the sequence number and IP ID.
-    if cur[12:20] != prev[12:20] or cur[20:24] != prev[20:24] or cur[28:32] != prev[28:32]:
-        return False
-    if (
-        cur[1] != prev[1]
-        or cur[8] != prev[8]
-        or (cur[6] ^ prev[6]) & 0x40
-        or cur[34:36] != prev[34:36]
-    ):
-        return False
-    if cur[40 : 20 + thl] != prev[40 : 20 + thl]:  # TCP options
-        return False
-    seq = int.from_bytes(cur[24:28], "big")
-    return seq == (int.from_bytes(prev[24:28], "big") + prev_info[1]) & 0xFFFFFFFF
+@functools.cache
+def _run_mask(header_len: int) -> int:
+    """Over a run's IPv4 + TCP headers read as one integer: the bits every segment must share
+    with the first. Free to differ: total length, IP ID, both checksums, sequence number, PSH."""
+    mask = bytearray(b"\xff" * header_len)
+    for start, end in ((2, 4), (4, 6), (10, 12), (24, 28), (36, 38)):
+        mask[start:end] = bytes(end - start)
+    mask[33] = 0xFF & ~TCP_PSH
+    return int.from_bytes(mask, "big")
 
 
-def coalesce(packets: Sequence) -> list[list]:
-    """Group packets (bytes-like, checksummed, in order) into TUN writes.
+def _admit_all(packet) -> bool:
+    return True
+
+
+def coalesce(packets: Sequence, admit: Callable[[Any], bool] = _admit_all) -> list[list]:
+    """Group packets (bytes-like, in order) into TUN writes.
 
     Each write is a list of buffers to hand to ``os.writev``: a virtio-net header, then the
     packet, or for a run of segments the merged headers and each segment's payload.
+    ``admit(packet)`` is asked about every packet that is written alone or starts a run (it
+    may edit the packet in place: the TTL); packets it refuses are left out.
     """
     writes: list[list] = []
     i, n = 0, len(packets)
     while i < n:
         first = packets[i]
         info = _tcp_info(first)
-        j = i + 1
-        if info is not None and not first[33] & TCP_PSH:
-            thl, gso_size = info
-            total, prev, prev_info = 20 + thl + gso_size, first, info
-            while j < n and j - i < MAX_SEGMENTS:
-                cur = packets[j]
-                cur_info = _tcp_info(cur)
-                if cur_info is None or not _follows(prev, prev_info, cur, cur_info, gso_size):
-                    break
-                if total + cur_info[1] > MAX_IP_LEN:
-                    break
-                total += cur_info[1]
-                prev, prev_info = cur, cur_info
-                j += 1
-        if j - i == 1:
-            writes.append([PLAIN, first])
-        else:
-            writes.append(_merged(packets[i:j], info, total))
+        if info is None or first[33] & TCP_PSH:
+            if admit(first):
+                writes.append([PLAIN, first])
+            i += 1
+            continue
+        thl, gso_size = info
+        header_len = 20 + thl
+        key = int.from_bytes(first[:header_len], "big")  # as received, before admit() edits
+        if not admit(first):
+            i += 1
+            continue
+        mask, length_shift, seq_shift = _run_mask(header_len), (header_len - 4) * 8, thl * 8 - 64
+        seq = (key >> seq_shift) & 0xFFFFFFFF
+        total, payload, j = header_len + gso_size, gso_size, i + 1
+        while j < n and j - i < MAX_SEGMENTS and payload == gso_size:
+            cur = packets[j]
+            length = len(cur)
+            payload = length - header_len
+            if not 0 < payload <= gso_size or total + payload > MAX_IP_LEN:
+                break
+            h = int.from_bytes(cur[:header_len], "big")
+            if (
+                (h ^ key) & mask
+                or (h >> length_shift) & 0xFFFF != length
+                or (h >> seq_shift) & 0xFFFFFFFF != (seq + (j - i) * gso_size) & 0xFFFFFFFF
+            ):
+                break
+            total += payload
+            j += 1
+            if cur[33] & TCP_PSH:
+                break
+        writes.append([PLAIN, first] if j - i == 1 else _merged(packets[i:j], info, total))
         i = j
     return writes
 
