@@ -162,6 +162,7 @@ def render(doc: dict) -> str:
             )
             fast = udp.get("fastpath") or {}
             halves = [f"{h} {'batched' if fast.get(h) else 'per packet'}" for h in ("tx", "rx")]
+            halves.append(f"TSO {'on' if fast.get('tso') else 'off'}")
             lines.append(
                 f"           fast path: {', '.join(halves)}"
                 + "".join(f"; {h} off: {why}" for h, why in fast.get("off", {}).items())

@@ -295,7 +295,7 @@ def test_with_the_fast_path_every_datagram_is_one_inner_packet_within_the_mtu(be
     assert all(p["frame_len"] <= 1514 for p in packets)  # 1500 + Ethernet header
     assert all(p["ip_len"] - 28 == p["inner_len"] for p in packets)  # one inner packet each
     stats = udp_stats(a)
-    assert stats["fastpath"]["tx"] and stats["fastpath"]["rx"]
+    assert stats["fastpath"]["tx"] and stats["fastpath"]["rx"] and stats["fastpath"]["tso"]
 
 
 def test_a_peer_without_the_fast_path_still_interoperates(bed):
@@ -304,7 +304,7 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
     c.start(*DAEMON_ARGS, "--udp-fastpath=false")
     c.wait_ready()
     try:
-        assert udp_stats(c)["fastpath"] == {"tx": False, "rx": False, "off": {}}
+        assert udp_stats(c)["fastpath"] == {"tx": False, "rx": False, "tso": False, "off": {}}
         for src, dst in ((a, c), (c, a)):
             result = iperf(src.pod_ns, dst.pod_ns, str(dst.pod_ip), seconds=1)
             assert result["end"]["sum_received"]["bytes"] > 1_000_000

@@ -13,7 +13,8 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
-from pyflannel.backend.udp import gso
+from pyflannel.backend.udp import gso, tun
+from pyflannel.backend.udp import packet as pk
 from pyflannel.backend.udp.forwarder import UDP_SEGMENT, Forwarder
 from pyflannel.backend.udp.routes import ForwardingTable
 
@@ -153,7 +154,12 @@ def test_a_refused_udp_segment_falls_back_once_and_loses_nothing(rig, caplog):
     assert received == [minus_one_ttl(p) for p in packets]
     assert not rig.fwd.fast_tx and "UDP_SEGMENT refused" in rig.fwd.fast_off["tx"]
     assert caplog.text.count("batching off") == 1
-    assert rig.fwd.snapshot()["fastpath"] == {"tx": False, "rx": True, "off": rig.fwd.fast_off}
+    assert rig.fwd.snapshot()["fastpath"] == {
+        "tx": False,
+        "rx": True,
+        "tso": False,
+        "off": rig.fwd.fast_off,
+    }
 
 
 class _Patched:
@@ -173,3 +179,64 @@ class _Recording(_Patched):
             return sendmsg(buffers, *args)
 
         super().__init__(sock, sendmsg=recording)
+
+
+def vnet(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0) -> bytes:
+    return gso.VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+@pytest.fixture
+def tso_rig(rig, monkeypatch):
+    """The rig with TSO offered (the socketpair cannot take the ioctl: pretend it did)."""
+    monkeypatch.setattr(tun, "set_offload", lambda fd, flags: None)
+    assert rig.fwd.offer_tso() and rig.fwd.snapshot()["fastpath"]["tso"]
+    return rig
+
+
+def test_a_tcp_super_packet_from_the_tun_leaves_as_the_packets_tcp_would_have_sent(tso_rig):
+    rig, n, size = tso_rig, 30, 1380
+    whole = IP(src="10.1.1.2", dst="10.1.2.2", id=100, ttl=64) / TCP(
+        sport=5000, dport=80, seq=1, flags="A"
+    )
+    big = bytes(whole / bytes(size * n))
+    # As the kernel hands it over: "segment at 1380", TCP checksum to be finished.
+    rig.kernel.send(vnet(gso.NEEDS_CSUM, gso.GSO_TCPV4, 40, size, 20, 16) + big)
+    rig.fwd.start()
+    received = [rig.peer.recvfrom(65536)[0] for _ in range(n)]
+    assert received == [minus_one_ttl(p) for p in outgoing_flow(n, size)]
+    rig.wait(lambda: rig.fwd.to_peers.packets == n)
+
+
+def test_partial_checksums_from_the_tun_are_finished_before_sending(tso_rig):
+    rig = tso_rig
+    ack = IP(bytes(IP(src="10.1.1.2", dst="10.1.2.2") / TCP(sport=5000, dport=80, flags="A")))
+    partial = bytearray(bytes(ack))
+    partial[36:38] = pk.ones_sum(bytes(partial[12:20]) + b"\0\x06\0\x14").to_bytes(2, "big")
+    rig.kernel.send(vnet(gso.NEEDS_CSUM, 0, 0, 0, 20, 16) + bytes(partial))
+    rig.fwd.start()
+    assert rig.peer.recvfrom(65536)[0] == minus_one_ttl(bytes(ack))
+
+
+def test_order_to_a_peer_is_kept_around_super_packets(tso_rig):
+    rig = tso_rig
+    first, second = outgoing_flow(2, 1000)
+    rest = IP(src="10.1.1.2", dst="10.1.2.2", id=102, ttl=64) / TCP(
+        sport=5000, dport=80, seq=2001, flags="A"
+    )
+    rig.kernel.send(gso.PLAIN + first)
+    rig.kernel.send(gso.PLAIN + second)
+    rig.kernel.send(vnet(0, gso.GSO_TCPV4, 40, 1000, 20, 16) + bytes(rest / bytes(3000)))
+    rig.fwd.start()
+    seqs = [IP(rig.peer.recvfrom(65536)[0])[TCP].seq for _ in range(5)]
+    assert seqs == [1, 1001, 2001, 3001, 4001]
+
+
+def test_without_tso_a_super_packet_is_dropped_and_counted_not_sent_whole(rig, caplog):
+    assert not rig.fwd.offer_tso()  # a socketpair refuses TUNSETOFFLOAD
+    assert "TUNSETOFFLOAD refused" in rig.fwd.fast_off["tso"] and caplog.text.count("TSO off") == 1
+    big = IP(src="10.1.1.2", dst="10.1.2.2") / TCP(sport=5000, dport=80, flags="A") / bytes(5000)
+    rig.kernel.send(vnet(gso.NEEDS_CSUM, gso.GSO_TCPV4, 40, 1380, 20, 16) + bytes(big))
+    rig.kernel.send(gso.PLAIN + outgoing_flow(1)[0])  # and the path goes on
+    rig.fwd.start()
+    assert IP(rig.peer.recvfrom(65536)[0])[TCP].seq == 1
+    assert rig.fwd.to_peers.drops == {"bad_offload": 1}

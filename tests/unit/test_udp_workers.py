@@ -10,13 +10,13 @@ from pyflannel.backend.udp.pool import merge
 from pyflannel.backend.udp.worker import apply, encode, table_message
 
 
-def snapshot(to=0, frm=0, drops=None, tx=True, rx=True, off=None, peers=1):
+def snapshot(to=0, frm=0, drops=None, tx=True, rx=True, off=None, peers=1, tso=True):
     return {
         "datapath": "asyncio",
         "to_peers": {"packets": to, "bytes": 100 * to, "drops": drops or {}},
         "from_peers": {"packets": frm, "bytes": 100 * frm, "drops": {}},
         "icmp_unreachable_sent": 1,
-        "fastpath": {"tx": tx, "rx": rx, "off": off or {}},
+        "fastpath": {"tx": tx, "rx": rx, "tso": tso, "off": off or {}},
         "peers": peers,
         "time": 0,
     }
@@ -42,8 +42,11 @@ def test_the_fast_path_is_on_only_where_every_worker_has_it():
     assert total["fastpath"] == {
         "tx": False,
         "rx": True,
+        "tso": True,
         "off": {"tx": "UDP_SEGMENT refused: EIO"},
     }
+    no_tso = merge([snapshot(), snapshot(tso=False, off={"tso": "numpy is not installed"})], [1, 2])
+    assert no_tso["fastpath"]["tso"] is False
 
 
 def test_a_worker_that_does_not_answer_is_reported_not_guessed():

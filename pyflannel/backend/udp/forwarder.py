@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from pyflannel.backend.udp import gso
+from pyflannel.backend.udp import gso, tun
 from pyflannel.backend.udp import packet as pk
 from pyflannel.backend.udp.routes import ForwardingTable, NextHop
 
@@ -47,6 +47,8 @@ def resolve_datapath(name: str) -> str:
 SEND_ERROR = "send_error"
 WRITE_ERROR = "write_error"
 INTERNAL_ERROR = "internal_error"
+BAD_OFFLOAD = "bad_offload"  # a virtio-net header from the TUN we cannot act on
+_SEGMENT_REFUSED = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 @dataclass
@@ -57,8 +59,8 @@ class Counters:
     bytes: int = 0
     drops: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + count
 
 
 class Forwarder:
@@ -97,7 +99,10 @@ class Forwarder:
         self.fast_tx = fastpath
         self.fast_rx = fastpath
         self.fast_off: dict[str, str] = {}
+        self.tso = False  # the TUN hands over TCP super-packets; we cut them (tso.py)
+        self._segment = None
         self._rx_buf = bytearray(BUFFER)
+        self._tx_buf = bytearray(BUFFER + gso.VNET_LEN)
         if fastpath:
             try:
                 sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
@@ -117,8 +122,20 @@ class Forwarder:
     # -- one packet each way ---------------------------------------------------------------
 
     def outgoing(self, data) -> tuple[NextHop, bytearray] | None:
-        """A packet from the TUN, checked, routed and with its TTL decremented; None if it
-        was dropped (counted; ICMP net-unreachable sent back where due)."""
+        """A packet from the TUN, checked, routed and with its TTL decremented (in a copy);
+        None if it was dropped (counted; ICMP net-unreachable sent back where due)."""
+        hop = self.route(data)
+        if hop is None:
+            return None
+        buf = bytearray(data)
+        if not pk.decrement_ttl(buf):
+            self.to_peers.drop(pk.TTL_EXPIRED)
+            return None
+        return hop, buf
+
+    def route(self, data) -> NextHop | None:
+        """The peer a packet from the TUN goes to; None if it was dropped (counted; ICMP
+        net-unreachable sent back where due)."""
         counters = self.to_peers
         if len(data) < pk.IPV4_MIN_HEADER or data[0] >> 4 != 4:
             counters.drop(pk.TOO_SHORT if len(data) < pk.IPV4_MIN_HEADER else pk.NOT_IPV4)
@@ -131,11 +148,7 @@ class Forwarder:
                 self._write_tun(gso.PLAIN + icmp if self.vnet_hdr else icmp, counters)
                 self.icmp_sent += 1
             return None
-        buf = bytearray(data)
-        if not pk.decrement_ttl(buf):
-            counters.drop(pk.TTL_EXPIRED)
-            return None
-        return hop, buf
+        return hop
 
     def incoming(self, data, sender: str) -> bool:
         """A datagram from a peer, checked and its TTL decremented in place (``data`` must be
@@ -201,20 +214,41 @@ class Forwarder:
     def _turn_off(self, half: str, why: str) -> None:
         if half == "tx":
             self.fast_tx = False
-        else:
+        elif half == "rx":
             self.fast_rx = False
         self.fast_off[half] = why
-        log.warning("udp fast path: %s batching off, per packet from now on: %s", half, why)
+        if half == "tso":
+            log.warning("udp fast path: TSO off, the kernel segments before the TUN: %s", why)
+        else:
+            log.warning("udp fast path: %s batching off, per packet from now on: %s", half, why)
+
+    def offer_tso(self) -> bool:
+        """Let the TUN hand over TCP super-packets (and partial checksums), to be cut here:
+        one read per 64 KB instead of one per packet. Needs numpy and the kernel's consent;
+        without either it stays off, said once."""
+        try:
+            from pyflannel.backend.udp import tso
+        except ImportError as e:
+            self._turn_off("tso", f"numpy is not installed ({e})")
+            return False
+        try:
+            tun.set_offload(self.tun_fd, tun.TUN_F_CSUM | tun.TUN_F_TSO4)
+        except OSError as e:
+            self._turn_off("tso", f"TUNSETOFFLOAD refused: {e}")
+            return False
+        self._segment, self.tso = tso.segment, True
+        return True
 
     def drain_tun_fast(self) -> None:
-        """Read up to TX_BATCH packets, then send each peer's as UDP_SEGMENT groups."""
-        read, fd = os.read, self.tun_fd
+        """Read up to TX_BATCH packets, then send each peer's as UDP_SEGMENT groups. A TCP
+        super-packet is cut and sent at once, after what was queued for its peer."""
+        fd, buf, view = self.tun_fd, self._tx_buf, memoryview(self._tx_buf)
         while True:
             per_hop: dict = {}
             count = 0
             while count < TX_BATCH:
                 try:
-                    data = read(fd, BUFFER)
+                    n = os.readv(fd, [buf])
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -223,42 +257,82 @@ class Forwarder:
                     raise
                 count += 1
                 try:
-                    routed = self.outgoing(memoryview(data)[gso.VNET_LEN :])
+                    self._from_tun_fast(view[:n], per_hop)
                 except Exception as e:
                     self.to_peers.drop(INTERNAL_ERROR)
                     log.exception("udp data path: packet from TUN: %s", e)
-                    continue
-                if routed is not None:
-                    per_hop.setdefault(routed[0], []).append(routed[1])
             for hop, packets in per_hop.items():
                 self._send(hop, packets)
             if count < TX_BATCH:
                 return
 
+    def _from_tun_fast(self, data: memoryview, per_hop: dict) -> None:
+        """One read from the TUN: a virtio-net header, then a packet (``data`` is reused by
+        the next read: what is kept is copied)."""
+        if len(data) < gso.VNET_LEN:
+            self.to_peers.drop(pk.TOO_SHORT)
+            return
+        flags, gso_type, _, gso_size, csum_start, csum_offset = gso.VNET_HDR.unpack_from(data)
+        packet = data[gso.VNET_LEN :]
+        if gso_type != gso.GSO_NONE:
+            self._from_tun_super(packet, gso_type, gso_size, per_hop)
+            return
+        if flags & gso.NEEDS_CSUM and not pk.complete_checksum(packet, csum_start, csum_offset):
+            self.to_peers.drop(BAD_OFFLOAD)
+            return
+        routed = self.outgoing(packet)
+        if routed is not None:
+            per_hop.setdefault(routed[0], []).append(routed[1])
+
+    def _from_tun_super(self, packet: memoryview, gso_type: int, gso_size: int, per_hop) -> None:
+        if gso_type != gso.GSO_TCPV4 or self._segment is None:
+            self.to_peers.drop(BAD_OFFLOAD)
+            return
+        hop = self.route(packet)
+        if hop is None:
+            return
+        if not pk.decrement_ttl(packet):
+            self.to_peers.drop(pk.TTL_EXPIRED)
+            return
+        cut = self._segment(packet, gso_size)
+        if cut is None:
+            self.to_peers.drop(BAD_OFFLOAD)
+            return
+        queued = per_hop.pop(hop, None)
+        if queued:
+            self._send(hop, queued)  # in order: what came before goes first
+        datagrams, size = cut
+        per_send = min(gso.MAX_SEGMENTS, gso.MAX_UDP_PAYLOAD // size) if self.fast_tx else 1
+        step = per_send * size
+        for start in range(0, len(datagrams), step):
+            chunk = datagrams[start : start + step]
+            self._send_group(hop, [chunk], size, -(-len(chunk) // size))
+
     def _send(self, hop, packets: list) -> None:
-        counters = self.to_peers
         for group in gso.segment_groups(packets) if self.fast_tx else [[p] for p in packets]:
-            try:
-                if len(group) == 1:
-                    self.sock.sendto(group[0], hop)
-                else:
-                    size = struct.pack("=H", len(group[0]))
-                    self.sock.sendmsg(group, [(socket.SOL_UDP, UDP_SEGMENT, size)], 0, hop)
-            except OSError as e:
-                if len(group) > 1 and e.errno in (
-                    errno.EINVAL,
-                    errno.EIO,
-                    errno.ENOPROTOOPT,
-                    errno.EOPNOTSUPP,
-                ):
-                    self._turn_off("tx", f"UDP_SEGMENT refused: {e}")
-                    self._send(hop, group)
-                else:
-                    counters.drop(SEND_ERROR)
-                    self._log_error(f"sendto {hop[0]}:{hop[1]}", e)
-                continue
-            counters.packets += len(group)
-            counters.bytes += sum(len(p) for p in group)
+            self._send_group(hop, group, len(group[0]), len(group))
+
+    def _send_group(self, hop, buffers: list, size: int, count: int) -> None:
+        """Send ``count`` datagrams of ``size`` bytes (the last may be shorter) laid out
+        back to back in ``buffers``: one UDP_SEGMENT send, or a plain one for one datagram."""
+        try:
+            if count == 1:
+                self.sock.sendto(buffers[0], hop)
+            else:
+                cmsg = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+                self.sock.sendmsg(buffers, cmsg, 0, hop)
+        except OSError as e:
+            if count > 1 and e.errno in _SEGMENT_REFUSED:
+                self._turn_off("tx", f"UDP_SEGMENT refused: {e}")
+                data = b"".join(buffers)
+                for start in range(0, len(data), size):
+                    self._send_group(hop, [data[start : start + size]], size, 1)
+            else:
+                self.to_peers.drop(SEND_ERROR, count)
+                self._log_error(f"sendto {hop[0]}:{hop[1]}", e)
+            return
+        self.to_peers.packets += count
+        self.to_peers.bytes += sum(len(b) for b in buffers)
 
     def drain_udp_fast(self) -> None:
         """Receive many datagrams per call (UDP_GRO), check each in place, and write TCP runs
@@ -434,7 +508,12 @@ class Forwarder:
                 "drops": dict(self.from_peers.drops),
             },
             "icmp_unreachable_sent": self.icmp_sent,
-            "fastpath": {"tx": self.fast_tx, "rx": self.fast_rx, "off": dict(self.fast_off)},
+            "fastpath": {
+                "tx": self.fast_tx,
+                "rx": self.fast_rx,
+                "tso": self.tso,
+                "off": dict(self.fast_off),
+            },
             "peers": len(self.table),
             "time": time.time(),
         }

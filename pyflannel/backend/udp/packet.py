@@ -123,3 +123,23 @@ def net_unreachable(offender: bytes | bytearray | memoryview, src: int) -> bytes
     )
     struct.pack_into("!H", header, 10, checksum(header))
     return bytes(header + icmp)
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The ones'-complement sum of ``data`` as 16-bit big-endian words (an odd tail is
+    zero-padded), folded to 16 bits: 0 only for all-zero data. One big-integer remainder
+    (2**16 == 1 modulo 0xffff) is the fastest way in pure Python."""
+    value = int.from_bytes(data, "big") << (8 if len(data) & 1 else 0)
+    return value % 0xFFFF or (0xFFFF if value else 0)
+
+
+def complete_checksum(packet: bytearray | memoryview, start: int, offset: int) -> bool:
+    """Finish a partial transport checksum in place, as a virtio-net header's NEEDS_CSUM
+    asks: the field at ``start + offset`` holds the pseudo-header sum, and the sum from
+    ``start`` to the end goes in. False if the offsets do not fit the packet."""
+    field = start + offset
+    if field + 2 > len(packet):
+        return False
+    check = ~ones_sum(packet[start:]) & 0xFFFF
+    packet[field : field + 2] = (check or 0xFFFF).to_bytes(2, "big")  # 0 means none in UDP
+    return True

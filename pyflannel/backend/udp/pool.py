@@ -168,6 +168,7 @@ def merge(snapshots: list[dict | None], pids: list[int]) -> dict:
         "fastpath": {
             "tx": bool(answered) and all(s["fastpath"]["tx"] for s in answered),
             "rx": bool(answered) and all(s["fastpath"]["rx"] for s in answered),
+            "tso": bool(answered) and all(s["fastpath"]["tso"] for s in answered),
             "off": {k: v for s in answered for k, v in s["fastpath"]["off"].items()},
         },
         "peers": max((s["peers"] for s in answered), default=0),

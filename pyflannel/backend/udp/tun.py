@@ -19,6 +19,8 @@ IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
 TUNSETVNETHDRSZ = 0x400454D8
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
 VNET_HDR_LEN = 10
 
 TUN_NAME = "flannel0"
@@ -68,6 +70,14 @@ def open_tun(
         )
         raise TunError(e.errno, f"cannot attach TUN device {name}: {e.strerror}{hint}") from None
     return fd
+
+
+def set_offload(fd: int, flags: int) -> None:
+    """What the device may hand us unfinished (TUN_F_*, for the whole device, every queue):
+    CSUM - partial transport checksums; TSO4 - TCP super-packets up to 64 KB. 0: nothing, the
+    kernel segments and checksums before the TUN. Needs the virtio-net header to be useful,
+    and it persists with the device, so a reader without one must clear it."""
+    fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
 
 
 def remove_tun(name: str = TUN_NAME, multi_queue: bool = False) -> None:

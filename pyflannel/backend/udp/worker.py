@@ -22,6 +22,7 @@ packet loop dies exits with status 1 and the daemon's reconciler restarts the pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -30,6 +31,7 @@ import sys
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
+from pyflannel.backend.udp import tun
 from pyflannel.backend.udp.forwarder import Forwarder
 from pyflannel.backend.udp.routes import ForwardingTable
 
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     control = socket.socket(fileno=args.control_fd)
     control.setblocking(True)
     forwarder = Forwarder(args.tun_fd, sock, args.mtu, args.datapath, args.fastpath)
+    if args.fastpath:
+        forwarder.offer_tso()
+    else:  # the device keeps offloads a fast-path run set: without a vnet header, none
+        with contextlib.suppress(OSError):
+            tun.set_offload(args.tun_fd, 0)
     lines = control.makefile("rb")
     outcome: list = []
     serve(lines, control, forwarder, outcome)  # no packet moves before table and lease are in
