@@ -24,9 +24,11 @@ TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 _LAST_ONLY = TCP_FIN | TCP_PSH
 
 
-def _fold(values):
-    values = (values & 0xFFFF) + (values >> 16)
-    return (values & 0xFFFF) + (values >> 16)
+def _checksums(totals):
+    """Internet checksums from sums of 16-bit words of any size: 2**16 == 1 (mod 0xffff), so
+    the remainder is the ones'-complement sum (0 standing for 0xffff: the sums are nonzero)."""
+    folded = totals % 0xFFFF
+    return 0xFFFF - np.where(folded, folded, 0xFFFF)
 
 
 @functools.cache
@@ -80,10 +82,9 @@ def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
         rows = np.zeros((count, gso_size + 1), np.uint8)
         rows[:, :gso_size] = out[:, header_len:]
         words_le = rows.view("<u2")
-    # Summed as native little-endian words (faster), then byte-swapped: a ones'-complement
-    # sum of byte-swapped words is the byte-swapped sum (RFC 1071). 32 bits hold a row.
-    payload_sums = _fold(words_le.sum(axis=1, dtype=np.uint32).astype(np.uint64))
-    payload_sums = ((payload_sums & 0xFF) << 8) | (payload_sums >> 8)
+    # Summed as native little-endian words (faster; 32 bits hold a row's sum). Swapping a
+    # word's bytes is a rotation by 8 bits, which modulo 0xffff is a product with 256.
+    payload_sums = words_le.sum(axis=1, dtype=np.uint32).astype(np.uint64) << 8
 
     words = list(struct.unpack_from(f"!{header_len // 2}H", packet))
     words[5] = words[ihl // 2 + 8] = 0  # both checksums
@@ -97,7 +98,7 @@ def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
     fields["ip_len"] = ip_len
     fields["ip_id"] = ip_id
     ip_base = sum(words[: ihl // 2]) - words[1] - words[2]  # all but length and ID
-    fields["ip_check"] = ~_fold(ip_base + ip_len + ip_id) & 0xFFFF
+    fields["ip_check"] = _checksums(ip_base + ip_len + ip_id)
 
     tcp = ihl // 2  # index of the first TCP word
     seq = ((words[tcp + 2] << 16 | words[tcp + 3]) + k * gso_size) & 0xFFFFFFFF
@@ -115,6 +116,6 @@ def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
         + 6
         + thl
     )
-    total = tcp_base + payloads + (seq >> 16) + (seq & 0xFFFF) + flags + payload_sums
-    fields["tcp_check"] = ~_fold(_fold(total)) & 0xFFFF
+    # A 32-bit sequence number counts as its two words: 2**16 == 1 (mod 0xffff) again.
+    fields["tcp_check"] = _checksums(tcp_base + payloads + seq + flags + payload_sums)
     return memoryview(out.reshape(-1)[: (count - 1) * size + header_len + last]), size
