@@ -128,9 +128,9 @@ FLAGS: list[tuple[str, type, str]] = [
     (
         "udp-fastpath",
         bool,
-        "UDP backend: batch with kernel offloads (UDP_SEGMENT sends, UDP_GRO "
-        "receives coalesced into GSO writes to the TUN); falls back per packet where the kernel "
-        "refuses (default %(default)s; pyflannel only)",
+        "UDP backend: batch with kernel offloads (TCP super-packets from the TUN cut here, "
+        "UDP_SEGMENT sends, UDP_GRO receives coalesced into GSO writes to the TUN); each piece "
+        "falls back per packet where the kernel refuses it (default %(default)s; pyflannel only)",
     ),
     (
         "udp-workers",
