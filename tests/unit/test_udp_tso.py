@@ -64,9 +64,10 @@ def test_a_super_packet_is_cut_as_the_kernel_would(payload_len):
     verify(cut(packet, 1448), payload, 1448)
 
 
+@pytest.mark.parametrize("payload_len", [500, 5000])  # one segment (first and last), several
 @pytest.mark.parametrize("flags", ["PA", "FA", "FPA", "CA", "CPA", "EA"])
-def test_flags_fin_psh_on_the_last_cwr_on_the_first(flags):
-    packet, payload = super_packet(5000, flags=flags)
+def test_flags_fin_psh_on_the_last_cwr_on_the_first(flags, payload_len):
+    packet, payload = super_packet(payload_len, flags=flags)
     verify(cut(packet, 1400), payload, 1400, flags=flags)
 
 

@@ -6,7 +6,7 @@ header saying "segment me at gso_size". Flannel's wire format wants one inner pa
 datagram, so we cut it here, exactly as the kernel would (tcp_gso_segment): consecutive
 sequence numbers and IP IDs, FIN and PSH only on the last segment, CWR only on the first,
 every IP and TCP checksum complete. All segments are computed at once with numpy (payload
-checksums as per-row sums over a matrix of 16-bit words): about 1 µs a segment, where a
+checksums as per-row sums over a matrix of 16-bit words): about 0.6 µs a segment, where a
 read per packet plus per-packet Python costs about 4.5 µs, and a Python checksum alone
 3 µs (library notes).
 
@@ -24,11 +24,22 @@ TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 _LAST_ONLY = TCP_FIN | TCP_PSH
 
 
-def _checksums(totals):
-    """Internet checksums from sums of 16-bit words of any size: 2**16 == 1 (mod 0xffff), so
-    the remainder is the ones'-complement sum (0 standing for 0xffff: the sums are nonzero)."""
-    folded = totals % 0xFFFF
-    return 0xFFFF - np.where(folded, folded, 0xFFFF)
+def _check(sums_minus_one):
+    """Internet checksums from (nonzero) sums of 16-bit words of any size, minus one.
+
+    2**16 == 1 (mod 0xffff), so a remainder is the ones'-complement sum, except that the
+    folded sum of nonzero data is 0xffff where the remainder says 0: (sum - 1) % 0xffff + 1
+    is right in every case, and the checksum is its complement."""
+    return 0xFFFE - sums_minus_one % 0xFFFF
+
+
+@functools.lru_cache(maxsize=64)
+def _progressions(count: int, gso_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """0, 1, 2 ... and 0, gso_size, 2 * gso_size ... (read-only: they are shared)."""
+    ids = np.arange(count, dtype=np.uint64)
+    steps = ids * gso_size
+    ids.flags.writeable = steps.flags.writeable = False
+    return ids, steps
 
 
 @functools.cache
@@ -88,34 +99,43 @@ def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
 
     words = list(struct.unpack_from(f"!{header_len // 2}H", packet))
     words[5] = words[ihl // 2 + 8] = 0  # both checksums
-    k = np.arange(count, dtype=np.uint64)
-    payloads = np.full(count, gso_size, np.uint64)
-    payloads[-1] = last
+    ids, steps = _progressions(count, gso_size)
     fields = out.reshape(-1).view(_fields(ihl, size))
+    short = gso_size - last  # the last segment is this much shorter than the others
+    # Per segment only the IP ID, the sequence number and the payload differ; the first and
+    # last segments' lengths and flags are adjusted one by one. Sums carry "- 1": see _check.
 
-    ip_len = payloads + header_len
-    ip_id = (words[2] + k) & 0xFFFF
-    fields["ip_len"] = ip_len
+    ip_id = (words[2] + ids) & 0xFFFF
     fields["ip_id"] = ip_id
-    ip_base = sum(words[: ihl // 2]) - words[1] - words[2]  # all but length and ID
-    fields["ip_check"] = _checksums(ip_base + ip_len + ip_id)
+    fields["ip_len"] = size
+    fields["ip_len"][-1] = size - short
+    ip_sums = ip_id + (sum(words[: ihl // 2]) - words[1] - words[2] + size - 1)
+    ip_sums[-1] = int(ip_sums[-1]) - short
+    fields["ip_check"] = _check(ip_sums)
 
     tcp = ihl // 2  # index of the first TCP word
-    seq = ((words[tcp + 2] << 16 | words[tcp + 3]) + k * gso_size) & 0xFFFFFFFF
-    flags = np.full(count, packet[ihl + 13], np.uint64)
-    flags[:-1] &= ~_LAST_ONLY & 0xFF
-    flags[1:] &= ~TCP_CWR & 0xFF
+    seq = ((words[tcp + 2] << 16 | words[tcp + 3]) + steps) & 0xFFFFFFFF
     fields["seq"] = seq
-    fields["flags"] = flags
+    flags = packet[ihl + 13]
+    middle = flags & ~(_LAST_ONLY | TCP_CWR)
+    first, final = (flags, flags) if count == 1 else (flags & ~_LAST_ONLY, flags & ~TCP_CWR)
+    fields["flags"] = middle
+    fields["flags"][0], fields["flags"][-1] = first, final
     tcp_base = (
         sum(words[tcp:])
-        - words[tcp + 2]  # the sequence number and the flags: per segment below
+        - words[tcp + 2]  # the sequence number and the flags: per segment
         - words[tcp + 3]
         - (words[tcp + 6] & 0xFF)
-        + sum(words[6:10])  # pseudo-header: addresses, protocol, TCP length (below)
+        + sum(words[6:10])  # pseudo-header: addresses, protocol, TCP length
         + 6
         + thl
+        + gso_size
+        + middle
     )
     # A 32-bit sequence number counts as its two words: 2**16 == 1 (mod 0xffff) again.
-    fields["tcp_check"] = _checksums(tcp_base + payloads + seq + flags + payload_sums)
+    tcp_sums = seq + payload_sums + (tcp_base - 1)
+    tcp_sums[-1] = int(tcp_sums[-1]) + final - middle - short
+    if count > 1:
+        tcp_sums[0] = int(tcp_sums[0]) + first - middle
+    fields["tcp_check"] = _check(tcp_sums)
     return memoryview(out.reshape(-1)[: (count - 1) * size + header_len + last]), size
