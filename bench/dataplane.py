@@ -30,14 +30,17 @@ from pyflannel.testbed.iperf import iperf, received_bits_per_second
 # peer's underlay address: the pod plumbing without encapsulation, the fair baseline for
 # what VXLAN itself costs). The rest: pod to pod through the overlay.
 # udp-threads/-asyncio/-uvloop: the per-packet path (fast path off) with each loop design, one
-# worker; udp-fast: batched with kernel offloads (UDP_SEGMENT, UDP_GRO, GSO writes to the TUN),
-# one worker; -2w: the same with two workers a node (multi-queue TUN, steered sockets).
+# worker; udp-fast: batched with kernel offloads (TSO from the TUN, UDP_SEGMENT, UDP_GRO, GSO
+# writes to the TUN), one worker, and with the other loop designs; -2w: two workers a node
+# (multi-queue TUN, steered sockets).
 UDP_ARGS = {
     "udp-threads": ["--udp-datapath=threads", "--udp-fastpath=false", "--udp-workers=1"],
     "udp-asyncio": ["--udp-datapath=asyncio", "--udp-fastpath=false", "--udp-workers=1"],
     "udp-uvloop": ["--udp-datapath=uvloop", "--udp-fastpath=false", "--udp-workers=1"],
     "udp-asyncio-2w": ["--udp-datapath=asyncio", "--udp-fastpath=false", "--udp-workers=2"],
     "udp-fast": ["--udp-fastpath=true", "--udp-workers=1"],
+    "udp-fast-threads": ["--udp-fastpath=true", "--udp-workers=1", "--udp-datapath=threads"],
+    "udp-fast-uvloop": ["--udp-fastpath=true", "--udp-workers=1", "--udp-datapath=uvloop"],
     "udp-fast-2w": ["--udp-fastpath=true", "--udp-workers=2"],
 }
 MODES = ("underlay", "direct", "vxlan", *UDP_ARGS)
