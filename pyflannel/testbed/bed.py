@@ -136,6 +136,23 @@ class Node:
         )
         return json.loads(netns.run([sys.executable, "-c", code], ns=self.ns).stdout)
 
+    def status_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``pyflannel status`` run on this host, as an operator would, pointed at the bed."""
+        return netns.run(
+            [
+                sys.executable,
+                "-m",
+                "pyflannel",
+                "status",
+                f"--etcd-endpoints={self.bed.etcd.url}",
+                f"--subnet-file={self.subnet_file}",
+                *args,
+            ],
+            ns=self.ns,
+            check=False,
+            timeout=timeout,
+        )
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -26,24 +26,7 @@ def bed():
 
 
 def status(bed, node, *extra):
-    proc = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node.ns,
-            sys.executable,
-            "-m",
-            "pyflannel",
-            "status",
-            f"--etcd-endpoints={bed.etcd.url}",
-            f"--subnet-file={node.subnet_file}",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = node.status_cli(*extra)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 

@@ -305,8 +305,8 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
     c.wait_ready()
     try:
         assert udp_stats(c)["fastpath"] == {"tx": False, "rx": False, "tso": False, "off": {}}
-        assert "fast path: tx batched, rx batched, TSO on" in status_text(bed, a)
-        assert "fast path: tx per packet, rx per packet, TSO off" in status_text(bed, c)
+        assert "fast path: tx batched, rx batched, TSO on" in a.status_cli().stdout
+        assert "fast path: tx per packet, rx per packet, TSO off" in c.status_cli().stdout
         for src, dst in ((a, c), (c, a)):
             result = iperf(src.pod_ns, dst.pod_ns, str(dst.pod_ip), seconds=1)
             assert result["end"]["sum_received"]["bytes"] > 1_000_000
@@ -318,19 +318,3 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
 
 def udp_stats(node) -> dict:
     return node.status()["backend"]["udp"]
-
-
-def status_text(bed, node) -> str:
-    """What an operator sees: ``pyflannel status`` run on the node."""
-    return netns.run(
-        [
-            sys.executable,
-            "-m",
-            "pyflannel",
-            "status",
-            f"--etcd-endpoints={bed.etcd.url}",
-            f"--subnet-file={node.subnet_file}",
-        ],
-        ns=node.ns,
-        check=False,
-    ).stdout
