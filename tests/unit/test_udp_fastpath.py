@@ -7,12 +7,14 @@ the path falls back per packet, once, and says so."""
 import errno
 import socket
 import struct
+import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
+import pyflannel.backend.udp as udp_package
 from pyflannel.backend.udp import gso, tun
 from pyflannel.backend.udp import packet as pk
 from pyflannel.backend.udp.forwarder import UDP_SEGMENT, Forwarder
@@ -229,6 +231,18 @@ def test_order_to_a_peer_is_kept_around_super_packets(tso_rig):
     rig.fwd.start()
     seqs = [IP(rig.peer.recvfrom(65536)[0])[TCP].seq for _ in range(5)]
     assert seqs == [1, 1001, 2001, 3001, 4001]
+
+
+def test_without_numpy_tso_stays_off_and_the_device_is_told(rig, monkeypatch, caplog):
+    offered = []
+    monkeypatch.setattr(tun, "set_offload", lambda fd, flags: offered.append(flags))
+    monkeypatch.setitem(sys.modules, "pyflannel.backend.udp.tso", None)  # import fails ...
+    monkeypatch.delattr(udp_package, "tso", raising=False)  # ... even if done before
+    assert not rig.fwd.offer_tso()
+    assert offered == [0]  # what an earlier run offered is taken back
+    assert "numpy is not installed" in rig.fwd.fast_off["tso"]
+    assert caplog.text.count("TSO off") == 1
+    assert rig.fwd.snapshot()["fastpath"]["tso"] is False
 
 
 def test_without_tso_a_super_packet_is_dropped_and_counted_not_sent_whole(rig, caplog):

@@ -12,6 +12,7 @@ never wait for etcd or netlink.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -225,19 +226,23 @@ class Forwarder:
     def offer_tso(self) -> bool:
         """Let the TUN hand over TCP super-packets (and partial checksums), to be cut here:
         one read per 64 KB instead of one per packet. Needs numpy and the kernel's consent;
-        without either it stays off, said once."""
+        without either it stays off, said once, and the device is told so (a persistent
+        device keeps what an earlier run offered)."""
         try:
             from pyflannel.backend.udp import tso
         except ImportError as e:
             self._turn_off("tso", f"numpy is not installed ({e})")
-            return False
-        try:
-            tun.set_offload(self.tun_fd, tun.TUN_F_CSUM | tun.TUN_F_TSO4)
-        except OSError as e:
-            self._turn_off("tso", f"TUNSETOFFLOAD refused: {e}")
-            return False
-        self._segment, self.tso = tso.segment, True
-        return True
+        else:
+            try:
+                tun.set_offload(self.tun_fd, tun.TUN_F_CSUM | tun.TUN_F_TSO4)
+            except OSError as e:
+                self._turn_off("tso", f"TUNSETOFFLOAD refused: {e}")
+            else:
+                self._segment, self.tso = tso.segment, True
+                return True
+        with contextlib.suppress(OSError):
+            tun.set_offload(self.tun_fd, 0)
+        return False
 
     def drain_tun_fast(self) -> None:
         """Read up to TX_BATCH packets, then send each peer's as UDP_SEGMENT groups. A TCP
