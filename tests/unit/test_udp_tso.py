@@ -140,3 +140,19 @@ def test_partial_checksums_are_finished(layer, field_offset, payload):
 @given(st.binary(max_size=3000))
 def test_ones_sum_agrees_with_the_reference_checksum(data):
     assert ~pk.ones_sum(data) & 0xFFFF == pk.checksum(data)
+
+
+def test_cutting_into_a_reused_buffer_gives_the_same_datagrams():
+    into = bytearray(2 * 65536)
+    for payload_len in (10_000, 3_000, 60_000):  # each cut overwrites the last one's bytes
+        packet, _ = super_packet(payload_len, flags="PA")
+        fresh, size = tso.segment(memoryview(packet), 1448)
+        reused, same_size = tso.segment(memoryview(packet), 1448, into)
+        assert (bytes(reused), same_size) == (bytes(fresh), size)
+        assert bytes(into[: len(reused)]) == bytes(reused)  # written where we asked
+    small = bytearray(100)  # too small: a buffer of its own
+    packet, _ = super_packet(10_000)
+    assert bytes(tso.segment(memoryview(packet), 1448, small)[0]) == bytes(
+        tso.segment(memoryview(packet), 1448)[0]
+    )
+    assert small == bytearray(100)

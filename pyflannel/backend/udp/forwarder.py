@@ -104,6 +104,7 @@ class Forwarder:
         self._segment = None
         self._rx_buf = bytearray(BUFFER)
         self._tx_buf = bytearray(BUFFER + gso.VNET_LEN)
+        self._cut_buf = bytearray(2 * BUFFER)  # 64 KB cut: + a header per datagram
         if fastpath:
             try:
                 sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
@@ -299,7 +300,7 @@ class Forwarder:
         if not pk.decrement_ttl(packet):
             self.to_peers.drop(pk.TTL_EXPIRED)
             return
-        cut = self._segment(packet, gso_size)
+        cut = self._segment(packet, gso_size, self._cut_buf)
         if cut is None:
             self.to_peers.drop(BAD_OFFLOAD)
             return

@@ -55,12 +55,15 @@ def _fields(ihl: int, size: int) -> np.dtype:
     )
 
 
-def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
+def segment(packet, gso_size: int, into: bytearray | None = None) -> tuple[memoryview, int] | None:
     """Cut an IPv4/TCP super-packet (IP header first, checksums as they come) into segments
     of ``gso_size`` payload bytes. Returns (datagrams back to back, datagram size): all
     datagrams but the last are exactly that size, so the buffer is ready for one
     ``UDP_SEGMENT`` send (or several, cut at multiples of the size). None if the packet is
-    no IPv4/TCP packet that can be cut."""
+    no IPv4/TCP packet that can be cut.
+
+    The datagrams are written to ``into`` when it is large enough (a buffer reused from
+    call to call stays in the CPU's cache: the caller sends them before the next call)."""
     n = len(packet)
     if n < 40 or packet[0] >> 4 != 4 or packet[9] != 6 or gso_size <= 0:
         return None
@@ -78,7 +81,10 @@ def segment(packet, gso_size: int) -> tuple[memoryview, int] | None:
 
     # One row per datagram: headers from the packet, payload cut at gso_size, the last
     # row's unused tail zeroed (zeros do not change a ones'-complement sum).
-    out = np.empty((count, size), np.uint8)
+    if into is not None and len(into) >= count * size:
+        out = np.frombuffer(into, np.uint8, count * size).reshape(count, size)
+    else:
+        out = np.empty((count, size), np.uint8)
     template = np.frombuffer(packet, np.uint8, header_len)
     out[:, :header_len] = template
     body = np.frombuffer(packet, np.uint8, length, header_len)
