@@ -6,9 +6,9 @@ header saying "segment me at gso_size". Flannel's wire format wants one inner pa
 datagram, so we cut it here, exactly as the kernel would (tcp_gso_segment): consecutive
 sequence numbers and IP IDs, FIN and PSH only on the last segment, CWR only on the first,
 every IP and TCP checksum complete. All segments are computed at once with numpy (payload
-checksums as per-row sums over a matrix of 16-bit words): about 0.6 µs a segment, where a
-read per packet plus per-packet Python costs about 4.5 µs, and a Python checksum alone
-3 µs (library notes).
+checksums as per-row sums over a matrix of 16-bit words): about 0.6 µs a segment measured
+alone (28 µs per 64 KB), where a read per packet plus per-packet Python costs about 4.5 µs,
+and a checksum in pure Python alone 3 µs (library notes).
 
 Packets without GSO may still carry ``NEEDS_CSUM``: packet.complete_checksum finishes them.
 """
@@ -42,7 +42,7 @@ def _progressions(count: int, gso_size: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, steps
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _fields(ihl: int, size: int) -> np.dtype:
     """A datagram row seen as the header fields that differ from segment to segment."""
     return np.dtype(
