@@ -215,11 +215,20 @@ class EtcdCluster:
         for m in self.members:
             m.stop()
 
-    def ctl(self, *args: str, check: bool = True, timeout: float = 20, input: str | None = None):
-        """etcdctl against the live members. A request that lands in a leader election times
-        out without a retry in etcdctl: try again (all our uses are idempotent)."""
+    def ctl(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 20,
+        input: str | None = None,
+        members: list[EtcdServer] | None = None,
+    ):
+        """etcdctl against the live members (or those of ``members``: a member cut off from
+        its peers still runs, but a write through it never commits). A request that lands in
+        a leader election times out without a retry in etcdctl: try again (all our uses are
+        idempotent)."""
         for _ in range(4):
-            live = [m for m in self.members if m.running] or self.members
+            live = [m for m in members or self.members if m.running] or self.members
             cmd = [
                 ETCDCTL,
                 f"--endpoints={','.join(m.url for m in live)}",
@@ -240,8 +249,8 @@ class EtcdCluster:
             time.sleep(0.5)
         raise CommandError(f"etcdctl {' '.join(args)} failed 4 times: {proc.stderr.strip()[-300:]}")
 
-    def put(self, key: str, value: str) -> None:
-        self.ctl("put", key, input=value)
+    def put(self, key: str, value: str, members: list[EtcdServer] | None = None) -> None:
+        self.ctl("put", key, input=value, members=members)
 
     def get(self, key: str) -> str | None:
         out = self.ctl("get", key, "--print-value-only").stdout
