@@ -462,7 +462,15 @@ class Daemon:
     async def _metrics(self):
         from pyflannel.metrics import metrics_text  # prometheus_client: only when scraped
 
-        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(self)
+        stats = await self.datapath_stats()
+        return 200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(self, stats)
+
+    async def datapath_stats(self) -> dict | None:
+        """The userspace data path's counters (None without one). Asking the workers waits
+        for their answers: in a thread, never on this loop."""
+        if self.backend is None:
+            return None
+        return await asyncio.to_thread(self.backend.datapath_stats)
 
     async def _status(self):
         return as_json(200, await daemon_status(self))
@@ -472,7 +480,7 @@ class Daemon:
         before: dict[str, int] = {}
         while True:
             await asyncio.sleep(every)
-            stats = self.backend.datapath_stats()
+            stats = await self.datapath_stats()
             if stats is None:
                 continue
             now = {

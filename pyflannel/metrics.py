@@ -12,8 +12,9 @@ from pyflannel import __version__
 
 
 class DaemonCollector:
-    def __init__(self, daemon):
+    def __init__(self, daemon, udp_stats: dict | None = None):
         self.daemon = daemon
+        self.udp_stats = udp_stats  # fetched by the caller: it waits for the workers
 
     def collect(self):
         d = self.daemon
@@ -68,7 +69,7 @@ class DaemonCollector:
                 "kernel entries repaired by the reconciler",
                 value=backend.repairs,
             )
-            stats = backend.datapath_stats()
+            stats = self.udp_stats
             if stats:
                 pkts = CounterMetricFamily(
                     "pyflannel_udp_packets", "UDP data path packets", labels=["direction"]
@@ -97,7 +98,7 @@ class DaemonCollector:
         )
 
 
-def metrics_text(daemon) -> bytes:
+def metrics_text(daemon, udp_stats: dict | None = None) -> bytes:
     registry = CollectorRegistry()
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(daemon, udp_stats))
     return generate_latest(registry)

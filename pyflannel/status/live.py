@@ -115,7 +115,7 @@ async def _backend(daemon, backend) -> dict:
         "mtu_reason": backend.mtu_reason,
         "fallback": getattr(backend, "fallback_reason", "") or None,
         "device_present": await daemon.netlink.call(_link_exists, backend.device_name),
-        "udp": backend.datapath_stats(),
+        "udp": await daemon.datapath_stats(),
         "repairs": backend.repairs,
     }
     if backend.name == "vxlan":

@@ -128,13 +128,17 @@ class Node:
         text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
         return [int(pid) for pid in text.split()]
 
-    def status(self, port: int = 8471) -> dict:
-        """The daemon's /status document, fetched inside the host's namespace."""
+    def endpoint(self, path: str, port: int = 8471) -> str:
+        """A page of the daemon's health endpoint, fetched inside the host's namespace."""
         code = (
             "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
-            f"'http://127.0.0.1:{port}/status', timeout=10).read().decode())"
+            f"'http://127.0.0.1:{port}{path}', timeout=10).read().decode())"
         )
-        return json.loads(netns.run([sys.executable, "-c", code], ns=self.ns).stdout)
+        return netns.run([sys.executable, "-c", code], ns=self.ns).stdout
+
+    def status(self, port: int = 8471) -> dict:
+        """The daemon's /status document."""
+        return json.loads(self.endpoint("/status", port))
 
     def status_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """``pyflannel status`` run on this host, as an operator would, pointed at the bed."""
@@ -211,23 +215,7 @@ class Node:
         netns.ip(self.ns, "link", "add", "cni0", "type", "bridge")
         netns.ip(self.ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", "cni0")
         netns.create(self.pod_ns)
-        netns.ip(
-            self.ns,
-            "link",
-            "add",
-            "vp0",
-            "mtu",
-            str(mtu),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.pod_ns,
-            "mtu",
-            str(mtu),
-        )
+        netns.add_veth(self.ns, "vp0", self.pod_ns, "eth0", mtu)
         netns.ip(self.ns, "link", "set", "vp0", "master", "cni0", "up")
         netns.ip(self.ns, "link", "set", "cni0", "up")
         netns.ip(self.pod_ns, "addr", "add", f"{pod}/{subnet.prefixlen}", "dev", "eth0")
@@ -358,23 +346,7 @@ class TestBed:
     def _attach(self, ns: str, port: str, address) -> None:
         """A namespace whose eth0 (``address``/24) is a port of the switch."""
         self._create(ns)
-        netns.ip(
-            self.lan,
-            "link",
-            "add",
-            port,
-            "mtu",
-            str(self.mtu),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns,
-            "mtu",
-            str(self.mtu),
-        )
+        netns.add_veth(self.lan, port, ns, "eth0", self.mtu)
         netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
         netns.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
         netns.ip(ns, "link", "set", "eth0", "up")

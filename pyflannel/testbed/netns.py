@@ -38,6 +38,12 @@ def ip(ns: str | None, *args: str, check: bool = True) -> subprocess.CompletedPr
     return run(["ip", *args], ns=ns, check=check)
 
 
+def add_veth(ns: str, name: str, peer_ns: str, peer_name: str, mtu: int) -> None:
+    """A veth pair: ``name`` in ``ns``, ``peer_name`` in ``peer_ns``, both with ``mtu``."""
+    peer = ["peer", "name", peer_name, "netns", peer_ns, "mtu", str(mtu)]
+    ip(ns, "link", "add", name, "mtu", str(mtu), "type", "veth", *peer)
+
+
 def ip_json(ns: str | None, *args: str) -> list[dict]:
     import json
 

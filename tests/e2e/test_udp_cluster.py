@@ -4,6 +4,7 @@ destinations, and a restart costing at most the restart window."""
 
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -41,6 +42,11 @@ def test_a_tcp_transfer_crosses_the_udp_tunnel(bed):
     a, b = bed.nodes[0], bed.nodes[1]
     result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)
     assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    # ... and the workers' counters reach /metrics (asked off the daemon's event loop)
+    sent = re.search(
+        r'pyflannel_udp_bytes_total\{direction="to_peers"\} (\S+)', a.endpoint("/metrics")
+    )
+    assert sent and float(sent.group(1)) > 1_000_000
 
 
 def test_lease_is_upstreams_udp_lease_byte_for_byte(bed):

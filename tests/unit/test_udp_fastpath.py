@@ -8,8 +8,6 @@ import errno
 import socket
 import struct
 import sys
-import time
-from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
@@ -17,47 +15,15 @@ from scapy.layers.inet import ICMP, IP, TCP
 import pyflannel.backend.udp as udp_package
 from pyflannel.backend.udp import gso, tun
 from pyflannel.backend.udp import packet as pk
-from pyflannel.backend.udp.forwarder import UDP_SEGMENT, Forwarder
-from pyflannel.backend.udp.routes import ForwardingTable
+from pyflannel.backend.udp.forwarder import UDP_SEGMENT
 
+from .test_udp_forwarder import Rig
 from .test_udp_gso import resegment
-
-OWN, PEER = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
-
-
-class Rig:
-    def __init__(self, datapath: str):
-        self.kernel, self._tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.kernel.settimeout(2)
-        self._tun.setblocking(False)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.peer.bind(("127.0.0.2", 0))
-        self.peer.settimeout(2)
-        self.fwd = Forwarder(self._tun.fileno(), self.sock, 1472, datapath, fastpath=True)
-        self.fwd.set_local(OWN, IPv4Network("10.1.0.0/16"))
-        self.fwd.table = ForwardingTable.build(
-            [(PEER, IPv4Address("127.0.0.2"), self.peer.getsockname()[1])]
-        )
-        self.our_addr = self.sock.getsockname()
-
-    def close(self):
-        self.fwd.stop()
-        for s in (self.kernel, self._tun, self.sock, self.peer):
-            s.close()
-
-    def wait(self, check, timeout=3.0):
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.005)
 
 
 @pytest.fixture(params=["asyncio", "threads"])
 def rig(request):
-    r = Rig(request.param)
+    r = Rig(request.param, fastpath=True, start=False)
     yield r
     r.close()
 

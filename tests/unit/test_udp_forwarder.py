@@ -21,7 +21,11 @@ MTU = 1472
 
 
 class Rig:
-    def __init__(self, datapath: str):
+    """A SOCK_DGRAM socketpair plays the TUN (``kernel`` is the kernel's end), loopback
+    sockets play us, a peer and a stranger. The forwarder starts at once unless told not
+    to (to queue packets before its first drain)."""
+
+    def __init__(self, datapath: str, fastpath: bool = False, start: bool = True):
         self.kernel, tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.kernel.settimeout(2)
         tun.setblocking(False)
@@ -34,12 +38,13 @@ class Rig:
         self.peer.settimeout(2)
         self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.stranger.bind(("127.0.0.3", 0))
-        self.fwd = Forwarder(tun.fileno(), self.sock, MTU, datapath)
+        self.fwd = Forwarder(tun.fileno(), self.sock, MTU, datapath, fastpath)
         self.fwd.set_local(OWN, IPv4Network("10.1.0.0/16"))
         self.fwd.table = ForwardingTable.build(
             [(PEER_SUBNET, IPv4Address("127.0.0.2"), self.peer.getsockname()[1])]
         )
-        self.fwd.start()
+        if start:
+            self.fwd.start()
         self.our_addr = self.sock.getsockname()
 
     def close(self):
@@ -47,7 +52,7 @@ class Rig:
         for s in (self.kernel, self._tun, self.sock, self.peer, self.stranger):
             s.close()
 
-    def wait(self, check, timeout=2.0):
+    def wait(self, check, timeout=3.0):
         deadline = time.monotonic() + timeout
         while not check():
             assert time.monotonic() < deadline, "timed out"

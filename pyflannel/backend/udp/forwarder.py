@@ -100,8 +100,7 @@ class Forwarder:
         self.fast_tx = fastpath
         self.fast_rx = fastpath
         self.fast_off: dict[str, str] = {}
-        self.tso = False  # the TUN hands over TCP super-packets; we cut them (tso.py)
-        self._segment = None
+        self._segment = None  # tso.segment once the TUN hands over TCP super-packets
         self._rx_buf = bytearray(BUFFER)
         self._tx_buf = bytearray(BUFFER + gso.VNET_LEN)
         self._cut_buf = bytearray(2 * BUFFER)  # 64 KB cut: + a header per datagram
@@ -224,6 +223,10 @@ class Forwarder:
         else:
             log.warning("udp fast path: %s batching off, per packet from now on: %s", half, why)
 
+    @property
+    def tso(self) -> bool:
+        return self._segment is not None
+
     def offer_tso(self) -> bool:
         """Let the TUN hand over TCP super-packets (and partial checksums), to be cut here:
         one read per 64 KB instead of one per packet. Needs numpy and the kernel's consent;
@@ -239,7 +242,7 @@ class Forwarder:
             except OSError as e:
                 self._turn_off("tso", f"TUNSETOFFLOAD refused: {e}")
             else:
-                self._segment, self.tso = tso.segment, True
+                self._segment = tso.segment
                 return True
         with contextlib.suppress(OSError):
             tun.set_offload(self.tun_fd, 0)

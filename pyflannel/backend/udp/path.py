@@ -102,7 +102,7 @@ class UdpPath:
             for fd in tun_fds:
                 os.close(fd)
             raise
-        setup = [table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers)]
+        setup = [self._table()]
         if self._subnet is not None:
             setup.append({"local": [str(self._subnet), str(self._network)]})
         pool = WorkerPool(self.mtu, tuning.datapath, fastpath, tuning.verbosity)
@@ -175,7 +175,10 @@ class UdpPath:
         """Send the workers a new forwarding table (each swaps it in with one assignment)."""
         self._peers = list(peers)
         if self.pool is not None:
-            self.pool.send(table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers))
+            self.pool.send(self._table())
+
+    def _table(self) -> dict:
+        return table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers)
 
     async def ensure(self) -> list[str]:
         """Reconcile: restart the path if its device vanished or a worker died."""

@@ -42,9 +42,9 @@ class Channel:
         except OSError as e:
             self.broken = f"control socket: {e}"
 
-    def request(self, message: dict, key: str, timeout: float) -> dict | None:
-        self.send(message)
-        deadline = time.monotonic() + timeout
+    def reply(self, message: dict, key: str, deadline: float) -> dict | None:
+        """The answer to ``message`` (sent before), matched on ``key``; None by ``deadline``
+        (a monotonic time) or if the socket broke."""
         while not self.broken:
             line, newline, rest = self._pending.partition(b"\n")
             if newline:
@@ -79,7 +79,8 @@ class WorkerPool:
         self.verbosity = verbosity
         self.processes: list[subprocess.Popen] = []
         self.channels: list[Channel] = []
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # whole lines on the control sockets
+        self._request_lock = threading.Lock()  # one snapshot at a time reads the replies
         self._requests = 0
 
     def start(self, tun_fds: list[int], socks: list[socket.socket], setup: list[dict]) -> None:
@@ -115,7 +116,7 @@ class WorkerPool:
             self.send(message)
 
     def send(self, message: dict) -> None:
-        with self._lock:
+        with self._send_lock:
             for channel in self.channels:
                 channel.send(message)
 
@@ -130,12 +131,14 @@ class WorkerPool:
         return None
 
     def snapshot(self) -> dict:
-        with self._lock:
+        """Every worker's counters, merged. Blocks for up to REPLY_TIMEOUT in all (the
+        workers are asked at once): callers on an event loop run it in a thread."""
+        with self._request_lock:
             self._requests += 1
-            replies = [
-                channel.request({"snapshot": self._requests}, "snapshot", REPLY_TIMEOUT)
-                for channel in self.channels
-            ]
+            request = {"snapshot": self._requests}
+            self.send(request)
+            deadline = time.monotonic() + REPLY_TIMEOUT
+            replies = [channel.reply(request, "snapshot", deadline) for channel in self.channels]
         return merge(
             [reply["stats"] if reply else None for reply in replies],
             [p.pid for p in self.processes],
