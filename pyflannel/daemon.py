@@ -34,13 +34,19 @@ from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
 from pyflannel.http_endpoint import HttpEndpoint, as_json, text
 from pyflannel.iface import ExtIface, external_interface
-from pyflannel.kernel_watch import KernelWatch
+from pyflannel.instance import Instance, instances_beside
+from pyflannel.kernel_watch import Damage, KernelWatch, Watched
 from pyflannel.lease_keeper import LeaseKeeper
 from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.peer_watch import PeerWatch
 from pyflannel.status.live import daemon_status
-from pyflannel.subnet.env_file import SubnetEnv, previous_subnet, write_atomic
+from pyflannel.subnet.env_file import (
+    SubnetEnv,
+    previous_network,
+    previous_subnet,
+    write_atomic,
+)
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 from pyflannel.traffic import TrafficRules
@@ -51,6 +57,7 @@ CONFIG_RETRY = 1.0  # seconds, as upstream
 CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
 PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
 DROP_REPORT_INTERVAL = 10.0  # seconds
+HEALTHZ_PORT_TRIES = 10  # the default port and the next nine, one per network on a host
 REPAIR_SETTLE = 0.05  # seconds to wait after a kernel notification before reconciling
 
 
@@ -65,6 +72,7 @@ class Daemon:
             tls=TLSFiles(options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile),
         )
         self.registry = Registry(self.client, options.etcd_prefix)
+        self.instance = Instance(options.subnet_file, options.etcd_prefix)
         self.netlink = Netlink()
         self.network: NetworkConfig | None = None
         self.ext: ExtIface | None = None
@@ -197,6 +205,7 @@ class Daemon:
         self.ext = await self._external_interface()
         log.info("using interface %s", self.ext.describe())
         self.backend, attrs = await self._start_backend(cfg, self.ext)
+        self.backend.also_own(previous_network(o.subnet_file))
         if o.vxlan_peer_filter and isinstance(self.backend, VxlanBackend):
             self.traffic.vxlan_port = self.backend.spec.effective_port
         self.keeper = LeaseKeeper(
@@ -343,6 +352,7 @@ class Daemon:
             self.backend.repair_wanted.clear()
 
     async def run(self) -> None:
+        self.instance.acquire()
         await self._start_endpoint()
         await self.start()
         async with asyncio.TaskGroup() as tasks:
@@ -353,7 +363,7 @@ class Daemon:
             # entries of every peer. Ready means programmed: wait for the first full pass.
             tasks.create_task(self._reconcile_loop(), name="reconcile")
             await self.programmed.wait()
-            self.kernel_watch = KernelWatch(self._our_devices, self._kernel_damaged)
+            self.kernel_watch = KernelWatch(self._watched, self._kernel_damaged)
             self.kernel_watch.start()
             tasks.create_task(self.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
@@ -376,15 +386,19 @@ class Daemon:
                 tasks.create_task(self._watchdog(interval), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
 
-    def _our_devices(self) -> tuple[set[str], set[int], int]:
+    def _watched(self) -> Watched:
         devices = self.backend.devices()
-        return (
-            {self.backend.device_name, TUN_NAME},
-            {i for i in (devices.vxlan,) if i},
+        names = {self.backend.device_name}
+        if devices.tun is not None:
+            names.add(TUN_NAME)
+        return Watched(
+            frozenset(names),
+            frozenset(i for i in (devices.vxlan,) if i),
             self.ext.index,
+            devices.networks,
         )
 
-    def _kernel_damaged(self, damage: tuple[str, str, str]) -> None:
+    def _kernel_damaged(self, damage: Damage) -> None:
         table, key, what = damage
         if table in ("route", "neigh", "fdb") and self.backend.explains(table, key):
             return  # our own doing
@@ -424,10 +438,14 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def _start_endpoint(self) -> None:
+        """Serve the health endpoint. With the default port taken (by the daemon of another
+        network on this host, usually) the next free port is used and said; a port given
+        with --healthz-port is used or not at all. Either way the instance record says where
+        it is, so ``pyflannel status`` for this network finds it."""
         o = self.options
         if not o.healthz_port:
             return
-        self.endpoint = HttpEndpoint(
+        endpoint = HttpEndpoint(
             {
                 "/healthz": self._healthz,
                 "/readyz": self._readyz,
@@ -435,16 +453,41 @@ class Daemon:
                 "/status": self._status,
             }
         )
-        try:
-            await self.endpoint.start(o.healthz_ip, o.healthz_port)
-        except OSError as e:  # e.g. a second daemon for another network on this host
+        tries = 1 if "healthz_port" in o.given else HEALTHZ_PORT_TRIES
+        for port in range(o.healthz_port, min(o.healthz_port + tries, 65536)):
+            try:
+                await endpoint.start(o.healthz_ip, port)
+                break
+            except OSError as e:
+                taken, why = port, e.strerror
+        else:
             log.error(
-                "health endpoint on %s:%d unavailable: %s; continuing without it",
+                "health endpoint on %s:%d unavailable: %s (%s); continuing without it",
                 o.healthz_ip,
                 o.healthz_port,
-                e.strerror,
+                why,
+                self._holder_of(taken),
             )
-            self.endpoint = None
+            return
+        self.endpoint = endpoint
+        if port != o.healthz_port:
+            log.warning(
+                "health endpoint on %s:%d instead of %d, which is in use (%s); "
+                "`pyflannel status --subnet-file=%s` finds it, --healthz-port fixes it",
+                o.healthz_ip,
+                port,
+                o.healthz_port,
+                self._holder_of(o.healthz_port),
+                o.subnet_file,
+            )
+        self.instance.publish(healthz=f"{o.healthz_ip}:{port}")
+
+    def _holder_of(self, port: int) -> str:
+        """Who has ``port``, as far as the instance records beside our subnet file know."""
+        for other in instances_beside(self.options.subnet_file):
+            if other.pid != os.getpid() and other.healthz.endswith(f":{port}"):
+                return f"by pyflannel {other.describe()}"
+        return "by another process"
 
     async def _healthz(self):
         problem = await self.alive()
@@ -506,6 +549,7 @@ class Daemon:
             self.backend.close()
         await self.client.close()
         self.netlink.close()
+        self.instance.release()
 
 
 async def serve(options: Options) -> int:

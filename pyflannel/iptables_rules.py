@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_network
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
-VXLAN_CHAIN = "FLANNEL-VXLAN-IN"
+VXLAN_CHAIN_PREFIX = "FLANNEL-VXLAN-"  # + the VXLAN port: one chain per network
+SHARED_CHAINS = (MASQ_CHAIN, FORWARD_CHAIN)  # upstream's names, shared by all networks
 VXLAN_COMMENT = "pyflannel vxlan peers"
 MASQ_COMMENT = "flanneld masq"
 FORWARD_COMMENT = "flanneld forward"
@@ -61,43 +62,109 @@ def forward_rules(cluster: IPv4Network) -> list[Rule]:
     ]
 
 
+def vxlan_chain(port: int) -> str:
+    """The peer-filter chain of the VXLAN network on ``port`` (one network per port)."""
+    return f"{VXLAN_CHAIN_PREFIX}{port}"
+
+
 def vxlan_peer_rules(port: int, peers: list[str]) -> list[Rule]:
     """pyflannel only (--vxlan-peer-filter): VXLAN datagrams are accepted from the public IPs
     of known peers only. One rule per peer, checked in order: meant for small clusters."""
     c = f'-m comment --comment "{VXLAN_COMMENT}"'
+    chain = vxlan_chain(port)
     return (
-        [Rule("filter", "INPUT", f"-p udp -m udp --dport {port} {c} -j {VXLAN_CHAIN}")]
-        + [Rule("filter", VXLAN_CHAIN, f"-s {ip}/32 {c} -j RETURN") for ip in peers]
-        + [Rule("filter", VXLAN_CHAIN, f"{c} -j DROP")]
+        [Rule("filter", "INPUT", f"-p udp -m udp --dport {port} {c} -j {chain}")]
+        + [Rule("filter", chain, f"-s {ip}/32 {c} -j RETURN") for ip in peers]
+        + [Rule("filter", chain, f"{c} -j DROP")]
     )
 
 
+# Ownership, per network. Several networks on one host (one daemon per --etcd-prefix) share
+# upstream's chains FLANNEL-POSTRTG and FLANNEL-FWD, as upstream's daemons do; in those a line
+# belongs to the network whose CIDR it names. Lines naming no network (the kube-proxy mark
+# rule, the jumps from the built-in chains) are shared: kept once, never removed. A line in a
+# flannel chain without a flannel comment is nobody's and is removed. The VXLAN peer-filter
+# chain is per port, so one network's alone.
+OURS, SHARED, OTHERS = "ours", "shared", "others"
+
+
+def _names_network_inside(line: str, cluster: IPv4Network) -> bool:
+    for token in line.split():
+        try:
+            net = ip_network(token, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, IPv4Network) and net.subnet_of(cluster):
+            return True
+    return False
+
+
+def claim(line: str, rules: list[Rule], cluster: IPv4Network) -> str:
+    """Whose a listed ``-A <flannel chain> ...`` line is: OURS (to keep as wanted or remove),
+    SHARED (one copy kept for every network) or OTHERS (another network's: never touched)."""
+    chain = line.split()[1]
+    if chain not in SHARED_CHAINS:
+        return OURS
+    if line in {
+        r.line for r in rules if r.chain == chain and not _names_network_inside(r.line, cluster)
+    }:
+        return SHARED
+    if _names_network_inside(line, cluster):
+        return OURS
+    if MASQ_COMMENT not in line and FORWARD_COMMENT not in line:
+        return OURS  # a stray line in a flannel chain: nobody's, so ours to clean up
+    return OTHERS
+
+
 def our_chains(rules: list[Rule]) -> dict[str, str]:
-    """chain -> table for the chains pyflannel owns (everything but the built-in jumps)."""
+    """chain -> table for the flannel chains the rules use (everything but built-in chains)."""
     return {r.chain: r.table for r in rules if r.chain.startswith("FLANNEL-")}
 
 
-def restore_payload(table: str, rules: list[Rule], jumps_present: dict[str, int]) -> str:
-    """One ``iptables-restore --noflush`` transaction for ``table``: declaring our chains
-    creates or flushes them (so rules of an old subnet vanish), each existing copy of a jump
-    rule is deleted and one appended, then our chains are filled."""
+def _chain_lines(listed: list[str], chain: str) -> list[str]:
+    return [line for line in listed if line.startswith(f"-A {chain} ")]
+
+
+def restore_payload(table: str, rules: list[Rule], listed: list[str], cluster: IPv4Network) -> str:
+    """One ``iptables-restore --noflush`` transaction for ``table``, given its ``iptables -S``
+    listing. A chain that is missing, or that is this network's alone, is declared (created
+    or flushed: rules of an old subnet vanish). In a shared chain that exists, only this
+    network's lines are deleted and appended again (in order), and a missing shared line is
+    inserted at the top; other networks' lines stay as they are. Each existing copy of a jump
+    rule is deleted and one appended."""
     lines = [f"*{table}"]
     mine = [r for r in rules if r.table == table]
-    lines += [
-        f":{chain} - [0:0]"
-        for chain in dict.fromkeys(r.chain for r in mine if r.chain.startswith("FLANNEL-"))
-    ]
+    existing = {line.split()[1] for line in listed if line.startswith("-N ")}
+    chains = list(our_chains(mine))
+    fresh = [c for c in chains if c not in existing or c not in SHARED_CHAINS]
+    lines += [f":{chain} - [0:0]" for chain in fresh]
     for r in mine:
         if not r.chain.startswith("FLANNEL-"):
-            lines += [f"-D {r.chain} {r.spec}"] * jumps_present.get(r.line, 0)
+            lines += [f"-D {r.chain} {r.spec}"] * listed.count(r.line)
             lines.append(r.line)
-    lines += [r.line for r in mine if r.chain.startswith("FLANNEL-")]
+    for chain in chains:
+        wanted = [r for r in mine if r.chain == chain]
+        if chain in fresh:
+            lines += [r.line for r in wanted]
+            continue
+        have = _chain_lines(listed, chain)
+        for line in have:
+            if claim(line, rules, cluster) == OURS:
+                lines.append("-D" + line[2:])
+        shared = [r for r in wanted if claim(r.line, rules, cluster) == SHARED]
+        for r in shared:
+            count = have.count(r.line)
+            lines += [f"-D {chain} {r.spec}"] * max(count - 1, 0)
+            if count == 0:
+                lines.append(f"-I {chain} 1 {r.spec}")
+        lines += [r.line for r in wanted if r not in shared]
     return "\n".join(lines) + "\nCOMMIT\n"
 
 
-def drift(rules: list[Rule], listed: dict[str, list[str]]) -> list[str]:
+def drift(rules: list[Rule], listed: dict[str, list[str]], cluster: IPv4Network) -> list[str]:
     """What differs between ``rules`` and ``iptables -t <table> -S`` output per table: missing
-    lines, extra lines in our chains, duplicated jumps. Empty when all is as it should be."""
+    lines, lines of ours (or nobody's) that should not be there, duplicated jumps and shared
+    lines. Other networks' lines are not drift. Empty when all is as it should be."""
     problems = []
     for table in sorted({r.table for r in rules}):
         have = listed.get(table, [])
@@ -106,14 +173,16 @@ def drift(rules: list[Rule], listed: dict[str, list[str]]) -> list[str]:
             count = have.count(r.line)
             if count == 0:
                 problems.append(f"missing in {table}: {r.line}")
-            elif count > 1 and not r.chain.startswith("FLANNEL-"):
+            elif count > 1 and (
+                not r.chain.startswith("FLANNEL-") or claim(r.line, rules, cluster) == SHARED
+            ):
                 problems.append(f"duplicated in {table}: {r.line}")
         expected = {r.line for r in want}
         for chain in our_chains(want):
             problems += [
                 f"unexpected in {table}: {line}"
-                for line in have
-                if line.startswith(f"-A {chain} ") and line not in expected
+                for line in _chain_lines(have, chain)
+                if line not in expected and claim(line, rules, cluster) == OURS
             ]
     return problems
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, ip_network
 
 from pyroute2 import IPRSocket
 from pyroute2.netlink.rtnl import (
@@ -29,14 +31,27 @@ log = logging.getLogger(__name__)
 IFF_UP = 1
 
 
-def is_damage(
-    msg, device_names: set[str], device_indexes: set[int], underlay: int = 0
-) -> tuple[str, str, str] | None:
+Damage = tuple[str, str, str]  # (table, key, description)
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What this network owns, as the notifications name it."""
+
+    device_names: frozenset[str]
+    device_indexes: frozenset[int]
+    underlay: int = 0
+    networks: tuple[IPv4Network, ...] = ()  # route destinations of this network
+
+
+def is_damage(msg, watched: Watched) -> Damage | None:
     """(table, key, description) of what a netlink notification did to our objects, or None.
     ``table``/``key`` match the reconciler's tables ("route", "neigh", "fdb") so that our
-    own deletions can be recognised; devices and the underlay use "device"/"underlay"."""
+    own deletions can be recognised; devices and the underlay use "device"/"underlay".
+    Another network's routes (same protocol number, other CIDR) are not ours."""
     event = msg.get("event")
-    if event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("index") == underlay:
+    device_names, device_indexes = watched.device_names, watched.device_indexes
+    if event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("index") == watched.underlay:
         what = "added" if event == "RTM_NEWADDR" else "removed"
         return "underlay", "", f"underlay address {msg.get_attr('IFA_ADDRESS')} {what}"
     if event in ("RTM_DELLINK", "RTM_NEWLINK"):
@@ -47,8 +62,12 @@ def is_damage(
             return "device", name, f"device {name} deleted"
         return None if msg["flags"] & IFF_UP else ("device", name, f"device {name} set down")
     if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
-        dst = f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"
-        return "route", dst, f"route {dst} deleted"
+        dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
+        try:
+            ours = any(ip_network(dst).subnet_of(n) for n in watched.networks)
+        except (ValueError, TypeError):  # an IPv6 route, or nonsense
+            ours = False
+        return ("route", dst, f"route {dst} deleted") if ours else None
     if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
         if msg.get("family") == 7:  # AF_BRIDGE: an FDB entry
             mac = msg.get_attr("NDA_LLADDR")
@@ -61,10 +80,10 @@ def is_damage(
 class KernelWatch:
     def __init__(
         self,
-        devices: Callable[[], tuple[set[str], set[int], int]],
-        on_damage: Callable[[str], None],
+        watched: Callable[[], Watched],
+        on_damage: Callable[[Damage], None],
     ):
-        self.devices = devices  # our device names and indexes, and the underlay's index
+        self.watched = watched  # what we own now (devices may be recreated)
         self.on_damage = on_damage
         self.sock: IPRSocket | None = None
         self.noticed = 0
@@ -81,9 +100,9 @@ class KernelWatch:
             log.debug("kernel notifications: %s; reconciling to be sure", e)
             self.on_damage(("missed", "", f"missed notifications ({e})"))
             return
-        names, indexes, underlay = self.devices()
+        watched = self.watched()
         for msg in messages:
-            what = is_damage(msg, names, indexes, underlay)
+            what = is_damage(msg, watched)
             if what:
                 self.noticed += 1
                 self.on_damage(what)

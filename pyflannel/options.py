@@ -54,6 +54,8 @@ class Options:
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 8471
     v: int = 0
+    # Which options were set by a flag or FLANNELD_* (the others are defaults).
+    given: frozenset[str] = frozenset()
 
     @property
     def public_ip_address(self) -> IPv4Address | None:
@@ -155,7 +157,7 @@ FLAGS: list[tuple[str, type, str]] = [
         "vxlan-peer-filter",
         bool,
         "accept VXLAN datagrams only from peers' public IPs (iptables "
-        "chain FLANNEL-VXLAN-IN, one rule per peer; pyflannel only)",
+        "chain FLANNEL-VXLAN-<port>, one rule per peer; pyflannel only)",
     ),
     (
         "healthz-ip",
@@ -260,7 +262,7 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
                 values[dest] = _convert(kind, given)
         except ValueError as e:
             raise OptionsError(f"invalid value for {source}: {e}") from None
-    options = Options(**values)
+    options = Options(**values, given=frozenset(values))
     validate(options)
     return options
 

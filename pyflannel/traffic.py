@@ -2,7 +2,9 @@
 
 Applied in one ``iptables-restore --noflush`` transaction per table; every ``--iptables-resync``
 seconds one ``iptables -S`` per table checks them, and any drift (a flushed chain, a deleted
-jump, a rule someone added to our chain) rebuilds the set.
+jump, a rule someone added to our chain) rebuilds this network's rules. Another network's
+daemon on the same host shares upstream's chains; its rules are never touched (see
+``iptables_rules.claim``).
 """
 
 from __future__ import annotations
@@ -124,16 +126,15 @@ class TrafficRules:
 
     async def _restore(self, if_drifted: bool = False) -> None:
         listed = await self._listing()
-        if if_drifted and not drift(self.rules, listed):
+        if if_drifted and not self._drift(listed):
             return  # e.g. a restart: the rules are already as they should be
         wait = ["--wait"] if self.version >= (1, 6, 2) else []
         for table in sorted({r.table for r in self.rules}):
-            jumps = {line: listed[table].count(line) for line in listed[table]}
             await _run(
                 "iptables-restore",
                 "--noflush",
                 *wait,
-                stdin=restore_payload(table, self.rules, jumps),
+                stdin=restore_payload(table, self.rules, listed[table], self._network[0]),
             )
         self.restores += 1
 
@@ -141,7 +142,7 @@ class TrafficRules:
         """Drift between the rules and the kernel; repaired if there is any."""
         if not self.rules:
             return []
-        problems = drift(self.rules, await self._listing())
+        problems = self._drift(await self._listing())
         if problems:
             log.warning("iptables rules drifted (%s); restoring them", "; ".join(problems[:3]))
             await self._restore()
@@ -159,4 +160,7 @@ class TrafficRules:
 
     async def present(self) -> bool:
         """Are all rules in place (for status and readiness)?"""
-        return not self.rules or not drift(self.rules, await self._listing())
+        return not self.rules or not self._drift(await self._listing())
+
+    def _drift(self, listed: dict[str, list[str]]) -> list[str]:
+        return drift(self.rules, listed, self._network[0])

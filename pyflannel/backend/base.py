@@ -57,6 +57,15 @@ class Backend:
         self.programmed = False
         self._own_deletions: dict[tuple[str, str], int] = {}  # (table, key) we deleted ourselves
         self.rejected: dict[IPv4Network, str] = {}  # leases this node cannot use, and why
+        # Route destinations this network owns: its CIDR, and the CIDR the subnet file named
+        # before a config change (its leftovers are ours to remove, nobody else's).
+        self.owned_networks: tuple[IPv4Network, ...] = (network.network,)
+
+    def also_own(self, previous: IPv4Network | None) -> None:
+        """Routes inside ``previous`` (this daemon's network before a config change, read
+        from its own subnet file) are ours too: removed, as no peer wants them now."""
+        if previous is not None and not any(previous.overlaps(n) for n in self.owned_networks):
+            self.owned_networks += (previous,)
 
     # -- what a backend supplies -----------------------------------------------------------
 

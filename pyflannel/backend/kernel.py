@@ -1,8 +1,12 @@
 """Netlink I/O for the backends. Every function takes a pyroute2 ``IPRoute`` first and runs
 on the netlink thread (see pyflannel.netlink); the decisions live in plan.py and device.py.
 
-Ownership: pyflannel touches only its own devices, the neighbour/FDB entries on its VXLAN
-device, and routes in the main table that carry its route protocol number ``RTPROT_PYFLANNEL``.
+Ownership is per network (several daemons, one per ``--etcd-prefix``, may share a host): a
+daemon touches only its own devices, the neighbour/FDB entries on its VXLAN device, and routes
+in the main table that carry pyflannel's route protocol number ``RTPROT_PYFLANNEL`` *and* lie
+inside one of its network's CIDRs (``Devices.networks``). Another network's routes carry the
+same protocol number but other destinations, so they are never read as ours, never "repaired"
+and never deleted.
 """
 
 from __future__ import annotations
@@ -37,10 +41,16 @@ _ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
 
 @dataclass(frozen=True)
 class Devices:
-    """Interface indexes of the devices routes may point at (None: not on this node)."""
+    """What one network owns in the kernel: the interface indexes of its devices (None: not
+    on this node) and the CIDRs its routes lie in (its network, and the one its subnet file
+    named before a config change)."""
 
     vxlan: int | None = None
     tun: int | None = None
+    networks: tuple[IPv4Network, ...] = ()
+
+    def owns_route(self, dst: IPv4Network) -> bool:
+        return any(dst.subnet_of(network) for network in self.networks)
 
 
 def describe_error(e: Exception) -> str:
@@ -137,9 +147,22 @@ def configure_device(
     return changed
 
 
+def foreign_addresses(ipr, name: str, network: IPv4Network) -> list[str]:
+    """IPv4 addresses of device ``name`` outside ``network``: if there are any, the device
+    belongs to another network's daemon on this host."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return []
+    addresses = (
+        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=found[0], family=AF_INET)
+    )
+    return [str(ip) for ip in addresses if ip not in network]
+
+
 def read_state(ipr, devices: Devices) -> KernelState:
-    """What pyflannel owns in the kernel now: permanent IPv4 neighbours and permanent FDB
-    entries on the VXLAN device, and routes with our protocol number in the main table."""
+    """What this network owns in the kernel now: permanent IPv4 neighbours and permanent FDB
+    entries on its VXLAN device, and routes with our protocol number in the main table inside
+    its CIDRs."""
     rs = route_socket()
     state = KernelState()
     index = devices.vxlan
@@ -157,7 +180,7 @@ def read_state(ipr, devices: Devices) -> KernelState:
         if route is None:
             continue
         dst, gateway, oif, flags, proto, table = route
-        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN:
+        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(dst):
             state.routes[dst] = _route_of(gateway, oif, flags, devices)
     return state
 

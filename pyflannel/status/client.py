@@ -6,15 +6,32 @@ import json
 import urllib.error
 import urllib.request
 
+from pyflannel.instance import running_instance
 from pyflannel.options import Options
+
+
+def endpoint_address(o: Options) -> tuple[str, int] | None:
+    """Where this network's daemon serves /status: the address its instance record (beside
+    the subnet file) gives, unless --healthz-ip/--healthz-port say otherwise."""
+    host, port = o.healthz_ip, o.healthz_port
+    record = running_instance(o.subnet_file)
+    if record is not None and not {"healthz_ip", "healthz_port"} & o.given:
+        if not record.healthz:
+            return None
+        host, _, text = record.healthz.rpartition(":")
+        port = int(text)
+    if not port:
+        return None
+    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), port
 
 
 def daemon_document(o: Options, timeout: float = 5.0) -> tuple[dict | None, str]:
     """(document, "") from the daemon, or (None, why it could not be had)."""
-    if not o.healthz_port:
+    address = endpoint_address(o)
+    if address is None:
         return None, "its health endpoint is off (--healthz-port=0)"
-    host = "127.0.0.1" if o.healthz_ip in ("", "0.0.0.0") else o.healthz_ip
-    url = f"http://{host}:{o.healthz_port}/status"
+    host, port = address
+    url = f"http://{host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read()), ""

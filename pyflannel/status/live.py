@@ -10,6 +10,7 @@ from pathlib import Path
 from pyflannel import __version__
 from pyflannel.backend import kernel
 from pyflannel.errors import FlannelError
+from pyflannel.instance import instances_beside
 from pyflannel.status.report import peer_rows
 from pyflannel.subnet.env_file import SubnetEnv
 
@@ -53,6 +54,14 @@ async def daemon_status(daemon) -> dict:
             "started": daemon.started,
             "ready": daemon.ready.is_set(),
             "not_ready": not_ready(daemon),
+        },
+        "instance": {
+            "etcd_prefix": o.etcd_prefix,
+            "subnet_file": o.subnet_file,
+            "healthz": daemon.instance.record.healthz,
+            "others": [
+                r.describe() for r in instances_beside(o.subnet_file) if r.pid != os.getpid()
+            ],
         },
         "etcd": {
             "endpoints": o.etcd_endpoints,

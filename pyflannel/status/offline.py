@@ -4,7 +4,7 @@ subnet.env, the kernel (what is programmed) and etcd (what should be), each opti
 from __future__ import annotations
 
 import asyncio
-from ipaddress import ip_interface
+from ipaddress import IPv4Network, ip_interface
 
 from pyflannel import __version__
 from pyflannel.backend import kernel
@@ -17,7 +17,7 @@ from pyflannel.etcd.registry import Registry
 from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.status.report import peer_rows
-from pyflannel.subnet.env_file import parse_env
+from pyflannel.subnet.env_file import parse_env, previous_network
 
 ETCD_TIMEOUT = 3.0
 
@@ -32,18 +32,30 @@ def _client(o: Options) -> EtcdClient:
     )
 
 
-def _kernel_view(ipr) -> tuple[dict, KernelState]:
-    """Our devices (any flannel.<VNI> VXLAN link, flannel0) and the entries we own."""
+def _kernel_view(ipr, network: IPv4Network | None) -> tuple[dict, KernelState]:
+    """This network's devices (the flannel.<VNI> VXLAN link, flannel0: the ones holding an
+    address inside ``network``, if it is known) and the entries it owns. Another network's
+    devices and routes on this host are not shown as ours."""
+    everything = IPv4Network("0.0.0.0/0")
+
+    def ours(name: str) -> bool:
+        return not kernel.foreign_addresses(ipr, name, network or everything)
+
     vxlan = next(
         (
-            kernel.find_link(ipr, link.get_attr("IFLA_IFNAME"))
+            kernel.find_link(ipr, name)
             for link in ipr.get_links()
-            if (link.get_attr("IFLA_IFNAME") or "").startswith("flannel.")
+            for name in (link.get_attr("IFLA_IFNAME") or "",)
+            if name.startswith("flannel.") and ours(name)
         ),
         None,
     )
-    tun = ipr.link_lookup(ifname=TUN_NAME)
-    devices = kernel.Devices(vxlan=vxlan.index if vxlan else None, tun=tun[0] if tun else None)
+    tun = ipr.link_lookup(ifname=TUN_NAME) if ours(TUN_NAME) else []
+    devices = kernel.Devices(
+        vxlan=vxlan.index if vxlan else None,
+        tun=tun[0] if tun else None,
+        networks=(network or everything,),
+    )
     info = {"vxlan": vxlan, "tun_index": devices.tun}
     return info, kernel.read_state(ipr, devices)
 
@@ -60,7 +72,7 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
     own = ip_interface(env["FLANNEL_SUBNET"]).network if env.get("FLANNEL_SUBNET") else None
     netlink = Netlink()  # sync IPRoute cannot live in the event loop's thread
     try:
-        devices, actual = await netlink.call(_kernel_view)
+        devices, actual = await netlink.call(_kernel_view, previous_network(o.subnet_file))
     finally:
         netlink.close()
     vxlan = devices["vxlan"]

@@ -123,6 +123,13 @@ def render(doc: dict) -> str:
         + (f", revision {e['revision']}" if e.get("revision") else "")
         + (f", last error: {e['last_error']}" if e.get("last_error") else ""),
     ]
+    inst = doc.get("instance") or {}
+    if inst:
+        lines.append(
+            f"network    {inst.get('etcd_prefix')} (subnet file {inst.get('subnet_file')}, "
+            f"health endpoint {inst.get('healthz') or 'off'})"
+        )
+        lines += [f"           other network on this host: {o}" for o in inst.get("others", [])]
     if e.get("members"):
         names = " ".join(m["name"] + ("*" if m["leader"] else "") for m in e["members"])
         lines.append(f"           members {names} (* leader)")

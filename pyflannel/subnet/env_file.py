@@ -74,6 +74,16 @@ def previous_subnet(path: str | os.PathLike) -> IPv4Network | None:
     return None
 
 
+def previous_network(path: str | os.PathLike) -> IPv4Network | None:
+    """The network (FLANNEL_NETWORK) an existing subnet.env names, or None."""
+    try:
+        value = parse_env(Path(path).read_text()).get("FLANNEL_NETWORK", "")
+        net = ipaddress.ip_network(value.split(",")[0].strip(), strict=False)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return net if isinstance(net, IPv4Network) else None
+
+
 def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> bool:
     """Replace ``path`` with ``text`` atomically; return False if it already had that text."""
     path = Path(path)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_interface
 from pathlib import Path
 
+from pyflannel.instance import running_instance
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.testbed import netns
 from pyflannel.testbed.etcd import EtcdCluster, EtcdServer
@@ -58,15 +59,22 @@ def parse_ping(output: str) -> PingResult:
 class Node:
     """One host namespace and the pyflannel daemon that may run in it."""
 
-    def __init__(self, bed: TestBed, index: int):
+    def __init__(self, bed: TestBed, index: int, network: str = ""):
+        """``network``: a tag for a second daemon on the same host (another network, with
+        its own subnet file, log, pod and pod bridge); see ``TestBed.second_network``."""
         self.bed = bed
         self.index = index
+        self.network = network
         self.ns = f"{bed.prefix}h{index}"
-        self.pod_ns = f"{bed.prefix}h{index}p"
+        self.pod_ns = f"{bed.prefix}h{index}{network}p"
+        self.bridge = f"cni{network}" if network else "cni0"
         self.underlay_ip = IPv4Address(f"{UNDERLAY}.{index}")
-        self.dir = bed.workdir / f"h{index}"
+        self.dir = bed.workdir / f"h{index}{network}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.subnet_file = self.dir / "subnet.env"
+        # Like /run/flannel/ on a real host: every network's subnet file in one directory.
+        host_dir = bed.workdir / f"h{index}"
+        host_dir.mkdir(parents=True, exist_ok=True)
+        self.subnet_file = host_dir / (f"subnet-{network}.env" if network else "subnet.env")
         self.log_path = self.dir / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.pod_ip: IPv4Address | None = None
@@ -128,15 +136,19 @@ class Node:
         text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
         return [int(pid) for pid in text.split()]
 
-    def endpoint(self, path: str, port: int = 8471) -> str:
-        """A page of the daemon's health endpoint, fetched inside the host's namespace."""
+    def endpoint(self, path: str, port: int | None = None) -> str:
+        """A page of the daemon's health endpoint, fetched inside the host's namespace (at
+        the port its instance record gives, unless told)."""
+        if port is None:
+            record = running_instance(self.subnet_file)
+            port = int(record.healthz.rpartition(":")[2]) if record and record.healthz else 8471
         code = (
             "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
             f"'http://127.0.0.1:{port}{path}', timeout=10).read().decode())"
         )
         return netns.run([sys.executable, "-c", code], ns=self.ns).stdout
 
-    def status(self, port: int = 8471) -> dict:
+    def status(self, port: int | None = None) -> dict:
         """The daemon's /status document."""
         return json.loads(self.endpoint("/status", port))
 
@@ -205,19 +217,19 @@ class Node:
 
     def add_pod(self) -> IPv4Address:
         """A pod namespace on ``cni0`` with the subnet's second address, MTU from subnet.env."""
-        subnet, mtu = self.subnet, self.mtu
+        subnet, mtu, bridge, port = self.subnet, self.mtu, self.bridge, f"vp{self.network or 0}"
         gateway, pod = subnet.network_address + 1, subnet.network_address + 2
-        if netns.ip(self.ns, "link", "show", "cni0", check=False).returncode == 0:
-            netns.ip(self.ns, "link", "del", "cni0")
+        if netns.ip(self.ns, "link", "show", bridge, check=False).returncode == 0:
+            netns.ip(self.ns, "link", "del", bridge)
         if self.pod_ns in netns.list_namespaces():
             netns.delete(self.pod_ns)
         netns.sysctl(self.ns, "net.ipv4.ip_forward", "1")
-        netns.ip(self.ns, "link", "add", "cni0", "type", "bridge")
-        netns.ip(self.ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", "cni0")
+        netns.ip(self.ns, "link", "add", bridge, "type", "bridge")
+        netns.ip(self.ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", bridge)
         netns.create(self.pod_ns)
-        netns.add_veth(self.ns, "vp0", self.pod_ns, "eth0", mtu)
-        netns.ip(self.ns, "link", "set", "vp0", "master", "cni0", "up")
-        netns.ip(self.ns, "link", "set", "cni0", "up")
+        netns.add_veth(self.ns, port, self.pod_ns, "eth0", mtu)
+        netns.ip(self.ns, "link", "set", port, "master", bridge, "up")
+        netns.ip(self.ns, "link", "set", bridge, "up")
         netns.ip(self.pod_ns, "addr", "add", f"{pod}/{subnet.prefixlen}", "dev", "eth0")
         netns.ip(self.pod_ns, "link", "set", "eth0", "up")
         netns.ip(self.pod_ns, "route", "add", "default", "via", str(gateway))
@@ -297,6 +309,7 @@ class TestBed:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pf-bed-"))
         self.nodes = [Node(self, i) for i in range(1, hosts + 1)]
+        self.extra_nodes: list[Node] = []  # second daemons on the same hosts
         if etcd_members == 1:
             self.etcd = EtcdServer(
                 host=ETCD_IP,
@@ -355,8 +368,15 @@ class TestBed:
         netns.create(name)
         self._namespaces.append(name)
 
+    def second_network(self, tag: str = "b") -> list[Node]:
+        """One more daemon slot on every host, for another network (own subnet file, log,
+        pod namespace and pod bridge ``cni<tag>``); the caller picks its --etcd-prefix."""
+        nodes = [Node(self, node.index, network=tag) for node in self.nodes]
+        self.extra_nodes += nodes
+        return nodes
+
     def close(self) -> None:
-        for node in self.nodes:
+        for node in self.extra_nodes + self.nodes:
             try:
                 node.stop(timeout=5)
             except Exception:
@@ -365,7 +385,7 @@ class TestBed:
             self.etcd.stop()
         except Exception:
             pass
-        for node in self.nodes:
+        for node in self.extra_nodes + self.nodes:
             if node.pod_ns in netns.list_namespaces():
                 netns.delete(node.pod_ns)
         for name in reversed(self._namespaces):

@@ -143,12 +143,12 @@ def test_vxlan_peer_filter_accepts_only_peers(bed):
     a.start(*ARGS, "--vxlan-peer-filter")
     a.wait_ready()
     try:
-        chain = a.run("iptables", "-S", "FLANNEL-VXLAN-IN").stdout
-        assert f"-A FLANNEL-VXLAN-IN -s {b.underlay_ip}/32" in chain and chain.rstrip().endswith(
+        chain = a.run("iptables", "-S", "FLANNEL-VXLAN-8472").stdout
+        assert f"-A FLANNEL-VXLAN-8472 -s {b.underlay_ip}/32" in chain and chain.rstrip().endswith(
             "-j DROP"
         )
         assert (
-            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-IN'
+            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-8472'
             in a.run("iptables", "-S", "INPUT").stdout
         )
         # A stranger's VXLAN datagrams carrying a packet for a's pod are dropped ...
@@ -174,7 +174,7 @@ def test_vxlan_peer_filter_accepts_only_peers(bed):
         dropped = [
             line
             for line in a.run(
-                "iptables", "-L", "FLANNEL-VXLAN-IN", "-v", "-x", "-n"
+                "iptables", "-L", "FLANNEL-VXLAN-8472", "-v", "-x", "-n"
             ).stdout.splitlines()
             if "DROP" in line
         ]

@@ -53,7 +53,7 @@ def test_forward_rules_match_upstream():
 def test_restore_payload_declares_our_chain_and_replaces_existing_jumps():
     rules = forward_rules(CLUSTER)
     jump = rules[0].line
-    payload = restore_payload("filter", rules, {jump: 2})
+    payload = restore_payload("filter", rules, [jump, jump], CLUSTER)
     assert payload.splitlines() == [
         "*filter",
         ":FLANNEL-FWD - [0:0]",
@@ -67,7 +67,7 @@ def test_restore_payload_declares_our_chain_and_replaces_existing_jumps():
 
 
 def test_restore_payload_for_a_fresh_table_has_no_deletes():
-    payload = restore_payload("nat", masquerade_rules(CLUSTER, POD, False), {})
+    payload = restore_payload("nat", masquerade_rules(CLUSTER, POD, False), [], CLUSTER)
     assert "-D " not in payload and payload.startswith("*nat\n:FLANNEL-POSTRTG - [0:0]\n")
 
 
@@ -77,7 +77,7 @@ def listing(rules):
 
 def test_no_drift_when_everything_is_there():
     rules = masquerade_rules(CLUSTER, POD, True)
-    assert drift(rules, listing(rules)) == []
+    assert drift(rules, listing(rules), CLUSTER) == []
 
 
 def test_drift_finds_missing_duplicated_and_foreign_rules():
@@ -86,7 +86,7 @@ def test_drift_finds_missing_duplicated_and_foreign_rules():
     have["nat"].remove(rules[3].line)
     have["nat"].append(rules[0].line)  # jump twice
     have["nat"].append("-A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN")  # old subnet's leftovers
-    assert set(drift(rules, have)) == {
+    assert set(drift(rules, have, CLUSTER)) == {
         f"missing in nat: {rules[3].line}",
         f"duplicated in nat: {rules[0].line}",
         "unexpected in nat: -A FLANNEL-POSTRTG -s 10.1.9.0/24 -j RETURN",
@@ -95,7 +95,7 @@ def test_drift_finds_missing_duplicated_and_foreign_rules():
 
 def test_a_flushed_table_is_all_missing():
     rules = forward_rules(CLUSTER)
-    assert len(drift(rules, {"filter": ["-P FORWARD ACCEPT"]})) == 3
+    assert len(drift(rules, {"filter": ["-P FORWARD ACCEPT"]}, CLUSTER)) == 3
 
 
 def test_version_parsing():
@@ -111,15 +111,70 @@ def test_vxlan_peer_filter_rules():
     assert [(r.table, r.line) for r in rules] == [
         (
             "filter",
-            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-IN',
+            '-A INPUT -p udp -m udp --dport 8472 -m comment --comment "pyflannel vxlan peers" -j FLANNEL-VXLAN-8472',
         ),
         (
             "filter",
-            '-A FLANNEL-VXLAN-IN -s 198.51.100.2/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
+            '-A FLANNEL-VXLAN-8472 -s 198.51.100.2/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
         ),
         (
             "filter",
-            '-A FLANNEL-VXLAN-IN -s 198.51.100.3/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
+            '-A FLANNEL-VXLAN-8472 -s 198.51.100.3/32 -m comment --comment "pyflannel vxlan peers" -j RETURN',
         ),
-        ("filter", '-A FLANNEL-VXLAN-IN -m comment --comment "pyflannel vxlan peers" -j DROP'),
+        ("filter", '-A FLANNEL-VXLAN-8472 -m comment --comment "pyflannel vxlan peers" -j DROP'),
     ]
+
+
+# -- two networks on one host share upstream's chains; each owns only its own lines ----------
+
+OTHER = IPv4Network("10.2.0.0/16")
+OTHER_POD = IPv4Network("10.2.7.0/24")
+
+
+def both_networks_listing():
+    ours = masquerade_rules(CLUSTER, POD, True)
+    theirs = masquerade_rules(OTHER, OTHER_POD, True)
+    lines = ["-P POSTROUTING ACCEPT", "-N FLANNEL-POSTRTG", ours[0].line]
+    lines += [r.line for r in ours[1:]] + [r.line for r in theirs[2:]]
+    return ours, theirs, {"nat": lines}
+
+
+def test_another_networks_lines_in_the_shared_chain_are_not_drift():
+    ours, theirs, listed = both_networks_listing()
+    assert drift(ours, listed, CLUSTER) == []
+    assert drift(theirs, listed, OTHER) == []
+
+
+def test_restoring_one_network_never_declares_or_deletes_the_others_lines():
+    ours, theirs, listed = both_networks_listing()
+    listed["nat"].remove(ours[3].line)  # one of ours missing: restore
+    payload = restore_payload("nat", ours, listed["nat"], CLUSTER).splitlines()
+    assert ":FLANNEL-POSTRTG - [0:0]" not in payload  # declaring would flush the other's
+    deleted = [line for line in payload if line.startswith("-D FLANNEL-POSTRTG")]
+    assert deleted and not any(str(OTHER) in line for line in deleted)
+    assert all(str(CLUSTER) in line for line in deleted)
+    assert [line for line in payload if line.startswith("-A FLANNEL-POSTRTG")] == [
+        r.line for r in ours[2:]
+    ]
+    assert not any(line.startswith("-I") for line in payload)  # the shared line is there
+
+
+def test_a_missing_shared_line_is_inserted_first_and_a_stray_line_is_removed():
+    ours, _, listed = both_networks_listing()
+    listed["nat"].remove(ours[1].line)  # the kube-proxy mark rule
+    listed["nat"].append("-A FLANNEL-POSTRTG -s 203.0.113.0/24 -j ACCEPT")  # nobody's
+    problems = drift(ours, listed, CLUSTER)
+    assert f"missing in nat: {ours[1].line}" in problems
+    assert "unexpected in nat: -A FLANNEL-POSTRTG -s 203.0.113.0/24 -j ACCEPT" in problems
+    payload = restore_payload("nat", ours, listed["nat"], CLUSTER).splitlines()
+    assert f"-I FLANNEL-POSTRTG 1 {ours[1].spec}" in payload
+    assert "-D FLANNEL-POSTRTG -s 203.0.113.0/24 -j ACCEPT" in payload
+
+
+def test_the_vxlan_peer_filter_chain_is_per_port():
+    from pyflannel.iptables_rules import vxlan_peer_rules
+
+    a = vxlan_peer_rules(8472, ["198.51.100.2"])
+    b = vxlan_peer_rules(8473, ["198.51.100.3"])
+    assert {r.chain for r in a[1:]} == {"FLANNEL-VXLAN-8472"}
+    assert {r.chain for r in b[1:]} == {"FLANNEL-VXLAN-8473"}

@@ -59,7 +59,7 @@ class UdpBackend(Backend):
         return f"{self.ext.mtu} ({self.ext.name} MTU) - 28 (UDP overhead)"
 
     def devices(self) -> Devices:
-        return Devices(tun=self.path.index)
+        return Devices(tun=self.path.index, networks=self.owned_networks)
 
     async def prepare(self) -> LeaseAttrs:
         await self.path.start()

@@ -25,6 +25,7 @@ from pyflannel.backend.plan import (
     vxlan_peer,
 )
 from pyflannel.backend.udp.path import DEFAULT_TUNING, UdpPath, UdpTuning
+from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
     VxlanLink,
@@ -91,12 +92,25 @@ class VxlanBackend(Backend):
         return Devices(
             vxlan=self.device.index if self.device else None,
             tun=self.udp.index if self.udp and self.udp.running else None,
+            networks=self.owned_networks,
         )
 
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
         self.device = await self._ensure_device(mac=None)
+        if self.udp is not None:
+            foreign = await self.netlink.call(
+                kernel.foreign_addresses, TUN_NAME, self.network.network
+            )
+            if foreign:
+                log.warning(
+                    "%s belongs to another network on this host (address %s): this network "
+                    "does not accept UDP-only peers (no UDPPort in the lease)",
+                    TUN_NAME,
+                    ", ".join(foreign),
+                )
+                self.udp = self.udp_port = None
         return self.lease_attrs()
 
     def lease_attrs(self) -> LeaseAttrs:
