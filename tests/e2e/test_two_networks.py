@@ -35,7 +35,7 @@ def bed():
     with TestBed(hosts=2) as bed:
         networks = {"": bed.nodes}
         networks.update({tag: bed.second_network(tag) for tag in ("u", "v")})
-        for tag, (prefix, config) in NETWORKS.items():
+        for prefix, config in NETWORKS.values():
             bed.put_config(config, prefix=prefix)
         # The udp network first: the vxlan networks then see that flannel0 is not theirs.
         for tag in ("u", "", "v"):
@@ -74,7 +74,7 @@ def test_after_idle_nothing_was_repaired_and_no_rule_restored(bed):
         status = node.status()
         assert status["iptables"]["present"] is True
         assert status["iptables"]["restores"] <= 1  # the one at start-up, if any
-    for tag, (a, b) in bed.networks.items():
+    for a, b in bed.networks.values():
         assert a.ping(b.pod_ip, count=3).lost == 0
 
 

@@ -146,7 +146,7 @@ def test_another_networks_lines_in_the_shared_chain_are_not_drift():
 
 
 def test_restoring_one_network_never_declares_or_deletes_the_others_lines():
-    ours, theirs, listed = both_networks_listing()
+    ours, _, listed = both_networks_listing()
     listed["nat"].remove(ours[3].line)  # one of ours missing: restore
     payload = restore_payload("nat", ours, listed["nat"], CLUSTER).splitlines()
     assert ":FLANNEL-POSTRTG - [0:0]" not in payload  # declaring would flush the other's
