@@ -12,7 +12,6 @@ import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from aetcd import rpc
 from pyroute2 import IPRSocket
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
 
@@ -95,18 +94,11 @@ async def sequential(client, events, first: int, count: int) -> dict:
 async def transaction_burst(client, events, first: int, count: int) -> dict:
     leases = [lease(i) for i in range(first, first + count)]
     t0 = time.perf_counter()
-    puts = [
-        rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=v)) for k, v, _ in leases
-    ]
-    await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=puts))
+    await client.txn(puts=[(k.encode(), v) for k, v, _ in leases])
     got = await events.wait("add", {d for _, _, d in leases}, 20)
     add, lost_add = latencies({d: t0 for _, _, d in leases}, got)
     t0 = time.perf_counter()
-    dels = [
-        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.encode()))
-        for k, _, _ in leases
-    ]
-    await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=dels))
+    await client.txn(deletes=[k.encode() for k, _, _ in leases])
     gone = await events.wait("del", {d for _, _, d in leases}, 20)
     delete, lost_del = latencies({d: t0 for _, _, d in leases}, gone)
     return {

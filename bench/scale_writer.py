@@ -8,8 +8,6 @@ import asyncio
 import sys
 from ipaddress import IPv4Address, IPv4Network
 
-from aetcd import rpc
-
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.subnet.lease import LeaseAttrs
 
@@ -32,15 +30,15 @@ def peer(i: int) -> tuple[IPv4Network, bytes]:
 async def main(endpoint: str, action: str, count: int) -> None:
     client = EtcdClient([endpoint], timeout=30)
     for start in range(1, count + 1, 100):
-        ops = []
+        puts, deletes = [], []
         for i in range(start, min(start + 100, count + 1)):
             subnet, value = peer(i)
             key = f"{PREFIX}{subnet.network_address}-{SUBNET_LEN}".encode()
             if action == "put":
-                ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value)))
+                puts.append((key, value))
             else:
-                ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
-        await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops), timeout=30)
+                deletes.append(key)
+        await client.txn(puts, deletes, timeout=30)
     await client.close()
 
 

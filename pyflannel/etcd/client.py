@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +125,7 @@ class EtcdClient:
         self._current = 0
         self._channel: grpc.aio.Channel | None = None
         self._token: str | None = None
+        self._connecting = asyncio.Lock()
 
     @property
     def endpoint(self) -> Endpoint:
@@ -143,27 +144,40 @@ class EtcdClient:
         )
 
     async def _ensure_channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
+        """The channel to the current member, authenticated. Connecting and authenticating
+        happen under one lock and the channel is published only when its token is there: a
+        concurrent call never uses it without one (and so never drops it, with its caller's
+        authentication still under way, for an UNAUTHENTICATED answer)."""
+        if self._channel is not None:
+            return self._channel
+        async with self._connecting:
+            if self._channel is not None:
+                return self._channel
             ep = self.endpoint
             if ep.tls:
-                self._channel = grpc.aio.secure_channel(
+                channel = grpc.aio.secure_channel(
                     ep.target, self._credentials(), options=_CHANNEL_OPTIONS
                 )
             else:
-                self._channel = grpc.aio.insecure_channel(ep.target, options=_CHANNEL_OPTIONS)
-            self._token = None
+                channel = grpc.aio.insecure_channel(ep.target, options=_CHANNEL_OPTIONS)
+            token = None
             if self.username:
-                stub = rpc.AuthStub(self._channel)
                 try:
-                    resp = await stub.Authenticate(
+                    resp = await rpc.AuthStub(channel).Authenticate(
                         rpc.AuthenticateRequest(name=self.username, password=self.password),
                         timeout=self.timeout,
                     )
                 except grpc.aio.AioRpcError as e:
-                    await self._drop_channel()
+                    await channel.close(grace=None)
+                    if e.code() in _UNAVAILABLE:
+                        self._next_endpoint()
                     raise self._translate(e, ep) from None
-                self._token = resp.token
-        return self._channel
+                except BaseException:
+                    await channel.close(grace=None)
+                    raise
+                token = resp.token
+            self._channel, self._token = channel, token
+            return channel
 
     def _metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         token = (("token", self._token),) if self._token else ()
@@ -180,6 +194,9 @@ class EtcdClient:
         if failed is not self._channel:
             return
         await self._drop_channel()
+        self._next_endpoint()
+
+    def _next_endpoint(self) -> None:
         if len(self.endpoints) > 1:
             self._current = (self._current + 1) % len(self.endpoints)
             log.info("etcd: switching to endpoint %s", self.endpoint.url)
@@ -203,7 +220,11 @@ class EtcdClient:
         except grpc.aio.AioRpcError as e:
             if e.code() in _UNAVAILABLE:
                 await self._failover(channel)
-            elif e.code() == grpc.StatusCode.UNAUTHENTICATED and self.username:
+            elif (
+                e.code() == grpc.StatusCode.UNAUTHENTICATED
+                and self.username
+                and channel is self._channel
+            ):
                 await self._drop_channel()  # token expired: re-authenticate on the next call
             raise self._translate(e, ep) from None
         except TimeoutError:
@@ -277,13 +298,29 @@ class EtcdClient:
         resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(compare=[compare], success=[op]))
         return resp.succeeded
 
+    async def txn(
+        self,
+        puts: Sequence[tuple[bytes, bytes]] = (),
+        deletes: Sequence[bytes] = (),
+        timeout: float | None = None,
+    ) -> int:
+        """Unconditional puts and deletes in one transaction (one revision); that revision."""
+        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in puts]
+        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
+        resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops), timeout=timeout)
+        return resp.header.revision
+
     async def compact(self, revision: int) -> None:
         await self._call(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision))
 
     # -- leases ----------------------------------------------------------------------------
 
-    async def grant(self, ttl: int) -> tuple[int, int]:
-        resp = await self._call(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+    async def grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int]:
+        """A new etcd lease: (ID, TTL). ``lease_id`` 0 lets etcd choose the ID; a chosen one
+        that exists already is an EtcdError saying so."""
+        resp = await self._call(
+            rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id)
+        )
         if resp.error:
             raise EtcdError(f"etcd refused a {ttl}s lease: {resp.error}")
         return resp.ID, resp.TTL

@@ -204,3 +204,39 @@ def test_an_etcd_that_never_gets_healthy_leaves_no_process(certs):
         assert server.proc is not None and server.proc.poll() is not None  # ended, not leaked
     finally:
         server.stop()
+
+
+async def test_with_auth_many_concurrent_calls_through_a_restart_fail_only_while_etcd_is_down(
+    auth_etcd,
+):
+    """Connecting and authenticating are one step: no call sees a channel without a token
+    (UNAUTHENTICATED), and no call fails for a reason other than etcd being down."""
+    import asyncio
+
+    client = EtcdClient([auth_etcd.url], username="flannel", password="flannel-pw", timeout=2)
+    other: list[str] = []
+    done = 0
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        for n in range(40):
+            try:
+                await client.put(f"/coreos.com/network/c{i}".encode(), str(n).encode())
+                await client.get(f"/coreos.com/network/c{i}".encode())
+                done += 1
+            except EtcdUnavailable:
+                await asyncio.sleep(0.05)
+            except Exception as e:  # what must never happen: any other failure
+                other.append(f"{type(e).__name__}: {e}")
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(30)]
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(auth_etcd.restart)
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(auth_etcd.restart)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()
+    assert [r for r in results if r is not None] == []  # no task ended by an exception
+    assert other == []
+    assert done > 0

@@ -116,18 +116,16 @@ async def test_delete_is_conditional(registry):
 async def test_watch_delivers_every_event_of_a_transaction(registry, client, prefix):
     _, revision, _ = await registry.list_leases()
     # 100 puts in one etcd transaction arrive as one watch response.
-    from aetcd import rpc
 
-    ops = [
-        rpc.RequestOp(
-            request_put=rpc.PutRequest(
-                key=f"{prefix}/subnets/10.1.{i}.0-24".encode(),
-                value=LeaseAttrs(IPv4Address(f"198.51.100.{i}")).to_json(),
+    await client.txn(
+        puts=[
+            (
+                f"{prefix}/subnets/10.1.{i}.0-24".encode(),
+                LeaseAttrs(IPv4Address(f"198.51.100.{i}")).to_json(),
             )
-        )
-        for i in range(1, 101)
-    ]
-    await client._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops))
+            for i in range(1, 101)
+        ]
+    )
     seen = []
     async with asyncio.timeout(10):
         async for batch in registry.watch_leases(revision + 1):
