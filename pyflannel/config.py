@@ -234,3 +234,30 @@ def _address(obj: dict[str, Any], key: str, kind: type[IPAddress]) -> IPAddress 
         return kind(value.strip('"'))
     except ValueError:
         raise ConfigError(f"{key} must be an address string, not {json.dumps(value)}") from None
+
+
+def config_changes(running: NetworkConfig, stored: NetworkConfig) -> list[str]:
+    """What differs between the config a daemon runs with and the one now in etcd, in
+    words ("Network 10.1.0.0/16 -> 10.5.0.0/16"); empty if nothing that matters changed."""
+    changes = []
+    for name, label in (
+        ("network", "Network"),
+        ("subnet_len", "SubnetLen"),
+        ("subnet_min", "SubnetMin"),
+        ("subnet_max", "SubnetMax"),
+        ("backend_type", "Backend.Type"),
+        ("enable_ipv4", "EnableIPv4"),
+        ("enable_ipv6", "EnableIPv6"),
+        ("enable_nftables", "EnableNFTables"),
+        ("ipv6_network", "IPv6Network"),
+    ):
+        old, new = getattr(running, name), getattr(stored, name)
+        derived = name in ("subnet_min", "subnet_max") and running.network != stored.network
+        if old != new and not derived:  # defaults that follow a new Network are no news
+            changes.append(f"{label} {old} -> {new}")
+    old_backend = {k.lower(): v for k, v in running.backend.items() if k.lower() != "type"}
+    new_backend = {k.lower(): v for k, v in stored.backend.items() if k.lower() != "type"}
+    for key in sorted(old_backend.keys() | new_backend.keys()):
+        if old_backend.get(key) != new_backend.get(key):
+            changes.append(f"Backend.{key} {old_backend.get(key)} -> {new_backend.get(key)}")
+    return changes

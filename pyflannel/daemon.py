@@ -22,7 +22,7 @@ from pyflannel.backend.udp.path import UdpTuning, default_workers
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.backend import VxlanBackend
 from pyflannel.backoff import Backoff, Outage
-from pyflannel.config import NetworkConfig, parse_network_config
+from pyflannel.config import NetworkConfig, config_changes, parse_network_config
 from pyflannel.errors import (
     BackendError,
     ConfigError,
@@ -33,13 +33,14 @@ from pyflannel.errors import (
 from pyflannel.etcd.client import EtcdClient, TLSFiles
 from pyflannel.etcd.registry import Registry
 from pyflannel.http_endpoint import HttpEndpoint, as_json, text
-from pyflannel.iface import ExtIface, external_interface
+from pyflannel.iface import ExtIface, external_interface, hardware_address
 from pyflannel.instance import Instance, instances_beside
 from pyflannel.kernel_watch import Damage, KernelWatch, Watched
 from pyflannel.lease_keeper import LeaseKeeper
 from pyflannel.netlink import Netlink
 from pyflannel.options import Options
 from pyflannel.peer_watch import PeerWatch
+from pyflannel.privileges import check_privileges
 from pyflannel.status.live import daemon_status
 from pyflannel.subnet.env_file import (
     SubnetEnv,
@@ -48,6 +49,7 @@ from pyflannel.subnet.env_file import (
     write_atomic,
 )
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 from pyflannel.traffic import TrafficRules
 
@@ -88,6 +90,7 @@ class Daemon:
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self._underlay_problem = ""
+        self.config_change = ""  # how the config in etcd differs from the running one
         self.traffic = TrafficRules(
             masquerade=options.ip_masq,
             forward=options.iptables_forward_rules,
@@ -208,6 +211,11 @@ class Daemon:
         self.backend.also_own(previous_network(o.subnet_file))
         if o.vxlan_peer_filter and isinstance(self.backend, VxlanBackend):
             self.traffic.vxlan_port = self.backend.spec.effective_port
+        identity = NodeIdentity(
+            node_fingerprint(await self.netlink.call(hardware_address, self.ext.index)),
+            vtep_mac=vtep_mac_of(attrs),
+        )
+        self.registry.lease_ids = identity.new_lease_id
         self.keeper = LeaseKeeper(
             self.registry,
             public_ip=self.ext.public_ip,
@@ -215,6 +223,7 @@ class Daemon:
             renew_margin=o.subnet_lease_renew_margin * 60,
             load_config=self.load_config,
             on_change=self._lease_changed,
+            identity=identity,
         )
         lease = await self.keeper.acquire(attrs, previous_subnet(o.subnet_file))
         await self.backend.assign(lease)
@@ -229,6 +238,47 @@ class Daemon:
             on_snapshot=self.keeper.verify,
             first_listing=self.keeper.last_listing,
         )
+
+    async def _watch_config(self) -> None:
+        """Notice a changed ``<prefix>/config`` (checked every --reconcile-interval): the
+        daemon keeps running with the config it started with (changing the network under
+        running pods is a restart's job), and says once what changed and that a restart
+        applies it; status shows it until then."""
+        reported = b""
+        while True:
+            await asyncio.sleep(self.options.reconcile_interval)
+            try:
+                raw = await self.registry.network_config()
+                problem, changes = "", config_changes(self.network, parse_network_config(raw))
+            except ConfigError as e:
+                raw, problem, changes = str(e).encode(), str(e), []
+            except FlannelError:
+                continue  # etcd trouble: the peer watch reports it
+            if raw == reported:
+                continue
+            reported = raw
+            if problem:
+                self.config_change = f"the config in etcd is now unusable: {problem}"
+                log.error(
+                    "network config at %s: %s; this daemon keeps running with the config "
+                    "it started with",
+                    self.registry.config_key,
+                    problem,
+                )
+            elif changes:
+                self.config_change = "; ".join(changes)
+                log.warning(
+                    "network config at %s changed: %s. This daemon keeps running with the "
+                    "config it started with; restart it to apply the change",
+                    self.registry.config_key,
+                    self.config_change,
+                )
+            elif self.config_change:
+                self.config_change = ""
+                log.info(
+                    "network config at %s is again the one this daemon runs with",
+                    self.registry.config_key,
+                )
 
     def _write_subnet_file(self, lease: Lease) -> None:
         env = SubnetEnv(self.network.network, lease.subnet, self.backend.mtu, self.options.ip_masq)
@@ -352,6 +402,7 @@ class Daemon:
             self.backend.repair_wanted.clear()
 
     async def run(self) -> None:
+        check_privileges()
         self.instance.acquire()
         await self._start_endpoint()
         await self.start()
@@ -367,6 +418,7 @@ class Daemon:
             self.kernel_watch.start()
             tasks.create_task(self.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
+            tasks.create_task(self._watch_config(), name="config-watch")
             if self.traffic.enabled:
                 tasks.create_task(
                     self.traffic.resync_forever(self.options.iptables_resync), name="iptables"

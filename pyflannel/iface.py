@@ -222,3 +222,9 @@ def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:
     """``ip route get dst``: the outgoing interface index and source address."""
     route = ipr.route("get", dst=str(dst))[0]
     return route.get_attr("RTA_OIF"), IPv4Address(route.get_attr("RTA_PREFSRC"))
+
+
+def hardware_address(ipr, index: int) -> str:
+    """The interface's MAC address ("" if it has none), part of this node's fingerprint."""
+    links = ipr.get_links(index)
+    return (links[0].get_attr("IFLA_ADDRESS") or "") if links else ""

@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.backoff import Backoff, Outage
@@ -27,7 +28,17 @@ from pyflannel.errors import EtcdUnavailable, FlannelError, OutOfSubnets
 from pyflannel.etcd.client import EtcdError
 from pyflannel.etcd.registry import LeaseEvent, Registry
 from pyflannel.subnet.allocate import choose_subnet
+from pyflannel.subnet.keeping import (
+    STATE_FOR,
+    Action,
+    State,
+    Wake,
+    after_reacquire,
+    allowed,
+    decide,
+)
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.owner import LeaseConflict, NodeIdentity, conflict_message, is_own_lease
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +71,10 @@ class LeaseKeeper:
         renew_margin: float,
         load_config: Callable[[], Awaitable[NetworkConfig]],
         on_change: Callable[[Lease | None, Lease], Awaitable[None]],
+        identity: NodeIdentity | None = None,
     ):
         self.registry = registry
+        self.identity = identity  # None: upstream's rule (any lease of our public IP is ours)
         self.public_ip = public_ip
         self.ttl = ttl
         self.renew_margin = renew_margin
@@ -76,8 +89,10 @@ class LeaseKeeper:
         self.last_renewal: float | None = None  # wall clock, for status
         self.renewals = 0
         self.losses = 0
+        self.state = State.ACQUIRING
+        self.renew_at = float("inf")  # monotonic; the one timer
+        self._pending: dict[Wake, str] = {}  # wake-up -> detail; a set, so none is lost
         self._alarm = asyncio.Event()
-        self._alarm_reason = ""
         self._junk_revision = 0
         self._new_attrs: LeaseAttrs | None = None
 
@@ -110,7 +125,13 @@ class LeaseKeeper:
         for _ in range(RACE_ATTEMPTS):
             leases, revision, skipped = await self.registry.list_leases()
             self.last_listing = (leases, revision, skipped)
-            claim = choose_subnet(cfg, leases, self.public_ip, previous, exclude=lost)
+            identity = replace(self.identity, previous=previous) if self.identity else None
+            claim = choose_subnet(
+                cfg, leases, self.public_ip, previous, exclude=lost, identity=identity
+            )
+            if claim.reason == "conflict":
+                key = self.registry.lease_key(claim.subnet)
+                raise LeaseConflict(conflict_message(claim.existing, key))
             for stale in claim.stale:
                 log.warning(
                     "deleting this node's lease %s: it no longer fits the network config",
@@ -146,63 +167,106 @@ class LeaseKeeper:
         self.lease = lease
         self.expires_at = time.monotonic() + lease.ttl
         self.last_renewal = time.time()
+        self._set_timer()
+
+    def _set_timer(self) -> None:
+        now = time.monotonic()
+        self.renew_at = (
+            float("inf")
+            if self.lease.is_reservation
+            else now + renewal_delay(self.expires_at - now, self.renew_margin)
+        )
 
     # -- events from the peer watch --------------------------------------------------------
 
     def notice(self, event: LeaseEvent) -> None:
-        """An etcd event on our own key: a deletion or someone else's write means we lost it."""
+        """An etcd event on our own key: a deletion or someone else's write means we lost it;
+        a write by another node with our public IP is a conflict."""
         lease = self.lease
         if lease is None or event.subnet != lease.subnet or event.revision <= lease.mod_revision:
             return
         if event.kind == "delete":
-            self._wake("lease deleted from etcd (expired, or removed by an operator)")
+            self._wake(Wake.LOST, "lease deleted from etcd (expired, or removed by an operator)")
         elif event.lease is None:  # an undecodable value over our key: nobody's claim
             self._junk_revision = event.revision
-            self._wake("repair")
-        elif event.lease.attrs.public_ip == self.public_ip:
-            self.lease = event.lease  # rewritten for us, e.g. turned into a reservation
+            self._wake(Wake.REPAIR)
         else:
-            owner = event.lease.attrs.public_ip if event.lease else "someone"
-            self._wake(f"lease overwritten by {owner}")
+            self._judge(event.lease)
+
+    def _judge(self, current: Lease) -> bool:
+        """Is ``current`` (our key, as etcd has it now) still ours? If not, wake up to act."""
+        if current.attrs.public_ip != self.public_ip:
+            self._wake(Wake.LOST, f"lease now held by {current.attrs.public_ip}")
+            return False
+        if self.identity is not None and not is_own_lease(
+            current, replace(self.identity, previous=None)
+        ):
+            key = self.registry.lease_key(current.subnet)
+            self._wake(Wake.CONFLICT, conflict_message(current, key, taken_from_us=True))
+            return False
+        self.lease = current  # rewritten for us, e.g. turned into a reservation
+        return True
 
     def change_attrs(self, attrs: LeaseAttrs) -> None:
         """Advertise new attributes (a new public IP after the underlay changed), keeping
         the subnet. Done by the run loop, so it never races a renewal."""
         self._new_attrs = attrs
-        self._wake("attrs")
+        self._wake(Wake.ATTRS)
 
     def verify(self) -> None:
         """Check our key in etcd (after a re-list, when events may have been missed)."""
-        self._wake("verify")
+        self._wake(Wake.VERIFY)
 
-    def _wake(self, reason: str) -> None:
-        self._alarm_reason = reason
+    def _wake(self, wake: Wake, detail: str = "") -> None:
+        self._pending[wake] = detail
         self._alarm.set()
+
+    def _enter(self, state: State) -> None:
+        if state is not self.state:
+            assert allowed(self.state, state), f"lease keeper: {self.state} -> {state}"
+            log.debug("lease keeper: %s -> %s", self.state.value, state.value)
+            self.state = state
 
     # -- keeping it ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Renew forever; on loss, re-acquire and report the change."""
+        """Renew forever; act on wake-ups; on loss, re-acquire and report the change; on a
+        conflict, stop with it (raises LeaseConflict)."""
+        assert self.lease is not None, "acquire() first"
+        self._enter(State.HOLDING)
         while True:
-            lease = self.lease
-            assert lease is not None, "acquire() first"
-            timeout = None
-            if not lease.is_reservation:
-                timeout = renewal_delay(self.expires_at - time.monotonic(), self.renew_margin)
-            try:
-                await asyncio.wait_for(self._alarm.wait(), timeout)
+            action, wake = decide(self._pending, time.monotonic() >= self.renew_at)
+            if action is Action.WAIT:
+                timeout = max(self.renew_at - time.monotonic(), 0)
+                try:
+                    await asyncio.wait_for(
+                        self._alarm.wait(), None if timeout == float("inf") else timeout
+                    )
+                except TimeoutError:
+                    pass
                 self._alarm.clear()
-                reason = self._alarm_reason
-                if reason == "repair":
-                    lost = await self._restore()
-                elif reason == "attrs":
-                    lost = await self._readvertise()
-                else:
-                    lost = reason if reason != "verify" else await self._check()
-            except TimeoutError:
-                lost = await self._renew()
+                continue
+            detail = self._pending.pop(wake, "") if wake else ""
+            self._enter(STATE_FOR[action])
+            if action is Action.STOP:
+                log.error("%s", detail)
+                raise LeaseConflict(detail)
+            lost = detail if action is Action.REACQUIRE else await self._act(action)
             if lost:
+                self._enter(State.REACQUIRING)
                 await self._reacquire(lost)
+                self._pending = after_reacquire(self._pending)
+            self._enter(State.HOLDING)
+
+    async def _act(self, action: Action) -> str:
+        """Do one thing; why the lease is lost, or "" if it is still held."""
+        if action is Action.REPAIR:
+            return await self._restore()
+        if action is Action.READVERTISE:
+            return await self._readvertise()
+        if action is Action.CHECK:
+            return await self._check()
+        return await self._renew()
 
     async def _check(self) -> str:
         lease = self.lease
@@ -218,9 +282,7 @@ class LeaseKeeper:
         outage.ok()
         if current is None:
             return "lease no longer in etcd"
-        if current.attrs.public_ip != self.public_ip:
-            return f"lease now held by {current.attrs.public_ip}"
-        self.lease = current
+        self._judge(current)  # not ours any more: the wake-up it sets acts next
         return ""
 
     async def _readvertise(self) -> str:
@@ -280,6 +342,7 @@ class LeaseKeeper:
         self.expires_at = time.monotonic() + ttl
         self.last_renewal = time.time()
         self.renewals += 1
+        self._set_timer()
         log.info("renewed lease %s for %d s", lease.subnet, ttl)
         return ""
 

@@ -8,12 +8,12 @@ unconditional puts. Decoding problems are reported per key, never for the whole 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from pyflannel.errors import ConfigNotFound
-from pyflannel.etcd.client import EtcdClient, KeyValue
+from pyflannel.etcd.client import EtcdClient, EtcdError, KeyValue
 from pyflannel.subnet.key import parse_subnet_key, subnet_key
 from pyflannel.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
 
@@ -46,10 +46,21 @@ class LeaseBatch:
     created: bool = False
 
 
+GRANT_ATTEMPTS = 3  # a chosen lease ID that exists already: try other random bits
+
+
 class Registry:
-    def __init__(self, client: EtcdClient, prefix: str = "/coreos.com/network"):
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str = "/coreos.com/network",
+        lease_ids: Callable[[], int] | None = None,
+    ):
+        """``lease_ids``: makes the IDs of the etcd leases we grant (this node's fingerprint,
+        subnet/owner.py); None lets etcd choose."""
         self.client = client
         self.prefix = prefix
+        self.lease_ids = lease_ids
         self.config_key = join_key(prefix, "config")
         # Upstream lists "<prefix>/subnets" without the slash, which would also match a
         # sibling such as "<prefix>/subnets-old/..."; every lease key has the slash.
@@ -86,15 +97,25 @@ class Registry:
 
     async def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         """Write a new lease if the key does not exist; None if another node has it."""
-        lease_id, _ = await self.client.grant(ttl)
+        lease_id = await self._grant(ttl)
         return await self._write(subnet, attrs, lease_id, mod_revision=0, ttl=ttl, fresh=True)
+
+    async def _grant(self, ttl: int) -> int:
+        if self.lease_ids is not None:
+            for _ in range(GRANT_ATTEMPTS):
+                try:
+                    return (await self.client.grant(ttl, self.lease_ids()))[0]
+                except EtcdError as e:
+                    if "exists" not in str(e):
+                        raise
+        return (await self.client.grant(ttl))[0]
 
     async def replace_lease(self, old: Lease, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         """Take over ``old`` (ours from before a restart) with new attrs, if nobody touched it
         since it was read. A reservation (no etcd lease) stays a reservation."""
         if old.is_reservation:
             return await self._write(old.subnet, attrs, 0, mod_revision=old.mod_revision, ttl=0)
-        lease_id, _ = await self.client.grant(ttl)
+        lease_id = await self._grant(ttl)
         lease = await self._write(
             old.subnet, attrs, lease_id, mod_revision=old.mod_revision, ttl=ttl, fresh=True
         )

@@ -55,6 +55,7 @@ async def daemon_status(daemon) -> dict:
             "ready": daemon.ready.is_set(),
             "not_ready": not_ready(daemon),
         },
+        "config_change": daemon.config_change,
         "instance": {
             "etcd_prefix": o.etcd_prefix,
             "subnet_file": o.subnet_file,

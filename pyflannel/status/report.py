@@ -61,6 +61,11 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
         problems.append(f"device {backend['device']} missing")
     if backend.get("fallback"):
         warnings.append(f"running in UDP fallback: {backend['fallback']}")
+    if doc.get("config_change"):
+        warnings.append(
+            f"the network config in etcd changed since start ({doc['config_change']}): "
+            "restart the daemon to apply it"
+        )
     env = doc.get("subnet_env") or {}
     problems += [f"subnet.env: {p}" for p in env.get("problems", [])]
     iptables = doc.get("iptables") or {}

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import OutOfSubnets
 from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.owner import NodeIdentity, is_own_lease
 
 CANDIDATES = 100  # upstream picks among the first 100 free subnets
 
@@ -24,7 +25,7 @@ class Claim:
     mod_revision is unchanged); None means create (write only if the key does not exist)."""
 
     subnet: IPv4Network
-    reason: str  # "reuse" | "previous" | "allocated"
+    reason: str  # "reuse" | "previous" | "allocated" | "conflict" (``existing``: the other's)
     existing: Lease | None = None
     stale: tuple[Lease, ...] = field(default=())  # our own leases that no longer fit the config
 
@@ -44,16 +45,26 @@ def choose_subnet(
     previous: IPv4Network | None = None,
     exclude: Iterable[IPv4Network] = (),
     rng: random.Random | None = None,
+    identity: NodeIdentity | None = None,
 ) -> Claim:
-    """Decide what to claim; raise OutOfSubnets when nothing is free."""
+    """Decide what to claim; raise OutOfSubnets when nothing is free.
+
+    With ``identity``, a lease carrying our public IP is reused only if it is plausibly
+    ours (owner.py); if only other nodes' leases carry it, the claim is a "conflict"."""
     stale: list[Lease] = []
+    foreign: Lease | None = None
     for lease in leases:  # etcd key order, like upstream: the first one of ours wins
         if lease.attrs.public_ip != public_ip:
+            continue
+        if identity is not None and not is_own_lease(lease, identity):
+            foreign = foreign or lease
             continue
         if fits_config(cfg, lease.subnet):
             return Claim(lease.subnet, "reuse", existing=lease)
         stale.append(lease)
         break
+    if foreign is not None:
+        return Claim(foreign.subnet, "conflict", existing=foreign)
     excluded = set(exclude)
     live = [lease.subnet for lease in leases if lease not in stale]
     if (

@@ -20,7 +20,9 @@ def attrs(ip: str, mac: str = "02:00:00:00:00:01") -> LeaseAttrs:
     )
 
 
-def keeper(registry, ip="198.51.100.1", cfg=None, ttl=600, changes=None) -> LeaseKeeper:
+def keeper(
+    registry, ip="198.51.100.1", cfg=None, ttl=600, changes=None, identity=None
+) -> LeaseKeeper:
     cfg = cfg or network()
 
     async def load():
@@ -37,6 +39,7 @@ def keeper(registry, ip="198.51.100.1", cfg=None, ttl=600, changes=None) -> Leas
         renew_margin=3600,
         load_config=load,
         on_change=on_change,
+        identity=identity,
     )
 
 
@@ -174,7 +177,7 @@ async def test_expired_lease_is_noticed_by_renewal_and_reacquired(registry, clie
     k = keeper(registry, ttl=600, changes=changes)
     lease = await k.acquire(attrs("198.51.100.1"))
     await client.revoke(lease.lease_id)  # as if it expired while we were cut off
-    k.expires_at = 0  # renew now
+    k.renew_at = 0  # renew now (the keeper's one timer)
     task = asyncio.create_task(k.run())
     try:
         assert (await first_change(changes))[1].subnet == lease.subnet
@@ -218,3 +221,88 @@ async def test_fifty_racers_for_forty_subnets_never_share_one_and_losers_wait(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_new_attrs_and_a_verify_before_the_loop_runs_both_happen(registry):
+    """The lost wake-up: change_attrs() then verify() used to leave only "verify", which
+    compared etcd with the old attributes and passed; the new public IP was never sent."""
+    k = keeper(registry)
+    lease = await k.acquire(attrs("198.51.100.1"))
+    k.change_attrs(attrs("198.51.100.9"))
+    k.verify()
+    task = asyncio.create_task(k.run())
+    try:
+        async with asyncio.timeout(10):
+            while (await registry.get_lease(lease.subnet)).attrs.public_ip != IPv4Address(
+                "198.51.100.9"
+            ):
+                await asyncio.sleep(0.05)
+        assert not task.done()
+    finally:
+        task.cancel()
+
+
+def identity(fingerprint: int, mac: str = "02:00:00:00:00:01"):
+    from pyflannel.subnet.owner import NodeIdentity
+
+    return NodeIdentity(fingerprint, vtep_mac=mac)
+
+
+async def test_a_node_with_the_same_public_ip_does_not_take_the_first_ones_lease(
+    etcd_server, prefix
+):
+    import pytest
+
+    from pyflannel.subnet.owner import LeaseConflict
+
+    first_id, second_id = (
+        identity(0x1111, "02:00:00:00:00:01"),
+        identity(0x2222, "02:00:00:00:00:02"),
+    )
+    first_registry = Registry(EtcdClient([etcd_server.url]), prefix, first_id.new_lease_id)
+    second_registry = Registry(EtcdClient([etcd_server.url]), prefix, second_id.new_lease_id)
+    first = await keeper(first_registry, identity=first_id).acquire(attrs("198.51.100.1"))
+    assert first.lease_id >> 23 == 0x1111  # granted with this node's fingerprint
+    with pytest.raises(LeaseConflict) as e:
+        await keeper(second_registry, identity=second_id).acquire(
+            attrs("198.51.100.1", "02:00:00:00:00:02")
+        )
+    assert "VTEP MAC 02:00:00:00:00:01" in str(e.value) and "--public-ip" in str(e.value)
+    stored = await first_registry.get_lease(first.subnet)
+    assert stored.attrs.backend_data["VtepMAC"] == "02:00:00:00:00:01"  # untouched
+    # The same node after a reboot (new device MAC, no subnet file): its fingerprint says so.
+    again = await keeper(first_registry, identity=identity(0x1111, "02:00:00:00:00:03")).acquire(
+        attrs("198.51.100.1", "02:00:00:00:00:03")
+    )
+    assert again.subnet == first.subnet
+
+
+async def test_a_node_whose_lease_is_rewritten_by_another_with_its_ip_stops_with_the_conflict(
+    etcd_server, prefix, client
+):
+    import pytest
+
+    from pyflannel.subnet.owner import LeaseConflict
+
+    me = identity(0x3333)
+    registry = Registry(EtcdClient([etcd_server.url]), prefix, me.new_lease_id)
+    k = keeper(registry, identity=me)
+    lease = await k.acquire(attrs("198.51.100.1"))
+    table = LeaseTable(network().network, own=lease.subnet)
+
+    async def peers_changed(changes):
+        pass
+
+    watch = PeerWatch(registry, table, peers_changed, on_own_event=k.notice)
+    tasks = [asyncio.create_task(k.run()), asyncio.create_task(watch.run())]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 10)
+        # What upstream flanneld on a clone does: rewrite the lease of "its" public IP.
+        other = attrs("198.51.100.1", "02:00:00:00:00:99").to_json()
+        lease_id, _ = await client.grant(600)
+        await client.put(registry.lease_key(lease.subnet).encode(), other, lease=lease_id)
+        with pytest.raises(LeaseConflict, match=r"rewritten by another node.*02:00:00:00:00:99"):
+            await asyncio.wait_for(tasks[0], 10)
+    finally:
+        for t in tasks:
+            t.cancel()

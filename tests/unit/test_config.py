@@ -158,3 +158,17 @@ def test_null_values_behave_like_absent_keys():
     cfg = parse_network_config('{"Network": "10.1.0.0/16", "SubnetLen": null, "Backend": null}')
     assert cfg.subnet_len == 24
     assert cfg.backend_type == ""
+
+
+def test_config_changes_are_said_in_words_without_derived_defaults():
+    from pyflannel.config import config_changes
+
+    old = parse_network_config(b'{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}')
+    new = parse_network_config(
+        b'{"Network": "10.9.0.0/16", "Backend": {"Type": "vxlan", "VNI": 4}}'
+    )
+    assert config_changes(old, new) == [
+        "Network 10.1.0.0/16 -> 10.9.0.0/16",
+        "Backend.vni None -> 4",
+    ]
+    assert config_changes(old, old) == []

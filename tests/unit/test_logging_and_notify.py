@@ -24,6 +24,31 @@ def test_terminal_lines_have_time_and_level(monkeypatch, capsys):
     assert err.endswith(" DEBUG   lease_keeper: renewing\n") and err[:4].isdigit()
 
 
+def test_v_10_is_pyflannels_verbosity_libraries_stay_at_warning(monkeypatch, capsys):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("PYFLANNEL_DEBUG_LIBRARIES", raising=False)
+    setup_logging(10)
+    library = logging.getLogger("pyroute2.netlink.core")
+    library.setLevel(logging.DEBUG)  # what a library may do to itself on import
+    library.debug("message {'attrs': ...}")
+    library.warning("a library warning")
+    logging.getLogger("pyflannel.daemon").debug("ours")
+    err = capsys.readouterr().err
+    assert "message" not in err and "a library warning" in err and "ours" in err
+    library.setLevel(logging.NOTSET)
+
+
+def test_library_debug_only_when_asked_for(monkeypatch, capsys):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setenv("PYFLANNEL_DEBUG_LIBRARIES", "pyroute2")
+    setup_logging(1)
+    logging.getLogger("pyroute2.netlink.core").debug("netlink detail")
+    logging.getLogger("grpc").debug("grpc detail")
+    err = capsys.readouterr().err
+    assert "netlink detail" in err and "grpc detail" not in err
+    logging.getLogger("pyroute2").setLevel(logging.NOTSET)
+
+
 def test_notify_sends_one_datagram_to_notify_socket(tmp_path):
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
