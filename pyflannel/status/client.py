@@ -17,7 +17,7 @@ def endpoint_address(o: Options) -> tuple[str, int] | None:
     record = running_instance(o.subnet_file)
     if record is not None and not {"healthz_ip", "healthz_port"} & o.given:
         if not record.healthz:
-            return None
+            return None  # that daemon serves no endpoint (turned off, or its port was taken)
         host, _, text = record.healthz.rpartition(":")
         port = int(text)
     if not port:
@@ -29,7 +29,7 @@ def daemon_document(o: Options, timeout: float = 5.0) -> tuple[dict | None, str]
     """(document, "") from the daemon, or (None, why it could not be had)."""
     address = endpoint_address(o)
     if address is None:
-        return None, "its health endpoint is off (--healthz-port=0)"
+        return None, "it serves no health endpoint (--healthz-port=0, or its port was taken)"
     host, port = address
     url = f"http://{host}:{port}/status"
     try:
