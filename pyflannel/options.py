@@ -169,7 +169,9 @@ FLAGS: list[tuple[str, type, str]] = [
         "healthz-port",
         int,
         "port of that endpoint, 0 to turn it off (default %(default)s; upstream's "
-        "default is 0); serves /healthz, /readyz, /metrics and /status",
+        "default is 0); serves /healthz, /readyz, /metrics and /status. Not given and "
+        "taken (another network's daemon on this host): the next free port, logged and "
+        "recorded in <subnet-file>.lock for `pyflannel status`",
     ),
     (
         "iptables-resync",
