@@ -77,3 +77,16 @@ def test_previous_subnet_of_a_missing_or_garbled_file_is_none(tmp_path):
     assert previous_subnet(tmp_path / "bad") is None
     (tmp_path / "empty").write_text("FLANNEL_SUBNET=\n")
     assert previous_subnet(tmp_path / "empty") is None
+
+
+def test_previous_network_is_read_from_the_subnet_file(tmp_path):
+    from ipaddress import IPv4Network
+
+    from pyflannel.subnet.env_file import previous_network
+
+    path = tmp_path / "subnet.env"
+    assert previous_network(path) is None
+    path.write_text("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.5.1/24\n")
+    assert previous_network(path) == IPv4Network("10.1.0.0/16")
+    path.write_text("FLANNEL_NETWORK=junk\n")
+    assert previous_network(path) is None

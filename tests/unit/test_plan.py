@@ -193,3 +193,17 @@ def test_bad_udp_ports_are_rejected(data):
 def test_a_peer_that_cannot_do_udp_is_rejected_by_a_udp_node():
     with pytest.raises(PeerDataError, match="does not accept UDP encapsulation"):
         udp_peer(vxlan_lease({"VNI": 1, "VtepMAC": "02:00:00:00:00:02"}), 8285)
+
+
+def test_a_network_owns_routes_only_inside_its_cidrs():
+    from ipaddress import IPv4Network
+
+    from pyflannel.backend.kernel import Devices
+
+    mine = Devices(networks=(IPv4Network("10.1.0.0/16"), IPv4Network("10.7.0.0/16")))
+    assert mine.owns_route(IPv4Network("10.1.5.0/24"))
+    assert mine.owns_route(IPv4Network("10.1.0.0/16"))  # the udp backend's network route
+    assert mine.owns_route(IPv4Network("10.7.9.0/24"))  # the CIDR before a config change
+    assert not mine.owns_route(IPv4Network("10.2.0.0/16"))  # another network's
+    assert not mine.owns_route(IPv4Network("10.0.0.0/8"))
+    assert not Devices().owns_route(IPv4Network("10.1.5.0/24"))
