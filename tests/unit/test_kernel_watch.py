@@ -1,0 +1,43 @@
+"""Which netlink notifications are damage to this network's objects (kernel_watch.is_damage)."""
+
+from ipaddress import IPv4Network
+
+from pyflannel.kernel_watch import Watched, is_damage
+
+
+class Msg(dict):
+    """Enough of a pyroute2 message: fields by key, attributes by get_attr."""
+
+    def __init__(self, attrs=None, **fields):
+        super().__init__(fields)
+        self.attrs = attrs or {}
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+WATCHED = Watched(frozenset({"flannel.1"}), frozenset({7}), 2, (IPv4Network("10.1.0.0/16"),))
+
+
+def route_deleted(dst, length, proto=152):
+    return Msg({"RTA_DST": dst}, event="RTM_DELROUTE", proto=proto, dst_len=length)
+
+
+def test_our_networks_route_deleted_is_damage():
+    assert is_damage(route_deleted("10.1.5.0", 24), WATCHED) == (
+        "route",
+        "10.1.5.0/24",
+        "route 10.1.5.0/24 deleted",
+    )
+
+
+def test_another_networks_route_with_our_protocol_is_not():
+    assert is_damage(route_deleted("10.2.0.0", 16), WATCHED) is None
+    assert is_damage(route_deleted("10.1.5.0", 24, proto=4), WATCHED) is None
+
+
+def test_our_device_deleted_and_an_unknown_one_ignored():
+    gone = Msg({"IFLA_IFNAME": "flannel.1"}, event="RTM_DELLINK", flags=0)
+    other = Msg({"IFLA_IFNAME": "flannel.2"}, event="RTM_DELLINK", flags=0)
+    assert is_damage(gone, WATCHED)[0] == "device"
+    assert is_damage(other, WATCHED) is None
