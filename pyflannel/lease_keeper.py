@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -193,19 +194,18 @@ class LeaseKeeper:
         else:
             self._judge(event.lease)
 
-    def _judge(self, current: Lease) -> bool:
+    def _judge(self, current: Lease) -> None:
         """Is ``current`` (our key, as etcd has it now) still ours? If not, wake up to act."""
         if current.attrs.public_ip != self.public_ip:
             self._wake(Wake.LOST, f"lease now held by {current.attrs.public_ip}")
-            return False
-        if self.identity is not None and not is_own_lease(
+        elif self.identity is not None and not is_own_lease(
             current, replace(self.identity, previous=None)
         ):
             key = self.registry.lease_key(current.subnet)
             self._wake(Wake.CONFLICT, conflict_message(current, key, taken_from_us=True))
-            return False
-        self.lease = current  # rewritten for us, e.g. turned into a reservation
-        return True
+        else:
+            self.lease = current  # rewritten for us, e.g. turned into a reservation
+            self._set_timer()  # a reservation is never renewed
 
     def change_attrs(self, attrs: LeaseAttrs) -> None:
         """Advertise new attributes (a new public IP after the underlay changed), keeping
@@ -237,10 +237,10 @@ class LeaseKeeper:
         while True:
             action, wake = decide(self._pending, time.monotonic() >= self.renew_at)
             if action is Action.WAIT:
-                timeout = max(self.renew_at - time.monotonic(), 0)
+                left = self.renew_at - time.monotonic()
                 try:
                     await asyncio.wait_for(
-                        self._alarm.wait(), None if timeout == float("inf") else timeout
+                        self._alarm.wait(), None if math.isinf(left) else max(left, 0)
                     )
                 except TimeoutError:
                     pass

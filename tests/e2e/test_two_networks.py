@@ -10,6 +10,7 @@ reconcile and resync periods (a fight would show within seconds).
 import json
 import re
 import time
+from ipaddress import IPv4Network
 
 import pytest
 
@@ -86,9 +87,9 @@ def test_each_network_programs_only_its_own_routes_and_leaves_the_others(bed):
     assert str(b[""].subnet) in routes and str(b["v"].subnet) in routes
     assert "10.2.0.0/16" in routes  # the udp network's route into flannel0
     for node in h1:
-        network = node.subnet_env()["FLANNEL_NETWORK"]
-        peers = [p["subnet"] for p in node.status()["peers"]]
-        assert peers and all(p.startswith(network.rsplit(".", 2)[0]) for p in peers)
+        network = IPv4Network(node.subnet_env()["FLANNEL_NETWORK"])
+        peers = [IPv4Network(p["subnet"]) for p in node.status()["peers"]]
+        assert peers and all(p.subnet_of(network) for p in peers)
 
 
 def test_deleting_one_networks_route_repairs_only_in_that_network(bed):

@@ -306,3 +306,29 @@ async def test_a_node_whose_lease_is_rewritten_by_another_with_its_ip_stops_with
     finally:
         for t in tasks:
             t.cancel()
+
+
+async def test_a_lease_turned_into_a_reservation_while_running_is_not_renewed(
+    etcd_server, prefix, client
+):
+    me = identity(0x4444)
+    registry = Registry(EtcdClient([etcd_server.url]), prefix, me.new_lease_id)
+    k = keeper(registry, identity=me)
+    lease = await k.acquire(attrs("198.51.100.1"))
+    table = LeaseTable(network().network, own=lease.subnet)
+
+    async def peers_changed(changes):
+        pass
+
+    watch = PeerWatch(registry, table, peers_changed, on_own_event=k.notice)
+    tasks = [asyncio.create_task(k.run()), asyncio.create_task(watch.run())]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 10)
+        await client.put(registry.lease_key(lease.subnet).encode(), attrs("198.51.100.1").to_json())
+        async with asyncio.timeout(10):
+            while not k.lease.is_reservation:
+                await asyncio.sleep(0.05)
+        assert k.renew_at == float("inf") and not tasks[0].done()
+    finally:
+        for t in tasks:
+            t.cancel()
