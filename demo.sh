@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install-deps
-exec "${PYTHON:-python3}" -m pyflannel.testbed.demo "$@"
+exec "${PYTHON:-python3}" -m testbed.demo "$@"

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import plot, summary, table, write_results
-from pyflannel.testbed.bed import TestBed
+from testbed.bed import TestBed
 
 CONFIG = {
     "Network": "10.0.0.0/12",

@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import plot, summary, table, write_results
-from pyflannel.testbed import netns
-from pyflannel.testbed.bed import TestBed
-from pyflannel.testbed.iperf import iperf, received_bits_per_second
+from testbed import netns
+from testbed.bed import TestBed
+from testbed.iperf import iperf, received_bits_per_second
 
 # underlay: host to host, no overlay. direct: pod to pod with DirectRouting (routes via the
 # peer's underlay address: the pod plumbing without encapsulation, the fair baseline for

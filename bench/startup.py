@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import summary, table, write_results
-from pyflannel.testbed.bed import TestBed
+from testbed.bed import TestBed
 
 
 def rss_mb(pid: int) -> float:
@@ -43,11 +43,11 @@ def timed_start(node) -> tuple[float, float]:
 
 def import_time() -> float:
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import pyflannel.daemon"],
+        [sys.executable, "-X", "importtime", "-c", "import pyflannel.app.daemon"],
         capture_output=True,
         text=True,
     ).stderr
-    last = [line for line in out.splitlines() if "pyflannel.daemon" in line][-1]
+    last = [line for line in out.splitlines() if "pyflannel.app.daemon" in line][-1]
     return int(last.split("|")[1]) / 1e6
 
 
@@ -90,7 +90,7 @@ def main() -> int:
     }
     rows = [[name, s[name]["median"], s[name]["min"], s[name]["max"]] for name in s]
     text = table(["measure", "median", "min", "max"], rows)
-    text += f"\n\nimport pyflannel.daemon: {imp:.3f} s; runs: {args.runs}"
+    text += f"\n\nimport pyflannel.app.daemon: {imp:.3f} s; runs: {args.runs}"
     print(text)
     write_results(
         "startup", {**s, "import_s": imp, "raw": {"cold": cold, "warm": warm, "rss": rss}}, text

@@ -1,3 +1,3 @@
-from pyflannel.cli import main
+from pyflannel.app.cli import main
 
 raise SystemExit(main())

@@ -1,5 +1,5 @@
 """Netlink I/O for the backends. Every function takes a pyroute2 ``IPRoute`` first and runs
-on the netlink thread (see pyflannel.netlink); the decisions live in plan.py and device.py.
+on the netlink thread (see pyflannel.kernel.netlink); the decisions live in plan.py and device.py.
 
 Ownership is per network (several daemons, one per ``--etcd-prefix``, may share a host): a
 daemon touches only its own devices, the neighbour/FDB entries on its VXLAN device, and routes
@@ -21,10 +21,10 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from pyflannel import netlink_codec as codec
-from pyflannel.backend.plan import KernelState, Op, Route
+from pyflannel.backend.plan import Action, KernelState, Op, Route, Table, Via
 from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
-from pyflannel.netlink import route_socket
+from pyflannel.kernel import codec as codec
+from pyflannel.kernel.netlink import route_socket
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +187,27 @@ def read_state(ipr, devices: Devices) -> KernelState:
 
 def _route_of(gateway, oif, flags, devices: Devices) -> Route:
     if oif is not None and oif == devices.tun:
-        return Route(gateway, "tun")
+        return Route(gateway, Via.TUN)
     if oif is not None and oif == devices.vxlan and flags & RTNH_F_ONLINK:
-        return Route(gateway, "vxlan")
-    return Route(gateway, "underlay" if oif not in (devices.vxlan, devices.tun) else "other")
+        return Route(gateway, Via.VXLAN)
+    return Route(gateway, Via.UNDERLAY if oif not in (devices.vxlan, devices.tun) else Via.OTHER)
 
 
 def _encode(seq: int, devices: Devices, op: Op) -> bytes:
-    if op.table == "neigh":
-        if op.action == "replace":
+    if op.table == Table.NEIGH:
+        if op.action == Action.REPLACE:
             return codec.neighbour_replace(seq, devices.vxlan, op.key, op.value)
         return codec.neighbour_delete(seq, devices.vxlan, op.key)
-    if op.table == "fdb":
-        if op.action == "replace":
+    if op.table == Table.FDB:
+        if op.action == Action.REPLACE:
             return codec.fdb_replace(seq, devices.vxlan, op.key, op.value)
         return codec.fdb_delete(seq, devices.vxlan, op.key, op.value)
-    if op.action == "delete":
+    if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
-    oif = devices.vxlan if route.via == "vxlan" else devices.tun if route.via == "tun" else None
+    oif = {Via.VXLAN: devices.vxlan, Via.TUN: devices.tun}.get(route.via)
     return codec.route_replace(
-        seq, op.key, route.gateway, oif, route.via == "vxlan", RTPROT_PYFLANNEL
+        seq, op.key, route.gateway, oif, route.via == Via.VXLAN, RTPROT_PYFLANNEL
     )
 
 
@@ -220,7 +220,7 @@ def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
     failed = []
     for op, (seq, _) in zip(ops, requests, strict=True):
         code = results.get(seq, 0)
-        if code and not (op.action == "delete" and code in _ABSENT):
+        if code and not (op.action == Action.DELETE and code in _ABSENT):
             failed.append((op, f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"))
     return failed
 

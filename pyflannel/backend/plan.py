@@ -8,6 +8,7 @@ the same ``diff`` serves start-up, events, and repair after someone deleted an e
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -17,6 +18,34 @@ from pyflannel.subnet.lease import Lease
 
 VXLAN_BACKEND = "vxlan"
 UDP_BACKEND = "udp"
+
+
+class Encap(enum.StrEnum):
+    """How this node reaches a peer."""
+
+    VXLAN = "vxlan"  # through the VXLAN device
+    DIRECT = "direct"  # same link: a plain route via its public IP (DirectRouting)
+    UDP = "udp"  # through the userspace UDP tunnel
+
+
+class Table(enum.StrEnum):
+    NEIGH = "neigh"
+    FDB = "fdb"
+    ROUTE = "route"
+
+
+class Action(enum.StrEnum):
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class Via(enum.StrEnum):
+    """Where a route points."""
+
+    VXLAN = "vxlan"  # onlink via the VXLAN device
+    UNDERLAY = "underlay"  # directly via the underlay
+    TUN = "tun"  # into flannel0
+    OTHER = "other"  # none of ours (read from the kernel only)
 
 
 class PeerDataError(ValueError):
@@ -29,7 +58,7 @@ class Peer:
 
     subnet: IPv4Network
     public_ip: IPv4Address
-    encap: str  # "vxlan" | "direct" (same link, plain route) | "udp" (userspace tunnel)
+    encap: Encap
     vtep_mac: str = ""  # vxlan
     udp_port: int = 0  # udp
 
@@ -94,7 +123,7 @@ def vxlan_peer(lease: Lease, direct: bool = False) -> Peer:
     if int(mac.split(":")[0], 16) & 1:
         raise PeerDataError(f"VtepMAC {mac} is a multicast address")
     ip = _check_public_ip(lease)
-    return Peer(lease.subnet, ip, "direct" if direct else "vxlan", vtep_mac=mac)
+    return Peer(lease.subnet, ip, Encap.DIRECT if direct else Encap.VXLAN, vtep_mac=mac)
 
 
 def udp_port(lease: Lease, default: int) -> int | None:
@@ -126,12 +155,12 @@ def udp_peer(lease: Lease, default_port: int) -> Peer:
         raise PeerDataError(
             f"backend type {lease.attrs.backend_type!r} does not accept UDP encapsulation"
         )
-    return Peer(lease.subnet, _check_public_ip(lease), "udp", udp_port=port)
+    return Peer(lease.subnet, _check_public_ip(lease), Encap.UDP, udp_port=port)
 
 
 class Route(NamedTuple):
     gateway: IPv4Address | None
-    via: str  # "vxlan": onlink via the VXLAN device; "underlay": direct; "tun": into flannel0
+    via: Via
 
 
 @dataclass
@@ -142,8 +171,8 @@ class KernelState:
     fdb: dict[str, IPv4Address] = field(default_factory=dict)
     routes: dict[IPv4Network, Route] = field(default_factory=dict)
 
-    def tables(self) -> tuple[tuple[str, dict], ...]:
-        return (("neigh", self.neighbours), ("fdb", self.fdb), ("route", self.routes))
+    def tables(self) -> tuple[tuple[Table, dict], ...]:
+        return ((Table.NEIGH, self.neighbours), (Table.FDB, self.fdb), (Table.ROUTE, self.routes))
 
     def add(self, other: KernelState) -> None:
         for (_, mine), (_, theirs) in zip(self.tables(), other.tables(), strict=True):
@@ -191,21 +220,21 @@ class DesiredState:
 
 
 class Op(NamedTuple):
-    action: str  # "replace" | "delete"
-    table: str  # "neigh" | "fdb" | "route"
+    action: Action
+    table: Table
     key: Any
     value: Any
 
 
 def peer_entries(peer: Peer) -> KernelState:
-    if peer.encap == "direct":
-        return KernelState(routes={peer.subnet: Route(peer.public_ip, "underlay")})
-    if peer.encap == "udp":
-        return KernelState(routes={peer.subnet: Route(None, "tun")})
+    if peer.encap == Encap.DIRECT:
+        return KernelState(routes={peer.subnet: Route(peer.public_ip, Via.UNDERLAY)})
+    if peer.encap == Encap.UDP:
+        return KernelState(routes={peer.subnet: Route(None, Via.TUN)})
     return KernelState(
         neighbours={peer.gateway: peer.vtep_mac},
         fdb={peer.vtep_mac: peer.public_ip},
-        routes={peer.subnet: Route(peer.gateway, "vxlan")},
+        routes={peer.subnet: Route(peer.gateway, Via.VXLAN)},
     )
 
 
@@ -233,10 +262,10 @@ def diff(desired: KernelState, actual: KernelState, scope: KernelState | None = 
         for key in keys:
             if key in want:
                 if have.get(key) != want[key]:
-                    replaces.append(Op("replace", table, key, want[key]))
+                    replaces.append(Op(Action.REPLACE, table, key, want[key]))
             elif key in have:
-                deletes.append(Op("delete", table, key, have[key]))
-    order = {"route": 0, "fdb": 1, "neigh": 2}
+                deletes.append(Op(Action.DELETE, table, key, have[key]))
+    order = {Table.ROUTE: 0, Table.FDB: 1, Table.NEIGH: 2}
     deletes.sort(key=lambda op: order[op.table])
     replaces.sort(key=lambda op: -order[op.table])
     return deletes + replaces
@@ -245,7 +274,7 @@ def diff(desired: KernelState, actual: KernelState, scope: KernelState | None = 
 def record(actual: KernelState, op: Op) -> None:
     """Update the model of the kernel after ``op`` succeeded."""
     table = dict(actual.tables())[op.table]
-    if op.action == "replace":
+    if op.action == Action.REPLACE:
         table[op.key] = op.value
     else:
         table.pop(op.key, None)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Network
 
 from pyflannel.errors import ConfigNotFound
 from pyflannel.etcd.client import EtcdClient, EtcdError, KeyValue
+from pyflannel.subnet.event import EventKind, LeaseEvent
 from pyflannel.subnet.key import parse_subnet_key, subnet_key
 from pyflannel.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
 
@@ -24,19 +25,6 @@ def join_key(prefix: str, *parts: str) -> str:
     """Go's path.Join for keys: no empty elements, no trailing slash."""
     elements = [p for part in (prefix, *parts) for p in part.split("/") if p]
     return ("/" if prefix.startswith("/") else "") + "/".join(elements)
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    """One change under ``<prefix>/subnets/``. ``lease`` is None for a deletion, and also for a
-    put whose value could not be decoded (then ``problem`` says why)."""
-
-    kind: str  # "put" | "delete"
-    key: str
-    subnet: IPv4Network | None
-    revision: int
-    lease: Lease | None = None
-    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,7 @@ class Registry:
         leases: list[Lease] = []
         skipped: list[tuple[str, str]] = []
         for kv in kvs:
-            event = self._decode("put", kv)
+            event = self._decode(EventKind.PUT, kv)
             if event.lease is None:
                 skipped.append((event.key, event.problem))
             else:
@@ -93,7 +81,7 @@ class Registry:
 
     async def get_lease(self, subnet: IPv4Network) -> Lease | None:
         kv, _ = await self.client.get(self.lease_key(subnet).encode())
-        return None if kv is None else self._decode("put", kv).lease
+        return None if kv is None else self._decode(EventKind.PUT, kv).lease
 
     async def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         """Write a new lease if the key does not exist; None if another node has it."""
@@ -176,16 +164,16 @@ class Registry:
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[LeaseBatch]:
         async for resp in self.client.watch_prefix(self.subnets_prefix.encode(), start_revision):
-            events = [self._decode(ev.type, ev.kv) for ev in resp.events]
+            events = [self._decode(EventKind(ev.type), ev.kv) for ev in resp.events]
             yield LeaseBatch(resp.revision, events, resp.created)
 
-    def _decode(self, kind: str, kv: KeyValue) -> LeaseEvent:
+    def _decode(self, kind: EventKind, kv: KeyValue) -> LeaseEvent:
         key = kv.key.decode(errors="replace")
         parsed = parse_subnet_key(key)
         if parsed is None:
             return LeaseEvent(kind, key, None, kv.mod_revision, problem="not a subnet key")
         subnet, ipv6_subnet = parsed
-        if kind == "delete":
+        if kind == EventKind.DELETE:
             return LeaseEvent(kind, key, subnet, kv.mod_revision)
         try:
             attrs = LeaseAttrs.from_json(kv.value)

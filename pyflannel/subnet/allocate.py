@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.config import NetworkConfig
 from pyflannel.errors import OutOfSubnets
+from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.owner import NodeIdentity, is_own_lease
 

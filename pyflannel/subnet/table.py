@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.etcd.registry import LeaseEvent
+from pyflannel.subnet.event import EventKind, LeaseEvent
 from pyflannel.subnet.lease import Lease
 
 
@@ -86,13 +86,13 @@ class LeaseTable:
         changes = PeerChanges()
         before: dict[IPv4Network, Lease | None] = {}
         for event in events:
-            if event.subnet is None or (event.kind == "put" and event.lease is None):
+            if event.subnet is None or (event.kind == EventKind.PUT and event.lease is None):
                 # Junk: keep what we knew about that key, and every other peer.
                 changes.ignored.append((event.key, event.problem))
                 continue
             if event.subnet not in before:
                 before[event.subnet] = self._visible(event.subnet)
-            if event.kind == "delete":
+            if event.kind == EventKind.DELETE:
                 self.leases.pop(event.subnet, None)
             else:
                 self.leases[event.subnet] = event.lease

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from pyflannel.testbed import netns
-from pyflannel.testbed.bed import TestBed
+from testbed import netns
+from testbed.bed import TestBed
 from tests.conftest import require, require_etcd, require_root
 
 FAST_RECONCILE = ("--reconcile-interval=2",)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pyflannel.testbed.bed import TestBed
+from testbed.bed import TestBed
 
 from .conftest import FAST_RECONCILE, eventually, require_testbed
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pyflannel.testbed import netns
-from pyflannel.testbed.bed import TestBed
+from testbed import netns
+from testbed.bed import TestBed
 
 from .conftest import eventually, require_testbed
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pyflannel.testbed import netns
+from testbed import netns
 
 from .conftest import eventually, started_bed
 
@@ -136,7 +136,7 @@ def test_vxlan_peer_filter_accepts_only_peers(bed):
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
 
-    from pyflannel.testbed.inject import inject
+    from testbed.inject import inject
 
     a, b = bed.nodes
     a.stop()

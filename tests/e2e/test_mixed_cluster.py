@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from pyflannel.testbed import netns
-from pyflannel.testbed.bed import TestBed
-from pyflannel.testbed.capture import finish_capture, start_capture
+from testbed import netns
+from testbed.bed import TestBed
+from testbed.capture import finish_capture, start_capture
 
 from .conftest import FAST_RECONCILE, eventually, require_testbed
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pyflannel.testbed import netns
+from testbed import netns
 
 from .conftest import eventually, started_bed
 

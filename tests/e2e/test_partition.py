@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pyflannel.testbed import netns
+from testbed import netns
 
 from .conftest import require_testbed, started_bed
 

@@ -30,7 +30,7 @@ IDLE = 10.0  # seconds
 
 @pytest.fixture(scope="module")
 def bed():
-    from pyflannel.testbed.bed import TestBed
+    from testbed.bed import TestBed
 
     require_testbed()
     with TestBed(hosts=2) as bed:
@@ -128,7 +128,7 @@ def test_each_instance_has_its_own_health_endpoint_and_status_finds_it(bed):
 
 
 def test_a_second_daemon_for_the_same_network_is_refused_naming_the_first(bed):
-    from pyflannel.testbed.bed import Node
+    from testbed.bed import Node
 
     first = bed.networks["u"][0]
     twin = Node(bed, first.index, network="twin")

@@ -12,10 +12,10 @@ import time
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from pyflannel.testbed import netns
-from pyflannel.testbed.capture import finish_capture, start_capture
-from pyflannel.testbed.inject import inject
-from pyflannel.testbed.iperf import iperf
+from testbed import netns
+from testbed.capture import finish_capture, start_capture
+from testbed.inject import inject
+from testbed.iperf import iperf
 
 from .conftest import eventually, started_bed
 

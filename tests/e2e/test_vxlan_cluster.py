@@ -9,7 +9,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from pyflannel.testbed.capture import finish_capture, start_capture
+from testbed.capture import finish_capture, start_capture
 
 from .conftest import eventually, started_bed
 

@@ -5,10 +5,10 @@ import itertools
 
 import pytest
 
-from pyflannel.config import parse_network_config
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.etcd.registry import Registry
-from pyflannel.testbed.etcd import EtcdServer
+from pyflannel.subnet.config import parse_network_config
+from testbed.etcd import EtcdServer
 from tests.conftest import require_etcd
 
 _prefixes = itertools.count()

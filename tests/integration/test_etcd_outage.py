@@ -6,12 +6,12 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.errors import EtcdUnavailable
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.etcd.registry import Registry
-from pyflannel.peer_watch import PeerWatch
 from pyflannel.subnet.table import LeaseTable
-from pyflannel.testbed.etcd import EtcdServer
+from testbed.etcd import EtcdServer
 from tests.conftest import require_etcd
 
 from .test_lease_keeper import attrs, keeper

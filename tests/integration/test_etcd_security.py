@@ -9,8 +9,8 @@ import pytest
 
 from pyflannel.errors import EtcdUnavailable
 from pyflannel.etcd.client import EtcdClient, EtcdError, TLSFiles
-from pyflannel.testbed.certs import make_certs
-from pyflannel.testbed.etcd import EtcdServer
+from testbed.certs import make_certs
+from testbed.etcd import EtcdServer
 from tests.conftest import require, require_etcd
 
 
@@ -114,8 +114,8 @@ async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_e
     import logging
     from ipaddress import IPv4Network
 
+    from pyflannel.control.peer_watch import PeerWatch
     from pyflannel.etcd.registry import Registry
-    from pyflannel.peer_watch import PeerWatch
     from pyflannel.subnet.table import LeaseTable
 
     auth_etcd.ctl("user", "add", "late:late-pw")

@@ -4,10 +4,10 @@ import asyncio
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
+from pyflannel.control.lease_keeper import LeaseKeeper
+from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.etcd.registry import Registry
-from pyflannel.lease_keeper import LeaseKeeper
-from pyflannel.peer_watch import PeerWatch
 from pyflannel.subnet.lease import LeaseAttrs
 from pyflannel.subnet.table import LeaseTable
 
@@ -80,7 +80,7 @@ async def test_thirty_concurrent_acquirers_in_forty_subnets_get_distinct_subnets
 async def test_out_of_subnets_is_logged_clearly_and_retried_until_one_frees(
     registry, caplog, monkeypatch
 ):
-    monkeypatch.setattr("pyflannel.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.2)
+    monkeypatch.setattr("pyflannel.control.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.2)
     cfg = network('{"Network": "10.1.0.0/22", "SubnetLen": 24}')  # 3 subnets
     held = [
         await keeper(registry, f"198.51.100.{i}", cfg).acquire(attrs(f"198.51.100.{i}"))
@@ -189,7 +189,7 @@ async def test_expired_lease_is_noticed_by_renewal_and_reacquired(registry, clie
 async def test_fifty_racers_for_forty_subnets_never_share_one_and_losers_wait(
     etcd_server, prefix, monkeypatch, caplog
 ):
-    monkeypatch.setattr("pyflannel.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.3)
+    monkeypatch.setattr("pyflannel.control.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.3)
     cfg = network('{"Network": "10.1.0.0/16", "SubnetLen": 24, "SubnetMax": "10.1.40.0"}')
     clients = [EtcdClient([etcd_server.url]) for _ in range(50)]
     caplog.set_level(logging.ERROR)

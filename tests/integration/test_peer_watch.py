@@ -3,7 +3,7 @@
 import asyncio
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.peer_watch import PeerWatch
+from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.subnet.lease import LeaseAttrs
 from pyflannel.subnet.table import LeaseTable
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.cli import make_parser
-from pyflannel.options import build_options
+from pyflannel.app.cli import make_parser
+from pyflannel.app.options import build_options
 from tests.conftest import require
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"

@@ -5,9 +5,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.config import parse_network_config
 from pyflannel.errors import OutOfSubnets
 from pyflannel.subnet.allocate import choose_subnet, fits_config, free_subnets
+from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 CFG = parse_network_config('{"Network": "10.1.0.0/16", "SubnetLen": 24}')

@@ -4,8 +4,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from pyflannel.config import parse_network_config
 from pyflannel.errors import ConfigError
+from pyflannel.subnet.config import parse_network_config
 
 
 def test_defaults_for_a_16_match_upstream_vector():
@@ -161,7 +161,7 @@ def test_null_values_behave_like_absent_keys():
 
 
 def test_config_changes_are_said_in_words_without_derived_defaults():
-    from pyflannel.config import config_changes
+    from pyflannel.subnet.config import config_changes
 
     old = parse_network_config(b'{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}')
     new = parse_network_config(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyflannel.docker_opts import DockerOptsError, docker_options
+from pyflannel.ops.docker_opts import DockerOptsError, docker_options
 
 ENV = {
     "FLANNEL_NETWORK": "10.1.0.0/16",

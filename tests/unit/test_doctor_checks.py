@@ -3,7 +3,7 @@ a slow etcd disk, a skewed clock, a missing VXLAN module)."""
 
 import pytest
 
-from pyflannel.doctor.checks import (
+from pyflannel.ops.doctor.checks import (
     FAIL,
     PASS,
     WARN,

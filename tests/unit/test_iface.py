@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from pyflannel.errors import InterfaceError
-from pyflannel.iface import IFA_F_DEPRECATED, Address, Interface, select_ext_iface
+from pyflannel.kernel.iface import IFA_F_DEPRECATED, Address, Interface, select_ext_iface
 
 LO = Interface("lo", 1, 65536, [Address(IPv4Address("127.0.0.1"), 8, 254)])
 ETH0 = Interface(

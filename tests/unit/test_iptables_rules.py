@@ -2,7 +2,7 @@
 
 from ipaddress import IPv4Network
 
-from pyflannel.iptables_rules import (
+from pyflannel.traffic.iptables_rules import (
     drift,
     forward_rules,
     masquerade_rules,
@@ -105,7 +105,7 @@ def test_version_parsing():
 
 
 def test_vxlan_peer_filter_rules():
-    from pyflannel.iptables_rules import vxlan_peer_rules
+    from pyflannel.traffic.iptables_rules import vxlan_peer_rules
 
     rules = vxlan_peer_rules(8472, ["198.51.100.2", "198.51.100.3"])
     assert [(r.table, r.line) for r in rules] == [
@@ -172,7 +172,7 @@ def test_a_missing_shared_line_is_inserted_first_and_a_stray_line_is_removed():
 
 
 def test_the_vxlan_peer_filter_chain_is_per_port():
-    from pyflannel.iptables_rules import vxlan_peer_rules
+    from pyflannel.traffic.iptables_rules import vxlan_peer_rules
 
     a = vxlan_peer_rules(8472, ["198.51.100.2"])
     b = vxlan_peer_rules(8473, ["198.51.100.3"])

@@ -2,7 +2,7 @@
 
 from ipaddress import IPv4Network
 
-from pyflannel.kernel_watch import Watched, is_damage
+from pyflannel.kernel.watch import Watched, is_damage
 
 
 class Msg(dict):

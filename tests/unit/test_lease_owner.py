@@ -5,8 +5,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.config import parse_network_config
 from pyflannel.subnet.allocate import choose_subnet
+from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.owner import (
     NodeIdentity,

@@ -2,7 +2,7 @@
 
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.etcd.registry import LeaseEvent
+from pyflannel.subnet.event import EventKind, LeaseEvent
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import LeaseTable
 
@@ -17,11 +17,11 @@ def lease(subnet: str, ip: str = "198.51.100.2", rev: int = 1) -> Lease:
 
 
 def put(le: Lease, rev: int = 10) -> LeaseEvent:
-    return LeaseEvent("put", le.key, le.subnet, rev, lease=le)
+    return LeaseEvent(EventKind.PUT, le.key, le.subnet, rev, lease=le)
 
 
 def delete(subnet: str, rev: int = 10) -> LeaseEvent:
-    return LeaseEvent("delete", subnet.replace("/", "-"), IPv4Network(subnet), rev)
+    return LeaseEvent(EventKind.DELETE, subnet.replace("/", "-"), IPv4Network(subnet), rev)
 
 
 def subnets(leases) -> set[str]:
@@ -77,11 +77,15 @@ def test_junk_events_are_skipped_and_keep_every_peer():
     table = LeaseTable(NET, OWN)
     table.reset([lease("10.1.2.0/24"), lease("10.1.3.0/24")])
     junk = [
-        LeaseEvent("put", "/p/subnets/garbage", None, 11, problem="not a subnet key"),
+        LeaseEvent(EventKind.PUT, "/p/subnets/garbage", None, 11, problem="not a subnet key"),
         LeaseEvent(
-            "put", "10.1.2.0-24", IPv4Network("10.1.2.0/24"), 12, problem="bad value: not JSON"
+            EventKind.PUT,
+            "10.1.2.0-24",
+            IPv4Network("10.1.2.0/24"),
+            12,
+            problem="bad value: not JSON",
         ),
-        LeaseEvent("delete", "/p/subnets/garbage", None, 13),
+        LeaseEvent(EventKind.DELETE, "/p/subnets/garbage", None, 13),
     ]
     changes = table.apply(junk)
     assert not changes

@@ -3,23 +3,23 @@
 import logging
 import socket
 
-from pyflannel import sd_notify
-from pyflannel.backoff import Backoff, Outage
-from pyflannel.log import setup_logging
+from pyflannel.app.log import setup_logging
+from pyflannel.control.backoff import Backoff, Outage
+from pyflannel.ops import sd_notify
 
 
 def test_journald_lines_carry_a_priority_and_no_timestamp(monkeypatch, capsys):
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     setup_logging(0)
-    logging.getLogger("pyflannel.daemon").warning("etcd unreachable")
-    logging.getLogger("pyflannel.daemon").debug("hidden at -v 0")
+    logging.getLogger("pyflannel.app.daemon").warning("etcd unreachable")
+    logging.getLogger("pyflannel.app.daemon").debug("hidden at -v 0")
     assert capsys.readouterr().err == "<4>daemon: etcd unreachable\n"
 
 
 def test_terminal_lines_have_time_and_level(monkeypatch, capsys):
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     setup_logging(1)
-    logging.getLogger("pyflannel.lease_keeper").debug("renewing")
+    logging.getLogger("pyflannel.control.lease_keeper").debug("renewing")
     err = capsys.readouterr().err
     assert err.endswith(" DEBUG   lease_keeper: renewing\n") and err[:4].isdigit()
 
@@ -32,7 +32,7 @@ def test_v_10_is_pyflannels_verbosity_libraries_stay_at_warning(monkeypatch, cap
     library.setLevel(logging.DEBUG)  # what a library may do to itself on import
     library.debug("message {'attrs': ...}")
     library.warning("a library warning")
-    logging.getLogger("pyflannel.daemon").debug("ours")
+    logging.getLogger("pyflannel.app.daemon").debug("ours")
     err = capsys.readouterr().err
     assert "message" not in err and "a library warning" in err and "ours" in err
     library.setLevel(logging.NOTSET)

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from pyflannel import netlink_codec as c
+from pyflannel.kernel import codec as c
 
 DST = IPv4Network("10.1.2.0/24")
 GW = IPv4Address("10.1.2.0")

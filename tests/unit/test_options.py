@@ -2,9 +2,9 @@
 
 import pytest
 
-from pyflannel.cli import make_parser
+from pyflannel.app.cli import make_parser
+from pyflannel.app.options import Options, build_options, env_name, normalize_go_flags
 from pyflannel.errors import OptionsError
-from pyflannel.options import Options, build_options, env_name, normalize_go_flags
 
 
 def options(argv, env=None) -> Options:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyflannel.privileges import (
+from pyflannel.kernel.privileges import (
     MissingPrivileges,
     check_privileges,
     effective_capabilities,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyflannel.lease_keeper import renewal_delay
+from pyflannel.control.lease_keeper import renewal_delay
 
 DAY, HOUR = 86400, 3600
 

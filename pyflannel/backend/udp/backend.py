@@ -11,18 +11,21 @@ Two modes, one data path:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
-from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, diff, udp_peer
+from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, Via, udp_peer
+from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.tun import TUN_NAME
-from pyflannel.config import NetworkConfig
 from pyflannel.errors import ConfigError
-from pyflannel.iface import ExtIface
-from pyflannel.netlink import Netlink
+from pyflannel.kernel.iface import ExtIface
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,37 @@ def parse_udp_port(backend: dict) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"Backend.Port must be an integer from 1 to 65535, not {port!r}")
     return port
+
+
+async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
+    """The cluster's own UDP backend (registry entry "udp")."""
+    backend = UdpBackend(
+        ctx.netlink,
+        ctx.network,
+        ctx.ext,
+        parse_udp_port(ctx.network.backend),
+        tuning=ctx.udp_tuning,
+    )
+    return backend, await backend.prepare()
+
+
+async def fall_back(ctx: BackendContext, reason: str) -> tuple[Backend, LeaseAttrs]:
+    """A node of a vxlan network that cannot (or must not) do VXLAN: UDP, said loudly."""
+    log.error(
+        "VXLAN FALLBACK: this node uses UDP encapsulation (port %d) instead of VXLAN: %s. "
+        "pyflannel VXLAN peers reach it over UDP; upstream flannel VXLAN nodes cannot.",
+        ctx.udp_fallback_port,
+        reason,
+    )
+    backend = UdpBackend(
+        ctx.netlink,
+        ctx.network,
+        ctx.ext,
+        ctx.udp_fallback_port,
+        fallback_reason=reason,
+        tuning=ctx.udp_tuning,
+    )
+    return backend, await backend.prepare()
 
 
 class UdpBackend(Backend):
@@ -67,7 +101,7 @@ class UdpBackend(Backend):
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
         """The underlay address or interface changed: rebind the UDP path."""
-        async with self._kernel_lock:
+        async with self.kernel.lock:
             self.ext = ext
             self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
             await self.path.move(ext, self.mtu)
@@ -87,26 +121,24 @@ class UdpBackend(Backend):
         )
 
     async def _assign(self, lease: Lease) -> None:
-        await self.path.assign(lease.subnet, self.network.network)
+        await self.path.assign(lease.subnet, self.network.cidr)
         # Like upstream: the whole network into flannel0; our own subnet is more specific
         # (on cni0), and a destination no peer owns gets ICMP net-unreachable from us.
-        network_route = KernelState(routes={self.network.network: Route(None, "tun")})
-        if not self.desired.state.routes:
-            self.desired.add(network_route)
-            _, failed = await self._apply(diff(self.desired.state, self.actual, network_route))
-            if failed:
-                self.repair_wanted.set()
+        if not self.kernel.desired.state.routes:
+            await self.kernel.add_entries(
+                KernelState(routes={self.network.cidr: Route(None, Via.TUN)})
+            )
 
-    async def _ensure_devices(self) -> list[str]:
+    async def ensure_devices(self) -> list[str]:
         return await self.path.ensure()
 
-    async def _peer(self, lease: Lease) -> Peer:
+    async def peer(self, lease: Lease) -> Peer:
         return udp_peer(lease, self.port)
 
-    def _entries(self, peer: Peer) -> KernelState:
+    def entries(self, peer: Peer) -> KernelState:
         return KernelState()  # peers live in the forwarding table, not in the kernel
 
-    def _peers_changed(self) -> None:
+    def peers_changed(self) -> None:
         self.path.set_peers(self.peers.values())
 
     def datapath_stats(self) -> dict | None:
@@ -115,5 +147,8 @@ class UdpBackend(Backend):
     def datapath_problem(self) -> str | None:
         return self.path.problem()
 
-    def close(self) -> None:
-        self.path.stop()
+    def _snapshot_details(self) -> dict[str, Any]:
+        return {"port": self.port, "fallback": self.fallback_reason or None}
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.path.stop)  # waits for the workers to exit

@@ -27,8 +27,8 @@ from pyflannel.backend.udp.pool import WorkerPool
 from pyflannel.backend.udp.tun import TUN_NAME, TunError, open_queues
 from pyflannel.backend.udp.worker import table_message
 from pyflannel.errors import BackendError
-from pyflannel.iface import ExtIface
-from pyflannel.netlink import Netlink
+from pyflannel.kernel.iface import ExtIface
+from pyflannel.kernel.netlink import Netlink
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,10 @@ it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ig
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
+from typing import Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
@@ -18,12 +20,15 @@ from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import (
     UDP_BACKEND,
     VXLAN_BACKEND,
+    Encap,
     KernelState,
     Peer,
     peer_entries,
     udp_peer,
     vxlan_peer,
 )
+from pyflannel.backend.registry import BackendContext
+from pyflannel.backend.udp.backend import fall_back
 from pyflannel.backend.udp.path import DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.device import (
@@ -35,13 +40,28 @@ from pyflannel.backend.vxlan.device import (
     parse_vxlan_config,
     random_vtep_mac,
 )
-from pyflannel.config import NetworkConfig
 from pyflannel.errors import BackendError
-from pyflannel.iface import ExtIface
-from pyflannel.netlink import Netlink
+from pyflannel.kernel.iface import ExtIface
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
+
+
+async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
+    """Registry entry "vxlan": the VXLAN device, or UDP if it cannot be had (unless
+    --backend-fallback=off), or UDP if told so (--backend-fallback=udp)."""
+    if ctx.fallback == "udp":
+        return await fall_back(ctx, "forced by --backend-fallback=udp")
+    udp_port = None if ctx.fallback == "off" else ctx.udp_fallback_port
+    backend = VxlanBackend(ctx.netlink, ctx.network, ctx.ext, udp_port, ctx.udp_tuning)
+    try:
+        return backend, await backend.prepare()
+    except BackendError as e:
+        if ctx.fallback == "off":
+            raise BackendError(f"{e} (and --backend-fallback=off)") from e
+        return await fall_back(ctx, str(e))
 
 
 class VxlanBackend(Backend):
@@ -100,9 +120,7 @@ class VxlanBackend(Backend):
     async def prepare(self) -> LeaseAttrs:
         self.device = await self._ensure_device(mac=None)
         if self.udp is not None:
-            foreign = await self.netlink.call(
-                kernel.foreign_addresses, TUN_NAME, self.network.network
-            )
+            foreign = await self.netlink.call(kernel.foreign_addresses, TUN_NAME, self.network.cidr)
             if foreign:
                 log.warning(
                     "%s belongs to another network on this host (address %s): this network "
@@ -124,7 +142,7 @@ class VxlanBackend(Backend):
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
         """The underlay address or interface changed: recreate the device on it with the
         same MAC (so peers need only a new FDB destination) and rebind the UDP path."""
-        async with self._kernel_lock:
+        async with self.kernel.lock:
             self.ext = ext
             self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
             self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=self.mtu)
@@ -132,7 +150,7 @@ class VxlanBackend(Backend):
             await self._configure_device()
             if self.udp is not None:
                 await self.udp.move(ext, overlay_mtu(UDP_BACKEND, ext.mtu))
-            self.repair_wanted.set()  # entries on the new device: the reconciler restores them
+            self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
     async def _ensure_device(self, mac: str | None) -> VxlanLink:
@@ -165,7 +183,7 @@ class VxlanBackend(Backend):
     async def _assign(self, lease: Lease) -> None:
         await self._configure_device()
         if self.udp and self.udp.running:
-            await self.udp.assign(lease.subnet, self.network.network)
+            await self.udp.assign(lease.subnet, self.network.cidr)
 
     async def _configure_device(self) -> list[str]:
         return await self.netlink.call(
@@ -173,11 +191,11 @@ class VxlanBackend(Backend):
             self.device.index,
             self.device.name,
             self.lease.subnet.network_address,
-            self.network.network,
+            self.network.cidr,
             self.mtu,
         )
 
-    async def _ensure_devices(self) -> list[str]:
+    async def ensure_devices(self) -> list[str]:
         repaired = []
         link = await self.netlink.call(kernel.find_link, self.spec.name)
         if link is None or incompatibilities(link, self.spec) or link.mac != self.device.mac:
@@ -193,7 +211,7 @@ class VxlanBackend(Backend):
 
     # -- peers -----------------------------------------------------------------------------
 
-    async def _peer(self, lease: Lease) -> Peer:
+    async def peer(self, lease: Lease) -> Peer:
         # Only an explicit "udp" lease (a pyflannel node that fell back) is reached over UDP:
         # a lease without BackendType in a vxlan network is junk or an alloc-only node.
         if lease.attrs.backend_type == UDP_BACKEND and self.udp is not None:
@@ -201,7 +219,7 @@ class VxlanBackend(Backend):
             if not self.udp.running:
                 log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
                 await self.udp.start()
-                await self.udp.assign(self.lease.subnet, self.network.network)
+                await self.udp.assign(self.lease.subnet, self.network.cidr)
             return peer
         peer = vxlan_peer(lease)
         if self.config.direct_routing and await self.netlink.call(
@@ -210,12 +228,12 @@ class VxlanBackend(Backend):
             peer = vxlan_peer(lease, direct=True)
         return peer
 
-    def _entries(self, peer: Peer) -> KernelState:
+    def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)
 
-    def _peers_changed(self) -> None:
+    def peers_changed(self) -> None:
         if self.udp is not None:
-            self.udp.set_peers(p for p in self.peers.values() if p.encap == "udp")
+            self.udp.set_peers(p for p in self.peers.values() if p.encap == Encap.UDP)
 
     def datapath_stats(self) -> dict | None:
         return self.udp.snapshot() if self.udp is not None else None
@@ -223,6 +241,13 @@ class VxlanBackend(Backend):
     def datapath_problem(self) -> str | None:
         return self.udp.problem() if self.udp is not None else None
 
-    def close(self) -> None:
+    def _snapshot_details(self) -> dict[str, Any]:
+        return {
+            "port": self.spec.effective_port,
+            "vni": self.spec.vni,
+            "vtep_mac": self.device.mac if self.device else None,
+        }
+
+    async def close(self) -> None:
         if self.udp is not None:
-            self.udp.stop()
+            await asyncio.to_thread(self.udp.stop)  # waits for the workers to exit

@@ -1,0 +1,1 @@
+"""The application: command line, options, logging, and the daemon that wires the layers."""

@@ -1,0 +1,217 @@
+"""The ``pyflannel`` command line. Thin: parsing here, behaviour in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pyflannel import __version__
+from pyflannel.app.log import setup_logging
+from pyflannel.app.options import add_arguments, build_options, normalize_go_flags
+from pyflannel.errors import OptionsError
+
+log = logging.getLogger("pyflannel")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyflannel",
+        description="Pure-Python overlay network daemon, compatible with flannel.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon on this node",
+        description=(
+            "Lease a subnet from etcd, set up the overlay device and program every peer. "
+            "Every flag can also be given as a FLANNELD_<NAME> environment variable; "
+            "a flag on the command line wins."
+        ),
+    )
+    add_arguments(run)
+    status = commands.add_parser(
+        "status",
+        help="is this node's overlay healthy? (exit 0 healthy, 1 unhealthy, 2 degraded)",
+        description=(
+            "Ask the running daemon (its --healthz-ip/--healthz-port endpoint) for its state; "
+            "if it does not answer, read subnet.env, the kernel and etcd directly. Takes the "
+            "same flags and FLANNELD_* variables as `run`."
+        ),
+    )
+    add_arguments(status)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument("--cluster", action="store_true", help="list every lease in etcd instead")
+    doctor = commands.add_parser(
+        "doctor",
+        help="preflight checks for this node (exit 0 pass, 1 fail, 2 warnings)",
+        description="Can this node run pyflannel? Tries VXLAN and TUN devices in a throwaway "
+        "namespace, looks for container-VPS markers, checks iptables, the interface MTU, etcd "
+        "(round trips, its disk-sync times), UDP ports 8472/8285 and the clock. Takes the same "
+        "flags and FLANNELD_* variables as `run`.",
+    )
+    add_arguments(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    opts = commands.add_parser(
+        "docker-opts",
+        help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
+        description="Write Docker's --bip, --mtu and --ip-masq options derived from subnet.env. "
+        "With neither -i nor -c, both kinds of line are written.",
+    )
+    opts.add_argument(
+        "-f",
+        dest="subnet_file",
+        default="/run/flannel/subnet.env",
+        help="the subnet file (default %(default)s)",
+    )
+    opts.add_argument(
+        "-d",
+        dest="output",
+        default="/run/docker_opts.env",
+        help="where to write the options (default %(default)s; - for stdout)",
+    )
+    opts.add_argument(
+        "-i", dest="individual", action="store_true", help="one DOCKER_OPT_* per option"
+    )
+    opts.add_argument("-c", dest="combined", action="store_true", help="one combined line")
+    opts.add_argument("-k", dest="key", default="DOCKER_OPTS", help="name of the combined variable")
+    opts.add_argument("-m", dest="omit_ipmasq", action="store_true", help="leave out --ip-masq")
+    commands.add_parser("version", help="print the version and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    args = parser.parse_args(normalize_go_flags(argv))
+    if args.version or args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "docker-opts":
+        return _docker_opts(args)
+    if args.command == "doctor":
+        return _doctor(args)
+    parser.print_help()
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        setup_logging()
+        log.error("%s", e)
+        return 1
+    setup_logging(options.v)
+    # gRPC's C core logs handshake failures itself; ours carry the same facts, once.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from pyflannel.app.daemon import serve  # keeps `pyflannel --help` fast
+
+    return asyncio.run(serve(options))
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from pyflannel.errors import FlannelError
+    from pyflannel.ops.status.client import daemon_document
+    from pyflannel.ops.status.offline import cluster_leases, offline_status
+    from pyflannel.ops.status.report import UNHEALTHY, exit_code, render, render_cluster
+
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        print(f"pyflannel status: {e}", file=sys.stderr)
+        return UNHEALTHY
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    if args.cluster:
+        try:
+            rows = asyncio.run(cluster_leases(options))
+        except FlannelError as e:
+            print(f"pyflannel status --cluster: {e}", file=sys.stderr)
+            return UNHEALTHY
+        print(
+            json.dumps(rows, indent=1) if args.json else render_cluster(rows),
+            end="" if not args.json else "\n",
+        )
+        return 0
+    doc, why = daemon_document(options)
+    if doc is None:
+        doc = asyncio.run(offline_status(options, why))
+    print(
+        json.dumps(doc, indent=1, default=str) if args.json else render(doc),
+        end="" if not args.json else "\n",
+    )
+    return exit_code(doc)
+
+
+def _docker_opts(args: argparse.Namespace) -> int:
+    from ipaddress import ip_interface
+    from pathlib import Path
+
+    from pyflannel.ops.docker_opts import DockerOptsError, docker_options
+    from pyflannel.subnet.env_file import parse_env, write_atomic
+
+    try:
+        env = parse_env(Path(args.subnet_file).read_text())
+        text = docker_options(
+            env,
+            individual=args.individual,
+            combined=args.combined,
+            key=args.key,
+            existing=os.environ.get(args.key, ""),
+            omit_ipmasq=args.omit_ipmasq,
+        )
+    except (OSError, DockerOptsError) as e:
+        print(f"pyflannel docker-opts: {e}", file=sys.stderr)
+        return 1
+    subnet = ip_interface(env["FLANNEL_SUBNET"]).network
+    if _routed_via_gateway(subnet):  # as upstream: the subnet must not already be routed elsewhere
+        print(f"Your routing table already contains the subnet: {subnet}", file=sys.stderr)
+        return 1
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        write_atomic(args.output, text)
+    return 0
+
+
+def _routed_via_gateway(subnet) -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return any(
+            r.get_attr("RTA_GATEWAY")
+            and r["dst_len"] == subnet.prefixlen
+            and r.get_attr("RTA_DST") == str(subnet.network_address)
+            for r in ipr.route("dump", family=2, table=254)
+        )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pyflannel.ops.doctor.checks import exit_code, render
+    from pyflannel.ops.doctor.probes import run_checks
+
+    try:
+        options = build_options(args)
+    except OptionsError as e:
+        print(f"pyflannel doctor: {e}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    findings = asyncio.run(run_checks(options))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
+    else:
+        print(render(findings), end="")
+    return exit_code(findings)

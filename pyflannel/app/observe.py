@@ -1,0 +1,136 @@
+"""What the daemon publishes for /status and /metrics: its typed snapshot, and the answers to
+the live questions (``StatusIO``). The only place that reads the daemon's parts for them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyflannel import __version__
+from pyflannel.backend import kernel
+from pyflannel.backend.plan import KernelState
+from pyflannel.ops.instance import instances_beside
+from pyflannel.ops.snapshot import DaemonSnapshot, EtcdView, InstanceView, LeaseView, TrafficView
+from pyflannel.subnet.env_file import SubnetEnv
+
+if TYPE_CHECKING:
+    from pyflannel.app.daemon import Daemon
+
+
+def not_ready(daemon: Daemon) -> list[str]:
+    r = daemon.running
+    reasons = []
+    if r is None or r.keeper.lease is None:
+        reasons.append("no lease yet")
+    if r is None or not r.watch.synced.is_set():
+        reasons.append("peers not listed yet")
+    if not daemon.programmed.is_set():
+        reasons.append("device not programmed yet")
+    if daemon.traffic.enabled and not daemon.traffic.rules:
+        reasons.append("iptables rules not in place")
+    if not daemon.subnet_file_written:
+        reasons.append("subnet.env not written")
+    return reasons
+
+
+def subnet_env_problems(daemon: Daemon) -> list[str]:
+    r, path = daemon.running, daemon.options.subnet_file
+    if r is None or r.keeper.lease is None:
+        return []
+    want = SubnetEnv(
+        r.network.cidr, r.keeper.lease.subnet, r.backend.mtu, daemon.options.ip_masq
+    ).render()
+    try:
+        have = Path(path).read_text()
+    except OSError as e:
+        return [f"cannot read {path}: {e.strerror}"]
+    return [] if have == want else [f"content differs from the running state ({want.strip()!r})"]
+
+
+def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
+    o, r, t = daemon.options, daemon.running, daemon.traffic
+    watch = r.watch if r else None
+    keeper = r.keeper if r else None
+    lease = None
+    if keeper is not None and keeper.lease is not None:
+        held = keeper.lease
+        lease = LeaseView(
+            subnet=str(held.subnet),
+            expires_in_s=None if held.is_reservation else keeper.expires_at - time.monotonic(),
+            reservation=held.is_reservation,
+            last_renewal=keeper.last_renewal,
+            renewals=keeper.renewals,
+            losses=keeper.losses,
+        )
+    return DaemonSnapshot(
+        pid=os.getpid(),
+        version=__version__,
+        started=daemon.started,
+        ready=daemon.ready.is_set(),
+        not_ready=tuple(not_ready(daemon)),
+        config_change=r.config_watch.change if r else "",
+        instance=InstanceView(
+            etcd_prefix=o.etcd_prefix,
+            subnet_file=o.subnet_file,
+            healthz=daemon.instance.record.healthz,
+            others=tuple(
+                rec.describe() for rec in instances_beside(o.subnet_file) if rec.pid != os.getpid()
+            ),
+        ),
+        etcd=EtcdView(
+            endpoints=tuple(o.etcd_endpoints),
+            current=daemon.client.endpoint.url,
+            reachable=bool(watch and watch.connected),
+            revision=watch.revision if watch else None,
+            last_error=watch.last_error if watch else "",
+            watch_restarts=watch.restarts if watch else 0,
+            relists=watch.relists if watch else 0,
+        ),
+        network=str(r.network.cidr) if r else None,
+        interface=r.ext if r else None,
+        lease=lease,
+        backend=r.backend.snapshot() if r else None,
+        subnet_env_problems=tuple(subnet_env_problems(daemon)),
+        traffic=TrafficView(
+            enabled=t.enabled,
+            masquerade=t.masquerade,
+            forward=t.forward,
+            rules_set=bool(t.rules),
+            last_problem=t.last_problem,
+            restores=t.restores,
+        ),
+    )
+
+
+class StatusAnswers:
+    """The daemon's answers to /status's live questions (ops.snapshot.StatusIO)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    async def etcd_members(self) -> list[dict]:
+        return await self.daemon.client.members()
+
+    async def kernel_state(self) -> KernelState | None:
+        r = self.daemon.running
+        if r is None:
+            return None
+        return await self.daemon.netlink.call(kernel.read_state, r.backend.devices())
+
+    async def device_present(self) -> bool:
+        r = self.daemon.running
+        if r is None:
+            return False
+        return await self.daemon.netlink.call(_link_exists, r.backend.device_name)
+
+    async def datapath_stats(self) -> dict | None:
+        return await self.daemon.datapath_stats()
+
+    async def rules_present(self) -> bool:
+        return await self.daemon.traffic.present()
+
+
+def _link_exists(ipr, name: str) -> bool:
+    return bool(ipr.link_lookup(ifname=name))

@@ -1,0 +1,337 @@
+"""The daemon's options: one typed object, built once from flags, then ``FLANNELD_*``
+environment variables, then defaults (upstream main.go + coreos flagutil semantics).
+
+Flag names, meanings and defaults are upstream's, so existing unit files and environment
+files work. Go-style single-dash long flags (``-etcd-endpoints=...``) are accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
+
+from pyflannel.errors import OptionsError
+from pyflannel.etcd.endpoint import parse_endpoint
+
+if TYPE_CHECKING:
+    from pyflannel.etcd.client import EtcdClient
+
+ENV_PREFIX = "FLANNELD_"
+MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
+MAX_UDP_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class Options:
+    etcd_endpoints: list[str] = field(
+        default_factory=lambda: ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    )
+    etcd_prefix: str = "/coreos.com/network"
+    etcd_keyfile: str = ""
+    etcd_certfile: str = ""
+    etcd_cafile: str = ""
+    etcd_username: str = ""
+    etcd_password: str = ""
+    iface: list[str] = field(default_factory=list)
+    iface_regex: list[str] = field(default_factory=list)
+    iface_can_reach: str = ""
+    public_ip: str = ""
+    subnet_file: str = "/run/flannel/subnet.env"
+    subnet_lease_renew_margin: int = 60
+    subnet_lease_ttl: int = 24 * 3600
+    reconcile_interval: float = 30.0
+    backend_fallback: str = "auto"
+    udp_fallback_port: int = 8285
+    udp_datapath: str = "auto"
+    udp_fastpath: bool = True
+    udp_workers: int = 0
+    ip_masq: bool = False
+    ip_masq_fully_random_disable: bool = False
+    iptables_forward_rules: bool = True
+    iptables_resync: int = 5
+    vxlan_peer_filter: bool = False
+    healthz_ip: str = "127.0.0.1"
+    healthz_port: int = 8471
+    v: int = 0
+    # Which options were set by a flag or FLANNELD_* (the others are defaults).
+    given: frozenset[str] = frozenset()
+
+    def etcd_client(self, timeout: float = 5.0) -> EtcdClient:
+        """The etcd client these options describe (endpoints, TLS, auth)."""
+        from pyflannel.etcd.client import EtcdClient, TLSFiles  # grpc: not for --help
+
+        return EtcdClient(
+            self.etcd_endpoints,
+            username=self.etcd_username,
+            password=self.etcd_password,
+            tls=TLSFiles(self.etcd_cafile, self.etcd_certfile, self.etcd_keyfile),
+            timeout=timeout,
+        )
+
+    @property
+    def public_ip_address(self) -> IPv4Address | None:
+        return IPv4Address(self.public_ip) if self.public_ip else None
+
+
+class CommaList(list):
+    """A flag holding a comma-separated list; given twice, the last one wins (Go semantics)."""
+
+
+# (name, type, help). The type decides parsing: str, int, float, bool, CommaList, and list
+# (repeatable: every occurrence adds one value).
+FLAGS: list[tuple[str, type, str]] = [
+    ("etcd-endpoints", CommaList, "comma-separated etcd endpoints (default %(default)s)"),
+    ("etcd-prefix", str, "etcd key prefix of the network (default %(default)s)"),
+    ("etcd-keyfile", str, "TLS client key file for etcd"),
+    ("etcd-certfile", str, "TLS client certificate file for etcd"),
+    ("etcd-cafile", str, "CA file that signed etcd's server certificate"),
+    ("etcd-username", str, "username for etcd authentication"),
+    ("etcd-password", str, "password for etcd authentication"),
+    (
+        "iface",
+        list,
+        "interface (name or IP) to use for inter-host traffic; repeatable, "
+        "first match wins (default: the default-route interface)",
+    ),
+    (
+        "iface-regex",
+        list,
+        "regex matched against interface IPs, then names; repeatable; tried after --iface",
+    ),
+    ("iface-can-reach", str, "use the interface and source address that reach this IP"),
+    ("public-ip", str, "IPv4 address advertised to other nodes (default: the interface's)"),
+    ("subnet-file", str, "file the node's subnet and MTU are written to (default %(default)s)"),
+    (
+        "subnet-lease-renew-margin",
+        int,
+        "renew the lease this many minutes before it expires, "
+        "1..1439 (default %(default)s; pyflannel also renews at half the TTL)",
+    ),
+    (
+        "subnet-lease-ttl",
+        int,
+        "seconds a lease lives without renewal (pyflannel only; "
+        "default %(default)s, upstream's fixed 24 h)",
+    ),
+    (
+        "reconcile-interval",
+        float,
+        "seconds between full checks of the kernel state (pyflannel only; default %(default)s)",
+    ),
+    (
+        "backend-fallback",
+        str,
+        "when the network's backend is vxlan: 'auto' falls back to UDP "
+        "encapsulation if this node cannot create a VXLAN device, 'udp' forces UDP on this node, "
+        "'off' never falls back (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-fallback-port",
+        int,
+        "UDP port for encapsulation with UDP-only peers in a vxlan "
+        "network, advertised in the lease (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-datapath",
+        str,
+        "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
+        "(needs the uvloop package), or threads (measured slower); default %(default)s; "
+        "pyflannel only",
+    ),
+    (
+        "udp-fastpath",
+        bool,
+        "UDP backend: batch with kernel offloads (TCP super-packets from the TUN cut here, "
+        "UDP_SEGMENT sends, UDP_GRO receives coalesced into GSO writes to the TUN); each piece "
+        "falls back per packet where the kernel refuses it (default %(default)s; pyflannel only)",
+    ),
+    (
+        "udp-workers",
+        int,
+        "UDP backend: data-path worker processes, each with its own TUN queue and socket; "
+        "flows are spread over them (default 0: one per core; pyflannel only)",
+    ),
+    (
+        "ip-masq",
+        bool,
+        "masquerade traffic from pods to outside the overlay (upstream's FLANNEL-POSTRTG "
+        "rules; also written to subnet.env as FLANNEL_IPMASQ)",
+    ),
+    ("ip-masq-fully-random-disable", bool, "never use --random-fully in masquerade rules"),
+    (
+        "iptables-forward-rules",
+        bool,
+        "accept forwarded traffic to and from the network "
+        "(upstream's FLANNEL-FWD chain; default %(default)s)",
+    ),
+    (
+        "vxlan-peer-filter",
+        bool,
+        "accept VXLAN datagrams only from peers' public IPs (iptables "
+        "chain FLANNEL-VXLAN-<port>, one rule per peer; pyflannel only)",
+    ),
+    (
+        "healthz-ip",
+        str,
+        "address of the health/metrics/status endpoint (default %(default)s; "
+        "upstream's default is 0.0.0.0)",
+    ),
+    (
+        "healthz-port",
+        int,
+        "port of that endpoint, 0 to turn it off (default %(default)s; upstream's "
+        "default is 0); serves /healthz, /readyz, /metrics and /status. Not given and "
+        "taken (another network's daemon on this host): the next free port, logged and "
+        "recorded in <subnet-file>.lock for `pyflannel status`",
+    ),
+    (
+        "iptables-resync",
+        int,
+        "seconds between checks that the iptables rules are intact (default %(default)s)",
+    ),
+    ("v", int, "log verbosity: 0 informational, 1 or more debug (default %(default)s)"),
+]
+
+
+def _attr(flag: str) -> str:
+    return flag.replace("-", "_")
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + _attr(flag).upper()
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "t", "true"):
+        return True
+    if value in ("0", "f", "false"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _convert(kind: type, text: str) -> Any:
+    if kind is bool:
+        return _parse_bool(text)
+    return kind(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Options()
+    for name, kind, help_text in FLAGS:
+        default = getattr(defaults, _attr(name))
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = help_text.replace("%(default)s", str(shown)) + f" [env {env_name(name)}]"
+        dest = _attr(name)
+        opt = "-v" if name == "v" else f"--{name}"
+        extra = ["--v"] if name == "v" else []
+        if kind is bool:
+            parser.add_argument(
+                opt,
+                *extra,
+                dest=dest,
+                nargs="?",
+                const="true",
+                default=None,
+                metavar="true|false",
+                help=help_text,
+            )
+        elif kind is list:
+            parser.add_argument(
+                opt, *extra, dest=dest, action="append", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(opt, *extra, dest=dest, default=None, help=help_text)
+
+
+def normalize_go_flags(argv: Sequence[str]) -> list[str]:
+    """``-etcd-endpoints=x`` (Go flag style) -> ``--etcd-endpoints=x``."""
+    known = {f"-{name}" for name, _, _ in FLAGS if len(name) > 1}
+    out = []
+    for arg in argv:
+        head = arg.split("=", 1)[0]
+        out.append("-" + arg if head in known else arg)
+    return out
+
+
+def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
+    """Flags win; a flag not given is read from FLANNELD_<NAME>; else the default."""
+    values: dict[str, Any] = {}
+    for name, kind, _ in FLAGS:
+        dest = _attr(name)
+        given = getattr(ns, dest, None)
+        source = f"--{name}"
+        if given is None:
+            env = environ.get(env_name(name), "")
+            if not env:
+                continue
+            given, source = ([env] if kind is list else env), env_name(name)
+        try:
+            if kind is list:
+                values[dest] = [i.strip() for i in given if i.strip()]
+            elif kind is CommaList:
+                values[dest] = [i.strip() for i in given.split(",") if i.strip()]
+            else:
+                values[dest] = _convert(kind, given)
+        except ValueError as e:
+            raise OptionsError(f"invalid value for {source}: {e}") from None
+    options = Options(**values, given=frozenset(values))
+    validate(options)
+    return options
+
+
+def validate(options: Options) -> None:
+    if not 0 < options.subnet_lease_renew_margin <= MAX_RENEW_MARGIN:
+        raise OptionsError("Invalid subnet-lease-renew-margin option, out of acceptable range")
+    if options.subnet_lease_ttl < 5:
+        raise OptionsError("--subnet-lease-ttl must be at least 5 seconds")
+    if not 0 <= options.healthz_port < 65536:
+        raise OptionsError("--healthz-port must be a port number (0 turns the endpoint off)")
+    if options.iptables_resync <= 0:
+        raise OptionsError("--iptables-resync must be positive")
+    if options.reconcile_interval <= 0:
+        raise OptionsError("--reconcile-interval must be positive")
+    if options.backend_fallback not in ("auto", "udp", "off"):
+        raise OptionsError(
+            f"--backend-fallback must be auto, udp or off, not {options.backend_fallback!r}"
+        )
+    if not 0 < options.udp_fallback_port < 65536:
+        raise OptionsError("--udp-fallback-port must be a port number")
+    if not 0 <= options.udp_workers <= MAX_UDP_WORKERS:
+        raise OptionsError(
+            f"--udp-workers must be from 0 (one per core) to {MAX_UDP_WORKERS}, "
+            f"not {options.udp_workers}"
+        )
+    if options.udp_datapath not in ("auto", "threads", "asyncio", "uvloop"):
+        raise OptionsError(
+            f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"
+        )
+    if options.public_ip:
+        try:
+            IPv4Address(options.public_ip)
+        except ValueError:
+            raise OptionsError(
+                f"--public-ip {options.public_ip!r} is not an IPv4 address"
+            ) from None
+    if options.iface_can_reach:
+        try:
+            IPv4Address(options.iface_can_reach)
+        except ValueError:
+            raise OptionsError(
+                f"--iface-can-reach {options.iface_can_reach!r} is not an IPv4 address"
+            ) from None
+    if bool(options.etcd_certfile) != bool(options.etcd_keyfile):
+        raise OptionsError("--etcd-certfile and --etcd-keyfile must be given together")
+    if bool(options.etcd_username) != bool(options.etcd_password):
+        raise OptionsError("--etcd-username and --etcd-password must be given together")
+    if not options.etcd_endpoints:
+        raise OptionsError("--etcd-endpoints is empty")
+    for url in options.etcd_endpoints:
+        try:
+            parse_endpoint(url)
+        except ValueError as e:
+            raise OptionsError(f"--etcd-endpoints: {e}") from None

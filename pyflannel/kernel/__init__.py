@@ -1,0 +1,1 @@
+"""Kernel I/O below the backends: the netlink thread and codec, notifications, interfaces."""

@@ -1,0 +1,230 @@
+"""Choosing the external interface and the public IP (upstream pkg/ipmatch, interop §5).
+
+``select_ext_iface`` is pure; ``read_interfaces`` and ``route_source`` read the kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from pyflannel.errors import InterfaceError
+
+IFA_F_DEPRECATED = 0x20
+IFA_F_TEMPORARY = 0x01
+RT_SCOPE_UNIVERSE = 0
+
+
+@dataclass(frozen=True)
+class Address:
+    ip: IPv4Address
+    prefixlen: int
+    scope: int = RT_SCOPE_UNIVERSE
+    flags: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return not (self.flags & IFA_F_DEPRECATED) and not self.ip.is_loopback
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    index: int
+    mtu: int
+    addresses: list[Address] = field(default_factory=list)
+
+    def best_address(self) -> IPv4Address | None:
+        """Upstream's order: global before link-local, non-temporary first; deprecated never."""
+        usable = [a for a in self.addresses if a.usable]
+        usable.sort(
+            key=lambda a: (
+                a.scope != RT_SCOPE_UNIVERSE or a.ip.is_link_local,
+                bool(a.flags & IFA_F_TEMPORARY),
+            )
+        )
+        return usable[0].ip if usable else None
+
+
+@dataclass(frozen=True)
+class ExtIface:
+    name: str
+    index: int
+    mtu: int
+    iface_addr: IPv4Address  # the address on the interface (VXLAN/UDP bind here)
+    public_ip: IPv4Address  # the address advertised in the lease
+
+    def describe(self) -> str:
+        public = "" if self.public_ip == self.iface_addr else f", public IP {self.public_ip}"
+        return f"{self.name} (index {self.index}, {self.iface_addr}, MTU {self.mtu}{public})"
+
+
+def select_ext_iface(
+    interfaces: list[Interface],
+    *,
+    iface: list[str] = (),
+    iface_regex: list[str] = (),
+    public_ip: IPv4Address | None = None,
+    default_route_index: int | None = None,
+    can_reach: tuple[int, IPv4Address] | None = None,
+) -> ExtIface:
+    """Pick the interface the way upstream does, with errors that say what was tried."""
+    chosen: tuple[Interface, IPv4Address] | None = None
+    by_name = {i.name: i for i in interfaces}
+    for wanted in iface:
+        ip = _as_ip(wanted)
+        if ip is not None:
+            chosen = next(
+                ((i, ip) for i in interfaces if any(a.ip == ip for a in i.addresses)), None
+            )
+        elif wanted in by_name:
+            addr = by_name[wanted].best_address()
+            chosen = (by_name[wanted], addr) if addr else None
+        if chosen:
+            break
+    if chosen is None and not iface:
+        for pattern in iface_regex:
+            try:
+                regex = re.compile(pattern)
+            except re.error as e:
+                raise InterfaceError(
+                    f"--iface-regex {pattern!r} is not a valid regex: {e}"
+                ) from None
+            chosen = next(
+                (
+                    (i, a.ip)
+                    for i in interfaces
+                    for a in i.addresses
+                    if a.usable and regex.search(str(a.ip))
+                ),
+                None,
+            ) or next(
+                (
+                    (i, i.best_address())
+                    for i in interfaces
+                    if regex.search(i.name) and i.best_address()
+                ),
+                None,
+            )
+            if chosen:
+                break
+    if chosen is None and not iface and not iface_regex:
+        if can_reach is not None:
+            index, src = can_reach
+            chosen = next(((i, src) for i in interfaces if i.index == index), None)
+        elif public_ip is not None:
+            chosen = next(
+                ((i, public_ip) for i in interfaces if any(a.ip == public_ip for a in i.addresses)),
+                None,
+            )
+        elif default_route_index is not None:
+            match = next((i for i in interfaces if i.index == default_route_index), None)
+            if match is not None and match.best_address():
+                chosen = (match, match.best_address())
+    if chosen is None:
+        raise InterfaceError(
+            _not_found(interfaces, iface, iface_regex, public_ip, default_route_index)
+        )
+    interface, addr = chosen
+    if interface.mtu <= 0:
+        raise InterfaceError(f"interface {interface.name} reports MTU {interface.mtu}")
+    return ExtIface(interface.name, interface.index, interface.mtu, addr, public_ip or addr)
+
+
+def _as_ip(text: str) -> IPv4Address | None:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        return None
+
+
+def _not_found(interfaces, iface, iface_regex, public_ip, default_route_index) -> str:
+    names = ", ".join(
+        f"{i.name}[{' '.join(str(a.ip) for a in i.addresses) or 'no IPv4'}]" for i in interfaces
+    )
+    if iface:
+        what = f"no interface matches --iface {' '.join(iface)}"
+    elif iface_regex:
+        what = f"no interface or address matches --iface-regex {' '.join(iface_regex)}"
+    elif public_ip is not None:
+        what = f"--public-ip {public_ip} is not an address of any interface (use --iface too)"
+    elif default_route_index is None:
+        what = "there is no IPv4 default route; choose the interface with --iface"
+    else:
+        what = "the default-route interface has no usable IPv4 address"
+    return f"{what}. Interfaces: {names or 'none'}"
+
+
+# -- kernel side -------------------------------------------------------------------------
+
+
+def read_interfaces(ipr) -> tuple[list[Interface], int | None]:
+    """Interfaces with their IPv4 addresses, and the index of the default-route interface."""
+    addresses: dict[int, list[Address]] = {}
+    for msg in ipr.get_addr(family=2):
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        addresses.setdefault(msg["index"], []).append(
+            Address(IPv4Address(msg.get_attr("IFA_ADDRESS")), msg["prefixlen"], msg["scope"], flags)
+        )
+    interfaces = [
+        Interface(
+            link.get_attr("IFLA_IFNAME"),
+            link["index"],
+            link.get_attr("IFLA_MTU") or 0,
+            addresses.get(link["index"], []),
+        )
+        for link in ipr.get_links()
+    ]
+    return interfaces, default_route_interface()
+
+
+def default_route_interface() -> int | None:
+    """The interface of the IPv4 default route in the main table (upstream's choice). Read with
+    the fast dump: the table also holds one route per peer, thousands of them."""
+    from pyflannel.kernel import codec as codec
+    from pyflannel.kernel.netlink import route_socket
+
+    default = None
+    for payload in route_socket().dump(codec.RTM_GETROUTE, codec.AF_INET):  # read it all
+        route = codec.decode_route(payload)
+        if (
+            default is None
+            and route
+            and route[0].prefixlen == 0
+            and route[5] == codec.RT_TABLE_MAIN
+        ):
+            default = route[2]
+    return default
+
+
+def external_interface(
+    ipr,
+    *,
+    iface: list[str] = (),
+    iface_regex: list[str] = (),
+    public_ip: IPv4Address | None = None,
+    can_reach: IPv4Address | None = None,
+) -> ExtIface:
+    """Read the interfaces (and routes) from the kernel and choose as upstream does."""
+    interfaces, default = read_interfaces(ipr)
+    return select_ext_iface(
+        interfaces,
+        iface=iface,
+        iface_regex=iface_regex,
+        public_ip=public_ip,
+        default_route_index=default,
+        can_reach=route_source(ipr, can_reach) if can_reach is not None else None,
+    )
+
+
+def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:
+    """``ip route get dst``: the outgoing interface index and source address."""
+    route = ipr.route("get", dst=str(dst))[0]
+    return route.get_attr("RTA_OIF"), IPv4Address(route.get_attr("RTA_PREFSRC"))
+
+
+def hardware_address(ipr, index: int) -> str:
+    """The interface's MAC address ("" if it has none), part of this node's fingerprint."""
+    links = ipr.get_links(index)
+    return (links[0].get_attr("IFLA_ADDRESS") or "") if links else ""

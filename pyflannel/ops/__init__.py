@@ -1,0 +1,1 @@
+"""Operating a node: health endpoint, metrics, status, doctor, systemd, instance locks."""

@@ -1,0 +1,192 @@
+"""``pyflannel doctor``'s probes: try things for real, where they cannot hurt.
+
+Device creation is tried in a throwaway network namespace (removed afterwards), so nothing
+is left in the node's own namespace; iptables is only listed, never changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyflannel.app.options import Options
+from pyflannel.errors import FlannelError
+from pyflannel.ops.doctor.checks import (
+    Finding,
+    Probe,
+    histogram_p99,
+    judge_clock,
+    judge_container,
+    judge_etcd,
+    judge_iptables,
+    judge_mtu,
+    judge_port,
+    judge_tun,
+    judge_vxlan,
+)
+
+
+def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def probe_devices() -> tuple[Probe, Probe]:
+    """Create a VXLAN and a TUN device in a throwaway namespace."""
+    ns = f"pf{os.getpid()}x99-doctor"
+    if _run("ip", "netns", "add", ns).returncode != 0:
+        return Probe(None, "cannot create a network namespace to test in"), Probe(
+            None, "not tested"
+        )
+    try:
+        v = _run(
+            "ip", "-n", ns, "link", "add", "pfdoctor", "type", "vxlan", "id", "4242", "dstport", "0"
+        )
+        t = _run("ip", "-n", ns, "tuntap", "add", "mode", "tun", "name", "pfdoctor0")
+        return (
+            Probe(v.returncode == 0, v.stderr.strip()),
+            Probe(t.returncode == 0, t.stderr.strip()),
+        )
+    finally:
+        _run("ip", "netns", "del", ns)
+
+
+def probe_container() -> dict:
+    markers = {"openvz": Path("/proc/vz").exists() and not Path("/proc/bc").exists(), "kind": ""}
+    try:
+        markers["kind"] = Path("/run/systemd/container").read_text().strip()
+    except OSError:
+        pass
+    try:
+        environ = Path("/proc/1/environ").read_bytes().split(b"\0")
+        kind = next(
+            (e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"container=")), ""
+        )
+        markers["kind"] = markers["kind"] or kind
+    except OSError:
+        pass
+    if not markers["kind"] and Path("/.dockerenv").exists():
+        markers["kind"] = "docker"
+    return markers
+
+
+def probe_iptables() -> Probe:
+    if shutil.which("iptables") is None:
+        return Probe(False, "the iptables command is not installed")
+    version = _run("iptables", "--version")
+    listing = _run("iptables", "-w", "-t", "nat", "-S")
+    if listing.returncode != 0:
+        return Probe(False, listing.stderr.strip())
+    return Probe(True, facts={"version": version.stdout.strip()})
+
+
+def probe_interface(o: Options) -> tuple[str, int | None]:
+    from pyroute2 import IPRoute
+
+    from pyflannel.errors import InterfaceError
+    from pyflannel.kernel.iface import external_interface
+
+    try:
+        with IPRoute() as ipr:
+            ext = external_interface(
+                ipr,
+                iface=o.iface,
+                iface_regex=o.iface_regex,
+                public_ip=o.public_ip_address,
+                can_reach=IPv4Address(o.iface_can_reach) if o.iface_can_reach else None,
+            )
+    except InterfaceError as e:
+        return str(e), None
+    return ext.name, ext.mtu
+
+
+def probe_port(port: int) -> tuple[bool, str | None]:
+    """(in use?, who: one of our devices if it is theirs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return False, None
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                return True, str(e)
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME") or ""
+            info = link.get_attr("IFLA_LINKINFO")
+            data = info.get_attr("IFLA_INFO_DATA") if info else None
+            if (
+                name.startswith("flannel.")
+                and data is not None
+                and data.get_attr("IFLA_VXLAN_PORT") == port
+            ):
+                return True, name
+    if port == 8285 and Path("/sys/class/net/flannel0").exists():
+        return True, "flannel0 (pyflannel's UDP backend)"
+    return True, None
+
+
+async def probe_etcd(o: Options) -> tuple[Probe, float | None]:
+    """Round trips, etcd's own disk-sync metrics, and the clock difference (from HTTP Date)."""
+    client = o.etcd_client(timeout=3)
+    try:
+        rtts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            await asyncio.wait_for(client.status(), 5)
+            rtts.append((time.perf_counter() - t0) * 1000)
+        endpoint = client.endpoint
+    except (FlannelError, TimeoutError) as e:
+        return Probe(False, str(e) or "timed out"), None
+    finally:
+        await client.close()
+    facts = {"endpoint": endpoint.url, "rtt_ms": sorted(rtts)[len(rtts) // 2]}
+    skew = None
+    try:
+        text, date = await asyncio.to_thread(_fetch_metrics, endpoint.url, o)
+        facts["fsync_p99_ms"] = histogram_p99(text, "etcd_disk_wal_fsync_duration_seconds")
+        facts["commit_p99_ms"] = histogram_p99(text, "etcd_disk_backend_commit_duration_seconds")
+        if date:
+            skew = time.time() - email.utils.parsedate_to_datetime(date).timestamp()
+    except OSError:
+        pass  # metrics are a bonus: reachability was proven above
+    return Probe(True, facts=facts), skew
+
+
+def _fetch_metrics(url: str, o: Options) -> tuple[str, str | None]:
+    context = None
+    if url.startswith("https://"):
+        context = ssl.create_default_context(cafile=o.etcd_cafile or None)
+        if o.etcd_certfile:
+            context.load_cert_chain(o.etcd_certfile, o.etcd_keyfile)
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5, context=context) as resp:
+        return resp.read().decode(), resp.headers.get("Date")
+
+
+async def run_checks(o: Options) -> list[Finding]:
+    vxlan, tun = await asyncio.to_thread(probe_devices)
+    etcd, skew = await probe_etcd(o)
+    interface, mtu = await asyncio.to_thread(probe_interface, o)
+    findings = [
+        judge_vxlan(vxlan, tun.ok),
+        judge_tun(tun),
+        judge_container(probe_container()),
+        judge_iptables(await asyncio.to_thread(probe_iptables), o.ip_masq),
+        judge_mtu(interface, mtu),
+        judge_etcd(etcd),
+    ]
+    for port, what in ((8472, "VXLAN"), (o.udp_fallback_port, "UDP backend")):
+        in_use, owner = await asyncio.to_thread(probe_port, port)  # sync netlink: not in the loop
+        findings.append(judge_port(port, what, owner, in_use))
+    findings.append(judge_clock(skew, time.time()))
+    return findings

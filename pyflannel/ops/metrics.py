@@ -1,0 +1,101 @@
+"""Prometheus metrics, collected from the daemon's state at scrape time (nothing to keep in
+sync, nothing computed when nobody scrapes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from pyflannel.ops.snapshot import DaemonSnapshot
+
+
+class DaemonCollector:
+    def __init__(self, snap: DaemonSnapshot, udp_stats: dict | None = None):
+        self.snap = snap
+        self.udp_stats = udp_stats  # fetched by the caller: it waits for the workers
+
+    def collect(self):
+        snap = self.snap
+        yield InfoMetricFamily(
+            "pyflannel_build", "pyflannel version", value={"version": snap.version}
+        )
+        yield GaugeMetricFamily(
+            "pyflannel_ready", "1 once the node is ready", value=int(snap.ready)
+        )
+        lease, etcd, backend = snap.lease, snap.etcd, snap.backend
+        if lease is not None:
+            expiry = GaugeMetricFamily(
+                "pyflannel_lease_expiry_seconds", "seconds until the lease expires"
+            )
+            if lease.expires_in_s is not None:
+                expiry.add_metric([], lease.expires_in_s)
+            yield expiry
+            yield CounterMetricFamily(
+                "pyflannel_lease_renewals", "lease renewals", value=lease.renewals
+            )
+            yield CounterMetricFamily(
+                "pyflannel_lease_losses", "leases lost and re-acquired", value=lease.losses
+            )
+        yield CounterMetricFamily(
+            "pyflannel_etcd_watch_restarts",
+            "lease watch streams re-opened",
+            value=etcd.watch_restarts,
+        )
+        yield CounterMetricFamily(
+            "pyflannel_etcd_relists",
+            "full lease listings (start, compaction)",
+            value=etcd.relists,
+        )
+        yield GaugeMetricFamily(
+            "pyflannel_etcd_connected",
+            "1 while the lease watch is connected",
+            value=int(etcd.reachable),
+        )
+        if backend is not None:
+            peers = GaugeMetricFamily(
+                "pyflannel_peers", "peers programmed, by encapsulation", labels=["encap"]
+            )
+            counts: dict[str, int] = {}
+            for p in backend.peers:
+                counts[p.encap] = counts.get(p.encap, 0) + 1
+            for encap, n in sorted(counts.items()):
+                peers.add_metric([encap], n)
+            yield peers
+            yield CounterMetricFamily(
+                "pyflannel_reconcile_repairs",
+                "kernel entries repaired by the reconciler",
+                value=backend.repairs,
+            )
+            stats = self.udp_stats
+            if stats:
+                pkts = CounterMetricFamily(
+                    "pyflannel_udp_packets", "UDP data path packets", labels=["direction"]
+                )
+                octets = CounterMetricFamily(
+                    "pyflannel_udp_bytes", "UDP data path bytes", labels=["direction"]
+                )
+                drops = CounterMetricFamily(
+                    "pyflannel_udp_drops", "UDP data path drops", labels=["direction", "reason"]
+                )
+                for direction in ("to_peers", "from_peers"):
+                    pkts.add_metric([direction], stats[direction]["packets"])
+                    octets.add_metric([direction], stats[direction]["bytes"])
+                    for reason, n in sorted(stats[direction]["drops"].items()):
+                        drops.add_metric([direction, reason], n)
+                yield from (pkts, octets, drops)
+                yield CounterMetricFamily(
+                    "pyflannel_udp_icmp_unreachable",
+                    "ICMP net-unreachable sent",
+                    value=stats["icmp_unreachable_sent"],
+                )
+        yield CounterMetricFamily(
+            "pyflannel_iptables_restores",
+            "iptables rule sets (re)applied",
+            value=snap.traffic.restores,
+        )
+
+
+def metrics_text(snap: DaemonSnapshot, udp_stats: dict | None = None) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(snap, udp_stats))
+    return generate_latest(registry)

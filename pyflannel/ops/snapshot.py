@@ -1,0 +1,83 @@
+"""The daemon's state as the operations side sees it: a typed snapshot the daemon publishes
+(``Daemon.snapshot()``), read by ``/status`` and ``/metrics`` instead of the daemon's objects,
+and the few live questions they may ask (``StatusIO``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pyflannel.backend.base import BackendSnapshot
+from pyflannel.backend.plan import KernelState
+from pyflannel.kernel.iface import ExtIface
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    subnet: str
+    expires_in_s: float | None  # None for a reservation
+    reservation: bool
+    last_renewal: float | None  # wall clock
+    renewals: int
+    losses: int
+
+
+@dataclass(frozen=True)
+class EtcdView:
+    endpoints: tuple[str, ...]
+    current: str
+    reachable: bool
+    revision: int | None
+    last_error: str
+    watch_restarts: int
+    relists: int
+
+
+@dataclass(frozen=True)
+class TrafficView:
+    enabled: bool
+    masquerade: bool
+    forward: bool
+    rules_set: bool  # rules computed (they may still have drifted: ask StatusIO)
+    last_problem: str
+    restores: int
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    etcd_prefix: str
+    subnet_file: str
+    healthz: str
+    others: tuple[str, ...]  # other networks' daemons on this host
+
+
+@dataclass(frozen=True)
+class DaemonSnapshot:
+    pid: int
+    version: str
+    started: float
+    ready: bool
+    not_ready: tuple[str, ...]
+    config_change: str
+    instance: InstanceView
+    etcd: EtcdView
+    network: str | None
+    interface: ExtIface | None
+    lease: LeaseView | None
+    backend: BackendSnapshot | None
+    subnet_env_problems: tuple[str, ...]
+    traffic: TrafficView
+
+
+class StatusIO(Protocol):
+    """Live questions /status asks the daemon (each an I/O of its own)."""
+
+    async def etcd_members(self) -> list[dict]: ...
+
+    async def kernel_state(self) -> KernelState | None: ...
+
+    async def device_present(self) -> bool: ...
+
+    async def datapath_stats(self) -> dict | None: ...
+
+    async def rules_present(self) -> bool: ...

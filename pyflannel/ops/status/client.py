@@ -1,0 +1,40 @@
+"""Fetching the running daemon's status document from its health endpoint."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from pyflannel.app.options import Options
+from pyflannel.ops.instance import running_instance
+
+
+def endpoint_address(o: Options) -> tuple[str, int] | None:
+    """Where this network's daemon serves /status: the address its instance record (beside
+    the subnet file) gives, unless --healthz-ip/--healthz-port say otherwise."""
+    host, port = o.healthz_ip, o.healthz_port
+    record = running_instance(o.subnet_file)
+    if record is not None and not {"healthz_ip", "healthz_port"} & o.given:
+        if not record.healthz:
+            return None  # that daemon serves no endpoint (turned off, or its port was taken)
+        host, _, text = record.healthz.rpartition(":")
+        port = int(text)
+    if not port:
+        return None
+    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), port
+
+
+def daemon_document(o: Options, timeout: float = 5.0) -> tuple[dict | None, str]:
+    """(document, "") from the daemon, or (None, why it could not be had)."""
+    address = endpoint_address(o)
+    if address is None:
+        return None, "it serves no health endpoint (--healthz-port=0, or its port was taken)"
+    host, port = address
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read()), ""
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return None, f"no answer on {url}: {reason}"

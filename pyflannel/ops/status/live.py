@@ -1,0 +1,78 @@
+"""The running daemon's status document (served at /status, read by ``pyflannel status``),
+built from the snapshot the daemon publishes and the live questions of ``StatusIO``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from pyflannel.errors import FlannelError
+from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
+from pyflannel.ops.status.report import peer_rows
+
+
+async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
+    doc: dict = {
+        "daemon": {
+            "running": True,
+            "pid": snap.pid,
+            "version": snap.version,
+            "started": snap.started,
+            "ready": snap.ready,
+            "not_ready": list(snap.not_ready),
+        },
+        "config_change": snap.config_change,
+        "instance": {**asdict(snap.instance), "others": list(snap.instance.others)},
+        "etcd": {**asdict(snap.etcd), "endpoints": list(snap.etcd.endpoints)},
+        "network": snap.network,
+    }
+    try:
+        doc["etcd"]["members"] = await asyncio.wait_for(io.etcd_members(), 3)
+    except (FlannelError, TimeoutError) as e:
+        doc["etcd"]["members"] = []
+        doc["etcd"]["last_error"] = doc["etcd"]["last_error"] or str(e) or "timed out"
+    if snap.interface is not None:
+        e = snap.interface
+        doc["interface"] = {
+            "name": e.name,
+            "index": e.index,
+            "mtu": e.mtu,
+            "address": str(e.iface_addr),
+            "public_ip": str(e.public_ip),
+        }
+    if snap.lease is not None:
+        doc["lease"] = asdict(snap.lease)
+    b = snap.backend
+    if b is not None:
+        doc["backend"] = {
+            "type": b.type,
+            "device": b.device,
+            "mtu": b.mtu,
+            "mtu_reason": b.mtu_reason,
+            "fallback": b.fallback,
+            "device_present": await io.device_present(),
+            "udp": await io.datapath_stats(),
+            "repairs": b.repairs,
+            "reconcile_passes": b.passes,
+            "port": b.port,
+        }
+        if b.type == "vxlan":
+            doc["backend"].update(vni=b.vni, vtep_mac=b.vtep_mac)
+        actual = await io.kernel_state()
+        if actual is not None:
+            doc["peers"] = peer_rows(b.peers, actual)
+        doc["ignored"] = [f"{subnet}: {why}" for subnet, why in b.rejected]
+    doc["subnet_env"] = {
+        "path": snap.instance.subnet_file,
+        "problems": list(snap.subnet_env_problems),
+    }
+    t = snap.traffic
+    doc["iptables"] = {
+        "enabled": t.enabled,
+        "masquerade": t.masquerade,
+        "forward": t.forward,
+        "present": await io.rules_present() if t.enabled and t.rules_set else not t.enabled,
+        "last_problem": t.last_problem,
+        "restores": t.restores,
+    }
+    return doc

@@ -1,0 +1,175 @@
+"""``pyflannel status`` when the daemon does not answer: the same document, read from
+subnet.env, the kernel (what is programmed) and etcd (what should be), each optional."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Network, ip_interface
+
+from pyflannel import __version__
+from pyflannel.app.options import Options
+from pyflannel.backend import kernel
+from pyflannel.backend.plan import KernelState, PeerDataError, udp_peer, vxlan_peer
+from pyflannel.backend.udp.tun import TUN_NAME
+from pyflannel.errors import FlannelError
+from pyflannel.etcd.registry import Registry
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.ops.status.report import peer_rows
+from pyflannel.subnet.config import parse_network_config
+from pyflannel.subnet.env_file import parse_env, previous_network
+
+ETCD_TIMEOUT = 3.0
+
+
+def _kernel_view(ipr, network: IPv4Network | None) -> tuple[dict, KernelState]:
+    """This network's devices (the flannel.<VNI> VXLAN link, flannel0: the ones holding an
+    address inside ``network``, if it is known) and the entries it owns. Another network's
+    devices and routes on this host are not shown as ours."""
+    everything = IPv4Network("0.0.0.0/0")
+
+    def ours(name: str) -> bool:
+        return not kernel.foreign_addresses(ipr, name, network or everything)
+
+    vxlan = next(
+        (
+            kernel.find_link(ipr, name)
+            for link in ipr.get_links()
+            for name in (link.get_attr("IFLA_IFNAME") or "",)
+            if name.startswith("flannel.") and ours(name)
+        ),
+        None,
+    )
+    tun = ipr.link_lookup(ifname=TUN_NAME) if ours(TUN_NAME) else []
+    devices = kernel.Devices(
+        vxlan=vxlan.index if vxlan else None,
+        tun=tun[0] if tun else None,
+        networks=(network or everything,),
+    )
+    info = {"vxlan": vxlan, "tun_index": devices.tun}
+    return info, kernel.read_state(ipr, devices)
+
+
+async def offline_status(o: Options, why_no_daemon: str) -> dict:
+    doc: dict = {"daemon": {"running": False, "reason": why_no_daemon, "version": __version__}}
+    env = {}
+    try:
+        env = parse_env(open(o.subnet_file).read())
+    except OSError as e:
+        doc["subnet_env"] = {"path": o.subnet_file, "problems": [f"missing ({e.strerror})"]}
+    else:
+        doc["subnet_env"] = {"path": o.subnet_file, "problems": []}
+    own = ip_interface(env["FLANNEL_SUBNET"]).network if env.get("FLANNEL_SUBNET") else None
+    netlink = Netlink()  # sync IPRoute cannot live in the event loop's thread
+    try:
+        devices, actual = await netlink.call(_kernel_view, previous_network(o.subnet_file))
+    finally:
+        netlink.close()
+    vxlan = devices["vxlan"]
+    mode = "vxlan" if vxlan else "udp" if devices["tun_index"] else None
+    doc["backend"] = {
+        "type": mode,
+        "device": vxlan.name if vxlan else TUN_NAME if mode else None,
+        "device_present": bool(mode),
+        "mtu": int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU") else None,
+        "vni": vxlan.vni if vxlan else None,
+        "vtep_mac": vxlan.mac if vxlan else None,
+        "port": vxlan.port if vxlan else None,
+    }
+    doc["network"] = env.get("FLANNEL_NETWORK")
+    client = o.etcd_client(timeout=ETCD_TIMEOUT)
+    try:
+        registry = Registry(client, o.etcd_prefix)
+        leases, revision, skipped = await asyncio.wait_for(registry.list_leases(), ETCD_TIMEOUT * 2)
+        doc["etcd"] = {
+            "endpoints": o.etcd_endpoints,
+            "current": client.endpoint.url,
+            "reachable": True,
+            "revision": revision,
+            "last_error": "",
+        }
+        cfg = parse_network_config(await registry.network_config())
+        mine = next((le for le in leases if le.subnet == own), None)
+        if mine is not None:
+            ttl, _ = await client.time_to_live(mine.lease_id) if mine.lease_id else (None, [])
+            doc["lease"] = {
+                "subnet": str(mine.subnet),
+                "expires_in_s": ttl,
+                "last_renewal": None,
+                "reservation": mine.is_reservation,
+            }
+        peers = []
+        for lease in leases:
+            if lease.subnet == own or not lease.subnet.subnet_of(cfg.network):
+                continue
+            try:
+                peers.append(
+                    udp_peer(lease, 8285)
+                    if mode == "udp" or lease.attrs.backend_type != "vxlan"
+                    else vxlan_peer(lease)
+                )
+            except PeerDataError:
+                continue
+        doc["peers"] = peer_rows(peers, actual)
+        doc["ignored"] = [f"{key}: {why}" for key, why in skipped]
+    except (FlannelError, TimeoutError) as e:
+        doc["etcd"] = {
+            "endpoints": o.etcd_endpoints,
+            "reachable": False,
+            "last_error": str(e) or "timed out",
+        }
+        doc["lease"] = {"subnet": str(own) if own else None, "expires_in_s": None}
+        # Without etcd only the kernel side is known: list what is programmed.
+        doc["peers"] = [
+            {
+                "subnet": str(dst),
+                "public_ip": "?",
+                "encap": route.via,
+                "vtep_mac": None,
+                "udp_port": None,
+                "neighbour": None,
+                "fdb": None,
+                "route": True,
+            }
+            for dst, route in sorted(actual.routes.items())
+            if own is None or dst != own
+        ]
+    finally:
+        await client.close()
+    return doc
+
+
+async def cluster_leases(o: Options) -> list[dict]:
+    """Every lease in etcd with its time to live (``pyflannel status --cluster``)."""
+    client = o.etcd_client(timeout=ETCD_TIMEOUT)
+    try:
+        leases, _, skipped = await Registry(client, o.etcd_prefix).list_leases()
+        rows = []
+        for le in leases:
+            ttl = (await client.time_to_live(le.lease_id))[0] if le.lease_id else None
+            data = le.attrs.backend_data if isinstance(le.attrs.backend_data, dict) else {}
+            details = " ".join(f"{k}={v}" for k, v in data.items())
+            rows.append(
+                {
+                    "subnet": str(le.subnet),
+                    "public_ip": str(le.attrs.public_ip),
+                    "backend": le.attrs.backend_type,
+                    "expires_in_s": ttl,
+                    "details": details,
+                    "key": le.key,
+                    "reservation": le.is_reservation,
+                }
+            )
+        rows += [
+            {
+                "subnet": key,
+                "public_ip": "?",
+                "backend": "?",
+                "expires_in_s": None,
+                "details": f"UNREADABLE: {why}",
+                "key": key,
+            }
+            for key, why in skipped
+        ]
+        return rows
+    finally:
+        await client.close()

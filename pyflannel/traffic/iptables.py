@@ -1,0 +1,166 @@
+"""Applying and keeping the iptables rules (iptables-restore / iptables -S as subprocesses).
+
+Applied in one ``iptables-restore --noflush`` transaction per table; every ``--iptables-resync``
+seconds one ``iptables -S`` per table checks them, and any drift (a flushed chain, a deleted
+jump, a rule someone added to our chain) rebuilds this network's rules. Another network's
+daemon on the same host shares upstream's chains; its rules are never touched (see
+``iptables_rules.claim``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from ipaddress import IPv4Network
+
+from pyflannel.errors import FlannelError
+from pyflannel.traffic.iptables_rules import (
+    RANDOM_FULLY_SINCE,
+    Rule,
+    drift,
+    forward_rules,
+    masquerade_rules,
+    parse_version,
+    restore_payload,
+    vxlan_peer_rules,
+)
+
+log = logging.getLogger(__name__)
+
+
+class IptablesError(FlannelError):
+    retryable = True
+
+
+async def _run(*cmd: str, stdin: str | None = None) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if proc.returncode != 0:
+        raise IptablesError(
+            f"{' '.join(cmd[:3])} failed: {err.decode().strip() or out.decode().strip()}"
+        )
+    return out.decode()
+
+
+class TrafficRules:
+    def __init__(
+        self,
+        masquerade: bool,
+        forward: bool,
+        random_fully_disabled: bool = False,
+        vxlan_port: int | None = None,
+    ):
+        self.masquerade = masquerade
+        self.forward = forward
+        self.random_fully_disabled = random_fully_disabled
+        self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        self.peer_ips: list[str] = []
+        self._network: tuple | None = None
+        self.rules: list[Rule] = []
+        self.version: tuple[int, ...] = (0, 0, 0)
+        self.restores = 0
+        self.last_problem = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.masquerade or self.forward or self.vxlan_port is not None
+
+    async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
+        """Install the rules for this network and subnet (again, after the subnet changed)."""
+        if not self.enabled:
+            return
+        if shutil.which("iptables-restore") is None:
+            raise IptablesError(
+                "iptables-restore not found: install iptables, or run without "
+                "--ip-masq and with --iptables-forward-rules=false"
+            )
+        if self.version == (0, 0, 0):
+            self.version = parse_version(await _run("iptables", "--version"))
+        self._network = (cluster, pod)
+        self.rules = self._build()
+        await self._restore(if_drifted=True)
+        what = [
+            name
+            for name, on in (
+                ("masquerade", self.masquerade),
+                ("forward", self.forward),
+                ("vxlan peer filter", self.vxlan_port is not None),
+            )
+            if on
+        ]
+        log.info("iptables rules in place: %s", ", ".join(what))
+
+    def _build(self) -> list[Rule]:
+        cluster, pod = self._network
+        random_fully = self.version >= RANDOM_FULLY_SINCE and not self.random_fully_disabled
+        rules = []
+        if self.masquerade:
+            rules += masquerade_rules(cluster, pod, random_fully)
+        if self.forward:
+            rules += forward_rules(cluster)
+        if self.vxlan_port is not None:
+            rules += vxlan_peer_rules(self.vxlan_port, self.peer_ips)
+        return rules
+
+    async def set_peers(self, public_ips: list[str]) -> None:
+        """The VXLAN peer filter follows the peer set."""
+        ips = sorted(set(public_ips), key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        if self.vxlan_port is None or ips == self.peer_ips:
+            return
+        self.peer_ips = ips
+        if self._network is not None:
+            self.rules = self._build()
+            await self._restore()
+
+    async def _listing(self) -> dict[str, list[str]]:
+        return {
+            table: (await _run("iptables", "-w", "-t", table, "-S")).splitlines()
+            for table in sorted({r.table for r in self.rules})
+        }
+
+    async def _restore(self, if_drifted: bool = False) -> None:
+        listed = await self._listing()
+        if if_drifted and not self._drift(listed):
+            return  # e.g. a restart: the rules are already as they should be
+        wait = ["--wait"] if self.version >= (1, 6, 2) else []
+        for table in sorted({r.table for r in self.rules}):
+            await _run(
+                "iptables-restore",
+                "--noflush",
+                *wait,
+                stdin=restore_payload(table, self.rules, listed[table], self._network[0]),
+            )
+        self.restores += 1
+
+    async def check(self) -> list[str]:
+        """Drift between the rules and the kernel; repaired if there is any."""
+        if not self.rules:
+            return []
+        problems = self._drift(await self._listing())
+        if problems:
+            log.warning("iptables rules drifted (%s); restoring them", "; ".join(problems[:3]))
+            await self._restore()
+        self.last_problem = "; ".join(problems)
+        return problems
+
+    async def resync_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check()
+            except IptablesError as e:
+                self.last_problem = str(e)
+                log.error("iptables resync: %s", e)
+
+    async def present(self) -> bool:
+        """Are all rules in place (for status and readiness)?"""
+        return not self.rules or not self._drift(await self._listing())
+
+    def _drift(self, listed: dict[str, list[str]]) -> list[str]:
+        return drift(self.rules, listed, self._network[0])

@@ -1,0 +1,103 @@
+"""``python -m testbed.demo``: a 3-node pyflannel cluster in network namespaces.
+
+Starts etcd and three daemons, puts a pod behind each node, sends traffic between every pair
+of pods over the VXLAN overlay, shows the leases in etcd and the kernel entries on one node,
+then tears everything down (also on Ctrl-C or failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+
+from testbed import netns
+from testbed.bed import VXLAN_CONFIG, TestBed
+from testbed.iperf import iperf, received_bits_per_second
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def section(title: str) -> None:
+    say(f"\n== {title} " + "=" * max(0, 70 - len(title)))
+
+
+def iperf_line(a, b) -> str:
+    """A 2-second iperf3 TCP run from a's pod to b's pod, as one line."""
+    bps = received_bits_per_second(iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=2))
+    if not bps:
+        return "iperf3 did not report a result"
+    return f"iperf3 TCP pod {a.pod_ip} -> pod {b.pod_ip}: {bps / 1e9:.2f} Gbit/s over VXLAN"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
+    args = parser.parse_args(argv)
+    netns.sweep()
+    failures = 0
+    with TestBed(hosts=args.hosts, mtu=args.mtu) as bed:
+        section("etcd and the network config")
+        say(f"etcd {bed.etcd.url} in namespace {bed.lan}")
+        bed.put_config()
+        say(f"etcdctl put /coreos.com/network/config '{json.dumps(VXLAN_CONFIG)}'")
+
+        section("starting pyflannel on every node")
+        started = time.monotonic()
+        for node in bed.nodes:
+            node.start()
+            say(f"{node.ns}: {' '.join(node.daemon_command()[2:])}")
+        for node in bed.nodes:
+            env = node.wait_ready()
+            say(
+                f"{node.ns} ready after {time.monotonic() - started:.2f} s: "
+                f"FLANNEL_SUBNET={env['FLANNEL_SUBNET']} FLANNEL_MTU={env['FLANNEL_MTU']}"
+            )
+            node.add_pod()
+
+        section("leases in etcd")
+        for key, value in sorted(bed.leases().items()):
+            say(f"{key}\n    {value}")
+
+        node = bed.nodes[0]
+        section(f"kernel state on {node.ns}")
+        for cmd in (
+            ["ip", "-d", "link", "show", "flannel.1"],
+            ["ip", "route", "show", "proto", "152"],
+            ["ip", "neigh", "show", "dev", "flannel.1"],
+            ["bridge", "fdb", "show", "dev", "flannel.1"],
+        ):
+            say(f"$ {' '.join(cmd)}")
+            say(node.run(*cmd).stdout.rstrip())
+
+        section("pod-to-pod traffic over the overlay")
+        for src in bed.nodes:
+            for dst in bed.nodes:
+                if src is dst:
+                    continue
+                result = src.ping(dst.pod_ip, count=3, interval=0.1)
+                ok = result.received == result.sent == 3
+                failures += not ok
+                rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
+                say(
+                    f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
+                    f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
+                )
+        if shutil.which("iperf3") and len(bed.nodes) >= 2:
+            say(iperf_line(bed.nodes[0], bed.nodes[1]))
+
+        section("tearing down")
+    say("all namespaces, daemons and etcd removed")
+    if failures:
+        say(f"{failures} pod pairs could not reach each other")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
