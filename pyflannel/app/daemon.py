@@ -515,6 +515,7 @@ async def serve(options: Options) -> int:
     daemon = Daemon(options)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    assert main is not None, "serve() runs in a task"
     stopping = False
 
     def stop(signame: str) -> None:
@@ -539,8 +540,8 @@ async def serve(options: Options) -> int:
         errors = group.subgroup(FlannelError)
         if errors is None or errors is not group:
             raise
-        for e in _leaves(errors):
-            log.error("%s", e)
+        for leaf in _leaves(errors):
+            log.error("%s", leaf)
         return 1
     finally:
         await daemon.close()

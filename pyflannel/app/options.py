@@ -271,7 +271,7 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
                 continue
             given, source = ([env] if kind is list else env), env_name(name)
         try:
-            if kind is list:
+            if isinstance(given, list):
                 values[dest] = [i.strip() for i in given if i.strip()]
             elif kind is CommaList:
                 values[dest] = [i.strip() for i in given.split(",") if i.strip()]

@@ -122,6 +122,12 @@ class Backend(abc.ABC):
     # -- shared ----------------------------------------------------------------------------
 
     @property
+    def held_lease(self) -> Lease:
+        """This node's lease (after ``assign``)."""
+        assert self.lease is not None, "assign() first"
+        return self.lease
+
+    @property
     def peers(self) -> dict[IPv4Network, Peer]:
         return self.kernel.peers
 

@@ -107,7 +107,10 @@ def create_vxlan(ipr, spec: VxlanSpec, mac: str) -> VxlanLink:
     if spec.gbp:
         attrs["vxlan_gbp"] = True
     ipr.link("add", **attrs)
-    return find_link(ipr, spec.name)
+    link = find_link(ipr, spec.name)
+    if link is None:
+        raise OSError(errno.ENODEV, f"{spec.name} vanished right after it was created")
+    return link
 
 
 def delete_link(ipr, index: int) -> None:
@@ -179,9 +182,9 @@ def read_state(ipr, devices: Devices) -> KernelState:
         route = codec.decode_route(payload)
         if route is None:
             continue
-        dst, gateway, oif, flags, proto, table = route
-        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(dst):
-            state.routes[dst] = _route_of(gateway, oif, flags, devices)
+        subnet, gateway, oif, flags, proto, table = route
+        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(subnet):
+            state.routes[subnet] = _route_of(gateway, oif, flags, devices)
     return state
 
 
@@ -194,14 +197,17 @@ def _route_of(gateway, oif, flags, devices: Devices) -> Route:
 
 
 def _encode(seq: int, devices: Devices, op: Op) -> bytes:
-    if op.table == Table.NEIGH:
+    if op.table in (Table.NEIGH, Table.FDB):
+        vxlan = devices.vxlan
+        if vxlan is None:
+            raise ValueError(f"{op.table} entry {op.key} without a VXLAN device")
+        if op.table == Table.NEIGH:
+            if op.action == Action.REPLACE:
+                return codec.neighbour_replace(seq, vxlan, op.key, op.value)
+            return codec.neighbour_delete(seq, vxlan, op.key)
         if op.action == Action.REPLACE:
-            return codec.neighbour_replace(seq, devices.vxlan, op.key, op.value)
-        return codec.neighbour_delete(seq, devices.vxlan, op.key)
-    if op.table == Table.FDB:
-        if op.action == Action.REPLACE:
-            return codec.fdb_replace(seq, devices.vxlan, op.key, op.value)
-        return codec.fdb_delete(seq, devices.vxlan, op.key, op.value)
+            return codec.fdb_replace(seq, vxlan, op.key, op.value)
+        return codec.fdb_delete(seq, vxlan, op.key, op.value)
     if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value

@@ -131,7 +131,7 @@ class LeaseKeeper:
             claim = choose_subnet(
                 cfg, leases, self.public_ip, previous, exclude=lost, identity=identity
             )
-            if claim.reason == "conflict":
+            if claim.reason == "conflict" and claim.existing is not None:
                 key = self.registry.lease_key(claim.subnet)
                 raise LeaseConflict(conflict_message(claim.existing, key))
             for stale in claim.stale:
@@ -165,6 +165,12 @@ class LeaseKeeper:
             f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
         )
 
+    @property
+    def held(self) -> Lease:
+        """The lease held (after ``acquire``)."""
+        assert self.lease is not None, "acquire() first"
+        return self.lease
+
     def _hold(self, lease: Lease) -> None:
         self.lease = lease
         self.expires_at = time.monotonic() + lease.ttl
@@ -175,7 +181,7 @@ class LeaseKeeper:
         now = time.monotonic()
         self.renew_at = (
             float("inf")
-            if self.lease.is_reservation
+            if self.held.is_reservation
             else now + renewal_delay(self.expires_at - now, self.renew_margin)
         )
 
@@ -184,7 +190,7 @@ class LeaseKeeper:
     def notice(self, event: LeaseEvent) -> None:
         """An etcd event on our own key: a deletion or someone else's write means we lost it;
         a write by another node with our public IP is a conflict."""
-        lease = self.lease
+        lease = self.held
         if lease is None or event.subnet != lease.subnet or event.revision <= lease.mod_revision:
             return
         if event.kind == EventKind.DELETE:
@@ -270,7 +276,7 @@ class LeaseKeeper:
         return await self._renew()
 
     async def _check(self) -> str:
-        lease = self.lease
+        lease = self.held
         current = await retry(
             lambda: self.registry.get_lease(lease.subnet),
             retry_on=EtcdTrouble,
@@ -285,11 +291,12 @@ class LeaseKeeper:
     async def _readvertise(self) -> str:
         """Re-put our lease with new attributes, conditionally, keeping the subnet."""
         attrs, old_ip = self._new_attrs, self.public_ip
+        assert attrs is not None, "change_attrs() first"
         self.attrs, self.public_ip = attrs, attrs.public_ip
         backoff = Backoff(first=0.5, cap=5.0)
         while True:
             try:
-                current = await self.registry.get_lease(self.lease.subnet)
+                current = await self.registry.get_lease(self.held.subnet)
                 if current is None or current.attrs.public_ip not in (old_ip, attrs.public_ip):
                     return "lease gone or taken while the underlay changed"
                 lease = await self.registry.replace_lease(current, attrs, self.ttl)
@@ -304,7 +311,7 @@ class LeaseKeeper:
 
     async def _restore(self) -> str:
         """Put our lease back over a junk value written to our key (only over that junk)."""
-        lease = self.lease
+        lease = self.held
         log.warning(
             "an undecodable value was written over this node's lease %s; restoring it", lease.subnet
         )
@@ -319,7 +326,7 @@ class LeaseKeeper:
         return ""
 
     async def _renew(self) -> str:
-        lease = self.lease
+        lease = self.held
         outage = Outage(log, f"etcd unreachable while renewing lease {lease.subnet}")
         # One stuck member must not eat the lease: each try gets at most a fifth of the time
         # left (within 1..5 s) before the client moves to the next member.
@@ -344,10 +351,11 @@ class LeaseKeeper:
         return ""
 
     async def _reacquire(self, reason: str) -> None:
-        old = self.lease
+        old = self.held
         self.losses += 1
         log.error("LEASE LOST: %s: %s; re-acquiring", old.subnet, reason)
         try:
+            assert self.attrs is not None
             new = await self.acquire(self.attrs, previous=old.subnet)
         except FlannelError as e:  # pragma: no cover - acquire retries internally
             log.error("could not re-acquire a lease: %s", e)

@@ -49,9 +49,8 @@ class PeerWatch:
         backoff = Backoff(first=0.1, cap=5.0)
         while True:
             try:
-                if self.revision is None:
-                    await self._relist()
-                async for batch in self.registry.watch_leases(self.revision + 1):
+                revision = self.revision if self.revision is not None else await self._relist()
+                async for batch in self.registry.watch_leases(revision + 1):
                     self.connected = True
                     if outage.ok() is not None:
                         backoff.reset()
@@ -79,7 +78,7 @@ class PeerWatch:
                 self.restarts += 1
                 await asyncio.sleep(backoff.next())
 
-    async def _relist(self) -> None:
+    async def _relist(self) -> int:
         if self._first_listing is not None:
             leases, revision, skipped = self._first_listing
             self._first_listing = None
@@ -92,3 +91,4 @@ class PeerWatch:
         self.relists += 1
         self.synced.set()
         self.on_snapshot()
+        return revision

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -63,8 +64,8 @@ class ExtIface:
 def select_ext_iface(
     interfaces: list[Interface],
     *,
-    iface: list[str] = (),
-    iface_regex: list[str] = (),
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
     public_ip: IPv4Address | None = None,
     default_route_index: int | None = None,
     can_reach: tuple[int, IPv4Address] | None = None,
@@ -101,9 +102,11 @@ def select_ext_iface(
                 None,
             ) or next(
                 (
-                    (i, i.best_address())
+                    (i, best)
                     for i in interfaces
-                    if regex.search(i.name) and i.best_address()
+                    if regex.search(i.name)
+                    for best in (i.best_address(),)
+                    if best is not None
                 ),
                 None,
             )
@@ -120,8 +123,9 @@ def select_ext_iface(
             )
         elif default_route_index is not None:
             match = next((i for i in interfaces if i.index == default_route_index), None)
-            if match is not None and match.best_address():
-                chosen = (match, match.best_address())
+            best = match.best_address() if match is not None else None
+            if match is not None and best is not None:
+                chosen = (match, best)
     if chosen is None:
         raise InterfaceError(
             _not_found(interfaces, iface, iface_regex, public_ip, default_route_index)
@@ -201,8 +205,8 @@ def default_route_interface() -> int | None:
 def external_interface(
     ipr,
     *,
-    iface: list[str] = (),
-    iface_regex: list[str] = (),
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
     public_ip: IPv4Address | None = None,
     can_reach: IPv4Address | None = None,
 ) -> ExtIface:

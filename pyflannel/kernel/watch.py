@@ -64,9 +64,10 @@ def is_damage(msg, watched: Watched) -> Damage | None:
     if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
         dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
         try:
-            ours = any(ip_network(dst).subnet_of(n) for n in watched.networks)
-        except (ValueError, TypeError):  # an IPv6 route, or nonsense
-            ours = False
+            net = ip_network(dst)
+        except ValueError:  # nonsense
+            return None
+        ours = isinstance(net, IPv4Network) and any(net.subnet_of(n) for n in watched.networks)
         return ("route", dst, f"route {dst} deleted") if ours else None
     if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
         if msg.get("family") == 7:  # AF_BRIDGE: an FDB entry
@@ -95,6 +96,7 @@ class KernelWatch:
 
     def _read(self) -> None:
         try:
+            assert self.sock is not None, "start() first"
             messages = self.sock.get()
         except Exception as e:  # e.g. ENOBUFS after a burst: we may have missed something
             log.debug("kernel notifications: %s; reconciling to be sure", e)

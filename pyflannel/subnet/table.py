@@ -92,7 +92,7 @@ class LeaseTable:
                 continue
             if event.subnet not in before:
                 before[event.subnet] = self._visible(event.subnet)
-            if event.kind == EventKind.DELETE:
+            if event.kind == EventKind.DELETE or event.lease is None:
                 self.leases.pop(event.subnet, None)
             else:
                 self.leases[event.subnet] = event.lease

@@ -61,7 +61,7 @@ class TrafficRules:
         self.random_fully_disabled = random_fully_disabled
         self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
         self.peer_ips: list[str] = []
-        self._network: tuple | None = None
+        self._network: tuple[IPv4Network, IPv4Network] | None = None  # (cluster, pod)
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
         self.restores = 0
@@ -97,7 +97,7 @@ class TrafficRules:
         log.info("iptables rules in place: %s", ", ".join(what))
 
     def _build(self) -> list[Rule]:
-        cluster, pod = self._network
+        cluster, pod = self.network
         random_fully = self.version >= RANDOM_FULLY_SINCE and not self.random_fully_disabled
         rules = []
         if self.masquerade:
@@ -134,7 +134,7 @@ class TrafficRules:
                 "iptables-restore",
                 "--noflush",
                 *wait,
-                stdin=restore_payload(table, self.rules, listed[table], self._network[0]),
+                stdin=restore_payload(table, self.rules, listed[table], self.network[0]),
             )
         self.restores += 1
 
@@ -163,4 +163,10 @@ class TrafficRules:
         return not self.rules or not self._drift(await self._listing())
 
     def _drift(self, listed: dict[str, list[str]]) -> list[str]:
-        return drift(self.rules, listed, self._network[0])
+        return drift(self.rules, listed, self.network[0])
+
+    @property
+    def network(self) -> tuple[IPv4Network, IPv4Network]:
+        """(cluster, pod subnet) the rules are for (after ``setup``)."""
+        assert self._network is not None, "setup() first"
+        return self._network

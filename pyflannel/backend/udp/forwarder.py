@@ -22,12 +22,17 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 from pyflannel.backend.udp import gso, tun
 from pyflannel.backend.udp import packet as pk
 from pyflannel.backend.udp.routes import ForwardingTable, NextHop
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +95,7 @@ class Forwarder:
         self.icmp_sent = 0
         self._threads: list[threading.Thread] = []
         self._stop_r, self._stop_w = os.pipe()
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._errors_logged: set[str] = set()
         self.failed: str | None = None  # why a data-path thread died (the device vanished...)
         # Fast path: the TUN carries virtio-net headers (it was opened with IFF_VNET_HDR),
@@ -100,7 +105,9 @@ class Forwarder:
         self.fast_tx = fastpath
         self.fast_rx = fastpath
         self.fast_off: dict[str, str] = {}
-        self._segment = None  # tso.segment once the TUN hands over TCP super-packets
+        self._segment: Callable[..., tuple[memoryview, int] | None] | None = (
+            None  # tso.segment once the TUN hands over TCP super-packets
+        )
         self._rx_buf = bytearray(BUFFER)
         self._tx_buf = bytearray(BUFFER + gso.VNET_LEN)
         self._cut_buf = bytearray(2 * BUFFER)  # 64 KB cut: + a header per datagram
@@ -478,13 +485,14 @@ class Forwarder:
         return self.failed is None and all(t.is_alive() for t in self._threads)
 
     def _event_loop(self) -> None:
+        import asyncio
+
+        loop: asyncio.AbstractEventLoop
         if self.datapath == "uvloop":
             import uvloop
 
             loop = uvloop.new_event_loop()
         else:
-            import asyncio
-
             loop = asyncio.new_event_loop()
         self._loop = loop
         loop.add_reader(self.tun_fd, self._drain_tun)

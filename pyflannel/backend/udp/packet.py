@@ -61,7 +61,7 @@ def problem(packet: bytes | bytearray | memoryview, mtu: int) -> str | None:
     return None
 
 
-def decrement_ttl(packet: bytearray) -> bool:
+def decrement_ttl(packet: bytearray | memoryview) -> bool:
     """Decrement the TTL in place and patch the checksum; False if the packet must die.
 
     RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), on the 16-bit word holding TTL and protocol.

@@ -191,7 +191,7 @@ class UdpPath:
             self.stop()
             await self.start()
             repaired.append(f"UDP path restarted ({why})")
-        if self._subnet is not None:
+        if self._subnet is not None and self._network is not None:
             repaired += [f"{TUN_NAME} {c}" for c in await self.assign(self._subnet, self._network)]
         return repaired
 
@@ -201,7 +201,7 @@ class UdpPath:
         if self.running:
             self.stop()
             await self.start()
-            if self._subnet is not None:
+            if self._subnet is not None and self._network is not None:
                 await self.assign(self._subnet, self._network)
 
     def problem(self) -> str | None:

@@ -144,4 +144,5 @@ def segment(packet, gso_size: int, into: bytearray | None = None) -> tuple[memor
     if count > 1:
         tcp_sums[0] = int(tcp_sums[0]) + first - middle
     fields["tcp_check"] = _check(tcp_sums)
-    return memoryview(out.reshape(-1)[: (count - 1) * size + header_len + last]), size
+    cut = out.reshape(-1)[: (count - 1) * size + header_len + last]
+    return memoryview(cut.data), size

@@ -131,8 +131,14 @@ class VxlanBackend(Backend):
                 self.udp = self.udp_port = None
         return self.lease_attrs()
 
+    @property
+    def link(self) -> VxlanLink:
+        """The VXLAN device (after ``prepare``)."""
+        assert self.device is not None, "prepare() first"
+        return self.device
+
     def lease_attrs(self) -> LeaseAttrs:
-        data = {"VNI": self.spec.vni, "VtepMAC": self.device.mac}
+        data: dict[str, Any] = {"VNI": self.spec.vni, "VtepMAC": self.link.mac}
         if self.udp_port:
             data["UDPPort"] = self.udp_port
         return LeaseAttrs(
@@ -146,7 +152,7 @@ class VxlanBackend(Backend):
             self.ext = ext
             self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
             self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=self.mtu)
-            self.device = await self._ensure_device(mac=self.device.mac)
+            self.device = await self._ensure_device(mac=self.link.mac)
             await self._configure_device()
             if self.udp is not None:
                 await self.udp.move(ext, overlay_mtu(UDP_BACKEND, ext.mtu))
@@ -188,9 +194,9 @@ class VxlanBackend(Backend):
     async def _configure_device(self) -> list[str]:
         return await self.netlink.call(
             kernel.configure_device,
-            self.device.index,
-            self.device.name,
-            self.lease.subnet.network_address,
+            self.link.index,
+            self.link.name,
+            self.held_lease.subnet.network_address,
             self.network.cidr,
             self.mtu,
         )
@@ -198,9 +204,9 @@ class VxlanBackend(Backend):
     async def ensure_devices(self) -> list[str]:
         repaired = []
         link = await self.netlink.call(kernel.find_link, self.spec.name)
-        if link is None or incompatibilities(link, self.spec) or link.mac != self.device.mac:
+        if link is None or incompatibilities(link, self.spec) or link.mac != self.link.mac:
             what = "was deleted" if link is None else "was changed"
-            self.device = await self._ensure_device(mac=self.device.mac)
+            self.device = await self._ensure_device(mac=self.link.mac)
             repaired.append(f"device {self.spec.name} {what}; recreated")
         else:
             self.device = link
@@ -215,11 +221,11 @@ class VxlanBackend(Backend):
         # Only an explicit "udp" lease (a pyflannel node that fell back) is reached over UDP:
         # a lease without BackendType in a vxlan network is junk or an alloc-only node.
         if lease.attrs.backend_type == UDP_BACKEND and self.udp is not None:
-            peer = udp_peer(lease, self.udp_port)
+            peer = udp_peer(lease, self.udp.port)
             if not self.udp.running:
                 log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
                 await self.udp.start()
-                await self.udp.assign(self.lease.subnet, self.network.cidr)
+                await self.udp.assign(self.held_lease.subnet, self.network.cidr)
             return peer
         peer = vxlan_peer(lease)
         if self.config.direct_routing and await self.netlink.call(

@@ -31,14 +31,14 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
     except (FlannelError, TimeoutError) as e:
         doc["etcd"]["members"] = []
         doc["etcd"]["last_error"] = doc["etcd"]["last_error"] or str(e) or "timed out"
-    if snap.interface is not None:
-        e = snap.interface
+    ext = snap.interface
+    if ext is not None:
         doc["interface"] = {
-            "name": e.name,
-            "index": e.index,
-            "mtu": e.mtu,
-            "address": str(e.iface_addr),
-            "public_ip": str(e.public_ip),
+            "name": ext.name,
+            "index": ext.index,
+            "mtu": ext.mtu,
+            "address": str(ext.iface_addr),
+            "public_ip": str(ext.public_ip),
         }
     if snap.lease is not None:
         doc["lease"] = asdict(snap.lease)

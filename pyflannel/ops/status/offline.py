@@ -99,7 +99,7 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
             }
         peers = []
         for lease in leases:
-            if lease.subnet == own or not lease.subnet.subnet_of(cfg.network):
+            if lease.subnet == own or not lease.subnet.subnet_of(cfg.cidr):
                 continue
             try:
                 peers.append(
