@@ -78,7 +78,7 @@ class Reconciler:
         self.desired = DesiredState()
         self.actual = KernelState()  # our model of the kernel, refreshed by reconcile()
         self.repairs = 0
-        self.passes = 0  # full reconciles done (an observable tick for tests and status)
+        self.passes = 0  # full reconciles tried (an observable tick for tests and status)
         self.repair_wanted = asyncio.Event()  # an event could not be applied fully
         # Event updates, reconciles and re-addressing all touch the kernel: one at a time.
         self.lock = asyncio.Lock()
@@ -172,6 +172,7 @@ class Reconciler:
     async def reconcile(self) -> ReconcileReport:
         """Make the kernel match the desired state, whatever happened to it meanwhile."""
         async with self.lock:
+            self.passes += 1  # tried, whatever comes of it
             report = ReconcileReport(repaired=await self.source.ensure_devices())
             self.actual = await self.netlink.call(kernel.read_state, self.source.devices())
             done, report.failed = await self._apply(diff(self.desired.state, self.actual))
@@ -179,5 +180,4 @@ class Reconciler:
                 report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]
                 self.repairs += len(report.repaired)
             self.programmed = self.programmed or not report.failed
-            self.passes += 1
             return report

@@ -22,7 +22,7 @@ def bed():
 def test_link_down_and_up_recovers_by_itself(bed):
     a, b = bed.nodes
     a.run("ip", "link", "set", "eth0", "down")
-    time.sleep(2)
+    time.sleep(2)  # the fault lasts a while (not a wait for the daemon: it has nothing to do)
     assert a.ping(b.pod_ip, count=1, wait=0.5).received == 0
     a.run("ip", "link", "set", "eth0", "up")
     eventually(lambda: _reach(a, b) and _reach(b, a), timeout=15)

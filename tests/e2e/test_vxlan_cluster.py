@@ -4,7 +4,6 @@ is flannel-compatible on the wire and in etcd, survives restarts, and reconciles
 import json
 import re
 import signal
-import time
 from ipaddress import IPv4Network
 
 import pytest
@@ -172,7 +171,8 @@ def test_routes_we_do_not_own_are_left_alone(bed):
     node.run("ip", "route", "add", "10.1.251.0/24", "via", "198.51.100.254", "proto", "static")
     try:
         mark = len(node.log())
-        time.sleep(2.5)  # more than one reconcile interval
+        passes = node.status()["backend"]["reconcile_passes"]
+        eventually(lambda: _passes_since(node, passes, 2), timeout=15)  # two full passes
         dsts = [r["dst"] for r in node.ip_json("route", "show")]
         assert "10.1.250.0/24" in dsts and "10.1.251.0/24" in dsts
         assert "10.1.250.0" not in node.log()[mark:]
@@ -236,3 +236,7 @@ def test_entries_of_a_peer_that_vanished_while_we_were_down_are_removed_at_start
         gone.wait_ready()
         gone.add_pod()
     eventually(lambda: _assert_programmed(bed, node), timeout=10)
+
+
+def _passes_since(node, before: int, more: int) -> None:
+    assert node.status()["backend"]["reconcile_passes"] >= before + more

@@ -2,6 +2,7 @@
 the lease survives. Uses its own etcd server, since it kills it."""
 
 import asyncio
+import logging
 from ipaddress import IPv4Address
 
 import pytest
@@ -39,7 +40,9 @@ async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
     try:
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
         own_etcd.kill()
-        await asyncio.sleep(1.0)  # the watch notices and starts retrying
+        async with asyncio.timeout(10):  # the watch notices and starts retrying
+            while watch.connected:
+                await asyncio.sleep(0.05)
         own_etcd.start()
         # Written before the watch has reconnected: must still arrive.
         put(own_etcd, PREFIX, "10.1.3.0-24", "198.51.100.3")
@@ -56,14 +59,17 @@ async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
         await client.close()
 
 
-async def test_renewal_retries_through_an_outage(own_etcd):
+async def test_renewal_retries_through_an_outage(own_etcd, caplog):
     client = EtcdClient([own_etcd.url], timeout=1)
     registry = Registry(client, PREFIX)
     k = keeper(registry)
     await k.acquire(attrs("198.51.100.1"))
     own_etcd.kill()
+    caplog.set_level(logging.DEBUG, logger="pyflannel.control.lease_keeper")
     renewal = asyncio.create_task(k._renew())
-    await asyncio.sleep(2.5)
+    async with asyncio.timeout(15):  # two failed tries at least
+        while "still failing (2 tries)" not in caplog.text:
+            await asyncio.sleep(0.05)
     assert not renewal.done()  # still retrying, not crashed, not given up
     own_etcd.start()
     assert await asyncio.wait_for(renewal, 20) == ""

@@ -76,3 +76,28 @@ def test_control_messages_set_the_table_and_the_lease_and_answer_snapshots():
     finally:
         for s in (a, b, sock):
             s.close()
+
+
+def test_a_channel_queues_a_large_table_for_a_busy_worker_without_blocking_the_caller():
+    """Channel.send only queues (a writer thread writes): the daemon's event loop never
+    waits for a worker to read. Before, a table larger than the socket buffer blocked the
+    caller up to the send timeout and then broke the channel."""
+    import json
+    import socket
+
+    from pyflannel.backend.udp.pool import SEND_TIMEOUT, Channel
+
+    ours, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = Channel(ours)
+    big = {"table": ["10.1.0.0/24 198.51.100.1 8285"] * 200_000}  # ~6 MB of JSON
+    channel.send(big)
+    channel.send({"start": True})
+    assert channel.broken is None  # nothing was written yet by the caller itself
+    received = b""
+    worker_end.settimeout(SEND_TIMEOUT)
+    while received.count(b"\n") < 2:
+        received += worker_end.recv(1 << 20)
+    first, second = received.split(b"\n")[:2]
+    assert json.loads(first) == big and json.loads(second) == {"start": True}
+    channel.close()
+    worker_end.close()

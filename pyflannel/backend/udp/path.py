@@ -12,6 +12,7 @@ datagrams by inner flow. Each worker owns one queue and one socket (worker.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -188,7 +189,7 @@ class UdpPath:
         if index is None or index != self.index or problem:
             why = "device was deleted" if index is None or index != self.index else problem
             log.warning("UDP path: %s; restarting it", why)
-            self.stop()
+            await asyncio.to_thread(self.stop)
             await self.start()
             repaired.append(f"UDP path restarted ({why})")
         if self._subnet is not None and self._network is not None:
@@ -199,7 +200,7 @@ class UdpPath:
         """Rebind to a new underlay address (restarting the workers if running)."""
         self.ext, self.mtu = ext, mtu
         if self.running:
-            self.stop()
+            await asyncio.to_thread(self.stop)
             await self.start()
             if self._subnet is not None and self._network is not None:
                 await self.assign(self._subnet, self._network)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import select
 import socket
 import subprocess
@@ -26,21 +27,31 @@ SEND_TIMEOUT = 5.0
 
 
 class Channel:
-    """One worker's control socket: JSON lines out, replies matched by request number."""
+    """One worker's control socket: JSON lines out, replies matched by request number.
+
+    ``send`` only queues: a writer thread of the channel writes, in order, so a caller on the
+    daemon's event loop never waits for a busy worker to read a large forwarding table."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.sock.settimeout(SEND_TIMEOUT)
         self._pending = b""
         self.broken: str | None = None
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="udp-control", daemon=True)
+        self._writer.start()
 
     def send(self, message: dict) -> None:
-        if self.broken:
-            return
-        try:
-            self.sock.sendall(encode(message))
-        except OSError as e:
-            self.broken = f"control socket: {e}"
+        if not self.broken:
+            self._outbox.put(encode(message))
+
+    def _write(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                self.broken = f"control socket: {e}"
+                return
 
     def reply(self, message: dict, key: str, deadline: float) -> dict | None:
         """The answer to ``message`` (sent before), matched on ``key``; None by ``deadline``
@@ -68,6 +79,9 @@ class Channel:
         return None
 
     def close(self) -> None:
+        """Write what is queued, then close (the worker exits on end of file)."""
+        self._outbox.put(None)
+        self._writer.join(SEND_TIMEOUT)
         self.sock.close()
 
 
