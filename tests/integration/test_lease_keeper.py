@@ -1,6 +1,7 @@
 """Acquiring and keeping a lease against a real etcd: reuse, races, exhaustion, renewal, loss."""
 
 import asyncio
+import contextlib
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
@@ -281,6 +282,33 @@ async def test_a_node_with_the_same_public_ip_does_not_take_the_first_ones_lease
     assert again.subnet == first.subnet
 
 
+@contextlib.asynccontextmanager
+async def keeping(etcd_server, prefix, fingerprint: int):
+    """A node's lease keeper with this fingerprint, running with its peer watch (as in the
+    daemon): yields (keeper, registry, lease, keeper task)."""
+    me = identity(fingerprint)
+    registry = Registry(EtcdClient([etcd_server.url]), prefix, me.new_lease_id)
+    k = keeper(registry, identity=me)
+    lease = await k.acquire(attrs("198.51.100.1"))
+
+    async def peers_changed(changes):
+        pass
+
+    watch = PeerWatch(
+        registry,
+        LeaseTable(network().network, own=lease.subnet),
+        peers_changed,
+        on_own_event=k.notice,
+    )
+    tasks = [asyncio.create_task(k.run()), asyncio.create_task(watch.run())]
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 10)
+        yield k, registry, lease, tasks[0]
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 async def test_a_node_whose_lease_is_rewritten_by_another_with_its_ip_stops_with_the_conflict(
     etcd_server, prefix, client
 ):
@@ -288,51 +316,21 @@ async def test_a_node_whose_lease_is_rewritten_by_another_with_its_ip_stops_with
 
     from pyflannel.subnet.owner import LeaseConflict
 
-    me = identity(0x3333)
-    registry = Registry(EtcdClient([etcd_server.url]), prefix, me.new_lease_id)
-    k = keeper(registry, identity=me)
-    lease = await k.acquire(attrs("198.51.100.1"))
-    table = LeaseTable(network().network, own=lease.subnet)
-
-    async def peers_changed(changes):
-        pass
-
-    watch = PeerWatch(registry, table, peers_changed, on_own_event=k.notice)
-    tasks = [asyncio.create_task(k.run()), asyncio.create_task(watch.run())]
-    try:
-        await asyncio.wait_for(watch.synced.wait(), 10)
+    async with keeping(etcd_server, prefix, 0x3333) as (_, registry, lease, task):
         # What upstream flanneld on a clone does: rewrite the lease of "its" public IP.
         other = attrs("198.51.100.1", "02:00:00:00:00:99").to_json()
         lease_id, _ = await client.grant(600)
         await client.put(registry.lease_key(lease.subnet).encode(), other, lease=lease_id)
         with pytest.raises(LeaseConflict, match=r"rewritten by another node.*02:00:00:00:00:99"):
-            await asyncio.wait_for(tasks[0], 10)
-    finally:
-        for t in tasks:
-            t.cancel()
+            await asyncio.wait_for(task, 10)
 
 
 async def test_a_lease_turned_into_a_reservation_while_running_is_not_renewed(
     etcd_server, prefix, client
 ):
-    me = identity(0x4444)
-    registry = Registry(EtcdClient([etcd_server.url]), prefix, me.new_lease_id)
-    k = keeper(registry, identity=me)
-    lease = await k.acquire(attrs("198.51.100.1"))
-    table = LeaseTable(network().network, own=lease.subnet)
-
-    async def peers_changed(changes):
-        pass
-
-    watch = PeerWatch(registry, table, peers_changed, on_own_event=k.notice)
-    tasks = [asyncio.create_task(k.run()), asyncio.create_task(watch.run())]
-    try:
-        await asyncio.wait_for(watch.synced.wait(), 10)
+    async with keeping(etcd_server, prefix, 0x4444) as (k, registry, lease, task):
         await client.put(registry.lease_key(lease.subnet).encode(), attrs("198.51.100.1").to_json())
         async with asyncio.timeout(10):
             while not k.lease.is_reservation:
                 await asyncio.sleep(0.05)
-        assert k.renew_at == float("inf") and not tasks[0].done()
-    finally:
-        for t in tasks:
-            t.cancel()
+        assert k.renew_at == float("inf") and not task.done()
