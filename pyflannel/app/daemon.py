@@ -49,7 +49,9 @@ from pyflannel.subnet.env_file import (
 from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.table import LeaseTable, PeerChanges
-from pyflannel.traffic.iptables import TrafficRules
+from pyflannel.traffic.base import TrafficManager, remove_other_mode
+from pyflannel.traffic.iptables import IptablesRules
+from pyflannel.traffic.nftables import NftablesRules
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +99,14 @@ class Daemon:
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self._underlay_problem = ""
-        self.traffic = TrafficRules(
-            masquerade=options.ip_masq,
-            forward=options.iptables_forward_rules,
-            random_fully_disabled=options.ip_masq_fully_random_disable,
+        self.traffic: TrafficManager = self._traffic_rules(IptablesRules)
+
+    def _traffic_rules(self, kind: type[TrafficManager]) -> TrafficManager:
+        o = self.options
+        return kind(
+            masquerade=o.ip_masq,
+            forward=o.iptables_forward_rules,
+            random_fully_disabled=o.ip_masq_fully_random_disable,
         )
 
     @property
@@ -177,6 +183,9 @@ class Daemon:
             raise ConfigError("EnableIPv4 is false: IPv6-only networks are not supported")
         if cfg.enable_ipv6:
             log.warning("EnableIPv6 is set, but pyflannel carries IPv4 only; IPv6 is ignored")
+        if cfg.enable_nftables:
+            self.traffic = self._traffic_rules(NftablesRules)
+        await remove_other_mode(self.traffic.mode, cfg.cidr)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
         backend, attrs = await start_backend(self._backend_context(cfg, ext))

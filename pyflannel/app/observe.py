@@ -94,6 +94,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         backend=r.backend.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
         traffic=TrafficView(
+            mode=t.mode,
             enabled=t.enabled,
             masquerade=t.masquerade,
             forward=t.forward,

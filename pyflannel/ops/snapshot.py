@@ -35,6 +35,7 @@ class EtcdView:
 
 @dataclass(frozen=True)
 class TrafficView:
+    mode: str  # "iptables" | "nftables"
     enabled: bool
     masquerade: bool
     forward: bool

@@ -9,15 +9,15 @@ daemon on the same host shares upstream's chains; its rules are never touched (s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from ipaddress import IPv4Network
 
-from pyflannel.errors import FlannelError
+from pyflannel.traffic.base import TrafficError, TrafficManager, run_tool
 from pyflannel.traffic.iptables_rules import (
     RANDOM_FULLY_SINCE,
     Rule,
+    cleanup_payload,
     drift,
     forward_rules,
     masquerade_rules,
@@ -29,54 +29,24 @@ from pyflannel.traffic.iptables_rules import (
 log = logging.getLogger(__name__)
 
 
-class IptablesError(FlannelError):
-    retryable = True
+_run = run_tool  # iptables and iptables-restore
 
 
-async def _run(*cmd: str, stdin: str | None = None) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    if proc.returncode != 0:
-        raise IptablesError(
-            f"{' '.join(cmd[:3])} failed: {err.decode().strip() or out.decode().strip()}"
-        )
-    return out.decode()
+class IptablesRules(TrafficManager):
+    mode = "iptables"
 
-
-class TrafficRules:
-    def __init__(
-        self,
-        masquerade: bool,
-        forward: bool,
-        random_fully_disabled: bool = False,
-        vxlan_port: int | None = None,
-    ):
-        self.masquerade = masquerade
-        self.forward = forward
-        self.random_fully_disabled = random_fully_disabled
-        self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.peer_ips: list[str] = []
-        self._network: tuple[IPv4Network, IPv4Network] | None = None  # (cluster, pod)
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
-        self.restores = 0
-        self.last_problem = ""
-
-    @property
-    def enabled(self) -> bool:
-        return self.masquerade or self.forward or self.vxlan_port is not None
 
     async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
         """Install the rules for this network and subnet (again, after the subnet changed)."""
         if not self.enabled:
             return
         if shutil.which("iptables-restore") is None:
-            raise IptablesError(
+            raise TrafficError(
                 "iptables-restore not found: install iptables, or run without "
                 "--ip-masq and with --iptables-forward-rules=false"
             )
@@ -149,15 +119,6 @@ class TrafficRules:
         self.last_problem = "; ".join(problems)
         return problems
 
-    async def resync_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.check()
-            except IptablesError as e:
-                self.last_problem = str(e)
-                log.error("iptables resync: %s", e)
-
     async def present(self) -> bool:
         """Are all rules in place (for status and readiness)?"""
         return not self.rules or not self._drift(await self._listing())
@@ -165,8 +126,16 @@ class TrafficRules:
     def _drift(self, listed: dict[str, list[str]]) -> list[str]:
         return drift(self.rules, listed, self.network[0])
 
-    @property
-    def network(self) -> tuple[IPv4Network, IPv4Network]:
-        """(cluster, pod subnet) the rules are for (after ``setup``)."""
-        assert self._network is not None, "setup() first"
-        return self._network
+
+async def remove_rules(cluster: IPv4Network) -> bool:
+    """Remove this network's rules from upstream's iptables chains; True if there were any."""
+    if shutil.which("iptables-restore") is None:
+        return False
+    removed = False
+    for table in ("nat", "filter"):
+        listed = (await _run("iptables", "-w", "-t", table, "-S")).splitlines()
+        payload = cleanup_payload(table, listed, cluster)
+        if payload is not None:
+            await _run("iptables-restore", "--noflush", "--wait", stdin=payload)
+            removed = True
+    return removed

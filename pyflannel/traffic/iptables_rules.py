@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Network
+
+from pyflannel.traffic.ownership import OTHERS, OURS, SHARED, names_network_inside, shared_texts
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
@@ -85,31 +87,15 @@ def vxlan_peer_rules(port: int, peers: list[str]) -> list[Rule]:
 # rule, the jumps from the built-in chains) are shared: kept once, never removed. A line in a
 # flannel chain without a flannel comment is nobody's and is removed. The VXLAN peer-filter
 # chain is per port, so one network's alone.
-OURS, SHARED, OTHERS = "ours", "shared", "others"
-
-
-def _names_network_inside(line: str, cluster: IPv4Network) -> bool:
-    for token in line.split():
-        try:
-            net = ip_network(token, strict=False)
-        except ValueError:
-            continue
-        if isinstance(net, IPv4Network) and net.subnet_of(cluster):
-            return True
-    return False
-
-
 def claim(line: str, rules: list[Rule], cluster: IPv4Network) -> str:
     """Whose a listed ``-A <flannel chain> ...`` line is: OURS (to keep as wanted or remove),
     SHARED (one copy kept for every network) or OTHERS (another network's: never touched)."""
     chain = line.split()[1]
     if chain not in SHARED_CHAINS:
         return OURS
-    if line in {
-        r.line for r in rules if r.chain == chain and not _names_network_inside(r.line, cluster)
-    }:
+    if line in shared_texts([r.line for r in rules if r.chain == chain], cluster):
         return SHARED
-    if _names_network_inside(line, cluster):
+    if names_network_inside(line, cluster):
         return OURS
     if MASQ_COMMENT not in line and FORWARD_COMMENT not in line:
         return OURS  # a stray line in a flannel chain: nobody's, so ours to clean up
@@ -191,3 +177,36 @@ def parse_version(text: str) -> tuple[int, ...]:
     """``iptables v1.8.9 (nf_tables)`` -> (1, 8, 9)."""
     m = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+JUMPS = {
+    MASQ_CHAIN: ("nat", "POSTROUTING", MASQ_COMMENT),
+    FORWARD_CHAIN: ("filter", "FORWARD", FORWARD_COMMENT),
+}
+
+
+def cleanup_payload(table: str, listed: list[str], cluster: IPv4Network) -> str | None:
+    """An ``iptables-restore --noflush`` transaction removing this network's rules from
+    upstream's chains in ``table`` (nftables mode does not use them); a chain left with no
+    other network's rules goes, with its jump. None if there is nothing of ours."""
+    lines = [f"*{table}"]
+    existing = {line.split()[1] for line in listed if line.startswith("-N ")}
+    for chain, (chain_table, builtin, comment) in JUMPS.items():
+        if chain_table != table or chain not in existing:
+            continue
+        have = _chain_lines(listed, chain)
+        ours = [line for line in have if names_network_inside(line, cluster)]
+        others = [line for line in have if line not in ours and comment in line]
+        others = [line for line in others if names_network_inside_any(line)]
+        if not others:  # nobody else uses the chain: it goes, with its jump
+            jump = f'-A {builtin} -m comment --comment "{comment}" -j {chain}'
+            lines += ["-D" + jump[2:]] * listed.count(jump)
+            lines += [f"-F {chain}", f"-X {chain}"]
+        else:
+            lines += ["-D" + line[2:] for line in ours]
+    return "\n".join(lines) + "\nCOMMIT\n" if len(lines) > 1 else None
+
+
+def names_network_inside_any(line: str) -> bool:
+    """Does the line name a network (another network's rule does; the shared ones do not)?"""
+    return names_network_inside(line, IPv4Network("0.0.0.0/0"))

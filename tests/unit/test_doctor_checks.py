@@ -126,3 +126,23 @@ def test_exit_code_and_rendering():
         and "-> do this" in text
         and text.endswith("passed with warnings\n")
     )
+
+
+def test_legacy_iptables_and_nftables_both_hooking_forward_is_a_warning():
+    from pyflannel.ops.doctor.checks import judge_traffic_tools
+
+    both = Probe(
+        True,
+        facts={
+            "iptables": "v1.8.9 (nf_tables)",
+            "nft": "v1.0.6",
+            "legacy_forward": "1 rules",
+            "nft_forward": ["ip flannel-ipv4 forward (priority 0, policy accept)"],
+        },
+    )
+    finding = judge_traffic_tools(both)
+    assert finding.status == WARN and "both hook forward" in finding.detail
+    assert "iptables-nft" in finding.advice
+    one = Probe(True, facts={"iptables": "v1.8.9 (nf_tables)", "nft": "v1.0.6", "nft_forward": []})
+    assert judge_traffic_tools(one).status == PASS
+    assert "nftables not installed" in judge_traffic_tools(Probe(True, facts={})).detail

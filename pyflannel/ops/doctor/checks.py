@@ -92,6 +92,32 @@ def judge_iptables(p: Probe, masquerade_wanted: bool) -> Finding:
     )
 
 
+def judge_traffic_tools(p: Probe) -> Finding:
+    """Which rule frameworks this node has, and the classic cause of dropped pod traffic:
+    a legacy-iptables ruleset and an nftables one both hooking forward (a packet must pass
+    both, and neither tool shows the other's rules)."""
+    f = p.facts
+    have = [
+        f"iptables {f.get('iptables') or 'not installed'}",
+        f"nftables {f.get('nft') or 'not installed'}",
+    ]
+    legacy, nft_forward = f.get("legacy_forward") or "", f.get("nft_forward") or []
+    if legacy and nft_forward:
+        return Finding(
+            "traffic rules",
+            WARN,
+            f"{'; '.join(have)}; both hook forward: legacy iptables ({legacy}) and nftables "
+            f"({', '.join(nft_forward)})",
+            "A forwarded pod packet must pass both rule sets, and neither tool lists the other's "
+            "rules. Use one framework: iptables-nft (update-alternatives --set iptables "
+            "/usr/sbin/iptables-nft) or EnableNFTables, and move the legacy rules over.",
+        )
+    detail = "; ".join(have)
+    if nft_forward:
+        detail += f"; nftables chains on the forward hook: {', '.join(nft_forward)}"
+    return Finding("traffic rules", PASS, detail)
+
+
 def judge_mtu(interface: str, mtu: int | None, overhead: int = 50) -> Finding:
     if mtu is None:
         return Finding(

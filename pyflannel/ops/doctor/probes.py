@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ from pyflannel.ops.doctor.checks import (
     judge_iptables,
     judge_mtu,
     judge_port,
+    judge_traffic_tools,
     judge_tun,
     judge_vxlan,
 )
@@ -87,6 +89,40 @@ def probe_iptables() -> Probe:
     if listing.returncode != 0:
         return Probe(False, listing.stderr.strip())
     return Probe(True, facts={"version": version.stdout.strip()})
+
+
+def probe_traffic_tools() -> Probe:
+    """iptables (and its backend), nft, and who hooks forward: legacy iptables (rules or a
+    drop policy in FORWARD) and nftables base chains (iptables-nft's own tables aside)."""
+    facts: dict = {}
+    if shutil.which("iptables"):
+        facts["iptables"] = _run("iptables", "--version").stdout.strip().removeprefix("iptables ")
+    legacy_cmd = "iptables" if "legacy" in facts.get("iptables", "") else "iptables-legacy"
+    if shutil.which(legacy_cmd):
+        listing = _run(legacy_cmd, "-w", "-S", "FORWARD").stdout.splitlines()
+        rules = [line for line in listing if line.startswith("-A FORWARD")]
+        drop = "-P FORWARD DROP" in listing
+        if rules or drop:
+            facts["legacy_forward"] = f"{len(rules)} rules" + (", policy DROP" if drop else "")
+    if shutil.which("nft"):
+        facts["nft"] = (
+            _run("nft", "--version").stdout.split()[1] if _run("nft", "--version").stdout else "?"
+        )
+        chains = _run("nft", "-j", "list", "chains")
+        try:
+            items = json.loads(chains.stdout or "{}").get("nftables", [])
+        except ValueError:
+            items = []
+        compat = {"filter", "nat", "mangle", "raw", "security"}  # iptables-nft's tables
+        facts["nft_forward"] = [
+            f"{c['family']} {c['table']} {c['name']} (priority {c.get('prio')}, policy {c.get('policy')})"
+            for item in items
+            for c in (item.get("chain"),)
+            if c
+            and c.get("hook") == "forward"
+            and not (c["family"] in ("ip", "ip6") and c["table"] in compat)
+        ]
+    return Probe(True, facts=facts)
 
 
 def probe_interface(o: Options) -> tuple[str, int | None]:
@@ -182,6 +218,7 @@ async def run_checks(o: Options) -> list[Finding]:
         judge_tun(tun),
         judge_container(probe_container()),
         judge_iptables(await asyncio.to_thread(probe_iptables), o.ip_masq),
+        judge_traffic_tools(await asyncio.to_thread(probe_traffic_tools)),
         judge_mtu(interface, mtu),
         judge_etcd(etcd),
     ]

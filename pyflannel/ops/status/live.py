@@ -68,6 +68,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
     }
     t = snap.traffic
     doc["iptables"] = {
+        "mode": t.mode,
         "enabled": t.enabled,
         "masquerade": t.masquerade,
         "forward": t.forward,

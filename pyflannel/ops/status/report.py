@@ -70,7 +70,10 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
     problems += [f"subnet.env: {p}" for p in env.get("problems", [])]
     iptables = doc.get("iptables") or {}
     if iptables.get("enabled") and not iptables.get("present"):
-        problems.append(f"iptables rules missing: {iptables.get('last_problem') or 'drift'}")
+        problems.append(
+            f"{iptables.get('mode', 'iptables')} rules missing: "
+            f"{iptables.get('last_problem') or 'drift'}"
+        )
     for row in doc.get("peers", []):
         missing = [k for k in ("neighbour", "fdb", "route") if row.get(k) is False]
         if missing:
@@ -185,8 +188,9 @@ def render(doc: dict) -> str:
         )
     if ipt:
         what = [n for n in ("masquerade", "forward") if ipt.get(n)]
+        mode = ipt.get("mode", "iptables")
         lines.append(
-            f"iptables   {' + '.join(what) or 'off'}"
+            f"{mode:<10} {' + '.join(what) or 'off'}"
             + (f": {'in place' if ipt.get('present') else 'MISSING'}" if what else "")
         )
     peers = doc.get("peers", [])

@@ -1,0 +1,111 @@
+"""One traffic-rules interface, two implementations (upstream's trafficmngr): iptables
+(iptables.py, the default) and nftables (nftables.py, ``EnableNFTables``). Both apply a
+network's rules in one transaction, check them every --iptables-resync seconds and repair and
+log any drift, and remove their own rules when the node uses the other mode."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from ipaddress import IPv4Network
+from typing import Any
+
+from pyflannel.errors import FlannelError
+
+log = logging.getLogger(__name__)
+
+
+class TrafficError(FlannelError):
+    retryable = True
+
+
+async def run_tool(*cmd: str, stdin: str | None = None) -> str:
+    """Run iptables/nft; its output, or TrafficError with what it said."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        raise TrafficError(f"{cmd[0]} not found") from None
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if proc.returncode != 0:
+        raise TrafficError(
+            f"{' '.join(cmd[:3])} failed: {err.decode().strip() or out.decode().strip()}"
+        )
+    return out.decode()
+
+
+class TrafficManager(abc.ABC):
+    mode: str = ""
+
+    def __init__(
+        self,
+        masquerade: bool,
+        forward: bool,
+        random_fully_disabled: bool = False,
+        vxlan_port: int | None = None,
+    ):
+        self.masquerade = masquerade
+        self.forward = forward
+        self.random_fully_disabled = random_fully_disabled
+        self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        self._network: tuple[IPv4Network, IPv4Network] | None = None  # (cluster, pod)
+        self.rules: list[Any] = []
+        self.restores = 0
+        self.last_problem = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.masquerade or self.forward or self.vxlan_port is not None
+
+    @property
+    def network(self) -> tuple[IPv4Network, IPv4Network]:
+        """(cluster, pod subnet) the rules are for (after ``setup``)."""
+        assert self._network is not None, "setup() first"
+        return self._network
+
+    @abc.abstractmethod
+    async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
+        """Install the rules for this network and subnet (again, after the subnet changed)."""
+
+    @abc.abstractmethod
+    async def check(self) -> list[str]:
+        """Drift between the rules and the kernel; repaired if there is any."""
+
+    @abc.abstractmethod
+    async def present(self) -> bool:
+        """Are all rules in place (for status and readiness)?"""
+
+    async def set_peers(self, public_ips: list[str]) -> None:  # noqa: B027 - optional
+        """Follow the peer set (the VXLAN peer filter, where the mode has one)."""
+
+    async def resync_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check()
+            except TrafficError as e:
+                self.last_problem = str(e)
+                log.error("%s resync: %s", self.mode, e)
+
+
+async def remove_other_mode(mode: str, cluster: IPv4Network) -> None:
+    """Take this network's rules out of the mode not in use (upstream cleans both ways), so a
+    node moved from iptables to nftables, or back, keeps no stale rules. Quiet if the other
+    tool is not installed (then it cannot have rules either)."""
+    from pyflannel.traffic import iptables, nftables
+
+    other = iptables.remove_rules if mode == "nftables" else nftables.remove_rules
+    try:
+        if await other(cluster):
+            log.info(
+                "removed this network's %s rules (this node uses %s)",
+                "iptables" if mode == "nftables" else "nftables",
+                mode,
+            )
+    except TrafficError as e:
+        log.warning("could not clean up the other traffic-rules mode: %s", e)
