@@ -116,6 +116,12 @@ def drift(rules: list[NftRule], listing: Listing, cluster: IPv4Network) -> list[
             for text in have
             if text not in wanted and claim(text, rules, cluster) == OURS
         ]
+    for chain in set(listing.chains) - {r.chain for r in rules}:  # e.g. --ip-masq turned off
+        problems += [
+            f"unexpected in {chain}: {text}"
+            for text, _ in listing.chains[chain]
+            if names_network_inside(text, cluster)
+        ]
     return problems
 
 
@@ -140,6 +146,12 @@ def transaction(rules: list[NftRule], listing: Listing, cluster: IPv4Network) ->
             if not copies:
                 lines.append(f"insert rule {FAMILY} {TABLE} {chain} {r.text}")
         lines += [f"add rule {FAMILY} {TABLE} {chain} {r.text}" for r in wanted if r not in shared]
+    for chain in sorted(set(listing.chains) - set(chains)):  # a set no longer wanted
+        lines += [
+            f"delete rule {FAMILY} {TABLE} {chain} handle {handle}"
+            for text, handle in listing.chains[chain]
+            if names_network_inside(text, cluster)
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -91,6 +91,23 @@ def test_drift_is_repaired_at_the_next_resync(bed, damage):
     assert source_seen(bed.lan, "198.51.100.254", a.pod_ns) == str(a.underlay_ip)
 
 
+def test_without_ip_masq_pods_reach_the_outside_with_their_own_address(bed):
+    a = bed.nodes[0]
+    a.stop()
+    a.start("--reconcile-interval=2", "--iptables-resync=1")
+    try:
+        a.wait_ready()
+        text = table(a)
+        assert "ip saddr 10.1.0.0/16 accept" in text  # forward rules stay (on by default)
+        assert "masquerade" not in text and f"ip saddr {a.subnet}" not in text
+        assert source_seen(bed.lan, "198.51.100.254", a.pod_ns) == str(a.pod_ip)
+    finally:
+        a.stop()
+        a.start(*ARGS)
+        a.wait_ready()
+    _intact(a)
+
+
 def test_a_foreign_table_is_never_touched_and_its_drop_policy_shows(bed):
     """A host firewall whose forward chain drops by default (at a lower priority) drops pod
     traffic whatever flannel accepts: nftables runs every base chain of a hook. pyflannel

@@ -132,3 +132,15 @@ def test_iptables_cleanup_removes_our_lines_and_an_unused_chain_with_its_jump():
     payload = cleanup_payload("nat", listed + [r.line for r in theirs[2:]], CLUSTER)
     assert "-X" not in payload and str(OTHER) not in payload and str(CLUSTER) in payload
     assert cleanup_payload("nat", ["-P POSTROUTING ACCEPT"], CLUSTER) is None
+
+
+def test_masquerade_turned_off_removes_our_masquerade_rules():
+    listing = nft.parse_listing(LISTED)
+    forward_only = nft.forward_rules(CLUSTER)
+    problems = nft.drift(forward_only, listing, CLUSTER)
+    assert "unexpected in postrtg: ip saddr 10.1.5.0/24 ip daddr 10.1.0.0/16 return" in problems
+    script = nft.transaction(forward_only, listing, CLUSTER)
+    deleted = {
+        int(line.rsplit(" ", 1)[1]) for line in script.splitlines() if "postrtg handle" in line
+    }
+    assert deleted == {6, 7, 8, 9, 10}  # ours; the shared mark rule stays
