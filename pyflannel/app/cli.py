@@ -80,6 +80,17 @@ def make_parser() -> argparse.ArgumentParser:
     opts.add_argument("-c", dest="combined", action="store_true", help="one combined line")
     opts.add_argument("-k", dest="key", default="DOCKER_OPTS", help="name of the combined variable")
     opts.add_argument("-m", dest="omit_ipmasq", action="store_true", help="leave out --ip-masq")
+    cni = commands.add_parser(
+        "install-cni",
+        help="install the flannel CNI plugin (and a network config) for a container runtime",
+        description="Write an executable `flannel` CNI plugin (running with this pyflannel's "
+        "Python) into the runtime's plugin directory, and with --conf-dir upstream's default "
+        "network config (cbr0: flannel, then portmap) unless 10-flannel.conflist exists.",
+    )
+    cni.add_argument("--bin-dir", default="/opt/cni/bin", help="plugin directory (%(default)s)")
+    cni.add_argument(
+        "--conf-dir", default=None, help="network config directory (e.g. /etc/cni/net.d)"
+    )
     commands.add_parser("version", help="print the version and exit")
     return parser
 
@@ -99,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _docker_opts(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "install-cni":
+        from pyflannel.cni.install import install
+
+        for line in install(args.bin_dir, args.conf_dir):
+            print(f"installed {line}" if not line.startswith("kept") else line)
+        return 0
     parser.print_help()
     return 2
 

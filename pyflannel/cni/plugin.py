@@ -1,0 +1,168 @@
+"""The flannel CNI plugin's process: environment and stdin in, a result or a CNI error out.
+
+ADD reads subnet.env, builds the delegate config (netconf.py), stores it under
+``dataDir/<container id>`` (written, then renamed: never half-written) and runs the delegate
+found on CNI_PATH, passing its result through. DEL reads the stored config back, delegates and
+removes it; nothing stored is success. CHECK compares the stored config with this node's
+subnet. VERSION lists the versions. Imports only the standard library and netconf.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pyflannel.cni.netconf import (
+    DECODE_FAILURE,
+    INVALID_ENVIRONMENT,
+    INVALID_NETCONF,
+    IO_FAILURE,
+    SUPPORTED_VERSIONS,
+    UNKNOWN_CONTAINER,
+    CniError,
+    NetConf,
+    check_container_id,
+    delegate_config,
+    parse_netconf,
+    parse_subnet_env,
+)
+
+SPEC_VERSION = "1.0.0"
+
+
+def main(environ: dict[str, str] | None = None, stdin: bytes | None = None) -> int:
+    env = dict(os.environ if environ is None else environ)
+    data = sys.stdin.buffer.read() if stdin is None else stdin
+    command = env.get("CNI_COMMAND", "")
+    version = SPEC_VERSION
+    try:
+        if command == "VERSION":
+            _print({"cniVersion": SPEC_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0
+        conf = parse_netconf(data)
+        version = conf.cni_version or SPEC_VERSION
+        if command == "ADD":
+            return add(conf, env)
+        if command == "DEL":
+            return delete(conf, env)
+        if command == "CHECK":
+            return check(conf, env)
+        raise CniError(
+            INVALID_ENVIRONMENT, f"CNI_COMMAND {command!r} is not ADD, DEL, CHECK or VERSION"
+        )
+    except CniError as e:
+        _print(e.document(version))
+        return 1
+
+
+def add(conf: NetConf, env: dict[str, str]) -> int:
+    cid = check_container_id(env.get("CNI_CONTAINERID", ""))
+    try:
+        text = Path(conf.subnet_file).read_text()
+    except OSError as e:
+        raise CniError(
+            IO_FAILURE,
+            f"cannot read {conf.subnet_file}: {e.strerror}",
+            "is pyflannel running on this node? `systemctl status pyflannel` or "
+            "`pyflannel status` says; it writes this file once it holds a lease",
+        ) from None
+    delegate = delegate_config(conf, parse_subnet_env(text, conf.subnet_file))
+    body = json.dumps(delegate).encode()
+    _store(Path(conf.data_dir), cid, body)  # first: DEL can clean up whatever happens next
+    return _delegate(delegate["type"], body, env)
+
+
+def delete(conf: NetConf, env: dict[str, str]) -> int:
+    cid = check_container_id(env.get("CNI_CONTAINERID", ""))
+    path = Path(conf.data_dir) / cid
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError:
+        return 0  # per the spec: nothing there is success
+    except OSError as e:
+        raise CniError(IO_FAILURE, f"cannot read {path}: {e.strerror}") from None
+    try:
+        kind = json.loads(body)["type"]
+    except (ValueError, KeyError, TypeError):
+        print(f"flannel: {path} is not a delegate config; removed", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return 0
+    code = _delegate(kind, body, env)
+    if code == 0:
+        path.unlink(missing_ok=True)
+    return code
+
+
+def check(conf: NetConf, env: dict[str, str]) -> int:
+    """The container's network is still what ADD made: its stored config is there and its
+    range is still this node's subnet (subnet.env). Not delegated: the bridge plugin's own
+    CHECK (containernetworking-plugins 1.1.1) rejects the routes it set via its gateway, so it
+    would fail every healthy container; upstream's plugin returns success unconditionally."""
+    cid = check_container_id(env.get("CNI_CONTAINERID", ""))
+    path = Path(conf.data_dir) / cid
+    try:
+        stored = json.loads(path.read_bytes())
+        ranges = [r[0]["subnet"] for r in stored["ipam"]["ranges"]]
+    except FileNotFoundError:
+        raise CniError(UNKNOWN_CONTAINER, f"no flannel network state for container {cid}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CniError(DECODE_FAILURE, f"cannot read {path}: {e}") from None
+    try:
+        text = Path(conf.subnet_file).read_text()
+    except OSError as e:
+        raise CniError(IO_FAILURE, f"cannot read {conf.subnet_file}: {e.strerror}") from None
+    fenv = parse_subnet_env(text, conf.subnet_file)
+    now = [s for s in (fenv.subnet, fenv.ipv6_subnet) if s]
+    if ranges != now:
+        raise CniError(
+            INVALID_NETCONF,
+            f"container {cid} has addresses from {', '.join(ranges)}, but this node's subnet "
+            f"is now {', '.join(now)}: recreate the container",
+        )
+    return 0
+
+
+def _store(data_dir: Path, cid: str, body: bytes) -> None:
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{cid}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, data_dir / cid)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise CniError(IO_FAILURE, f"cannot store the delegate config in {data_dir}: {e}") from None
+
+
+def _delegate(kind: str, body: bytes, env: dict[str, str]) -> int:
+    """Run the delegate plugin with the same environment; its stdout passes through."""
+    if "/" in kind or not kind:
+        raise CniError(IO_FAILURE, f"delegate type {kind!r} is not a plugin name")
+    dirs = [d for d in env.get("CNI_PATH", "").split(os.pathsep) if d]
+    plugin = next((Path(d) / kind for d in dirs if os.access(Path(d) / kind, os.X_OK)), None)
+    if plugin is None:
+        raise CniError(
+            IO_FAILURE,
+            f'failed to find plugin "{kind}" in path {dirs}',
+            "install it (Debian: apt install containernetworking-plugins) or fix CNI_PATH",
+        )
+    proc = subprocess.run([str(plugin)], input=body, env=env, capture_output=True)
+    sys.stdout.buffer.write(proc.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(proc.stderr)
+    return proc.returncode
+
+
+def _print(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
