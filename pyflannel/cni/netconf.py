@@ -7,8 +7,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the plugin starts once per container: no typing/dataclasses at run time
+    from typing import Any
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
@@ -42,16 +45,11 @@ class CniError(Exception):
         return doc
 
 
-@dataclass(frozen=True)
-class NetConf:
-    raw: dict[str, Any]
-    cni_version: str
-    name: str
-    subnet_file: str
-    data_dir: str
-    delegate: dict[str, Any] | None
-    ipam: dict[str, Any] | None
-    runtime_config: dict[str, Any] | None
+NetConf = namedtuple(
+    "NetConf",
+    "raw cni_version name subnet_file data_dir delegate ipam runtime_config",
+)
+NetConf.__doc__ = "The plugin's network config (stdin), with upstream's defaults."
 
 
 def parse_netconf(stdin: bytes) -> NetConf:
@@ -88,14 +86,9 @@ def parse_netconf(stdin: bytes) -> NetConf:
     )
 
 
-@dataclass(frozen=True)
-class FlannelEnv:
-    networks: tuple[str, ...]  # FLANNEL_NETWORK (may be a comma-separated list)
-    subnet: str | None
-    ipv6_networks: tuple[str, ...]
-    ipv6_subnet: str | None
-    mtu: int
-    ipmasq: bool
+FlannelEnv = namedtuple("FlannelEnv", "networks subnet ipv6_networks ipv6_subnet mtu ipmasq")
+FlannelEnv.__doc__ = """subnet.env as the plugin needs it: networks (FLANNEL_NETWORK may be a
+comma-separated list), the node's subnet(s), FLANNEL_MTU and FLANNEL_IPMASQ."""
 
 
 def parse_subnet_env(text: str, path: str) -> FlannelEnv:

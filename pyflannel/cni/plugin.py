@@ -13,9 +13,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyflannel.cni.netconf import (
     DECODE_FAILURE,
@@ -31,6 +29,9 @@ from pyflannel.cni.netconf import (
     parse_netconf,
     parse_subnet_env,
 )
+
+if TYPE_CHECKING:  # one process per container: only what the work needs is imported
+    from typing import Any
 
 SPEC_VERSION = "1.0.0"
 
@@ -63,7 +64,7 @@ def main(environ: dict[str, str] | None = None, stdin: bytes | None = None) -> i
 def add(conf: NetConf, env: dict[str, str]) -> int:
     cid = check_container_id(env.get("CNI_CONTAINERID", ""))
     try:
-        text = Path(conf.subnet_file).read_text()
+        text = _read(conf.subnet_file).decode()
     except OSError as e:
         raise CniError(
             IO_FAILURE,
@@ -73,15 +74,15 @@ def add(conf: NetConf, env: dict[str, str]) -> int:
         ) from None
     delegate = delegate_config(conf, parse_subnet_env(text, conf.subnet_file))
     body = json.dumps(delegate).encode()
-    _store(Path(conf.data_dir), cid, body)  # first: DEL can clean up whatever happens next
+    _store(conf.data_dir, cid, body)  # first: DEL can clean up whatever happens next
     return _delegate(delegate["type"], body, env)
 
 
 def delete(conf: NetConf, env: dict[str, str]) -> int:
     cid = check_container_id(env.get("CNI_CONTAINERID", ""))
-    path = Path(conf.data_dir) / cid
+    path = os.path.join(conf.data_dir, cid)
     try:
-        body = path.read_bytes()
+        body = _read(path)
     except FileNotFoundError:
         return 0  # per the spec: nothing there is success
     except OSError as e:
@@ -90,11 +91,11 @@ def delete(conf: NetConf, env: dict[str, str]) -> int:
         kind = json.loads(body)["type"]
     except (ValueError, KeyError, TypeError):
         print(f"flannel: {path} is not a delegate config; removed", file=sys.stderr)
-        path.unlink(missing_ok=True)
+        _remove(path)
         return 0
     code = _delegate(kind, body, env)
     if code == 0:
-        path.unlink(missing_ok=True)
+        _remove(path)
     return code
 
 
@@ -104,16 +105,16 @@ def check(conf: NetConf, env: dict[str, str]) -> int:
     CHECK (containernetworking-plugins 1.1.1) rejects the routes it set via its gateway, so it
     would fail every healthy container; upstream's plugin returns success unconditionally."""
     cid = check_container_id(env.get("CNI_CONTAINERID", ""))
-    path = Path(conf.data_dir) / cid
+    path = os.path.join(conf.data_dir, cid)
     try:
-        stored = json.loads(path.read_bytes())
+        stored = json.loads(_read(path))
         ranges = [r[0]["subnet"] for r in stored["ipam"]["ranges"]]
     except FileNotFoundError:
         raise CniError(UNKNOWN_CONTAINER, f"no flannel network state for container {cid}") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise CniError(DECODE_FAILURE, f"cannot read {path}: {e}") from None
     try:
-        text = Path(conf.subnet_file).read_text()
+        text = _read(conf.subnet_file).decode()
     except OSError as e:
         raise CniError(IO_FAILURE, f"cannot read {conf.subnet_file}: {e.strerror}") from None
     fenv = parse_subnet_env(text, conf.subnet_file)
@@ -127,20 +128,32 @@ def check(conf: NetConf, env: dict[str, str]) -> int:
     return 0
 
 
-def _store(data_dir: Path, cid: str, body: bytes) -> None:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _remove(path: str) -> None:
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{cid}.")
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _store(data_dir: str, cid: str, body: bytes) -> None:
+    """Write, then rename: a reader sees the whole config or none."""
+    tmp = os.path.join(data_dir, f".{cid}.{os.getpid()}")
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, data_dir / cid)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(data_dir, cid))
     except OSError as e:
+        _remove(tmp)
         raise CniError(IO_FAILURE, f"cannot store the delegate config in {data_dir}: {e}") from None
 
 
@@ -149,14 +162,16 @@ def _delegate(kind: str, body: bytes, env: dict[str, str]) -> int:
     if "/" in kind or not kind:
         raise CniError(IO_FAILURE, f"delegate type {kind!r} is not a plugin name")
     dirs = [d for d in env.get("CNI_PATH", "").split(os.pathsep) if d]
-    plugin = next((Path(d) / kind for d in dirs if os.access(Path(d) / kind, os.X_OK)), None)
+    plugin = next(
+        (os.path.join(d, kind) for d in dirs if os.access(os.path.join(d, kind), os.X_OK)), None
+    )
     if plugin is None:
         raise CniError(
             IO_FAILURE,
             f'failed to find plugin "{kind}" in path {dirs}',
             "install it (Debian: apt install containernetworking-plugins) or fix CNI_PATH",
         )
-    proc = subprocess.run([str(plugin)], input=body, env=env, capture_output=True)
+    proc = subprocess.run([plugin], input=body, env=env, capture_output=True)
     sys.stdout.buffer.write(proc.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(proc.stderr)
