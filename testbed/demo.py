@@ -34,10 +34,74 @@ def iperf_line(a, b) -> str:
     return f"iperf3 TCP pod {a.pod_ip} -> pod {b.pod_ip}: {bps / 1e9:.2f} Gbit/s over VXLAN"
 
 
+def pods(bed) -> int:
+    """Every pod pings every other one, and iperf3 between two; the pairs that failed."""
+    section("pod-to-pod traffic over the overlay")
+    failures = 0
+    for src in bed.nodes:
+        for dst in bed.nodes:
+            if src is dst:
+                continue
+            result = src.ping(dst.pod_ip, count=3, interval=0.1)
+            ok = result.received == result.sent == 3
+            failures += not ok
+            rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
+            say(
+                f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
+                f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
+            )
+    if shutil.which("iperf3") and len(bed.nodes) >= 2:
+        say(iperf_line(bed.nodes[0], bed.nodes[1]))
+    return failures
+
+
+def containers(bed) -> int:
+    """Busybox containers by podman, one per node, through the flannel CNI plugin; each pings
+    the others. The number of pairs that failed."""
+    from testbed import podman
+
+    missing = podman.available()
+    if missing:
+        say(
+            f"--containers needs {missing} (apt install podman containernetworking-plugins busybox-static)"
+        )
+        return 1
+    section("containers by podman, through the flannel CNI plugin")
+    rootfs = podman.make_rootfs(bed.workdir / "rootfs")  # removed with the bed
+    shells = [podman.PodmanShell(node, rootfs) for node in bed.nodes]
+    failures = 0
+    try:
+        addresses = []
+        for i, shell in enumerate(shells):
+            addresses.append(shell.run(f"demo{i + 1}"))
+            say(
+                f"{shell.node.ns}: podman run --network cbr0 (flannel -> bridge, host-local): container demo{i + 1} at {addresses[-1]}"
+            )
+        section("container-to-container traffic over the overlay")
+        for i, shell in enumerate(shells):
+            for j, address in enumerate(addresses):
+                if i == j:
+                    continue
+                code, _ = shell.exec(f"demo{i + 1}", f"ping -c 2 -W 2 {address}")
+                failures += code != 0
+                say(
+                    f"{'ok  ' if code == 0 else 'FAIL'} container demo{i + 1} ({addresses[i]}) -> demo{j + 1} ({address})"
+                )
+    finally:
+        for shell in shells:
+            shell.close()
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
+    parser.add_argument(
+        "--containers",
+        action="store_true",
+        help="the pods are real podman containers attached by pyflannel's flannel CNI plugin",
+    )
     args = parser.parse_args(argv)
     netns.sweep()
     failures = 0
@@ -58,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{node.ns} ready after {time.monotonic() - started:.2f} s: "
                 f"FLANNEL_SUBNET={env['FLANNEL_SUBNET']} FLANNEL_MTU={env['FLANNEL_MTU']}"
             )
-            node.add_pod()
+            if not args.containers:
+                node.add_pod()
 
         section("leases in etcd")
         for key, value in sorted(bed.leases().items()):
@@ -75,22 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"$ {' '.join(cmd)}")
             say(node.run(*cmd).stdout.rstrip())
 
-        section("pod-to-pod traffic over the overlay")
-        for src in bed.nodes:
-            for dst in bed.nodes:
-                if src is dst:
-                    continue
-                result = src.ping(dst.pod_ip, count=3, interval=0.1)
-                ok = result.received == result.sent == 3
-                failures += not ok
-                rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
-                say(
-                    f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
-                    f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
-                )
-        if shutil.which("iperf3") and len(bed.nodes) >= 2:
-            say(iperf_line(bed.nodes[0], bed.nodes[1]))
-
+        failures += containers(bed) if args.containers else pods(bed)
         section("tearing down")
     say("all namespaces, daemons and etcd removed")
     if failures:
