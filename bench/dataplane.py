@@ -28,7 +28,8 @@ from testbed.iperf import iperf, received_bits_per_second
 
 # underlay: host to host, no overlay. direct: pod to pod with DirectRouting (routes via the
 # peer's underlay address: the pod plumbing without encapsulation, the fair baseline for
-# what VXLAN itself costs). The rest: pod to pod through the overlay.
+# what VXLAN itself costs). host-gw: the host-gw backend (the same plain routes, made by
+# their own backend; should match direct). The rest: pod to pod through the overlay.
 # udp-threads/-asyncio/-uvloop: the per-packet path (fast path off) with each loop design, one
 # worker; udp-fast: batched with kernel offloads (TSO from the TUN, UDP_SEGMENT, UDP_GRO, GSO
 # writes to the TUN), one worker, and with the other loop designs; -2w: two workers a node
@@ -43,7 +44,7 @@ UDP_ARGS = {
     "udp-fast-uvloop": ["--udp-fastpath=true", "--udp-workers=1", "--udp-datapath=uvloop"],
     "udp-fast-2w": ["--udp-fastpath=true", "--udp-workers=2"],
 }
-MODES = ("underlay", "direct", "vxlan", *UDP_ARGS)
+MODES = ("underlay", "direct", "host-gw", "vxlan", *UDP_ARGS)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,6 +74,8 @@ def configure(bed: TestBed, mode: str) -> None:
     backend = (
         {"Type": "udp"}
         if mode.startswith("udp")
+        else {"Type": "host-gw"}
+        if mode == "host-gw"
         else {"Type": "vxlan", "DirectRouting": mode == "direct"}
     )
     bed.put_config({"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": backend})

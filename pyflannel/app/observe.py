@@ -124,6 +124,8 @@ class StatusAnswers:
         r = self.daemon.running
         if r is None:
             return False
+        if not r.backend.device_name:
+            return True  # host-gw: no device of its own
         return await self.daemon.netlink.call(_link_exists, r.backend.device_name)
 
     async def datapath_stats(self) -> dict | None:

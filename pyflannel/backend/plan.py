@@ -18,6 +18,7 @@ from pyflannel.subnet.lease import Lease
 
 VXLAN_BACKEND = "vxlan"
 UDP_BACKEND = "udp"
+HOST_GW_BACKEND = "host-gw"
 
 
 class Encap(enum.StrEnum):
@@ -98,6 +99,11 @@ def _backend_data(lease: Lease) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PeerDataError("BackendData is not a JSON object")
     return {k.lower(): v for k, v in data.items()}
+
+
+def public_ip_of(lease: Lease) -> IPv4Address:
+    """The lease's PublicIP, if it can be a next hop or tunnel endpoint at all."""
+    return _check_public_ip(lease)
 
 
 def _check_public_ip(lease: Lease) -> IPv4Address:

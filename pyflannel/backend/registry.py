@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "vxlan": "pyflannel.backend.vxlan.backend",
     "udp": "pyflannel.backend.udp.backend",
+    "host-gw": "pyflannel.backend.hostgw.backend",
 }
 
 

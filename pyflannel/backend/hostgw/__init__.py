@@ -1,0 +1,1 @@
+"""The host-gw backend: plain routes via the peers' public IPs, no encapsulation."""

@@ -1,0 +1,93 @@
+"""host-gw (upstream pkg/backend/hostgw): for each peer a route ``<peer subnet> via <peer
+PublicIP>``; no device and no encapsulation, so the pod MTU is the interface's, and every node
+must be on one L2 segment. A peer whose PublicIP this node does not reach directly (it needs a
+gateway, or another interface) is not programmed: such a route would send pod traffic to a
+router that knows nothing of pods. It is logged once and shown in ``pyflannel status`` with
+the reason; the peer is taken as soon as a new lease of it is usable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyflannel.backend import kernel
+from pyflannel.backend.base import Backend
+from pyflannel.backend.kernel import Devices
+from pyflannel.backend.mtu import overlay_mtu
+from pyflannel.backend.plan import (
+    HOST_GW_BACKEND,
+    Encap,
+    KernelState,
+    Peer,
+    PeerDataError,
+    peer_entries,
+    public_ip_of,
+)
+from pyflannel.backend.registry import BackendContext
+from pyflannel.kernel.iface import ExtIface
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+
+log = logging.getLogger(__name__)
+
+
+async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
+    """Registry entry "host-gw"."""
+    backend = HostGwBackend(ctx.netlink, ctx.network, ctx.ext)
+    return backend, await backend.prepare()
+
+
+class HostGwBackend(Backend):
+    name = HOST_GW_BACKEND
+    device_name = ""  # none: routes point at the peers over the external interface
+
+    def __init__(self, netlink, network, ext: ExtIface):
+        super().__init__(netlink, network, ext)
+        self.mtu = overlay_mtu(HOST_GW_BACKEND, ext.mtu)
+
+    @property
+    def mtu_reason(self) -> str:
+        return f"{self.ext.mtu} ({self.ext.name} MTU): host-gw does not encapsulate"
+
+    async def prepare(self) -> LeaseAttrs:
+        log.info("host-gw: routes to peers via their public IPs on %s", self.ext.name)
+        return self.lease_attrs()
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.ext.public_ip, backend_type=HOST_GW_BACKEND)
+
+    async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
+        async with self.kernel.lock:
+            self.ext = ext
+            self.mtu = overlay_mtu(HOST_GW_BACKEND, ext.mtu)
+            self.kernel.repair_wanted.set()
+        return self.lease_attrs()
+
+    async def _assign(self, lease: Lease) -> None:
+        """Nothing to configure: the node's own subnet is the CNI bridge's."""
+
+    def devices(self) -> Devices:
+        return Devices(networks=self.owned_networks)
+
+    async def ensure_devices(self) -> list[str]:
+        return []
+
+    async def peer(self, lease: Lease) -> Peer:
+        if lease.attrs.backend_type != HOST_GW_BACKEND:
+            raise PeerDataError(
+                f"backend type is {lease.attrs.backend_type or 'udp'!r}, not host-gw"
+            )
+        ip = public_ip_of(lease)
+        if not await self.netlink.call(kernel.directly_reachable, ip, self.ext.index):
+            raise PeerDataError(
+                f"PublicIP {ip} is not directly reachable on {self.ext.name} (not on this "
+                "node's L2 segment): host-gw needs every node on one link; not programmed "
+                "(use vxlan, or vxlan with DirectRouting, across segments)"
+            )
+        return Peer(lease.subnet, ip, Encap.DIRECT)
+
+    def entries(self, peer: Peer) -> KernelState:
+        return peer_entries(peer)
+
+    def _snapshot_details(self) -> dict[str, Any]:
+        return {}
