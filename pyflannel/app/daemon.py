@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pyflannel.app.observe import StatusAnswers, daemon_snapshot
 from pyflannel.app.options import Options
 from pyflannel.backend.base import Backend
-from pyflannel.backend.plan import VXLAN_BACKEND, Encap, Table
+from pyflannel.backend.plan import HOST_GW_BACKEND, VXLAN_BACKEND, Encap, Peer, Table
 from pyflannel.backend.registry import BackendContext, start_backend
 from pyflannel.backend.udp.path import UdpTuning, default_workers
 from pyflannel.backend.udp.tun import TUN_NAME
@@ -37,6 +37,7 @@ from pyflannel.ops import sd_notify
 from pyflannel.ops.health import start_health_endpoint
 from pyflannel.ops.http_endpoint import HttpEndpoint, as_json, text
 from pyflannel.ops.instance import Instance
+from pyflannel.ops.mesh.prober import MeshProber
 from pyflannel.ops.snapshot import DaemonSnapshot
 from pyflannel.ops.status.live import daemon_status
 from pyflannel.subnet.config import NetworkConfig, parse_network_config
@@ -98,6 +99,7 @@ class Daemon:
         self.subnet_file_written = False
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
+        self.prober: MeshProber | None = None
         self._underlay_problem = ""
         self.traffic: TrafficManager = self._traffic_rules(IptablesRules)
 
@@ -379,6 +381,15 @@ class Daemon:
             tasks.create_task(r.keeper.run(), name="lease-keeper")
             tasks.create_task(self._report_drops(), name="drop-report")
             tasks.create_task(r.config_watch.run(), name="config-watch")
+            if o.probe_interval > 0:
+                self.prober = MeshProber(
+                    peers=lambda: list(r.backend.peers.values()),
+                    target=self._probe_target,
+                    mtu=lambda: r.backend.mtu,
+                    interval=o.probe_interval,
+                    rate=o.probe_rate,
+                )
+                tasks.create_task(self.prober.run(), name="mesh-prober")
             if self.traffic.enabled:
                 tasks.create_task(self.traffic.resync_forever(o.iptables_resync), name="iptables")
             self.ready.set()
@@ -395,6 +406,12 @@ class Daemon:
             if interval:
                 tasks.create_task(self._watchdog(interval), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
+
+    def _probe_target(self, peer: Peer) -> IPv4Address:
+        """The peer's flannel device address (<subnet>.0); host-gw has none: the CNI bridge's
+        <subnet>.1."""
+        offset = 1 if self.r.backend.name == HOST_GW_BACKEND else 0
+        return peer.subnet.network_address + offset
 
     def _watched(self) -> Watched:
         r = self.r

@@ -93,6 +93,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         lease=lease,
         backend=r.backend.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
+        mesh=daemon.prober.view() if daemon.prober else {},
         traffic=TrafficView(
             mode=t.mode,
             enabled=t.enabled,

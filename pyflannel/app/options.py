@@ -44,6 +44,8 @@ class Options:
     subnet_lease_renew_margin: int = 60
     subnet_lease_ttl: int = 24 * 3600
     reconcile_interval: float = 30.0
+    probe_interval: float = 10.0
+    probe_rate: float = 50.0
     backend_fallback: str = "auto"
     udp_fallback_port: int = 8285
     udp_datapath: str = "auto"
@@ -121,6 +123,19 @@ FLAGS: list[tuple[str, type, str]] = [
         "reconcile-interval",
         float,
         "seconds between full checks of the kernel state (pyflannel only; default %(default)s)",
+    ),
+    (
+        "probe-interval",
+        float,
+        "seconds between probe rounds of every peer through the overlay (a small and a "
+        "full-size don't-fragment ICMP echo each; 0 turns the prober off; pyflannel only; "
+        "default %(default)s)",
+    ),
+    (
+        "probe-rate",
+        float,
+        "probes per second at most, all peers together (a large cluster is probed round "
+        "robin, so a round takes longer; pyflannel only; default %(default)s)",
     ),
     (
         "backend-fallback",
@@ -293,6 +308,8 @@ def validate(options: Options) -> None:
         raise OptionsError("--healthz-port must be a port number (0 turns the endpoint off)")
     if options.iptables_resync <= 0:
         raise OptionsError("--iptables-resync must be positive")
+    if options.probe_interval < 0 or options.probe_rate <= 0:
+        raise OptionsError("--probe-interval must be >= 0 and --probe-rate > 0")
     if options.reconcile_interval <= 0:
         raise OptionsError("--reconcile-interval must be positive")
     if options.backend_fallback not in ("auto", "udp", "off"):

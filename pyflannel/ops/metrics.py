@@ -88,11 +88,48 @@ class DaemonCollector:
                     "ICMP net-unreachable sent",
                     value=stats["icmp_unreachable_sent"],
                 )
+        yield from mesh_metrics(snap.mesh)
         yield CounterMetricFamily(
             "pyflannel_iptables_restores",
             "iptables rule sets (re)applied",
             value=snap.traffic.restores,
         )
+
+
+MESH_LABEL_LIMIT = 256  # per-peer series only up to this many peers: label cardinality bounded
+
+
+def mesh_metrics(mesh: dict[str, dict]):
+    """Peers by path state always; per-peer reachability, RTT and black hole gauges only for
+    clusters of at most MESH_LABEL_LIMIT peers (beyond that the counts, and /status, say it)."""
+    if not mesh:
+        return
+    states = GaugeMetricFamily(
+        "pyflannel_mesh_peers", "peers by probed path state", labels=["state"]
+    )
+    counts: dict[str, int] = {}
+    for view in mesh.values():
+        counts[view["state"]] = counts.get(view["state"], 0) + 1
+    for state, n in sorted(counts.items()):
+        states.add_metric([state], n)
+    yield states
+    if len(mesh) > MESH_LABEL_LIMIT:
+        return
+    reachable = GaugeMetricFamily(
+        "pyflannel_peer_reachable", "1 if the peer answers through the overlay", labels=["peer"]
+    )
+    black_hole = GaugeMetricFamily(
+        "pyflannel_peer_mtu_black_hole",
+        "1 if full-size probes to the peer are lost",
+        labels=["peer"],
+    )
+    rtt = GaugeMetricFamily("pyflannel_peer_rtt_seconds", "median probe RTT", labels=["peer"])
+    for subnet, view in sorted(mesh.items()):
+        reachable.add_metric([subnet], int(view["state"] not in ("unreachable", "unknown")))
+        black_hole.add_metric([subnet], int(view["state"] == "mtu black hole"))
+        if view["rtt_ms"] is not None:
+            rtt.add_metric([subnet], view["rtt_ms"] / 1000)
+    yield from (reachable, black_hole, rtt)
 
 
 def metrics_text(snap: DaemonSnapshot, udp_stats: dict | None = None) -> bytes:

@@ -68,6 +68,7 @@ class DaemonSnapshot:
     backend: BackendSnapshot | None
     subnet_env_problems: tuple[str, ...]
     traffic: TrafficView
+    mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
 
 
 class StatusIO(Protocol):

@@ -61,6 +61,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
         actual = await io.kernel_state()
         if actual is not None:
             doc["peers"] = peer_rows(b.peers, actual)
+            for row in doc["peers"]:
+                row["path"] = snap.mesh.get(row["subnet"])
         doc["ignored"] = [f"{subnet}: {why}" for subnet, why in b.rejected]
     doc["subnet_env"] = {
         "path": snap.instance.subnet_file,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 
 from pyflannel.backend.plan import KernelState, Peer, peer_entries
+from pyflannel.ops.mesh.health import PeerHealth, explain
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
 
@@ -74,10 +75,18 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
             f"{iptables.get('mode', 'iptables')} rules missing: "
             f"{iptables.get('last_problem') or 'drift'}"
         )
+    mtu = (doc.get("backend") or {}).get("mtu") or 0
     for row in doc.get("peers", []):
         missing = [k for k in ("neighbour", "fdb", "route") if row.get(k) is False]
         if missing:
             problems.append(f"peer {row['subnet']}: {', '.join(missing)} not programmed")
+        path = row.get("path") or {}
+        state = path.get("state", "")
+        words = explain(state, row["subnet"], row["public_ip"], mtu, path.get("loss", 0.0))
+        if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE):
+            problems.append(words)
+        elif state == PeerHealth.LOSSY:
+            warnings.append(words)
     return problems, warnings
 
 
@@ -197,13 +206,16 @@ def render(doc: dict) -> str:
     lines += ["", f"peers ({len(peers)}):"]
     if peers:
         lines.append(
-            f"  {'subnet':<18} {'public IP':<15} {'encap':<6} {'VTEP MAC / port':<18} neigh   fdb     route"
+            f"  {'subnet':<18} {'public IP':<15} {'encap':<6} {'VTEP MAC / port':<18} "
+            "neigh   fdb     route   path (MTU)      rtt ms"
         )
         for r in peers:
+            path = r.get("path") or {}
+            rtt = f"{path['rtt_ms']:.2f}" if path.get("rtt_ms") is not None else "-"
             lines.append(
                 f"  {r['subnet']:<18} {r['public_ip']:<15} {r['encap']:<6} "
                 f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_mark(r['neighbour']):<7} "
-                f"{_mark(r['fdb']):<7} {_mark(r['route'])}"
+                f"{_mark(r['fdb']):<7} {_mark(r['route']):<7} {path.get('state', '-'):<15} {rtt}"
             )
     for r in doc.get("ignored", []):
         lines.append(f"  ignored: {r}")

@@ -1,0 +1,1 @@
+"""Mesh health: this node probes its path to every peer through the overlay, MTU included."""

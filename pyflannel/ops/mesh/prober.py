@@ -1,0 +1,176 @@
+"""Probing every peer through the overlay: a small and a full-size ICMP echo (exactly the
+overlay MTU, don't-fragment) to an address the peer's kernel answers without running anything
+extra: its flannel device's ``<subnet>.0`` for VXLAN and UDP peers (the route to a peer's subnet
+leads there), the CNI bridge's ``<subnet>.1`` on host-gw. Works with upstream peers, which run
+no prober.
+
+Cost is bounded: at most ``rate`` probes a second for all peers together, round robin, so a
+round of N peers takes max(interval, 2N / rate) seconds. Replies are matched on the ICMP id,
+sequence number, a per-probe nonce in the payload and the source address: stray or hostile ICMP
+changes nothing. A state change is logged once; probes never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.backend.plan import Peer
+from pyflannel.ops.mesh.health import PathRecord, PeerHealth, explain
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 1.0  # seconds a probe waits for its answer
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: set DF, never fragment locally
+ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, nonce: bytes, ip_size: int) -> bytes:
+    """An ICMP echo request whose IPv4 packet is ``ip_size`` bytes (20 header + 8 ICMP + data)."""
+    payload = nonce + bytes(max(0, ip_size - 28 - len(nonce)))
+    header = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(header + payload), ident, seq) + payload
+
+
+def parse_reply(packet: bytes) -> tuple[IPv4Address, int, int, bytes] | None:
+    """(source, id, seq, first payload bytes) of an echo reply read from a raw socket."""
+    if len(packet) < 28 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    icmp = packet[ihl:]
+    if len(icmp) < 16 or icmp[0] != ICMP_ECHOREPLY:
+        return None
+    _, _, _, ident, seq = struct.unpack("!BBHHH", icmp[:8])
+    return IPv4Address(packet[12:16]), ident, seq, bytes(icmp[8:16])
+
+
+class MeshProber:
+    def __init__(
+        self,
+        peers: Callable[[], list[Peer]],
+        target: Callable[[Peer], IPv4Address],
+        mtu: Callable[[], int],
+        interval: float,
+        rate: float,
+    ):
+        self.peers, self.target, self.mtu = peers, target, mtu
+        self.interval, self.rate = interval, rate
+        self.records: dict[IPv4Network, PathRecord] = {}
+        self.sent = 0
+        self._ident = os.getpid() & 0xFFFF
+        self._seq = random.randrange(1 << 16)
+        self._pending: dict[int, tuple[IPv4Address, bytes, asyncio.Future]] = {}
+        self._sock: socket.socket | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._read)
+        try:
+            while True:
+                started = loop.time()
+                await self._round()
+                left = self.interval - (loop.time() - started)
+                await asyncio.sleep(max(0.0, left) * random.uniform(0.9, 1.1))  # jittered
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def _round(self) -> None:
+        peers = self.peers()
+        wanted = {p.subnet for p in peers}
+        for gone in set(self.records) - wanted:  # a peer that left is not probed any more
+            del self.records[gone]
+        waits = []
+        for peer in peers:
+            for kind in ("small", "full"):
+                waits.append(asyncio.create_task(self._probe(peer, kind)))
+                await asyncio.sleep(1 / self.rate)
+        await asyncio.gather(*waits)
+
+    async def _probe(self, peer: Peer, kind: str) -> None:
+        record = self.records.setdefault(peer.subnet, PathRecord())
+        target = self.target(peer)
+        mtu = self.mtu()
+        size = 64 if kind == "small" else mtu
+        self._seq = (self._seq + 1) & 0xFFFF
+        seq, nonce = self._seq, os.urandom(8)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[seq] = (target, nonce, future)
+        t0 = time.monotonic()
+        rtt: float | None = None
+        try:
+            assert self._sock is not None
+            self._sock.sendto(echo_request(self._ident, seq, nonce, size), (str(target), 0))
+            self.sent += 1
+            await asyncio.wait_for(future, TIMEOUT)
+            rtt = (time.monotonic() - t0) * 1000
+        except (TimeoutError, OSError):
+            rtt = None  # lost (or refused locally, e.g. larger than this node's own MTU)
+        finally:
+            self._pending.pop(seq, None)
+        changed = record.add(kind, rtt, time.time())
+        if changed is not None:
+            problem = explain(changed, str(peer.subnet), str(peer.public_ip), mtu, record.loss)
+            (log.warning if problem else log.info)(
+                "mesh: peer %s at %s is now %s%s",
+                peer.subnet,
+                peer.public_ip,
+                changed.value,
+                f": {problem}" if problem else "",
+            )
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                packet = self._sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            reply = parse_reply(packet)
+            if reply is None:
+                continue
+            source, ident, seq, nonce = reply
+            pending = self._pending.get(seq)
+            if ident != self._ident or pending is None:
+                continue
+            target, want_nonce, future = pending
+            if source == target and nonce == want_nonce and not future.done():
+                future.set_result(None)
+
+    def view(self) -> dict[str, dict]:
+        """Per peer subnet: state, RTT median/recent max (ms), loss, time of the last change."""
+        return {
+            str(subnet): {
+                "state": r.state.value,
+                "rtt_ms": r.rtt_median,
+                "rtt_max_ms": r.rtt_max,
+                "loss": r.loss,
+                "since": r.since,
+            }
+            for subnet, r in self.records.items()
+        }
+
+
+__all__ = ["MeshProber", "PeerHealth"]
