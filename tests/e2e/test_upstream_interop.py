@@ -29,7 +29,7 @@ def bed(request):
     with TestBed(hosts=3) as bed:
         bed.put_config(CONFIGS[request.param])
         for node in bed.nodes[:2]:
-            node.start(*FAST_RECONCILE, "--udp-workers=1")
+            node.start(*FAST_RECONCILE, "--udp-workers=1", "--probe-interval=1")
             node.wait_ready()
             node.add_pod()
         start_upstream(bed.nodes[2])
@@ -60,6 +60,17 @@ def test_each_side_reads_the_others_lease(bed):
     # ... and upstream programmed a route to pyflannel's subnet.
     routes = {r["dst"] for r in up.ip_json("route", "show")}
     assert str(a.subnet) in routes or "10.1.0.0/16" in routes
+
+
+def test_an_upstream_peer_is_probed_through_the_overlay(bed):
+    """Upstream runs no prober: its kernel answers the probes to its <subnet>.0."""
+    a, up = bed.nodes[0], bed.nodes[2]
+    eventually(lambda: _path_ok(a, up), timeout=20)
+
+
+def _path_ok(a, peer):
+    rows = {r["subnet"]: r for r in a.status()["peers"]}
+    assert (rows[str(peer.subnet)]["path"] or {}).get("state") == "ok"
 
 
 def test_a_node_migrating_from_upstream_to_pyflannel_keeps_its_subnet(bed):
