@@ -97,6 +97,19 @@ def test_a_peer_whose_vxlan_is_dropped_is_unreachable_then_recovers(bed):
     eventually(lambda: _state(a, b, "ok"), timeout=30)
 
 
+def test_tcp_through_the_overlay_broken_while_icmp_passes_is_named(bed):
+    a, b, _ = bed.nodes
+    rule = ["INPUT", "-p", "tcp", "-d", str(b.subnet.network_address), "-j", "DROP"]
+    b.run("iptables", "-I", *rule)
+    try:
+        eventually(lambda: _state(a, b, "tcp broken"), timeout=30)
+        out = a.status_cli()
+        assert out.returncode == 1 and "passes but TCP through the overlay does not" in out.stdout
+    finally:
+        b.run("iptables", "-D", *rule)
+    eventually(lambda: _state(a, b, "ok"), timeout=30)
+
+
 FORGE = """
 import socket, struct, sys
 from pyflannel.ops.mesh.prober import checksum

@@ -12,6 +12,8 @@ def test_states_from_results():
     assert judge([ok] * 3, [ok] * 3) is PeerHealth.OK
     assert judge([ok, lost, lost, lost], [ok] * 4) is PeerHealth.UNREACHABLE
     assert judge([ok] * 5, [ok, lost, lost, lost]) is PeerHealth.BLACK_HOLE
+    assert judge([ok] * 3, [ok] * 3, [lost] * 3) is PeerHealth.TCP_BROKEN
+    assert judge([ok] * 3, [ok] * 3, [lost, lost, ok]) is PeerHealth.OK
     assert judge([ok, lost, ok, lost, ok, ok], [ok] * 6) is PeerHealth.OK  # too few to say
     assert judge([ok, lost, ok, lost, ok, ok] * 2, [ok] * 12) is PeerHealth.LOSSY
 

@@ -28,6 +28,7 @@ from pyflannel.ops.mesh.health import PathRecord, PeerHealth, explain
 log = logging.getLogger(__name__)
 
 TIMEOUT = 1.0  # seconds a probe waits for its answer
+TCP_PORT = 9  # discard: closed on nodes, so the peer's kernel answers a SYN with a RST
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: set DF, never fragment locally
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 
@@ -102,7 +103,7 @@ class MeshProber:
             del self.records[gone]
         waits = []
         for peer in peers:
-            for kind in ("small", "full"):
+            for kind in ("small", "full", "tcp"):
                 waits.append(asyncio.create_task(self._probe(peer, kind)))
                 await asyncio.sleep(1 / self.rate)
         await asyncio.gather(*waits)
@@ -111,6 +112,9 @@ class MeshProber:
         record = self.records.setdefault(peer.subnet, PathRecord())
         target = self.target(peer)
         mtu = self.mtu()
+        if kind == "tcp":
+            self._record(peer, record, kind, await self._tcp(target), mtu)
+            return
         size = 64 if kind == "small" else mtu
         self._seq = (self._seq + 1) & 0xFFFF
         seq, nonce = self._seq, os.urandom(8)
@@ -128,6 +132,27 @@ class MeshProber:
             rtt = None  # lost (or refused locally, e.g. larger than this node's own MTU)
         finally:
             self._pending.pop(seq, None)
+        self._record(peer, record, kind, rtt, mtu)
+
+    async def _tcp(self, target: IPv4Address) -> float | None:
+        """A TCP exchange through the overlay: connect to a closed port; a RST (refused) or an
+        accept is an answer, silence is not."""
+        t0 = time.monotonic()
+        self.sent += 1
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(str(target), TCP_PORT), TIMEOUT
+            )
+            writer.close()
+        except ConnectionRefusedError:
+            pass
+        except (TimeoutError, OSError):
+            return None
+        return (time.monotonic() - t0) * 1000
+
+    def _record(
+        self, peer: Peer, record: PathRecord, kind: str, rtt: float | None, mtu: int
+    ) -> None:
         changed = record.add(kind, rtt, time.time())
         if changed is not None:
             problem = explain(changed, str(peer.subnet), str(peer.public_ip), mtu, record.loss)

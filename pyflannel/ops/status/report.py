@@ -83,7 +83,7 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
         path = row.get("path") or {}
         state = path.get("state", "")
         words = explain(state, row["subnet"], row["public_ip"], mtu, path.get("loss", 0.0))
-        if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE):
+        if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
             problems.append(words)
         elif state == PeerHealth.LOSSY:
             warnings.append(words)
