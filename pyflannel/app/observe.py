@@ -94,6 +94,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         backend=r.backend.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
         mesh=daemon.prober.view() if daemon.prober else {},
+        probes_sent=daemon.prober.sent if daemon.prober else 0,
         traffic=TrafficView(
             mode=t.mode,
             enabled=t.enabled,

@@ -88,7 +88,7 @@ class DaemonCollector:
                     "ICMP net-unreachable sent",
                     value=stats["icmp_unreachable_sent"],
                 )
-        yield from mesh_metrics(snap.mesh)
+        yield from mesh_metrics(snap.mesh, snap.probes_sent)
         yield CounterMetricFamily(
             "pyflannel_iptables_restores",
             "iptables rule sets (re)applied",
@@ -99,9 +99,10 @@ class DaemonCollector:
 MESH_LABEL_LIMIT = 256  # per-peer series only up to this many peers: label cardinality bounded
 
 
-def mesh_metrics(mesh: dict[str, dict]):
+def mesh_metrics(mesh: dict[str, dict], sent: int = 0):
     """Peers by path state always; per-peer reachability, RTT and black hole gauges only for
     clusters of at most MESH_LABEL_LIMIT peers (beyond that the counts, and /status, say it)."""
+    yield CounterMetricFamily("pyflannel_mesh_probes", "probes sent to peers", value=sent)
     if not mesh:
         return
     states = GaugeMetricFamily(

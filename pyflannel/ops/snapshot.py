@@ -69,6 +69,7 @@ class DaemonSnapshot:
     subnet_env_problems: tuple[str, ...]
     traffic: TrafficView
     mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
+    probes_sent: int = 0
 
 
 class StatusIO(Protocol):
