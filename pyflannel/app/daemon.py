@@ -60,6 +60,7 @@ CONFIG_RETRY = 1.0  # seconds, as upstream
 CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
 PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
 DROP_REPORT_INTERVAL = 10.0  # seconds
+MESH_PUBLISH_INTERVAL = 5.0  # seconds: the mesh summary is written at most this often
 REPAIR_SETTLE = 0.05  # seconds to wait after a kernel notification before reconciling
 
 
@@ -100,6 +101,7 @@ class Daemon:
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self.prober: MeshProber | None = None
+        self.mesh_writes = 0  # summaries published to etcd (their cost)
         self._underlay_problem = ""
         self.traffic: TrafficManager = self._traffic_rules(IptablesRules)
 
@@ -390,6 +392,7 @@ class Daemon:
                     rate=o.probe_rate,
                 )
                 tasks.create_task(self.prober.run(), name="mesh-prober")
+                tasks.create_task(self._publish_mesh(), name="mesh-summary")
             if self.traffic.enabled:
                 tasks.create_task(self.traffic.resync_forever(o.iptables_resync), name="iptables")
             self.ready.set()
@@ -406,6 +409,31 @@ class Daemon:
             if interval:
                 tasks.create_task(self._watchdog(interval), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
+
+    async def _publish_mesh(self, every: float = MESH_PUBLISH_INTERVAL) -> None:
+        """This node's view of its paths in etcd, for `pyflannel status --cluster` on any
+        node: written only when a state changed (at most every ``every`` s), attached to the
+        node's lease (no writes to keep it alive)."""
+        published: dict | None = None
+        while True:
+            await asyncio.sleep(every)
+            assert self.prober is not None
+            r = self.r
+            paths = {subnet: v["state"] for subnet, v in self.prober.view().items()}
+            if paths == published:
+                continue
+            summary = {
+                "subnet": str(r.lease.subnet),
+                "public_ip": str(r.ext.public_ip),
+                "paths": paths,
+            }
+            try:
+                await self.registry.put_mesh_summary(r.lease.subnet, summary, r.lease.lease_id)
+            except FlannelError as e:
+                log.debug("mesh summary not published: %s", e)
+                continue
+            published = paths
+            self.mesh_writes += 1
 
     def _probe_target(self, peer: Peer) -> IPv4Address:
         """The peer's flannel device address (<subnet>.0); host-gw has none: the CNI bridge's

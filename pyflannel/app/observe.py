@@ -95,6 +95,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
         mesh=daemon.prober.view() if daemon.prober else {},
         probes_sent=daemon.prober.sent if daemon.prober else 0,
+        mesh_writes=daemon.mesh_writes,
         traffic=TrafficView(
             mode=t.mode,
             enabled=t.enabled,

@@ -7,6 +7,7 @@ unconditional puts. Decoding problems are reported per key, never for the whole 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -56,6 +57,30 @@ class Registry:
 
     def lease_key(self, subnet: IPv4Network) -> str:
         return self.subnets_prefix + subnet_key(subnet)
+
+    # Mesh health summaries: pyflannel only, outside subnets/ (upstream ignores them), each
+    # attached to its node's etcd lease, so it lives and expires with the lease and costs a
+    # write only when a path state changes.
+
+    @property
+    def mesh_prefix(self) -> str:
+        return join_key(self.prefix, "pyflannel", "mesh") + "/"
+
+    async def put_mesh_summary(self, subnet: IPv4Network, summary: dict, lease_id: int) -> None:
+        key = (self.mesh_prefix + subnet_key(subnet)).encode()
+        await self.client.put(key, json.dumps(summary, sort_keys=True).encode(), lease=lease_id)
+
+    async def mesh_summaries(self) -> dict[str, dict]:
+        """node subnet -> its published summary (junk skipped)."""
+        kvs, _ = await self.client.get_prefix(self.mesh_prefix.encode())
+        out = {}
+        for kv in kvs:
+            try:
+                doc = json.loads(kv.value)
+                out[str(doc["subnet"])] = doc
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     async def network_config(self) -> bytes:
         kv, _ = await self.client.get(self.config_key.encode())

@@ -70,6 +70,7 @@ class DaemonSnapshot:
     traffic: TrafficView
     mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
     probes_sent: int = 0
+    mesh_writes: int = 0  # mesh summaries written to etcd
 
 
 class StatusIO(Protocol):

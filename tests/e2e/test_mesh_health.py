@@ -147,6 +147,29 @@ def test_forged_echo_replies_do_not_make_an_unreachable_peer_reachable(bed):
     eventually(lambda: _state(a, b, "ok"), timeout=30)
 
 
+def test_the_broken_pair_is_visible_from_any_node_at_little_etcd_cost(bed):
+    """Each node publishes its paths next to its lease (written on change only): `pyflannel
+    status --cluster` on a node that is not part of the broken pair shows it."""
+    a, b, c = bed.nodes
+    set_underlay_mtu(bed, c, 1400)
+    try:
+        eventually(lambda: _state(a, c, "mtu black hole"), timeout=30)
+        eventually(lambda: _listed(b, a, c), timeout=20)
+        text = b.status_cli("--cluster").stdout
+        assert f"{a.subnet} -> {c.subnet}: mtu black hole" in text
+        writes = a.status()["mesh"]["summaries_written"]
+        time.sleep(6)  # a publish period with nothing new: no write
+        assert a.status()["mesh"]["summaries_written"] == writes
+    finally:
+        set_underlay_mtu(bed, c, 1500)
+    eventually(lambda: _state(a, c, "ok"), timeout=30)
+
+
+def _listed(viewer, a, c):
+    rows = {r["subnet"]: r for r in json.loads(viewer.status_cli("--cluster", "--json").stdout)}
+    assert (rows[str(a.subnet)]["paths"] or {}).get(str(c.subnet)) == "mtu black hole"
+
+
 def test_a_peer_that_is_gone_stops_being_probed(bed):
     a, _, c = bed.nodes
     c.stop()

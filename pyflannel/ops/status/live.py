@@ -22,6 +22,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             "not_ready": list(snap.not_ready),
         },
         "config_change": snap.config_change,
+        "mesh": {"probes_sent": snap.probes_sent, "summaries_written": snap.mesh_writes},
         "instance": {**asdict(snap.instance), "others": list(snap.instance.others)},
         "etcd": {**asdict(snap.etcd), "endpoints": list(snap.etcd.endpoints)},
         "network": snap.network,

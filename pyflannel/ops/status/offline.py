@@ -142,7 +142,9 @@ async def cluster_leases(o: Options) -> list[dict]:
     """Every lease in etcd with its time to live (``pyflannel status --cluster``)."""
     client = o.etcd_client(timeout=ETCD_TIMEOUT)
     try:
-        leases, _, skipped = await Registry(client, o.etcd_prefix).list_leases()
+        registry = Registry(client, o.etcd_prefix)
+        leases, _, skipped = await registry.list_leases()
+        mesh = await registry.mesh_summaries()
         rows = []
         for le in leases:
             ttl = (await client.time_to_live(le.lease_id))[0] if le.lease_id else None
@@ -157,6 +159,7 @@ async def cluster_leases(o: Options) -> list[dict]:
                     "details": details,
                     "key": le.key,
                     "reservation": le.is_reservation,
+                    "paths": (mesh.get(str(le.subnet)) or {}).get("paths"),
                 }
             )
         rows += [

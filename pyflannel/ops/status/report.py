@@ -229,4 +229,14 @@ def render_cluster(leases: list[dict]) -> str:
             f"{le['subnet']:<18} {le['public_ip']:<15} {le['backend'] or 'udp':<8} "
             f"{_duration(le['expires_in_s'], le.get('reservation', False)):<12} {le.get('details', '')}"
         )
-    return "\n".join(lines) + f"\n{len(leases)} leases\n"
+    lines.append(f"{len(leases)} leases")
+    broken = [
+        f"  {le['subnet']} -> {peer}: {state}"
+        for le in leases
+        for peer, state in sorted((le.get("paths") or {}).items())
+        if state not in ("ok", "unknown")
+    ]
+    reporting = sum(1 for le in leases if le.get("paths") is not None)
+    lines += ["", f"paths between nodes ({reporting} of {len(leases)} nodes report):"]
+    lines += broken or ["  no broken path reported"]
+    return "\n".join(lines) + "\n"
