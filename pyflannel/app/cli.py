@@ -56,6 +56,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_arguments(doctor)
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.add_argument(
+        "--probe",
+        nargs="?",
+        const="all",
+        metavar="PEER",
+        help="probe the paths to every peer (or one, by subnet or public IP) through the "
+        "overlay, as the daemon's mesh prober does: small, full-size and TCP",
+    )
     opts = commands.add_parser(
         "docker-opts",
         help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
@@ -226,7 +234,17 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"pyflannel doctor: {e}", file=sys.stderr)
         return 1
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    findings = asyncio.run(run_checks(options))
+    if args.probe:
+        from pyflannel.ops.doctor.mesh import probe_paths
+        from pyflannel.ops.status.client import daemon_document
+
+        doc, why = daemon_document(options)
+        if doc is None:
+            print(f"pyflannel doctor --probe: the daemon does not answer ({why})", file=sys.stderr)
+            return 1
+        findings = asyncio.run(probe_paths(doc, args.probe))
+    else:
+        findings = asyncio.run(run_checks(options))
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
     else:

@@ -226,4 +226,11 @@ async def run_checks(o: Options) -> list[Finding]:
         in_use, owner = await asyncio.to_thread(probe_port, port)  # sync netlink: not in the loop
         findings.append(judge_port(port, what, owner, in_use))
     findings.append(judge_clock(skew, time.time()))
+    from pyflannel.ops.doctor.mesh import judge_offload
+    from pyflannel.ops.status.client import daemon_document
+
+    doc, _ = await asyncio.to_thread(daemon_document, o, 3.0)
+    device = ((doc or {}).get("backend") or {}).get("device") or "flannel.1"
+    if device.startswith("flannel."):
+        findings.append(await asyncio.to_thread(judge_offload, device, doc))
     return findings

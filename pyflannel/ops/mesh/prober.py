@@ -79,7 +79,8 @@ class MeshProber:
         self._pending: dict[int, tuple[IPv4Address, bytes, asyncio.Future]] = {}
         self._sock: socket.socket | None = None
 
-    async def run(self) -> None:
+    async def run(self, rounds: int | None = None) -> None:
+        """Probe every peer each interval, forever (or ``rounds`` times, for a one-off check)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         sock.setblocking(False)
@@ -87,9 +88,11 @@ class MeshProber:
         self._sock = sock
         loop.add_reader(sock.fileno(), self._read)
         try:
-            while True:
+            done = 0
+            while rounds is None or done < rounds:
                 started = loop.time()
                 await self._round()
+                done += 1
                 left = self.interval - (loop.time() - started)
                 await asyncio.sleep(max(0.0, left) * random.uniform(0.9, 1.1))  # jittered
         finally:

@@ -1,0 +1,87 @@
+"""``pyflannel doctor --probe [SUBNET]``: the mesh prober's probes, once, from this node to
+its peers (the running daemon's peers, read from its /status), with a verdict per path; and
+what this node's VXLAN device says about the checksum offload known to break TCP through NAT."""
+
+from __future__ import annotations
+
+import subprocess
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.backend.plan import Encap, Peer
+from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, Finding
+from pyflannel.ops.mesh.health import PeerHealth, explain
+from pyflannel.ops.mesh.prober import MeshProber
+
+ROUNDS = 3  # the prober's verdicts need three results of each kind
+
+
+async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
+    backend = doc.get("backend") or {}
+    mtu = int(backend.get("mtu") or 0)
+    host_gw = backend.get("type") == "host-gw"
+    peers = [
+        Peer(IPv4Network(r["subnet"]), IPv4Address(r["public_ip"]), Encap(r["encap"]))
+        for r in doc.get("peers", [])
+        if only in (None, "all", r["subnet"], r["public_ip"])
+    ]
+    if not peers:
+        return [
+            Finding(
+                "probe", FAIL, f"no peer {only or ''} to probe", "Is the daemon running and ready?"
+            )
+        ]
+    prober = MeshProber(
+        peers=lambda: peers,
+        target=lambda p: p.subnet.network_address + (1 if host_gw else 0),
+        mtu=lambda: mtu,
+        interval=0.2,
+        rate=100,
+    )
+    await prober.run(rounds=ROUNDS)
+    findings = []
+    for peer in peers:
+        record = prober.records[peer.subnet]
+        state = record.state
+        words = explain(state, str(peer.subnet), str(peer.public_ip), mtu, record.loss)
+        status = PASS if state is PeerHealth.OK else WARN if state is PeerHealth.LOSSY else FAIL
+        rtt = f", RTT {record.rtt_median:.2f} ms" if record.rtt_median is not None else ""
+        findings.append(
+            Finding(
+                f"path {peer.subnet}",
+                status,
+                words or f"ok: small, {mtu}-byte and TCP probes pass{rtt}",
+            )
+        )
+    return findings
+
+
+def judge_offload(device: str, doc: dict | None) -> Finding:
+    """tx-checksum-ip-generic on the VXLAN device: on by default, and known to stall TCP
+    through NAT on some kernels (upstream #1279, #1282, #2152). A warning when the daemon's
+    probes already see TCP broken while ICMP passes."""
+    try:
+        out = subprocess.run(["ethtool", "-k", device], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Finding("checksum offload", PASS, f"not checked: {e}")
+    if out.returncode != 0:
+        return Finding("checksum offload", PASS, f"{device}: not present (nothing to check)")
+    line = next((ln for ln in out.stdout.splitlines() if "tx-checksum-ip-generic" in ln), "")
+    on = ": on" in line
+    broken = [
+        r["subnet"]
+        for r in (doc or {}).get("peers", [])
+        if (r.get("path") or {}).get("state") == "tcp broken"
+    ]
+    advice = f"ethtool -K {device} tx-checksum-ip-generic off"
+    if on and broken:
+        return Finding(
+            "checksum offload",
+            WARN,
+            f"{device} has tx-checksum-ip-generic on and TCP through the overlay is broken to "
+            f"{', '.join(broken)}",
+            f"The known VXLAN checksum offload bug (through NAT): {advice}",
+        )
+    detail = f"{device}: tx-checksum-ip-generic {'on' if on else 'off'}"
+    if on:
+        detail += f" (if TCP through the overlay stalls behind NAT: {advice})"
+    return Finding("checksum offload", PASS, detail)
