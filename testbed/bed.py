@@ -169,6 +169,26 @@ class Node:
             timeout=timeout,
         )
 
+    def doctor(self, *args: str, timeout: float = 120) -> tuple[int, dict[str, dict]]:
+        """``pyflannel doctor --json`` run on this host: (exit status, findings by check)."""
+        proc = netns.run(
+            [
+                sys.executable,
+                "-m",
+                "pyflannel",
+                "doctor",
+                "--json",
+                f"--etcd-endpoints={self.bed.etcd.url}",
+                "--iface=eth0",
+                f"--subnet-file={self.subnet_file}",
+                *args,
+            ],
+            ns=self.ns,
+            check=False,
+            timeout=timeout,
+        )
+        return proc.returncode, {f["check"]: f for f in json.loads(proc.stdout)}
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -170,46 +170,19 @@ def _listed(viewer, a, c):
     assert (rows[str(a.subnet)]["paths"] or {}).get(str(c.subnet)) == "mtu black hole"
 
 
-def doctor(node, *args):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node.ns,
-            sys.executable,
-            "-m",
-            "pyflannel",
-            "doctor",
-            "--json",
-            f"--etcd-endpoints={node.bed.etcd.url}",
-            "--iface=eth0",
-            f"--subnet-file={node.subnet_file}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return proc.returncode, {f["check"]: f for f in json.loads(proc.stdout)}
-
-
 def test_doctor_probes_the_paths_once_and_reports_the_checksum_offload(bed):
     a, b, c = bed.nodes
-    code, findings = doctor(a, "--probe")
+    code, findings = a.doctor("--probe")
     assert code == 0 and findings[f"path {b.subnet}"]["status"] == "pass", findings
     assert "TCP probes pass" in findings[f"path {c.subnet}"]["detail"]
     set_underlay_mtu(bed, c, 1400)
     try:
-        code, findings = doctor(a, "--probe", str(c.subnet))
+        code, findings = a.doctor("--probe", str(c.subnet))
         assert code == 1 and list(findings) == [f"path {c.subnet}"]
         assert "an MTU black hole on the path" in findings[f"path {c.subnet}"]["detail"]
     finally:
         set_underlay_mtu(bed, c, 1500)
-    _, findings = doctor(a)
+    _, findings = a.doctor()
     assert "flannel.1: tx-checksum-ip-generic" in findings["checksum offload"]["detail"]
 
 

@@ -188,31 +188,10 @@ def test_an_upstream_flanneld_node_in_the_same_cluster_still_works(bed):
 
 
 def test_doctor_names_the_tools_and_warns_of_legacy_iptables_beside_nftables(bed):
-    import subprocess
-    import sys
-
     a = bed.nodes[0]
 
     def doctor():
-        proc = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                a.ns,
-                sys.executable,
-                "-m",
-                "pyflannel",
-                "doctor",
-                "--json",
-                f"--etcd-endpoints={bed.etcd.url}",
-                "--iface=eth0",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return {f["check"]: f for f in json.loads(proc.stdout)}["traffic rules"]
+        return a.doctor()[1]["traffic rules"]
 
     finding = doctor()
     assert finding["status"] == "pass" and "nf_tables" in finding["detail"]
