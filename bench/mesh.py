@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table, write_results
-from bench.scale import CONFIG, WRITER, cpu_seconds, routes
+from bench.scale import CONFIG, cpu_seconds, routes, write_peers
 from testbed.bed import TestBed
 
 
@@ -53,21 +52,7 @@ def main() -> int:
     with TestBed(hosts=1) as bed:
         bed.put_config(CONFIG)
         node = bed.nodes[0]
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                node.ns,
-                sys.executable,
-                str(WRITER),
-                bed.etcd.url,
-                "put",
-                str(args.peers),
-            ],
-            check=True,
-            timeout=300,
-        )
+        write_peers(bed, node, args.peers)
         for _ in range(args.repeat):  # alternating, in one run
             for label, extra in (
                 ("prober off", ["--probe-interval=0"]),

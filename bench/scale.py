@@ -56,25 +56,20 @@ def ready_seconds(node) -> float:
     return float(re.findall(r"ready in ([\d.]+) s", node.log())[-1])
 
 
+def write_peers(bed: TestBed, node, k: int) -> None:
+    """K synthetic peers' leases, written from inside the node (bench/scale_writer.py)."""
+    subprocess.run(
+        ["ip", "netns", "exec", node.ns, sys.executable, str(WRITER), bed.etcd.url, "put", str(k)],
+        check=True,
+        timeout=300,
+    )
+
+
 def measure(k: int, idle: float) -> dict:
     with TestBed(hosts=1) as bed:
         bed.put_config(CONFIG)
         node = bed.nodes[0]
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                node.ns,
-                sys.executable,
-                str(WRITER),
-                bed.etcd.url,
-                "put",
-                str(k),
-            ],
-            check=True,
-            timeout=300,
-        )
+        write_peers(bed, node, k)
         t0 = time.monotonic()
         node.start()
         while routes(node) < k:
