@@ -2,7 +2,7 @@
 
 Layout (../shared/testbed.md): namespace ``<prefix>lan`` holds bridge ``br0`` (the switch,
 198.51.100.254/24) and etcd on 198.51.100.254:2379; host ``i`` is namespace ``<prefix>h<i>``
-with ``eth0`` = 198.51.100.<i>/24, a veth created directly between the two namespaces so no
+with ``eth0`` = 198.51.100.<i>/24 and fd00:198:51:100::<i>/64, a veth created directly between the two namespaces so no
 end ever exists in the root namespace. Pods are namespaces ``<prefix>h<i>p`` behind a
 ``cni0`` bridge holding the first address of the node's subnet, like the CNI bridge plugin.
 
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_interface
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_interface
 from pathlib import Path
 
 from pyflannel.ops.instance import running_instance
@@ -31,6 +31,7 @@ from testbed.etcd import EtcdCluster, EtcdServer
 
 UNDERLAY = "198.51.100"
 ETCD_IP = f"{UNDERLAY}.254"
+UNDERLAY6 = "fd00:198:51:100"  # every host's eth0 also has <UNDERLAY6>::<i>/64 (dual-stack tests)
 DEFAULT_PREFIX = "/coreos.com/network"
 VXLAN_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 
@@ -69,6 +70,7 @@ class Node:
         self.pod_ns = f"{bed.prefix}h{index}{network}p"
         self.bridge = f"cni{network}" if network else "cni0"
         self.underlay_ip = IPv4Address(f"{UNDERLAY}.{index}")
+        self.underlay_ip6 = IPv6Address(f"{UNDERLAY6}::{index}")
         self.dir = bed.workdir / f"h{index}{network}"
         self.dir.mkdir(parents=True, exist_ok=True)
         # Like /run/flannel/ on a real host: every network's subnet file in one directory.
@@ -78,6 +80,7 @@ class Node:
         self.log_path = self.dir / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.pod_ip: IPv4Address | None = None
+        self.pod_ip6: IPv6Address | None = None
 
     # -- the daemon ------------------------------------------------------------------------
 
@@ -224,6 +227,12 @@ class Node:
         return ip_interface(self.subnet_env()["FLANNEL_SUBNET"]).network
 
     @property
+    def subnet6(self) -> IPv6Network | None:
+        """The node's IPv6 subnet (FLANNEL_IPV6_SUBNET), None on an IPv4-only network."""
+        value = self.subnet_env().get("FLANNEL_IPV6_SUBNET")
+        return IPv6Network(ip_interface(value).network) if value else None
+
+    @property
     def mtu(self) -> int:
         return int(self.subnet_env()["FLANNEL_MTU"])
 
@@ -236,8 +245,10 @@ class Node:
         return netns.ip_json(self.ns, *args)
 
     def add_pod(self) -> IPv4Address:
-        """A pod namespace on ``cni0`` with the subnet's second address, MTU from subnet.env."""
+        """A pod namespace on ``cni0`` with the subnet's second address, MTU from subnet.env;
+        on a dual-stack network also the IPv6 subnet's second address (``pod_ip6``)."""
         subnet, mtu, bridge, port = self.subnet, self.mtu, self.bridge, f"vp{self.network or 0}"
+        subnet6 = self.subnet6
         gateway, pod = subnet.network_address + 1, subnet.network_address + 2
         if netns.ip(self.ns, "link", "show", bridge, check=False).returncode == 0:
             netns.ip(self.ns, "link", "del", bridge)
@@ -254,6 +265,18 @@ class Node:
         netns.ip(self.pod_ns, "link", "set", "eth0", "up")
         netns.ip(self.pod_ns, "route", "add", "default", "via", str(gateway))
         self.pod_ip = pod
+        self.pod_ip6 = None
+        if subnet6 is not None:
+            gateway6, pod6 = subnet6.network_address + 1, subnet6.network_address + 2
+            netns.sysctl(self.ns, "net.ipv6.conf.all.forwarding", "1")
+            netns.ip(
+                self.ns, "addr", "add", f"{gateway6}/{subnet6.prefixlen}", "dev", bridge, "nodad"
+            )
+            netns.ip(
+                self.pod_ns, "addr", "add", f"{pod6}/{subnet6.prefixlen}", "dev", "eth0", "nodad"
+            )
+            netns.ip(self.pod_ns, "-6", "route", "add", "default", "via", str(gateway6))
+            self.pod_ip6 = pod6
         return pod
 
     def ping(
@@ -371,17 +394,20 @@ class TestBed:
         netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
         netns.ip(self.lan, "link", "set", "br0", "up")
         for node in self.nodes:
-            self._attach(node.ns, f"v{node.index}", node.underlay_ip)
+            self._attach(node.ns, f"v{node.index}", node.underlay_ip, node.underlay_ip6)
         for member in getattr(self.etcd, "members", []):
             self._attach(member.netns, f"v{member.name}", member.host)
         self.etcd.start()
 
-    def _attach(self, ns: str, port: str, address) -> None:
-        """A namespace whose eth0 (``address``/24) is a port of the switch."""
+    def _attach(self, ns: str, port: str, address, address6: IPv6Address | None = None) -> None:
+        """A namespace whose eth0 (``address``/24, and ``address6``/64 without duplicate
+        address detection, so it is usable at once) is a port of the switch."""
         self._create(ns)
         netns.add_veth(self.lan, port, ns, "eth0", self.mtu)
         netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
         netns.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        if address6 is not None:
+            netns.ip(ns, "addr", "add", f"{address6}/64", "dev", "eth0", "nodad")
         netns.ip(ns, "link", "set", "eth0", "up")
 
     def _create(self, name: str) -> None:

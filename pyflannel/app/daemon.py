@@ -44,13 +44,16 @@ from pyflannel.subnet.config import NetworkConfig, parse_network_config
 from pyflannel.subnet.env_file import (
     SubnetEnv,
     previous_network,
+    previous_network6,
     previous_subnet,
+    previous_subnet6,
     write_atomic,
 )
 from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 from pyflannel.traffic.base import TrafficManager, remove_other_mode
+from pyflannel.traffic.families import NetworkRules
 from pyflannel.traffic.iptables import IptablesRules
 from pyflannel.traffic.nftables import NftablesRules
 
@@ -103,15 +106,30 @@ class Daemon:
         self.prober: MeshProber | None = None
         self.mesh_writes = 0  # summaries published to etcd (their cost)
         self._underlay_problem = ""
-        self.traffic: TrafficManager = self._traffic_rules(IptablesRules)
+        self.ipv6 = False  # the network is dual-stack (EnableIPv6)
+        self.traffic = self._traffic_rules(IptablesRules)
 
-    def _traffic_rules(self, kind: type[TrafficManager]) -> TrafficManager:
+    def _traffic_rules(self, kind: type[TrafficManager], ipv6: bool = False) -> NetworkRules:
+        """The network's rules: IPv4, and IPv6 on a dual-stack network."""
         o = self.options
-        return kind(
-            masquerade=o.ip_masq,
-            forward=o.iptables_forward_rules,
-            random_fully_disabled=o.ip_masq_fully_random_disable,
+        return NetworkRules(
+            [
+                kind(
+                    masquerade=o.ip_masq,
+                    forward=o.iptables_forward_rules,
+                    random_fully_disabled=o.ip_masq_fully_random_disable,
+                    family=family,
+                )
+                for family in ((4, 6) if ipv6 else (4,))
+            ]
         )
+
+    def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list:
+        """(cluster, pod subnet) per family, for the traffic rules."""
+        networks: list = [(cfg.cidr, lease.subnet)]
+        if cfg.cidr6 is not None and lease.ipv6_subnet is not None:
+            networks.append((cfg.cidr6, lease.ipv6_subnet))
+        return networks
 
     @property
     def r(self) -> Running:
@@ -153,6 +171,8 @@ class Daemon:
             iface_regex=o.iface_regex,
             public_ip=o.public_ip_address,
             can_reach=can_reach,
+            ipv6=self.ipv6,
+            public_ipv6=o.public_ipv6_address,
         )
 
     def _backend_context(self, cfg: NetworkConfig, ext: ExtIface) -> BackendContext:
@@ -184,16 +204,24 @@ class Daemon:
             )
         cfg = await self.load_config()
         if not cfg.enable_ipv4:
-            raise ConfigError("EnableIPv4 is false: IPv6-only networks are not supported")
-        if cfg.enable_ipv6:
-            log.warning("EnableIPv6 is set, but pyflannel carries IPv4 only; IPv6 is ignored")
-        if cfg.enable_nftables:
-            self.traffic = self._traffic_rules(NftablesRules)
+            raise ConfigError(
+                "EnableIPv4 is false: IPv6-only networks are not supported with etcd (upstream "
+                "v0.20.2 writes them as 0.0.0.0-0&<v6> keys that overlap, so only one node "
+                "can join); use a dual-stack config (EnableIPv4 and EnableIPv6)"
+            )
+        self.ipv6 = cfg.enable_ipv6
+        self.traffic = self._traffic_rules(
+            NftablesRules if cfg.enable_nftables else IptablesRules, ipv6=cfg.enable_ipv6
+        )
         await remove_other_mode(self.traffic.mode, cfg.cidr)
+        if cfg.cidr6 is not None:
+            await remove_other_mode(self.traffic.mode, cfg.cidr6)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
         backend, attrs = await start_backend(self._backend_context(cfg, ext))
         backend.also_own(previous_network(o.subnet_file))
+        if cfg.cidr6 is not None:
+            backend.also_own(previous_network6(o.subnet_file))
         snap = backend.snapshot()
         if o.vxlan_peer_filter and snap.type == VXLAN_BACKEND:
             self.traffic.vxlan_port = snap.port
@@ -211,9 +239,13 @@ class Daemon:
             on_change=self._lease_changed,
             identity=identity,
         )
-        lease = await keeper.acquire(attrs, previous_subnet(o.subnet_file))
+        lease = await keeper.acquire(
+            attrs,
+            previous_subnet(o.subnet_file),
+            previous_subnet6(o.subnet_file) if cfg.enable_ipv6 else None,
+        )
         await backend.assign(lease)
-        await self.traffic.setup(cfg.cidr, lease.subnet)
+        await self.traffic.setup(self._rule_networks(cfg, lease))
         self._write_subnet_file(cfg, backend, lease)
         table = LeaseTable(cfg.cidr, own=lease.subnet, own_ip=ext.public_ip)
         watch = PeerWatch(
@@ -229,9 +261,10 @@ class Daemon:
         return self.running
 
     def _write_subnet_file(self, cfg: NetworkConfig, backend: Backend, lease: Lease) -> None:
-        env = SubnetEnv(cfg.cidr, lease.subnet, backend.mtu, self.options.ip_masq)
+        env = SubnetEnv.for_lease(cfg, lease, backend.mtu, self.options.ip_masq)
         if write_atomic(self.options.subnet_file, env.render()):
-            log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, lease.subnet, env.mtu)
+            subnets = str(lease.subnet) + (f", {lease.ipv6_subnet}" if env.ipv6_subnet else "")
+            log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, subnets, env.mtu)
         self.subnet_file_written = True
 
     # -- running ---------------------------------------------------------------------------
@@ -294,7 +327,7 @@ class Daemon:
         r = self.r
         await r.backend.assign(new)
         await self._peers_changed(r.table.set_own(new.subnet))
-        await self.traffic.setup(r.network.cidr, new.subnet)
+        await self.traffic.setup(self._rule_networks(r.network, new))
         self._write_subnet_file(r.network, r.backend, new)
 
     async def _follow_underlay(self) -> None:
@@ -444,12 +477,12 @@ class Daemon:
     def _watched(self) -> Watched:
         r = self.r
         devices = r.backend.devices()
-        names = {r.backend.device_name}
+        names = {r.backend.device_name, *r.backend.extra_devices()}
         if devices.tun is not None:
             names.add(TUN_NAME)
         return Watched(
             frozenset(names),
-            frozenset(i for i in (devices.vxlan,) if i),
+            frozenset(i for i in (devices.vxlan, devices.vxlan6) if i),
             r.ext.index,
             devices.networks,
         )

@@ -39,8 +39,8 @@ def subnet_env_problems(daemon: Daemon) -> list[str]:
     r, path = daemon.running, daemon.options.subnet_file
     if r is None or r.keeper.lease is None:
         return []
-    want = SubnetEnv(
-        r.network.cidr, r.keeper.lease.subnet, r.backend.mtu, daemon.options.ip_masq
+    want = SubnetEnv.for_lease(
+        r.network, r.keeper.lease, r.backend.mtu, daemon.options.ip_masq
     ).render()
     try:
         have = Path(path).read_text()

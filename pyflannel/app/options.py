@@ -11,7 +11,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from pyflannel.errors import OptionsError
@@ -40,6 +40,7 @@ class Options:
     iface_regex: list[str] = field(default_factory=list)
     iface_can_reach: str = ""
     public_ip: str = ""
+    public_ipv6: str = ""
     subnet_file: str = "/run/flannel/subnet.env"
     subnet_lease_renew_margin: int = 60
     subnet_lease_ttl: int = 24 * 3600
@@ -78,6 +79,10 @@ class Options:
     def public_ip_address(self) -> IPv4Address | None:
         return IPv4Address(self.public_ip) if self.public_ip else None
 
+    @property
+    def public_ipv6_address(self) -> IPv6Address | None:
+        return IPv6Address(self.public_ipv6) if self.public_ipv6 else None
+
 
 class CommaList(list):
     """A flag holding a comma-separated list; given twice, the last one wins (Go semantics)."""
@@ -106,6 +111,12 @@ FLAGS: list[tuple[str, type, str]] = [
     ),
     ("iface-can-reach", str, "use the interface and source address that reach this IP"),
     ("public-ip", str, "IPv4 address advertised to other nodes (default: the interface's)"),
+    (
+        "public-ipv6",
+        str,
+        "IPv6 address advertised to other nodes on a dual-stack network (EnableIPv6); "
+        "default: the interface's first global IPv6 address",
+    ),
     ("subnet-file", str, "file the node's subnet and MTU are written to (default %(default)s)"),
     (
         "subnet-lease-renew-margin",
@@ -333,6 +344,13 @@ def validate(options: Options) -> None:
         except ValueError:
             raise OptionsError(
                 f"--public-ip {options.public_ip!r} is not an IPv4 address"
+            ) from None
+    if options.public_ipv6:
+        try:
+            IPv6Address(options.public_ipv6)
+        except ValueError:
+            raise OptionsError(
+                f"--public-ipv6 {options.public_ipv6!r} is not an IPv6 address"
             ) from None
     if options.iface_can_reach:
         try:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any, ClassVar
 
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.plan import KernelState, Peer
+from pyflannel.backend.plan import IPNetwork, KernelState, Peer
 from pyflannel.backend.reconciler import Reconciler, ReconcileReport
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import PeerChanges
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class BackendSnapshot:
     port: int | None = None  # the VXLAN port, or the UDP backend's
     vni: int | None = None
     vtep_mac: str | None = None
+    device6: str | None = None  # dual-stack vxlan: flannel-v6.<VNI>
+    vtep_mac6: str | None = None
     fallback: str | None = None  # why this node runs UDP although the network is vxlan
     peers: tuple[Peer, ...] = ()
     rejected: tuple[tuple[IPv4Network, str], ...] = ()
@@ -55,12 +60,17 @@ class Backend(abc.ABC):
         self.kernel = Reconciler(netlink, self)
         # Route destinations this network owns: its CIDR, and the CIDR the subnet file named
         # before a config change (its leftovers are ours to remove, nobody else's).
-        self.owned_networks: tuple[IPv4Network, ...] = (network.cidr,)
+        self.owned_networks: tuple[IPNetwork, ...] = (network.cidr,)
+        if network.cidr6 is not None:
+            self.owned_networks += (network.cidr6,)
+        self._v6_rejected: dict[str, str] = {}  # lease key -> why its IPv6 half is not used
 
-    def also_own(self, previous: IPv4Network | None) -> None:
+    def also_own(self, previous: IPNetwork | None) -> None:
         """Routes inside ``previous`` (this daemon's network before a config change, read
         from its own subnet file) are ours too: removed, as no peer wants them now."""
-        if previous is not None and not any(previous.overlaps(n) for n in self.owned_networks):
+        if previous is not None and not any(
+            previous.version == n.version and previous.overlaps(n) for n in self.owned_networks
+        ):
             self.owned_networks += (previous,)
 
     # -- what a backend supplies -----------------------------------------------------------
@@ -104,6 +114,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def entries(self, peer: Peer) -> KernelState: ...
 
+    def extra_devices(self) -> tuple[str, ...]:
+        """Devices besides ``device_name`` (the IPv6 VXLAN device of a dual-stack network)."""
+        return ()
+
     def peers_changed(self) -> None:  # noqa: B027 - an optional hook
         """Hook after the peer set changed (e.g. swap the UDP forwarding table)."""
 
@@ -120,6 +134,19 @@ class Backend(abc.ABC):
         """Stop packet workers; devices and kernel entries stay for the next start."""
 
     # -- shared ----------------------------------------------------------------------------
+
+    def ipv6_rejected(self, lease: Lease, reason: str) -> str:
+        """A dual-stack peer whose IPv6 half cannot be used: its IPv4 half is programmed, the
+        IPv6 one not; said once per lease and reason. Returns the reason (for the peer)."""
+        if self._v6_rejected.get(lease.key) != reason:
+            log.warning(
+                "lease %s from %s: IPv6 part not programmed: %s (its IPv4 part is)",
+                lease.key,
+                lease.attrs.public_ip,
+                reason,
+            )
+            self._v6_rejected[lease.key] = reason
+        return reason
 
     @property
     def held_lease(self) -> Lease:

@@ -15,13 +15,22 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from pyflannel.backend.plan import Action, KernelState, Op, Route, Table, Via
+from pyflannel.backend.plan import (
+    Action,
+    IPAddress,
+    IPNetwork,
+    KernelState,
+    Op,
+    Route,
+    Table,
+    Via,
+)
 from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
 from pyflannel.kernel import codec as codec
 from pyflannel.kernel.netlink import route_socket
@@ -34,6 +43,8 @@ RTNH_F_ONLINK = 4
 NUD_PERMANENT = ndmsg.states["permanent"]
 NTF_SELF = ndmsg.NTF_SELF
 AF_INET = 2
+AF_INET6 = 10
+IFA_F_NODAD = 0x02
 
 # Errors that mean "already as wanted" for the operation that got them.
 _ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
@@ -47,10 +58,18 @@ class Devices:
 
     vxlan: int | None = None
     tun: int | None = None
-    networks: tuple[IPv4Network, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+    vxlan6: int | None = None  # flannel-v6.<VNI> on a dual-stack vxlan network
 
-    def owns_route(self, dst: IPv4Network) -> bool:
-        return any(dst.subnet_of(network) for network in self.networks)
+    def owns_route(self, dst: IPNetwork) -> bool:
+        return any(
+            dst.version == network.version and dst.subnet_of(network)  # type: ignore[arg-type]
+            for network in self.networks
+        )
+
+    def vxlan_for(self, address: IPAddress | IPNetwork) -> int | None:
+        """The VXLAN device of an entry's family."""
+        return self.vxlan6 if address.version == 6 else self.vxlan
 
 
 def describe_error(e: Exception) -> str:
@@ -80,10 +99,11 @@ def find_link(ipr, name: str) -> VxlanLink | None:
         return VxlanLink(**base)
     data = info.get_attr("IFLA_INFO_DATA")
     local = data.get_attr("IFLA_VXLAN_LOCAL")
+    local6 = data.get_attr("IFLA_VXLAN_LOCAL6")
     return VxlanLink(
         **base,
         vni=data.get_attr("IFLA_VXLAN_ID"),
-        local=IPv4Address(local) if local else None,
+        local=IPv4Address(local) if local else IPv6Address(local6) if local6 else None,
         link_index=data.get_attr("IFLA_VXLAN_LINK") or 0,
         port=data.get_attr("IFLA_VXLAN_PORT") or 0,
         learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
@@ -98,10 +118,10 @@ def create_vxlan(ipr, spec: VxlanSpec, mac: str) -> VxlanLink:
         address=mac,
         mtu=spec.mtu,
         vxlan_id=spec.vni,
-        vxlan_local=str(spec.local),
         vxlan_link=spec.link_index,
         vxlan_learning=int(spec.learning),
     )
+    attrs["vxlan_local6" if spec.local.version == 6 else "vxlan_local"] = str(spec.local)
     if spec.port:
         attrs["vxlan_port"] = spec.port
     if spec.gbp:
@@ -118,22 +138,26 @@ def delete_link(ipr, index: int) -> None:
 
 
 def configure_device(
-    ipr, index: int, name: str, address: IPv4Address, network: IPv4Network, mtu: int
+    ipr, index: int, name: str, address: IPAddress, network: IPNetwork, mtu: int
 ) -> list[str]:
-    """Make ``address/32`` the device's only address inside ``network``, set the MTU, bring
-    it up, and stop it from taking IPv6 router advertisements. Returns what it changed."""
+    """Make ``address`` (a host address: /32, or /128 on an IPv6 device) the device's only
+    address inside ``network``, set the MTU, bring it up, and stop it from taking IPv6 router
+    advertisements. Returns what it changed. An IPv6 address is added without duplicate
+    address detection (nobody else can hold it: it is our lease's), so it works at once."""
     changed = []
-    for msg in ipr.get_addr(index=index, family=AF_INET):
-        ip = IPv4Address(msg.get_attr("IFA_ADDRESS"))
-        if ip in network and (ip != address or msg["prefixlen"] != 32):
+    v6 = address.version == 6
+    family, host_len = (AF_INET6, 128) if v6 else (AF_INET, 32)
+    kind = IPv6Address if v6 else IPv4Address
+    for msg in ipr.get_addr(index=index, family=family):
+        ip = kind(msg.get_attr("IFA_ADDRESS"))
+        if ip in network and (ip != address or msg["prefixlen"] != host_len):
             ipr.addr("del", index=index, address=str(ip), prefixlen=msg["prefixlen"])
             changed.append(f"removed address {ip}/{msg['prefixlen']}")
-    have = {
-        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=AF_INET)
-    }
+    have = {kind(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=family)}
     if address not in have:
-        ipr.addr("replace", index=index, address=str(address), prefixlen=32)
-        changed.append(f"address {address}/32")
+        extra = {"flags": IFA_F_NODAD} if v6 else {}
+        ipr.addr("replace", index=index, address=str(address), prefixlen=host_len, **extra)
+        changed.append(f"address {address}/{host_len}")
     link = ipr.get_links(index)[0]
     if link.get_attr("IFLA_MTU") != mtu:
         ipr.link("set", index=index, mtu=mtu)
@@ -168,37 +192,48 @@ def read_state(ipr, devices: Devices) -> KernelState:
     its CIDRs."""
     rs = route_socket()
     state = KernelState()
-    index = devices.vxlan
-    if index is not None:
-        for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_INET):
+    devices_by_family = (
+        (codec.AF_INET, devices.vxlan, IPv4Address, 4),
+        (codec.AF_INET6, devices.vxlan6, IPv6Address, 16),
+    )
+    wanted = [entry for entry in devices_by_family if entry[1] is not None]
+    for family, index, kind, _ in wanted:
+        for payload in rs.dump(codec.RTM_GETNEIGH, family):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
             if ifindex == index and nud & NUD_PERMANENT and dst and lladdr:
-                state.neighbours[IPv4Address(dst)] = codec.mac_text(lladdr)
+                state.neighbours[kind(dst)] = codec.mac_text(lladdr)
+    if wanted:
+        fdb_devices = {index: (kind, size) for _, index, kind, size in wanted}
         for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
-            if ifindex == index and nud & NUD_PERMANENT and dst and lladdr and len(dst) == 4:
-                state.fdb[codec.mac_text(lladdr)] = IPv4Address(dst)
-    for payload in rs.dump(codec.RTM_GETROUTE, codec.AF_INET):
-        route = codec.decode_route(payload)
-        if route is None:
-            continue
-        subnet, gateway, oif, flags, proto, table = route
-        if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(subnet):
-            state.routes[subnet] = _route_of(gateway, oif, flags, devices)
+            if ifindex in fdb_devices and nud & NUD_PERMANENT and dst and lladdr:
+                kind, size = fdb_devices[ifindex]
+                if len(dst) == size:
+                    state.fdb[codec.mac_text(lladdr)] = kind(dst)
+    families = {network.version for network in devices.networks}
+    for family in [codec.AF_INET] * (4 in families) + [codec.AF_INET6] * (6 in families):
+        for payload in rs.dump(codec.RTM_GETROUTE, family):
+            route = codec.decode_route(payload)
+            if route is None:
+                continue
+            subnet, gateway, oif, flags, proto, table = route
+            if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(subnet):
+                state.routes[subnet] = _route_of(gateway, oif, flags, devices)
     return state
 
 
 def _route_of(gateway, oif, flags, devices: Devices) -> Route:
+    vxlan = (devices.vxlan, devices.vxlan6)
     if oif is not None and oif == devices.tun:
         return Route(gateway, Via.TUN)
-    if oif is not None and oif == devices.vxlan and flags & RTNH_F_ONLINK:
+    if oif is not None and oif in vxlan and flags & RTNH_F_ONLINK:
         return Route(gateway, Via.VXLAN)
-    return Route(gateway, Via.UNDERLAY if oif not in (devices.vxlan, devices.tun) else Via.OTHER)
+    return Route(gateway, Via.UNDERLAY if oif not in (*vxlan, devices.tun) else Via.OTHER)
 
 
 def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     if op.table in (Table.NEIGH, Table.FDB):
-        vxlan = devices.vxlan
+        vxlan = devices.vxlan_for(op.key if op.table == Table.NEIGH else op.value)
         if vxlan is None:
             raise ValueError(f"{op.table} entry {op.key} without a VXLAN device")
         if op.table == Table.NEIGH:
@@ -211,7 +246,7 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
-    oif = {Via.VXLAN: devices.vxlan, Via.TUN: devices.tun}.get(route.via)
+    oif = {Via.VXLAN: devices.vxlan_for(op.key), Via.TUN: devices.tun}.get(route.via)
     return codec.route_replace(
         seq, op.key, route.gateway, oif, route.via == Via.VXLAN, RTPROT_PYFLANNEL
     )
@@ -231,10 +266,10 @@ def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
     return failed
 
 
-def directly_reachable(ipr, ip: IPv4Address, underlay_index: int) -> bool:
+def directly_reachable(ipr, ip: IPAddress, underlay_index: int) -> bool:
     """DirectRouting: is ``ip`` on a link of ours (no gateway), via the underlay?"""
     try:
-        routes = ipr.route("get", dst=str(ip))
+        routes = ipr.route("get", dst=str(ip), family=AF_INET6 if ip.version == 6 else AF_INET)
     except NetlinkError:
         return False
     return (

@@ -1,9 +1,12 @@
 """Desired kernel state for a set of peers, and the plan that makes the kernel match it.
 
 Pure: no netlink here. ``KernelState`` describes the tables pyflannel owns on a node —
-neighbours and FDB entries on its VXLAN device, and routes carrying its route protocol number
-(via the VXLAN device, directly via the underlay, or into the UDP backend's TUN device) — so
+neighbours and FDB entries on its VXLAN devices, and routes carrying its route protocol number
+(via a VXLAN device, directly via the underlay, or into the UDP backend's TUN device) — so
 the same ``diff`` serves start-up, events, and repair after someone deleted an entry.
+
+Both families share the tables: an entry's family names its device (an IPv6 neighbour, an FDB
+entry towards an IPv6 endpoint, a route to an IPv6 subnet belong to ``flannel-v6.<VNI>``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, NamedTuple
 
 from pyflannel.subnet.lease import Lease
@@ -53,6 +56,21 @@ class PeerDataError(ValueError):
     """A lease cannot be used as a peer (wrong backend, bad BackendData, bad address)."""
 
 
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class Peer6:
+    """The IPv6 half of a dual-stack peer: its IPv6 subnet, PublicIPv6 and (vxlan) the MAC of
+    its ``flannel-v6`` device (BackendV6Data)."""
+
+    subnet: IPv6Network
+    public_ip: IPv6Address
+    encap: Encap
+    vtep_mac: str = ""
+
+
 @dataclass(frozen=True)
 class Peer:
     """A remote node as the data plane needs it."""
@@ -62,6 +80,8 @@ class Peer:
     encap: Encap
     vtep_mac: str = ""  # vxlan
     udp_port: int = 0  # udp
+    v6: Peer6 | None = None  # dual-stack: the IPv6 half, if usable
+    v6_problem: str = ""  # why a lease's IPv6 half is not programmed (its IPv4 half is)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -118,18 +138,61 @@ def _check_public_ip(lease: Lease) -> IPv4Address:
     return ip
 
 
+def _vtep_mac(data: Any, field: str = "BackendData") -> str:
+    if data is None or data == {}:
+        raise PeerDataError(f"{field} is missing")
+    if not isinstance(data, dict):
+        raise PeerDataError(f"{field} is not a JSON object")
+    mac = parse_mac({k.lower(): v for k, v in data.items()}.get("vtepmac"))
+    if int(mac.split(":")[0], 16) & 1:
+        raise PeerDataError(f"VtepMAC {mac} is a multicast address")
+    return mac
+
+
 def vxlan_peer(lease: Lease, direct: bool = False) -> Peer:
     """The VXLAN view of a peer's lease; raises PeerDataError if it is not a usable one."""
     if lease.attrs.backend_type != VXLAN_BACKEND:
         raise PeerDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not vxlan")
-    data = _backend_data(lease)
-    if not data:
-        raise PeerDataError("BackendData is missing")
-    mac = parse_mac(data.get("vtepmac"))
-    if int(mac.split(":")[0], 16) & 1:
-        raise PeerDataError(f"VtepMAC {mac} is a multicast address")
+    mac = _vtep_mac(lease.attrs.backend_data)
     ip = _check_public_ip(lease)
     return Peer(lease.subnet, ip, Encap.DIRECT if direct else Encap.VXLAN, vtep_mac=mac)
+
+
+def ipv6_half(lease: Lease, network6: IPv6Network, own6: IPv6Network | None) -> IPv6Network:
+    """The lease's IPv6 subnet if this node may route it; PeerDataError says why not."""
+    subnet6 = lease.ipv6_subnet
+    if subnet6 is None:
+        raise PeerDataError("the lease has no IPv6 subnet")
+    if not subnet6.subnet_of(network6) or subnet6.prefixlen <= network6.prefixlen:
+        raise PeerDataError(f"IPv6 subnet {subnet6} is not a subnet of the network {network6}")
+    if own6 is not None and subnet6.overlaps(own6):
+        raise PeerDataError(f"IPv6 subnet {subnet6} overlaps this node's {own6}")
+    return subnet6
+
+
+def public_ipv6_of(lease: Lease) -> IPv6Address:
+    """The lease's PublicIPv6, if it can be a next hop or tunnel endpoint."""
+    ip = lease.attrs.public_ipv6
+    if ip is None:
+        raise PeerDataError("PublicIPv6 is missing")
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
+        raise PeerDataError(f"PublicIPv6 {ip} cannot be a tunnel endpoint")
+    return ip
+
+
+def vxlan_peer6(lease: Lease, subnet6: IPv6Network, direct: bool = False) -> Peer6:
+    """The IPv6 half of a VXLAN peer (BackendV6Data, PublicIPv6); PeerDataError if unusable.
+    Its VtepMAC must differ from the IPv4 one: they are two devices, and FDB entries are
+    keyed by MAC."""
+    mac6 = _vtep_mac(lease.attrs.backend_v6_data, "BackendV6Data")
+    try:
+        mac4 = _vtep_mac(lease.attrs.backend_data)
+    except PeerDataError:
+        mac4 = ""
+    if mac6 == mac4:
+        raise PeerDataError(f"BackendV6Data.VtepMAC {mac6} is also the IPv4 device's")
+    encap = Encap.DIRECT if direct else Encap.VXLAN
+    return Peer6(subnet6, public_ipv6_of(lease), encap, vtep_mac=mac6)
 
 
 def udp_port(lease: Lease, default: int) -> int | None:
@@ -165,7 +228,7 @@ def udp_peer(lease: Lease, default_port: int) -> Peer:
 
 
 class Route(NamedTuple):
-    gateway: IPv4Address | None
+    gateway: IPAddress | None
     via: Via
 
 
@@ -173,9 +236,9 @@ class Route(NamedTuple):
 class KernelState:
     """Neighbours (IP -> MAC), FDB (MAC -> remote IP) and routes (subnet -> Route)."""
 
-    neighbours: dict[IPv4Address, str] = field(default_factory=dict)
-    fdb: dict[str, IPv4Address] = field(default_factory=dict)
-    routes: dict[IPv4Network, Route] = field(default_factory=dict)
+    neighbours: dict[IPAddress, str] = field(default_factory=dict)
+    fdb: dict[str, IPAddress] = field(default_factory=dict)
+    routes: dict[IPNetwork, Route] = field(default_factory=dict)
 
     def tables(self) -> tuple[tuple[Table, dict], ...]:
         return ((Table.NEIGH, self.neighbours), (Table.FDB, self.fdb), (Table.ROUTE, self.routes))
@@ -233,14 +296,25 @@ class Op(NamedTuple):
 
 
 def peer_entries(peer: Peer) -> KernelState:
-    if peer.encap == Encap.DIRECT:
-        return KernelState(routes={peer.subnet: Route(peer.public_ip, Via.UNDERLAY)})
-    if peer.encap == Encap.UDP:
-        return KernelState(routes={peer.subnet: Route(None, Via.TUN)})
+    entries = _family_entries(peer.encap, peer.subnet, peer.public_ip, peer.vtep_mac)
+    if peer.v6 is not None:
+        v6 = peer.v6
+        entries.add(_family_entries(v6.encap, v6.subnet, v6.public_ip, v6.vtep_mac))
+    return entries
+
+
+def _family_entries(
+    encap: Encap, subnet: IPNetwork, public_ip: IPAddress, vtep_mac: str
+) -> KernelState:
+    if encap == Encap.DIRECT:
+        return KernelState(routes={subnet: Route(public_ip, Via.UNDERLAY)})
+    if encap == Encap.UDP:
+        return KernelState(routes={subnet: Route(None, Via.TUN)})
+    gateway = subnet.network_address  # the peer's VTEP address on the overlay
     return KernelState(
-        neighbours={peer.gateway: peer.vtep_mac},
-        fdb={peer.vtep_mac: peer.public_ip},
-        routes={peer.subnet: Route(peer.gateway, Via.VXLAN)},
+        neighbours={gateway: vtep_mac},
+        fdb={vtep_mac: public_ip},
+        routes={subnet: Route(gateway, Via.VXLAN)},
     )
 
 

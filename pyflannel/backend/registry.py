@@ -27,6 +27,7 @@ BACKENDS: dict[str, str] = {
     "udp": "pyflannel.backend.udp.backend",
     "host-gw": "pyflannel.backend.hostgw.backend",
 }
+DUAL_STACK = ("vxlan", "host-gw")  # the backends that carry IPv6 too (as upstream)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ async def start_backend(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
         raise BackendError(
             f"backend type {ctx.network.backend_type!r} is not supported by this pyflannel "
             f"(supported: {', '.join(supported())})"
+        )
+    if ctx.network.enable_ipv6 and ctx.network.backend_type.lower() not in DUAL_STACK:
+        raise BackendError(
+            f"backend type {ctx.network.backend_type!r} carries IPv4 only (as upstream's), "
+            f"but the network config sets EnableIPv6: use {' or '.join(DUAL_STACK)}, or set "
+            "EnableIPv6 to false"
         )
     start: Start = importlib.import_module(module).start
     return await start(ctx)

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.control.backoff import Backoff, Outage, retry
 from pyflannel.errors import EtcdUnavailable, FlannelError, OutOfSubnets
@@ -100,14 +100,20 @@ class LeaseKeeper:
 
     # -- acquisition -----------------------------------------------------------------------
 
-    async def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None = None) -> Lease:
+    async def acquire(
+        self,
+        attrs: LeaseAttrs,
+        previous: IPv4Network | None = None,
+        previous6: IPv6Network | None = None,
+    ) -> Lease:
         """Get a lease, retrying through etcd trouble and full networks until it succeeds."""
         self.attrs = attrs
         outage = Outage(log, "etcd unreachable while acquiring a subnet lease")
         backoff = Backoff(first=0.5, cap=10.0)
         while True:
             try:
-                lease = await self._try_acquire(await self.load_config(), attrs, previous)
+                cfg = await self.load_config()
+                lease = await self._try_acquire(cfg, attrs, previous, previous6)
             except EtcdTrouble as e:
                 outage.failed(e)
                 await asyncio.sleep(backoff.next())
@@ -121,7 +127,11 @@ class LeaseKeeper:
             return lease
 
     async def _try_acquire(
-        self, cfg: NetworkConfig, attrs: LeaseAttrs, previous: IPv4Network | None
+        self,
+        cfg: NetworkConfig,
+        attrs: LeaseAttrs,
+        previous: IPv4Network | None,
+        previous6: IPv6Network | None = None,
     ) -> Lease:
         lost: set[IPv4Network] = set()
         for _ in range(RACE_ATTEMPTS):
@@ -129,10 +139,16 @@ class LeaseKeeper:
             self.last_listing = (leases, revision, skipped)
             identity = replace(self.identity, previous=previous) if self.identity else None
             claim = choose_subnet(
-                cfg, leases, self.public_ip, previous, exclude=lost, identity=identity
+                cfg,
+                leases,
+                self.public_ip,
+                previous,
+                exclude=lost,
+                identity=identity,
+                previous6=previous6,
             )
             if claim.reason == "conflict" and claim.existing is not None:
-                key = self.registry.lease_key(claim.subnet)
+                key = self.registry.lease_key(claim.subnet, claim.existing.ipv6_subnet)
                 raise LeaseConflict(conflict_message(claim.existing, key))
             for stale in claim.stale:
                 log.warning(
@@ -143,20 +159,21 @@ class LeaseKeeper:
             if claim.existing is not None:
                 lease = await self.registry.replace_lease(claim.existing, attrs, self.ttl)
             else:
-                lease = await self.registry.create_lease(claim.subnet, attrs, self.ttl)
+                lease = await self.registry.create_lease(
+                    claim.subnet, attrs, self.ttl, claim.ipv6_subnet
+                )
+                if lease is not None and not await self._ipv6_unique(lease):
+                    previous6 = None  # it is someone else's now: choose another
+                    lost.add(claim.subnet)
+                    continue
             if lease is not None:
+                subnets = _subnets_text(lease)
                 if claim.reason == "reuse":
-                    log.info(
-                        "Found lease %s for current IP (%s), reusing", lease.subnet, self.public_ip
-                    )
+                    log.info("Found lease %s for current IP (%s), reusing", subnets, self.public_ip)
                 elif claim.reason == "previous":
-                    log.info(
-                        "Reusing previously leased subnet %s from the subnet file", lease.subnet
-                    )
+                    log.info("Reusing previously leased subnet %s from the subnet file", subnets)
                 else:
-                    log.info(
-                        "Allocated lease %s to current node (%s)", lease.subnet, self.public_ip
-                    )
+                    log.info("Allocated lease %s to current node (%s)", subnets, self.public_ip)
                 return lease
             log.info("subnet %s was taken by another node meanwhile; choosing again", claim.subnet)
             lost.add(claim.subnet)
@@ -164,6 +181,31 @@ class LeaseKeeper:
         raise EtcdUnavailable(
             f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
         )
+
+    async def _ipv6_unique(self, lease: Lease) -> bool:
+        """Two nodes may pick one IPv6 subnet at once with different IPv4 subnets: the keys
+        differ, so both writes succeed. The later writer gives way (deletes its new key)."""
+        if lease.ipv6_subnet is None:
+            return True
+        leases, _, _ = await self.registry.list_leases()
+        earlier = [
+            other
+            for other in leases
+            if other.key != lease.key
+            and other.ipv6_subnet is not None
+            and other.ipv6_subnet.overlaps(lease.ipv6_subnet)
+            and other.mod_revision < lease.mod_revision
+        ]
+        if not earlier:
+            return True
+        log.info(
+            "IPv6 subnet %s was taken by %s meanwhile; choosing again",
+            lease.ipv6_subnet,
+            earlier[0].key,
+        )
+        await self.registry.delete_lease(lease)
+        await self.registry.revoke_quietly(lease.lease_id)
+        return False
 
     @property
     def held(self) -> Lease:
@@ -191,7 +233,11 @@ class LeaseKeeper:
         """An etcd event on our own key: a deletion or someone else's write means we lost it;
         a write by another node with our public IP is a conflict."""
         lease = self.held
-        if lease is None or event.subnet != lease.subnet or event.revision <= lease.mod_revision:
+        if (
+            lease is None
+            or event.key != self.registry.subnets_prefix + lease.key
+            or event.revision <= lease.mod_revision
+        ):
             return
         if event.kind == EventKind.DELETE:
             self._wake(Wake.LOST, "lease deleted from etcd (expired, or removed by an operator)")
@@ -208,7 +254,7 @@ class LeaseKeeper:
         elif self.identity is not None and not is_own_lease(
             current, replace(self.identity, previous=None)
         ):
-            key = self.registry.lease_key(current.subnet)
+            key = self.registry.lease_key(current.subnet, current.ipv6_subnet)
             self._wake(Wake.CONFLICT, conflict_message(current, key, taken_from_us=True))
         else:
             self.lease = current  # rewritten for us, e.g. turned into a reservation
@@ -278,7 +324,7 @@ class LeaseKeeper:
     async def _check(self) -> str:
         lease = self.held
         current = await retry(
-            lambda: self.registry.get_lease(lease.subnet),
+            lambda: self.registry.get_lease(lease.subnet, lease.ipv6_subnet),
             retry_on=EtcdTrouble,
             backoff=Backoff(first=0.5, cap=10.0),
             outage=Outage(log, "etcd unreachable while checking this node's lease"),
@@ -296,7 +342,7 @@ class LeaseKeeper:
         backoff = Backoff(first=0.5, cap=5.0)
         while True:
             try:
-                current = await self.registry.get_lease(self.held.subnet)
+                current = await self.registry.get_lease(self.held.subnet, self.held.ipv6_subnet)
                 if current is None or current.attrs.public_ip not in (old_ip, attrs.public_ip):
                     return "lease gone or taken while the underlay changed"
                 lease = await self.registry.replace_lease(current, attrs, self.ttl)
@@ -356,17 +402,24 @@ class LeaseKeeper:
         log.error("LEASE LOST: %s: %s; re-acquiring", old.subnet, reason)
         try:
             assert self.attrs is not None
-            new = await self.acquire(self.attrs, previous=old.subnet)
+            new = await self.acquire(self.attrs, previous=old.subnet, previous6=old.ipv6_subnet)
         except FlannelError as e:  # pragma: no cover - acquire retries internally
             log.error("could not re-acquire a lease: %s", e)
             raise
-        if new.subnet != old.subnet:
+        if new.key != old.key:
             log.error(
                 "SUBNET CHANGED: %s -> %s. Pods on the old subnet lose connectivity until "
                 "they are recreated with addresses from the new one.",
-                old.subnet,
-                new.subnet,
+                _subnets_text(old),
+                _subnets_text(new),
             )
         else:
             log.warning("lease %s re-acquired", new.subnet)
         await self.on_change(old, new)
+
+
+def _subnets_text(lease: Lease) -> str:
+    """``10.1.5.0/24``, or ``10.1.5.0/24 and fd10:0:0:5::/64`` on a dual-stack network."""
+    if lease.ipv6_subnet is None:
+        return str(lease.subnet)
+    return f"{lease.subnet} and {lease.ipv6_subnet}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from ipaddress import IPv4Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network, IPv6Network
 
 from pyflannel.errors import ConfigNotFound
 from pyflannel.etcd.client import EtcdClient, EtcdError, KeyValue
@@ -55,8 +55,10 @@ class Registry:
         # sibling such as "<prefix>/subnets-old/..."; every lease key has the slash.
         self.subnets_prefix = join_key(prefix, "subnets") + "/"
 
-    def lease_key(self, subnet: IPv4Network) -> str:
-        return self.subnets_prefix + subnet_key(subnet)
+    def lease_key(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+        """The key of a lease: ``<prefix>/subnets/10.1.5.0-24`` (``&fd00:..::-64`` appended on
+        a dual-stack network)."""
+        return self.subnets_prefix + subnet_key(subnet, ipv6_subnet)
 
     # Mesh health summaries: pyflannel only, outside subnets/ (upstream ignores them), each
     # attached to its node's etcd lease, so it lives and expires with the lease and costs a
@@ -104,14 +106,24 @@ class Registry:
                 leases.append(event.lease)
         return leases, revision, skipped
 
-    async def get_lease(self, subnet: IPv4Network) -> Lease | None:
-        kv, _ = await self.client.get(self.lease_key(subnet).encode())
+    async def get_lease(
+        self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None
+    ) -> Lease | None:
+        kv, _ = await self.client.get(self.lease_key(subnet, ipv6_subnet).encode())
         return None if kv is None else self._decode(EventKind.PUT, kv).lease
 
-    async def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+    async def create_lease(
+        self,
+        subnet: IPv4Network,
+        attrs: LeaseAttrs,
+        ttl: int,
+        ipv6_subnet: IPv6Network | None = None,
+    ) -> Lease | None:
         """Write a new lease if the key does not exist; None if another node has it."""
         lease_id = await self._grant(ttl)
-        return await self._write(subnet, attrs, lease_id, mod_revision=0, ttl=ttl, fresh=True)
+        return await self._write(
+            Lease(subnet, attrs, ipv6_subnet), lease_id, mod_revision=0, ttl=ttl, fresh=True
+        )
 
     async def _grant(self, ttl: int) -> int:
         if self.lease_ids is not None:
@@ -127,10 +139,10 @@ class Registry:
         """Take over ``old`` (ours from before a restart) with new attrs, if nobody touched it
         since it was read. A reservation (no etcd lease) stays a reservation."""
         if old.is_reservation:
-            return await self._write(old.subnet, attrs, 0, mod_revision=old.mod_revision, ttl=0)
+            return await self._write(old.with_attrs(attrs), 0, mod_revision=old.mod_revision, ttl=0)
         lease_id = await self._grant(ttl)
         lease = await self._write(
-            old.subnet, attrs, lease_id, mod_revision=old.mod_revision, ttl=ttl, fresh=True
+            old.with_attrs(attrs), lease_id, mod_revision=old.mod_revision, ttl=ttl, fresh=True
         )
         if lease is not None:
             await self._revoke_if_unused(old.lease_id)
@@ -138,29 +150,28 @@ class Registry:
 
     async def restore_lease(self, lease: Lease, over_revision: int) -> Lease | None:
         """Write ``lease`` again (same etcd lease) if the key is still at ``over_revision``."""
-        return await self._write(
-            lease.subnet, lease.attrs, lease.lease_id, mod_revision=over_revision, ttl=lease.ttl
-        )
+        return await self._write(lease, lease.lease_id, mod_revision=over_revision, ttl=lease.ttl)
 
     async def _write(
-        self, subnet, attrs, lease_id: int, *, mod_revision: int, ttl: int, fresh: bool = False
+        self, lease: Lease, lease_id: int, *, mod_revision: int, ttl: int, fresh: bool = False
     ) -> Lease | None:
-        key = self.lease_key(subnet).encode()
+        """Write ``lease`` (its subnets name the key) attached to ``lease_id``."""
+        key = (self.subnets_prefix + lease.key).encode()
         try:
             revision = await self.client.put_if(
-                key, attrs.to_json(), lease=lease_id, mod_revision=mod_revision
+                key, lease.attrs.to_json(), lease=lease_id, mod_revision=mod_revision
             )
         except BaseException:
             if fresh:
-                await self._revoke_quietly(lease_id)
+                await self.revoke_quietly(lease_id)
             raise
         if revision is None:
             if fresh:
-                await self._revoke_quietly(lease_id)
+                await self.revoke_quietly(lease_id)
             return None
-        return Lease(subnet, attrs, lease_id=lease_id, mod_revision=revision, ttl=ttl)
+        return replace(lease, lease_id=lease_id, mod_revision=revision, ttl=ttl)
 
-    async def _revoke_quietly(self, lease_id: int) -> None:
+    async def revoke_quietly(self, lease_id: int) -> None:
         try:
             await self.client.revoke(lease_id)
         except Exception as e:  # the lease expires by itself; nothing is lost
@@ -184,7 +195,7 @@ class Registry:
     async def delete_lease(self, lease: Lease) -> bool:
         """Delete ``lease`` only if it is unchanged since it was read."""
         return await self.client.delete_if(
-            self.lease_key(lease.subnet).encode(), mod_revision=lease.mod_revision
+            (self.subnets_prefix + lease.key).encode(), mod_revision=lease.mod_revision
         )
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[LeaseBatch]:

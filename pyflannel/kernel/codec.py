@@ -12,7 +12,10 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 # nlmsghdr / message types / flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_HDR = struct.Struct("=LHHLL")
@@ -29,7 +32,7 @@ NDMSG = struct.Struct("=BxxxiHBB")  # family ifindex state flags type
 RTATTR = struct.Struct("=HH")
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST, NDA_LLADDR = 1, 2
-AF_INET, AF_BRIDGE = socket.AF_INET, 7
+AF_INET, AF_INET6, AF_BRIDGE = socket.AF_INET, socket.AF_INET6, 7
 RT_TABLE_MAIN, RTN_UNICAST = 254, 1
 RT_SCOPE_UNIVERSE = 0
 RTNH_F_ONLINK = 4
@@ -49,16 +52,20 @@ def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
+def family_of(address: IPAddress | IPNetwork) -> int:
+    return AF_INET6 if address.version == 6 else AF_INET
+
+
 def route_replace(
     seq: int,
-    dst: IPv4Network,
-    gateway: IPv4Address | None,
+    dst: IPNetwork,
+    gateway: IPAddress | None,
     oif: int | None,
     onlink: bool,
     proto: int,
 ) -> bytes:
     body = RTMSG.pack(
-        AF_INET,
+        family_of(dst),
         dst.prefixlen,
         0,
         0,
@@ -76,31 +83,32 @@ def route_replace(
     return _message(RTM_NEWROUTE, REPLACE, seq, body)
 
 
-def route_delete(seq: int, dst: IPv4Network, proto: int) -> bytes:
+def route_delete(seq: int, dst: IPNetwork, proto: int) -> bytes:
     """Delete the route to ``dst`` in the main table only if it carries our protocol. Scope
     universe, as all our routes are: this kernel does not match RT_SCOPE_NOWHERE here."""
-    body = RTMSG.pack(AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, proto, RT_SCOPE_UNIVERSE, 0, 0)
+    family = family_of(dst)
+    body = RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, proto, RT_SCOPE_UNIVERSE, 0, 0)
     return _message(RTM_DELROUTE, DELETE, seq, body + _attr(RTA_DST, dst.network_address.packed))
 
 
-def neighbour_replace(seq: int, ifindex: int, ip: IPv4Address, mac: str) -> bytes:
-    body = NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+def neighbour_replace(seq: int, ifindex: int, ip: IPAddress, mac: str) -> bytes:
+    body = NDMSG.pack(family_of(ip), ifindex, NUD_PERMANENT, 0, 0)
     body += _attr(NDA_DST, ip.packed) + _attr(NDA_LLADDR, _mac(mac))
     return _message(RTM_NEWNEIGH, REPLACE, seq, body)
 
 
-def neighbour_delete(seq: int, ifindex: int, ip: IPv4Address) -> bytes:
-    body = NDMSG.pack(AF_INET, ifindex, 0, 0, 0) + _attr(NDA_DST, ip.packed)
+def neighbour_delete(seq: int, ifindex: int, ip: IPAddress) -> bytes:
+    body = NDMSG.pack(family_of(ip), ifindex, 0, 0, 0) + _attr(NDA_DST, ip.packed)
     return _message(RTM_DELNEIGH, DELETE, seq, body)
 
 
-def fdb_replace(seq: int, ifindex: int, mac: str, dst: IPv4Address) -> bytes:
+def fdb_replace(seq: int, ifindex: int, mac: str, dst: IPAddress) -> bytes:
     body = NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
     body += _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, dst.packed)
     return _message(RTM_NEWNEIGH, REPLACE, seq, body)
 
 
-def fdb_delete(seq: int, ifindex: int, mac: str, dst: IPv4Address) -> bytes:
+def fdb_delete(seq: int, ifindex: int, mac: str, dst: IPAddress) -> bytes:
     body = NDMSG.pack(AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
     body += _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, dst.packed)
     return _message(RTM_DELNEIGH, DELETE, seq, body)
@@ -143,18 +151,24 @@ def error_code(payload: memoryview) -> int:
 
 def decode_route(
     payload: memoryview,
-) -> tuple[IPv4Network, IPv4Address | None, int | None, int, int, int] | None:
-    """(dst, gateway, oif, flags, protocol, table) of an IPv4 route message, else None."""
+) -> tuple[IPNetwork, IPAddress | None, int | None, int, int, int] | None:
+    """(dst, gateway, oif, flags, protocol, table) of an IPv4 or IPv6 route message, else
+    None."""
     family, dst_len, _, _, table, proto, _, _, flags = RTMSG.unpack_from(payload)
-    if family != AF_INET:
+    if family not in (AF_INET, AF_INET6):
         return None
+    address: type[IPv4Address] | type[IPv6Address]
+    network: type[IPv4Network] | type[IPv6Network]
+    address, network = (
+        (IPv4Address, IPv4Network) if family == AF_INET else (IPv6Address, IPv6Network)
+    )
     a = attributes(payload, RTMSG.size)
     if RTA_TABLE in a:
         table = struct.unpack("=I", a[RTA_TABLE])[0]
-    dst = IPv4Address(bytes(a[RTA_DST])) if RTA_DST in a else IPv4Address(0)
-    gateway = IPv4Address(bytes(a[RTA_GATEWAY])) if RTA_GATEWAY in a else None
+    dst = address(bytes(a[RTA_DST])) if RTA_DST in a else address(0)
+    gateway = address(bytes(a[RTA_GATEWAY])) if RTA_GATEWAY in a else None
     oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None
-    return IPv4Network((dst, dst_len)), gateway, oif, flags, proto, table
+    return network((dst, dst_len)), gateway, oif, flags, proto, table
 
 
 def decode_neighbour(payload: memoryview) -> tuple[int, int, int, int, bytes | None, bytes | None]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
 
 from pyflannel.errors import InterfaceError
 
@@ -19,7 +19,7 @@ RT_SCOPE_UNIVERSE = 0
 
 @dataclass(frozen=True)
 class Address:
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     prefixlen: int
     scope: int = RT_SCOPE_UNIVERSE
     flags: int = 0
@@ -38,14 +38,27 @@ class Interface:
 
     def best_address(self) -> IPv4Address | None:
         """Upstream's order: global before link-local, non-temporary first; deprecated never."""
-        usable = [a for a in self.addresses if a.usable]
+        usable = [a for a in self.addresses if a.usable and isinstance(a.ip, IPv4Address)]
         usable.sort(
             key=lambda a: (
                 a.scope != RT_SCOPE_UNIVERSE or a.ip.is_link_local,
                 bool(a.flags & IFA_F_TEMPORARY),
             )
         )
-        return usable[0].ip if usable else None
+        ip = usable[0].ip if usable else None
+        return ip if isinstance(ip, IPv4Address) else None
+
+    def best_address6(self) -> IPv6Address | None:
+        """The first global unicast IPv6 address (upstream's GetInterfaceIP6Addr), stable
+        ones before temporary ones; link-local and deprecated addresses never."""
+        usable = [
+            a.ip
+            for a in sorted(self.addresses, key=lambda a: bool(a.flags & IFA_F_TEMPORARY))
+            if isinstance(a.ip, IPv6Address)
+            and a.usable
+            and not (a.ip.is_link_local or a.ip.is_multicast or a.ip.is_unspecified)
+        ]
+        return usable[0] if usable else None
 
 
 @dataclass(frozen=True)
@@ -55,10 +68,34 @@ class ExtIface:
     mtu: int
     iface_addr: IPv4Address  # the address on the interface (VXLAN/UDP bind here)
     public_ip: IPv4Address  # the address advertised in the lease
+    iface_addr6: IPv6Address | None = None  # dual-stack: the interface's IPv6 address
+    public_ipv6: IPv6Address | None = None  # and the one advertised (PublicIPv6)
 
     def describe(self) -> str:
         public = "" if self.public_ip == self.iface_addr else f", public IP {self.public_ip}"
+        if self.iface_addr6 is not None:
+            public += f", {self.iface_addr6}"
+            if self.public_ipv6 != self.iface_addr6:
+                public += f", public IPv6 {self.public_ipv6}"
         return f"{self.name} (index {self.index}, {self.iface_addr}, MTU {self.mtu}{public})"
+
+
+def with_ipv6(
+    ext: ExtIface, interfaces: list[Interface], public_ipv6: IPv6Address | None = None
+) -> ExtIface:
+    """The chosen interface's IPv6 side, for a dual-stack network: its global IPv6 address
+    (the VXLAN device binds to it) and the one to advertise (``--public-ipv6`` if given, as
+    upstream: it need not be local)."""
+    interface = next((i for i in interfaces if i.index == ext.index), None)
+    addr6 = interface.best_address6() if interface is not None else None
+    if addr6 is None:
+        have = ", ".join(str(a.ip) for a in interface.addresses) if interface else "none"
+        raise InterfaceError(
+            f"EnableIPv6 is set but interface {ext.name} has no global IPv6 address "
+            f"(its addresses: {have or 'none'}); give it one, choose another with --iface, "
+            "or turn EnableIPv6 off in the network config"
+        )
+    return replace(ext, iface_addr6=addr6, public_ipv6=public_ipv6 or addr6)
 
 
 def select_ext_iface(
@@ -97,7 +134,7 @@ def select_ext_iface(
                     (i, a.ip)
                     for i in interfaces
                     for a in i.addresses
-                    if a.usable and regex.search(str(a.ip))
+                    if a.usable and isinstance(a.ip, IPv4Address) and regex.search(str(a.ip))
                 ),
                 None,
             ) or next(
@@ -145,7 +182,8 @@ def _as_ip(text: str) -> IPv4Address | None:
 
 def _not_found(interfaces, iface, iface_regex, public_ip, default_route_index) -> str:
     names = ", ".join(
-        f"{i.name}[{' '.join(str(a.ip) for a in i.addresses) or 'no IPv4'}]" for i in interfaces
+        f"{i.name}[{' '.join(str(a.ip) for a in i.addresses if a.ip.version == 4) or 'no IPv4'}]"
+        for i in interfaces
     )
     if iface:
         what = f"no interface matches --iface {' '.join(iface)}"
@@ -164,13 +202,16 @@ def _not_found(interfaces, iface, iface_regex, public_ip, default_route_index) -
 
 
 def read_interfaces(ipr) -> tuple[list[Interface], int | None]:
-    """Interfaces with their IPv4 addresses, and the index of the default-route interface."""
+    """Interfaces with their IPv4 and IPv6 addresses, and the index of the default-route
+    interface."""
     addresses: dict[int, list[Address]] = {}
-    for msg in ipr.get_addr(family=2):
-        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
-        addresses.setdefault(msg["index"], []).append(
-            Address(IPv4Address(msg.get_attr("IFA_ADDRESS")), msg["prefixlen"], msg["scope"], flags)
-        )
+    for family, kind in ((2, IPv4Address), (10, IPv6Address)):
+        for msg in ipr.get_addr(family=family):
+            flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+            ip = kind(msg.get_attr("IFA_ADDRESS"))
+            addresses.setdefault(msg["index"], []).append(
+                Address(ip, msg["prefixlen"], msg["scope"], flags)
+            )
     interfaces = [
         Interface(
             link.get_attr("IFLA_IFNAME"),
@@ -209,10 +250,13 @@ def external_interface(
     iface_regex: Sequence[str] = (),
     public_ip: IPv4Address | None = None,
     can_reach: IPv4Address | None = None,
+    ipv6: bool = False,
+    public_ipv6: IPv6Address | None = None,
 ) -> ExtIface:
-    """Read the interfaces (and routes) from the kernel and choose as upstream does."""
+    """Read the interfaces (and routes) from the kernel and choose as upstream does; with
+    ``ipv6`` (a dual-stack network) also the interface's IPv6 address."""
     interfaces, default = read_interfaces(ipr)
-    return select_ext_iface(
+    ext = select_ext_iface(
         interfaces,
         iface=iface,
         iface_regex=iface_regex,
@@ -220,6 +264,7 @@ def external_interface(
         default_route_index=default,
         can_reach=route_source(ipr, can_reach) if can_reach is not None else None,
     )
+    return with_ipv6(ext, interfaces, public_ipv6) if ipv6 else ext
 
 
 def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:

@@ -1,6 +1,6 @@
 """Notice at once when someone removes what pyflannel owns in the kernel.
 
-Subscribes to netlink link, neighbour and IPv4 route notifications (an ``IPRSocket`` read from
+Subscribes to netlink link, neighbour, route and address notifications (both families) (an ``IPRSocket`` read from
 the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
 deletion of one of our devices, of a route with our protocol number, of a neighbour or FDB
 entry on our VXLAN device, or our device going down. The reconciler then repairs within a
@@ -14,12 +14,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from pyroute2 import IPRSocket
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
 )
@@ -41,7 +43,7 @@ class Watched:
     device_names: frozenset[str]
     device_indexes: frozenset[int]
     underlay: int = 0
-    networks: tuple[IPv4Network, ...] = ()  # route destinations of this network
+    networks: tuple[IPv4Network | IPv6Network, ...] = ()  # route destinations of this network
 
 
 def is_damage(msg, watched: Watched) -> Damage | None:
@@ -62,12 +64,17 @@ def is_damage(msg, watched: Watched) -> Damage | None:
             return "device", name, f"device {name} deleted"
         return None if msg["flags"] & IFF_UP else ("device", name, f"device {name} set down")
     if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
-        dst = f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"
+        unspecified = "::" if msg.get("family") == 10 else "0.0.0.0"
+        dst = f"{msg.get_attr('RTA_DST') or unspecified}/{msg['dst_len']}"
         try:
             net = ip_network(dst)
         except ValueError:  # nonsense
             return None
-        ours = isinstance(net, IPv4Network) and any(net.subnet_of(n) for n in watched.networks)
+        dst = str(net)  # the reconciler's spelling of the key
+        ours = any(
+            net.version == n.version and net.subnet_of(n)  # type: ignore[arg-type]
+            for n in watched.networks
+        )
         return ("route", dst, f"route {dst} deleted") if ours else None
     if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
         if msg.get("family") == 7:  # AF_BRIDGE: an FDB entry
@@ -91,7 +98,14 @@ class KernelWatch:
 
     def start(self) -> None:
         self.sock = IPRSocket()
-        self.sock.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR)
+        self.sock.bind(
+            groups=RTMGRP_LINK
+            | RTMGRP_NEIGH
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV6_ROUTE
+            | RTMGRP_IPV6_IFADDR
+        )
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
 
     def _read(self) -> None:

@@ -44,6 +44,11 @@ class NetworkConfig:
         return self.network
 
     @property
+    def cidr6(self) -> IPv6Network | None:
+        """The IPv6 network of a dual-stack config (EnableIPv6), else None."""
+        return self.ipv6_network if self.enable_ipv6 else None
+
+    @property
     def subnet_count(self) -> int:
         """How many IPv4 subnets SubnetMin..SubnetMax can hold."""
         size = 1 << (32 - self.subnet_len)

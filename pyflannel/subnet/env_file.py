@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+from pyflannel.subnet.config import NetworkConfig
+from pyflannel.subnet.lease import Lease
+
 
 @dataclass(frozen=True)
 class SubnetEnv:
@@ -22,6 +25,19 @@ class SubnetEnv:
     ipmasq: bool = False
     ipv6_network: IPv6Network | None = None
     ipv6_subnet: IPv6Network | None = None
+
+    @classmethod
+    def for_lease(cls, cfg: NetworkConfig, lease: Lease, mtu: int, ipmasq: bool) -> SubnetEnv:
+        """What a node holding ``lease`` writes: both families on a dual-stack network."""
+        dual = cfg.cidr6 is not None and lease.ipv6_subnet is not None
+        return cls(
+            cfg.cidr,
+            lease.subnet,
+            mtu,
+            ipmasq,
+            ipv6_network=cfg.cidr6 if dual else None,
+            ipv6_subnet=lease.ipv6_subnet if dual else None,
+        )
 
     def render(self) -> str:
         lines = [
@@ -54,34 +70,43 @@ def parse_env(text: str) -> dict[str, str]:
     return values
 
 
-def previous_subnet(path: str | os.PathLike) -> IPv4Network | None:
-    """The subnet recorded in an existing subnet.env, or None.
+def _read_cidr(path: str | os.PathLike, key: str, kind: type[IPv4Network] | type[IPv6Network]):
+    """The first valid ``kind`` network in a comma-separated value, masked, or None.
 
-    Like upstream (main.go ReadCIDRFromSubnetFile), FLANNEL_SUBNET may be a comma-separated
-    list; invalid items are skipped and the first valid IPv4 one is used, masked to a network.
+    Like upstream (main.go ReadCIDRFromSubnetFile): invalid items are skipped.
     """
     try:
         values = parse_env(Path(path).read_text())
     except (OSError, UnicodeDecodeError):
         return None
-    for item in values.get("FLANNEL_SUBNET", "").split(","):
+    for item in values.get(key, "").split(","):
         try:
             net = ipaddress.ip_network(item.strip(), strict=False)
         except ValueError:
             continue
-        if isinstance(net, IPv4Network):
+        if isinstance(net, kind):
             return net
     return None
 
 
+def previous_subnet(path: str | os.PathLike) -> IPv4Network | None:
+    """The subnet recorded in an existing subnet.env (FLANNEL_SUBNET), or None."""
+    return _read_cidr(path, "FLANNEL_SUBNET", IPv4Network)
+
+
+def previous_subnet6(path: str | os.PathLike) -> IPv6Network | None:
+    """The IPv6 subnet recorded in an existing subnet.env (FLANNEL_IPV6_SUBNET), or None."""
+    return _read_cidr(path, "FLANNEL_IPV6_SUBNET", IPv6Network)
+
+
 def previous_network(path: str | os.PathLike) -> IPv4Network | None:
     """The network (FLANNEL_NETWORK) an existing subnet.env names, or None."""
-    try:
-        value = parse_env(Path(path).read_text()).get("FLANNEL_NETWORK", "")
-        net = ipaddress.ip_network(value.split(",")[0].strip(), strict=False)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return net if isinstance(net, IPv4Network) else None
+    return _read_cidr(path, "FLANNEL_NETWORK", IPv4Network)
+
+
+def previous_network6(path: str | os.PathLike) -> IPv6Network | None:
+    """The IPv6 network (FLANNEL_IPV6_NETWORK) an existing subnet.env names, or None."""
+    return _read_cidr(path, "FLANNEL_IPV6_NETWORK", IPv6Network)
 
 
 def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> bool:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from ipaddress import IPv4Network
 from typing import Any
 
 from pyflannel.errors import FlannelError
+from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,14 @@ class TrafficManager(abc.ABC):
         forward: bool,
         random_fully_disabled: bool = False,
         vxlan_port: int | None = None,
+        family: int = 4,
     ):
+        self.family = family  # 6: the IPv6 rules of a dual-stack network
         self.masquerade = masquerade
         self.forward = forward
         self.random_fully_disabled = random_fully_disabled
         self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
-        self._network: tuple[IPv4Network, IPv4Network] | None = None  # (cluster, pod)
+        self._network: tuple[Cluster, Cluster] | None = None  # (cluster, pod)
         self.rules: list[Any] = []
         self.restores = 0
         self.last_problem = ""
@@ -63,13 +65,13 @@ class TrafficManager(abc.ABC):
         return self.masquerade or self.forward or self.vxlan_port is not None
 
     @property
-    def network(self) -> tuple[IPv4Network, IPv4Network]:
+    def network(self) -> tuple[Cluster, Cluster]:
         """(cluster, pod subnet) the rules are for (after ``setup``)."""
         assert self._network is not None, "setup() first"
         return self._network
 
     @abc.abstractmethod
-    async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
+    async def setup(self, cluster: Cluster, pod: Cluster) -> None:
         """Install the rules for this network and subnet (again, after the subnet changed)."""
 
     @abc.abstractmethod
@@ -93,7 +95,7 @@ class TrafficManager(abc.ABC):
                 log.error("%s resync: %s", self.mode, e)
 
 
-async def remove_other_mode(mode: str, cluster: IPv4Network) -> None:
+async def remove_other_mode(mode: str, cluster: Cluster) -> None:
     """Take this network's rules out of the mode not in use (upstream cleans both ways), so a
     node moved from iptables to nftables, or back, keeps no stale rules. Quiet if the other
     tool is not installed (then it cannot have rules either)."""

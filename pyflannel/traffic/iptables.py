@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from ipaddress import IPv4Network
 
 from pyflannel.traffic.base import TrafficError, TrafficManager, run_tool
 from pyflannel.traffic.iptables_rules import (
@@ -25,6 +24,7 @@ from pyflannel.traffic.iptables_rules import (
     restore_payload,
     vxlan_peer_rules,
 )
+from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,22 @@ class IptablesRules(TrafficManager):
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
 
-    async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
+    @property
+    def tool(self) -> str:
+        """iptables, or ip6tables for the IPv6 rules of a dual-stack network."""
+        return tool_for(self.family)
+
+    async def setup(self, cluster: Cluster, pod: Cluster) -> None:
         """Install the rules for this network and subnet (again, after the subnet changed)."""
         if not self.enabled:
             return
-        if shutil.which("iptables-restore") is None:
+        if shutil.which(f"{self.tool}-restore") is None:
             raise TrafficError(
-                "iptables-restore not found: install iptables, or run without "
+                f"{self.tool}-restore not found: install iptables, or run without "
                 "--ip-masq and with --iptables-forward-rules=false"
             )
         if self.version == (0, 0, 0):
-            self.version = parse_version(await _run("iptables", "--version"))
+            self.version = parse_version(await _run(self.tool, "--version"))
         self._network = (cluster, pod)
         self.rules = self._build()
         await self._restore(if_drifted=True)
@@ -64,7 +69,7 @@ class IptablesRules(TrafficManager):
             )
             if on
         ]
-        log.info("iptables rules in place: %s", ", ".join(what))
+        log.info("%s rules in place: %s", self.tool, ", ".join(what))
 
     def _build(self) -> list[Rule]:
         cluster, pod = self.network
@@ -90,7 +95,7 @@ class IptablesRules(TrafficManager):
 
     async def _listing(self) -> dict[str, list[str]]:
         return {
-            table: (await _run("iptables", "-w", "-t", table, "-S")).splitlines()
+            table: (await _run(self.tool, "-w", "-t", table, "-S")).splitlines()
             for table in sorted({r.table for r in self.rules})
         }
 
@@ -101,7 +106,7 @@ class IptablesRules(TrafficManager):
         wait = ["--wait"] if self.version >= (1, 6, 2) else []
         for table in sorted({r.table for r in self.rules}):
             await _run(
-                "iptables-restore",
+                f"{self.tool}-restore",
                 "--noflush",
                 *wait,
                 stdin=restore_payload(table, self.rules, listed[table], self.network[0]),
@@ -114,7 +119,7 @@ class IptablesRules(TrafficManager):
             return []
         problems = self._drift(await self._listing())
         if problems:
-            log.warning("iptables rules drifted (%s); restoring them", "; ".join(problems[:3]))
+            log.warning("%s rules drifted (%s); restoring them", self.tool, "; ".join(problems[:3]))
             await self._restore()
         self.last_problem = "; ".join(problems)
         return problems
@@ -127,15 +132,21 @@ class IptablesRules(TrafficManager):
         return drift(self.rules, listed, self.network[0])
 
 
-async def remove_rules(cluster: IPv4Network) -> bool:
-    """Remove this network's rules from upstream's iptables chains; True if there were any."""
-    if shutil.which("iptables-restore") is None:
+def tool_for(family: int) -> str:
+    return "ip6tables" if family == 6 else "iptables"
+
+
+async def remove_rules(cluster: Cluster) -> bool:
+    """Remove this network's rules from upstream's iptables chains (ip6tables for an IPv6
+    network); True if there were any."""
+    tool = tool_for(cluster.version)
+    if shutil.which(f"{tool}-restore") is None:
         return False
     removed = False
     for table in ("nat", "filter"):
-        listed = (await _run("iptables", "-w", "-t", table, "-S")).splitlines()
+        listed = (await _run(tool, "-w", "-t", table, "-S")).splitlines()
         payload = cleanup_payload(table, listed, cluster)
         if payload is not None:
-            await _run("iptables-restore", "--noflush", "--wait", stdin=payload)
+            await _run(f"{tool}-restore", "--noflush", "--wait", stdin=payload)
             removed = True
     return removed

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
-from pyflannel.traffic.ownership import OTHERS, OURS, SHARED, names_network_inside, shared_texts
+from pyflannel.traffic.ownership import (
+    OTHERS,
+    OURS,
+    SHARED,
+    Cluster,
+    names_network_inside,
+    shared_texts,
+)
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
@@ -36,7 +43,13 @@ class Rule:
         return f"-A {self.chain} {self.spec}"
 
 
-def masquerade_rules(cluster: IPv4Network, pod: IPv4Network, random_fully: bool) -> list[Rule]:
+def multicast(cluster: Cluster) -> str:
+    """The multicast range of the cluster's family (ip6tables: ff00::/8)."""
+    return "ff00::/8" if cluster.version == 6 else "224.0.0.0/4"
+
+
+def masquerade_rules(cluster: Cluster, pod: Cluster, random_fully: bool) -> list[Rule]:
+    """The same for both families (ip6tables with the IPv6 network and subnet)."""
     c = f'-m comment --comment "{MASQ_COMMENT}"'
     masq = "-j MASQUERADE --random-fully" if random_fully else "-j MASQUERADE"
     return [
@@ -49,13 +62,13 @@ def masquerade_rules(cluster: IPv4Network, pod: IPv4Network, random_fully: bool)
         # From outside to our pods: keep the client's address.
         Rule("nat", MASQ_CHAIN, f"! -s {cluster} -d {pod} {c} -j RETURN"),
         # Pods to the outside world (not multicast): masquerade.
-        Rule("nat", MASQ_CHAIN, f"-s {cluster} ! -d 224.0.0.0/4 {c} {masq}"),
+        Rule("nat", MASQ_CHAIN, f"-s {cluster} ! -d {multicast(cluster)} {c} {masq}"),
         # Host or outside to remote pods: masquerade so replies come back through us.
         Rule("nat", MASQ_CHAIN, f"! -s {cluster} -d {cluster} {c} {masq}"),
     ]
 
 
-def forward_rules(cluster: IPv4Network) -> list[Rule]:
+def forward_rules(cluster: Cluster) -> list[Rule]:
     c = f'-m comment --comment "{FORWARD_COMMENT}"'
     return [
         Rule("filter", "FORWARD", f"{c} -j {FORWARD_CHAIN}"),
@@ -87,7 +100,7 @@ def vxlan_peer_rules(port: int, peers: list[str]) -> list[Rule]:
 # rule, the jumps from the built-in chains) are shared: kept once, never removed. A line in a
 # flannel chain without a flannel comment is nobody's and is removed. The VXLAN peer-filter
 # chain is per port, so one network's alone.
-def claim(line: str, rules: list[Rule], cluster: IPv4Network) -> str:
+def claim(line: str, rules: list[Rule], cluster: Cluster) -> str:
     """Whose a listed ``-A <flannel chain> ...`` line is: OURS (to keep as wanted or remove),
     SHARED (one copy kept for every network) or OTHERS (another network's: never touched)."""
     chain = line.split()[1]
@@ -111,7 +124,7 @@ def _chain_lines(listed: list[str], chain: str) -> list[str]:
     return [line for line in listed if line.startswith(f"-A {chain} ")]
 
 
-def restore_payload(table: str, rules: list[Rule], listed: list[str], cluster: IPv4Network) -> str:
+def restore_payload(table: str, rules: list[Rule], listed: list[str], cluster: Cluster) -> str:
     """One ``iptables-restore --noflush`` transaction for ``table``, given its ``iptables -S``
     listing. A chain that is missing, or that is this network's alone, is declared (created
     or flushed: rules of an old subnet vanish). In a shared chain that exists, only this
@@ -147,7 +160,7 @@ def restore_payload(table: str, rules: list[Rule], listed: list[str], cluster: I
     return "\n".join(lines) + "\nCOMMIT\n"
 
 
-def drift(rules: list[Rule], listed: dict[str, list[str]], cluster: IPv4Network) -> list[str]:
+def drift(rules: list[Rule], listed: dict[str, list[str]], cluster: Cluster) -> list[str]:
     """What differs between ``rules`` and ``iptables -t <table> -S`` output per table: missing
     lines, lines of ours (or nobody's) that should not be there, duplicated jumps and shared
     lines. Other networks' lines are not drift. Empty when all is as it should be."""
@@ -185,7 +198,7 @@ JUMPS = {
 }
 
 
-def cleanup_payload(table: str, listed: list[str], cluster: IPv4Network) -> str | None:
+def cleanup_payload(table: str, listed: list[str], cluster: Cluster) -> str | None:
     """An ``iptables-restore --noflush`` transaction removing this network's rules from
     upstream's chains in ``table`` (nftables mode does not use them); a chain left with no
     other network's rules goes, with its jump. None if there is nothing of ours."""
@@ -197,7 +210,7 @@ def cleanup_payload(table: str, listed: list[str], cluster: IPv4Network) -> str 
         have = _chain_lines(listed, chain)
         ours = [line for line in have if names_network_inside(line, cluster)]
         others = [line for line in have if line not in ours and comment in line]
-        others = [line for line in others if names_network_inside_any(line)]
+        others = [line for line in others if names_network_inside_any(line, cluster)]
         if not others:  # nobody else uses the chain: it goes, with its jump
             jump = f'-A {builtin} -m comment --comment "{comment}" -j {chain}'
             lines += ["-D" + jump[2:]] * listed.count(jump)
@@ -207,6 +220,8 @@ def cleanup_payload(table: str, listed: list[str], cluster: IPv4Network) -> str 
     return "\n".join(lines) + "\nCOMMIT\n" if len(lines) > 1 else None
 
 
-def names_network_inside_any(line: str) -> bool:
-    """Does the line name a network (another network's rule does; the shared ones do not)?"""
-    return names_network_inside(line, IPv4Network("0.0.0.0/0"))
+def names_network_inside_any(line: str, family_of: Cluster) -> bool:
+    """Does the line name a network of that family (another network's rule does; the shared
+    ones do not)?"""
+    everything = IPv6Network("::/0") if family_of.version == 6 else IPv4Network("0.0.0.0/0")
+    return names_network_inside(line, everything)

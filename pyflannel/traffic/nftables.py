@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-from ipaddress import IPv4Network
 
 from pyflannel.traffic import nftables_rules as nft
 from pyflannel.traffic.base import TrafficError, TrafficManager, run_tool
+from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ _FULLY_RANDOM_CHECK = (
 )
 
 
-async def _listing() -> nft.Listing:
+async def _listing(cluster: Cluster) -> nft.Listing:
     try:
-        text = await run_tool("nft", "-a", "list", "table", nft.FAMILY, nft.TABLE)
+        text = await run_tool("nft", "-a", "list", "table", *nft.table_of(cluster))
     except TrafficError as e:
         if "No such file or directory" in str(e) or "does not exist" in str(e):
             return nft.Listing()  # no table: everything is missing
@@ -45,7 +45,7 @@ class NftablesRules(TrafficManager):
             log.warning("--vxlan-peer-filter is an iptables rule set: not applied in nftables mode")
             self.vxlan_port = None
 
-    async def setup(self, cluster: IPv4Network, pod: IPv4Network) -> None:
+    async def setup(self, cluster: Cluster, pod: Cluster) -> None:
         if not self.enabled:
             return
         if shutil.which("nft") is None:
@@ -57,12 +57,14 @@ class NftablesRules(TrafficManager):
             self.fully_random = not self.random_fully_disabled and await _accepts_fully_random()
         self._network = (cluster, pod)
         self.rules = self._build()
-        listing = await _listing()
+        listing = await _listing(cluster)
         if nft.drift(self.rules, listing, cluster):  # a restart with all in place: nothing
             await self._apply(listing)
         what = [n for n, on in (("masquerade", self.masquerade), ("forward", self.forward)) if on]
         log.info(
-            "nftables rules in place (table %s %s): %s", nft.FAMILY, nft.TABLE, ", ".join(what)
+            "nftables rules in place (table %s): %s",
+            " ".join(nft.table_of(cluster)),
+            ", ".join(what),
         )
 
     def _build(self) -> list[nft.NftRule]:
@@ -83,7 +85,7 @@ class NftablesRules(TrafficManager):
     async def check(self) -> list[str]:
         if not self.rules:
             return []
-        listing = await _listing()
+        listing = await _listing(self.network[0])
         problems = nft.drift(self.rules, listing, self.network[0])
         if problems:
             log.warning("nftables rules drifted (%s); restoring them", "; ".join(problems[:3]))
@@ -92,7 +94,8 @@ class NftablesRules(TrafficManager):
         return problems
 
     async def present(self) -> bool:
-        return not self.rules or not nft.drift(self.rules, await _listing(), self.network[0])
+        cluster = self.network[0] if self.rules else None
+        return cluster is None or not nft.drift(self.rules, await _listing(cluster), cluster)
 
 
 async def _accepts_fully_random() -> bool:
@@ -105,11 +108,12 @@ async def _accepts_fully_random() -> bool:
     return True
 
 
-async def remove_rules(cluster: IPv4Network) -> bool:
-    """Remove this network's rules from upstream's nftables table; True if there were any."""
+async def remove_rules(cluster: Cluster) -> bool:
+    """Remove this network's rules from upstream's nftables table (``flannel-ipv6`` for an
+    IPv6 network); True if there were any."""
     if shutil.which("nft") is None:
         return False
-    script = nft.cleanup(await _listing(), cluster)
+    script = nft.cleanup(await _listing(cluster), cluster)
     if script is None:
         return False
     await run_tool("nft", "-f", "-", stdin=script)

@@ -14,20 +14,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 
-from pyflannel.traffic.ownership import OTHERS, OURS, SHARED, names_network_inside, shared_texts
+from pyflannel.traffic.ownership import (
+    OTHERS,
+    OURS,
+    SHARED,
+    Cluster,
+    names_network_inside,
+    shared_texts,
+)
 
 FAMILY = "ip"
 TABLE = "flannel-ipv4"
+FAMILY6, TABLE6 = "ip6", "flannel-ipv6"  # a dual-stack network's IPv6 rules (same chains)
 FORWARD, POSTRTG = "forward", "postrtg"
 CHAINS = {
     FORWARD: 'comment "chain to accept flannel traffic" ; type filter hook forward priority filter ;',
     POSTRTG: 'comment "chain to manage traffic masquerading by flannel" ; '
     "type nat hook postrouting priority srcnat ;",
 }
-TABLE_COMMENT = f'comment "rules for {TABLE}" ;'
 KUBE_PROXY_MARK = "meta mark 0x00004000 return"
+
+
+def table_of(cluster: Cluster) -> tuple[str, str]:
+    """(nft family, table) of a network's rules: ``ip flannel-ipv4``, ``ip6 flannel-ipv6``."""
+    return (FAMILY6, TABLE6) if cluster.version == 6 else (FAMILY, TABLE)
 
 
 @dataclass(frozen=True)
@@ -36,28 +47,30 @@ class NftRule:
     text: str
 
 
-def masquerade_rules(cluster: IPv4Network, pod: IPv4Network, fully_random: bool) -> list[NftRule]:
+def masquerade_rules(cluster: Cluster, pod: Cluster, fully_random: bool) -> list[NftRule]:
     masq = "masquerade fully-random" if fully_random else "masquerade"
+    ip, multicast = ("ip6", "ff00::/8") if cluster.version == 6 else ("ip", "224.0.0.0/4")
     return [
         NftRule(POSTRTG, KUBE_PROXY_MARK),  # kube-proxy masquerades those itself
-        NftRule(POSTRTG, f"ip saddr {pod} ip daddr {cluster} return"),
-        NftRule(POSTRTG, f"ip saddr {cluster} ip daddr {pod} return"),
-        NftRule(POSTRTG, f"ip saddr != {pod} ip daddr {cluster} return"),
-        NftRule(POSTRTG, f"ip saddr {cluster} ip daddr != 224.0.0.0/4 {masq}"),
-        NftRule(POSTRTG, f"ip saddr != {cluster} ip daddr {cluster} {masq}"),
+        NftRule(POSTRTG, f"{ip} saddr {pod} {ip} daddr {cluster} return"),
+        NftRule(POSTRTG, f"{ip} saddr {cluster} {ip} daddr {pod} return"),
+        NftRule(POSTRTG, f"{ip} saddr != {pod} {ip} daddr {cluster} return"),
+        NftRule(POSTRTG, f"{ip} saddr {cluster} {ip} daddr != {multicast} {masq}"),
+        NftRule(POSTRTG, f"{ip} saddr != {cluster} {ip} daddr {cluster} {masq}"),
     ]
 
 
-def forward_rules(cluster: IPv4Network) -> list[NftRule]:
+def forward_rules(cluster: Cluster) -> list[NftRule]:
+    ip = "ip6" if cluster.version == 6 else "ip"
     return [
-        NftRule(FORWARD, f"ip saddr {cluster} accept"),
-        NftRule(FORWARD, f"ip daddr {cluster} accept"),
+        NftRule(FORWARD, f"{ip} saddr {cluster} accept"),
+        NftRule(FORWARD, f"{ip} daddr {cluster} accept"),
     ]
 
 
 @dataclass
 class Listing:
-    """``nft -a list table ip flannel-ipv4``, parsed: which chains exist, and their rules with
+    """``nft -a list table ip flannel-ipv4`` (or ``ip6 flannel-ipv6``), parsed: which chains exist, and their rules with
     handles, in order. An absent table is an empty listing."""
 
     chains: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -89,20 +102,21 @@ def parse_listing(text: str) -> Listing:
     return listing
 
 
-def claim(text: str, rules: list[NftRule], cluster: IPv4Network) -> str:
+def claim(text: str, rules: list[NftRule], cluster: Cluster) -> str:
     if text in shared_texts([r.text for r in rules], cluster):
         return SHARED
     return OURS if names_network_inside(text, cluster) else OTHERS
 
 
-def drift(rules: list[NftRule], listing: Listing, cluster: IPv4Network) -> list[str]:
+def drift(rules: list[NftRule], listing: Listing, cluster: Cluster) -> list[str]:
     """Missing chains and rules, duplicated shared rules, rules of ours that should not be
     there. Another network's rules are not drift."""
+    family, table = table_of(cluster)
     problems = []
     wanted = {r.text for r in rules}
     for chain in dict.fromkeys(r.chain for r in rules):
         if chain not in listing.chains:
-            problems.append(f"missing chain {FAMILY} {TABLE} {chain}")
+            problems.append(f"missing chain {family} {table} {chain}")
             continue
         have = [text for text, _ in listing.chains[chain]]
         for r in (r for r in rules if r.chain == chain):
@@ -125,39 +139,42 @@ def drift(rules: list[NftRule], listing: Listing, cluster: IPv4Network) -> list[
     return problems
 
 
-def transaction(rules: list[NftRule], listing: Listing, cluster: IPv4Network) -> str:
+def transaction(rules: list[NftRule], listing: Listing, cluster: Cluster) -> str:
     """An ``nft -f`` script: the table and chains created if missing (``add`` leaves existing
     ones as they are), this network's listed rules deleted by handle, a missing shared rule
     inserted first (and extra copies deleted), then this network's rules appended in order.
     One transaction: all of it applies, or none."""
-    lines = [f"add table {FAMILY} {TABLE} {{ {TABLE_COMMENT} }}"]
+    family, table = table_of(cluster)
+    prefix = f"{family} {table}"
+    lines = [f'add table {prefix} {{ comment "rules for {table}" ; }}']
     chains = list(dict.fromkeys(r.chain for r in rules))
-    lines += [f"add chain {FAMILY} {TABLE} {c} {{ {CHAINS[c]} }}" for c in chains]
+    lines += [f"add chain {prefix} {c} {{ {CHAINS[c]} }}" for c in chains]
     for chain in chains:
         wanted = [r for r in rules if r.chain == chain]
         have = listing.chains.get(chain, [])
         shared = [r for r in wanted if claim(r.text, rules, cluster) == SHARED]
         for text, handle in have:
             if claim(text, rules, cluster) == OURS:
-                lines.append(f"delete rule {FAMILY} {TABLE} {chain} handle {handle}")
+                lines.append(f"delete rule {prefix} {chain} handle {handle}")
         for r in shared:
             copies = [handle for text, handle in have if text == r.text]
-            lines += [f"delete rule {FAMILY} {TABLE} {chain} handle {h}" for h in copies[1:]]
+            lines += [f"delete rule {prefix} {chain} handle {h}" for h in copies[1:]]
             if not copies:
-                lines.append(f"insert rule {FAMILY} {TABLE} {chain} {r.text}")
-        lines += [f"add rule {FAMILY} {TABLE} {chain} {r.text}" for r in wanted if r not in shared]
+                lines.append(f"insert rule {prefix} {chain} {r.text}")
+        lines += [f"add rule {prefix} {chain} {r.text}" for r in wanted if r not in shared]
     for chain in sorted(set(listing.chains) - set(chains)):  # a set no longer wanted
         lines += [
-            f"delete rule {FAMILY} {TABLE} {chain} handle {handle}"
+            f"delete rule {prefix} {chain} handle {handle}"
             for text, handle in listing.chains[chain]
             if names_network_inside(text, cluster)
         ]
     return "\n".join(lines) + "\n"
 
 
-def cleanup(listing: Listing, cluster: IPv4Network) -> str | None:
+def cleanup(listing: Listing, cluster: Cluster) -> str | None:
     """An ``nft -f`` script removing this network's rules (iptables mode, or switching back);
     the table goes too when no other network's rule is left in it. None: nothing of ours."""
+    prefix = " ".join(table_of(cluster))
     ours = [
         (chain, handle)
         for chain, rules in listing.chains.items()
@@ -173,5 +190,5 @@ def cleanup(listing: Listing, cluster: IPv4Network) -> str | None:
     if not listing.exists or (not ours and others):
         return None
     if not others:
-        return f"delete table {FAMILY} {TABLE}\n"
-    return "".join(f"delete rule {FAMILY} {TABLE} {c} handle {h}\n" for c, h in ours)
+        return f"delete table {prefix}\n"
+    return "".join(f"delete rule {prefix} {c} handle {h}\n" for c, h in ours)

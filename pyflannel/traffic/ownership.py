@@ -4,23 +4,25 @@ no network (the kube-proxy mark rule, jumps) are shared: kept once, never remove
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 OURS, SHARED, OTHERS = "ours", "shared", "others"
 
+Cluster = IPv4Network | IPv6Network
 
-def names_network_inside(text: str, cluster: IPv4Network) -> bool:
-    """Does the rule text name an address or network inside ``cluster``?"""
+
+def names_network_inside(text: str, cluster: Cluster) -> bool:
+    """Does the rule text name an address or network inside ``cluster`` (same family)?"""
     for token in text.split():
         try:
             net = ip_network(token, strict=False)
         except ValueError:
             continue
-        if isinstance(net, IPv4Network) and net.subnet_of(cluster):
+        if net.version == cluster.version and net.subnet_of(cluster):  # type: ignore[arg-type]
             return True
     return False
 
 
-def shared_texts(texts: list[str], cluster: IPv4Network) -> set[str]:
+def shared_texts(texts: list[str], cluster: Cluster) -> set[str]:
     """Of a network's wanted rules, the ones every network on the host shares."""
     return {t for t in texts if not names_network_inside(t, cluster)}

@@ -1,5 +1,6 @@
 """host-gw (upstream pkg/backend/hostgw): for each peer a route ``<peer subnet> via <peer
-PublicIP>``; no device and no encapsulation, so the pod MTU is the interface's, and every node
+PublicIP>`` (and on a dual-stack network ``<peer IPv6 subnet> via <peer PublicIPv6>``); no device
+and no encapsulation, so the pod MTU is the interface's, and every node
 must be on one L2 segment. A peer whose PublicIP this node does not reach directly (it needs a
 gateway, or another interface) is not programmed: such a route would send pod traffic to a
 router that knows nothing of pods. It is logged once and shown in ``pyflannel status`` with
@@ -9,6 +10,7 @@ the reason; the peer is taken as soon as a new lease of it is usable.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -20,9 +22,12 @@ from pyflannel.backend.plan import (
     Encap,
     KernelState,
     Peer,
+    Peer6,
     PeerDataError,
+    ipv6_half,
     peer_entries,
     public_ip_of,
+    public_ipv6_of,
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.kernel.iface import ExtIface
@@ -54,7 +59,10 @@ class HostGwBackend(Backend):
         return self.lease_attrs()
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(public_ip=self.ext.public_ip, backend_type=HOST_GW_BACKEND)
+        public_ipv6 = self.ext.public_ipv6 if self.network.enable_ipv6 else None
+        return LeaseAttrs(
+            public_ip=self.ext.public_ip, public_ipv6=public_ipv6, backend_type=HOST_GW_BACKEND
+        )
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
         async with self.kernel.lock:
@@ -84,7 +92,19 @@ class HostGwBackend(Backend):
                 "node's L2 segment): host-gw needs every node on one link; not programmed "
                 "(use vxlan, or vxlan with DirectRouting, across segments)"
             )
-        return Peer(lease.subnet, ip, Encap.DIRECT)
+        peer = Peer(lease.subnet, ip, Encap.DIRECT)
+        if self.network.cidr6 is None:
+            return peer
+        try:
+            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
+            ip6 = public_ipv6_of(lease)
+            if not await self.netlink.call(kernel.directly_reachable, ip6, self.ext.index):
+                raise PeerDataError(
+                    f"PublicIPv6 {ip6} is not directly reachable on {self.ext.name}"
+                )
+        except PeerDataError as e:
+            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
+        return replace(peer, v6=Peer6(subnet6, ip6, Encap.DIRECT))
 
     def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)

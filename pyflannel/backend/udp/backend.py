@@ -22,7 +22,7 @@ from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, Via, u
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.tun import TUN_NAME
-from pyflannel.errors import ConfigError
+from pyflannel.errors import BackendError, ConfigError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
@@ -52,6 +52,11 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
 
 async def fall_back(ctx: BackendContext, reason: str) -> tuple[Backend, LeaseAttrs]:
     """A node of a vxlan network that cannot (or must not) do VXLAN: UDP, said loudly."""
+    if ctx.network.enable_ipv6:
+        raise BackendError(
+            f"cannot fall back to UDP ({reason}): the network is dual-stack (EnableIPv6) "
+            "and UDP encapsulation carries IPv4 only"
+        )
     log.error(
         "VXLAN FALLBACK: this node uses UDP encapsulation (port %d) instead of VXLAN: %s. "
         "pyflannel VXLAN peers reach it over UDP; upstream flannel VXLAN nodes cannot.",

@@ -1,5 +1,7 @@
 """The VXLAN backend: owns ``flannel.<VNI>``; per peer a neighbour, an FDB entry and an onlink
-route (or a plain route with DirectRouting).
+route (or a plain route with DirectRouting). On a dual-stack network (EnableIPv6) also
+``flannel-v6.<VNI>`` over the underlay's IPv6 address, with the same three entries per peer
+for its IPv6 subnet (BackendV6Data, PublicIPv6), as upstream.
 
 Peers that can only speak UDP (pyflannel nodes whose kernel has no VXLAN) are reached through
 a UDP path started on first need: their subnets are routed into ``flannel0``. This node says
@@ -16,16 +18,19 @@ from typing import Any
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.mtu import overlay_mtu
+from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
 from pyflannel.backend.plan import (
     UDP_BACKEND,
     VXLAN_BACKEND,
     Encap,
     KernelState,
     Peer,
+    PeerDataError,
+    ipv6_half,
     peer_entries,
     udp_peer,
     vxlan_peer,
+    vxlan_peer6,
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp.backend import fall_back
@@ -77,7 +82,6 @@ class VxlanBackend(Backend):
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
-        self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
         self.spec = VxlanSpec(
             name=device_name(self.config.vni),
             vni=self.config.vni,
@@ -86,10 +90,13 @@ class VxlanBackend(Backend):
             port=self.config.port,
             learning=self.config.learning,
             gbp=self.config.gbp,
-            mtu=self.mtu,
+            mtu=0,
         )
+        self.spec6: VxlanSpec | None = None  # dual-stack: flannel-v6.<VNI>
+        self._set_underlay(ext)
         self.device_name = self.spec.name
         self.device: VxlanLink | None = None
+        self.device6: VxlanLink | None = None
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
         self.udp = (
             UdpPath(
@@ -103,9 +110,32 @@ class VxlanBackend(Backend):
             else None
         )
 
+    def _set_underlay(self, ext: ExtIface) -> None:
+        """Device specs and MTUs for an underlay. The IPv4 device carries iface - 50; the
+        IPv6 one iface - 70 (a 40-byte outer header); pods get one MTU that fits both."""
+        link_mtu = self.config.mtu or ext.mtu
+        mtu4 = overlay_mtu(VXLAN_BACKEND, link_mtu)
+        self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=mtu4)
+        self.mtu = mtu4
+        if self.network.enable_ipv6:
+            if ext.iface_addr6 is None:
+                raise BackendError(f"EnableIPv6 is set but {ext.name} has no IPv6 address")
+            self.mtu = dual_stack_mtu(VXLAN_BACKEND, link_mtu)
+            self.spec6 = replace(
+                self.spec,
+                name=device_name(self.config.vni, ipv6=True),
+                local=ext.iface_addr6,
+                mtu=overlay_mtu(VXLAN_BACKEND, link_mtu, ipv6_underlay=True),
+            )
+
     @property
     def mtu_reason(self) -> str:
         source = "Backend.MTU" if self.config.mtu else f"{self.ext.name} MTU"
+        if self.spec6 is not None:
+            return (
+                f"{self.config.mtu or self.ext.mtu} ({source}) - 70 (VXLAN over the IPv6 "
+                "underlay; over IPv4 it is 50): one pod MTU that fits both families"
+            )
         return f"{self.config.mtu or self.ext.mtu} ({source}) - 50 (VXLAN overhead)"
 
     def devices(self) -> Devices:
@@ -113,12 +143,15 @@ class VxlanBackend(Backend):
             vxlan=self.device.index if self.device else None,
             tun=self.udp.index if self.udp and self.udp.running else None,
             networks=self.owned_networks,
+            vxlan6=self.device6.index if self.device6 else None,
         )
 
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
-        self.device = await self._ensure_device(mac=None)
+        self.device = await self._ensure_device(self.spec, mac=None)
+        if self.spec6 is not None:
+            self.device6 = await self._ensure_device(self.spec6, mac=None)
         if self.udp is not None:
             foreign = await self.netlink.call(kernel.foreign_addresses, TUN_NAME, self.network.cidr)
             if foreign:
@@ -141,8 +174,17 @@ class VxlanBackend(Backend):
         data: dict[str, Any] = {"VNI": self.spec.vni, "VtepMAC": self.link.mac}
         if self.udp_port:
             data["UDPPort"] = self.udp_port
+        v6_data = (
+            {"VNI": self.spec.vni, "VtepMAC": self.device6.mac}
+            if self.device6 is not None
+            else None
+        )
         return LeaseAttrs(
-            public_ip=self.ext.public_ip, backend_type=VXLAN_BACKEND, backend_data=data
+            public_ip=self.ext.public_ip,
+            public_ipv6=self.ext.public_ipv6 if v6_data else None,
+            backend_type=VXLAN_BACKEND,
+            backend_data=data,
+            backend_v6_data=v6_data,
         )
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
@@ -150,38 +192,40 @@ class VxlanBackend(Backend):
         same MAC (so peers need only a new FDB destination) and rebind the UDP path."""
         async with self.kernel.lock:
             self.ext = ext
-            self.mtu = overlay_mtu(VXLAN_BACKEND, self.config.mtu or ext.mtu)
-            self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=self.mtu)
-            self.device = await self._ensure_device(mac=self.link.mac)
+            self._set_underlay(ext)
+            self.device = await self._ensure_device(self.spec, mac=self.link.mac)
+            if self.spec6 is not None:
+                mac6 = self.device6.mac if self.device6 else None
+                self.device6 = await self._ensure_device(self.spec6, mac=mac6)
             await self._configure_device()
             if self.udp is not None:
                 await self.udp.move(ext, overlay_mtu(UDP_BACKEND, ext.mtu))
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
-    async def _ensure_device(self, mac: str | None) -> VxlanLink:
-        link = await self.netlink.call(kernel.find_link, self.spec.name)
+    async def _ensure_device(self, spec: VxlanSpec, mac: str | None) -> VxlanLink:
+        link = await self.netlink.call(kernel.find_link, spec.name)
         if link is not None:
-            reasons = incompatibilities(link, self.spec)
+            reasons = incompatibilities(link, spec)
             if not reasons:
                 log.info("keeping existing device %s (VTEP MAC %s)", link.name, link.mac)
                 return link
             log.warning("recreating %s: existing device has %s", link.name, ", ".join(reasons))
             await self.netlink.call(kernel.delete_link, link.index)
         try:
-            link = await self.netlink.call(kernel.create_vxlan, self.spec, mac or random_vtep_mac())
+            link = await self.netlink.call(kernel.create_vxlan, spec, mac or random_vtep_mac())
         except Exception as e:
             raise BackendError(
-                f"cannot create VXLAN device {self.spec.name} (VNI {self.spec.vni}, "
-                f"port {self.spec.effective_port}, via {self.ext.name}): {kernel.describe_error(e)}"
+                f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, "
+                f"port {spec.effective_port}, via {self.ext.name}): {kernel.describe_error(e)}"
             ) from e
         log.info(
             "created %s: VNI %d, local %s, port %d, MTU %d, VTEP MAC %s",
             link.name,
-            self.spec.vni,
-            self.spec.local,
-            self.spec.effective_port,
-            self.mtu,
+            spec.vni,
+            spec.local,
+            spec.effective_port,
+            spec.mtu,
             link.mac,
         )
         return link
@@ -192,24 +236,52 @@ class VxlanBackend(Backend):
             await self.udp.assign(lease.subnet, self.network.cidr)
 
     async def _configure_device(self) -> list[str]:
-        return await self.netlink.call(
+        """The lease's address on each device: ``<subnet>.0/32`` on flannel.<VNI>, and
+        ``<IPv6 subnet>::/128`` on flannel-v6.<VNI>."""
+        lease = self.held_lease
+        changed = await self.netlink.call(
             kernel.configure_device,
             self.link.index,
             self.link.name,
-            self.held_lease.subnet.network_address,
+            lease.subnet.network_address,
             self.network.cidr,
-            self.mtu,
+            self.spec.mtu,
         )
+        cidr6 = self.network.cidr6
+        if self.device6 is not None and self.spec6 is not None and cidr6 is not None:
+            if lease.ipv6_subnet is None:
+                raise BackendError(f"the lease {lease.key} has no IPv6 subnet")
+            changed += await self.netlink.call(
+                kernel.configure_device,
+                self.device6.index,
+                self.device6.name,
+                lease.ipv6_subnet.network_address,
+                cidr6,
+                self.spec6.mtu,
+            )
+        return changed
 
     async def ensure_devices(self) -> list[str]:
         repaired = []
         link = await self.netlink.call(kernel.find_link, self.spec.name)
         if link is None or incompatibilities(link, self.spec) or link.mac != self.link.mac:
             what = "was deleted" if link is None else "was changed"
-            self.device = await self._ensure_device(mac=self.link.mac)
+            self.device = await self._ensure_device(self.spec, mac=self.link.mac)
             repaired.append(f"device {self.spec.name} {what}; recreated")
         else:
             self.device = link
+        if self.spec6 is not None and self.device6 is not None:
+            link6 = await self.netlink.call(kernel.find_link, self.spec6.name)
+            if (
+                link6 is None
+                or incompatibilities(link6, self.spec6)
+                or link6.mac != self.device6.mac
+            ):
+                what = "was deleted" if link6 is None else "was changed"
+                self.device6 = await self._ensure_device(self.spec6, mac=self.device6.mac)
+                repaired.append(f"device {self.spec6.name} {what}; recreated")
+            else:
+                self.device6 = link6
         repaired += [f"device {c}" for c in await self._configure_device()]
         if self.udp and self.udp.running:
             repaired += await self.udp.ensure()
@@ -232,10 +304,24 @@ class VxlanBackend(Backend):
             kernel.directly_reachable, peer.public_ip, self.ext.index
         ):
             peer = vxlan_peer(lease, direct=True)
-        return peer
+        if self.device6 is None or self.network.cidr6 is None:
+            return peer
+        try:
+            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
+            half = vxlan_peer6(lease, subnet6)
+            if self.config.direct_routing and await self.netlink.call(
+                kernel.directly_reachable, half.public_ip, self.ext.index
+            ):
+                half = vxlan_peer6(lease, subnet6, direct=True)
+        except PeerDataError as e:
+            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
+        return replace(peer, v6=half)
 
     def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)
+
+    def extra_devices(self) -> tuple[str, ...]:
+        return (self.spec6.name,) if self.spec6 is not None else ()
 
     def peers_changed(self) -> None:
         if self.udp is not None:
@@ -252,6 +338,8 @@ class VxlanBackend(Backend):
             "port": self.spec.effective_port,
             "vni": self.spec.vni,
             "vtep_mac": self.device.mac if self.device else None,
+            "device6": self.spec6.name if self.spec6 else None,
+            "vtep_mac6": self.device6.mac if self.device6 else None,
         }
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pyflannel.errors import ConfigError
@@ -62,7 +62,7 @@ def parse_vxlan_config(backend: dict[str, Any]) -> VxlanConfig:
 class VxlanSpec:
     name: str
     vni: int
-    local: IPv4Address
+    local: IPv4Address | IPv6Address  # an IPv6 local: the flannel-v6 device
     link_index: int
     port: int
     learning: bool
@@ -84,15 +84,16 @@ class VxlanLink:
     mac: str
     mtu: int
     vni: int | None = None
-    local: IPv4Address | None = None
+    local: IPv4Address | IPv6Address | None = None
     link_index: int = 0
     port: int = 0
     learning: bool = False
     gbp: bool = False
 
 
-def device_name(vni: int) -> str:
-    return f"flannel.{vni}"
+def device_name(vni: int, ipv6: bool = False) -> str:
+    """``flannel.<VNI>``, and ``flannel-v6.<VNI>`` for the IPv6 device (vxlan.go:205,233)."""
+    return f"flannel-v6.{vni}" if ipv6 else f"flannel.{vni}"
 
 
 def incompatibilities(link: VxlanLink, spec: VxlanSpec) -> list[str]:
