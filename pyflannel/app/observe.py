@@ -63,6 +63,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             last_renewal=keeper.last_renewal,
             renewals=keeper.renewals,
             losses=keeper.losses,
+            ipv6_subnet=str(held.ipv6_subnet) if held.ipv6_subnet else None,
         )
     return DaemonSnapshot(
         pid=os.getpid(),
@@ -89,6 +90,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             relists=watch.relists if watch else 0,
         ),
         network=str(r.network.cidr) if r else None,
+        network6=str(r.network.cidr6) if r and r.network.cidr6 else None,
         interface=r.ext if r else None,
         lease=lease,
         backend=r.backend.snapshot() if r else None,

@@ -296,11 +296,15 @@ class Op(NamedTuple):
 
 
 def peer_entries(peer: Peer) -> KernelState:
-    entries = _family_entries(peer.encap, peer.subnet, peer.public_ip, peer.vtep_mac)
+    entries = family_entries(peer)
     if peer.v6 is not None:
-        v6 = peer.v6
-        entries.add(_family_entries(v6.encap, v6.subnet, v6.public_ip, v6.vtep_mac))
+        entries.add(family_entries(peer.v6))
     return entries
+
+
+def family_entries(half: Peer | Peer6) -> KernelState:
+    """The entries of one family: a peer's IPv4 half, or its IPv6 half."""
+    return _family_entries(half.encap, half.subnet, half.public_ip, half.vtep_mac)
 
 
 def _family_entries(

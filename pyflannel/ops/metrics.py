@@ -61,6 +61,17 @@ class DaemonCollector:
             for encap, n in sorted(counts.items()):
                 peers.add_metric([encap], n)
             yield peers
+            families = GaugeMetricFamily(
+                "pyflannel_peer_families",
+                "peers programmed per address family (ipv6: the IPv6 halves of a dual-stack "
+                "network; ipv6_refused: IPv6 halves not programmed, see /status)",
+                labels=["family"],
+            )
+            families.add_metric(["ipv4"], len(backend.peers))
+            if snap.network6 is not None:
+                families.add_metric(["ipv6"], sum(1 for p in backend.peers if p.v6))
+                families.add_metric(["ipv6_refused"], sum(1 for p in backend.peers if p.v6_problem))
+            yield families
             yield CounterMetricFamily(
                 "pyflannel_reconcile_repairs",
                 "kernel entries repaired by the reconciler",

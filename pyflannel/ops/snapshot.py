@@ -20,6 +20,7 @@ class LeaseView:
     last_renewal: float | None  # wall clock
     renewals: int
     losses: int
+    ipv6_subnet: str | None = None  # dual-stack
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class DaemonSnapshot:
     instance: InstanceView
     etcd: EtcdView
     network: str | None
+    network6: str | None
     interface: ExtIface | None
     lease: LeaseView | None
     backend: BackendSnapshot | None

@@ -147,6 +147,44 @@ def judge_mtu(interface: str, mtu: int | None, overhead: int = 50) -> Finding:
     )
 
 
+def judge_ipv6(p: Probe, dual_stack: bool | None) -> Finding:
+    """Can this node carry the IPv6 half of a dual-stack network? ``p.facts``: ``address``
+    (the interface's global IPv6 address or None), ``forwarding`` (net.ipv6.conf.all
+    .forwarding), ``ip6tables`` (ip6tables-restore present); ``dual_stack``: the running
+    daemon's network has EnableIPv6 (None: no daemon answered)."""
+    f = p.facts
+    address, forwarding, ip6tables = f.get("address"), f.get("forwarding"), f.get("ip6tables")
+    where = f.get("interface", "the interface")
+    if not dual_stack:
+        what = "IPv4-only network" if dual_stack is False else "no daemon answered"
+        can = f"{where} has {address}" if address else f"{where} has no global IPv6 address"
+        return Finding("ipv6", PASS, f"{what}; for dual-stack: {can}")
+    if not address:
+        return Finding(
+            "ipv6",
+            FAIL,
+            f"the network is dual-stack but {where} has no global IPv6 address",
+            "Give the interface an IPv6 address (or choose another with --iface); the daemon "
+            "cannot start without one.",
+        )
+    if forwarding != "1":
+        return Finding(
+            "ipv6",
+            WARN,
+            f"dual-stack on {where} ({address}), but net.ipv6.conf.all.forwarding is "
+            f"{forwarding or 'unknown'}: this node does not forward pods' IPv6 packets",
+            "sysctl -w net.ipv6.conf.all.forwarding=1 (and persist it in /etc/sysctl.d).",
+        )
+    if not ip6tables:
+        return Finding(
+            "ipv6",
+            WARN,
+            f"dual-stack on {where} ({address}); ip6tables-restore not found",
+            "Install iptables (it ships ip6tables) for --ip-masq and forward rules over IPv6.",
+        )
+    return Finding("ipv6", PASS, f"dual-stack on {where} ({address}), IPv6 forwarding on")
+
+
 def judge_etcd(p: Probe) -> Finding:
     if not p.ok:
         return Finding(

@@ -30,6 +30,7 @@ from pyflannel.ops.doctor.checks import (
     judge_container,
     judge_etcd,
     judge_iptables,
+    judge_ipv6,
     judge_mtu,
     judge_port,
     judge_traffic_tools,
@@ -145,6 +146,33 @@ def probe_interface(o: Options) -> tuple[str, int | None]:
     return ext.name, ext.mtu
 
 
+def probe_ipv6(o: Options) -> Probe:
+    """The chosen interface's global IPv6 address, IPv6 forwarding, ip6tables."""
+    from pyroute2 import IPRoute
+
+    from pyflannel.errors import InterfaceError
+    from pyflannel.kernel.iface import external_interface, read_interfaces, with_ipv6
+
+    facts: dict = {"ip6tables": shutil.which("ip6tables-restore") is not None}
+    try:
+        facts["forwarding"] = Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip()
+    except OSError:
+        facts["forwarding"] = None  # IPv6 disabled in this kernel or namespace
+    try:
+        with IPRoute() as ipr:
+            ext = external_interface(
+                ipr, iface=o.iface, iface_regex=o.iface_regex, public_ip=o.public_ip_address
+            )
+            facts["interface"] = ext.name
+            try:
+                facts["address"] = str(with_ipv6(ext, read_interfaces(ipr)[0]).iface_addr6)
+            except InterfaceError:
+                facts["address"] = None
+    except InterfaceError as e:
+        return Probe(False, str(e), facts)
+    return Probe(True, facts=facts)
+
+
 def probe_port(port: int) -> tuple[bool, str | None]:
     """(in use?, who: one of our devices if it is theirs)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -230,6 +258,8 @@ async def run_checks(o: Options) -> list[Finding]:
     from pyflannel.ops.status.client import daemon_document
 
     doc, _ = await asyncio.to_thread(daemon_document, o, 3.0)
+    dual_stack = None if doc is None else bool(doc.get("network6"))
+    findings.append(judge_ipv6(await asyncio.to_thread(probe_ipv6, o), dual_stack))
     device = ((doc or {}).get("backend") or {}).get("device") or "flannel.1"
     if device.startswith("flannel."):
         findings.append(await asyncio.to_thread(judge_offload, device, doc))

@@ -26,6 +26,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
         "instance": {**asdict(snap.instance), "others": list(snap.instance.others)},
         "etcd": {**asdict(snap.etcd), "endpoints": list(snap.etcd.endpoints)},
         "network": snap.network,
+        "network6": snap.network6,
     }
     try:
         doc["etcd"]["members"] = await asyncio.wait_for(io.etcd_members(), 3)
@@ -41,6 +42,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             "address": str(ext.iface_addr),
             "public_ip": str(ext.public_ip),
         }
+        if ext.iface_addr6 is not None:
+            doc["interface"].update(address6=str(ext.iface_addr6), public_ipv6=str(ext.public_ipv6))
     if snap.lease is not None:
         doc["lease"] = asdict(snap.lease)
     b = snap.backend
@@ -59,6 +62,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
         }
         if b.type == "vxlan":
             doc["backend"].update(vni=b.vni, vtep_mac=b.vtep_mac)
+            if b.device6:
+                doc["backend"].update(device6=b.device6, vtep_mac6=b.vtep_mac6)
         actual = await io.kernel_state()
         if actual is not None:
             doc["peers"] = peer_rows(b.peers, actual)

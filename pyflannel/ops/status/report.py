@@ -11,27 +11,44 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from pyflannel.backend.plan import KernelState, Peer, peer_entries
+from pyflannel.backend.plan import KernelState, Peer, Peer6, family_entries
 from pyflannel.ops.mesh.health import PeerHealth, explain
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
 
 
 def peer_row(peer: Peer, actual: KernelState) -> dict:
-    """One line of the peers table: what the peer needs and whether the kernel has it."""
-    want = peer_entries(peer)
-    row = {
+    """One line of the peers table: what the peer needs and whether the kernel has it; on a
+    dual-stack network its IPv6 half under ``ipv6`` (or why it is not programmed)."""
+    row: dict = {
         "subnet": str(peer.subnet),
         "public_ip": str(peer.public_ip),
         "encap": peer.encap,
         "vtep_mac": peer.vtep_mac or None,
         "udp_port": peer.udp_port or None,
+        **_programmed(peer, actual),
     }
-    for name, (_, wanted), (_, have) in zip(
-        ("neighbour", "fdb", "route"), want.tables(), actual.tables(), strict=True
-    ):
-        row[name] = None if not wanted else all(have.get(k) == v for k, v in wanted.items())
+    if peer.v6 is not None:
+        row["ipv6"] = {
+            "subnet": str(peer.v6.subnet),
+            "public_ip": str(peer.v6.public_ip),
+            "encap": peer.v6.encap,
+            "vtep_mac": peer.v6.vtep_mac or None,
+            **_programmed(peer.v6, actual),
+        }
+    elif peer.v6_problem:
+        row["ipv6"] = {"problem": peer.v6_problem}
     return row
+
+
+def _programmed(half: Peer | Peer6, actual: KernelState) -> dict[str, bool | None]:
+    want = family_entries(half)
+    return {
+        name: None if not wanted else all(have.get(k) == v for k, v in wanted.items())
+        for name, (_, wanted), (_, have) in zip(
+            ("neighbour", "fdb", "route"), want.tables(), actual.tables(), strict=True
+        )
+    }
 
 
 def peer_rows(peers: Iterable[Peer], actual: KernelState) -> list[dict]:
@@ -80,6 +97,12 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
         missing = [k for k in ("neighbour", "fdb", "route") if row.get(k) is False]
         if missing:
             problems.append(f"peer {row['subnet']}: {', '.join(missing)} not programmed")
+        v6 = row.get("ipv6") or {}
+        missing6 = [k for k in ("neighbour", "fdb", "route") if v6.get(k) is False]
+        if missing6:
+            problems.append(f"peer {v6['subnet']}: IPv6 {', '.join(missing6)} not programmed")
+        if v6.get("problem"):
+            warnings.append(f"peer {row['subnet']}: IPv6 not programmed: {v6['problem']}")
         path = row.get("path") or {}
         state = path.get("state", "")
         words = explain(state, row["subnet"], row["public_ip"], mtu, path.get("loss", 0.0))
@@ -153,6 +176,11 @@ def render(doc: dict) -> str:
     if i:
         lines.append(
             f"interface  {i.get('name')} {i.get('address')} MTU {i.get('mtu')}, public IP {i.get('public_ip')}"
+            + (
+                f"; IPv6 {i['address6']}, public IPv6 {i.get('public_ipv6')}"
+                if i.get("address6")
+                else ""
+            )
         )
     if lease:
         lines.append(
@@ -160,6 +188,8 @@ def render(doc: dict) -> str:
             f"{_duration(lease.get('expires_in_s'), lease.get('reservation', False))}, "
             f"last renewal {_ago(lease.get('last_renewal'))}"
         )
+        if lease.get("ipv6_subnet"):
+            lines.append(f"           IPv6 {lease['ipv6_subnet']} (network {doc.get('network6')})")
     if b:
         extra = []
         if b.get("vni") is not None:
@@ -172,6 +202,8 @@ def render(doc: dict) -> str:
             f"backend    {b.get('type')} on {b.get('device')} ({', '.join(extra)}); MTU {b.get('mtu')}"
             + (f" = {b['mtu_reason']}" if b.get("mtu_reason") else "")
         )
+        if b.get("device6"):
+            lines.append(f"           IPv6 on {b['device6']} (VTEP MAC {b.get('vtep_mac6')})")
         if b.get("fallback"):
             lines.append(f"           UDP FALLBACK: {b['fallback']}")
         udp = b.get("udp")
@@ -217,6 +249,14 @@ def render(doc: dict) -> str:
                 f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_mark(r['neighbour']):<7} "
                 f"{_mark(r['fdb']):<7} {_mark(r['route']):<7} {path.get('state', '-'):<15} {rtt}"
             )
+            v6 = r.get("ipv6") or {}
+            if v6.get("problem"):
+                lines.append(f"    IPv6 not programmed: {v6['problem']}")
+            elif v6:
+                lines.append(
+                    f"    {v6['subnet']:<24} {v6['public_ip']:<23} "
+                    f"{_mark(v6['neighbour']):<7} {_mark(v6['fdb']):<7} {_mark(v6['route']):<7}"
+                )
     for r in doc.get("ignored", []):
         lines.append(f"  ignored: {r}")
     return "\n".join(lines) + "\n"
