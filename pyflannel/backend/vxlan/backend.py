@@ -59,7 +59,10 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
     --backend-fallback=off), or UDP if told so (--backend-fallback=udp)."""
     if ctx.fallback == "udp":
         return await fall_back(ctx, "forced by --backend-fallback=udp")
-    udp_port = None if ctx.fallback == "off" else ctx.udp_fallback_port
+    # A dual-stack network has no UDP-only nodes (UDP carries IPv4 only): no UDPPort, so the
+    # lease is upstream's byte for byte.
+    off = ctx.fallback == "off" or ctx.network.enable_ipv6
+    udp_port = None if off else ctx.udp_fallback_port
     backend = VxlanBackend(ctx.netlink, ctx.network, ctx.ext, udp_port, ctx.udp_tuning)
     try:
         return backend, await backend.prepare()
