@@ -7,6 +7,7 @@ upstream to pyflannel keeping both subnets. The fourth host runs the failure cas
 
 import json
 import re
+import shutil
 import time
 from ipaddress import IPv6Address, IPv6Network
 
@@ -217,6 +218,27 @@ def test_bad_configurations_are_refused_with_a_clear_error(bed):
             assert spare.proc.wait(timeout=20) == 1
             assert words in spare.log()[mark:], spare.log()[mark:]
             spare.proc = None
+
+
+def test_nftables_mode_keeps_upstreams_ip6_table(bed):
+    """EnableNFTables on a dual-stack network: ``ip6 flannel-ipv6`` with the IPv6 rules, and
+    no drift found at each resync (the rules are written as nft prints them)."""
+    require(shutil.which("nft") is not None, "the nft command (apt install nftables)")
+    spare = bed.nodes[3]
+    bed.put_config({**config(bed.backend), "EnableNFTables": True}, prefix="/nft6/network")
+    spare.start("--etcd-prefix=/nft6/network", "--ip-masq", "--iptables-resync=1")
+    try:
+        spare.wait_ready()
+        subnet6 = spare.subnet6
+        text = spare.run("nft", "list", "table", "ip6", "flannel-ipv6").stdout
+        assert f"ip6 saddr {subnet6} ip6 daddr {NETWORK6} return" in text
+        assert f"ip6 saddr {NETWORK6} ip6 daddr != ff00::/8 masquerade" in text
+        assert f"ip6 saddr {NETWORK6} accept" in text
+        time.sleep(2.5)  # two resyncs
+        assert "drifted" not in spare.log()
+    finally:
+        spare.stop()
+        spare.subnet_file.unlink(missing_ok=True)
 
 
 def test_a_node_without_an_ipv6_address_says_so(bed):

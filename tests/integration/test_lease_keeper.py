@@ -334,3 +334,57 @@ async def test_a_lease_turned_into_a_reservation_while_running_is_not_renewed(
             while not k.lease.is_reservation:
                 await asyncio.sleep(0.05)
         assert k.renew_at == float("inf") and not task.done()
+
+
+DUAL = '{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd10::/48"}'
+
+
+async def test_a_dual_stack_lease_holds_both_subnets_and_a_restart_keeps_them(registry):
+    from ipaddress import IPv6Network
+
+    cfg = network(DUAL)
+    first = await keeper(registry, cfg=cfg).acquire(attrs("198.51.100.1"))
+    assert first.ipv6_subnet is not None and first.ipv6_subnet.subnet_of(IPv6Network("fd10::/48"))
+    assert first.key == f"{first.subnet.network_address}-24&{first.ipv6_subnet.network_address}-64"
+    again = await keeper(registry, cfg=cfg).acquire(attrs("198.51.100.1", "02:00:00:00:00:09"))
+    assert (again.subnet, again.ipv6_subnet) == (first.subnet, first.ipv6_subnet)
+    stored = await registry.get_lease(first.subnet, first.ipv6_subnet)
+    assert stored.attrs.backend_data["VtepMAC"] == "02:00:00:00:00:09"
+    # The same subnets after the lease was lost (previous subnets from the subnet file).
+    await registry.delete_lease(stored)
+    back = await keeper(registry, cfg=cfg).acquire(
+        attrs("198.51.100.1"), previous=first.subnet, previous6=first.ipv6_subnet
+    )
+    assert (back.subnet, back.ipv6_subnet) == (first.subnet, first.ipv6_subnet)
+
+
+async def test_two_nodes_that_pick_one_ipv6_subnet_at_once_end_with_distinct_ones(
+    etcd_server, prefix
+):
+    """Keys differ when the IPv4 halves differ, so both creations succeed: the later writer
+    sees the earlier one and chooses again (a network with room for only two IPv6 subnets
+    makes the collision likely)."""
+    cfg = network(
+        '{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd10::/62", '
+        '"IPv6SubnetLen": 64}'
+    )
+    for _ in range(10):
+        clients = [EtcdClient([etcd_server.url]) for _ in range(2)]
+        try:
+            leases = await asyncio.gather(
+                *(
+                    keeper(Registry(c, prefix), f"198.51.100.{i + 1}", cfg).acquire(
+                        attrs(f"198.51.100.{i + 1}")
+                    )
+                    for i, c in enumerate(clients)
+                )
+            )
+            assert leases[0].ipv6_subnet != leases[1].ipv6_subnet
+            listed, _, _ = await Registry(clients[0], prefix).list_leases()
+            assert sorted(str(le.ipv6_subnet) for le in listed) == sorted(
+                str(le.ipv6_subnet) for le in leases
+            )
+            for lease in listed:
+                await Registry(clients[0], prefix).delete_lease(lease)
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
