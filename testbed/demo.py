@@ -1,7 +1,7 @@
 """``python -m testbed.demo``: a 3-node pyflannel cluster in network namespaces.
 
 Starts etcd and three daemons, puts a pod behind each node, sends traffic between every pair
-of pods over the VXLAN overlay, shows the leases in etcd and the kernel entries on one node,
+of pods over the VXLAN overlay (over both families with ``--dual-stack``), shows the leases in etcd and the kernel entries on one node,
 then tears everything down (also on Ctrl-C or failure).
 """
 
@@ -42,14 +42,18 @@ def pods(bed) -> int:
         for dst in bed.nodes:
             if src is dst:
                 continue
-            result = src.ping(dst.pod_ip, count=3, interval=0.1)
-            ok = result.received == result.sent == 3
-            failures += not ok
-            rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
-            say(
-                f"{'ok  ' if ok else 'FAIL'} pod {src.pod_ip} ({src.ns}) -> pod {dst.pod_ip} "
-                f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
-            )
+            for address in (dst.pod_ip, dst.pod_ip6):  # pod_ip6: on a dual-stack network
+                if address is None:
+                    continue
+                result = src.ping(address, count=3, interval=0.1)
+                ok = result.received == result.sent == 3
+                failures += not ok
+                rtt = f"{sorted(result.rtts)[len(result.rtts) // 2]:.3f} ms" if result.rtts else "-"
+                source = src.pod_ip if address.version == 4 else src.pod_ip6
+                say(
+                    f"{'ok  ' if ok else 'FAIL'} pod {source} ({src.ns}) -> pod {address} "
+                    f"({dst.ns}): {result.received}/{result.sent} replies, median RTT {rtt}"
+                )
     if shutil.which("iperf3") and len(bed.nodes) >= 2:
         say(iperf_line(bed.nodes[0], bed.nodes[1]))
     return failures
@@ -102,14 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the pods are real podman containers attached by pyflannel's flannel CNI plugin",
     )
+    parser.add_argument(
+        "--dual-stack",
+        action="store_true",
+        help="a dual-stack network (EnableIPv6, IPv6Network fd10::/48): pods get an address "
+        "of each family and every pair is pinged over both",
+    )
     args = parser.parse_args(argv)
+    config = dict(VXLAN_CONFIG)
+    if args.dual_stack:
+        config.update(EnableIPv6=True, IPv6Network="fd10::/48")
     netns.sweep()
     failures = 0
     with TestBed(hosts=args.hosts, mtu=args.mtu) as bed:
         section("etcd and the network config")
         say(f"etcd {bed.etcd.url} in namespace {bed.lan}")
-        bed.put_config()
-        say(f"etcdctl put /coreos.com/network/config '{json.dumps(VXLAN_CONFIG)}'")
+        bed.put_config(config)
+        say(f"etcdctl put /coreos.com/network/config '{json.dumps(config)}'")
 
         section("starting pyflannel on every node")
         started = time.monotonic()
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 f"{node.ns} ready after {time.monotonic() - started:.2f} s: "
                 f"FLANNEL_SUBNET={env['FLANNEL_SUBNET']} FLANNEL_MTU={env['FLANNEL_MTU']}"
+                + (f" FLANNEL_IPV6_SUBNET={env['FLANNEL_IPV6_SUBNET']}" if args.dual_stack else "")
             )
             if not args.containers:
                 node.add_pod()
@@ -136,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             ["ip", "route", "show", "proto", "152"],
             ["ip", "neigh", "show", "dev", "flannel.1"],
             ["bridge", "fdb", "show", "dev", "flannel.1"],
+            *(
+                [
+                    ["ip", "-6", "route", "show", "proto", "152"],
+                    ["bridge", "fdb", "show", "dev", "flannel-v6.1"],
+                ]
+                if args.dual_stack
+                else []
+            ),
         ):
             say(f"$ {' '.join(cmd)}")
             say(node.run(*cmd).stdout.rstrip())
