@@ -14,12 +14,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from pyflannel.app.observe import StatusAnswers, daemon_snapshot
 from pyflannel.app.options import Options
 from pyflannel.backend.base import Backend
-from pyflannel.backend.plan import HOST_GW_BACKEND, VXLAN_BACKEND, Encap, Peer, Table
+from pyflannel.backend.plan import HOST_GW_BACKEND, VXLAN_BACKEND, Encap, Peer, Peer6, Table
 from pyflannel.backend.registry import BackendContext, start_backend
 from pyflannel.backend.udp.path import UdpTuning, default_workers
 from pyflannel.backend.udp.tun import TUN_NAME
@@ -468,11 +468,11 @@ class Daemon:
             published = paths
             self.mesh_writes += 1
 
-    def _probe_target(self, peer: Peer) -> IPv4Address:
-        """The peer's flannel device address (<subnet>.0); host-gw has none: the CNI bridge's
-        <subnet>.1."""
+    def _probe_target(self, half: Peer | Peer6) -> IPv4Address | IPv6Address:
+        """The peer's flannel device address (<subnet>.0, or <IPv6 subnet>::); host-gw has
+        none: the CNI bridge's <subnet>.1 (or ::1)."""
         offset = 1 if self.r.backend.name == HOST_GW_BACKEND else 0
-        return peer.subnet.network_address + offset
+        return half.subnet.network_address + offset
 
     def _watched(self) -> Watched:
         r = self.r

@@ -41,7 +41,7 @@ def bed(request):
     with TestBed(hosts=4) as bed:
         bed.put_config(config(request.param))
         for node in bed.nodes[:2]:
-            node.start(*FAST_RECONCILE, "--ip-masq")
+            node.start(*FAST_RECONCILE, "--ip-masq", "--probe-interval=1")
         for node in bed.nodes[:2]:
             node.wait_ready()
             node.add_pod()
@@ -87,14 +87,18 @@ def test_the_lease_and_subnet_env_have_upstreams_shape(bed):
     assert list(json.loads(mine)) == list(json.loads(theirs))  # same keys, same order
     keys = [line.split("=")[0] for line in a.subnet_file.read_text().splitlines()]
     up_keys = [line.split("=")[0] for line in up.subnet_file.read_text().splitlines()]
-    assert keys == up_keys == [
-        "FLANNEL_NETWORK",
-        "FLANNEL_SUBNET",
-        "FLANNEL_IPV6_NETWORK",
-        "FLANNEL_IPV6_SUBNET",
-        "FLANNEL_MTU",
-        "FLANNEL_IPMASQ",
-    ]
+    assert (
+        keys
+        == up_keys
+        == [
+            "FLANNEL_NETWORK",
+            "FLANNEL_SUBNET",
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_MTU",
+            "FLANNEL_IPMASQ",
+        ]
+    )
     env = a.subnet_env()
     assert env["FLANNEL_IPV6_NETWORK"] == NETWORK6
     assert env["FLANNEL_IPV6_SUBNET"] == f"{a.subnet6.network_address + 1}/64"
@@ -164,6 +168,36 @@ def test_status_and_metrics_show_both_families(bed):
     assert f"IPv6 {a.subnet6}" in text and str(b.subnet6) in text
     metrics = a.endpoint("/metrics")
     assert 'pyflannel_peer_families{family="ipv6"} 2.0' in metrics
+    _, findings = a.doctor()
+    assert findings["ipv6"]["status"] == "pass", findings["ipv6"]
+    assert f"dual-stack on eth0 ({a.underlay_ip6})" in findings["ipv6"]["detail"]
+
+
+def test_each_family_is_probed_and_a_path_broken_in_ipv6_only_is_named(bed):
+    a, b, up = bed.nodes[:3]
+    for peer in (a, up):
+        eventually(lambda peer=peer: _paths(b, peer, "ok", "ok"), timeout=20)
+    drop = ["OUTPUT", "-d", str(a.subnet6), "-j", "DROP"]
+    b.run("ip6tables", "-w", "-I", *drop)
+    try:
+        eventually(lambda: _paths(b, a, "ok", "unreachable"), timeout=20)
+        proc = b.status_cli()
+        assert proc.returncode == 1 and str(a.subnet6) in proc.stdout, proc.stdout
+        code, findings = b.doctor("--probe", str(a.subnet))
+        assert code == 1
+        assert findings[f"path {a.subnet}"]["status"] == "pass"
+        assert findings[f"path {a.subnet6}"]["status"] == "fail"
+    finally:
+        b.run("ip6tables", "-w", "-D", *drop)
+    eventually(lambda: _paths(b, a, "ok", "ok"), timeout=20)
+
+
+def _paths(node, peer, v4: str, v6: str):
+    row = {r["subnet"]: r for r in node.status()["peers"]}[str(peer.subnet)]
+    assert ((row["path"] or {}).get("state"), (row["ipv6"].get("path") or {}).get("state")) == (
+        v4,
+        v6,
+    )
 
 
 def test_a_peer_whose_ipv6_half_is_junk_keeps_its_ipv4_half(bed):

@@ -368,3 +368,20 @@ def test_docker_opts_give_docker_the_ipv6_subnet():
 def test_doctor_ipv6_verdicts(facts, dual, status, words):
     finding = judge_ipv6(Probe(True, facts={"interface": "eth0", **facts}), dual)
     assert finding.status == status and words in finding.detail
+
+
+def test_icmpv6_probe_packets():
+    from pyflannel.ops.mesh.prober import ICMPV6_ECHO, echo_request6, parse_reply6
+
+    request = echo_request6(0x1234, 7, b"12345678", 1430)
+    assert len(request) == 1430 - 40 and request[0] == ICMPV6_ECHO
+    reply = bytes([129]) + request[1:]
+    assert parse_reply6(reply, "fd10:0:0:5::%eth0") == (
+        IPv6Address("fd10:0:0:5::"),
+        0x1234,
+        7,
+        b"12345678",
+    )
+    assert parse_reply6(request, "fd10::") is None  # a request is no reply
+    assert parse_reply6(reply[:10], "fd10::") is None
+    assert parse_reply6(reply, "junk") is None

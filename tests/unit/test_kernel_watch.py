@@ -41,3 +41,29 @@ def test_our_device_deleted_and_an_unknown_one_ignored():
     other = Msg({"IFLA_IFNAME": "flannel.2"}, event="RTM_DELLINK", flags=0)
     assert is_damage(gone, WATCHED)[0] == "device"
     assert is_damage(other, WATCHED) is None
+
+
+def test_an_ipv6_route_of_a_dual_stack_network_is_damage_and_spelled_as_the_reconciler_does():
+    from ipaddress import IPv6Network
+
+    watched = Watched(
+        frozenset({"flannel.1", "flannel-v6.1"}),
+        frozenset({7, 8}),
+        2,
+        (IPv4Network("10.1.0.0/16"), IPv6Network("fd10::/48")),
+    )
+    msg = Msg({"RTA_DST": "fd10:0:0:5::"}, event="RTM_DELROUTE", proto=152, dst_len=64, family=10)
+    assert is_damage(msg, watched) == (
+        "route",
+        "fd10:0:0:5::/64",
+        "route fd10:0:0:5::/64 deleted",
+    )
+    other = Msg({"RTA_DST": "fd20::"}, event="RTM_DELROUTE", proto=152, dst_len=64, family=10)
+    assert is_damage(other, watched) is None
+    assert is_damage(other, WATCHED) is None  # an IPv4-only network owns no IPv6 route
+    neigh = Msg({"NDA_DST": "fd10:0:0:5::"}, event="RTM_DELNEIGH", ifindex=8, family=10)
+    assert is_damage(neigh, watched) == (
+        "neigh",
+        "fd10:0:0:5::",
+        "neighbour entry fd10:0:0:5:: deleted",
+    )

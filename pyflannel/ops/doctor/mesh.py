@@ -5,9 +5,9 @@ what this node's VXLAN device says about the checksum offload known to break TCP
 from __future__ import annotations
 
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from pyflannel.backend.plan import Encap, Peer
+from pyflannel.backend.plan import Encap, Peer, Peer6
 from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, Finding
 from pyflannel.ops.mesh.health import PeerHealth, explain
 from pyflannel.ops.mesh.prober import MeshProber
@@ -20,7 +20,12 @@ async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
     mtu = int(backend.get("mtu") or 0)
     host_gw = backend.get("type") == "host-gw"
     peers = [
-        Peer(IPv4Network(r["subnet"]), IPv4Address(r["public_ip"]), Encap(r["encap"]))
+        Peer(
+            IPv4Network(r["subnet"]),
+            IPv4Address(r["public_ip"]),
+            Encap(r["encap"]),
+            v6=_half6(r.get("ipv6") or {}),
+        )
         for r in doc.get("peers", [])
         if only in (None, "all", r["subnet"], r["public_ip"])
     ]
@@ -39,20 +44,27 @@ async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
     )
     await prober.run(rounds=ROUNDS)
     findings = []
-    for peer in peers:
-        record = prober.records[peer.subnet]
+    for half in (h for p in peers for h in (p, p.v6) if h is not None):
+        record = prober.records[half.subnet]
         state = record.state
-        words = explain(state, str(peer.subnet), str(peer.public_ip), mtu, record.loss)
+        words = explain(state, str(half.subnet), str(half.public_ip), mtu, record.loss)
         status = PASS if state is PeerHealth.OK else WARN if state is PeerHealth.LOSSY else FAIL
         rtt = f", RTT {record.rtt_median:.2f} ms" if record.rtt_median is not None else ""
         findings.append(
             Finding(
-                f"path {peer.subnet}",
+                f"path {half.subnet}",
                 status,
                 words or f"ok: small, {mtu}-byte and TCP probes pass{rtt}",
             )
         )
     return findings
+
+
+def _half6(row: dict) -> Peer6 | None:
+    """A status row's IPv6 half (dual-stack), if it is programmed."""
+    if "subnet" not in row:
+        return None
+    return Peer6(IPv6Network(row["subnet"]), IPv6Address(row["public_ip"]), Encap(row["encap"]))
 
 
 def judge_offload(device: str, doc: dict | None) -> Finding:

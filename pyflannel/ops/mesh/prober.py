@@ -8,6 +8,9 @@ Cost is bounded: at most ``rate`` probes a second for all peers together, round 
 round of N peers takes max(interval, 2N / rate) seconds. Replies are matched on the ICMP id,
 sequence number, a per-probe nonce in the payload and the source address: stray or hostile ICMP
 changes nothing. A state change is logged once; probes never are.
+
+On a dual-stack network a peer's IPv6 half is a path of its own (ICMPv6 to its IPv6 subnet's
+``::`` or ``::1``, keyed by that subnet), so a path broken in one family only is named.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from pyflannel.backend.plan import Peer
+from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.ops.mesh.health import PathRecord, PeerHealth, explain
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,12 @@ log = logging.getLogger(__name__)
 TIMEOUT = 1.0  # seconds a probe waits for its answer
 TCP_PORT = 9  # discard: closed on nodes, so the peer's kernel answers a SYN with a RST
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: set DF, never fragment locally
+IPV6_MTU_DISCOVER = 23  # <linux/in6.h>; IPV6_PMTUDISC_DO is 2 as well
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
+
+Address = IPv4Address | IPv6Address
+Half = Peer | Peer6  # a path: a peer's IPv4 half, or its IPv6 half
 
 
 def checksum(data: bytes) -> int:
@@ -49,6 +57,26 @@ def echo_request(ident: int, seq: int, nonce: bytes, ip_size: int) -> bytes:
     return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(header + payload), ident, seq) + payload
 
 
+def echo_request6(ident: int, seq: int, nonce: bytes, ip_size: int) -> bytes:
+    """An ICMPv6 echo request whose IPv6 packet is ``ip_size`` bytes (40 header + 8 ICMPv6 +
+    data); the kernel fills in the checksum of a raw ICMPv6 socket."""
+    payload = nonce + bytes(max(0, ip_size - 48 - len(nonce)))
+    return struct.pack("!BBHHH", ICMPV6_ECHO, 0, 0, ident, seq) + payload
+
+
+def parse_reply6(packet: bytes, source: str) -> tuple[IPv6Address, int, int, bytes] | None:
+    """(source, id, seq, first payload bytes) of an ICMPv6 echo reply (a raw ICMPv6 socket
+    reads no IPv6 header: the source comes from recvfrom)."""
+    if len(packet) < 16 or packet[0] != ICMPV6_ECHOREPLY:
+        return None
+    _, _, _, ident, seq = struct.unpack("!BBHHH", packet[:8])
+    try:
+        address = IPv6Address(source.split("%")[0])
+    except ValueError:
+        return None
+    return address, ident, seq, bytes(packet[8:16])
+
+
 def parse_reply(packet: bytes) -> tuple[IPv4Address, int, int, bytes] | None:
     """(source, id, seq, first payload bytes) of an echo reply read from a raw socket."""
     if len(packet) < 28 or packet[0] >> 4 != 4:
@@ -65,19 +93,20 @@ class MeshProber:
     def __init__(
         self,
         peers: Callable[[], list[Peer]],
-        target: Callable[[Peer], IPv4Address],
+        target: Callable[[Half], Address],
         mtu: Callable[[], int],
         interval: float,
         rate: float,
     ):
         self.peers, self.target, self.mtu = peers, target, mtu
         self.interval, self.rate = interval, rate
-        self.records: dict[IPv4Network, PathRecord] = {}
+        self.records: dict[IPv4Network | IPv6Network, PathRecord] = {}
         self.sent = 0
         self._ident = os.getpid() & 0xFFFF
         self._seq = random.randrange(1 << 16)
-        self._pending: dict[int, tuple[IPv4Address, bytes, asyncio.Future]] = {}
+        self._pending: dict[int, tuple[Address, bytes, asyncio.Future]] = {}
         self._sock: socket.socket | None = None
+        self._sock6: socket.socket | None = None  # opened when a peer has an IPv6 half
 
     async def run(self, rounds: int | None = None) -> None:
         """Probe every peer each interval, forever (or ``rounds`` times, for a one-off check)."""
@@ -98,20 +127,40 @@ class MeshProber:
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
+            if self._sock6 is not None:
+                loop.remove_reader(self._sock6.fileno())
+                self._sock6.close()
+                self._sock6 = None
+
+    def _open_ipv6(self) -> bool:
+        if self._sock6 is None:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+            except OSError as e:
+                log.warning("mesh: cannot probe IPv6 paths: %s", e)
+                return False
+            self._sock6 = sock
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read6)
+        return True
 
     async def _round(self) -> None:
         peers = self.peers()
-        wanted = {p.subnet for p in peers}
+        halves: list[Half] = [half for p in peers for half in (p, p.v6) if half is not None]
+        if any(isinstance(h, Peer6) for h in halves) and not self._open_ipv6():
+            halves = [h for h in halves if isinstance(h, Peer)]
+        wanted = {h.subnet for h in halves}
         for gone in set(self.records) - wanted:  # a peer that left is not probed any more
             del self.records[gone]
         waits = []
-        for peer in peers:
+        for half in halves:
             for kind in ("small", "full", "tcp"):
-                waits.append(asyncio.create_task(self._probe(peer, kind)))
+                waits.append(asyncio.create_task(self._probe(half, kind)))
                 await asyncio.sleep(1 / self.rate)
         await asyncio.gather(*waits)
 
-    async def _probe(self, peer: Peer, kind: str) -> None:
+    async def _probe(self, peer: Half, kind: str) -> None:
         record = self.records.setdefault(peer.subnet, PathRecord())
         target = self.target(peer)
         mtu = self.mtu()
@@ -126,8 +175,14 @@ class MeshProber:
         t0 = time.monotonic()
         rtt: float | None = None
         try:
-            assert self._sock is not None
-            self._sock.sendto(echo_request(self._ident, seq, nonce, size), (str(target), 0))
+            if target.version == 6:
+                assert self._sock6 is not None
+                request = echo_request6(self._ident, seq, nonce, size)
+                self._sock6.sendto(request, (str(target), 0))
+            else:
+                assert self._sock is not None
+                request = echo_request(self._ident, seq, nonce, size)
+                self._sock.sendto(request, (str(target), 0))
             self.sent += 1
             await asyncio.wait_for(future, TIMEOUT)
             rtt = (time.monotonic() - t0) * 1000
@@ -137,7 +192,7 @@ class MeshProber:
             self._pending.pop(seq, None)
         self._record(peer, record, kind, rtt, mtu)
 
-    async def _tcp(self, target: IPv4Address) -> float | None:
+    async def _tcp(self, target: Address) -> float | None:
         """A TCP exchange through the overlay: connect to a closed port; a RST (refused) or an
         accept is an answer, silence is not."""
         t0 = time.monotonic()
@@ -154,7 +209,7 @@ class MeshProber:
         return (time.monotonic() - t0) * 1000
 
     def _record(
-        self, peer: Peer, record: PathRecord, kind: str, rtt: float | None, mtu: int
+        self, peer: Half, record: PathRecord, kind: str, rtt: float | None, mtu: int
     ) -> None:
         changed = record.add(kind, rtt, time.time())
         if changed is not None:
@@ -176,16 +231,29 @@ class MeshProber:
                 return
             except OSError:
                 return
-            reply = parse_reply(packet)
-            if reply is None:
-                continue
-            source, ident, seq, nonce = reply
-            pending = self._pending.get(seq)
-            if ident != self._ident or pending is None:
-                continue
-            target, want_nonce, future = pending
-            if source == target and nonce == want_nonce and not future.done():
-                future.set_result(None)
+            self._match(parse_reply(packet))
+
+    def _read6(self) -> None:
+        assert self._sock6 is not None
+        while True:
+            try:
+                packet, address = self._sock6.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._match(parse_reply6(packet, address[0]))
+
+    def _match(self, reply: tuple[Address, int, int, bytes] | None) -> None:
+        if reply is None:
+            return
+        source, ident, seq, nonce = reply
+        pending = self._pending.get(seq)
+        if ident != self._ident or pending is None:
+            return
+        target, want_nonce, future = pending
+        if source == target and nonce == want_nonce and not future.done():
+            future.set_result(None)
 
     def view(self) -> dict[str, dict]:
         """Per peer subnet: state, RTT median/recent max (ms), loss, time of the last change."""

@@ -69,6 +69,9 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             doc["peers"] = peer_rows(b.peers, actual)
             for row in doc["peers"]:
                 row["path"] = snap.mesh.get(row["subnet"])
+                v6 = row.get("ipv6") or {}
+                if "subnet" in v6:
+                    v6["path"] = snap.mesh.get(v6["subnet"])
         doc["ignored"] = [f"{subnet}: {why}" for subnet, why in b.rejected]
     doc["subnet_env"] = {
         "path": snap.instance.subnet_file,

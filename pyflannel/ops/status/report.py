@@ -103,13 +103,16 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
             problems.append(f"peer {v6['subnet']}: IPv6 {', '.join(missing6)} not programmed")
         if v6.get("problem"):
             warnings.append(f"peer {row['subnet']}: IPv6 not programmed: {v6['problem']}")
-        path = row.get("path") or {}
-        state = path.get("state", "")
-        words = explain(state, row["subnet"], row["public_ip"], mtu, path.get("loss", 0.0))
-        if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
-            problems.append(words)
-        elif state == PeerHealth.LOSSY:
-            warnings.append(words)
+        for half in (row, v6):  # a dual-stack peer: a path per family
+            path = half.get("path") or {}
+            state = path.get("state", "")
+            if not state:
+                continue
+            words = explain(state, half["subnet"], half["public_ip"], mtu, path.get("loss", 0.0))
+            if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
+                problems.append(words)
+            elif state == PeerHealth.LOSSY:
+                warnings.append(words)
     return problems, warnings
 
 
@@ -253,9 +256,12 @@ def render(doc: dict) -> str:
             if v6.get("problem"):
                 lines.append(f"    IPv6 not programmed: {v6['problem']}")
             elif v6:
+                path6 = v6.get("path") or {}
+                rtt6 = f"{path6['rtt_ms']:.2f}" if path6.get("rtt_ms") is not None else "-"
                 lines.append(
                     f"    {v6['subnet']:<24} {v6['public_ip']:<23} "
-                    f"{_mark(v6['neighbour']):<7} {_mark(v6['fdb']):<7} {_mark(v6['route']):<7}"
+                    f"{_mark(v6['neighbour']):<7} {_mark(v6['fdb']):<7} {_mark(v6['route']):<7} "
+                    f"{path6.get('state', '-'):<15} {rtt6}"
                 )
     for r in doc.get("ignored", []):
         lines.append(f"  ignored: {r}")
