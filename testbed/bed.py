@@ -36,6 +36,7 @@ DEFAULT_PREFIX = "/coreos.com/network"
 VXLAN_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 
 _beds = itertools.count()
+PRIVATE_RUN = 'mkdir -p /run/wireguard && mount -t tmpfs tmpfs /run/wireguard && exec "$@"'
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Node:
         host_dir.mkdir(parents=True, exist_ok=True)
         self.subnet_file = host_dir / (f"subnet-{network}.env" if network else "subnet.env")
         self.log_path = self.dir / "daemon.log"
+        self.key_file = self.dir / "wgkey"  # WIREGUARD_KEY_FILE of the node's daemon
         self.proc: subprocess.Popen | None = None
         self.pod_ip: IPv4Address | None = None
         self.pod_ip6: IPv6Address | None = None
@@ -96,16 +98,30 @@ class Node:
             *args,
         ]
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> Node:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, private_run: bool = False
+    ) -> Node:
+        """Start the daemon. ``private_run``: in a mount namespace of its own with a tmpfs on
+        /run/wireguard, so each node's wireguard-go has its own socket directory (a real host
+        has one; the bed's nodes share a filesystem). Its WireGuard key is in the node's
+        directory (WIREGUARD_KEY_FILE) either way."""
         assert not self.running, f"daemon on {self.ns} already running"
         log = open(self.log_path, "ab")
         log.write(f"---- start {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
         log.flush()
+        command = self.daemon_command(*args)
+        if private_run:
+            command = ["unshare", "-m", "sh", "-c", PRIVATE_RUN, "sh", *command]
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *self.daemon_command(*args)],
+            ["ip", "netns", "exec", self.ns, *command],
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "WIREGUARD_KEY_FILE": str(self.key_file),
+                **(env or {}),
+            },
         )
         log.close()
         return self
@@ -135,9 +151,15 @@ class Node:
         self.stop(signal.SIGKILL)
 
     def children(self) -> list[int]:
-        """The daemon's child processes (its UDP data-path workers)."""
-        text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        return [int(pid) for pid in text.split()]
+        """The daemon's child processes (its UDP data-path workers, wireguard-go), whichever
+        of its threads started them."""
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+            except OSError:
+                continue  # a thread that just ended
+        return pids
 
     def endpoint(self, path: str, port: int | None = None) -> str:
         """A page of the daemon's health endpoint, fetched inside the host's namespace (at
@@ -240,6 +262,17 @@ class Node:
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30):
         return netns.run(list(cmd), ns=self.ns, check=check, timeout=timeout)
+
+    def in_daemon_mounts(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``cmd`` in the daemon's network and mount namespaces (``wg show`` of a daemon
+        started with ``private_run``)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-n", *cmd],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=30,
+        )
 
     def ip_json(self, *args: str) -> list[dict]:
         return netns.ip_json(self.ns, *args)

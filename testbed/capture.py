@@ -29,6 +29,7 @@ def describe(pkt) -> dict | None:
         record["vni"] = pkt[VXLAN].vni
         inner = pkt[VXLAN].payload
     else:
+        record["payload_hex"] = bytes(udp.payload).hex()  # e.g. to show it is not cleartext
         inner = udp.payload
         try:
             inner = IP(bytes(inner))

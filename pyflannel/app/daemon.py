@@ -189,6 +189,7 @@ class Daemon:
             ),
             fallback=o.backend_fallback,
             udp_fallback_port=o.udp_fallback_port,
+            wireguard_datapath=o.wireguard_datapath,
         )
 
     async def start(self) -> Running:

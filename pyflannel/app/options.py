@@ -52,6 +52,7 @@ class Options:
     udp_datapath: str = "auto"
     udp_fastpath: bool = True
     udp_workers: int = 0
+    wireguard_datapath: str = "auto"
     ip_masq: bool = False
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
@@ -180,6 +181,12 @@ FLAGS: list[tuple[str, type, str]] = [
         int,
         "UDP backend: data-path worker processes, each with its own TUN queue and socket; "
         "flows are spread over them (default 0: one per core; pyflannel only)",
+    ),
+    (
+        "wireguard-datapath",
+        str,
+        "wireguard backend: auto (the kernel's module if it can make a link, else userspace "
+        "wireguard-go), kernel, or userspace (default %(default)s; pyflannel only)",
     ),
     (
         "ip-masq",
@@ -333,6 +340,11 @@ def validate(options: Options) -> None:
         raise OptionsError(
             f"--udp-workers must be from 0 (one per core) to {MAX_UDP_WORKERS}, "
             f"not {options.udp_workers}"
+        )
+    if options.wireguard_datapath not in ("auto", "kernel", "userspace"):
+        raise OptionsError(
+            "--wireguard-datapath must be auto, kernel or userspace, "
+            f"not {options.wireguard_datapath!r}"
         )
     if options.udp_datapath not in ("auto", "threads", "asyncio", "uvloop"):
         raise OptionsError(

@@ -40,6 +40,8 @@ class BackendSnapshot:
     vtep_mac: str | None = None
     device6: str | None = None  # dual-stack vxlan: flannel-v6.<VNI>
     vtep_mac6: str | None = None
+    public_key: str | None = None  # wireguard: this node's, as advertised
+    datapath: str | None = None  # wireguard: kernel, or userspace wireguard-go
     fallback: str | None = None  # why this node runs UDP although the network is vxlan
     peers: tuple[Peer, ...] = ()
     rejected: tuple[tuple[IPv4Network, str], ...] = ()

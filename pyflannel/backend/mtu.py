@@ -7,6 +7,7 @@ OVERHEAD = {
     "vxlan": 50,  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
     "udp": 28,  # outer IPv4 20 + UDP 8; the payload is the bare inner packet
     "host-gw": 0,
+    "wireguard": 80,  # outer IPv6 40 (upstream counts the larger) + UDP 8 + WireGuard 32
     "alloc": 0,
 }
 

@@ -22,6 +22,7 @@ from pyflannel.subnet.lease import Lease
 VXLAN_BACKEND = "vxlan"
 UDP_BACKEND = "udp"
 HOST_GW_BACKEND = "host-gw"
+WIREGUARD_BACKEND = "wireguard"
 
 
 class Encap(enum.StrEnum):
@@ -30,6 +31,7 @@ class Encap(enum.StrEnum):
     VXLAN = "vxlan"  # through the VXLAN device
     DIRECT = "direct"  # same link: a plain route via its public IP (DirectRouting)
     UDP = "udp"  # through the userspace UDP tunnel
+    WIREGUARD = "wireguard"  # through the WireGuard device (a peer of it, not a kernel entry)
 
 
 class Table(enum.StrEnum):
@@ -79,7 +81,8 @@ class Peer:
     public_ip: IPv4Address
     encap: Encap
     vtep_mac: str = ""  # vxlan
-    udp_port: int = 0  # udp
+    udp_port: int = 0  # udp; wireguard: the endpoint port
+    public_key: str = ""  # wireguard: base64, as in the lease
     v6: Peer6 | None = None  # dual-stack: the IPv6 half, if usable
     v6_problem: str = ""  # why a lease's IPv6 half is not programmed (its IPv4 half is)
 
@@ -314,6 +317,8 @@ def _family_entries(
         return KernelState(routes={subnet: Route(public_ip, Via.UNDERLAY)})
     if encap == Encap.UDP:
         return KernelState(routes={subnet: Route(None, Via.TUN)})
+    if encap == Encap.WIREGUARD:
+        return KernelState()  # a WireGuard peer; the network's one route covers it
     gateway = subnet.network_address  # the peer's VTEP address on the overlay
     return KernelState(
         neighbours={gateway: vtep_mac},

@@ -26,6 +26,7 @@ BACKENDS: dict[str, str] = {
     "vxlan": "pyflannel.backend.vxlan.backend",
     "udp": "pyflannel.backend.udp.backend",
     "host-gw": "pyflannel.backend.hostgw.backend",
+    "wireguard": "pyflannel.backend.wireguard.backend",
 }
 DUAL_STACK = ("vxlan", "host-gw")  # the backends that carry IPv6 too (as upstream)
 
@@ -41,6 +42,7 @@ class BackendContext:
     udp_tuning: UdpTuning
     fallback: str = "auto"  # auto | udp | off
     udp_fallback_port: int = 8285
+    wireguard_datapath: str = "auto"  # auto | kernel | userspace
 
 
 Start = Callable[[BackendContext], Awaitable[tuple["Backend", LeaseAttrs]]]

@@ -46,6 +46,24 @@ def judge_vxlan(p: Probe, tun_ok: bool | None) -> Finding:
     )
 
 
+def judge_wireguard(kernel: Probe, tun_ok: bool | None, wireguard_go: str | None) -> Finding:
+    """Which WireGuard this node can run for the wireguard backend: the kernel's, userspace
+    wireguard-go (needs TUN and the binary), or neither."""
+    if kernel.ok:
+        return Finding("wireguard", PASS, "kernel WireGuard (the wireguard module works)")
+    why = f"no kernel WireGuard ({kernel.error or 'not tested'})"
+    if tun_ok and wireguard_go:
+        return Finding("wireguard", PASS, f"userspace WireGuard: {wireguard_go}; {why}")
+    missing = "wireguard-go" if not wireguard_go else "TUN device"
+    return Finding(
+        "wireguard",
+        WARN,
+        f"neither kernel nor userspace WireGuard: {why}, and no {missing}",
+        "Only the wireguard backend needs it: apt install wireguard-go (and allow /dev/net/tun "
+        "in a container), or load the wireguard module.",
+    )
+
+
 def judge_tun(p: Probe) -> Finding:
     if p.ok:
         return Finding("tun", PASS, "TUN devices work (UDP backend and fallback possible)")

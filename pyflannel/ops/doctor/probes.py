@@ -36,6 +36,7 @@ from pyflannel.ops.doctor.checks import (
     judge_traffic_tools,
     judge_tun,
     judge_vxlan,
+    judge_wireguard,
 )
 
 
@@ -43,24 +44,31 @@ def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def probe_devices() -> tuple[Probe, Probe]:
-    """Create a VXLAN and a TUN device in a throwaway namespace."""
+def probe_devices() -> tuple[Probe, Probe, Probe]:
+    """Create a VXLAN, a TUN and a WireGuard device in a throwaway namespace."""
     ns = f"pf{os.getpid()}x99-doctor"
     if _run("ip", "netns", "add", ns).returncode != 0:
-        return Probe(None, "cannot create a network namespace to test in"), Probe(
-            None, "not tested"
-        )
+        untested = Probe(None, "not tested")
+        return Probe(None, "cannot create a network namespace to test in"), untested, untested
     try:
         v = _run(
             "ip", "-n", ns, "link", "add", "pfdoctor", "type", "vxlan", "id", "4242", "dstport", "0"
         )
         t = _run("ip", "-n", ns, "tuntap", "add", "mode", "tun", "name", "pfdoctor0")
+        w = _run("ip", "-n", ns, "link", "add", "pfdoctorwg", "type", "wireguard")
         return (
             Probe(v.returncode == 0, v.stderr.strip()),
             Probe(t.returncode == 0, t.stderr.strip()),
+            Probe(w.returncode == 0, w.stderr.strip()),
         )
     finally:
         _run("ip", "netns", "del", ns)
+
+
+def wireguard_go() -> str | None:
+    from pyflannel.backend.wireguard.userspace import find_binary
+
+    return find_binary()
 
 
 def probe_container() -> dict:
@@ -238,12 +246,13 @@ def _fetch_metrics(url: str, o: Options) -> tuple[str, str | None]:
 
 
 async def run_checks(o: Options) -> list[Finding]:
-    vxlan, tun = await asyncio.to_thread(probe_devices)
+    vxlan, tun, wireguard = await asyncio.to_thread(probe_devices)
     etcd, skew = await probe_etcd(o)
     interface, mtu = await asyncio.to_thread(probe_interface, o)
     findings = [
         judge_vxlan(vxlan, tun.ok),
         judge_tun(tun),
+        judge_wireguard(wireguard, tun.ok, wireguard_go()),
         judge_container(probe_container()),
         judge_iptables(await asyncio.to_thread(probe_iptables), o.ip_masq),
         judge_traffic_tools(await asyncio.to_thread(probe_traffic_tools)),

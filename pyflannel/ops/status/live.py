@@ -60,6 +60,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             "reconcile_passes": b.passes,
             "port": b.port,
         }
+        if b.type == "wireguard":
+            doc["backend"].update(public_key=b.public_key, datapath=b.datapath)
         if b.type == "vxlan":
             doc["backend"].update(vni=b.vni, vtep_mac=b.vtep_mac)
             if b.device6:

@@ -26,6 +26,7 @@ def peer_row(peer: Peer, actual: KernelState) -> dict:
         "encap": peer.encap,
         "vtep_mac": peer.vtep_mac or None,
         "udp_port": peer.udp_port or None,
+        **({"public_key": peer.public_key} if peer.public_key else {}),
         **_programmed(peer, actual),
     }
     if peer.v6 is not None:
@@ -205,6 +206,8 @@ def render(doc: dict) -> str:
             f"backend    {b.get('type')} on {b.get('device')} ({', '.join(extra)}); MTU {b.get('mtu')}"
             + (f" = {b['mtu_reason']}" if b.get("mtu_reason") else "")
         )
+        if b.get("datapath"):
+            lines.append(f"           WireGuard {b['datapath']}, public key {b.get('public_key')}")
         if b.get("device6"):
             lines.append(f"           IPv6 on {b['device6']} (VTEP MAC {b.get('vtep_mac6')})")
         if b.get("fallback"):

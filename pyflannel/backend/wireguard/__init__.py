@@ -1,0 +1,2 @@
+"""The WireGuard backend (upstream pkg/backend/wireguard): an encrypted overlay through the
+kernel's WireGuard or, where the kernel has no module, Debian's userspace wireguard-go."""
