@@ -1,5 +1,5 @@
-"""Data-plane throughput and latency: the bare underlay, kernel VXLAN, and the UDP backend with
-each data-path design, in one run on one 2-node test bed.
+"""Data-plane throughput and latency: the bare underlay, kernel VXLAN, the UDP backend with
+each data-path design, and WireGuard (userspace), in one run on one 2-node test bed.
 
     sudo python3 bench/dataplane.py [--repeat 3] [--seconds 3] [--mtu 1500] [--modes ...]
 
@@ -44,7 +44,9 @@ UDP_ARGS = {
     "udp-fast-uvloop": ["--udp-fastpath=true", "--udp-workers=1", "--udp-datapath=uvloop"],
     "udp-fast-2w": ["--udp-fastpath=true", "--udp-workers=2"],
 }
-MODES = ("underlay", "direct", "host-gw", "vxlan", *UDP_ARGS)
+# wireguard: the wireguard backend through userspace wireguard-go (this kernel has no module;
+# wireguard-go's CPU counts as the daemon's).
+MODES = ("underlay", "direct", "host-gw", "vxlan", *UDP_ARGS, "wireguard")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,7 +55,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def daemon_pids(bed: TestBed) -> list[int]:
-    """Every running daemon and its UDP workers."""
+    """Every running daemon and its children (UDP workers, wireguard-go)."""
     return [pid for n in bed.nodes if n.running for pid in (n.pid, *n.children())]
 
 
@@ -66,13 +68,15 @@ def configure(bed: TestBed, mode: str) -> None:
     """(Re)start the daemons for ``mode``; pods keep their subnets (leases are reused)."""
     for node in bed.nodes:
         node.stop()
-        for dev in ("flannel.1", "flannel0"):
+        for dev in ("flannel.1", "flannel0", "flannel-wg"):
             node.run("ip", "link", "del", dev, check=False)
         node.run("ip", "route", "flush", "proto", "152", check=False)
     if mode == "underlay":
         return
     backend = (
-        {"Type": "udp"}
+        {"Type": "wireguard"}
+        if mode == "wireguard"
+        else {"Type": "udp"}
         if mode.startswith("udp")
         else {"Type": "host-gw"}
         if mode == "host-gw"
@@ -81,7 +85,7 @@ def configure(bed: TestBed, mode: str) -> None:
     bed.put_config({"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": backend})
     args = UDP_ARGS.get(mode, [])
     for node in bed.nodes:
-        node.start(*args)
+        node.start(*args, private_run=mode == "wireguard")
     for node in bed.nodes:
         node.wait_ready()
         node.add_pod()

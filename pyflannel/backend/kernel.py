@@ -60,6 +60,7 @@ class Devices:
     tun: int | None = None
     networks: tuple[IPNetwork, ...] = ()
     vxlan6: int | None = None  # flannel-v6.<VNI> on a dual-stack vxlan network
+    tun6: int | None = None  # flannel-wg-v6 on a dual-stack wireguard network
 
     def owns_route(self, dst: IPNetwork) -> bool:
         return any(
@@ -70,6 +71,10 @@ class Devices:
     def vxlan_for(self, address: IPAddress | IPNetwork) -> int | None:
         """The VXLAN device of an entry's family."""
         return self.vxlan6 if address.version == 6 else self.vxlan
+
+    def tun_for(self, address: IPAddress | IPNetwork) -> int | None:
+        """The point-to-point device (flannel0, flannel-wg) of an entry's family."""
+        return self.tun6 if address.version == 6 and self.tun6 is not None else self.tun
 
 
 def describe_error(e: Exception) -> str:
@@ -224,7 +229,7 @@ def read_state(ipr, devices: Devices) -> KernelState:
 
 def _route_of(gateway, oif, flags, devices: Devices) -> Route:
     vxlan = (devices.vxlan, devices.vxlan6)
-    if oif is not None and oif == devices.tun:
+    if oif is not None and oif in (devices.tun, devices.tun6):
         return Route(gateway, Via.TUN)
     if oif is not None and oif in vxlan and flags & RTNH_F_ONLINK:
         return Route(gateway, Via.VXLAN)
@@ -246,7 +251,7 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
-    oif = {Via.VXLAN: devices.vxlan_for(op.key), Via.TUN: devices.tun}.get(route.via)
+    oif = {Via.VXLAN: devices.vxlan_for(op.key), Via.TUN: devices.tun_for(op.key)}.get(route.via)
     return codec.route_replace(
         seq, op.key, route.gateway, oif, route.via == Via.VXLAN, RTPROT_PYFLANNEL
     )

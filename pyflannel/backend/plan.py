@@ -71,6 +71,7 @@ class Peer6:
     public_ip: IPv6Address
     encap: Encap
     vtep_mac: str = ""
+    public_key: str = ""  # wireguard (BackendV6Data.PublicKey)
 
 
 @dataclass(frozen=True)

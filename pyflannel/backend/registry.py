@@ -28,7 +28,7 @@ BACKENDS: dict[str, str] = {
     "host-gw": "pyflannel.backend.hostgw.backend",
     "wireguard": "pyflannel.backend.wireguard.backend",
 }
-DUAL_STACK = ("vxlan", "host-gw")  # the backends that carry IPv6 too (as upstream)
+DUAL_STACK = ("vxlan", "host-gw", "wireguard")  # the backends that carry IPv6 too (as upstream)
 
 
 @dataclass(frozen=True)

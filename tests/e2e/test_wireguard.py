@@ -262,3 +262,50 @@ def test_doctor_says_which_wireguard_this_node_can_run(bed):
         and "userspace WireGuard: /usr/bin/wireguard-go" in finding["detail"]
     )
     assert re.search(r"no kernel WireGuard \(.+\)", finding["detail"])
+
+
+DUAL = {**CONFIG, "EnableIPv6": True, "IPv6Network": "fd10::/48"}
+
+
+@pytest.fixture(scope="module")
+def dual_bed(bed):
+    """Two more nodes on a dual-stack wireguard network (its own prefix): flannel-wg and
+    flannel-wg-v6, upstream's Mode "separate"."""
+    from testbed.bed import TestBed
+
+    with TestBed(hosts=2) as dual:
+        dual.put_config(DUAL)
+        for node in dual.nodes:
+            node.start(*ARGS, private_run=True)
+        for node in dual.nodes:
+            node.wait_ready()
+            node.add_pod()
+        yield dual
+
+
+def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
+    a, b = dual_bed.nodes
+    for src, dst in ((a, b), (b, a)):
+        for address in (dst.pod_ip, dst.pod_ip6):
+            eventually(lambda s=src, d=address: _reaches_ip(s, d), timeout=10)
+    key = (
+        f"/coreos.com/network/subnets/{a.subnet.network_address}-24&{a.subnet6.network_address}-64"
+    )
+    lease = dual_bed.leases()[key]
+    pub = json.loads(lease)["BackendData"]["PublicKey"]
+    assert lease == (
+        f'{{"PublicIP":"{a.underlay_ip}","PublicIPv6":"{a.underlay_ip6}","BackendType":"wireguard",'
+        f'"BackendData":{{"PublicKey":"{pub}"}},"BackendV6Data":{{"PublicKey":"{pub}"}}}}'
+    )
+    out = a.in_daemon_mounts("wg", "show", "flannel-wg-v6", "dump").stdout.splitlines()
+    fields = out[1].split("\t")
+    assert fields[2] == f"[{b.underlay_ip6}]:51821" and fields[3] == str(b.subnet6)
+    assert a.run("ip", "-6", "route", "show", "fd10::/48").stdout.split()[:3] == [
+        "fd10::/48",
+        "dev",
+        "flannel-wg-v6",
+    ]
+
+
+def _reaches_ip(a, address):
+    assert a.ping(address, count=1, wait=1).received == 1

@@ -1,5 +1,7 @@
 """The wireguard backend: ``flannel-wg`` with one WireGuard peer per lease and one route for
-the whole network through it (upstream's layout), MTU = interface - 80.
+the whole network through it (upstream's layout), MTU = interface - 80. On a dual-stack network
+(upstream's default Mode "separate") also ``flannel-wg-v6`` on ListenPortV6, its peers at
+``[PublicIPv6]:<port>`` with their IPv6 subnets, and the IPv6 network routed through it.
 
 Two data planes behind one backend, chosen by ``--wireguard-datapath`` (``auto``: the kernel's
 module if a link can be made, else userspace): the kernel's WireGuard, or Debian's
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -26,9 +29,10 @@ from pyflannel.backend.plan import (
     PeerDataError,
     Route,
     Via,
+    ipv6_half,
 )
 from pyflannel.backend.registry import BackendContext
-from pyflannel.backend.wireguard.config import WireguardConfig, parse_wireguard_config
+from pyflannel.backend.wireguard.config import Mode, WireguardConfig, parse_wireguard_config
 from pyflannel.backend.wireguard.kernel_wg import KernelWireguard, create_link
 from pyflannel.backend.wireguard.keys import (
     InvalidKey,
@@ -37,7 +41,12 @@ from pyflannel.backend.wireguard.keys import (
     parse_key,
     public_key,
 )
-from pyflannel.backend.wireguard.peers import lease_data, wanted_device, wireguard_peer
+from pyflannel.backend.wireguard.peers import (
+    lease_data,
+    wanted_device,
+    wireguard_peer,
+    wireguard_peer6,
+)
 from pyflannel.backend.wireguard.uapi import UapiError, diff
 from pyflannel.backend.wireguard.userspace import WireguardGo
 from pyflannel.errors import BackendError
@@ -49,8 +58,18 @@ from pyflannel.subnet.table import PeerChanges
 
 log = logging.getLogger(__name__)
 
-DEVICE = "flannel-wg"
+DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
 DATAPATHS = ("auto", "kernel", "userspace")
+
+
+@dataclass
+class WgDevice:
+    """One WireGuard device: its name, listen port, data plane and interface index."""
+
+    name: str
+    port: int
+    plane: WireguardGo | KernelWireguard | None = None
+    index: int | None = None
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
@@ -74,9 +93,26 @@ class WireguardBackend(Backend):
         self._private = b""
         self.public_key = ""  # base64, as advertised
         self._psk = parse_key(self.config.psk) if self.config.psk else b""
-        self.plane: WireguardGo | KernelWireguard | None = None
-        self.index: int | None = None
+        self.v4 = WgDevice(DEVICE, self.config.listen_port)
+        self.v6: WgDevice | None = None
+        if network.enable_ipv6:
+            if self.config.mode is not Mode.SEPARATE:
+                raise BackendError(
+                    f"wireguard Mode {self.config.mode.value!r} with EnableIPv6 is not "
+                    "supported by pyflannel: use the default, separate (one device per family)"
+                )
+            self.v6 = WgDevice(DEVICE6, self.config.listen_port_v6)
+        elif self.config.mode is Mode.IPV6:
+            raise BackendError("wireguard Mode 'ipv6' needs EnableIPv6 (a dual-stack network)")
         self.choice = ""  # why this data plane, for the log and status
+
+    @property
+    def wg_devices(self) -> list[WgDevice]:
+        return [self.v4] + ([self.v6] if self.v6 is not None else [])
+
+    @property
+    def plane(self) -> WireguardGo | KernelWireguard | None:
+        return self.v4.plane
 
     @property
     def mtu_reason(self) -> str:
@@ -84,7 +120,14 @@ class WireguardBackend(Backend):
         return f"{self.config.mtu or self.ext.mtu} ({source}) - 80 (WireGuard overhead)"
 
     def devices(self) -> Devices:
-        return Devices(tun=self.index, networks=self.owned_networks)
+        return Devices(
+            tun=self.v4.index,
+            networks=self.owned_networks,
+            tun6=self.v6.index if self.v6 is not None else None,
+        )
+
+    def extra_devices(self) -> tuple[str, ...]:
+        return (DEVICE6,) if self.v6 is not None else ()
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -100,45 +143,50 @@ class WireguardBackend(Backend):
             self.key_path,
             self.public_key,
         )
-        self.plane = await self._choose_plane()
-        await self._ensure_plane()
+        for device in self.wg_devices:
+            device.plane = await self._choose_plane(device.name)
+            await self._ensure_plane(device)
         return self.lease_attrs()
 
-    async def _choose_plane(self) -> WireguardGo | KernelWireguard:
+    async def _choose_plane(self, name: str) -> WireguardGo | KernelWireguard:
         if self.datapath in ("auto", "kernel"):
             try:
-                await self.netlink.call(create_link, DEVICE)
+                await self.netlink.call(create_link, name)
                 self.choice = "kernel WireGuard"
-                log.info("WireGuard: using the kernel's module for %s", DEVICE)
-                return KernelWireguard(DEVICE)
+                log.info("WireGuard: using the kernel's module for %s", name)
+                return KernelWireguard(name)
             except Exception as e:
                 reason = kernel.describe_error(e)
                 if self.datapath == "kernel":
                     raise BackendError(
-                        f"cannot create WireGuard device {DEVICE} in the kernel: {reason} "
+                        f"cannot create WireGuard device {name} in the kernel: {reason} "
                         "(--wireguard-datapath=kernel; auto would use wireguard-go)"
                     ) from e
                 self.choice = f"userspace: the kernel cannot make a wireguard link ({reason})"
         else:
             self.choice = "userspace: forced by --wireguard-datapath=userspace"
-        plane = WireguardGo(DEVICE)  # BackendError naming the package if it is missing
-        log.warning("WireGuard: %s; using wireguard-go for %s", self.choice, DEVICE)
+        plane = WireguardGo(name)  # BackendError naming the package if it is missing
+        log.warning("WireGuard: %s; using wireguard-go for %s", self.choice, name)
         return plane
 
-    async def _ensure_plane(self) -> list[str]:
-        assert self.plane is not None, "prepare() first"
-        done = await asyncio.to_thread(self.plane.ensure)
-        link = await self.netlink.call(kernel.find_link, DEVICE)
+    async def _ensure_plane(self, device: WgDevice) -> list[str]:
+        assert device.plane is not None, "prepare() first"
+        done = await asyncio.to_thread(device.plane.ensure)
+        link = await self.netlink.call(kernel.find_link, device.name)
         if link is None:
-            raise BackendError(f"{DEVICE} is missing although WireGuard runs")
-        self.index = link.index
+            raise BackendError(f"{device.name} is missing although WireGuard runs")
+        device.index = link.index
         return done
 
     def lease_attrs(self) -> LeaseAttrs:
+        """Upstream's: one key for both families (BackendV6Data repeats it)."""
+        data = lease_data(public_key(self._private))
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
+            public_ipv6=self.ext.public_ipv6 if self.v6 is not None else None,
             backend_type=WIREGUARD_BACKEND,
-            backend_data=lease_data(public_key(self._private)),
+            backend_data=data,
+            backend_v6_data=dict(data) if self.v6 is not None else None,
         )
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
@@ -150,27 +198,45 @@ class WireguardBackend(Backend):
         return self.lease_attrs()
 
     async def _assign(self, lease: Lease) -> None:
-        await self._configure_device()
+        await self._configure_devices()
         await self._sync_peers()
-        if not self.kernel.desired.state.routes:  # the whole network through flannel-wg
-            await self.kernel.add_entries(
-                KernelState(routes={self.network.cidr: Route(None, Via.TUN)})
-            )
+        if not self.kernel.desired.state.routes:  # each network through its device
+            routes: dict = {self.network.cidr: Route(None, Via.TUN)}
+            if self.v6 is not None and self.network.cidr6 is not None:
+                routes[self.network.cidr6] = Route(None, Via.TUN)
+            await self.kernel.add_entries(KernelState(routes=routes))
 
-    async def _configure_device(self) -> list[str]:
-        assert self.index is not None
-        return await self.netlink.call(
+    async def _configure_devices(self) -> list[str]:
+        """``<subnet>.0/32`` on flannel-wg, ``<IPv6 subnet>::/128`` on flannel-wg-v6."""
+        lease = self.held_lease
+        assert self.v4.index is not None
+        changed = await self.netlink.call(
             kernel.configure_device,
-            self.index,
+            self.v4.index,
             DEVICE,
-            self.held_lease.subnet.network_address,
+            lease.subnet.network_address,
             self.network.cidr,
             self.mtu,
         )
+        if self.v6 is not None and self.network.cidr6 is not None:
+            assert self.v6.index is not None
+            if lease.ipv6_subnet is None:
+                raise BackendError(f"the lease {lease.key} has no IPv6 subnet")
+            changed += await self.netlink.call(
+                kernel.configure_device,
+                self.v6.index,
+                DEVICE6,
+                lease.ipv6_subnet.network_address,
+                self.network.cidr6,
+                self.mtu,
+            )
+        return changed
 
     async def ensure_devices(self) -> list[str]:
-        repaired = await self._ensure_plane()
-        repaired += [f"device {c}" for c in await self._configure_device()]
+        repaired = []
+        for device in self.wg_devices:
+            repaired += await self._ensure_plane(device)
+        repaired += [f"device {c}" for c in await self._configure_devices()]
         return repaired + await self._sync_peers()
 
     # -- peers -----------------------------------------------------------------------------
@@ -183,7 +249,14 @@ class WireguardBackend(Backend):
                     f"BackendData.PublicKey {peer.public_key} is also the key of {subnet} "
                     f"(at {other.public_ip}): one key, one node; not programmed"
                 )
-        return peer
+        if self.v6 is None or self.network.cidr6 is None:
+            return peer
+        try:
+            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
+            half = wireguard_peer6(lease, subnet6, self.public_key)
+        except PeerDataError as e:
+            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
+        return replace(peer, v6=half)
 
     def entries(self, peer: Peer) -> KernelState:
         return KernelState()  # a WireGuard peer, not a kernel entry
@@ -194,37 +267,41 @@ class WireguardBackend(Backend):
             await self._sync_peers()
 
     async def _sync_peers(self) -> list[str]:
-        """Make the device's key, port and peers the wanted ones; what was changed."""
-        assert self.plane is not None
-        wanted = wanted_device(
-            self._private,
-            self.config.listen_port,
-            list(self.peers.values()),
-            self.config.keepalive,
-            self._psk,
-        )
+        """Make each device's key, port and peers the wanted ones; what was changed."""
+        peers = list(self.peers.values())
+        done = await self._sync(self.v4, peers)
+        if self.v6 is not None:
+            done += await self._sync(self.v6, [p.v6 for p in peers if p.v6 is not None])
+        return done
+
+    async def _sync(self, device: WgDevice, halves) -> list[str]:
+        assert device.plane is not None
+        wanted = wanted_device(self._private, device.port, halves, self.config.keepalive, self._psk)
         try:
-            have = await asyncio.to_thread(self.plane.get)
+            have = await asyncio.to_thread(device.plane.get)
             change = diff(wanted, have)
             if change:
-                await asyncio.to_thread(self.plane.set, change)
+                await asyncio.to_thread(device.plane.set, change)
         except (UapiError, OSError) as e:
-            log.warning("WireGuard device %s: %s; retrying at the next pass", DEVICE, e)
+            log.warning("WireGuard device %s: %s; retrying at the next pass", device.name, e)
             self.kernel.repair_wanted.set()
             return []
-        return change.describe()
+        return [f"{device.name}: {words}" for words in change.describe()]
 
     def datapath_problem(self) -> str | None:
-        return self.plane.problem() if self.plane is not None else None
+        problems = [d.plane.problem() for d in self.wg_devices if d.plane is not None]
+        return "; ".join(p for p in problems if p) or None
 
     def _snapshot_details(self) -> dict[str, Any]:
         return {
             "port": self.config.listen_port,
             "public_key": self.public_key,
             "datapath": self.plane.describe() if self.plane is not None else None,
+            "device6": DEVICE6 if self.v6 is not None else None,
             "fallback": None,
         }
 
     async def close(self) -> None:
-        if self.plane is not None:
-            await asyncio.to_thread(self.plane.stop)
+        for device in self.wg_devices:
+            if device.plane is not None:
+                await asyncio.to_thread(device.plane.stop)

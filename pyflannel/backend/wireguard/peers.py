@@ -8,9 +8,18 @@ subnet as the allowed IPs, the configured keepalive and PSK.
 
 from __future__ import annotations
 
+from ipaddress import IPv6Network
 from typing import Any
 
-from pyflannel.backend.plan import WIREGUARD_BACKEND, Encap, Peer, PeerDataError, public_ip_of
+from pyflannel.backend.plan import (
+    WIREGUARD_BACKEND,
+    Encap,
+    Peer,
+    Peer6,
+    PeerDataError,
+    public_ip_of,
+    public_ipv6_of,
+)
 from pyflannel.backend.wireguard.keys import InvalidKey, parse_key
 from pyflannel.backend.wireguard.uapi import WantedDevice, WantedPeer
 from pyflannel.subnet.lease import Lease
@@ -26,33 +35,50 @@ def wireguard_peer(lease: Lease, own_key: str, port: int) -> Peer:
     """The WireGuard view of a peer's lease; PeerDataError if unusable."""
     if lease.attrs.backend_type != WIREGUARD_BACKEND:
         raise PeerDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not wireguard")
-    data = lease.attrs.backend_data
-    if not isinstance(data, dict):
-        raise PeerDataError("BackendData is missing or not a JSON object")
-    key = {k.lower(): v for k, v in data.items()}.get("publickey")
-    if not isinstance(key, str):
-        raise PeerDataError("BackendData.PublicKey is missing")
-    try:
-        parse_key(key)
-    except InvalidKey as e:
-        raise PeerDataError(f"BackendData.PublicKey is malformed ({e})") from None
-    if key == own_key:
-        raise PeerDataError("BackendData.PublicKey is this node's own public key")
+    key = _public_key(lease.attrs.backend_data, "BackendData", own_key)
     return Peer(lease.subnet, public_ip_of(lease), Encap.WIREGUARD, udp_port=port, public_key=key)
 
 
+def wireguard_peer6(lease: Lease, subnet6: IPv6Network, own_key: str) -> Peer6:
+    """The IPv6 half (BackendV6Data, PublicIPv6) of a dual-stack wireguard peer."""
+    key = _public_key(lease.attrs.backend_v6_data, "BackendV6Data", own_key)
+    return Peer6(subnet6, public_ipv6_of(lease), Encap.WIREGUARD, public_key=key)
+
+
+def _public_key(data: Any, field: str, own_key: str) -> str:
+    if not isinstance(data, dict):
+        raise PeerDataError(f"{field} is missing or not a JSON object")
+    key = {k.lower(): v for k, v in data.items()}.get("publickey")
+    if not isinstance(key, str):
+        raise PeerDataError(f"{field}.PublicKey is missing")
+    try:
+        parse_key(key)
+    except InvalidKey as e:
+        raise PeerDataError(f"{field}.PublicKey is malformed ({e})") from None
+    if key == own_key:
+        raise PeerDataError(f"{field}.PublicKey is this node's own public key")
+    return key
+
+
 def wanted_device(
-    private_key: bytes, port: int, peers: list[Peer], keepalive: int = 0, psk: bytes = b""
+    private_key: bytes,
+    port: int,
+    halves: list[Peer] | list[Peer6],
+    keepalive: int = 0,
+    psk: bytes = b"",
 ) -> WantedDevice:
+    """The device of one family: its peers' halves, each at ``<PublicIP>:<port>`` (IPv6:
+    ``[<PublicIPv6>]:<port>``), allowed its subnet of that family."""
     import base64
 
     wanted = {}
-    for peer in peers:
-        hex_key = base64.b64decode(peer.public_key).hex()
+    for half in halves:
+        hex_key = base64.b64decode(half.public_key).hex()
+        host = f"[{half.public_ip}]" if half.public_ip.version == 6 else str(half.public_ip)
         wanted[hex_key] = WantedPeer(
             public_key=hex_key,
-            endpoint=f"{peer.public_ip}:{peer.udp_port}",
-            allowed_ips=(str(peer.subnet),),
+            endpoint=f"{host}:{port}",
+            allowed_ips=(str(half.subnet),),
             keepalive=keepalive,
             psk=psk.hex(),
         )
