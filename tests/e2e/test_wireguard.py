@@ -309,3 +309,17 @@ def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
 
 def _reaches_ip(a, address):
     assert a.ping(address, count=1, wait=1).received == 1
+
+
+def test_a_second_wireguard_network_on_the_host_never_takes_over_the_device(bed):
+    a = bed.nodes[0]
+    (other,) = [n for n in bed.second_network("b") if n.index == a.index]
+    bed.put_config(
+        {"Network": "10.2.0.0/16", "Backend": {"Type": "wireguard"}}, prefix="/wg2/network"
+    )
+    key = public_key(a)
+    other.start("--etcd-prefix=/wg2/network", "--healthz-port=0", private_run=True)
+    assert other.proc.wait(timeout=20) == 1
+    assert "flannel-wg already serves another network on this host" in other.log()
+    other.proc = None
+    assert public_key(a) == key and a.ping(bed.nodes[1].pod_ip, count=2, interval=0.1).lost == 0

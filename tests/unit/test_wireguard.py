@@ -199,3 +199,33 @@ def test_a_get_response_parses_and_an_errno_is_an_error():
 def test_doctor_wireguard_verdicts(kernel, tun, binary, status, words):
     finding = judge_wireguard(kernel, tun, binary)
     assert finding.status == status and words in finding.detail
+
+
+def test_the_ipv6_half_of_a_dual_stack_peer_and_its_device():
+    from ipaddress import IPv6Address, IPv6Network
+
+    from pyflannel.backend.wireguard.peers import wireguard_peer6
+
+    dual = Lease(
+        IPv4Network("10.1.2.0/24"),
+        LeaseAttrs(
+            IPv4Address("198.51.100.2"),
+            public_ipv6=IPv6Address("fd00::2"),
+            backend_type="wireguard",
+            backend_data={"PublicKey": KEY_B},
+            backend_v6_data={"PublicKey": KEY_B},
+        ),
+        IPv6Network("fd10:0:0:2::/64"),
+    )
+    half = wireguard_peer6(dual, IPv6Network("fd10:0:0:2::/64"), KEY_A)
+    assert (half.public_ip, half.public_key, half.encap) == (
+        IPv6Address("fd00::2"),
+        KEY_B,
+        Encap.WIREGUARD,
+    )
+    wanted = wanted_device(bytes(range(32)), 51821, [half])
+    (peer,) = wanted.peers.values()
+    assert (peer.endpoint, peer.allowed_ips) == ("[fd00::2]:51821", ("fd10:0:0:2::/64",))
+    without = Lease(dual.subnet, LeaseAttrs(dual.attrs.public_ip, backend_type="wireguard"))
+    with pytest.raises(PeerDataError, match="BackendV6Data is missing"):
+        wireguard_peer6(without, IPv6Network("fd10:0:0:2::/64"), KEY_A)

@@ -144,6 +144,15 @@ class WireguardBackend(Backend):
             self.public_key,
         )
         for device in self.wg_devices:
+            foreign = await self.netlink.call(
+                kernel.foreign_addresses, device.name, self.network.cidr
+            )
+            if foreign:  # never take over (and re-key) another network's device
+                raise BackendError(
+                    f"{device.name} already serves another network on this host (address "
+                    f"{', '.join(foreign)}): one wireguard network per host (upstream's device "
+                    "names are fixed)"
+                )
             device.plane = await self._choose_plane(device.name)
             await self._ensure_plane(device)
         return self.lease_attrs()
