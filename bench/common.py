@@ -13,12 +13,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def summary(samples: list[float]) -> dict:
-    """Median, p99, max, min and count of a list of samples."""
-    s = sorted(samples)
+    """Median, p99, max, min and count of a list of samples (NaN samples, "never", are left
+    out of the figures and counted as ``failed``)."""
+    s = sorted(x for x in samples if x == x)
+    failed = len(samples) - len(s)
     if not s:
-        return {"n": 0}
+        return {"n": 0, "failed": failed, "median": float("nan"), "p99": float("nan")}
     p99 = s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
-    return {"n": len(s), "median": statistics.median(s), "p99": p99, "max": s[-1], "min": s[0]}
+    result = {"n": len(s), "median": statistics.median(s), "p99": p99, "max": s[-1], "min": s[0]}
+    return {**result, "failed": failed} if failed else result
 
 
 def machine() -> dict:

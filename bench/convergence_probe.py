@@ -12,10 +12,8 @@ import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from pyroute2 import IPRSocket
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
-
 from pyflannel.etcd.client import EtcdClient
+from pyflannel.kernel.rtnl import RTMGRP_IPV4_ROUTE, IPRSocket
 from pyflannel.subnet.lease import LeaseAttrs
 
 PROTO = 152
@@ -26,7 +24,8 @@ NETWORK = IPv4Network("10.0.0.0/12")
 class RouteEvents:
     """Route add/remove events from the kernel, timestamped on arrival."""
 
-    def __init__(self, loop):
+    def __init__(self, loop, any_proto: bool = False):
+        self.any_proto = any_proto  # upstream flanneld's routes carry no protocol of ours
         self.sock = IPRSocket()
         self.sock.bind(groups=RTMGRP_IPV4_ROUTE)
         self.seen: dict[tuple[str, str], float] = {}
@@ -36,7 +35,7 @@ class RouteEvents:
     def _read(self):
         now = time.perf_counter()
         for msg in self.sock.get():
-            if msg.get("proto") != PROTO:
+            if msg.get("proto") != PROTO and not self.any_proto:
                 continue
             kind = "add" if msg["event"] == "RTM_NEWROUTE" else "del"
             self.seen.setdefault((kind, f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"), now)
@@ -142,9 +141,9 @@ async def concurrent_burst(clients, events, first: int, count: int) -> dict:
     }
 
 
-async def main(endpoint: str, sequential_events: int) -> None:
+async def main(endpoint: str, sequential_events: int, any_proto: bool = False) -> None:
     clients = [EtcdClient([endpoint], timeout=30) for _ in range(8)]
-    events = RouteEvents(asyncio.get_running_loop())
+    events = RouteEvents(asyncio.get_running_loop(), any_proto)
     result = {
         "sequential": await sequential(clients[0], events, 1000, sequential_events),
         "transaction_100": await transaction_burst(clients[0], events, 3000, 100),
@@ -156,4 +155,4 @@ async def main(endpoint: str, sequential_events: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["any-proto"]))

@@ -18,12 +18,11 @@ def upstream_flanneld() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def start_upstream(node, *args: str) -> subprocess.Popen:
-    """Run upstream flanneld in the node's namespace (its log in the node's log file) and
-    wait for its subnet.env. The node's own ``proc`` is set, so the bed stops it."""
+def launch_upstream(node, *args: str) -> subprocess.Popen:
+    """Run upstream flanneld in the node's namespace (its log in the node's log file), without
+    waiting. The node's own ``proc`` is set, so the bed stops it."""
     binary = upstream_flanneld()
     assert binary is not None, "no upstream flanneld"
-    node.subnet_file.unlink(missing_ok=True)
     log = open(node.log_path, "ab")
     log.write(f"---- upstream {time.strftime('%H:%M:%S')} {' '.join(args)}\n".encode())
     log.flush()
@@ -43,11 +42,18 @@ def start_upstream(node, *args: str) -> subprocess.Popen:
         stderr=log,
     )
     log.close()
+    return node.proc
+
+
+def start_upstream(node, *args: str) -> subprocess.Popen:
+    """``launch_upstream`` with a fresh subnet file, and wait for upstream to write it."""
+    node.subnet_file.unlink(missing_ok=True)
+    proc = launch_upstream(node, *args)
     deadline = time.monotonic() + 20
     while not node.subnet_file.exists():
-        if node.proc.poll() is not None or time.monotonic() > deadline:
+        if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(
                 f"upstream flanneld on {node.ns} did not start:\n{node.log()[-3000:]}"
             )
         time.sleep(0.05)
-    return node.proc
+    return proc

@@ -210,7 +210,7 @@ def _docker_opts(args: argparse.Namespace) -> int:
 
 
 def _routed_via_gateway(subnet) -> bool:
-    from pyroute2 import IPRoute
+    from pyflannel.kernel.rtnl import IPRoute
 
     with IPRoute() as ipr:
         return any(

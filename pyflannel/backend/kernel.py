@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
-
 from pyflannel.backend.plan import (
     Action,
     IPAddress,
@@ -34,6 +31,7 @@ from pyflannel.backend.plan import (
 from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
 from pyflannel.kernel import codec as codec
 from pyflannel.kernel.netlink import route_socket
+from pyflannel.kernel.rtnl import NetlinkError, ndmsg
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ class Netlink:
     def _ipr(self):
         ipr = getattr(self._local, "ipr", None)
         if ipr is None:
-            from pyroute2 import IPRoute
+            from pyflannel.kernel.rtnl import IPRoute
 
             # ext_ack: errors carry the kernel's own explanation ("A VXLAN device with the
             # specified VNI already exists"), not just an errno.

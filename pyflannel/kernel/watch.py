@@ -16,17 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from pyroute2 import IPRSocket
-from pyroute2.netlink.rtnl import (
+from pyflannel.backend.kernel import RTPROT_PYFLANNEL
+from pyflannel.kernel.rtnl import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
+    IPRSocket,
 )
-
-from pyflannel.backend.kernel import RTPROT_PYFLANNEL
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ class KernelWireguard:
         return None
 
     def ensure(self) -> list[str]:
-        from pyroute2 import IPRoute
+        from pyflannel.kernel.rtnl import IPRoute
 
         with IPRoute() as ipr:
             if ipr.link_lookup(ifname=self.device):
@@ -55,10 +55,10 @@ class KernelWireguard:
         return [f"device {self.device} recreated"]
 
     def get(self) -> DeviceState:
-        from pyroute2 import WireGuard
+        from pyflannel.kernel.rtnl import wireguard_socket
 
         state = DeviceState()
-        with WireGuard() as wg:
+        with wireguard_socket() as wg:
             for msg in wg.info(self.device):
                 key = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
                 if key:
@@ -83,9 +83,9 @@ class KernelWireguard:
         return state
 
     def set(self, change: Change) -> None:
-        from pyroute2 import WireGuard
+        from pyflannel.kernel.rtnl import wireguard_socket
 
-        with WireGuard() as wg:
+        with wireguard_socket() as wg:
             if change.private_key is not None or change.listen_port is not None:
                 wg.set(
                     self.device,

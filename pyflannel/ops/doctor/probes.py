@@ -135,10 +135,9 @@ def probe_traffic_tools() -> Probe:
 
 
 def probe_interface(o: Options) -> tuple[str, int | None]:
-    from pyroute2 import IPRoute
-
     from pyflannel.errors import InterfaceError
     from pyflannel.kernel.iface import external_interface
+    from pyflannel.kernel.rtnl import IPRoute
 
     try:
         with IPRoute() as ipr:
@@ -156,10 +155,9 @@ def probe_interface(o: Options) -> tuple[str, int | None]:
 
 def probe_ipv6(o: Options) -> Probe:
     """The chosen interface's global IPv6 address, IPv6 forwarding, ip6tables."""
-    from pyroute2 import IPRoute
-
     from pyflannel.errors import InterfaceError
     from pyflannel.kernel.iface import external_interface, read_interfaces, with_ipv6
+    from pyflannel.kernel.rtnl import IPRoute
 
     facts: dict = {"ip6tables": shutil.which("ip6tables-restore") is not None}
     try:
@@ -190,7 +188,7 @@ def probe_port(port: int) -> tuple[bool, str | None]:
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 return True, str(e)
-    from pyroute2 import IPRoute
+    from pyflannel.kernel.rtnl import IPRoute
 
     with IPRoute() as ipr:
         for link in ipr.get_links():

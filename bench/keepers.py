@@ -1,0 +1,129 @@
+"""The control plane at cluster scale: 1,000 nodes' lease keepers (the daemon's own code, many
+per process) booting at once against one real etcd, then against the bed's 3-member etcd with
+its leader killed during the boot.
+
+    sudo python3 bench/keepers.py [--nodes 1000] [--clients 20]
+
+For each: time until every node holds a lease (and the median node), distinct subnets, races
+lost and retried, etcd requests per node, and the watch events every node receives per renewal
+round (pyflannel: keepalives; upstream: every key re-put). Writes
+bench/results/keepers.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import plot, table, write_results
+from testbed.bed import TestBed
+
+CONFIG = {"Network": "10.0.0.0/12", "SubnetLen": 26}
+
+
+def run_probe(bed: TestBed, nodes: int, clients: int, kill_leader_after: float | None) -> dict:
+    probe = Path(__file__).with_name("keepers_probe.py")
+    killer = None
+    if kill_leader_after is not None:
+        leader = bed.etcd.leader()
+
+        def kill():
+            time.sleep(kill_leader_after)
+            leader.kill()
+
+        killer = threading.Thread(target=kill)
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            bed.lan,
+            sys.executable,
+            str(probe),
+            bed.etcd.url,
+            str(nodes),
+            str(clients),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if killer is not None:
+        killer.start()
+    out, err = proc.communicate(timeout=900)
+    if killer is not None:
+        killer.join()
+    if proc.returncode != 0:
+        raise RuntimeError(err[-3000:])
+    result = json.loads(out.splitlines()[-1])
+    result["leader_killed"] = kill_leader_after is not None
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=20, help="etcd clients the keepers share")
+    parser.add_argument("--kill-after", type=float, default=0.5, help="s into the boot")
+    args = parser.parse_args()
+    results = {}
+    with TestBed(hosts=0) as bed:
+        bed.put_config(CONFIG)
+        results["one etcd"] = run_probe(bed, args.nodes, args.clients, None)
+        print(json.dumps(results["one etcd"]), flush=True)
+    with TestBed(hosts=0, etcd_members=3) as bed:
+        bed.put_config(CONFIG)
+        results["3 members, leader killed"] = run_probe(
+            bed, args.nodes, args.clients, args.kill_after
+        )
+        print(json.dumps(results["3 members, leader killed"]), flush=True)
+    rows = [
+        [
+            name,
+            r["nodes"],
+            r["all_held_s"],
+            r["median_held_s"],
+            r["distinct_subnets"],
+            r["races_lost"],
+            r["requests_per_node"],
+            r["events_per_watcher_per_renewal_round"]["pyflannel"],
+            r["events_per_watcher_per_renewal_round"]["upstream"],
+        ]
+        for name, r in results.items()
+    ]
+    text = table(
+        [
+            "etcd",
+            "nodes",
+            "all hold a lease (s)",
+            "median node (s)",
+            "distinct subnets",
+            "races lost (retried)",
+            "requests / node",
+            "events / watcher / renewal (pyflannel)",
+            "(upstream: re-put)",
+        ],
+        rows,
+    )
+    write_results("keepers", {"results": results}, text)
+    plot(
+        "keepers",
+        f"{args.nodes} lease keepers booting at once: share holding a lease",
+        {name: (r["timeline_s"], [0, 25, 50, 75, 90, 99, 100]) for name, r in results.items()},
+        "seconds since boot",
+        "% of nodes holding a lease",
+    )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

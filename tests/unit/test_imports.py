@@ -1,0 +1,34 @@
+"""What the daemon loads: only the pyroute2 modules it uses (pyroute2_lite.py), and the full
+package still there for anyone who asks for it by name."""
+
+import json
+import subprocess
+import sys
+
+
+def loaded_after(code: str) -> dict:
+    script = (
+        f"{code}\nimport json, sys\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('pyroute2', 'sqlite3')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_the_daemon_imports_only_the_pyroute2_modules_it_uses():
+    mods = loaded_after("import pyflannel.app.daemon, pyflannel.kernel.watch")
+    assert "pyroute2.iproute.linux" in mods and "pyroute2.netlink.rtnl.iprsocket" in mods
+    for unused in ("pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"):
+        assert unused not in mods, unused
+    everything = loaded_after("import pyroute2")
+    assert len(mods) < len(everything) * 0.7, (len(mods), len(everything))
+
+
+def test_asking_the_package_for_a_name_loads_it_whole():
+    mods = loaded_after("import pyflannel.app.daemon\nfrom pyroute2 import NDB, IPRoute")
+    assert "pyroute2.ndb.main" in mods
+
+
+def test_the_cni_plugin_loads_no_pyroute2():
+    """(``pyroute2`` itself is the unexecuted placeholder: no module of it is loaded.)"""
+    assert not {m for m in loaded_after("import pyflannel.cni.plugin") if m.startswith("pyroute2.")}
