@@ -192,10 +192,14 @@ def throughput(bed: TestBed, impl: str, backend: str, args) -> dict:
     rates, per_gb = [], []
     for _ in range(args.repeat):
         c0 = [cpu_seconds(p) for p in pids]
-        rate = received_bits_per_second(iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), args.seconds, 1))
+        try:
+            raw = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), args.seconds, 1)
+            rate = received_bits_per_second(raw) or 0.0
+        except subprocess.TimeoutExpired:  # no TCP through this data path at all
+            rate = 0.0
         cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, c0, strict=True))
-        rates.append(rate / 1e9)
-        per_gb.append(cpu / (rate / 1e9 * args.seconds / 8) if rate else float("inf"))
+        rates.append(rate / 1e9 if rate else float("nan"))
+        per_gb.append(cpu / (rate / 1e9 * args.seconds / 8) if rate else float("nan"))
     return {"gbps": summary(rates), "cpu_s_per_gb": summary(per_gb)}
 
 
@@ -274,10 +278,12 @@ def main() -> int:
             for impl in IMPLEMENTATIONS if round_ % 2 == 0 else IMPLEMENTATIONS[::-1]:
                 measure_once(bed, impl, args, samples[impl])
                 print(f"round {round_ + 1} {impl}: done", flush=True)
+                write_results("upstream-partial", {"samples": samples}, "")
         for backend in args.backends:
             for impl in IMPLEMENTATIONS:
                 flows[impl][backend] = throughput(bed, impl, backend, args)
                 print(f"{backend} {impl}: {flows[impl][backend]['gbps']['median']:.2f} Gbit/s")
+                write_results("upstream-partial", {"samples": samples, "throughput": flows}, "")
         # Last: v0.20.2's watch can panic when etcd restarts (its bug), and then it may keep
         # failing at start on this etcd, so nothing is measured after this.
         for impl in IMPLEMENTATIONS:
@@ -309,7 +315,8 @@ def main() -> int:
         for what in ("gbps", "cpu_s_per_gb"):
             py = flows["pyflannel"][backend][what]["median"]
             up = flows["upstream"][backend][what]["median"]
-            rows.append([f"{backend} {what}", py, up, f"{py / up:.2f}" if up else "-"])
+            ok = up == up and py == py and up
+            rows.append([f"{backend} {what}", py, up, f"{py / up:.2f}" if ok else "-"])
     text = table(
         ["measure (median)", "pyflannel", "upstream v0.20.2", "pyflannel / upstream"], rows
     )

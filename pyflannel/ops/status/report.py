@@ -142,6 +142,14 @@ def _mark(value) -> str:
     return {True: "ok", False: "MISSING", None: "-"}[value]
 
 
+def _entries_and_path(half: dict) -> str:
+    """The neighbour/FDB/route marks and the probed path of a peer row (or its IPv6 half)."""
+    path = half.get("path") or {}
+    rtt = f"{path['rtt_ms']:.2f}" if path.get("rtt_ms") is not None else "-"
+    marks = " ".join(f"{_mark(half[k]):<7}" for k in ("neighbour", "fdb", "route"))
+    return f"{marks} {path.get('state', '-'):<15} {rtt}"
+
+
 def render(doc: dict) -> str:
     """The one-screen answer to "is this node's overlay healthy, and if not, why?"."""
     problems, warnings = assess(doc)
@@ -248,23 +256,16 @@ def render(doc: dict) -> str:
             "neigh   fdb     route   path (MTU)      rtt ms"
         )
         for r in peers:
-            path = r.get("path") or {}
-            rtt = f"{path['rtt_ms']:.2f}" if path.get("rtt_ms") is not None else "-"
             lines.append(
                 f"  {r['subnet']:<18} {r['public_ip']:<15} {r['encap']:<6} "
-                f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_mark(r['neighbour']):<7} "
-                f"{_mark(r['fdb']):<7} {_mark(r['route']):<7} {path.get('state', '-'):<15} {rtt}"
+                f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_entries_and_path(r)}"
             )
             v6 = r.get("ipv6") or {}
             if v6.get("problem"):
                 lines.append(f"    IPv6 not programmed: {v6['problem']}")
             elif v6:
-                path6 = v6.get("path") or {}
-                rtt6 = f"{path6['rtt_ms']:.2f}" if path6.get("rtt_ms") is not None else "-"
                 lines.append(
-                    f"    {v6['subnet']:<24} {v6['public_ip']:<23} "
-                    f"{_mark(v6['neighbour']):<7} {_mark(v6['fdb']):<7} {_mark(v6['route']):<7} "
-                    f"{path6.get('state', '-'):<15} {rtt6}"
+                    f"    {v6['subnet']:<24} {v6['public_ip']:<23} {_entries_and_path(v6)}"
                 )
     for r in doc.get("ignored", []):
         lines.append(f"  ignored: {r}")
