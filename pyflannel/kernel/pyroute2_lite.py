@@ -1,6 +1,7 @@
 """Import only the pyroute2 modules pyflannel uses.
 
-``import pyroute2`` runs the package's ``__init__``, which imports every module the library
+Called by ``kernel/rtnl.py`` (the one module of pyflannel that imports pyroute2) before its
+first pyroute2 import. ``import pyroute2`` runs the package's ``__init__``, which imports every module the library
 has (NDB with sqlite3, IPDB, conntrack, nftables, nl80211, plan9, …): ~190 modules, about
 6 MB of the daemon's memory and a tenth of its start-up on this VM, for nothing the daemon
 uses. ``install()`` puts the package in ``sys.modules`` without running its ``__init__``, so

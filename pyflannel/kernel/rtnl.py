@@ -4,10 +4,14 @@ the rest of the package (pyroute2_lite.py)."""
 
 from __future__ import annotations
 
-import pyroute2.config.log  # noqa: F401 - pyroute2's logger, as its __init__ sets it up
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (
+from pyflannel.kernel.pyroute2_lite import install
+
+install()  # before the first pyroute2 import: without the package's __init__
+
+import pyroute2.config.log  # noqa: E402, F401 - pyroute2's logger, as its __init__ sets it up
+from pyroute2.iproute.linux import IPRoute  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+from pyroute2.netlink.rtnl import (  # noqa: E402
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
@@ -16,7 +20,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_NEIGH,
     ndmsg,
 )
-from pyroute2.netlink.rtnl.iprsocket import IPRSocket
+from pyroute2.netlink.rtnl.iprsocket import IPRSocket  # noqa: E402
 
 __all__ = [
     "RTMGRP_IPV4_IFADDR",

@@ -13,7 +13,7 @@ from pyflannel.subnet.config import parse_network_config
 
 
 def test_every_registered_backend_module_has_an_async_start():
-    assert set(BACKENDS) == {"vxlan", "udp", "host-gw"}
+    assert set(BACKENDS) == {"vxlan", "udp", "host-gw", "wireguard"}
     for module in BACKENDS.values():
         start = importlib.import_module(module).start
         assert inspect.iscoroutinefunction(start)
@@ -23,6 +23,7 @@ def test_an_unknown_type_names_the_supported_ones():
     cfg = parse_network_config(b'{"Network": "10.1.0.0/16", "Backend": {"Type": "ipip"}}')
     ctx = BackendContext(netlink=None, network=cfg, ext=None, udp_tuning=DEFAULT_TUNING)
     with pytest.raises(
-        BackendError, match=r"'ipip' is not supported .*\(supported: vxlan, udp, host-gw\)"
+        BackendError,
+        match=r"'ipip' is not supported .*\(supported: vxlan, udp, host-gw, wireguard\)",
     ):
         asyncio.run(start_backend(ctx))
