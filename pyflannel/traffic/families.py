@@ -58,8 +58,9 @@ class NetworkRules:
         return "; ".join(m.last_problem for m in self.managers if m.last_problem)
 
     async def setup(self, networks: list[tuple[Cluster, Cluster]]) -> None:
-        """(cluster, pod subnet) per family, in the managers' order."""
-        for manager, (cluster, pod) in zip(self.managers, networks, strict=True):
+        """(cluster, pod subnet) per family, in the managers' order; a family the lease has
+        no subnet of gets no rules."""
+        for manager, (cluster, pod) in zip(self.managers, networks, strict=False):
             await manager.setup(cluster, pod)
 
     async def check(self) -> list[str]:
