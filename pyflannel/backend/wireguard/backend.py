@@ -59,7 +59,6 @@ from pyflannel.subnet.table import PeerChanges
 log = logging.getLogger(__name__)
 
 DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
-DATAPATHS = ("auto", "kernel", "userspace")
 
 
 @dataclass
