@@ -100,14 +100,9 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def daemon_pid(node: Node) -> int:
-    """The daemon itself (``ip netns exec`` execs it: the same pid)."""
-    return node.pid
-
-
 def idle(node: Node, seconds: float) -> tuple[float, float]:
     """(RSS MB, CPU % over ``seconds``) of the node's daemon."""
-    pid = daemon_pid(node)
+    pid = node.pid  # the daemon itself: `ip netns exec` execs it
     c0 = cpu_seconds(pid)
     time.sleep(seconds)
     return rss_mb(pid), (cpu_seconds(pid) - c0) / seconds * 100
@@ -188,7 +183,7 @@ def throughput(bed: TestBed, impl: str, backend: str, args) -> dict:
     for node in (a, b):
         node.add_pod()
     time.sleep(0.5)
-    pids = [daemon_pid(n) for n in (a, b)] + a.children() + b.children()
+    pids = [a.pid, b.pid, *a.children(), *b.children()]
     rates, per_gb = [], []
     for _ in range(args.repeat):
         c0 = [cpu_seconds(p) for p in pids]
@@ -299,24 +294,22 @@ def main() -> int:
                     float(all(n.running for n in bed.nodes))
                 )
     stats = {impl: {m: summary(v) for m, v in samples[impl].items()} for impl in IMPLEMENTATIONS}
+
+    def row(name: str, py: float, up: float) -> list:
+        ok = up == up and py == py and up  # NaN (never) or 0: no ratio
+        return [name, py, up, f"{py / up:.2f}" if ok else "-"]
+
     rows = []
     for metric in METRICS:
         py, up = stats["pyflannel"][metric], stats["upstream"][metric]
-        key = "p99" if metric == "lease_to_route_ms" else "median"
-        ratio = (
-            py["median"] / up["median"]
-            if up["median"] == up["median"] and up["median"]
-            else float("nan")
-        )
-        rows.append([metric, py["median"], up["median"], f"{ratio:.2f}"])
+        rows.append(row(metric, py["median"], up["median"]))
         if metric == "lease_to_route_ms":
-            rows.append(["lease_to_route_p99_ms", py[key], up[key], f"{py[key] / up[key]:.2f}"])
+            rows.append(row("lease_to_route_p99_ms", py["p99"], up["p99"]))
     for backend in args.backends:
         for what in ("gbps", "cpu_s_per_gb"):
             py = flows["pyflannel"][backend][what]["median"]
             up = flows["upstream"][backend][what]["median"]
-            ok = up == up and py == py and up
-            rows.append([f"{backend} {what}", py, up, f"{py / up:.2f}" if ok else "-"])
+            rows.append(row(f"{backend} {what}", py, up))
     text = table(
         ["measure (median)", "pyflannel", "upstream v0.20.2", "pyflannel / upstream"], rows
     )

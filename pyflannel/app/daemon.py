@@ -56,6 +56,7 @@ from pyflannel.traffic.base import TrafficManager, remove_other_mode
 from pyflannel.traffic.families import NetworkRules
 from pyflannel.traffic.iptables import IptablesRules
 from pyflannel.traffic.nftables import NftablesRules
+from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,9 @@ class Daemon:
             ]
         )
 
-    def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list:
+    def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list[tuple[Cluster, Cluster]]:
         """(cluster, pod subnet) per family, for the traffic rules."""
-        networks: list = [(cfg.cidr, lease.subnet)]
+        networks: list[tuple[Cluster, Cluster]] = [(cfg.cidr, lease.subnet)]
         if cfg.cidr6 is not None and lease.ipv6_subnet is not None:
             networks.append((cfg.cidr6, lease.ipv6_subnet))
         return networks

@@ -11,12 +11,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from dataclasses import dataclass
-from ipaddress import IPv4Network
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, ClassVar
 
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.plan import IPNetwork, KernelState, Peer
+from pyflannel.backend.plan import IPNetwork, KernelState, Peer, Peer6, PeerDataError, ipv6_half
 from pyflannel.backend.reconciler import Reconciler, ReconcileReport
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
@@ -136,6 +137,21 @@ class Backend(abc.ABC):
         """Stop packet workers; devices and kernel entries stay for the next start."""
 
     # -- shared ----------------------------------------------------------------------------
+
+    async def with_ipv6_half(
+        self, peer: Peer, lease: Lease, half: Callable[[IPv6Network], Awaitable[Peer6]]
+    ) -> Peer:
+        """On a dual-stack network, ``peer`` with its IPv6 half, which ``half`` makes from the
+        lease's IPv6 subnet once that is checked (inside the network, clear of ours). A half
+        that cannot be used (PeerDataError) leaves the IPv4 half programmed, said once."""
+        cidr6 = self.network.cidr6
+        if cidr6 is None:
+            return peer
+        try:
+            subnet6 = ipv6_half(lease, cidr6, self.held_lease.ipv6_subnet)
+            return replace(peer, v6=await half(subnet6))
+        except PeerDataError as e:
+            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
 
     def ipv6_rejected(self, lease: Lease, reason: str) -> str:
         """A dual-stack peer whose IPv6 half cannot be used: its IPv4 half is programmed, the

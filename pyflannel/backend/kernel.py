@@ -213,8 +213,9 @@ def read_state(ipr, devices: Devices) -> KernelState:
                 kind, size = fdb_devices[ifindex]
                 if len(dst) == size:
                     state.fdb[codec.mac_text(lladdr)] = kind(dst)
-    families = {network.version for network in devices.networks}
-    for family in [codec.AF_INET] * (4 in families) + [codec.AF_INET6] * (6 in families):
+    versions = {network.version for network in devices.networks}
+    families = [af for af, v in ((codec.AF_INET, 4), (codec.AF_INET6, 6)) if v in versions]
+    for family in families:
         for payload in rs.dump(codec.RTM_GETROUTE, family):
             route = codec.decode_route(payload)
             if route is None:

@@ -255,6 +255,21 @@ def external_interface(
 ) -> ExtIface:
     """Read the interfaces (and routes) from the kernel and choose as upstream does; with
     ``ipv6`` (a dual-stack network) also the interface's IPv6 address."""
+    ext, interfaces = choose_external(
+        ipr, iface=iface, iface_regex=iface_regex, public_ip=public_ip, can_reach=can_reach
+    )
+    return with_ipv6(ext, interfaces, public_ipv6) if ipv6 else ext
+
+
+def choose_external(
+    ipr,
+    *,
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
+    public_ip: IPv4Address | None = None,
+    can_reach: IPv4Address | None = None,
+) -> tuple[ExtIface, list[Interface]]:
+    """The IPv4 choice, and the interfaces it was made from (one read of the kernel)."""
     interfaces, default = read_interfaces(ipr)
     ext = select_ext_iface(
         interfaces,
@@ -264,7 +279,7 @@ def external_interface(
         default_route_index=default,
         can_reach=route_source(ipr, can_reach) if can_reach is not None else None,
     )
-    return with_ipv6(ext, interfaces, public_ipv6) if ipv6 else ext
+    return ext, interfaces
 
 
 def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:

@@ -123,9 +123,11 @@ def test_only_wireguard_messages_cross_the_underlay(bed):
 
 
 def test_iperf3_between_pods(bed):
+    """TCP flows through the tunnel (how fast is measured in bench/dataplane.py)."""
     a, b = bed.nodes[0], bed.nodes[1]
-    bps = received_bits_per_second(iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=2))
-    assert bps and bps > 10e6, bps  # measured in bench/ (this only proves TCP flows)
+    result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=2)
+    assert received_bits_per_second(result) > 0, result
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000, result["end"]
 
 
 def test_someones_wg_set_is_undone(bed):

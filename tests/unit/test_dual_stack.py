@@ -40,6 +40,7 @@ from pyflannel.traffic.iptables_rules import (
     masquerade_rules,
 )
 from pyflannel.traffic.ownership import names_network_inside
+from tests.unit.test_netlink_codec import only
 
 CFG = parse_network_config(
     '{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd10::/48"}'
@@ -206,11 +207,6 @@ def test_devices_pick_the_device_and_own_routes_by_family():
 
 DST6 = IPv6Network("fd10:0:0:2::/64")
 GW6 = IPv6Address("fd10:0:0:2::")
-
-
-def only(data: bytes):
-    (message,) = list(c.messages(data))
-    return message
 
 
 def test_ipv6_route_round_trip_and_pyroute2_agrees():

@@ -10,7 +10,7 @@ the reason; the peer is taken as soon as a new lease of it is usable.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from ipaddress import IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -24,7 +24,6 @@ from pyflannel.backend.plan import (
     Peer,
     Peer6,
     PeerDataError,
-    ipv6_half,
     peer_entries,
     public_ip_of,
     public_ipv6_of,
@@ -92,19 +91,16 @@ class HostGwBackend(Backend):
                 "node's L2 segment): host-gw needs every node on one link; not programmed "
                 "(use vxlan, or vxlan with DirectRouting, across segments)"
             )
-        peer = Peer(lease.subnet, ip, Encap.DIRECT)
-        if self.network.cidr6 is None:
-            return peer
-        try:
-            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
+
+        async def half(subnet6: IPv6Network) -> Peer6:
             ip6 = public_ipv6_of(lease)
             if not await self.netlink.call(kernel.directly_reachable, ip6, self.ext.index):
                 raise PeerDataError(
                     f"PublicIPv6 {ip6} is not directly reachable on {self.ext.name}"
                 )
-        except PeerDataError as e:
-            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
-        return replace(peer, v6=Peer6(subnet6, ip6, Encap.DIRECT))
+            return Peer6(subnet6, ip6, Encap.DIRECT)
+
+        return await self.with_ipv6_half(Peer(lease.subnet, ip, Encap.DIRECT), lease, half)
 
     def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
+from ipaddress import IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -25,8 +26,7 @@ from pyflannel.backend.plan import (
     Encap,
     KernelState,
     Peer,
-    PeerDataError,
-    ipv6_half,
+    Peer6,
     peer_entries,
     udp_peer,
     vxlan_peer,
@@ -307,18 +307,16 @@ class VxlanBackend(Backend):
             kernel.directly_reachable, peer.public_ip, self.ext.index
         ):
             peer = vxlan_peer(lease, direct=True)
-        if self.device6 is None or self.network.cidr6 is None:
-            return peer
-        try:
-            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
-            half = vxlan_peer6(lease, subnet6)
+
+        async def half(subnet6: IPv6Network) -> Peer6:
+            v6 = vxlan_peer6(lease, subnet6)
             if self.config.direct_routing and await self.netlink.call(
-                kernel.directly_reachable, half.public_ip, self.ext.index
+                kernel.directly_reachable, v6.public_ip, self.ext.index
             ):
-                half = vxlan_peer6(lease, subnet6, direct=True)
-        except PeerDataError as e:
-            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
-        return replace(peer, v6=half)
+                v6 = vxlan_peer6(lease, subnet6, direct=True)
+            return v6
+
+        return await self.with_ipv6_half(peer, lease, half)
 
     def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from ipaddress import IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -26,10 +27,10 @@ from pyflannel.backend.plan import (
     WIREGUARD_BACKEND,
     KernelState,
     Peer,
+    Peer6,
     PeerDataError,
     Route,
     Via,
-    ipv6_half,
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.wireguard.config import Mode, WireguardConfig, parse_wireguard_config
@@ -257,14 +258,11 @@ class WireguardBackend(Backend):
                     f"BackendData.PublicKey {peer.public_key} is also the key of {subnet} "
                     f"(at {other.public_ip}): one key, one node; not programmed"
                 )
-        if self.v6 is None or self.network.cidr6 is None:
-            return peer
-        try:
-            subnet6 = ipv6_half(lease, self.network.cidr6, self.held_lease.ipv6_subnet)
-            half = wireguard_peer6(lease, subnet6, self.public_key)
-        except PeerDataError as e:
-            return replace(peer, v6_problem=self.ipv6_rejected(lease, str(e)))
-        return replace(peer, v6=half)
+
+        async def half(subnet6: IPv6Network) -> Peer6:
+            return wireguard_peer6(lease, subnet6, self.public_key)
+
+        return await self.with_ipv6_half(peer, lease, half)
 
     def entries(self, peer: Peer) -> KernelState:
         return KernelState()  # a WireGuard peer, not a kernel entry

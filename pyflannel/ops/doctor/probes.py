@@ -134,14 +134,16 @@ def probe_traffic_tools() -> Probe:
     return Probe(True, facts=facts)
 
 
-def probe_interface(o: Options) -> tuple[str, int | None]:
+def probe_interface(o: Options) -> tuple[str, int | None, str | None]:
+    """The external interface as the daemon would choose it: its name (or why there is none),
+    its MTU, and its first global IPv6 address (for the ipv6 finding), from one read."""
     from pyflannel.errors import InterfaceError
-    from pyflannel.kernel.iface import external_interface
+    from pyflannel.kernel.iface import choose_external
     from pyflannel.kernel.rtnl import IPRoute
 
     try:
         with IPRoute() as ipr:
-            ext = external_interface(
+            ext, interfaces = choose_external(
                 ipr,
                 iface=o.iface,
                 iface_regex=o.iface_regex,
@@ -149,33 +151,23 @@ def probe_interface(o: Options) -> tuple[str, int | None]:
                 can_reach=IPv4Address(o.iface_can_reach) if o.iface_can_reach else None,
             )
     except InterfaceError as e:
-        return str(e), None
-    return ext.name, ext.mtu
+        return str(e), None, None
+    chosen = next(i for i in interfaces if i.index == ext.index)
+    address6 = chosen.best_address6()
+    return ext.name, ext.mtu, str(address6) if address6 else None
 
 
-def probe_ipv6(o: Options) -> Probe:
-    """The chosen interface's global IPv6 address, IPv6 forwarding, ip6tables."""
-    from pyflannel.errors import InterfaceError
-    from pyflannel.kernel.iface import external_interface, read_interfaces, with_ipv6
-    from pyflannel.kernel.rtnl import IPRoute
-
-    facts: dict = {"ip6tables": shutil.which("ip6tables-restore") is not None}
+def probe_ipv6(interface: str, address6: str | None) -> Probe:
+    """IPv6 forwarding and ip6tables, with the interface's IPv6 address (probe_interface)."""
+    facts: dict = {
+        "ip6tables": shutil.which("ip6tables-restore") is not None,
+        "interface": interface,
+        "address": address6,
+    }
     try:
         facts["forwarding"] = Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip()
     except OSError:
         facts["forwarding"] = None  # IPv6 disabled in this kernel or namespace
-    try:
-        with IPRoute() as ipr:
-            ext = external_interface(
-                ipr, iface=o.iface, iface_regex=o.iface_regex, public_ip=o.public_ip_address
-            )
-            facts["interface"] = ext.name
-            try:
-                facts["address"] = str(with_ipv6(ext, read_interfaces(ipr)[0]).iface_addr6)
-            except InterfaceError:
-                facts["address"] = None
-    except InterfaceError as e:
-        return Probe(False, str(e), facts)
     return Probe(True, facts=facts)
 
 
@@ -246,7 +238,7 @@ def _fetch_metrics(url: str, o: Options) -> tuple[str, str | None]:
 async def run_checks(o: Options) -> list[Finding]:
     vxlan, tun, wireguard = await asyncio.to_thread(probe_devices)
     etcd, skew = await probe_etcd(o)
-    interface, mtu = await asyncio.to_thread(probe_interface, o)
+    interface, mtu, address6 = await asyncio.to_thread(probe_interface, o)
     findings = [
         judge_vxlan(vxlan, tun.ok),
         judge_tun(tun),
@@ -266,7 +258,8 @@ async def run_checks(o: Options) -> list[Finding]:
 
     doc, _ = await asyncio.to_thread(daemon_document, o, 3.0)
     dual_stack = None if doc is None else bool(doc.get("network6"))
-    findings.append(judge_ipv6(await asyncio.to_thread(probe_ipv6, o), dual_stack))
+    where = interface if mtu is not None else "the external interface (none found)"
+    findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))
     device = ((doc or {}).get("backend") or {}).get("device") or "flannel.1"
     if device.startswith("flannel."):
         findings.append(await asyncio.to_thread(judge_offload, device, doc))

@@ -89,6 +89,15 @@ def parse_reply(packet: bytes) -> tuple[IPv4Address, int, int, bytes] | None:
     return IPv4Address(packet[12:16]), ident, seq, bytes(icmp[8:16])
 
 
+def _drain(sock: socket.socket):
+    """Every datagram waiting on a non-blocking socket, with its sender."""
+    while True:
+        try:
+            yield sock.recvfrom(65535)
+        except OSError:  # BlockingIOError (drained) and real errors alike: stop reading
+            return
+
+
 class MeshProber:
     def __init__(
         self,
@@ -224,24 +233,12 @@ class MeshProber:
 
     def _read(self) -> None:
         assert self._sock is not None
-        while True:
-            try:
-                packet = self._sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for packet, _ in _drain(self._sock):
             self._match(parse_reply(packet))
 
     def _read6(self) -> None:
         assert self._sock6 is not None
-        while True:
-            try:
-                packet, address = self._sock6.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+        for packet, address in _drain(self._sock6):
             self._match(parse_reply6(packet, address[0]))
 
     def _match(self, reply: tuple[Address, int, int, bytes] | None) -> None:
