@@ -56,7 +56,7 @@ def cpu_seconds(pid: int) -> float:
 
 def daemon_pids(bed: TestBed) -> list[int]:
     """Every running daemon and its children (UDP workers, wireguard-go)."""
-    return [pid for n in bed.nodes if n.running for pid in (n.pid, *n.children())]
+    return [pid for n in bed.nodes if n.running for pid in (n.pid, *n.all_children())]
 
 
 def tunnel_datagrams(bed: TestBed) -> int:

@@ -183,7 +183,7 @@ def throughput(bed: TestBed, impl: str, backend: str, args) -> dict:
     for node in (a, b):
         node.add_pod()
     time.sleep(0.5)
-    pids = [a.pid, b.pid, *a.children(), *b.children()]
+    pids = [a.pid, b.pid, *a.all_children(), *b.all_children()]
     rates, per_gb = [], []
     for _ in range(args.repeat):
         c0 = [cpu_seconds(p) for p in pids]

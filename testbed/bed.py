@@ -151,8 +151,14 @@ class Node:
         self.stop(signal.SIGKILL)
 
     def children(self) -> list[int]:
-        """The daemon's child processes (its UDP data-path workers, wireguard-go), whichever
-        of its threads started them."""
+        """The daemon's child processes started from its main thread (its UDP data-path
+        workers)."""
+        text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        return [int(pid) for pid in text.split()]
+
+    def all_children(self) -> list[int]:
+        """Child processes of any of the daemon's threads (also wireguard-go, started from a
+        worker thread, and any short-lived tool run at that moment)."""
         pids: list[int] = []
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:

@@ -197,7 +197,7 @@ def _ignored(node, n):
 
 def test_a_killed_wireguard_go_is_restarted(bed):
     a, b = bed.nodes[0], bed.nodes[1]
-    (pid,) = [p for p in a.children() if "wireguard-go" in open(f"/proc/{p}/cmdline").read()]
+    (pid,) = [p for p in a.all_children() if "wireguard-go" in open(f"/proc/{p}/cmdline").read()]
     mark = len(a.log())
     os.kill(pid, 9)
     a.wait_log("wireguard-go had exited", timeout=10, after=mark)
