@@ -3,10 +3,13 @@ forwarder, and the workers' counters merged into one view. (The processes themse
 TUN queues and steering are tested end to end in tests/e2e/test_udp_cluster.py.)"""
 
 import socket
+import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Network
 
+import pyflannel
 from pyflannel.backend.udp.forwarder import Forwarder
-from pyflannel.backend.udp.pool import merge
+from pyflannel.backend.udp.pool import merge, worker_environment
 from pyflannel.backend.udp.worker import apply, encode, table_message
 
 
@@ -101,3 +104,21 @@ def test_a_channel_queues_a_large_table_for_a_busy_worker_without_blocking_the_c
     assert json.loads(first) == big and json.loads(second) == {"start": True}
     channel.close()
     worker_end.close()
+
+
+def test_workers_import_the_daemons_own_pyflannel_wherever_it_is_installed(tmp_path):
+    """The Debian package keeps pyflannel in a private directory: a worker started with
+    ``python -m`` from elsewhere must still find that copy, before any other (``-S``: not
+    through this checkout's editable install)."""
+    env = worker_environment({"PYTHONPATH": "/elsewhere", "PATH": "/usr/bin:/bin"})
+    home = env["PYTHONPATH"].split(":")[0]
+    assert env["PYTHONPATH"].split(":")[1:] == ["/elsewhere"]
+    where = subprocess.run(
+        [sys.executable, "-S", "-c", "import pyflannel; print(pyflannel.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == pyflannel.__file__ and where.startswith(home + "/")

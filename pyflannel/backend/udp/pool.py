@@ -3,13 +3,16 @@ their descriptors, sending them the forwarding table, collecting their counters,
 when one dies.
 
 Worker processes are started with exec (``python -m``), never a bare fork: the daemon holds
-grpc channels, and grpc does not survive a fork that goes on running Python.
+grpc channels, and grpc does not survive a fork that goes on running Python. They import the
+daemon's own copy of pyflannel, wherever it is installed (the Debian package keeps it in a
+private directory that is not on Python's default path).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import select
 import socket
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from pyflannel.backend.udp.worker import encode
 
@@ -116,7 +120,10 @@ class WorkerPool:
             ] + (["--fastpath"] if self.fastpath else [])
             try:
                 process = subprocess.Popen(
-                    command, pass_fds=(tun_fd, sock.fileno(), theirs.fileno()), close_fds=True
+                    command,
+                    pass_fds=(tun_fd, sock.fileno(), theirs.fileno()),
+                    close_fds=True,
+                    env=worker_environment(),
                 )
             except OSError:
                 ours.close()
@@ -212,3 +219,11 @@ def _sum_direction(directions) -> dict:
         for reason, n in d["drops"].items():
             out["drops"][reason] = out["drops"].get(reason, 0) + n
     return out
+
+
+def worker_environment(environ=os.environ) -> dict[str, str]:
+    """The daemon's environment, with the directory holding this pyflannel first on the
+    workers' import path, so that ``-m pyflannel...`` finds the same copy."""
+    home = str(Path(__file__).resolve().parents[3])
+    rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != home]
+    return {**environ, "PYTHONPATH": os.pathsep.join([home, *rest])}
