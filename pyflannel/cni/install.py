@@ -23,17 +23,17 @@ DEFAULT_CONFLIST = {
 }
 
 
-def plugin_script(python: str = sys.executable) -> str:
+def plugin_script(python: str = sys.executable, location: str | None = None) -> str:
     """The executable: this Python running pyflannel's plugin. Isolated (-I: the runtime's
     environment cannot redirect imports) and without ``site`` (-S: its .pth hooks cost ~30 ms
     of every container start); the plugin needs only the standard library and the directory
-    pyflannel is installed in, which is written in."""
-    location = Path(__file__).resolve().parents[2]
+    pyflannel is installed in (``location``, default this one), which is written in."""
+    location = location or str(Path(__file__).resolve().parents[2])
     return (
         f"#!{python} -IS\n"  # one argument: Linux passes the rest of the line as one
         "# The flannel CNI plugin of pyflannel (written by `pyflannel install-cni`).\n"
         "import sys\n"
-        f"sys.path.insert(0, {str(location)!r})\n"
+        f"sys.path.insert(0, {location!r})\n"
         "from pyflannel.cni.plugin import main\n"
         "raise SystemExit(main())\n"
     )

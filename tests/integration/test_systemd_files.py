@@ -3,6 +3,7 @@
 the environment file only sets variables `pyflannel run` understands."""
 
 import configparser
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pyflannel.app.cli import make_parser
-from pyflannel.app.options import build_options
+from pyflannel.app.env_doc import render
+from pyflannel.app.options import FLAGS, Options, build_options, env_name
 from tests.conftest import require
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
@@ -79,13 +81,24 @@ def test_link_file_stops_udev_rewriting_our_macs():
     assert link["Link"]["MACAddressPolicy"] == "none"
 
 
-def test_example_environment_file_is_understood_by_pyflannel_run():
+def test_the_environment_file_documents_every_variable_pyflannel_run_reads():
+    """/etc/default/pyflannel (the Debian package's conffile) is rendered from the flags: a new
+    flag must be documented there (regenerate with the command below)."""
+    text = (SYSTEMD / "pyflannel.env").read_text()
+    assert text == render(), (
+        "systemd/pyflannel.env is stale: python3 -c 'from pyflannel.app.env_doc import render; "
+        'print(render(), end="")\' > systemd/pyflannel.env'
+    )
+    for name, _, _ in FLAGS:
+        assert text.count(f"\n#{env_name(name)}=") == 1, name
+
+
+def test_the_environment_file_uncommented_gives_pyflannel_runs_defaults():
     env = {}
     for line in (SYSTEMD / "pyflannel.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
+        if line.startswith("#FLANNELD_"):
+            key, _, value = line[1:].partition("=")
             env[key] = value
-    assert env and all(k.startswith("FLANNELD_") for k in env)
     options = build_options(make_parser().parse_args(["run"]), env)
-    assert options.ip_masq is True and len(options.etcd_endpoints) == 3
-    assert options.healthz_ip == "127.0.0.1"
+    assert dataclasses.replace(options, given=frozenset()) == Options()
+    assert len(env) == len(FLAGS)
