@@ -379,6 +379,7 @@ class Node:
 
 class TestBed:
     __test__ = False  # not a pytest test class
+    node_class: type[Node] = Node
 
     def __init__(
         self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None, etcd_members: int = 1
@@ -390,7 +391,7 @@ class TestBed:
         self.mtu = mtu
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pf-bed-"))
-        self.nodes = [Node(self, i) for i in range(1, hosts + 1)]
+        self.nodes = [self.node_class(self, i) for i in range(1, hosts + 1)]
         self.extra_nodes: list[Node] = []  # second daemons on the same hosts
         if etcd_members == 1:
             self.etcd = EtcdServer(
@@ -433,16 +434,24 @@ class TestBed:
         netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
         netns.ip(self.lan, "link", "set", "br0", "up")
         for node in self.nodes:
-            self._attach(node.ns, f"v{node.index}", node.underlay_ip, node.underlay_ip6)
+            self.attach_host(node)
         for member in getattr(self.etcd, "members", []):
             self._attach(member.netns, f"v{member.name}", member.host)
         self.etcd.start()
 
-    def _attach(self, ns: str, port: str, address, address6: IPv6Address | None = None) -> None:
+    def attach_host(self, node: Node, mac: str | None = None) -> None:
+        """The node's host namespace on the switch (``mac``: its eth0's, else random)."""
+        self._attach(node.ns, f"v{node.index}", node.underlay_ip, node.underlay_ip6, mac)
+
+    def _attach(
+        self, ns: str, port: str, address, address6: IPv6Address | None = None, mac=None
+    ) -> None:
         """A namespace whose eth0 (``address``/24, and ``address6``/64 without duplicate
         address detection, so it is usable at once) is a port of the switch."""
         self._create(ns)
         netns.add_veth(self.lan, port, ns, "eth0", self.mtu)
+        if mac:
+            netns.ip(ns, "link", "set", "eth0", "address", mac)
         netns.ip(self.lan, "link", "set", port, "master", "br0", "up")
         netns.ip(ns, "addr", "add", f"{address}/24", "dev", "eth0")
         if address6 is not None:
