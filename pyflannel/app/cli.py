@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 from pyflannel import __version__
 from pyflannel.app.log import setup_logging
-from pyflannel.app.options import add_arguments, build_options, normalize_go_flags
+from pyflannel.app.options import (
+    add_arguments,
+    build_options,
+    normalize_go_flags,
+    with_service_environment,
+)
 from pyflannel.errors import OptionsError
 
 log = logging.getLogger("pyflannel")
@@ -40,7 +45,8 @@ def make_parser() -> argparse.ArgumentParser:
         description=(
             "Ask the running daemon (its --healthz-ip/--healthz-port endpoint) for its state; "
             "if it does not answer, read subnet.env, the kernel and etcd directly. Takes the "
-            "same flags and FLANNELD_* variables as `run`."
+            "same flags and FLANNELD_* variables as `run`, and for what neither sets, those of "
+            "the service's /etc/default/pyflannel."
         ),
     )
     add_arguments(status)
@@ -52,7 +58,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="Can this node run pyflannel? Tries VXLAN and TUN devices in a throwaway "
         "namespace, looks for container-VPS markers, checks iptables, the interface MTU, etcd "
         "(round trips, its disk-sync times), UDP ports 8472/8285 and the clock. Takes the same "
-        "flags and FLANNELD_* variables as `run`.",
+        "flags and FLANNELD_* variables as `run`, and for what neither sets, those of the "
+        "service's /etc/default/pyflannel.",
     )
     add_arguments(doctor)
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
@@ -152,7 +159,7 @@ def _status(args: argparse.Namespace) -> int:
     from pyflannel.ops.status.report import UNHEALTHY, exit_code, render, render_cluster
 
     try:
-        options = build_options(args)
+        options = build_options(args, with_service_environment(os.environ))
     except OptionsError as e:
         print(f"pyflannel status: {e}", file=sys.stderr)
         return UNHEALTHY
@@ -229,7 +236,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from pyflannel.ops.doctor.probes import run_checks
 
     try:
-        options = build_options(args)
+        options = build_options(args, with_service_environment(os.environ))
     except OptionsError as e:
         print(f"pyflannel doctor: {e}", file=sys.stderr)
         return 1

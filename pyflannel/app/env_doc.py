@@ -41,7 +41,5 @@ def render() -> str:
         default = _default(kind, getattr(defaults, _attr(name)))
         text = help_text.replace("%(default)s", default or '""')
         lines = textwrap.wrap(f"--{name}: {text}", width=94)
-        blocks.append(
-            "\n".join(f"# {line}" for line in lines) + f"\n#{env_name(name)}={default}\n"
-        )
+        blocks.append("\n".join(f"# {line}" for line in lines) + f"\n#{env_name(name)}={default}\n")
     return "\n".join(blocks)

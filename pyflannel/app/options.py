@@ -12,15 +12,19 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyflannel.errors import OptionsError
 from pyflannel.etcd.endpoint import parse_endpoint
+from pyflannel.subnet.env_file import parse_env
 
 if TYPE_CHECKING:
     from pyflannel.etcd.client import EtcdClient
 
 ENV_PREFIX = "FLANNELD_"
+# pyflannel.service's EnvironmentFile (systemd/pyflannel.service, the Debian package's conffile).
+SERVICE_ENV_FILE = "/etc/default/pyflannel"
 MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
 MAX_UDP_WORKERS = 64
 
@@ -315,6 +319,20 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
     options = Options(**values, given=frozenset(values))
     validate(options)
     return options
+
+
+def with_service_environment(
+    environ: Mapping[str, str], path: str = SERVICE_ENV_FILE
+) -> dict[str, str]:
+    """``environ`` over the FLANNELD_* variables of the service's environment file, so that
+    `pyflannel status` and `pyflannel doctor`, typed in a shell on a node, use the options the
+    service runs with (its etcd endpoints, TLS files, prefix)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return dict(environ)
+    from_file = {k: v for k, v in parse_env(text).items() if k.startswith(ENV_PREFIX)}
+    return {**from_file, **environ}
 
 
 def validate(options: Options) -> None:

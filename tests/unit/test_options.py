@@ -3,7 +3,13 @@
 import pytest
 
 from pyflannel.app.cli import make_parser
-from pyflannel.app.options import Options, build_options, env_name, normalize_go_flags
+from pyflannel.app.options import (
+    Options,
+    build_options,
+    env_name,
+    normalize_go_flags,
+    with_service_environment,
+)
 from pyflannel.errors import OptionsError
 
 
@@ -96,3 +102,22 @@ def test_invalid_options_say_which_flag_or_variable(argv, env, message):
 def test_etcd_endpoints_given_twice_last_wins_like_go():
     o = options(["--etcd-endpoints=http://a:2379", "--etcd-endpoints=http://b:2379,http://c:2379"])
     assert o.etcd_endpoints == ["http://b:2379", "http://c:2379"]
+
+
+def test_status_and_doctor_see_the_services_environment_file_under_their_own(tmp_path):
+    """`pyflannel status` typed in a shell has no FLANNELD_* of its own: it reads the
+    service's /etc/default/pyflannel; what the shell (or a flag) sets still wins."""
+    service = tmp_path / "pyflannel"
+    service.write_text(
+        "# the service's options\nFLANNELD_ETCD_ENDPOINTS=http://10.0.0.5:2379\n"
+        'FLANNELD_ETCD_PREFIX="/net-b"\nPATH=/nowhere\n'
+    )
+    env = with_service_environment({"FLANNELD_ETCD_PREFIX": "/net-c", "HOME": "/root"}, service)
+    assert env == {
+        "FLANNELD_ETCD_ENDPOINTS": "http://10.0.0.5:2379",
+        "FLANNELD_ETCD_PREFIX": "/net-c",
+        "HOME": "/root",
+    }
+    o = options(["--etcd-prefix=/net-d"], env)
+    assert o.etcd_endpoints == ["http://10.0.0.5:2379"] and o.etcd_prefix == "/net-d"
+    assert with_service_environment({"A": "1"}, tmp_path / "absent") == {"A": "1"}
