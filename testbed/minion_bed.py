@@ -149,6 +149,9 @@ class MinionBed(TestBed):
         address and MAC; its pod, if it had one, must be added again."""
         if node.pod_ns in netns.list_namespaces():
             netns.delete(node.pod_ns)
+        # The switch's end first: a deleted namespace's veth goes away only later, and the
+        # new one takes its name.
+        netns.ip(self.lan, "link", "del", f"v{node.index}", check=False)
         netns.delete(node.ns)
         self._namespaces.remove(node.ns)
         self.attach_host(node)

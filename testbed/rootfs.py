@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shlex
@@ -55,6 +56,11 @@ class RootfsError(RuntimeError):
 
 def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recipe(function) -> str:
+    """A layer's key includes how it is prepared: changing that rebuilds it."""
+    return inspect.getsource(function)
 
 
 def _mirror() -> str:
@@ -143,7 +149,7 @@ def _apt_install(layers: Sequence[Path], upper: Path, what: Sequence[str], netwo
 def stock() -> Path:
     """The cached stock Debian 12 tree (built on first use: ~1 min, needs the archive)."""
     mirror = _mirror()
-    home = CACHE / f"stock-{_key(SUITE, mirror, STOCK_PACKAGES)}"
+    home = CACHE / f"stock-{_key(SUITE, mirror, STOCK_PACKAGES, _recipe(_prepare_for_boot))}"
     tree = home / "rootfs"
     with _locked(CACHE / ".lock"):
         if (home / "ready").exists():
@@ -190,6 +196,28 @@ def _prepare_for_boot(tree: Path) -> None:
         link.symlink_to("/dev/null")
 
 
+def _prepare_tools(upper: Path) -> None:
+    """Podman's storage on the minion's overlay root needs the vfs driver; its auto-update
+    (pulling images from registries) has nothing to do in a minion."""
+    conf = upper / "etc/containers/storage.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n'
+        'graphroot = "/var/lib/containers/storage"\n'
+    )
+    for unit in (
+        "podman-restart.service",
+        "podman-auto-update.service",
+        "podman-auto-update.timer",
+        "podman.socket",
+        "podman.service",
+    ):
+        link = upper / "etc/systemd/system" / unit
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+
+
 def package_dependencies(deb: Path) -> list[str]:
     """The Debian packages a .deb depends on or recommends (names only)."""
     fields = subprocess.run(
@@ -212,13 +240,14 @@ def minion(dependencies: Sequence[str]) -> list[Path]:
     """The cached minion layers (top first): stock plus ``dependencies`` and the tools."""
     base = stock()
     packages = sorted({*dependencies, *TOOL_PACKAGES})
-    home = CACHE / f"minion-{_key(base.parent.name, packages)}"
+    home = CACHE / f"minion-{_key(base.parent.name, packages, _recipe(_prepare_tools))}"
     upper = home / "layer"
     with _locked(CACHE / ".lock"):
         if not (home / "ready").exists():
             shutil.rmtree(home, ignore_errors=True)
             started = time.monotonic()
             _apt_install([base], upper, packages, network=True)
+            _prepare_tools(upper)
             (home / "ready").write_text(
                 f"built in {time.monotonic() - started:.0f} s: {' '.join(packages)}\n"
             )
