@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
+from pyflannel import __version__
 from pyflannel.app.observe import StatusAnswers, daemon_snapshot
 from pyflannel.app.options import Options
 from pyflannel.backend.base import Backend
@@ -196,7 +197,10 @@ class Daemon:
     async def start(self) -> Running:
         o = self.options
         log.info(
-            "pyflannel starting: etcd %s, prefix %s", ",".join(o.etcd_endpoints), o.etcd_prefix
+            "pyflannel %s starting: etcd %s, prefix %s",
+            __version__,
+            ",".join(o.etcd_endpoints),
+            o.etcd_prefix,
         )
         plaintext = [e.url for e in self.client.endpoints if not e.tls]
         if plaintext and (o.etcd_cafile or o.etcd_certfile):
