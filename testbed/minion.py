@@ -105,8 +105,16 @@ class Minion:
         console.flush()
         # From a cgroup of its own: from the root cgroup nspawn would put its payload and
         # supervisor cgroups at the top level.
+        # /proc/sys/net writable, as on a real machine (sysctls of the minion's own network
+        # namespace: the CNI bridge plugin and container runtimes write there).
         self.nspawn = subprocess.Popen(
-            ["sh", "-c", f"{join} exec {shlex.join(nspawn)}"],
+            [
+                "env",
+                "SYSTEMD_NSPAWN_API_VFS_WRITABLE=network",
+                "sh",
+                "-c",
+                f"{join} exec {shlex.join(nspawn)}",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=console,

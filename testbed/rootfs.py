@@ -205,13 +205,7 @@ def _prepare_tools(upper: Path) -> None:
         '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n'
         'graphroot = "/var/lib/containers/storage"\n'
     )
-    for unit in (
-        "podman-restart.service",
-        "podman-auto-update.service",
-        "podman-auto-update.timer",
-        "podman.socket",
-        "podman.service",
-    ):
+    for unit in ("podman-auto-update.service", "podman-auto-update.timer"):
         link = upper / "etc/systemd/system" / unit
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)

@@ -68,9 +68,12 @@ def installed_layers(deb, minion_layers, tmp_path_factory):
     rootfs.remove_tree(upper)
 
 
-def minion_bed(layers, hosts: int = 3, config=None, boot: bool = True, **configure) -> MinionBed:
+def minion_bed(
+    layers, hosts: int = 3, config=None, boot: bool = True, pods: int | None = None, **configure
+) -> MinionBed:
     """A bed of booted minions, pyflannel started at boot with ``configure`` in
-    /etc/default/pyflannel (FLANNELD_ names without the prefix); the caller closes it."""
+    /etc/default/pyflannel (FLANNELD_ names without the prefix), a pod on each of the last
+    ``pods`` nodes (default all); the caller closes it."""
     bed = MinionBed(hosts=hosts, layers=layers)
     bed.__enter__()
     try:
@@ -82,6 +85,7 @@ def minion_bed(layers, hosts: int = 3, config=None, boot: bool = True, **configu
             bed.boot(configure=False)
             for node in bed.nodes:
                 node.wait_ready()
+            for node in bed.nodes[hosts - (hosts if pods is None else pods) :]:
                 node.add_pod()
     except BaseException:
         report(bed)
