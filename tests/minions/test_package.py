@@ -12,6 +12,8 @@ import pytest
 from pyflannel import __version__
 from testbed import rootfs
 
+from .conftest import field
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,12 +25,6 @@ def contents(deb: Path) -> dict[str, str]:
         fields = line.split()
         rows[fields[5].removeprefix(".")] = fields[0]
     return rows
-
-
-def field(deb: Path, name: str) -> str:
-    return subprocess.run(
-        ["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def member(deb: Path, path: str, tmp_path: Path) -> str:

@@ -8,14 +8,14 @@ import pytest
 
 from pyflannel import __version__
 
-from .conftest import build_deb, minion_bed
+from .conftest import minion_bed, newer_package
 
 SERVICE = "pyflannel.service"
 
 
 @pytest.fixture(scope="module")
 def newer_deb(deb, tmp_path_factory):
-    return build_deb(tmp_path_factory.mktemp("newer"), version=f"{__version__}+upgrade1")
+    return newer_package(deb, f"{__version__}+upgrade1", tmp_path_factory.mktemp("newer"))
 
 
 @pytest.fixture(scope="module")
