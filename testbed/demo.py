@@ -1,8 +1,10 @@
 """``python -m testbed.demo``: a 3-node pyflannel cluster in network namespaces.
 
 Starts etcd and three daemons, puts a pod behind each node, sends traffic between every pair
-of pods over the VXLAN overlay (over both families with ``--dual-stack``), shows the leases in etcd and the kernel entries on one node,
-then tears everything down (also on Ctrl-C or failure).
+of pods over the VXLAN overlay (over both families with ``--dual-stack``), shows the leases in
+etcd and the kernel entries on one node, then tears everything down (also on Ctrl-C or
+failure). ``--minions``: the nodes are booted Debian machines running the Debian package
+under systemd.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 
 from testbed import netns
@@ -97,6 +100,57 @@ def containers(bed) -> int:
     return failures
 
 
+def minions_demo(hosts: int, config: dict) -> int:
+    """The demo on booted Debian minions: the package built and installed with apt, pyflannel
+    under systemd on each; the number of pod pairs that failed."""
+    from pathlib import Path
+
+    from testbed import rootfs
+    from testbed.minion_bed import MinionBed
+    from testbed.package import build_deb
+
+    section("the Debian package")
+    started = time.monotonic()
+    deb = build_deb(Path("dist"))
+    say(
+        f"scripts/build-deb: {deb} ({deb.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s"
+    )
+    section("the minions' root file system (cached; the first run builds it, ~1.5 min)")
+    started = time.monotonic()
+    layers = rootfs.minion(rootfs.package_dependencies(deb))
+    say(
+        f"Debian 12 with systemd and pyflannel's dependencies: ready in {time.monotonic() - started:.0f} s"
+    )
+    upper = Path(tempfile.mkdtemp(prefix="pf-demo-")) / "package-layer"
+    try:
+        started = time.monotonic()
+        layers = rootfs.with_package(layers, deb, upper)
+        say(f"apt-get install ./{deb.name}: {time.monotonic() - started:.1f} s")
+        with MinionBed(hosts=hosts, layers=layers) as bed:
+            failures = _minions(bed, config)
+            section("tearing down")
+    finally:
+        rootfs.remove_tree(upper.parent)
+    say("all minions, namespaces and etcd removed")
+    return failures
+
+
+def _minions(bed, config: dict) -> int:
+    bed.put_config(config)
+    say(f"etcd {bed.etcd.url}; etcdctl put /coreos.com/network/config '{json.dumps(config)}'")
+    section("booting the minions (systemd starts pyflannel.service, enabled by the package)")
+    for node, seconds in zip(bed.nodes, bed.boot(), strict=True):
+        say(f"{node.minion.name}: up, pyflannel ready, in {seconds:.2f} s")
+        node.add_pod()
+    node = bed.nodes[0]
+    section(f"on {node.minion.name}: systemctl status pyflannel")
+    say(node.systemctl("status", "--no-pager", "-n", "5", "pyflannel", check=False).stdout.rstrip())
+    for node in bed.nodes:
+        section(f"on {node.minion.name}: pyflannel status")
+        say(node.status_cli().stdout.rstrip())
+    return pods(bed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=3)
@@ -112,11 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         help="a dual-stack network (EnableIPv6, IPv6Network fd10::/48): pods get an address "
         "of each family and every pair is pinged over both",
     )
+    parser.add_argument(
+        "--minions",
+        action="store_true",
+        help="the nodes are booted Debian 12 machines (systemd-nspawn) with the Debian package "
+        "installed by apt: pyflannel runs as pyflannel.service under systemd",
+    )
     args = parser.parse_args(argv)
     config = dict(VXLAN_CONFIG)
     if args.dual_stack:
         config.update(EnableIPv6=True, IPv6Network="fd10::/48")
     netns.sweep()
+    if args.minions:
+        failures = minions_demo(args.hosts, config)
+        if failures:
+            say(f"{failures} pod pairs could not reach each other")
+        return 1 if failures else 0
     failures = 0
     with TestBed(hosts=args.hosts, mtu=args.mtu) as bed:
         section("etcd and the network config")

@@ -11,8 +11,7 @@ import pytest
 
 from pyflannel import __version__
 from testbed import rootfs
-
-from .conftest import field
+from testbed.package import field
 
 ROOT = Path(__file__).resolve().parents[2]
 

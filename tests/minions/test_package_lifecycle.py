@@ -7,8 +7,9 @@ import time
 import pytest
 
 from pyflannel import __version__
+from testbed.package import newer_package
 
-from .conftest import minion_bed, newer_package
+from .conftest import minion_bed
 
 SERVICE = "pyflannel.service"
 
