@@ -17,6 +17,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
         if "/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
+        if "/minions/" in path:
+            item.add_marker(pytest.mark.minions)
 
 
 def require(condition: bool, what: str) -> None:

@@ -77,6 +77,7 @@ def test_a_restart_always_container_comes_back_after_pyflannel_is_ready_at_boot(
         "--name",
         "web",
         "--restart=always",
+        "--stop-timeout=1",  # busybox httpd as PID 1 ignores SIGTERM
         "--network",
         "cbr0",
         "--rootfs",
