@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.etcd.client import EtcdClient
-from pyflannel.etcd.registry import Registry
+from pyflannel.etcd.store import EtcdSubnetManager
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import LeaseAttrs
 
@@ -53,20 +53,20 @@ async def watch_count(client: EtcdClient, prefix: bytes, revision: int, stop: as
     return seen
 
 
-async def events_during(client, registry, action) -> int:
+async def events_during(client, store, action) -> int:
     """Events one watcher of the subnets sees while ``action`` runs (and 1 s after)."""
-    _, revision = await client.get(registry.config_key.encode())
+    _, revision = await client.get(store.config_key.encode())
     stop = asyncio.Event()
     watcher = asyncio.create_task(
-        watch_count(client, registry.subnets_prefix.encode(), revision + 1, stop)
+        watch_count(client, store.subnets_prefix.encode(), revision + 1, stop)
     )
     await action()
     await asyncio.sleep(1)
     stop.set()
     # a progress notification or a last event ends the watch loop; a marker put makes sure
-    await client.put(registry.subnets_prefix.encode() + b"zz-end-marker", b"{}")
+    await client.put(store.subnets_prefix.encode() + b"zz-end-marker", b"{}")
     seen = await asyncio.wait_for(watcher, 30)
-    await client.delete(registry.subnets_prefix.encode() + b"zz-end-marker")
+    await client.delete(store.subnets_prefix.encode() + b"zz-end-marker")
     return seen - 1  # the marker
 
 
@@ -88,7 +88,7 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
 
     keepers = [
         LeaseKeeper(
-            Registry(clients[i % clients_n], PREFIX),
+            EtcdSubnetManager(clients[i % clients_n], PREFIX),
             public_ip=IPv4Address(int(IPv4Address("198.18.0.0")) + i + 1),
             ttl=3600,
             renew_margin=600,
@@ -113,23 +113,25 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
     all_held = time.perf_counter() - t0
     boot_requests = requests[0]
     subnets = {k.held.subnet for k in keepers}
-    reg = keepers[0].registry
+    stores: list[EtcdSubnetManager] = [k.store for k in keepers]  # type: ignore[misc]
     pyflannel_round = await events_during(
-        clients[0], reg, lambda: asyncio.gather(*(reg.keepalive(k.held) for k in keepers))
+        clients[0],
+        stores[0],
+        lambda: asyncio.gather(*(k.store.renew_lease(k.held) for k in keepers)),
     )
 
     async def upstream_round():  # what upstream's renewal does: a new lease, the key re-put
         async def renew(k):
-            lease_id, _ = await k.registry.client.grant(3600)
-            await k.registry.client.put(
-                (k.registry.subnets_prefix + k.held.key).encode(),
+            lease_id, _ = await k.store.client.grant(3600)
+            await k.store.client.put(
+                (k.store.subnets_prefix + k.held.key).encode(),
                 k.held.attrs.to_json(),
                 lease=lease_id,
             )
 
         await asyncio.gather(*(renew(k) for k in keepers))
 
-    upstream_round_events = await events_during(clients[0], reg, upstream_round)
+    upstream_round_events = await events_during(clients[0], stores[0], upstream_round)
     for c in clients:
         await c.close()
     done.sort()

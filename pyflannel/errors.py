@@ -29,20 +29,14 @@ class InterfaceError(FlannelError):
     """No usable external interface / public IP could be determined."""
 
 
-class EtcdUnavailable(FlannelError):
-    """etcd could not be reached (or timed out); the caller retries with backoff."""
+class StoreUnavailable(FlannelError):
+    """The subnet store (etcd) could not be reached, or timed out; retry with backoff."""
 
     retryable = True
 
 
-class RevisionCompacted(FlannelError):
-    """A watch asked for history etcd has already compacted; re-list and diff."""
-
-    retryable = True
-
-    def __init__(self, compact_revision: int):
-        super().__init__(f"etcd history compacted up to revision {compact_revision}")
-        self.compact_revision = compact_revision
+class StoreError(FlannelError):
+    """The subnet store answered but refused (permission, authentication, a server error)."""
 
 
 class OutOfSubnets(FlannelError):

@@ -28,8 +28,7 @@ from pyflannel.control.backoff import Backoff, Outage
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_watch import PeerWatch
-from pyflannel.errors import ConfigError, EtcdUnavailable, FlannelError, InterfaceError
-from pyflannel.etcd.registry import Registry
+from pyflannel.errors import ConfigError, FlannelError, InterfaceError, StoreUnavailable
 from pyflannel.kernel.iface import ExtIface, external_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
@@ -52,6 +51,7 @@ from pyflannel.subnet.env_file import (
 )
 from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
+from pyflannel.subnet.stores import open_store
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 from pyflannel.traffic.base import TrafficManager, remove_other_mode
 from pyflannel.traffic.families import NetworkRules
@@ -93,8 +93,7 @@ class Daemon:
     def __init__(self, options: Options):
         self.options = options
         self.started = process_start_time()
-        self.client = options.etcd_client()
-        self.registry = Registry(self.client, options.etcd_prefix)
+        self.store = open_store(options.store)
         self.instance = Instance(options.subnet_file, options.etcd_prefix)
         self.netlink = Netlink()
         self.running: Running | None = None  # set once start() is done
@@ -106,7 +105,7 @@ class Daemon:
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self.prober: MeshProber | None = None
-        self.mesh_writes = 0  # summaries published to etcd (their cost)
+        self.mesh_writes = 0  # summaries published to the store (their cost)
         self._underlay_problem = ""
         self.ipv6 = False  # the network is dual-stack (EnableIPv6)
         self.traffic = self._traffic_rules(IptablesRules)
@@ -143,21 +142,21 @@ class Daemon:
     async def load_config(self) -> NetworkConfig:
         """The network config, waiting (1 s retries) until it exists and is valid."""
         last_error, last_logged = "", 0.0
-        etcd = Outage(log, "etcd unreachable while reading the network config")
+        store = Outage(log, f"{self.store.name} unreachable while reading the network config")
         while True:
             try:
-                cfg = parse_network_config(await self.registry.network_config())
-                etcd.ok()
+                cfg = parse_network_config(await self.store.network_config())
+                store.ok()
                 return cfg
-            except EtcdUnavailable as e:
-                etcd.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
+            except StoreUnavailable as e:
+                store.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
             except ConfigError as e:
-                etcd.ok()
+                store.ok()
                 now = time.monotonic()
                 if str(e) != last_error or now - last_logged > CONFIG_REMINDER:
                     log.error(
                         "network config at %s: %s; retrying every %.0f s",
-                        self.registry.config_key,
+                        self.store.config_location,
                         e,
                         CONFIG_RETRY,
                     )
@@ -202,12 +201,6 @@ class Daemon:
             ",".join(o.etcd_endpoints),
             o.etcd_prefix,
         )
-        plaintext = [e.url for e in self.client.endpoints if not e.tls]
-        if plaintext and (o.etcd_cafile or o.etcd_certfile):
-            log.warning(
-                "TLS files are given but %s use http://; TLS applies to https:// only",
-                ", ".join(plaintext),
-            )
         cfg = await self.load_config()
         if not cfg.enable_ipv4:
             raise ConfigError(
@@ -235,9 +228,8 @@ class Daemon:
             node_fingerprint(await self.netlink.call(hardware_address, ext.index)),
             vtep_mac=vtep_mac_of(attrs),
         )
-        self.registry.lease_ids = identity.new_lease_id
         keeper = LeaseKeeper(
-            self.registry,
+            self.store,
             public_ip=ext.public_ip,
             ttl=o.subnet_lease_ttl,
             renew_margin=o.subnet_lease_renew_margin * 60,
@@ -255,14 +247,14 @@ class Daemon:
         self._write_subnet_file(cfg, backend, lease)
         table = LeaseTable(cfg.cidr, own=lease.subnet, own_ip=ext.public_ip)
         watch = PeerWatch(
-            self.registry,
+            self.store,
             table,
             self._peers_changed,
             on_own_event=keeper.notice,
             on_snapshot=keeper.verify,
             first_listing=keeper.last_listing,
         )
-        config_watch = ConfigWatch(self.registry, cfg, o.reconcile_interval)
+        config_watch = ConfigWatch(self.store, cfg, o.reconcile_interval)
         self.running = Running(cfg, ext, backend, keeper, table, watch, config_watch)
         return self.running
 
@@ -467,7 +459,7 @@ class Daemon:
                 "paths": paths,
             }
             try:
-                await self.registry.put_mesh_summary(r.lease.subnet, summary, r.lease.lease_id)
+                await self.store.publish_paths(r.lease, summary)
             except FlannelError as e:
                 log.debug("mesh summary not published: %s", e)
                 continue
@@ -507,7 +499,7 @@ class Daemon:
         return (
             f"subnet {r.lease.subnet}, {len(r.backend.peers)} peers, "
             f"{r.backend.name} on {r.backend.device_name}"
-            + ("" if r.watch.connected else ", etcd unreachable")
+            + ("" if r.watch.connected else f", {self.store.name} unreachable")
         )
 
     async def alive(self) -> str:
@@ -598,7 +590,7 @@ class Daemon:
             await self.endpoint.close()
         if self.running is not None:
             await self.running.backend.close()
-        await self.client.close()
+        await self.store.close()
         self.netlink.close()
         self.instance.release()
 

@@ -58,8 +58,8 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         held = keeper.lease
         lease = LeaseView(
             subnet=str(held.subnet),
-            expires_in_s=None if held.is_reservation else keeper.expires_at - time.monotonic(),
-            reservation=held.is_reservation,
+            expires_in_s=None if held.reservation else keeper.expires_at - time.monotonic(),
+            reservation=held.reservation,
             last_renewal=keeper.last_renewal,
             renewals=keeper.renewals,
             losses=keeper.losses,
@@ -82,9 +82,9 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         ),
         etcd=EtcdView(
             endpoints=tuple(o.etcd_endpoints),
-            current=daemon.client.endpoint.url,
+            current=daemon.store.view().address,
             reachable=bool(watch and watch.connected),
-            revision=watch.revision if watch else None,
+            revision=daemon.store.view().details.get("revision"),
             last_error=watch.last_error if watch else "",
             watch_restarts=watch.restarts if watch else 0,
             relists=watch.relists if watch else 0,
@@ -117,7 +117,7 @@ class StatusAnswers:
         self.daemon = daemon
 
     async def etcd_members(self) -> list[dict]:
-        return await self.daemon.client.members()
+        return await self.daemon.store.members()
 
     async def kernel_state(self) -> KernelState | None:
         r = self.daemon.running

@@ -13,14 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyflannel.errors import OptionsError
-from pyflannel.etcd.endpoint import parse_endpoint
 from pyflannel.subnet.env_file import parse_env
-
-if TYPE_CHECKING:
-    from pyflannel.etcd.client import EtcdClient
+from pyflannel.subnet.stores import StoreOptions, parse_endpoint
 
 ENV_PREFIX = "FLANNELD_"
 # pyflannel.service's EnvironmentFile (systemd/pyflannel.service, the Debian package's conffile).
@@ -68,16 +65,17 @@ class Options:
     # Which options were set by a flag or FLANNELD_* (the others are defaults).
     given: frozenset[str] = frozenset()
 
-    def etcd_client(self, timeout: float = 5.0) -> EtcdClient:
-        """The etcd client these options describe (endpoints, TLS, auth)."""
-        from pyflannel.etcd.client import EtcdClient, TLSFiles  # grpc: not for --help
-
-        return EtcdClient(
-            self.etcd_endpoints,
+    @property
+    def store(self) -> StoreOptions:
+        """How to reach the store these options describe (endpoints, prefix, TLS, auth)."""
+        return StoreOptions(
+            endpoints=tuple(self.etcd_endpoints),
+            prefix=self.etcd_prefix,
+            cafile=self.etcd_cafile,
+            certfile=self.etcd_certfile,
+            keyfile=self.etcd_keyfile,
             username=self.etcd_username,
             password=self.etcd_password,
-            tls=TLSFiles(self.etcd_cafile, self.etcd_certfile, self.etcd_keyfile),
-            timeout=timeout,
         )
 
     @property

@@ -11,15 +11,15 @@ import asyncio
 import logging
 
 from pyflannel.errors import ConfigError, FlannelError
-from pyflannel.etcd.registry import Registry
 from pyflannel.subnet.config import NetworkConfig, config_changes, parse_network_config
+from pyflannel.subnet.manager import SubnetManager
 
 log = logging.getLogger(__name__)
 
 
 class ConfigWatch:
-    def __init__(self, registry: Registry, running: NetworkConfig, interval: float):
-        self.registry = registry
+    def __init__(self, store: SubnetManager, running: NetworkConfig, interval: float):
+        self.store = store
         self.running = running
         self.interval = interval
         self.change = ""  # how the config in etcd differs from the running one, in words
@@ -29,16 +29,16 @@ class ConfigWatch:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                raw = await self.registry.network_config()
+                raw = await self.store.network_config()
             except ConfigError as e:
                 self._saw(str(e).encode(), problem=str(e))
             except FlannelError:
-                continue  # etcd trouble: the peer watch reports it
+                continue  # store trouble: the peer watch reports it
             else:
                 self.check(raw)
 
     def check(self, raw: bytes) -> None:
-        """Compare the config in etcd (``raw``) with the running one; log news once."""
+        """Compare the config in the store (``raw``) with the running one; log news once."""
         try:
             changes = config_changes(self.running, parse_network_config(raw))
         except ConfigError as e:
@@ -50,9 +50,9 @@ class ConfigWatch:
         if raw == self._reported:
             return
         self._reported = raw
-        key = self.registry.config_key
+        key = self.store.config_location
         if problem:
-            self.change = f"the config in etcd is now unusable: {problem}"
+            self.change = f"the config in {self.store.name} is now unusable: {problem}"
             log.error(
                 "network config at %s: %s; this daemon keeps running with the config it "
                 "started with",

@@ -3,13 +3,15 @@
 Differences from upstream (local_manager.go), all deliberate:
 - every write is conditional, and a lost creation race is retried with another subnet
   (upstream exits 1 on a collision);
-- renewal refreshes the etcd lease with a keepalive instead of re-putting the key, so peers
-  see no event; it happens at half the TTL at the latest, and retries with backoff through
-  etcd outages;
+- renewal keeps the lease alive (etcd: a keepalive of its etcd lease) instead of re-putting
+  the key, so peers see no event; it happens at half the TTL at the latest, and retries with
+  backoff through outages of the store;
 - a lost lease (expired while partitioned, deleted or taken over) is re-acquired — the same
   subnet if it is still free — instead of the daemon exiting; the caller then moves the data
   plane and rewrites subnet.env;
-- a reservation (key without an etcd lease) stays a reservation (upstream issue #1329).
+- a reservation (a lease without expiry) stays a reservation (upstream issue #1329).
+
+It talks to the store through the subnet manager's interface only (subnet/manager.py).
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from pyflannel.control.backoff import Backoff, Outage, retry
-from pyflannel.errors import EtcdUnavailable, FlannelError, OutOfSubnets
-from pyflannel.etcd.client import EtcdError
-from pyflannel.etcd.registry import Registry
+from pyflannel.errors import FlannelError, OutOfSubnets, StoreError, StoreUnavailable
 from pyflannel.subnet.allocate import choose_subnet
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.event import EventKind, LeaseEvent
@@ -40,12 +40,14 @@ from pyflannel.subnet.keeping import (
     decide,
 )
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.manager import LeaseSnapshot, SubnetManager
 from pyflannel.subnet.owner import LeaseConflict, NodeIdentity, conflict_message, is_own_lease
 
 log = logging.getLogger(__name__)
 
-# Anything etcd can throw at us: keep retrying with backoff and say why; never give up the node.
-EtcdTrouble = (EtcdUnavailable, EtcdError)
+# Anything the store can throw at us: keep retrying with backoff and say why; never give up
+# the node.
+StoreTrouble = (StoreUnavailable, StoreError)
 
 RACE_ATTEMPTS = 20  # per acquisition; each lost race excludes the subnet it lost
 OUT_OF_SUBNETS_RETRY = 10.0  # seconds
@@ -55,7 +57,7 @@ def renewal_delay(remaining: float, margin: float) -> float:
     """Seconds until the next renewal, given the seconds left on the lease.
 
     Upstream renews ``margin`` before expiry (23 h into a 24 h lease). We renew then or at
-    half the remaining time, whichever is sooner, so a long etcd outage at the wrong moment
+    half the remaining time, whichever is sooner, so a long store outage at the wrong moment
     still leaves hours of retries; with a TTL shorter than the margin, every third of it.
     """
     if remaining > margin:
@@ -66,7 +68,7 @@ def renewal_delay(remaining: float, margin: float) -> float:
 class LeaseKeeper:
     def __init__(
         self,
-        registry: Registry,
+        store: SubnetManager,
         *,
         public_ip: IPv4Address,
         ttl: int,
@@ -75,7 +77,7 @@ class LeaseKeeper:
         on_change: Callable[[Lease | None, Lease], Awaitable[None]],
         identity: NodeIdentity | None = None,
     ):
-        self.registry = registry
+        self.store = store
         self.identity = identity  # None: upstream's rule (any lease of our public IP is ours)
         self.public_ip = public_ip
         self.ttl = ttl
@@ -84,9 +86,9 @@ class LeaseKeeper:
         self.on_change = on_change
         self.lease: Lease | None = None
         self.attrs: LeaseAttrs | None = None
-        # The listing the last acquisition decided on, and its revision: the peer watch can
-        # start from it instead of listing every lease again.
-        self.last_listing: tuple[list[Lease], int, list] | None = None
+        # The listing the last acquisition decided on: the peer watch can start from it
+        # instead of listing every lease again.
+        self.last_listing: LeaseSnapshot | None = None
         self.expires_at = 0.0  # monotonic; meaningless for reservations
         self.last_renewal: float | None = None  # wall clock, for status
         self.renewals = 0
@@ -95,7 +97,6 @@ class LeaseKeeper:
         self.renew_at = float("inf")  # monotonic; the one timer
         self._pending: dict[Wake, str] = {}  # wake-up -> detail; a set, so none is lost
         self._alarm = asyncio.Event()
-        self._junk_revision = 0
         self._new_attrs: LeaseAttrs | None = None
 
     # -- acquisition -----------------------------------------------------------------------
@@ -106,15 +107,15 @@ class LeaseKeeper:
         previous: IPv4Network | None = None,
         previous6: IPv6Network | None = None,
     ) -> Lease:
-        """Get a lease, retrying through etcd trouble and full networks until it succeeds."""
+        """Get a lease, retrying through store trouble and full networks until it succeeds."""
         self.attrs = attrs
-        outage = Outage(log, "etcd unreachable while acquiring a subnet lease")
+        outage = Outage(log, f"{self.store.name} unreachable while acquiring a subnet lease")
         backoff = Backoff(first=0.5, cap=10.0)
         while True:
             try:
                 cfg = await self.load_config()
                 lease = await self._try_acquire(cfg, attrs, previous, previous6)
-            except EtcdTrouble as e:
+            except StoreTrouble as e:
                 outage.failed(e)
                 await asyncio.sleep(backoff.next())
                 continue
@@ -134,13 +135,14 @@ class LeaseKeeper:
         previous6: IPv6Network | None = None,
     ) -> Lease:
         lost: set[IPv4Network] = set()
+        grantor = self.identity.fingerprint if self.identity else None
         for _ in range(RACE_ATTEMPTS):
-            leases, revision, skipped = await self.registry.list_leases()
-            self.last_listing = (leases, revision, skipped)
+            snapshot = await self.store.leases()
+            self.last_listing = snapshot
             identity = replace(self.identity, previous=previous) if self.identity else None
             claim = choose_subnet(
                 cfg,
-                leases,
+                snapshot.leases,
                 self.public_ip,
                 previous,
                 exclude=lost,
@@ -148,19 +150,18 @@ class LeaseKeeper:
                 previous6=previous6,
             )
             if claim.reason == "conflict" and claim.existing is not None:
-                key = self.registry.lease_key(claim.subnet, claim.existing.ipv6_subnet)
-                raise LeaseConflict(conflict_message(claim.existing, key))
+                raise LeaseConflict(self._conflict(claim.existing))
             for stale in claim.stale:
                 log.warning(
                     "deleting this node's lease %s: it no longer fits the network config",
                     stale.subnet,
                 )
-                await self.registry.delete_lease(stale)
+                await self.store.delete_lease(stale)
             if claim.existing is not None:
-                lease = await self.registry.replace_lease(claim.existing, attrs, self.ttl)
+                lease = await self.store.replace_lease(claim.existing, attrs, self.ttl, grantor)
             else:
-                lease = await self.registry.create_lease(
-                    claim.subnet, attrs, self.ttl, claim.ipv6_subnet
+                lease = await self.store.create_lease(
+                    claim.subnet, attrs, self.ttl, claim.ipv6_subnet, grantor
                 )
                 if lease is not None and not await self._ipv6_unique(lease):
                     previous6 = None  # it is someone else's now: choose another
@@ -178,7 +179,7 @@ class LeaseKeeper:
             log.info("subnet %s was taken by another node meanwhile; choosing again", claim.subnet)
             lost.add(claim.subnet)
             await asyncio.sleep(random.uniform(0.01, 0.1))
-        raise EtcdUnavailable(
+        raise StoreUnavailable(
             f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
         )
 
@@ -187,14 +188,14 @@ class LeaseKeeper:
         differ, so both writes succeed. The later writer gives way (deletes its new key)."""
         if lease.ipv6_subnet is None:
             return True
-        leases, _, _ = await self.registry.list_leases()
+        snapshot = await self.store.leases()
         earlier = [
             other
-            for other in leases
+            for other in snapshot.leases
             if other.key != lease.key
             and other.ipv6_subnet is not None
             and other.ipv6_subnet.overlaps(lease.ipv6_subnet)
-            and other.mod_revision < lease.mod_revision
+            and self.store.written_before(other, lease)
         ]
         if not earlier:
             return True
@@ -203,8 +204,8 @@ class LeaseKeeper:
             lease.ipv6_subnet,
             earlier[0].key,
         )
-        await self.registry.delete_lease(lease)
-        await self.registry.revoke_quietly(lease.lease_id)
+        await self.store.delete_lease(lease)
+        await self.store.release_lease(lease)
         return False
 
     @property
@@ -223,42 +224,47 @@ class LeaseKeeper:
         now = time.monotonic()
         self.renew_at = (
             float("inf")
-            if self.held.is_reservation
+            if self.held.reservation
             else now + renewal_delay(self.expires_at - now, self.renew_margin)
         )
 
     # -- events from the peer watch --------------------------------------------------------
 
     def notice(self, event: LeaseEvent) -> None:
-        """An etcd event on our own key: a deletion or someone else's write means we lost it;
+        """A store event on our own lease: a deletion or someone else's write means we lost it;
         a write by another node with our public IP is a conflict."""
         lease = self.held
-        if (
-            lease is None
-            or event.key != self.registry.subnets_prefix + lease.key
-            or event.revision <= lease.mod_revision
-        ):
+        if lease is None or event.key != self.store.lease_location(lease) or event.superseded:
             return
         if event.kind == EventKind.DELETE:
-            self._wake(Wake.LOST, "lease deleted from etcd (expired, or removed by an operator)")
+            self._wake(
+                Wake.LOST,
+                f"lease deleted from {self.store.name} (expired, or removed by an operator)",
+            )
         elif event.lease is None:  # an undecodable value over our key: nobody's claim
-            self._junk_revision = event.revision
             self._wake(Wake.REPAIR)
         else:
             self._judge(event.lease)
 
     def _judge(self, current: Lease) -> None:
-        """Is ``current`` (our key, as etcd has it now) still ours? If not, wake up to act."""
+        """Is ``current`` (our lease, as the store has it now) still ours? If not, act."""
         if current.attrs.public_ip != self.public_ip:
             self._wake(Wake.LOST, f"lease now held by {current.attrs.public_ip}")
         elif self.identity is not None and not is_own_lease(
             current, replace(self.identity, previous=None)
         ):
-            key = self.registry.lease_key(current.subnet, current.ipv6_subnet)
-            self._wake(Wake.CONFLICT, conflict_message(current, key, taken_from_us=True))
+            self._wake(Wake.CONFLICT, self._conflict(current, taken_from_us=True))
         else:
             self.lease = current  # rewritten for us, e.g. turned into a reservation
             self._set_timer()  # a reservation is never renewed
+
+    def _conflict(self, other: Lease, taken_from_us: bool = False) -> str:
+        return conflict_message(
+            other,
+            self.store.removal_hint(other),
+            self.store.holder_detail(other),
+            taken_from_us=taken_from_us,
+        )
 
     def change_attrs(self, attrs: LeaseAttrs) -> None:
         """Advertise new attributes (a new public IP after the underlay changed), keeping
@@ -267,7 +273,7 @@ class LeaseKeeper:
         self._wake(Wake.ATTRS)
 
     def verify(self) -> None:
-        """Check our key in etcd (after a re-list, when events may have been missed)."""
+        """Check our lease in the store (after a re-list, when events may have been missed)."""
         self._wake(Wake.VERIFY)
 
     def _wake(self, wake: Wake, detail: str = "") -> None:
@@ -324,13 +330,13 @@ class LeaseKeeper:
     async def _check(self) -> str:
         lease = self.held
         current = await retry(
-            lambda: self.registry.get_lease(lease.subnet, lease.ipv6_subnet),
-            retry_on=EtcdTrouble,
+            lambda: self.store.get_lease(lease.subnet, lease.ipv6_subnet),
+            retry_on=StoreTrouble,
             backoff=Backoff(first=0.5, cap=10.0),
-            outage=Outage(log, "etcd unreachable while checking this node's lease"),
+            outage=Outage(log, f"{self.store.name} unreachable while checking this node's lease"),
         )
         if current is None:
-            return "lease no longer in etcd"
+            return f"lease no longer in {self.store.name}"
         self._judge(current)  # not ours any more: the wake-up it sets acts next
         return ""
 
@@ -342,11 +348,12 @@ class LeaseKeeper:
         backoff = Backoff(first=0.5, cap=5.0)
         while True:
             try:
-                current = await self.registry.get_lease(self.held.subnet, self.held.ipv6_subnet)
+                current = await self.store.get_lease(self.held.subnet, self.held.ipv6_subnet)
                 if current is None or current.attrs.public_ip not in (old_ip, attrs.public_ip):
                     return "lease gone or taken while the underlay changed"
-                lease = await self.registry.replace_lease(current, attrs, self.ttl)
-            except EtcdTrouble as e:
+                grantor = self.identity.fingerprint if self.identity else None
+                lease = await self.store.replace_lease(current, attrs, self.ttl, grantor)
+            except StoreTrouble as e:
                 log.warning("could not update the lease after the underlay change: %s; retrying", e)
                 await asyncio.sleep(backoff.next())
                 continue
@@ -362,8 +369,8 @@ class LeaseKeeper:
             "an undecodable value was written over this node's lease %s; restoring it", lease.subnet
         )
         try:
-            restored = await self.registry.restore_lease(lease, self._junk_revision)
-        except EtcdTrouble as e:
+            restored = await self.store.restore_lease(lease)
+        except StoreTrouble as e:
             return f"could not restore the lease over junk: {e}"
         if restored is None:
             return await self._check()  # changed again meanwhile: look at what is there now
@@ -373,7 +380,7 @@ class LeaseKeeper:
 
     async def _renew(self) -> str:
         lease = self.held
-        outage = Outage(log, f"etcd unreachable while renewing lease {lease.subnet}")
+        outage = Outage(log, f"{self.store.name} unreachable while renewing lease {lease.subnet}")
         # One stuck member must not eat the lease: each try gets at most a fifth of the time
         # left (within 1..5 s) before the client moves to the next member.
 
@@ -381,14 +388,14 @@ class LeaseKeeper:
             return self.expires_at - time.monotonic()
 
         ttl = await retry(
-            lambda: self.registry.keepalive(lease, timeout=min(5.0, max(1.0, left() / 5))),
-            retry_on=EtcdTrouble,
+            lambda: self.store.renew_lease(lease, timeout=min(5.0, max(1.0, left() / 5))),
+            retry_on=StoreTrouble,
             backoff=Backoff(first=0.5, cap=min(30.0, max(1.0, self.ttl / 8))),
             outage=outage,
             action=lambda: f"retrying; the lease has {max(left(), 0):.0f} s left",
         )
         if ttl <= 0:
-            return "etcd lease expired"
+            return f"{self.store.name} lease expired"
         self.expires_at = time.monotonic() + ttl
         self.last_renewal = time.time()
         self.renewals += 1

@@ -1,9 +1,9 @@
-"""The lease watch: list at revision R, watch from R+1, never lose an event.
+"""The lease watch: the leases of the network as a snapshot, then every change, none lost.
 
-Every event of every etcd response is applied (upstream 0.20 used only the first event of
-each). The watch resumes from the last revision seen + 1 after any break, on whichever etcd
-member the client reaches; when etcd has compacted that history it re-lists and the lease
-table diffs the snapshot against what it knew.
+Every event of every update is applied (upstream 0.20 used only the first event of each etcd
+response). The store's stream resumes where it was after any break (etcd: from the last
+revision + 1, on whichever member the client reaches); when the store has forgotten that
+history it sends a fresh snapshot and the lease table diffs it against what it knew.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pyflannel.control.backoff import Backoff, Outage
-from pyflannel.errors import FlannelError, RevisionCompacted
-from pyflannel.etcd.registry import Registry
+from pyflannel.errors import FlannelError
 from pyflannel.subnet.event import LeaseEvent
+from pyflannel.subnet.manager import LeaseSnapshot, SubnetManager
 from pyflannel.subnet.table import LeaseTable, PeerChanges
 
 log = logging.getLogger(__name__)
@@ -24,71 +24,62 @@ log = logging.getLogger(__name__)
 class PeerWatch:
     def __init__(
         self,
-        registry: Registry,
+        store: SubnetManager,
         table: LeaseTable,
         on_changes: Callable[[PeerChanges], Awaitable[None]],
         on_own_event: Callable[[LeaseEvent], None] = lambda event: None,
         on_snapshot: Callable[[], None] = lambda: None,
-        first_listing: tuple[list, int, list] | None = None,
+        first_listing: LeaseSnapshot | None = None,
     ):
-        self.registry = registry
+        self.store = store
         self.table = table
         self.on_changes = on_changes
         self.on_own_event = on_own_event
         self.on_snapshot = on_snapshot
-        self.revision: int | None = None  # everything up to here has been applied
+        self.stream = store.watch(first_listing)
         self.restarts = 0  # watch streams re-opened after a break
         self.relists = 0
         self.synced = asyncio.Event()  # set once the first snapshot is applied
-        self._first_listing = first_listing  # (leases, revision, skipped) just listed
         self.connected = False  # the watch stream is established right now
         self.last_error = ""
 
     async def run(self) -> None:
-        outage = Outage(log, "etcd unreachable for the lease watch")
+        try:
+            await self._follow()
+        finally:
+            await self.stream.close()
+
+    async def _follow(self) -> None:
+        outage = Outage(log, f"{self.store.name} unreachable for the lease watch")
         backoff = Backoff(first=0.1, cap=5.0)
         while True:
             try:
-                revision = self.revision if self.revision is not None else await self._relist()
-                async for batch in self.registry.watch_leases(revision + 1):
-                    self.connected = True
-                    if outage.ok() is not None:
-                        backoff.reset()
-                    if batch.created:
-                        continue
-                    own = [
-                        e
-                        for e in batch.events
-                        if e.subnet is not None and e.subnet == self.table.own
-                    ]
-                    await self.on_changes(self.table.apply(batch.events))
-                    for event in own:
-                        self.on_own_event(event)
-                    self.revision = batch.revision
-            except RevisionCompacted as e:
-                log.warning(
-                    "lease watch: %s (we were at %s); re-listing all leases", e, self.revision
-                )
-                self.revision = None
+                update = await self.stream.next()
             except FlannelError as e:
                 # Unreachable, or refused (auth, permissions, a server error): either way the
                 # data plane stays as it is and we keep trying, saying why, never exiting.
                 self.connected, self.last_error = False, str(e)
-                outage.failed(e, f"resuming the watch after revision {self.revision}")
+                outage.failed(e, f"resuming the watch after {self.stream.position}")
                 self.restarts += 1
                 await asyncio.sleep(backoff.next())
+                continue
+            self.connected = True
+            if outage.ok() is not None:
+                backoff.reset()
+            if isinstance(update, LeaseSnapshot):
+                await self._snapshot(update)
+                continue
+            own = [e for e in update.events if e.subnet is not None and e.subnet == self.table.own]
+            await self.on_changes(self.table.apply(update.events))
+            for event in own:
+                self.on_own_event(event)
 
-    async def _relist(self) -> int:
-        if self._first_listing is not None:
-            leases, revision, skipped = self._first_listing
-            self._first_listing = None
-        else:
-            leases, revision, skipped = await self.registry.list_leases()
-        changes = self.table.reset(leases)
-        changes.ignored.extend(skipped)
+    async def _snapshot(self, snapshot: LeaseSnapshot) -> None:
+        if snapshot.reason:
+            log.warning("lease watch: %s; re-listing all leases", snapshot.reason)
+        changes = self.table.reset(snapshot.leases)
+        changes.ignored.extend(snapshot.skipped)
         await self.on_changes(changes)
-        self.revision = revision
         self.relists += 1
         self.synced.set()
         self.on_snapshot()
-        return revision

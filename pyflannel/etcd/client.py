@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 from aetcd import rpc
 
-from pyflannel.errors import EtcdUnavailable, FlannelError, RevisionCompacted
-from pyflannel.etcd.endpoint import Endpoint, parse_endpoint
+from pyflannel.errors import StoreError, StoreUnavailable
+from pyflannel.subnet.stores import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,20 @@ _CHANNEL_OPTIONS = (
 _REQUIRE_LEADER = ("hasleader", "true")
 
 
-class EtcdError(FlannelError):
+class EtcdUnavailable(StoreUnavailable):
+    """etcd could not be reached (or timed out); the caller retries with backoff."""
+
+
+class EtcdError(StoreError):
     """etcd answered, but refused the request (permission, bad request, ...)."""
+
+
+class RevisionCompacted(StoreUnavailable):
+    """A watch asked for history etcd has already compacted; re-list and diff."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"etcd history compacted up to revision {compact_revision}")
+        self.compact_revision = compact_revision
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,7 @@ class EtcdClient:
             self._current = (self._current + 1) % len(self.endpoints)
             log.info("etcd: switching to endpoint %s", self.endpoint.url)
 
-    def _translate(self, e: grpc.aio.AioRpcError, ep: Endpoint) -> FlannelError:
+    def _translate(self, e: grpc.aio.AioRpcError, ep: Endpoint) -> StoreError | StoreUnavailable:
         details = (e.details() or e.code().name).strip()
         if ep.tls and any(s in details for s in ("TSI_", "SSL", "andshake")):
             details += " (TLS failed: check --etcd-cafile, --etcd-certfile and --etcd-keyfile)"

@@ -21,8 +21,8 @@ CANDIDATES = 100  # upstream picks among the first 100 free subnets
 
 @dataclass(frozen=True)
 class Claim:
-    """A subnet to write. ``existing`` is the lease being taken over (write only if its
-    mod_revision is unchanged); None means create (write only if the key does not exist)."""
+    """A subnet to write. ``existing`` is the lease being taken over (write only if it is
+    unchanged since it was read); None means create (write only if nobody holds it)."""
 
     subnet: IPv4Network
     reason: str  # "reuse" | "previous" | "allocated" | "conflict" (``existing``: the other's)

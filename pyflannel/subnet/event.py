@@ -1,4 +1,4 @@
-"""A change under ``<prefix>/subnets/``, as the schema's own type (pure: no etcd client here)."""
+"""A change to the leases of a network, as the schema's own type (pure: no store here)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ class EventKind(enum.StrEnum):
 @dataclass(frozen=True)
 class LeaseEvent:
     """One change under ``<prefix>/subnets/``. ``lease`` is None for a deletion, and also for a
-    put whose value could not be decoded (then ``problem`` says why)."""
+    put whose value could not be decoded (then ``problem`` says why). ``superseded``: this
+    node has written that subnet's lease since (the event is history to its lease keeper)."""
 
     kind: EventKind
     key: str
     subnet: IPv4Network | None
-    revision: int
     lease: Lease | None = None
     problem: str = ""
+    superseded: bool = False

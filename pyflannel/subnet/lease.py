@@ -1,4 +1,4 @@
-"""A lease: a subnet, the attributes its owner advertises, and etcd's bookkeeping for it.
+"""A lease: a subnet, the attributes its owner advertises, and how long it lives.
 
 The value stored in etcd is upstream's ``LeaseAttrs`` JSON byte for byte (Go ``json.Marshal``:
 compact, fixed key order, ``PublicIPv6`` always present, empty backend fields omitted). Decoding
@@ -8,7 +8,7 @@ is tolerant like Go's: keys match case-insensitively and unknown keys are ignore
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -63,20 +63,21 @@ class LeaseAttrs:
 
 @dataclass(frozen=True)
 class Lease:
+    """What the store holds for a subnet. A store's own bookkeeping (etcd: the key's mod
+    revision, the etcd lease it is attached to) stays in the store (subnet/manager.py)."""
+
     subnet: IPv4Network
     attrs: LeaseAttrs
     ipv6_subnet: IPv6Network | None = None
-    lease_id: int = 0  # the etcd lease the key is attached to; 0 means a reservation
-    mod_revision: int = 0  # of the key, for conditional writes
-    ttl: int = 0  # seconds left when read, 0 if unknown or a reservation
+    # Seconds left when read or written, 0 if unknown or a reservation; not part of what a
+    # lease *is*: two reads of one lease at different moments are equal.
+    ttl: int = field(default=0, compare=False)
+    reservation: bool = False  # an operator bound the subnet to this node: it never expires
+    grantor: int | None = None  # the fingerprint of the node that granted it, if it says
 
     @property
     def key(self) -> str:
         return subnet_key(self.subnet, self.ipv6_subnet)
-
-    @property
-    def is_reservation(self) -> bool:
-        return self.lease_id == 0
 
     def with_attrs(self, attrs: LeaseAttrs) -> Lease:
         return replace(self, attrs=attrs)

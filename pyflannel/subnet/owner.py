@@ -5,10 +5,11 @@ Upstream reuses any lease that carries the node's public IP. Cloned VMs and Vagr
 second node silently takes the first one's subnet and both hold it. pyflannel takes a lease of
 its public IP only if it is plausibly its own:
 
-- its etcd lease ID carries this node's fingerprint. pyflannel chooses the IDs of the etcd
-  leases it grants (etcd allows that): bits 62..23 are a hash of the machine ID and the
-  external interface's hardware address, the low bits random. This survives reboots and
-  works for every backend, with no change to the lease JSON (upstream-identical);
+- it was granted by this node: its ``grantor`` is this node's fingerprint, a hash of the
+  machine ID and the external interface's hardware address. The store records it (etcd: in
+  the IDs of the etcd leases pyflannel grants, which etcd lets a client choose). This
+  survives reboots and works for every backend, with no change to the lease JSON
+  (upstream-identical);
 - or its VtepMAC is this node's VXLAN device (an existing device kept across a restart, also
   one written by upstream flanneld on this node before a migration);
 - or the subnet file names it (a restart, or a migration from upstream on this node);
@@ -21,7 +22,6 @@ for ``node_fingerprint``, which reads the machine ID.
 from __future__ import annotations
 
 import hashlib
-import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -29,8 +29,7 @@ from pathlib import Path
 from pyflannel.errors import FlannelError
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
-RANDOM_BITS = 23
-FINGERPRINT_BITS = 40  # 63 bits of a positive int64 lease ID = 40 + 23
+FINGERPRINT_BITS = 40  # fits an etcd lease ID (a positive int64) with 23 random bits
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
@@ -43,11 +42,6 @@ class NodeIdentity:
     fingerprint: int  # FINGERPRINT_BITS bits
     vtep_mac: str = ""  # this node's VXLAN device MAC, if its backend has one
     previous: IPv4Network | None = None  # the subnet the subnet file names
-
-    def new_lease_id(self, rng: random.Random | None = None) -> int:
-        """An etcd lease ID that says "granted by this node" (never 0, always positive)."""
-        low = (rng or random).randrange(1, 1 << RANDOM_BITS)
-        return (self.fingerprint << RANDOM_BITS) | low
 
 
 def node_fingerprint(hardware_address: str, machine_id_files=MACHINE_ID_FILES) -> int:
@@ -65,7 +59,7 @@ def node_fingerprint(hardware_address: str, machine_id_files=MACHINE_ID_FILES) -
 
 
 def granted_by(lease: Lease, fingerprint: int) -> bool:
-    return lease.lease_id > 0 and lease.lease_id >> RANDOM_BITS == fingerprint
+    return lease.grantor is not None and lease.grantor == fingerprint
 
 
 def vtep_mac_of(attrs: LeaseAttrs) -> str:
@@ -80,19 +74,22 @@ def vtep_mac_of(attrs: LeaseAttrs) -> str:
 def is_own_lease(lease: Lease, me: NodeIdentity) -> bool:
     """Is a lease carrying this node's public IP plausibly this node's own?"""
     return (
-        lease.is_reservation
+        lease.reservation
         or granted_by(lease, me.fingerprint)
         or (bool(me.vtep_mac) and vtep_mac_of(lease.attrs) == me.vtep_mac.lower())
         or lease.subnet == me.previous
     )
 
 
-def conflict_message(lease: Lease, key: str, *, taken_from_us: bool = False) -> str:
-    """The error an operator acts on: who the other node is, and the fixes."""
+def conflict_message(
+    lease: Lease, removal: str, holder: str = "", *, taken_from_us: bool = False
+) -> str:
+    """The error an operator acts on: who the other node is (``holder``: what the store adds,
+    e.g. its etcd lease), and the fixes (``removal``: the command that deletes the lease)."""
     ip = lease.attrs.public_ip
     mac = vtep_mac_of(lease.attrs)
     other = f"VTEP MAC {mac}" if mac else f"backend {lease.attrs.backend_type or 'udp'}"
-    other += f", etcd lease {lease.lease_id:x}" if lease.lease_id else ""
+    other += f", {holder}" if holder else ""
     if taken_from_us:
         head = (
             f"PUBLIC IP CONFLICT: this node's lease {lease.subnet} was rewritten by another "
@@ -107,5 +104,5 @@ def conflict_message(lease: Lease, key: str, *, taken_from_us: bool = False) -> 
     return (
         f"{head} Give each node its own address with --public-ip or --iface (cloned VMs and "
         "Vagrant boxes often share one, e.g. 10.0.2.15). If that lease is this node's own "
-        f"from before (e.g. after replacing its network card), delete it: etcdctl del {key}"
+        f"from before (e.g. after replacing its network card), delete it: {removal}"
     )

@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from pyflannel.etcd.client import EtcdClient
-from pyflannel.etcd.registry import Registry
+from pyflannel.etcd.store import EtcdSubnetManager
 from pyflannel.subnet.config import parse_network_config
 from testbed.etcd import EtcdServer
 from tests.conftest import require_etcd
@@ -34,8 +34,11 @@ def prefix(request):
 
 
 @pytest.fixture
-def registry(client, prefix):
-    return Registry(client, prefix)
+async def store(client, prefix):
+    store = EtcdSubnetManager(client, prefix)
+    yield store
+    if store._watch is not None:  # a test's watch stream, ended in its own loop
+        await store._watch.close()
 
 
 def network(text: str = '{"Network": "10.1.0.0/16", "SubnetLen": 24}'):

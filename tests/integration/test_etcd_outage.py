@@ -8,9 +8,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from pyflannel.control.peer_watch import PeerWatch
-from pyflannel.errors import EtcdUnavailable
-from pyflannel.etcd.client import EtcdClient
-from pyflannel.etcd.registry import Registry
+from pyflannel.etcd.client import EtcdClient, EtcdUnavailable
+from pyflannel.etcd.store import EtcdSubnetManager
 from pyflannel.subnet.table import LeaseTable
 from testbed.etcd import EtcdServer
 from tests.conftest import require_etcd
@@ -30,12 +29,12 @@ def own_etcd():
 
 async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
     client = EtcdClient([own_etcd.url], timeout=2)
-    registry = Registry(client, PREFIX)
-    k = keeper(registry)
+    store = EtcdSubnetManager(client, PREFIX)
+    k = keeper(store)
     lease = await k.acquire(attrs("198.51.100.1"))
     put(own_etcd, PREFIX, "10.1.2.0-24", "198.51.100.2")
     peers = Peers()
-    watch = PeerWatch(registry, LeaseTable(NET, own=lease.subnet), peers)
+    watch = PeerWatch(store, LeaseTable(NET, own=lease.subnet), peers)
     task = asyncio.create_task(watch.run())
     try:
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
@@ -52,7 +51,7 @@ async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
         assert watch.relists == 1  # resumed from its revision, no re-list needed
         # Renewal works again on the restarted server, and the lease is still ours.
         assert await k._renew() == ""
-        stored = await registry.get_lease(lease.subnet)
+        stored = await store.get_lease(lease.subnet)
         assert stored.attrs.public_ip == IPv4Address("198.51.100.1")
     finally:
         task.cancel()
@@ -61,8 +60,8 @@ async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
 
 async def test_renewal_retries_through_an_outage(own_etcd, caplog):
     client = EtcdClient([own_etcd.url], timeout=1)
-    registry = Registry(client, PREFIX)
-    k = keeper(registry)
+    store = EtcdSubnetManager(client, PREFIX)
+    k = keeper(store)
     await k.acquire(attrs("198.51.100.1"))
     own_etcd.kill()
     caplog.set_level(logging.DEBUG, logger="pyflannel.control.lease_keeper")

@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from pyflannel.errors import EtcdUnavailable
-from pyflannel.etcd.client import EtcdClient, EtcdError, TLSFiles
+from pyflannel.etcd.client import EtcdClient, EtcdError, EtcdUnavailable, TLSFiles
 from testbed.certs import make_certs
 from testbed.etcd import EtcdServer
 from tests.conftest import require, require_etcd
@@ -115,7 +114,7 @@ async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_e
     from ipaddress import IPv4Network
 
     from pyflannel.control.peer_watch import PeerWatch
-    from pyflannel.etcd.registry import Registry
+    from pyflannel.etcd.store import EtcdSubnetManager
     from pyflannel.subnet.table import LeaseTable
 
     auth_etcd.ctl("user", "add", "late:late-pw")
@@ -131,7 +130,9 @@ async def test_a_refused_watch_keeps_retrying_and_recovers_once_permitted(auth_e
 
     client = EtcdClient([auth_etcd.url], username="late", password="late-pw", timeout=2)
     watch = PeerWatch(
-        Registry(client, "/late/network"), LeaseTable(IPv4Network("10.1.0.0/16")), on_changes
+        EtcdSubnetManager(client, "/late/network"),
+        LeaseTable(IPv4Network("10.1.0.0/16")),
+        on_changes,
     )
     caplog.set_level(logging.WARNING)
     task = asyncio.create_task(watch.run())

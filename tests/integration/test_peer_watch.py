@@ -47,11 +47,11 @@ def put(etcd_server, prefix, subnet, ip):
     etcd_server.put(f"{prefix}/subnets/{subnet}", value(ip))
 
 
-async def test_snapshot_then_events(registry, etcd_server, prefix):
+async def test_snapshot_then_events(store, etcd_server, prefix):
     put(etcd_server, prefix, "10.1.2.0-24", "198.51.100.2")
     put(etcd_server, prefix, "10.1.1.0-24", "198.51.100.1")  # our own
     peers = Peers()
-    watch = PeerWatch(registry, LeaseTable(NET, OWN), peers)
+    watch = PeerWatch(store, LeaseTable(NET, OWN), peers)
     task = asyncio.create_task(watch.run())
     try:
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
@@ -62,10 +62,10 @@ async def test_snapshot_then_events(registry, etcd_server, prefix):
         task.cancel()
 
 
-async def test_junk_never_removes_peers(registry, etcd_server, prefix):
+async def test_junk_never_removes_peers(store, etcd_server, prefix):
     put(etcd_server, prefix, "10.1.2.0-24", "198.51.100.2")
     peers = Peers()
-    task = asyncio.create_task(PeerWatch(registry, LeaseTable(NET, OWN), peers).run())
+    task = asyncio.create_task(PeerWatch(store, LeaseTable(NET, OWN), peers).run())
     try:
         await peers.wait_for({"10.1.2.0/24": "198.51.100.2"})
         etcd_server.put(f"{prefix}/subnets/10.1.2.0-24x", "{")
@@ -81,12 +81,12 @@ async def test_junk_never_removes_peers(registry, etcd_server, prefix):
 
 
 async def test_compaction_while_disconnected_relists_and_converges(
-    registry, client, etcd_server, prefix
+    store, client, etcd_server, prefix
 ):
     for i in (2, 3, 4):
         put(etcd_server, prefix, f"10.1.{i}.0-24", f"198.51.100.{i}")
     peers = Peers()
-    watch = PeerWatch(registry, LeaseTable(NET, OWN), peers)
+    watch = PeerWatch(store, LeaseTable(NET, OWN), peers)
     task = asyncio.create_task(watch.run())
     await peers.wait_for({f"10.1.{i}.0/24": f"198.51.100.{i}" for i in (2, 3, 4)})
     task.cancel()  # the daemon is cut off from etcd ...

@@ -55,8 +55,6 @@ def lease(subnet: str, subnet6: str | None, owner: str = "198.51.100.9", rev: in
         IPv4Network(subnet),
         LeaseAttrs(IPv4Address(owner)),
         IPv6Network(subnet6) if subnet6 else None,
-        lease_id=7,
-        mod_revision=rev,
     )
 
 

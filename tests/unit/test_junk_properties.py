@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pyflannel.backend.plan import PeerDataError, udp_peer, vxlan_peer
 from pyflannel.errors import ConfigError
 from pyflannel.etcd.client import KeyValue
-from pyflannel.etcd.registry import Registry
+from pyflannel.etcd.store import EtcdSubnetManager
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.event import EventKind, LeaseEvent
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -57,13 +57,13 @@ values = st.one_of(
         json_values,
     ),
 )
-registry = Registry(client=None, prefix="/p")
+store = EtcdSubnetManager(client=None, prefix="/p")  # type: ignore[arg-type]
 
 
 @given(almost_keys, values, st.sampled_from(["put", "delete"]))
 @settings(max_examples=400)
 def test_decoding_any_key_and_value_never_raises(key, value, kind):
-    event = registry._decode(EventKind(kind), KeyValue(key.encode(), value, 5, 5, 1, 0))
+    event = store._decode(EventKind(kind), KeyValue(key.encode(), value, 5, 5, 1, 0))
     assert event.lease is None or event.subnet is not None
     if event.lease is None and kind == "put":
         assert event.problem
@@ -93,7 +93,7 @@ def test_any_backend_data_is_a_peer_or_a_peer_data_error(data, backend):
 
 def good(subnet: str) -> LeaseEvent:
     le = Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address("198.51.100.9"), backend_type="vxlan"))
-    return LeaseEvent(EventKind.PUT, le.key, le.subnet, 1, lease=le)
+    return LeaseEvent(EventKind.PUT, le.key, le.subnet, lease=le)
 
 
 @given(st.lists(st.tuples(almost_keys, values, st.sampled_from(["put", "delete"])), max_size=30))
@@ -103,7 +103,7 @@ def test_junk_never_removes_a_peer_nor_makes_one_outside_the_network(batch):
     table.reset([])
     table.apply([good("10.1.7.0/24"), good("10.1.8.0/24")])
     events = [
-        registry._decode(EventKind(kind), KeyValue(k.encode(), v, 9, 9, 1, 0))
+        store._decode(EventKind(kind), KeyValue(k.encode(), v, 9, 9, 1, 0))
         for k, v, kind in batch
     ]
     junk = [e for e in events if e.subnet is None or (e.kind == "put" and e.lease is None)]

@@ -5,6 +5,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from pyflannel.etcd.store import grantor_of, lease_id_for
 from pyflannel.subnet.allocate import choose_subnet
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -21,17 +22,21 @@ IP = IPv4Address("10.0.2.15")
 ME = NodeIdentity(0xABCDE12345, vtep_mac="02:00:00:00:00:01")
 
 
-def lease(subnet="10.1.64.0/24", mac="02:00:00:00:00:02", lease_id=0x7777) -> Lease:
+def lease(
+    subnet="10.1.64.0/24", mac="02:00:00:00:00:02", grantor=0x694D7F2A1B, reservation=False
+) -> Lease:
     attrs = LeaseAttrs(IP, backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": mac})
-    return Lease(IPv4Network(subnet), attrs, lease_id=lease_id)
+    return Lease(IPv4Network(subnet), attrs, grantor=grantor, reservation=reservation)
 
 
-def test_lease_ids_carry_the_fingerprint_and_are_positive_int64():
-    ids = {ME.new_lease_id(random.Random(seed)) for seed in range(50)}
+def test_etcd_lease_ids_carry_the_fingerprint_and_are_positive_int64():
+    ids = {lease_id_for(ME.fingerprint, random.Random(seed)) for seed in range(50)}
     assert len(ids) == 50
     assert all(0 < i < 2**63 for i in ids)
-    assert all(granted_by(lease(lease_id=i), ME.fingerprint) for i in ids)
-    assert not granted_by(lease(lease_id=0x694D7F2A1B3C0001), ME.fingerprint)  # etcd's own
+    assert all(granted_by(lease(grantor=grantor_of(i)), ME.fingerprint) for i in ids)
+    other = grantor_of(0x694D7F2A1B3C0001)  # an ID etcd chose itself
+    assert not granted_by(lease(grantor=other), ME.fingerprint)
+    assert grantor_of(0) is None  # a reservation: no etcd lease
 
 
 def test_fingerprint_is_stable_and_differs_by_hardware_address(tmp_path):
@@ -46,10 +51,10 @@ def test_fingerprint_is_stable_and_differs_by_hardware_address(tmp_path):
 @pytest.mark.parametrize(
     "other, ours",
     [
-        (lease(), False),  # another node's MAC, another node's lease ID
+        (lease(), False),  # another node's MAC, granted by another node
         (lease(mac="02:00:00:00:00:01"), True),  # our device (kept across a restart)
-        (lease(lease_id=ME.new_lease_id()), True),  # granted by us (e.g. before a reboot)
-        (lease(lease_id=0), True),  # a reservation for our IP
+        (lease(grantor=ME.fingerprint), True),  # granted by us (e.g. before a reboot)
+        (lease(grantor=None, reservation=True), True),  # a reservation for our IP
     ],
 )
 def test_own_lease_by_fingerprint_mac_or_reservation(other, ours):
@@ -75,7 +80,9 @@ def test_our_own_lease_is_reused_even_beside_a_clones():
 
 
 def test_the_conflict_message_names_the_other_node_and_the_fixes():
-    text = conflict_message(lease(), "/coreos.com/network/subnets/10.1.64.0-24")
-    assert "VTEP MAC 02:00:00:00:00:02" in text
+    text = conflict_message(
+        lease(), "etcdctl del /coreos.com/network/subnets/10.1.64.0-24", "etcd lease 3f2a"
+    )
+    assert "VTEP MAC 02:00:00:00:00:02, etcd lease 3f2a" in text
     assert "--public-ip or --iface" in text
     assert "etcdctl del /coreos.com/network/subnets/10.1.64.0-24" in text

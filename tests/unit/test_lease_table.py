@@ -11,17 +11,15 @@ OWN = IPv4Network("10.1.1.0/24")
 
 
 def lease(subnet: str, ip: str = "198.51.100.2", rev: int = 1) -> Lease:
-    return Lease(
-        IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), backend_type="vxlan"), mod_revision=rev
-    )
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), backend_type="vxlan"))
 
 
 def put(le: Lease, rev: int = 10) -> LeaseEvent:
-    return LeaseEvent(EventKind.PUT, le.key, le.subnet, rev, lease=le)
+    return LeaseEvent(EventKind.PUT, le.key, le.subnet, lease=le)
 
 
 def delete(subnet: str, rev: int = 10) -> LeaseEvent:
-    return LeaseEvent(EventKind.DELETE, subnet.replace("/", "-"), IPv4Network(subnet), rev)
+    return LeaseEvent(EventKind.DELETE, subnet.replace("/", "-"), IPv4Network(subnet))
 
 
 def subnets(leases) -> set[str]:
@@ -77,15 +75,14 @@ def test_junk_events_are_skipped_and_keep_every_peer():
     table = LeaseTable(NET, OWN)
     table.reset([lease("10.1.2.0/24"), lease("10.1.3.0/24")])
     junk = [
-        LeaseEvent(EventKind.PUT, "/p/subnets/garbage", None, 11, problem="not a subnet key"),
+        LeaseEvent(EventKind.PUT, "/p/subnets/garbage", None, problem="not a subnet key"),
         LeaseEvent(
             EventKind.PUT,
             "10.1.2.0-24",
             IPv4Network("10.1.2.0/24"),
-            12,
             problem="bad value: not JSON",
         ),
-        LeaseEvent(EventKind.DELETE, "/p/subnets/garbage", None, 13),
+        LeaseEvent(EventKind.DELETE, "/p/subnets/garbage", None),
     ]
     changes = table.apply(junk)
     assert not changes

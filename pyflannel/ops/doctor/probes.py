@@ -200,7 +200,9 @@ def probe_port(port: int) -> tuple[bool, str | None]:
 
 async def probe_etcd(o: Options) -> tuple[Probe, float | None]:
     """Round trips, etcd's own disk-sync metrics, and the clock difference (from HTTP Date)."""
-    client = o.etcd_client(timeout=3)
+    from pyflannel.etcd.store import client_for  # grpc: only when etcd is probed
+
+    client = client_for(o.store, timeout=3)
     try:
         rtts = []
         for _ in range(5):

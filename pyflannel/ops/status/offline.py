@@ -12,11 +12,11 @@ from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState, PeerDataError, udp_peer, vxlan_peer
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.errors import FlannelError
-from pyflannel.etcd.registry import Registry
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.status.report import peer_rows
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.env_file import parse_env, previous_network
+from pyflannel.subnet.stores import open_store
 
 ETCD_TIMEOUT = 3.0
 
@@ -76,29 +76,28 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
         "port": vxlan.port if vxlan else None,
     }
     doc["network"] = env.get("FLANNEL_NETWORK")
-    client = o.etcd_client(timeout=ETCD_TIMEOUT)
+    store = open_store(o.store, timeout=ETCD_TIMEOUT)
     try:
-        registry = Registry(client, o.etcd_prefix)
-        leases, revision, skipped = await asyncio.wait_for(registry.list_leases(), ETCD_TIMEOUT * 2)
+        snapshot = await asyncio.wait_for(store.leases(), ETCD_TIMEOUT * 2)
+        view = store.view()
         doc["etcd"] = {
             "endpoints": o.etcd_endpoints,
-            "current": client.endpoint.url,
+            "current": view.address,
             "reachable": True,
-            "revision": revision,
+            "revision": view.details.get("revision"),
             "last_error": "",
         }
-        cfg = parse_network_config(await registry.network_config())
-        mine = next((le for le in leases if le.subnet == own), None)
+        cfg = parse_network_config(await store.network_config())
+        mine = next((le for le in snapshot.leases if le.subnet == own), None)
         if mine is not None:
-            ttl, _ = await client.time_to_live(mine.lease_id) if mine.lease_id else (None, [])
             doc["lease"] = {
                 "subnet": str(mine.subnet),
-                "expires_in_s": ttl,
+                "expires_in_s": await store.expires_in(mine),
                 "last_renewal": None,
-                "reservation": mine.is_reservation,
+                "reservation": mine.reservation,
             }
         peers = []
-        for lease in leases:
+        for lease in snapshot.leases:
             if lease.subnet == own or not lease.subnet.subnet_of(cfg.cidr):
                 continue
             try:
@@ -110,7 +109,7 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
             except PeerDataError:
                 continue
         doc["peers"] = peer_rows(peers, actual)
-        doc["ignored"] = [f"{key}: {why}" for key, why in skipped]
+        doc["ignored"] = [f"{key}: {why}" for key, why in snapshot.skipped]
     except (FlannelError, TimeoutError) as e:
         doc["etcd"] = {
             "endpoints": o.etcd_endpoints,
@@ -134,20 +133,19 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
             if own is None or dst != own
         ]
     finally:
-        await client.close()
+        await store.close()
     return doc
 
 
 async def cluster_leases(o: Options) -> list[dict]:
     """Every lease in etcd with its time to live (``pyflannel status --cluster``)."""
-    client = o.etcd_client(timeout=ETCD_TIMEOUT)
+    store = open_store(o.store, timeout=ETCD_TIMEOUT)
     try:
-        registry = Registry(client, o.etcd_prefix)
-        leases, _, skipped = await registry.list_leases()
-        mesh = await registry.mesh_summaries()
+        snapshot = await store.leases()
+        mesh = await store.path_summaries()
         rows = []
-        for le in leases:
-            ttl = (await client.time_to_live(le.lease_id))[0] if le.lease_id else None
+        for le in snapshot.leases:
+            ttl = await store.expires_in(le)
             data = le.attrs.backend_data if isinstance(le.attrs.backend_data, dict) else {}
             details = " ".join(f"{k}={v}" for k, v in data.items())
             rows.append(
@@ -158,7 +156,7 @@ async def cluster_leases(o: Options) -> list[dict]:
                     "expires_in_s": ttl,
                     "details": details,
                     "key": le.key,
-                    "reservation": le.is_reservation,
+                    "reservation": le.reservation,
                     "paths": (mesh.get(str(le.subnet)) or {}).get("paths"),
                 }
             )
@@ -171,8 +169,8 @@ async def cluster_leases(o: Options) -> list[dict]:
                 "details": f"UNREADABLE: {why}",
                 "key": key,
             }
-            for key, why in skipped
+            for key, why in snapshot.skipped
         ]
         return rows
     finally:
-        await client.close()
+        await store.close()
