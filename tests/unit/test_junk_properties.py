@@ -103,8 +103,7 @@ def test_junk_never_removes_a_peer_nor_makes_one_outside_the_network(batch):
     table.reset([])
     table.apply([good("10.1.7.0/24"), good("10.1.8.0/24")])
     events = [
-        store._decode(EventKind(kind), KeyValue(k.encode(), v, 9, 9, 1, 0))
-        for k, v, kind in batch
+        store._decode(EventKind(kind), KeyValue(k.encode(), v, 9, 9, 1, 0)) for k, v, kind in batch
     ]
     junk = [e for e in events if e.subnet is None or (e.kind == "put" and e.lease is None)]
     changes = table.apply(junk)
