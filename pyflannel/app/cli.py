@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from pyflannel import __version__
-from pyflannel.app.log import setup_logging
 from pyflannel.app.options import (
     add_arguments,
     build_options,
@@ -18,6 +17,7 @@ from pyflannel.app.options import (
     with_service_environment,
 )
 from pyflannel.errors import OptionsError
+from pyflannel.log import setup_logging
 
 log = logging.getLogger("pyflannel")
 
@@ -166,7 +166,7 @@ def _status(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if args.cluster:
         try:
-            rows = asyncio.run(cluster_leases(options))
+            rows = asyncio.run(cluster_leases(options.store))
         except FlannelError as e:
             print(f"pyflannel status --cluster: {e}", file=sys.stderr)
             return UNHEALTHY
@@ -175,9 +175,9 @@ def _status(args: argparse.Namespace) -> int:
             end="" if not args.json else "\n",
         )
         return 0
-    doc, why = daemon_document(options)
+    doc, why = daemon_document(options.status_endpoint)
     if doc is None:
-        doc = asyncio.run(offline_status(options, why))
+        doc = asyncio.run(offline_status(options.store, options.subnet_file, why))
     print(
         json.dumps(doc, indent=1, default=str) if args.json else render(doc),
         end="" if not args.json else "\n",
@@ -245,13 +245,13 @@ def _doctor(args: argparse.Namespace) -> int:
         from pyflannel.ops.doctor.mesh import probe_paths
         from pyflannel.ops.status.client import daemon_document
 
-        doc, why = daemon_document(options)
+        doc, why = daemon_document(options.status_endpoint)
         if doc is None:
             print(f"pyflannel doctor --probe: the daemon does not answer ({why})", file=sys.stderr)
             return 1
         findings = asyncio.run(probe_paths(doc, args.probe))
     else:
-        findings = asyncio.run(run_checks(options))
+        findings = asyncio.run(run_checks(options.doctor))
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
     else:

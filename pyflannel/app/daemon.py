@@ -29,7 +29,7 @@ from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.errors import ConfigError, FlannelError, InterfaceError, StoreUnavailable
-from pyflannel.kernel.iface import ExtIface, external_interface, hardware_address
+from pyflannel.kernel.iface import ExtIface, chosen_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
 from pyflannel.kernel.watch import Damage, KernelWatch, Watched
@@ -164,17 +164,7 @@ class Daemon:
             await asyncio.sleep(CONFIG_RETRY)
 
     async def _external_interface(self) -> ExtIface:
-        o = self.options
-        can_reach = IPv4Address(o.iface_can_reach) if o.iface_can_reach else None
-        return await self.netlink.call(
-            external_interface,
-            iface=o.iface,
-            iface_regex=o.iface_regex,
-            public_ip=o.public_ip_address,
-            can_reach=can_reach,
-            ipv6=self.ipv6,
-            public_ipv6=o.public_ipv6_address,
-        )
+        return await self.netlink.call(chosen_interface, self.options.iface_choice, ipv6=self.ipv6)
 
     def _backend_context(self, cfg: NetworkConfig, ext: ExtIface) -> BackendContext:
         o = self.options

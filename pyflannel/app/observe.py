@@ -12,7 +12,13 @@ from pyflannel import __version__
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState
 from pyflannel.ops.instance import instances_beside
-from pyflannel.ops.snapshot import DaemonSnapshot, EtcdView, InstanceView, LeaseView, TrafficView
+from pyflannel.ops.snapshot import (
+    DaemonSnapshot,
+    InstanceView,
+    LeaseView,
+    StoreStatus,
+    TrafficView,
+)
 from pyflannel.subnet.env_file import SubnetEnv
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
     o, r, t = daemon.options, daemon.running, daemon.traffic
     watch = r.watch if r else None
     keeper = r.keeper if r else None
+    view = daemon.store.view()
     lease = None
     if keeper is not None and keeper.lease is not None:
         held = keeper.lease
@@ -80,14 +87,14 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
                 rec.describe() for rec in instances_beside(o.subnet_file) if rec.pid != os.getpid()
             ),
         ),
-        etcd=EtcdView(
-            endpoints=tuple(o.etcd_endpoints),
-            current=daemon.store.view().address,
+        store=StoreStatus(
+            kind=view.kind,
+            current=view.address,
             reachable=bool(watch and watch.connected),
-            revision=daemon.store.view().details.get("revision"),
             last_error=watch.last_error if watch else "",
             watch_restarts=watch.restarts if watch else 0,
             relists=watch.relists if watch else 0,
+            details=view.details,
         ),
         network=str(r.network.cidr) if r else None,
         network6=str(r.network.cidr6) if r and r.network.cidr6 else None,
@@ -116,7 +123,7 @@ class StatusAnswers:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
 
-    async def etcd_members(self) -> list[dict]:
+    async def store_members(self) -> list[dict]:
         return await self.daemon.store.members()
 
     async def kernel_state(self) -> KernelState | None:

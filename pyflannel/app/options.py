@@ -13,11 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.errors import OptionsError
+from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.subnet.stores import StoreOptions, parse_endpoint
+
+if TYPE_CHECKING:  # the operations layer's own option types, imported when asked for
+    from pyflannel.ops.doctor.probes import DoctorOptions
+    from pyflannel.ops.status.client import StatusEndpoint
 
 ENV_PREFIX = "FLANNELD_"
 # pyflannel.service's EnvironmentFile (systemd/pyflannel.service, the Debian package's conffile).
@@ -79,12 +84,39 @@ class Options:
         )
 
     @property
-    def public_ip_address(self) -> IPv4Address | None:
-        return IPv4Address(self.public_ip) if self.public_ip else None
+    def iface_choice(self) -> IfaceChoice:
+        """How the external interface is to be chosen (kernel layer)."""
+        return IfaceChoice(
+            iface=tuple(self.iface),
+            iface_regex=tuple(self.iface_regex),
+            can_reach=IPv4Address(self.iface_can_reach) if self.iface_can_reach else None,
+            public_ip=IPv4Address(self.public_ip) if self.public_ip else None,
+            public_ipv6=IPv6Address(self.public_ipv6) if self.public_ipv6 else None,
+        )
 
     @property
-    def public_ipv6_address(self) -> IPv6Address | None:
-        return IPv6Address(self.public_ipv6) if self.public_ipv6 else None
+    def status_endpoint(self) -> StatusEndpoint:
+        """Where `pyflannel status` asks this network's daemon (operations layer)."""
+        from pyflannel.ops.status.client import StatusEndpoint
+
+        return StatusEndpoint(
+            subnet_file=self.subnet_file,
+            healthz_ip=self.healthz_ip,
+            healthz_port=self.healthz_port,
+            pinned=bool({"healthz_ip", "healthz_port"} & self.given),
+        )
+
+    @property
+    def doctor(self) -> DoctorOptions:
+        from pyflannel.ops.doctor.probes import DoctorOptions
+
+        return DoctorOptions(
+            store=self.store,
+            iface=self.iface_choice,
+            endpoint=self.status_endpoint,
+            ip_masq=self.ip_masq,
+            udp_fallback_port=self.udp_fallback_port,
+        )
 
 
 class CommaList(list):

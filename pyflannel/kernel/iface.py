@@ -243,6 +243,31 @@ def default_route_interface() -> int | None:
     return default
 
 
+@dataclass(frozen=True)
+class IfaceChoice:
+    """How the operator asked for the external interface (--iface, --iface-regex,
+    --iface-can-reach, --public-ip, --public-ipv6)."""
+
+    iface: tuple[str, ...] = ()
+    iface_regex: tuple[str, ...] = ()
+    can_reach: IPv4Address | None = None
+    public_ip: IPv4Address | None = None
+    public_ipv6: IPv6Address | None = None
+
+
+def chosen_interface(ipr, choice: IfaceChoice, ipv6: bool = False) -> ExtIface:
+    """``external_interface`` as ``choice`` asks for it."""
+    return external_interface(
+        ipr,
+        iface=choice.iface,
+        iface_regex=choice.iface_regex,
+        public_ip=choice.public_ip,
+        can_reach=choice.can_reach,
+        ipv6=ipv6,
+        public_ipv6=choice.public_ipv6,
+    )
+
+
 def external_interface(
     ipr,
     *,

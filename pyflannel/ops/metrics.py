@@ -22,7 +22,7 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "pyflannel_ready", "1 once the node is ready", value=int(snap.ready)
         )
-        lease, etcd, backend = snap.lease, snap.etcd, snap.backend
+        lease, etcd, backend = snap.lease, snap.store, snap.backend
         if lease is not None:
             expiry = GaugeMetricFamily(
                 "pyflannel_lease_expiry_seconds", "seconds until the lease expires"

@@ -24,14 +24,17 @@ class LeaseView:
 
 
 @dataclass(frozen=True)
-class EtcdView:
-    endpoints: tuple[str, ...]
-    current: str
+class StoreStatus:
+    """The subnet store as this node sees it: neutral fields, and the store's own details
+    (etcd: its endpoints and the revision the watch is at)."""
+
+    kind: str  # "etcd": also the name of its section in the status document
+    current: str  # the member / server in use
     reachable: bool
-    revision: int | None
     last_error: str
     watch_restarts: int
     relists: int
+    details: dict
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class DaemonSnapshot:
     not_ready: tuple[str, ...]
     config_change: str
     instance: InstanceView
-    etcd: EtcdView
+    store: StoreStatus
     network: str | None
     network6: str | None
     interface: ExtIface | None
@@ -72,13 +75,13 @@ class DaemonSnapshot:
     traffic: TrafficView
     mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
     probes_sent: int = 0
-    mesh_writes: int = 0  # mesh summaries written to etcd
+    mesh_writes: int = 0  # mesh summaries written to the store
 
 
 class StatusIO(Protocol):
     """Live questions /status asks the daemon (each an I/O of its own)."""
 
-    async def etcd_members(self) -> list[dict]: ...
+    async def store_members(self) -> list[dict]: ...
 
     async def kernel_state(self) -> KernelState | None: ...
 

@@ -3,8 +3,8 @@
 import logging
 import socket
 
-from pyflannel.app.log import setup_logging
 from pyflannel.control.backoff import Backoff, Outage
+from pyflannel.log import setup_logging
 from pyflannel.ops import sd_notify
 
 

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from pyflannel.app.log import setup_logging
+    from pyflannel.log import setup_logging
 
     setup_logging(args.v)
     for handler in logging.getLogger().handlers:

@@ -17,11 +17,11 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from ipaddress import IPv4Address
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyflannel.app.options import Options
 from pyflannel.errors import FlannelError
+from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.ops.doctor.checks import (
     Finding,
     Probe,
@@ -38,6 +38,8 @@ from pyflannel.ops.doctor.checks import (
     judge_vxlan,
     judge_wireguard,
 )
+from pyflannel.ops.status.client import StatusEndpoint
+from pyflannel.subnet.stores import StoreOptions
 
 
 def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -134,7 +136,18 @@ def probe_traffic_tools() -> Probe:
     return Probe(True, facts=facts)
 
 
-def probe_interface(o: Options) -> tuple[str, int | None, str | None]:
+@dataclass(frozen=True)
+class DoctorOptions:
+    """What the checks need of the node's options."""
+
+    store: StoreOptions = field(default_factory=StoreOptions)
+    iface: IfaceChoice = field(default_factory=IfaceChoice)
+    endpoint: StatusEndpoint = field(default_factory=StatusEndpoint)
+    ip_masq: bool = False
+    udp_fallback_port: int = 8285
+
+
+def probe_interface(o: DoctorOptions) -> tuple[str, int | None, str | None]:
     """The external interface as the daemon would choose it: its name (or why there is none),
     its MTU, and its first global IPv6 address (for the ipv6 finding), from one read."""
     from pyflannel.errors import InterfaceError
@@ -145,10 +158,10 @@ def probe_interface(o: Options) -> tuple[str, int | None, str | None]:
         with IPRoute() as ipr:
             ext, interfaces = choose_external(
                 ipr,
-                iface=o.iface,
-                iface_regex=o.iface_regex,
-                public_ip=o.public_ip_address,
-                can_reach=IPv4Address(o.iface_can_reach) if o.iface_can_reach else None,
+                iface=o.iface.iface,
+                iface_regex=o.iface.iface_regex,
+                public_ip=o.iface.public_ip,
+                can_reach=o.iface.can_reach,
             )
     except InterfaceError as e:
         return str(e), None, None
@@ -198,11 +211,11 @@ def probe_port(port: int) -> tuple[bool, str | None]:
     return True, None
 
 
-async def probe_etcd(o: Options) -> tuple[Probe, float | None]:
+async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
     """Round trips, etcd's own disk-sync metrics, and the clock difference (from HTTP Date)."""
     from pyflannel.etcd.store import client_for  # grpc: only when etcd is probed
 
-    client = client_for(o.store, timeout=3)
+    client = client_for(o, timeout=3)
     try:
         rtts = []
         for _ in range(5):
@@ -227,19 +240,19 @@ async def probe_etcd(o: Options) -> tuple[Probe, float | None]:
     return Probe(True, facts=facts), skew
 
 
-def _fetch_metrics(url: str, o: Options) -> tuple[str, str | None]:
+def _fetch_metrics(url: str, o: StoreOptions) -> tuple[str, str | None]:
     context = None
     if url.startswith("https://"):
-        context = ssl.create_default_context(cafile=o.etcd_cafile or None)
-        if o.etcd_certfile:
-            context.load_cert_chain(o.etcd_certfile, o.etcd_keyfile)
+        context = ssl.create_default_context(cafile=o.cafile or None)
+        if o.certfile:
+            context.load_cert_chain(o.certfile, o.keyfile)
     with urllib.request.urlopen(f"{url}/metrics", timeout=5, context=context) as resp:
         return resp.read().decode(), resp.headers.get("Date")
 
 
-async def run_checks(o: Options) -> list[Finding]:
+async def run_checks(o: DoctorOptions) -> list[Finding]:
     vxlan, tun, wireguard = await asyncio.to_thread(probe_devices)
-    etcd, skew = await probe_etcd(o)
+    etcd, skew = await probe_etcd(o.store)
     interface, mtu, address6 = await asyncio.to_thread(probe_interface, o)
     findings = [
         judge_vxlan(vxlan, tun.ok),
@@ -258,7 +271,7 @@ async def run_checks(o: Options) -> list[Finding]:
     from pyflannel.ops.doctor.mesh import judge_offload
     from pyflannel.ops.status.client import daemon_document
 
-    doc, _ = await asyncio.to_thread(daemon_document, o, 3.0)
+    doc, _ = await asyncio.to_thread(daemon_document, o.endpoint, 3.0)
     dual_stack = None if doc is None else bool(doc.get("network6"))
     where = interface if mtu is not None else "the external interface (none found)"
     findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))

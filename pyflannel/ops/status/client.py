@@ -5,17 +5,28 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
-from pyflannel.app.options import Options
 from pyflannel.ops.instance import running_instance
 
 
-def endpoint_address(o: Options) -> tuple[str, int] | None:
+@dataclass(frozen=True)
+class StatusEndpoint:
+    """Where to ask a network's daemon: its subnet file (the instance record lies beside it)
+    and the --healthz-ip/--healthz-port given (``pinned``: given, so they win)."""
+
+    subnet_file: str = "/run/flannel/subnet.env"
+    healthz_ip: str = "127.0.0.1"
+    healthz_port: int = 8471
+    pinned: bool = False
+
+
+def endpoint_address(o: StatusEndpoint) -> tuple[str, int] | None:
     """Where this network's daemon serves /status: the address its instance record (beside
     the subnet file) gives, unless --healthz-ip/--healthz-port say otherwise."""
     host, port = o.healthz_ip, o.healthz_port
     record = running_instance(o.subnet_file)
-    if record is not None and not {"healthz_ip", "healthz_port"} & o.given:
+    if record is not None and not o.pinned:
         if not record.healthz:
             return None  # that daemon serves no endpoint (turned off, or its port was taken)
         host, _, text = record.healthz.rpartition(":")
@@ -25,7 +36,7 @@ def endpoint_address(o: Options) -> tuple[str, int] | None:
     return ("127.0.0.1" if host in ("", "0.0.0.0") else host), port
 
 
-def daemon_document(o: Options, timeout: float = 5.0) -> tuple[dict | None, str]:
+def daemon_document(o: StatusEndpoint, timeout: float = 5.0) -> tuple[dict | None, str]:
     """(document, "") from the daemon, or (None, why it could not be had)."""
     address = endpoint_address(o)
     if address is None:

@@ -24,15 +24,24 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
         "config_change": snap.config_change,
         "mesh": {"probes_sent": snap.probes_sent, "summaries_written": snap.mesh_writes},
         "instance": {**asdict(snap.instance), "others": list(snap.instance.others)},
-        "etcd": {**asdict(snap.etcd), "endpoints": list(snap.etcd.endpoints)},
+        "store": snap.store.kind,
+        snap.store.kind: {
+            **snap.store.details,
+            "current": snap.store.current,
+            "reachable": snap.store.reachable,
+            "last_error": snap.store.last_error,
+            "watch_restarts": snap.store.watch_restarts,
+            "relists": snap.store.relists,
+        },
         "network": snap.network,
         "network6": snap.network6,
     }
+    store = doc[snap.store.kind]
     try:
-        doc["etcd"]["members"] = await asyncio.wait_for(io.etcd_members(), 3)
+        store["members"] = await asyncio.wait_for(io.store_members(), 3)
     except (FlannelError, TimeoutError) as e:
-        doc["etcd"]["members"] = []
-        doc["etcd"]["last_error"] = doc["etcd"]["last_error"] or str(e) or "timed out"
+        store["members"] = []
+        store["last_error"] = store["last_error"] or str(e) or "timed out"
     ext = snap.interface
     if ext is not None:
         doc["interface"] = {

@@ -7,7 +7,6 @@ import asyncio
 from ipaddress import IPv4Network, ip_interface
 
 from pyflannel import __version__
-from pyflannel.app.options import Options
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState, PeerDataError, udp_peer, vxlan_peer
 from pyflannel.backend.udp.tun import TUN_NAME
@@ -16,7 +15,7 @@ from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.status.report import peer_rows
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.env_file import parse_env, previous_network
-from pyflannel.subnet.stores import open_store
+from pyflannel.subnet.stores import StoreOptions, open_store
 
 ETCD_TIMEOUT = 3.0
 
@@ -49,19 +48,19 @@ def _kernel_view(ipr, network: IPv4Network | None) -> tuple[dict, KernelState]:
     return info, kernel.read_state(ipr, devices)
 
 
-async def offline_status(o: Options, why_no_daemon: str) -> dict:
+async def offline_status(store_options: StoreOptions, subnet_file: str, why_no_daemon: str) -> dict:
     doc: dict = {"daemon": {"running": False, "reason": why_no_daemon, "version": __version__}}
     env = {}
     try:
-        env = parse_env(open(o.subnet_file).read())
+        env = parse_env(open(subnet_file).read())
     except OSError as e:
-        doc["subnet_env"] = {"path": o.subnet_file, "problems": [f"missing ({e.strerror})"]}
+        doc["subnet_env"] = {"path": subnet_file, "problems": [f"missing ({e.strerror})"]}
     else:
-        doc["subnet_env"] = {"path": o.subnet_file, "problems": []}
+        doc["subnet_env"] = {"path": subnet_file, "problems": []}
     own = ip_interface(env["FLANNEL_SUBNET"]).network if env.get("FLANNEL_SUBNET") else None
     netlink = Netlink()  # sync IPRoute cannot live in the event loop's thread
     try:
-        devices, actual = await netlink.call(_kernel_view, previous_network(o.subnet_file))
+        devices, actual = await netlink.call(_kernel_view, previous_network(subnet_file))
     finally:
         netlink.close()
     vxlan = devices["vxlan"]
@@ -76,15 +75,16 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
         "port": vxlan.port if vxlan else None,
     }
     doc["network"] = env.get("FLANNEL_NETWORK")
-    store = open_store(o.store, timeout=ETCD_TIMEOUT)
+    kind = doc["store"] = store_options.kind
+    store = open_store(store_options, timeout=ETCD_TIMEOUT)
     try:
         snapshot = await asyncio.wait_for(store.leases(), ETCD_TIMEOUT * 2)
         view = store.view()
-        doc["etcd"] = {
-            "endpoints": o.etcd_endpoints,
+        doc[kind] = {
+            "endpoints": list(store_options.endpoints),
+            **view.details,
             "current": view.address,
             "reachable": True,
-            "revision": view.details.get("revision"),
             "last_error": "",
         }
         cfg = parse_network_config(await store.network_config())
@@ -111,13 +111,13 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
         doc["peers"] = peer_rows(peers, actual)
         doc["ignored"] = [f"{key}: {why}" for key, why in snapshot.skipped]
     except (FlannelError, TimeoutError) as e:
-        doc["etcd"] = {
-            "endpoints": o.etcd_endpoints,
+        doc[kind] = {
+            "endpoints": list(store_options.endpoints),
             "reachable": False,
             "last_error": str(e) or "timed out",
         }
         doc["lease"] = {"subnet": str(own) if own else None, "expires_in_s": None}
-        # Without etcd only the kernel side is known: list what is programmed.
+        # Without the store only the kernel side is known: list what is programmed.
         doc["peers"] = [
             {
                 "subnet": str(dst),
@@ -137,9 +137,9 @@ async def offline_status(o: Options, why_no_daemon: str) -> dict:
     return doc
 
 
-async def cluster_leases(o: Options) -> list[dict]:
-    """Every lease in etcd with its time to live (``pyflannel status --cluster``)."""
-    store = open_store(o.store, timeout=ETCD_TIMEOUT)
+async def cluster_leases(store_options: StoreOptions) -> list[dict]:
+    """Every lease in the store with its time to live (``pyflannel status --cluster``)."""
+    store = open_store(store_options, timeout=ETCD_TIMEOUT)
     try:
         snapshot = await store.leases()
         mesh = await store.path_summaries()

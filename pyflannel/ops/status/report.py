@@ -3,7 +3,7 @@ show it. Pure: the daemon and ``pyflannel status`` (when the daemon is down) bui
 document from different sources; this module judges and renders it.
 
 Exit codes of ``pyflannel status``: 0 healthy, 1 unhealthy (the node's overlay is or will be
-broken), 2 degraded (works now, but needs attention: e.g. etcd unreachable).
+broken), 2 degraded (works now, but needs attention: e.g. the store, etcd, unreachable).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
         problems.append(f"daemon not running ({daemon.get('reason', 'no answer')})")
     elif not daemon.get("ready"):
         problems.append(f"daemon not ready: {', '.join(daemon.get('not_ready', [])) or 'starting'}")
-    etcd = doc.get("etcd", {})
-    if not etcd.get("reachable"):
-        warnings.append(f"etcd unreachable: {etcd.get('last_error') or 'no answer'}")
+    kind, store = _store(doc)
+    if not store.get("reachable"):
+        warnings.append(f"{kind} unreachable: {store.get('last_error') or 'no answer'}")
     lease = doc.get("lease") or {}
     if not lease.get("subnet"):
         problems.append("no subnet lease")
@@ -82,7 +82,7 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
         warnings.append(f"running in UDP fallback: {backend['fallback']}")
     if doc.get("config_change"):
         warnings.append(
-            f"the network config in etcd changed since start ({doc['config_change']}): "
+            f"the network config in {kind} changed since start ({doc['config_change']}): "
             "restart the daemon to apply it"
         )
     env = doc.get("subnet_env") or {}
@@ -115,6 +115,12 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
             elif state == PeerHealth.LOSSY:
                 warnings.append(words)
     return problems, warnings
+
+
+def _store(doc: dict) -> tuple[str, dict]:
+    """The store's kind and its section of the document (etcd: "etcd")."""
+    kind = doc.get("store", "etcd")
+    return kind, doc.get(kind) or {}
 
 
 def exit_code(doc: dict) -> int:
@@ -154,7 +160,7 @@ def render(doc: dict) -> str:
     """The one-screen answer to "is this node's overlay healthy, and if not, why?"."""
     problems, warnings = assess(doc)
     verdict = "UNHEALTHY" if problems else "DEGRADED" if warnings else "HEALTHY"
-    d, e, i = doc.get("daemon", {}), doc.get("etcd", {}), doc.get("interface") or {}
+    (kind, e), d, i = _store(doc), doc.get("daemon", {}), doc.get("interface") or {}
     lease, b = doc.get("lease") or {}, doc.get("backend") or {}
     env, ipt = doc.get("subnet_env") or {}, doc.get("iptables") or {}
     lines = [f"pyflannel on this node: {verdict}"]
@@ -170,7 +176,7 @@ def render(doc: dict) -> str:
     lines += [
         "",
         f"daemon     {running}  version {d.get('version', '?')}",
-        f"etcd       {e.get('current') or ', '.join(e.get('endpoints', []))}: "
+        f"{kind:<10} {e.get('current') or ', '.join(e.get('endpoints', []))}: "
         f"{'reachable' if e.get('reachable') else 'UNREACHABLE'}"
         + (f", revision {e['revision']}" if e.get("revision") else "")
         + (f", last error: {e['last_error']}" if e.get("last_error") else ""),
