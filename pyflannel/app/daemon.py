@@ -1,9 +1,13 @@
-"""``pyflannel run``: wires etcd, the lease, the backend and the kernel together.
+"""``pyflannel run``: builds the parts and runs them. The loops live in their layers (control/:
+the lease, the peers, the reconcile loop, the underlay; ops/: health, watchdog, mesh); this
+module only wires them, in upstream main.go's start-up order: config from the store (retried
+every second), external interface, backend device, lease, device address, subnet.env, then
+the peer watch, the first full reconcile, the renewal loop, and READY=1. On SIGTERM/SIGINT it
+stops and exits 0, leaving the lease, the device and all peer entries in place so that a
+restart does not interrupt traffic.
 
-Start-up order follows upstream main.go: config from etcd (retried every second), external
-interface, backend device, lease, device address, subnet.env, then the peer watch and the
-renewal loop, then READY=1. On SIGTERM/SIGINT it stops and exits 0, leaving the lease, the
-device and all peer entries in place so that a restart does not interrupt traffic.
+The parts come from ``Parts`` (the store, the kernel, the backends, the traffic rules), so
+that the wiring can be unit-tested with an in-memory store and a backend of the test's own.
 """
 
 from __future__ import annotations
@@ -13,33 +17,39 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyflannel import __version__
-from pyflannel.app.observe import StatusAnswers, daemon_snapshot
+from pyflannel.app.observe import StatusAnswers, daemon_snapshot, summary
 from pyflannel.app.options import Options
+from pyflannel.app.running import Running
 from pyflannel.backend.base import Backend
-from pyflannel.backend.plan import HOST_GW_BACKEND, VXLAN_BACKEND, Encap, Peer, Peer6, Table
+from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.backend.registry import BackendContext, start_backend
-from pyflannel.backend.udp.path import UdpTuning, default_workers
-from pyflannel.backend.udp.tun import TUN_NAME
-from pyflannel.control.backoff import Backoff, Outage
+from pyflannel.control.backoff import Outage
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
+from pyflannel.control.peer_programmer import PeerProgrammer
 from pyflannel.control.peer_watch import PeerWatch
-from pyflannel.errors import ConfigError, FlannelError, InterfaceError, StoreUnavailable
+from pyflannel.control.reconciling import ReconcileLoop
+from pyflannel.control.underlay import UnderlayFollower
+from pyflannel.errors import ConfigError, FlannelError, StoreUnavailable
 from pyflannel.kernel.iface import ExtIface, chosen_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
-from pyflannel.kernel.watch import Damage, KernelWatch, Watched
+from pyflannel.kernel.watch import KernelWatch
 from pyflannel.ops import sd_notify
+from pyflannel.ops.datapath_report import report_drops
+from pyflannel.ops.endpoints import routes
 from pyflannel.ops.health import start_health_endpoint
-from pyflannel.ops.http_endpoint import HttpEndpoint, as_json, text
+from pyflannel.ops.http_endpoint import HttpEndpoint
 from pyflannel.ops.instance import Instance
+from pyflannel.ops.liveness import Liveness
 from pyflannel.ops.mesh.prober import MeshProber
+from pyflannel.ops.mesh.publisher import MeshPublisher
 from pyflannel.ops.snapshot import DaemonSnapshot
-from pyflannel.ops.status.live import daemon_status
 from pyflannel.subnet.config import NetworkConfig, parse_network_config
 from pyflannel.subnet.env_file import (
     SubnetEnv,
@@ -49,109 +59,89 @@ from pyflannel.subnet.env_file import (
     previous_subnet6,
     write_atomic,
 )
-from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.lease import Lease, LeaseAttrs
+from pyflannel.subnet.manager import SubnetManager
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.stores import open_store
-from pyflannel.subnet.table import LeaseTable, PeerChanges
-from pyflannel.traffic.base import TrafficManager, remove_other_mode
-from pyflannel.traffic.families import NetworkRules
-from pyflannel.traffic.iptables import IptablesRules
-from pyflannel.traffic.nftables import NftablesRules
+from pyflannel.subnet.table import LeaseTable
+from pyflannel.traffic.families import NetworkRules, network_rules, remove_other_mode
 from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
 
 CONFIG_RETRY = 1.0  # seconds, as upstream
 CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
-PEER_LOG_LIMIT = 10  # log peers one by one up to this many per batch, else a summary
-DROP_REPORT_INTERVAL = 10.0  # seconds
-MESH_PUBLISH_INTERVAL = 5.0  # seconds: the mesh summary is written at most this often
-REPAIR_SETTLE = 0.05  # seconds to wait after a kernel notification before reconciling
 
 
 @dataclass
-class Running:
-    """What the start-up built: the network, the underlay (it may move), the backend, the
-    lease keeper, the lease table and the peer watch."""
+class Parts:
+    """What the daemon is wired from. ``Parts.real(options)`` gives the real ones; a test
+    gives an in-memory store, a backend of its own, no kernel watch."""
 
-    network: NetworkConfig
-    ext: ExtIface
-    backend: Backend
-    keeper: LeaseKeeper
-    table: LeaseTable
-    watch: PeerWatch
-    config_watch: ConfigWatch
+    store: SubnetManager
+    netlink: Netlink
+    rules: Callable[[bool, bool], NetworkRules]  # (nftables?, dual-stack?) -> the rules
+    start_backend: Callable[[BackendContext], Awaitable[tuple[Backend, LeaseAttrs]]] = start_backend
+    kernel_watch: bool = True
+    privileges: Callable[[], None] = check_privileges
 
-    @property
-    def lease(self) -> Lease:
-        lease = self.keeper.lease
-        assert lease is not None, "a running daemon holds a lease"
-        return lease
+    @classmethod
+    def real(cls, options: Options) -> Parts:
+        return cls(
+            store=open_store(options.store),
+            netlink=Netlink(),
+            rules=lambda nft, ipv6: network_rules(options.traffic, nft, ipv6),
+        )
 
 
 class Daemon:
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, parts: Parts | None = None):
         self.options = options
+        self.parts = parts or Parts.real(options)
         self.started = process_start_time()
-        self.store = open_store(options.store)
+        self.store = self.parts.store
+        self.netlink = self.parts.netlink
         self.instance = Instance(options.subnet_file, options.etcd_prefix)
-        self.netlink = Netlink()
         self.running: Running | None = None  # set once start() is done
         self.ready = asyncio.Event()
-        self.programmed = asyncio.Event()  # a full reconcile has succeeded
-        self._pending: dict[IPv4Network, tuple[bool, Lease]] = {}  # subnet -> (added?, lease)
-        self._pending_wake = asyncio.Event()
         self.subnet_file_written = False
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self.prober: MeshProber | None = None
-        self.mesh_writes = 0  # summaries published to the store (their cost)
-        self._underlay_problem = ""
+        self.publisher: MeshPublisher | None = None
         self.ipv6 = False  # the network is dual-stack (EnableIPv6)
-        self.traffic = self._traffic_rules(IptablesRules)
-
-    def _traffic_rules(self, kind: type[TrafficManager], ipv6: bool = False) -> NetworkRules:
-        """The network's rules: IPv4, and IPv6 on a dual-stack network."""
-        o = self.options
-        return NetworkRules(
-            [
-                kind(
-                    masquerade=o.ip_masq,
-                    forward=o.iptables_forward_rules,
-                    random_fully_disabled=o.ip_masq_fully_random_disable,
-                    family=family,
-                )
-                for family in ((4, 6) if ipv6 else (4,))
-            ]
-        )
-
-    def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list[tuple[Cluster, Cluster]]:
-        """(cluster, pod subnet) per family, for the traffic rules."""
-        networks: list[tuple[Cluster, Cluster]] = [(cfg.cidr, lease.subnet)]
-        if cfg.cidr6 is not None and lease.ipv6_subnet is not None:
-            networks.append((cfg.cidr6, lease.ipv6_subnet))
-        return networks
+        self.traffic = self.parts.rules(False, False)
+        self.liveness = Liveness(self.netlink, self._datapath_problem)
 
     @property
     def r(self) -> Running:
         assert self.running is not None, "start() first"
         return self.running
 
+    @property
+    def programmed(self) -> bool:
+        """A full reconcile has succeeded."""
+        return self.running is not None and self.running.reconciler.programmed.is_set()
+
+    @property
+    def mesh_writes(self) -> int:
+        return self.publisher.writes if self.publisher else 0
+
     # -- start-up --------------------------------------------------------------------------
 
     async def load_config(self) -> NetworkConfig:
         """The network config, waiting (1 s retries) until it exists and is valid."""
         last_error, last_logged = "", 0.0
-        store = Outage(log, f"{self.store.name} unreachable while reading the network config")
+        outage = Outage(log, f"{self.store.name} unreachable while reading the network config")
         while True:
             try:
                 cfg = parse_network_config(await self.store.network_config())
-                store.ok()
+                outage.ok()
                 return cfg
             except StoreUnavailable as e:
-                store.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
+                outage.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
             except ConfigError as e:
-                store.ok()
+                outage.ok()
                 now = time.monotonic()
                 if str(e) != last_error or now - last_logged > CONFIG_REMINDER:
                     log.error(
@@ -166,28 +156,12 @@ class Daemon:
     async def _external_interface(self) -> ExtIface:
         return await self.netlink.call(chosen_interface, self.options.iface_choice, ipv6=self.ipv6)
 
-    def _backend_context(self, cfg: NetworkConfig, ext: ExtIface) -> BackendContext:
-        o = self.options
-        return BackendContext(
-            netlink=self.netlink,
-            network=cfg,
-            ext=ext,
-            udp_tuning=UdpTuning(
-                datapath=o.udp_datapath,
-                fastpath=o.udp_fastpath,
-                workers=o.udp_workers or default_workers(),
-                verbosity=o.v,
-            ),
-            fallback=o.backend_fallback,
-            udp_fallback_port=o.udp_fallback_port,
-            wireguard_datapath=o.wireguard_datapath,
-        )
-
     async def start(self) -> Running:
         o = self.options
         log.info(
-            "pyflannel %s starting: etcd %s, prefix %s",
+            "pyflannel %s starting: %s %s, prefix %s",
             __version__,
+            self.store.name,
             ",".join(o.etcd_endpoints),
             o.etcd_prefix,
         )
@@ -199,21 +173,20 @@ class Daemon:
                 "can join); use a dual-stack config (EnableIPv4 and EnableIPv6)"
             )
         self.ipv6 = cfg.enable_ipv6
-        self.traffic = self._traffic_rules(
-            NftablesRules if cfg.enable_nftables else IptablesRules, ipv6=cfg.enable_ipv6
-        )
-        await remove_other_mode(self.traffic.mode, cfg.cidr)
-        if cfg.cidr6 is not None:
-            await remove_other_mode(self.traffic.mode, cfg.cidr6)
+        self.traffic = self.parts.rules(cfg.enable_nftables, cfg.enable_ipv6)
+        for cidr in (cfg.cidr, cfg.cidr6):
+            if cidr is not None:
+                await remove_other_mode(self.traffic.mode, cidr)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
-        backend, attrs = await start_backend(self._backend_context(cfg, ext))
+        backend, attrs = await self.parts.start_backend(
+            BackendContext(self.netlink, cfg, ext, o.backend_settings)
+        )
         backend.also_own(previous_network(o.subnet_file))
         if cfg.cidr6 is not None:
             backend.also_own(previous_network6(o.subnet_file))
-        snap = backend.snapshot()
-        if o.vxlan_peer_filter and snap.type == VXLAN_BACKEND:
-            self.traffic.vxlan_port = snap.port
+        if o.vxlan_peer_filter:
+            self.traffic.peer_filter_port = backend.encapsulation_port
         identity = NodeIdentity(
             node_fingerprint(await self.netlink.call(hardware_address, ext.index)),
             vtep_mac=vtep_mac_of(attrs),
@@ -239,14 +212,34 @@ class Daemon:
         watch = PeerWatch(
             self.store,
             table,
-            self._peers_changed,
+            lambda changes: peers.changed(changes),
             on_own_event=keeper.notice,
             on_snapshot=keeper.verify,
             first_listing=keeper.last_listing,
         )
-        config_watch = ConfigWatch(self.store, cfg, o.reconcile_interval)
-        self.running = Running(cfg, ext, backend, keeper, table, watch, config_watch)
+        peers = PeerProgrammer(backend, watch.synced, self._peers_programmed, self.store.name)
+        underlay = UnderlayFollower(
+            ext, self._external_interface, backend, keeper, table, self._underlay_moved
+        )
+        self.running = Running(
+            cfg,
+            backend,
+            keeper,
+            table,
+            watch,
+            ConfigWatch(self.store, cfg, o.reconcile_interval),
+            underlay,
+            peers,
+            ReconcileLoop(backend, o.reconcile_interval, before=underlay.check),
+        )
         return self.running
+
+    def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list[tuple[Cluster, Cluster]]:
+        """(cluster, pod subnet) per family, for the traffic rules."""
+        networks: list[tuple[Cluster, Cluster]] = [(cfg.cidr, lease.subnet)]
+        if cfg.cidr6 is not None and lease.ipv6_subnet is not None:
+            networks.append((cfg.cidr6, lease.ipv6_subnet))
+        return networks
 
     def _write_subnet_file(self, cfg: NetworkConfig, backend: Backend, lease: Lease) -> None:
         env = SubnetEnv.for_lease(cfg, lease, backend.mtu, self.options.ip_masq)
@@ -255,136 +248,38 @@ class Daemon:
             log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, subnets, env.mtu)
         self.subnet_file_written = True
 
-    # -- running ---------------------------------------------------------------------------
+    # -- what follows a change -------------------------------------------------------------
 
-    async def _peers_changed(self, changes: PeerChanges) -> None:
-        """From the watch: the first listing is applied at once (the first reconcile must
-        see it); later changes queue up and are applied together by ``_apply_peer_changes``,
-        so a burst of events becomes a few batches of kernel requests, not one each."""
-        for key, reason in changes.ignored:
-            log.warning("ignoring etcd key %s: %s", key, reason)
-        if not changes:
-            return
-        if not self.r.watch.synced.is_set():
-            await self._program_peers(changes)
-            return
-        for lease in changes.removed:
-            self._pending[lease.subnet] = (False, lease)
-        for lease in changes.added:
-            self._pending[lease.subnet] = (True, lease)
-        self._pending_wake.set()
-
-    async def _apply_peer_changes(self) -> None:
-        while True:
-            await self._pending_wake.wait()
-            self._pending_wake.clear()
-            pending, self._pending = self._pending, {}
-            await self._program_peers(
-                PeerChanges(
-                    added=[lease for added, lease in pending.values() if added],
-                    removed=[lease for added, lease in pending.values() if not added],
-                )
-            )
-
-    async def _program_peers(self, changes: PeerChanges) -> None:
-        if not changes:
-            return
-        detail = len(changes.added) + len(changes.removed) <= PEER_LOG_LIMIT
-        for lease in changes.added:
-            (log.info if detail else log.debug)(
-                "peer %s at %s (%s) added",
-                lease.subnet,
-                lease.attrs.public_ip,
-                lease.attrs.backend_type or "udp",
-            )
-        for lease in changes.removed:
-            (log.info if detail else log.debug)(
-                "peer %s at %s removed", lease.subnet, lease.attrs.public_ip
-            )
-        if not detail:
-            log.info(
-                "%d peers added or changed, %d removed", len(changes.added), len(changes.removed)
-            )
-        backend = self.r.backend
-        await backend.update_peers(changes)
-        await self.traffic.set_peers(
-            [str(p.public_ip) for p in backend.peers.values() if p.encap == Encap.VXLAN]
-        )
+    async def _peers_programmed(self) -> None:
+        await self.traffic.set_peers(self.r.backend.encapsulating_peers())
 
     async def _lease_changed(self, old: Lease | None, new: Lease) -> None:
         r = self.r
         await r.backend.assign(new)
-        await self._peers_changed(r.table.set_own(new.subnet))
+        await r.peers.changed(r.table.set_own(new.subnet))
         await self.traffic.setup(self._rule_networks(r.network, new))
         self._write_subnet_file(r.network, r.backend, new)
 
-    async def _follow_underlay(self) -> None:
-        """Has the external interface or its address changed? Then move the tunnel endpoint
-        and re-advertise the lease with the new public IP, keeping the subnet."""
+    def _underlay_moved(self) -> None:
         r = self.r
-        try:
-            ext = await self._external_interface()
-        except InterfaceError as e:
-            if str(e) != self._underlay_problem:
-                log.error("underlay: %s; keeping the current set-up until it is back", e)
-                self._underlay_problem = str(e)
-            return
-        if self._underlay_problem:
-            log.info("underlay: back (%s)", ext.describe())
-            self._underlay_problem = ""
-        if ext == r.ext:
-            return
-        log.warning(
-            "UNDERLAY CHANGED: %s -> %s; moving the tunnel endpoint and updating the lease",
-            r.ext.describe(),
-            ext.describe(),
-        )
-        r.ext = ext
-        attrs = await r.backend.move_underlay(ext)
-        r.table.own_ip = ext.public_ip
-        r.keeper.change_attrs(attrs)
         self._write_subnet_file(r.network, r.backend, r.lease)  # the MTU may have changed
 
-    async def _reconcile_once(self) -> bool:
-        """One full reconcile; True if the kernel now matches the desired state."""
-        await self._follow_underlay()
-        try:
-            report = await self.r.backend.reconcile()
-        except FlannelError as e:
-            log.error("could not reconcile the data plane: %s; retrying", e)
-            return False
-        if report.repaired:
-            log.warning("kernel state repaired: %s", "; ".join(report.repaired[:20]))
-        return not report.failed
+    def _datapath_problem(self) -> str | None:
+        return self.running.backend.datapath_problem() if self.running else None
 
-    async def _reconcile_loop(self) -> None:
-        interval = self.options.reconcile_interval
-        backoff = Backoff(first=1.0, cap=interval)
-        repair_wanted = self.r.backend.repair_wanted
-        while True:
-            if not await self._reconcile_once():
-                await asyncio.sleep(backoff.next())
-                continue
-            self.programmed.set()
-            backoff.reset()
-            try:
-                await asyncio.wait_for(repair_wanted.wait(), interval)
-                await asyncio.sleep(REPAIR_SETTLE)  # let a burst of notifications arrive
-            except TimeoutError:
-                pass
-            repair_wanted.clear()
+    def _probe_target(self, half: Peer | Peer6) -> IPv4Address | IPv6Address:
+        return self.r.backend.probe_target(half)
+
+    # -- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        check_privileges()
+        self.parts.privileges()
         self.instance.acquire()
         o = self.options
         self.endpoint = await start_health_endpoint(
-            {
-                "/healthz": self._healthz,
-                "/readyz": self._readyz,
-                "/metrics": self._metrics,
-                "/status": self._status,
-            },
+            routes(
+                self.liveness, self.ready, self.snapshot, self.datapath_stats, StatusAnswers(self)
+            ),
             o.healthz_ip,
             o.healthz_port,
             pinned="healthz_port" in o.given,
@@ -393,16 +288,17 @@ class Daemon:
         r = await self.start()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(r.watch.run(), name="peer-watch")
-            tasks.create_task(self._apply_peer_changes(), name="peer-changes")
+            tasks.create_task(r.peers.run(), name="peer-changes")
             await r.watch.synced.wait()
             # Only now is the desired state known: reconciling earlier would remove the
             # entries of every peer. Ready means programmed: wait for the first full pass.
-            tasks.create_task(self._reconcile_loop(), name="reconcile")
-            await self.programmed.wait()
-            self.kernel_watch = KernelWatch(self._watched, self._kernel_damaged)
-            self.kernel_watch.start()
+            tasks.create_task(r.reconciler.run(), name="reconcile")
+            await r.reconciler.programmed.wait()
+            if self.parts.kernel_watch:
+                self.kernel_watch = KernelWatch(r.backend.watched, r.backend.damaged)
+                self.kernel_watch.start()
             tasks.create_task(r.keeper.run(), name="lease-keeper")
-            tasks.create_task(self._report_drops(), name="drop-report")
+            tasks.create_task(report_drops(self.datapath_stats), name="drop-report")
             tasks.create_task(r.config_watch.run(), name="config-watch")
             if o.probe_interval > 0:
                 self.prober = MeshProber(
@@ -412,8 +308,11 @@ class Daemon:
                     interval=o.probe_interval,
                     rate=o.probe_rate,
                 )
+                self.publisher = MeshPublisher(
+                    self.prober, self.store, lambda: r.lease, lambda: r.ext.public_ip
+                )
                 tasks.create_task(self.prober.run(), name="mesh-prober")
-                tasks.create_task(self._publish_mesh(), name="mesh-summary")
+                tasks.create_task(self.publisher.run(), name="mesh-summary")
             if self.traffic.enabled:
                 tasks.create_task(self.traffic.resync_forever(o.iptables_resync), name="iptables")
             self.ready.set()
@@ -428,118 +327,12 @@ class Daemon:
             sd_notify.notify(f"READY=1\nSTATUS={self.summary()}")
             interval = sd_notify.watchdog_interval()
             if interval:
-                tasks.create_task(self._watchdog(interval), name="watchdog")
+                tasks.create_task(self.liveness.watchdog(interval, self.summary), name="watchdog")
                 log.info("systemd watchdog: pinging every %.1f s while alive", interval)
-
-    async def _publish_mesh(self, every: float = MESH_PUBLISH_INTERVAL) -> None:
-        """This node's view of its paths in etcd, for `pyflannel status --cluster` on any
-        node: written only when a state changed (at most every ``every`` s), attached to the
-        node's lease (no writes to keep it alive)."""
-        published: dict | None = None
-        while True:
-            await asyncio.sleep(every)
-            assert self.prober is not None
-            r = self.r
-            paths = {subnet: v["state"] for subnet, v in self.prober.view().items()}
-            if paths == published:
-                continue
-            summary = {
-                "subnet": str(r.lease.subnet),
-                "public_ip": str(r.ext.public_ip),
-                "paths": paths,
-            }
-            try:
-                await self.store.publish_paths(r.lease, summary)
-            except FlannelError as e:
-                log.debug("mesh summary not published: %s", e)
-                continue
-            published = paths
-            self.mesh_writes += 1
-
-    def _probe_target(self, half: Peer | Peer6) -> IPv4Address | IPv6Address:
-        """The peer's flannel device address (<subnet>.0, or <IPv6 subnet>::); host-gw has
-        none: the CNI bridge's <subnet>.1 (or ::1)."""
-        offset = 1 if self.r.backend.name == HOST_GW_BACKEND else 0
-        return half.subnet.network_address + offset
-
-    def _watched(self) -> Watched:
-        r = self.r
-        devices = r.backend.devices()
-        names = {r.backend.device_name, *r.backend.extra_devices()}
-        if devices.tun is not None:
-            names.add(TUN_NAME)
-        return Watched(
-            frozenset(names),
-            frozenset(i for i in (devices.vxlan, devices.vxlan6) if i),
-            r.ext.index,
-            devices.networks,
-        )
-
-    def _kernel_damaged(self, damage: Damage) -> None:
-        table, key, what = damage
-        backend = self.r.backend
-        if table in tuple(Table) and backend.explains(table, key):
-            return  # our own doing
-        log.debug("kernel: %s; reconciling", what)
-        backend.repair_wanted.set()
 
     def summary(self) -> str:
         """The one line systemd shows as the unit's status."""
-        r = self.r
-        return (
-            f"subnet {r.lease.subnet}, {len(r.backend.peers)} peers, "
-            f"{r.backend.name} on {r.backend.device_name}"
-            + ("" if r.watch.connected else f", {self.store.name} unreachable")
-        )
-
-    async def alive(self) -> str:
-        """Empty if the daemon is alive, else why not: the event loop runs (we are here),
-        the netlink thread answers, and a userspace data path has not died."""
-        try:
-            await asyncio.wait_for(self.netlink.call(lambda ipr: None), 5)
-        except TimeoutError:
-            return "the netlink worker does not answer"
-        problem = self.running.backend.datapath_problem() if self.running else None
-        return f"the UDP data path died: {problem}" if problem else ""
-
-    async def _watchdog(self, interval: float) -> None:
-        last_status = ""
-        while True:
-            problem = await self.alive()
-            if problem:
-                log.error("not pinging the systemd watchdog: %s", problem)
-            else:
-                status = self.summary()
-                sd_notify.notify(
-                    "WATCHDOG=1" + (f"\nSTATUS={status}" if status != last_status else "")
-                )
-                last_status = status
-            await asyncio.sleep(interval)
-
-    # -- what /healthz, /readyz, /metrics and /status see ---------------------------------
-
-    async def _healthz(self) -> tuple[int, str, bytes]:
-        problem = await self.alive()
-        return (
-            text(500, f"flanneld is not healthy: {problem}\n")
-            if problem
-            else text(200, "flanneld is running")
-        )
-
-    async def _readyz(self) -> tuple[int, str, bytes]:
-        if self.ready.is_set():
-            return text(200, "flanneld is ready")
-        return text(503, "flanneld is not ready yet")
-
-    async def _metrics(self) -> tuple[int, str, bytes]:
-        from pyflannel.ops.metrics import metrics_text  # prometheus_client: only when scraped
-
-        stats = await self.datapath_stats()
-        body = metrics_text(self.snapshot(), stats)
-        return 200, "text/plain; version=0.0.4; charset=utf-8", body
-
-    async def _status(self) -> tuple[int, str, bytes]:
-        return as_json(200, await daemon_status(self.snapshot(), StatusAnswers(self)))
+        return summary(self)
 
     def snapshot(self) -> DaemonSnapshot:
         return daemon_snapshot(self)
@@ -550,28 +343,6 @@ class Daemon:
         if self.running is None:
             return None
         return await asyncio.to_thread(self.running.backend.datapath_stats)
-
-    async def _report_drops(self, every: float = DROP_REPORT_INTERVAL) -> None:
-        """Log what the userspace data path dropped, at most once per ``every`` seconds."""
-        before: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(every)
-            stats = await self.datapath_stats()
-            if stats is None:
-                continue
-            now = {
-                f"{direction} {reason}": n
-                for direction in ("to_peers", "from_peers")
-                for reason, n in stats[direction]["drops"].items()
-            }
-            new = {k: n - before.get(k, 0) for k, n in now.items() if n > before.get(k, 0)}
-            if new:
-                log.warning(
-                    "udp data path dropped packets in the last %.0f s: %s",
-                    every,
-                    ", ".join(f"{k}={n}" for k, n in sorted(new.items())),
-                )
-            before = now
 
     async def close(self) -> None:
         if self.kernel_watch is not None:
@@ -585,9 +356,9 @@ class Daemon:
         self.instance.release()
 
 
-async def serve(options: Options) -> int:
+async def serve(options: Options, parts: Parts | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit status for the process."""
-    daemon = Daemon(options)
+    daemon = Daemon(options, parts)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None, "serve() runs in a task"

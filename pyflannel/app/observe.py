@@ -3,15 +3,20 @@ the live questions (``StatusIO``). The only place that reads the daemon's parts 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pyflannel import __version__
+from pyflannel.app.options import Options
+from pyflannel.app.running import Running
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState
-from pyflannel.ops.instance import instances_beside
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.ops.instance import Instance, instances_beside
+from pyflannel.ops.mesh.prober import MeshProber
 from pyflannel.ops.snapshot import (
     DaemonSnapshot,
     InstanceView,
@@ -20,9 +25,42 @@ from pyflannel.ops.snapshot import (
     TrafficView,
 )
 from pyflannel.subnet.env_file import SubnetEnv
+from pyflannel.subnet.manager import SubnetManager
+from pyflannel.traffic.families import NetworkRules
 
-if TYPE_CHECKING:
-    from pyflannel.app.daemon import Daemon
+
+class Daemon(Protocol):
+    """What this module reads of the running daemon (app/daemon.py)."""
+
+    options: Options
+    started: float
+    ready: asyncio.Event
+    subnet_file_written: bool
+    running: Running | None
+    traffic: NetworkRules
+    store: SubnetManager
+    instance: Instance
+    netlink: Netlink
+    prober: MeshProber | None
+
+    @property
+    def programmed(self) -> bool: ...
+
+    @property
+    def mesh_writes(self) -> int: ...
+
+    async def datapath_stats(self) -> dict | None: ...
+
+
+def summary(daemon: Daemon) -> str:
+    """The one line systemd shows as the unit's status."""
+    r = daemon.running
+    assert r is not None, "a running daemon"
+    return (
+        f"subnet {r.lease.subnet}, {len(r.backend.peers)} peers, "
+        f"{r.backend.name} on {r.backend.device_name}"
+        + ("" if r.watch.connected else f", {daemon.store.name} unreachable")
+    )
 
 
 def not_ready(daemon: Daemon) -> list[str]:
@@ -32,7 +70,7 @@ def not_ready(daemon: Daemon) -> list[str]:
         reasons.append("no lease yet")
     if r is None or not r.watch.synced.is_set():
         reasons.append("peers not listed yet")
-    if not daemon.programmed.is_set():
+    if not daemon.programmed:
         reasons.append("device not programmed yet")
     if daemon.traffic.enabled and not daemon.traffic.rules:
         reasons.append("iptables rules not in place")
@@ -137,7 +175,7 @@ class StatusAnswers:
         if r is None:
             return False
         if not r.backend.device_name:
-            return True  # host-gw: no device of its own
+            return True  # a backend without a device of its own (routes only)
         return await self.daemon.netlink.call(_link_exists, r.backend.device_name)
 
     async def datapath_stats(self) -> dict | None:

@@ -20,9 +20,10 @@ from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.subnet.stores import StoreOptions, parse_endpoint
 
-if TYPE_CHECKING:  # the operations layer's own option types, imported when asked for
+if TYPE_CHECKING:  # the lower layers' own option types, imported when asked for
     from pyflannel.ops.doctor.probes import DoctorOptions
     from pyflannel.ops.status.client import StatusEndpoint
+    from pyflannel.traffic.families import TrafficSettings
 
 ENV_PREFIX = "FLANNELD_"
 # pyflannel.service's EnvironmentFile (systemd/pyflannel.service, the Debian package's conffile).
@@ -82,6 +83,34 @@ class Options:
             username=self.etcd_username,
             password=self.etcd_password,
         )
+
+    @property
+    def traffic(self) -> TrafficSettings:
+        """The traffic rules' options (traffic layer)."""
+        from pyflannel.traffic.families import TrafficSettings
+
+        return TrafficSettings(
+            masquerade=self.ip_masq,
+            forward=self.iptables_forward_rules,
+            random_fully_disabled=self.ip_masq_fully_random_disable,
+        )
+
+    @property
+    def backend_settings(self) -> dict[str, Any]:
+        """This node's own settings for the backends, by flag name (each backend reads the
+        ones it has: backend/registry.py's BackendContext)."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "backend_fallback",
+                "udp_fallback_port",
+                "udp_datapath",
+                "udp_fastpath",
+                "udp_workers",
+                "wireguard_datapath",
+                "v",
+            )
+        }
 
     @property
     def iface_choice(self) -> IfaceChoice:

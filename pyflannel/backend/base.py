@@ -17,10 +17,20 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any, ClassVar
 
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.plan import IPNetwork, KernelState, Peer, Peer6, PeerDataError, ipv6_half
+from pyflannel.backend.plan import (
+    IPAddress,
+    IPNetwork,
+    KernelState,
+    Peer,
+    Peer6,
+    PeerDataError,
+    Table,
+    ipv6_half,
+)
 from pyflannel.backend.reconciler import Reconciler, ReconcileReport
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
+from pyflannel.kernel.watch import Damage, Watched
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import PeerChanges
@@ -121,6 +131,21 @@ class Backend(abc.ABC):
         """Devices besides ``device_name`` (the IPv6 VXLAN device of a dual-stack network)."""
         return ()
 
+    def probe_target(self, half: Peer | Peer6) -> IPAddress:
+        """Where the mesh prober reaches a peer through the overlay: its device's address
+        (<subnet>.0, or the IPv6 subnet's first address)."""
+        return half.subnet.network_address
+
+    @property
+    def encapsulation_port(self) -> int | None:
+        """The UDP port peers' encapsulated traffic arrives on, if a peer filter can guard
+        it (--vxlan-peer-filter)."""
+        return None
+
+    def encapsulating_peers(self) -> list[str]:
+        """The public IPs that traffic on ``encapsulation_port`` comes from."""
+        return []
+
     def peers_changed(self) -> None:  # noqa: B027 - an optional hook
         """Hook after the peer set changed (e.g. swap the UDP forwarding table)."""
 
@@ -193,6 +218,26 @@ class Backend(abc.ABC):
 
     def explains(self, table: str, key: str) -> bool:
         return self.kernel.explains(table, key)
+
+    # -- the kernel watch: what this network owns, and damage done to it -------------------
+
+    def watched(self) -> Watched:
+        devices = self.devices()
+        indexes = (devices.vxlan, devices.vxlan6)
+        return Watched(
+            frozenset(n for n in (self.device_name, *self.extra_devices()) if n),
+            frozenset(i for i in indexes if i),
+            self.ext.index,
+            devices.networks,
+        )
+
+    def damaged(self, damage: Damage) -> None:
+        """A kernel notification about something of ours: reconcile, unless we did it."""
+        table, key, what = damage
+        if table in tuple(Table) and self.explains(table, key):
+            return  # our own doing
+        log.debug("kernel: %s; reconciling", what)
+        self.repair_wanted.set()
 
     def snapshot(self) -> BackendSnapshot:
         return BackendSnapshot(

@@ -1,7 +1,7 @@
 """One traffic-rules interface, two implementations (upstream's trafficmngr): iptables
 (iptables.py, the default) and nftables (nftables.py, ``EnableNFTables``). Both apply a
 network's rules in one transaction, check them every --iptables-resync seconds and repair and
-log any drift, and remove their own rules when the node uses the other mode."""
+log any drift, and remove their own rules when the node uses the other mode (families.py)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,14 @@ class TrafficManager(abc.ABC):
         masquerade: bool,
         forward: bool,
         random_fully_disabled: bool = False,
-        vxlan_port: int | None = None,
+        peer_filter_port: int | None = None,
         family: int = 4,
     ):
         self.family = family  # 6: the IPv6 rules of a dual-stack network
         self.masquerade = masquerade
         self.forward = forward
         self.random_fully_disabled = random_fully_disabled
-        self.vxlan_port = vxlan_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        self.peer_filter_port = peer_filter_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
         self._network: tuple[Cluster, Cluster] | None = None  # (cluster, pod)
         self.rules: list[Any] = []
         self.restores = 0
@@ -62,7 +62,7 @@ class TrafficManager(abc.ABC):
 
     @property
     def enabled(self) -> bool:
-        return self.masquerade or self.forward or self.vxlan_port is not None
+        return self.masquerade or self.forward or self.peer_filter_port is not None
 
     @property
     def network(self) -> tuple[Cluster, Cluster]:
@@ -93,21 +93,3 @@ class TrafficManager(abc.ABC):
             except TrafficError as e:
                 self.last_problem = str(e)
                 log.error("%s resync: %s", self.mode, e)
-
-
-async def remove_other_mode(mode: str, cluster: Cluster) -> None:
-    """Take this network's rules out of the mode not in use (upstream cleans both ways), so a
-    node moved from iptables to nftables, or back, keeps no stale rules. Quiet if the other
-    tool is not installed (then it cannot have rules either)."""
-    from pyflannel.traffic import iptables, nftables
-
-    other = iptables.remove_rules if mode == "nftables" else nftables.remove_rules
-    try:
-        if await other(cluster):
-            log.info(
-                "removed this network's %s rules (this node uses %s)",
-                "iptables" if mode == "nftables" else "nftables",
-                mode,
-            )
-    except TrafficError as e:
-        log.warning("could not clean up the other traffic-rules mode: %s", e)

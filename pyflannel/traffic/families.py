@@ -5,10 +5,58 @@ each kept by a manager of its own. The daemon and its status see one object."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from typing import Any
 
-from pyflannel.traffic.base import TrafficManager
+from pyflannel.traffic import iptables, nftables
+from pyflannel.traffic.base import TrafficError, TrafficManager
 from pyflannel.traffic.ownership import Cluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrafficSettings:
+    """The node's rule options: --ip-masq, --iptables-forward-rules,
+    --ip-masq-fully-random-disable."""
+
+    masquerade: bool = False
+    forward: bool = True
+    random_fully_disabled: bool = False
+
+
+def network_rules(settings: TrafficSettings, nft: bool = False, ipv6: bool = False) -> NetworkRules:
+    """A network's rules: iptables or nftables (EnableNFTables), IPv4 and, on a dual-stack
+    network, IPv6."""
+    kind: type[TrafficManager] = nftables.NftablesRules if nft else iptables.IptablesRules
+    return NetworkRules(
+        [
+            kind(
+                masquerade=settings.masquerade,
+                forward=settings.forward,
+                random_fully_disabled=settings.random_fully_disabled,
+                family=family,
+            )
+            for family in ((4, 6) if ipv6 else (4,))
+        ]
+    )
+
+
+async def remove_other_mode(mode: str, cluster: Cluster) -> None:
+    """Take this network's rules out of the mode not in use (upstream cleans both ways), so a
+    node moved from iptables to nftables, or back, keeps no stale rules. Quiet if the other
+    tool is not installed (then it cannot have rules either)."""
+    other = iptables.remove_rules if mode == "nftables" else nftables.remove_rules
+    try:
+        if await other(cluster):
+            log.info(
+                "removed this network's %s rules (this node uses %s)",
+                "iptables" if mode == "nftables" else "nftables",
+                mode,
+            )
+    except TrafficError as e:
+        log.warning("could not clean up the other traffic-rules mode: %s", e)
 
 
 class NetworkRules:
@@ -37,13 +85,14 @@ class NetworkRules:
         return self.v4.forward
 
     @property
-    def vxlan_port(self) -> int | None:
-        return self.v4.vxlan_port
+    def peer_filter_port(self) -> int | None:
+        return self.v4.peer_filter_port
 
-    @vxlan_port.setter
-    def vxlan_port(self, port: int | None) -> None:
-        """The VXLAN peer filter (iptables, IPv4 underlay only)."""
-        self.v4.vxlan_port = port
+    @peer_filter_port.setter
+    def peer_filter_port(self, port: int | None) -> None:
+        """The encapsulation port only peers may send to (--vxlan-peer-filter: iptables, IPv4
+        underlay only)."""
+        self.v4.peer_filter_port = port
 
     @property
     def rules(self) -> list[Any]:

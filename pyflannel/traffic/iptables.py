@@ -65,7 +65,7 @@ class IptablesRules(TrafficManager):
             for name, on in (
                 ("masquerade", self.masquerade),
                 ("forward", self.forward),
-                ("vxlan peer filter", self.vxlan_port is not None),
+                ("vxlan peer filter", self.peer_filter_port is not None),
             )
             if on
         ]
@@ -79,14 +79,14 @@ class IptablesRules(TrafficManager):
             rules += masquerade_rules(cluster, pod, random_fully)
         if self.forward:
             rules += forward_rules(cluster)
-        if self.vxlan_port is not None:
-            rules += vxlan_peer_rules(self.vxlan_port, self.peer_ips)
+        if self.peer_filter_port is not None:
+            rules += vxlan_peer_rules(self.peer_filter_port, self.peer_ips)
         return rules
 
     async def set_peers(self, public_ips: list[str]) -> None:
         """The VXLAN peer filter follows the peer set."""
         ips = sorted(set(public_ips), key=lambda ip: tuple(int(x) for x in ip.split(".")))
-        if self.vxlan_port is None or ips == self.peer_ips:
+        if self.peer_filter_port is None or ips == self.peer_ips:
             return
         self.peer_ips = ips
         if self._network is not None:

@@ -41,9 +41,9 @@ class NftablesRules(TrafficManager):
         super().__init__(*args, **kwargs)
         self.rules: list[nft.NftRule] = []
         self.fully_random: bool | None = None  # what the kernel accepts, asked once
-        if self.vxlan_port is not None:
+        if self.peer_filter_port is not None:
             log.warning("--vxlan-peer-filter is an iptables rule set: not applied in nftables mode")
-            self.vxlan_port = None
+            self.peer_filter_port = None
 
     async def setup(self, cluster: Cluster, pod: Cluster) -> None:
         if not self.enabled:

@@ -7,7 +7,6 @@ import inspect
 import pytest
 
 from pyflannel.backend.registry import BACKENDS, BackendContext, start_backend
-from pyflannel.backend.udp.path import DEFAULT_TUNING
 from pyflannel.errors import BackendError
 from pyflannel.subnet.config import parse_network_config
 
@@ -21,7 +20,7 @@ def test_every_registered_backend_module_has_an_async_start():
 
 def test_an_unknown_type_names_the_supported_ones():
     cfg = parse_network_config(b'{"Network": "10.1.0.0/16", "Backend": {"Type": "ipip"}}')
-    ctx = BackendContext(netlink=None, network=cfg, ext=None, udp_tuning=DEFAULT_TUNING)
+    ctx = BackendContext(netlink=None, network=cfg, ext=None)
     with pytest.raises(
         BackendError,
         match=r"'ipip' is not supported .*\(supported: vxlan, udp, host-gw, wireguard\)",

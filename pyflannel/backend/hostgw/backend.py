@@ -20,6 +20,7 @@ from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import (
     HOST_GW_BACKEND,
     Encap,
+    IPAddress,
     KernelState,
     Peer,
     Peer6,
@@ -33,6 +34,7 @@ from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
+DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
@@ -104,6 +106,10 @@ class HostGwBackend(Backend):
 
     def entries(self, peer: Peer) -> KernelState:
         return peer_entries(peer)
+
+    def probe_target(self, half: Peer | Peer6) -> IPAddress:
+        """host-gw has no device of its own: the peer's CNI bridge (<subnet>.1)."""
+        return half.subnet.network_address + 1
 
     def _snapshot_details(self) -> dict[str, Any]:
         return {}

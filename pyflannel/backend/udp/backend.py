@@ -45,9 +45,14 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
         ctx.network,
         ctx.ext,
         parse_udp_port(ctx.network.backend),
-        tuning=ctx.udp_tuning,
+        tuning=UdpTuning.from_settings(ctx.settings),
     )
     return backend, await backend.prepare()
+
+
+def fallback_port(ctx: BackendContext) -> int:
+    """The UDP port for UDP-only peers of a vxlan network (--udp-fallback-port)."""
+    return int(ctx.setting("udp_fallback_port", DEFAULT_PORT))
 
 
 async def fall_back(ctx: BackendContext, reason: str) -> tuple[Backend, LeaseAttrs]:
@@ -57,19 +62,20 @@ async def fall_back(ctx: BackendContext, reason: str) -> tuple[Backend, LeaseAtt
             f"cannot fall back to UDP ({reason}): the network is dual-stack (EnableIPv6) "
             "and UDP encapsulation carries IPv4 only"
         )
+    port = fallback_port(ctx)
     log.error(
         "VXLAN FALLBACK: this node uses UDP encapsulation (port %d) instead of VXLAN: %s. "
         "pyflannel VXLAN peers reach it over UDP; upstream flannel VXLAN nodes cannot.",
-        ctx.udp_fallback_port,
+        port,
         reason,
     )
     backend = UdpBackend(
         ctx.netlink,
         ctx.network,
         ctx.ext,
-        ctx.udp_fallback_port,
+        port,
         fallback_reason=reason,
-        tuning=ctx.udp_tuning,
+        tuning=UdpTuning.from_settings(ctx.settings),
     )
     return backend, await backend.prepare()
 

@@ -16,10 +16,11 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import Peer
@@ -51,6 +52,16 @@ class UdpTuning:
     fastpath: bool = True
     workers: int = 1
     verbosity: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> UdpTuning:
+        """From the daemon's flags (--udp-datapath, --udp-fastpath, --udp-workers, -v)."""
+        return cls(
+            datapath=settings.get("udp_datapath") or "auto",
+            fastpath=bool(settings.get("udp_fastpath", True)),
+            workers=settings.get("udp_workers") or default_workers(),
+            verbosity=settings.get("v") or 0,
+        )
 
 
 DEFAULT_TUNING = UdpTuning()

@@ -33,7 +33,7 @@ from pyflannel.backend.plan import (
     vxlan_peer6,
 )
 from pyflannel.backend.registry import BackendContext
-from pyflannel.backend.udp.backend import fall_back
+from pyflannel.backend.udp.backend import fall_back, fallback_port
 from pyflannel.backend.udp.path import DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.device import (
@@ -52,22 +52,25 @@ from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
+DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
     """Registry entry "vxlan": the VXLAN device, or UDP if it cannot be had (unless
     --backend-fallback=off), or UDP if told so (--backend-fallback=udp)."""
-    if ctx.fallback == "udp":
+    fallback = ctx.setting("backend_fallback", "auto")  # auto | udp | off
+    if fallback == "udp":
         return await fall_back(ctx, "forced by --backend-fallback=udp")
     # A dual-stack network has no UDP-only nodes (UDP carries IPv4 only): no UDPPort, so the
     # lease is upstream's byte for byte.
-    off = ctx.fallback == "off" or ctx.network.enable_ipv6
-    udp_port = None if off else ctx.udp_fallback_port
-    backend = VxlanBackend(ctx.netlink, ctx.network, ctx.ext, udp_port, ctx.udp_tuning)
+    off = fallback == "off" or ctx.network.enable_ipv6
+    udp_port = None if off else fallback_port(ctx)
+    tuning = UdpTuning.from_settings(ctx.settings)
+    backend = VxlanBackend(ctx.netlink, ctx.network, ctx.ext, udp_port, tuning)
     try:
         return backend, await backend.prepare()
     except BackendError as e:
-        if ctx.fallback == "off":
+        if fallback == "off":
             raise BackendError(f"{e} (and --backend-fallback=off)") from e
         return await fall_back(ctx, str(e))
 
@@ -322,7 +325,15 @@ class VxlanBackend(Backend):
         return peer_entries(peer)
 
     def extra_devices(self) -> tuple[str, ...]:
-        return (self.spec6.name,) if self.spec6 is not None else ()
+        v6 = (self.spec6.name,) if self.spec6 is not None else ()
+        return v6 + ((TUN_NAME,) if self.udp is not None and self.udp.running else ())
+
+    @property
+    def encapsulation_port(self) -> int | None:
+        return self.spec.effective_port
+
+    def encapsulating_peers(self) -> list[str]:
+        return [str(p.public_ip) for p in self.peers.values() if p.encap == Encap.VXLAN]
 
     def peers_changed(self) -> None:
         if self.udp is not None:

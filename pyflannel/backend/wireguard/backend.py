@@ -58,6 +58,7 @@ from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import PeerChanges
 
 log = logging.getLogger(__name__)
+DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
 
 DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
 
@@ -74,7 +75,8 @@ class WgDevice:
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
     """Registry entry "wireguard"."""
-    backend = WireguardBackend(ctx.netlink, ctx.network, ctx.ext, ctx.wireguard_datapath)
+    datapath = ctx.setting("wireguard_datapath", "auto")  # auto | kernel | userspace
+    backend = WireguardBackend(ctx.netlink, ctx.network, ctx.ext, datapath)
     return backend, await backend.prepare()
 
 
