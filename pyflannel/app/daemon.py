@@ -36,7 +36,7 @@ from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.control.reconciling import ReconcileLoop
 from pyflannel.control.underlay import UnderlayFollower
 from pyflannel.errors import ConfigError, FlannelError, StoreUnavailable
-from pyflannel.kernel.iface import ExtIface, chosen_interface, hardware_address
+from pyflannel.kernel.iface import ExtIface, IfaceChoice, chosen_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
 from pyflannel.kernel.watch import KernelWatch
@@ -64,7 +64,7 @@ from pyflannel.subnet.manager import SubnetManager
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.stores import open_store
 from pyflannel.subnet.table import LeaseTable
-from pyflannel.traffic.families import NetworkRules, network_rules, remove_other_mode
+from pyflannel.traffic.families import NetworkRules, network_rules
 from pyflannel.traffic.ownership import Cluster
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,29 @@ class Parts:
     store: SubnetManager
     netlink: Netlink
     rules: Callable[[bool, bool], NetworkRules]  # (nftables?, dual-stack?) -> the rules
+    # The external interface as chosen now (IfaceChoice, dual-stack?), a link's MAC address.
+    interface: Callable[[IfaceChoice, bool], Awaitable[ExtIface]]
+    hardware_address: Callable[[int], Awaitable[str]]
     start_backend: Callable[[BackendContext], Awaitable[tuple[Backend, LeaseAttrs]]] = start_backend
     kernel_watch: bool = True
     privileges: Callable[[], None] = check_privileges
 
     @classmethod
     def real(cls, options: Options) -> Parts:
+        netlink = Netlink()
+
+        async def interface(choice: IfaceChoice, ipv6: bool) -> ExtIface:
+            return await netlink.call(chosen_interface, choice, ipv6=ipv6)
+
+        async def mac(index: int) -> str:
+            return await netlink.call(hardware_address, index)
+
         return cls(
             store=open_store(options.store),
-            netlink=Netlink(),
+            netlink=netlink,
             rules=lambda nft, ipv6: network_rules(options.traffic, nft, ipv6),
+            interface=interface,
+            hardware_address=mac,
         )
 
 
@@ -154,7 +167,7 @@ class Daemon:
             await asyncio.sleep(CONFIG_RETRY)
 
     async def _external_interface(self) -> ExtIface:
-        return await self.netlink.call(chosen_interface, self.options.iface_choice, ipv6=self.ipv6)
+        return await self.parts.interface(self.options.iface_choice, self.ipv6)
 
     async def start(self) -> Running:
         o = self.options
@@ -176,7 +189,7 @@ class Daemon:
         self.traffic = self.parts.rules(cfg.enable_nftables, cfg.enable_ipv6)
         for cidr in (cfg.cidr, cfg.cidr6):
             if cidr is not None:
-                await remove_other_mode(self.traffic.mode, cidr)
+                await self.traffic.remove_other_mode(cidr)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
         backend, attrs = await self.parts.start_backend(
@@ -188,7 +201,7 @@ class Daemon:
         if o.vxlan_peer_filter:
             self.traffic.peer_filter_port = backend.encapsulation_port
         identity = NodeIdentity(
-            node_fingerprint(await self.netlink.call(hardware_address, ext.index)),
+            node_fingerprint(await self.parts.hardware_address(ext.index)),
             vtep_mac=vtep_mac_of(attrs),
         )
         keeper = LeaseKeeper(

@@ -54,7 +54,9 @@ class TrafficManager(abc.ABC):
         self.masquerade = masquerade
         self.forward = forward
         self.random_fully_disabled = random_fully_disabled
-        self.peer_filter_port = peer_filter_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        self.peer_filter_port = (
+            peer_filter_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
+        )
         self._network: tuple[Cluster, Cluster] | None = None  # (cluster, pod)
         self.rules: list[Any] = []
         self.restores = 0

@@ -121,5 +121,9 @@ class NetworkRules:
     async def set_peers(self, public_ips: list[str]) -> None:
         await self.v4.set_peers(public_ips)
 
+    async def remove_other_mode(self, cluster: Cluster) -> None:
+        """This network's rules out of the mode not in use (see ``remove_other_mode``)."""
+        await remove_other_mode(self.mode, cluster)
+
     async def resync_forever(self, interval: float) -> None:
         await asyncio.gather(*(m.resync_forever(interval) for m in self.managers))
