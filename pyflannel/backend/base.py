@@ -12,7 +12,7 @@ import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ from pyflannel.backend.plan import (
     PeerDataError,
     Table,
     ipv6_half,
+    peer_entries,
 )
 from pyflannel.backend.reconciler import Reconciler, ReconcileReport
 from pyflannel.kernel.iface import ExtIface
@@ -46,14 +47,10 @@ class BackendSnapshot:
     device: str
     mtu: int
     mtu_reason: str
-    port: int | None = None  # the VXLAN port, or the UDP backend's
-    vni: int | None = None
-    vtep_mac: str | None = None
-    device6: str | None = None  # dual-stack vxlan: flannel-v6.<VNI>
-    vtep_mac6: str | None = None
-    public_key: str | None = None  # wireguard: this node's, as advertised
-    datapath: str | None = None  # wireguard: kernel, or userspace wireguard-go
-    fallback: str | None = None  # why this node runs UDP although the network is vxlan
+    # The backend's own facts for status, by name (vxlan: port, vni, vtep_mac; wireguard:
+    # public_key, datapath; a UDP fallback: fallback, the reason).
+    details: dict[str, Any] = field(default_factory=dict)
+    probe_host: int = 0  # which address of a peer's subnet the prober reaches (see Backend)
     peers: tuple[Peer, ...] = ()
     rejected: tuple[tuple[IPv4Network, str], ...] = ()
     repairs: int = 0
@@ -61,9 +58,17 @@ class BackendSnapshot:
 
 
 class Backend(abc.ABC):
+    """A network's data plane on this node. What a backend must say (upstream's interface
+    is as small): the attributes it advertises in its lease, what a peer's lease means to it
+    (``peer``: the ``Peer``, with the kernel entries it needs), its MTU, and its status
+    details. Everything else has a default: no device, nothing to configure."""
+
     name: ClassVar[str]
     device_name: str = ""
     mtu: int = 0
+    # The address of a peer's subnet the mesh prober pings through the overlay: 0 its
+    # device's (<subnet>.0), 1 its CNI bridge's (a backend without a device, like host-gw).
+    probe_host: int = 0
 
     def __init__(self, netlink: Netlink, network: NetworkConfig, ext: ExtIface):
         self.netlink = netlink
@@ -86,55 +91,63 @@ class Backend(abc.ABC):
         ):
             self.owned_networks += (previous,)
 
-    # -- what a backend supplies -----------------------------------------------------------
-
-    @abc.abstractmethod
-    async def prepare(self) -> LeaseAttrs:
-        """Create or adopt the devices; return the attributes to advertise in our lease."""
+    # -- what every backend says -----------------------------------------------------------
 
     @abc.abstractmethod
     def lease_attrs(self) -> LeaseAttrs:
-        """The attributes to advertise, from the current devices."""
+        """The attributes to advertise in this node's lease."""
 
     @abc.abstractmethod
+    async def peer(self, lease: Lease) -> Peer:
+        """The peer a lease describes, with the kernel entries it needs here (its
+        ``entries``); PeerDataError if this node cannot use it."""
+
+    def status_details(self) -> dict[str, Any]:
+        """What status shows of this backend besides its type, device and MTU."""
+        return {}
+
+    # -- what a backend with devices says too ----------------------------------------------
+
+    async def prepare(self) -> LeaseAttrs:
+        """Create or adopt the devices; return the attributes to advertise in our lease."""
+        return self.lease_attrs()
+
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
         """Follow a changed underlay interface/address; the attributes to advertise now."""
+        async with self.kernel.lock:
+            self.ext = ext
+            self.kernel.repair_wanted.set()
+        return self.lease_attrs()
 
-    @abc.abstractmethod
-    async def _assign(self, lease: Lease) -> None:
+    async def _assign(self, lease: Lease) -> None:  # noqa: B027 - nothing to configure
         """Configure the devices for our (new) subnet."""
 
     @property
-    @abc.abstractmethod
     def mtu_reason(self) -> str:
         """How the MTU was computed, in words."""
-
-    @abc.abstractmethod
-    def _snapshot_details(self) -> dict[str, Any]:
-        """Backend-specific fields of the snapshot (port, vni, vtep_mac, fallback)."""
+        return ""
 
     # The reconciler's questions (reconciler.DesiredStateSource):
 
-    @abc.abstractmethod
-    def devices(self) -> Devices: ...
+    def devices(self) -> Devices:
+        """The devices entries point at, and the CIDRs the network owns."""
+        return Devices(networks=self.owned_networks)
 
-    @abc.abstractmethod
-    async def ensure_devices(self) -> list[str]: ...
+    async def ensure_devices(self) -> list[str]:
+        """Recreate/reconfigure devices that changed behind our back; what was repaired."""
+        return []
 
-    @abc.abstractmethod
-    async def peer(self, lease: Lease) -> Peer: ...
-
-    @abc.abstractmethod
-    def entries(self, peer: Peer) -> KernelState: ...
+    def entries(self, peer: Peer) -> KernelState:
+        """The kernel entries a peer needs here: what ``peer`` put in it."""
+        return peer_entries(peer)
 
     def extra_devices(self) -> tuple[str, ...]:
         """Devices besides ``device_name`` (the IPv6 VXLAN device of a dual-stack network)."""
         return ()
 
     def probe_target(self, half: Peer | Peer6) -> IPAddress:
-        """Where the mesh prober reaches a peer through the overlay: its device's address
-        (<subnet>.0, or the IPv6 subnet's first address)."""
-        return half.subnet.network_address
+        """Where the mesh prober reaches a peer through the overlay (``probe_host``)."""
+        return half.subnet.network_address + self.probe_host
 
     @property
     def encapsulation_port(self) -> int | None:
@@ -223,7 +236,7 @@ class Backend(abc.ABC):
 
     def watched(self) -> Watched:
         devices = self.devices()
-        indexes = (devices.vxlan, devices.vxlan6)
+        indexes = (devices.overlay, devices.overlay6)
         return Watched(
             frozenset(n for n in (self.device_name, *self.extra_devices()) if n),
             frozenset(i for i in indexes if i),
@@ -249,5 +262,6 @@ class Backend(abc.ABC):
             rejected=tuple(self.kernel.rejected.items()),
             repairs=self.kernel.repairs,
             passes=self.kernel.passes,
-            **self._snapshot_details(),
+            details=self.status_details(),
+            probe_host=self.probe_host,
         )

@@ -1,5 +1,6 @@
-"""Netlink I/O for the backends. Every function takes a pyroute2 ``IPRoute`` first and runs
-on the netlink thread (see pyflannel.kernel.netlink); the decisions live in plan.py and device.py.
+"""Netlink I/O for the backends' kernel entries. Every function takes a pyroute2 ``IPRoute``
+first and runs on the netlink thread (see pyflannel.kernel.netlink); the decisions live in
+plan.py, and each backend's own devices in its folder.
 
 Ownership is per network (several daemons, one per ``--etcd-prefix``, may share a host): a
 daemon touches only its own devices, the neighbour/FDB entries on its VXLAN device, and routes
@@ -28,7 +29,6 @@ from pyflannel.backend.plan import (
     Table,
     Via,
 )
-from pyflannel.backend.vxlan.device import VxlanLink, VxlanSpec
 from pyflannel.kernel import codec as codec
 from pyflannel.kernel.netlink import route_socket
 from pyflannel.kernel.rtnl import NetlinkError, ndmsg
@@ -52,13 +52,15 @@ _ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
 class Devices:
     """What one network owns in the kernel: the interface indexes of its devices (None: not
     on this node) and the CIDRs its routes lie in (its network, and the one its subnet file
-    named before a config change)."""
+    named before a config change). An overlay device holds neighbours and FDB entries and
+    takes onlink routes (VXLAN); a tunnel device is point-to-point, routes go into it (the
+    UDP path's TUN, WireGuard's). Each family may have its own."""
 
-    vxlan: int | None = None
-    tun: int | None = None
+    overlay: int | None = None
+    tunnel: int | None = None
     networks: tuple[IPNetwork, ...] = ()
-    vxlan6: int | None = None  # flannel-v6.<VNI> on a dual-stack vxlan network
-    tun6: int | None = None  # flannel-wg-v6 on a dual-stack wireguard network
+    overlay6: int | None = None
+    tunnel6: int | None = None
 
     def owns_route(self, dst: IPNetwork) -> bool:
         return any(
@@ -66,13 +68,13 @@ class Devices:
             for network in self.networks
         )
 
-    def vxlan_for(self, address: IPAddress | IPNetwork) -> int | None:
-        """The VXLAN device of an entry's family."""
-        return self.vxlan6 if address.version == 6 else self.vxlan
+    def overlay_for(self, address: IPAddress | IPNetwork) -> int | None:
+        """The overlay device of an entry's family."""
+        return self.overlay6 if address.version == 6 else self.overlay
 
-    def tun_for(self, address: IPAddress | IPNetwork) -> int | None:
-        """The point-to-point device (flannel0, flannel-wg) of an entry's family."""
-        return self.tun6 if address.version == 6 and self.tun6 is not None else self.tun
+    def tunnel_for(self, address: IPAddress | IPNetwork) -> int | None:
+        """The tunnel device of an entry's family (one device may carry both)."""
+        return self.tunnel6 if address.version == 6 and self.tunnel6 is not None else self.tunnel
 
 
 def describe_error(e: Exception) -> str:
@@ -84,56 +86,9 @@ def describe_error(e: Exception) -> str:
     return str(e)
 
 
-def find_link(ipr, name: str) -> VxlanLink | None:
+def link_index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
-    if not found:
-        return None
-    link = ipr.get_links(found[0])[0]
-    info = link.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else ""
-    base = dict(
-        index=link["index"],
-        name=name,
-        kind=kind or "",
-        mac=link.get_attr("IFLA_ADDRESS") or "",
-        mtu=link.get_attr("IFLA_MTU") or 0,
-    )
-    if kind != "vxlan":
-        return VxlanLink(**base)
-    data = info.get_attr("IFLA_INFO_DATA")
-    local = data.get_attr("IFLA_VXLAN_LOCAL")
-    local6 = data.get_attr("IFLA_VXLAN_LOCAL6")
-    return VxlanLink(
-        **base,
-        vni=data.get_attr("IFLA_VXLAN_ID"),
-        local=IPv4Address(local) if local else IPv6Address(local6) if local6 else None,
-        link_index=data.get_attr("IFLA_VXLAN_LINK") or 0,
-        port=data.get_attr("IFLA_VXLAN_PORT") or 0,
-        learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-        gbp=data.get_attr("IFLA_VXLAN_GBP") is not None,
-    )
-
-
-def create_vxlan(ipr, spec: VxlanSpec, mac: str) -> VxlanLink:
-    attrs = dict(
-        ifname=spec.name,
-        kind="vxlan",
-        address=mac,
-        mtu=spec.mtu,
-        vxlan_id=spec.vni,
-        vxlan_link=spec.link_index,
-        vxlan_learning=int(spec.learning),
-    )
-    attrs["vxlan_local6" if spec.local.version == 6 else "vxlan_local"] = str(spec.local)
-    if spec.port:
-        attrs["vxlan_port"] = spec.port
-    if spec.gbp:
-        attrs["vxlan_gbp"] = True
-    ipr.link("add", **attrs)
-    link = find_link(ipr, spec.name)
-    if link is None:
-        raise OSError(errno.ENODEV, f"{spec.name} vanished right after it was created")
-    return link
+    return found[0] if found else None
 
 
 def delete_link(ipr, index: int) -> None:
@@ -190,14 +145,14 @@ def foreign_addresses(ipr, name: str, network: IPv4Network) -> list[str]:
 
 
 def read_state(ipr, devices: Devices) -> KernelState:
-    """What this network owns in the kernel now: permanent IPv4 neighbours and permanent FDB
-    entries on its VXLAN device, and routes with our protocol number in the main table inside
-    its CIDRs."""
+    """What this network owns in the kernel now: permanent neighbours and permanent FDB
+    entries on its overlay devices, and routes with our protocol number in the main table
+    inside its CIDRs."""
     rs = route_socket()
     state = KernelState()
     devices_by_family = (
-        (codec.AF_INET, devices.vxlan, IPv4Address, 4),
-        (codec.AF_INET6, devices.vxlan6, IPv6Address, 16),
+        (codec.AF_INET, devices.overlay, IPv4Address, 4),
+        (codec.AF_INET6, devices.overlay6, IPv6Address, 16),
     )
     wanted = [entry for entry in devices_by_family if entry[1] is not None]
     for family, index, kind, _ in wanted:
@@ -227,32 +182,34 @@ def read_state(ipr, devices: Devices) -> KernelState:
 
 
 def _route_of(gateway, oif, flags, devices: Devices) -> Route:
-    vxlan = (devices.vxlan, devices.vxlan6)
-    if oif is not None and oif in (devices.tun, devices.tun6):
-        return Route(gateway, Via.TUN)
-    if oif is not None and oif in vxlan and flags & RTNH_F_ONLINK:
-        return Route(gateway, Via.VXLAN)
-    return Route(gateway, Via.UNDERLAY if oif not in (*vxlan, devices.tun) else Via.OTHER)
+    overlay = (devices.overlay, devices.overlay6)
+    if oif is not None and oif in (devices.tunnel, devices.tunnel6):
+        return Route(gateway, Via.TUNNEL)
+    if oif is not None and oif in overlay and flags & RTNH_F_ONLINK:
+        return Route(gateway, Via.ONLINK)
+    return Route(gateway, Via.UNDERLAY if oif not in (*overlay, devices.tunnel) else Via.OTHER)
 
 
 def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     if op.table in (Table.NEIGH, Table.FDB):
-        vxlan = devices.vxlan_for(op.key if op.table == Table.NEIGH else op.value)
-        if vxlan is None:
-            raise ValueError(f"{op.table} entry {op.key} without a VXLAN device")
+        overlay = devices.overlay_for(op.key if op.table == Table.NEIGH else op.value)
+        if overlay is None:
+            raise ValueError(f"{op.table} entry {op.key} without an overlay device")
         if op.table == Table.NEIGH:
             if op.action == Action.REPLACE:
-                return codec.neighbour_replace(seq, vxlan, op.key, op.value)
-            return codec.neighbour_delete(seq, vxlan, op.key)
+                return codec.neighbour_replace(seq, overlay, op.key, op.value)
+            return codec.neighbour_delete(seq, overlay, op.key)
         if op.action == Action.REPLACE:
-            return codec.fdb_replace(seq, vxlan, op.key, op.value)
-        return codec.fdb_delete(seq, vxlan, op.key, op.value)
+            return codec.fdb_replace(seq, overlay, op.key, op.value)
+        return codec.fdb_delete(seq, overlay, op.key, op.value)
     if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
-    oif = {Via.VXLAN: devices.vxlan_for(op.key), Via.TUN: devices.tun_for(op.key)}.get(route.via)
+    oif = {Via.ONLINK: devices.overlay_for(op.key), Via.TUNNEL: devices.tunnel_for(op.key)}.get(
+        route.via
+    )
     return codec.route_replace(
-        seq, op.key, route.gateway, oif, route.via == Via.VXLAN, RTPROT_PYFLANNEL
+        seq, op.key, route.gateway, oif, route.via == Via.ONLINK, RTPROT_PYFLANNEL
     )
 
 

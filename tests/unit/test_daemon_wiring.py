@@ -13,8 +13,7 @@ from pyflannel.app.cli import make_parser
 from pyflannel.app.daemon import Daemon, Parts
 from pyflannel.app.options import build_options
 from pyflannel.backend.base import Backend
-from pyflannel.backend.kernel import Devices
-from pyflannel.backend.plan import KernelState, Peer
+from pyflannel.backend.plan import Peer
 from pyflannel.backend.reconciler import ReconcileReport
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.env_file import parse_env
@@ -51,30 +50,11 @@ class RecordingBackend(Backend):
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.public_ip, backend_type="recording")
 
-    async def move_underlay(self, ext):
-        return self.lease_attrs()
-
     async def _assign(self, lease) -> None:
         self.journal.append(f"assign {lease.subnet}")
 
-    @property
-    def mtu_reason(self) -> str:
-        return "1500 - 10"
-
-    def _snapshot_details(self) -> dict:
-        return {}
-
-    def devices(self) -> Devices:
-        return Devices(networks=self.owned_networks)
-
-    async def ensure_devices(self) -> list[str]:
-        return []
-
     async def peer(self, lease) -> Peer:
         return Peer(lease.subnet, lease.attrs.public_ip, "recording")
-
-    def entries(self, peer) -> KernelState:
-        return KernelState()
 
     async def update_peers(self, changes) -> None:
         self.batches.append(len(changes.added) + len(changes.removed))

@@ -12,17 +12,18 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
 from pyflannel.backend.plan import (
-    Encap,
     Peer,
     Peer6,
     PeerDataError,
     Route,
     Via,
     ipv6_half,
+    overlay_entries,
     peer_entries,
     public_ipv6_of,
-    vxlan_peer6,
+    underlay_route,
 )
+from pyflannel.backend.vxlan.peer import vxlan_peer6
 from pyflannel.errors import InterfaceError, OutOfSubnets
 from pyflannel.kernel import codec as c
 from pyflannel.kernel.iface import IFA_F_TEMPORARY, Address, Interface, select_ext_iface, with_ipv6
@@ -131,7 +132,8 @@ def test_the_ipv6_half_of_a_vxlan_peer():
     lease = dual_lease()
     subnet6 = ipv6_half(lease, NET6, IPv6Network("fd10:0:0:1::/64"))
     half = vxlan_peer6(lease, subnet6)
-    assert half == Peer6(subnet6, IPv6Address("fd00::2"), Encap.VXLAN, "02:00:00:00:06:02")
+    assert half == Peer6(subnet6, IPv6Address("fd00::2"), "vxlan", "02:00:00:00:06:02")
+    assert half.entries == overlay_entries(subnet6, "02:00:00:00:06:02", IPv6Address("fd00::2"))
 
 
 @pytest.mark.parametrize(
@@ -172,8 +174,10 @@ def test_bad_ipv6_backend_data_is_refused(attrs, words):
 
 
 def test_a_dual_stack_peer_needs_entries_of_both_families():
-    v6 = Peer6(IPv6Network("fd10:0:0:2::/64"), IPv6Address("fd00::2"), Encap.VXLAN, "02:06")
-    peer = Peer(IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), Encap.VXLAN, "02:04")
+    subnet6, ip6 = IPv6Network("fd10:0:0:2::/64"), IPv6Address("fd00::2")
+    subnet, ip = IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2")
+    v6 = Peer6(subnet6, ip6, "vxlan", "02:06", entries=overlay_entries(subnet6, "02:06", ip6))
+    peer = Peer(subnet, ip, "vxlan", "02:04", entries=overlay_entries(subnet, "02:04", ip))
     entries = peer_entries(Peer(**{**peer.__dict__, "v6": v6}))
     assert entries.neighbours == {
         IPv4Address("10.1.2.0"): "02:04",
@@ -181,10 +185,10 @@ def test_a_dual_stack_peer_needs_entries_of_both_families():
     }
     assert entries.fdb == {"02:04": IPv4Address("198.51.100.2"), "02:06": IPv6Address("fd00::2")}
     assert entries.routes[IPv6Network("fd10:0:0:2::/64")] == Route(
-        IPv6Address("fd10:0:0:2::"), Via.VXLAN
+        IPv6Address("fd10:0:0:2::"), Via.ONLINK
     )
-    direct = Peer6(v6.subnet, v6.public_ip, Encap.DIRECT)
-    hostgw = peer_entries(Peer(peer.subnet, peer.public_ip, Encap.DIRECT, v6=direct))
+    direct = Peer6(subnet6, ip6, "direct", entries=underlay_route(subnet6, ip6))
+    hostgw = peer_entries(Peer(subnet, ip, "direct", v6=direct, entries=underlay_route(subnet, ip)))
     assert hostgw.routes == {
         peer.subnet: Route(peer.public_ip, Via.UNDERLAY),
         v6.subnet: Route(IPv6Address("fd00::2"), Via.UNDERLAY),
@@ -193,9 +197,9 @@ def test_a_dual_stack_peer_needs_entries_of_both_families():
 
 
 def test_devices_pick_the_device_and_own_routes_by_family():
-    devices = Devices(vxlan=3, vxlan6=4, networks=(IPv4Network("10.1.0.0/16"), NET6))
-    assert devices.vxlan_for(IPv6Address("fd10::")) == 4
-    assert devices.vxlan_for(IPv4Network("10.1.2.0/24")) == 3
+    devices = Devices(overlay=3, overlay6=4, networks=(IPv4Network("10.1.0.0/16"), NET6))
+    assert devices.overlay_for(IPv6Address("fd10::")) == 4
+    assert devices.overlay_for(IPv4Network("10.1.2.0/24")) == 3
     assert devices.owns_route(IPv6Network("fd10:0:0:2::/64"))
     assert not devices.owns_route(IPv6Network("fd11::/64"))
     assert not Devices(networks=(IPv4Network("10.1.0.0/16"),)).owns_route(IPv6Network("::/0"))

@@ -8,7 +8,9 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyflannel.backend.plan import PeerDataError, udp_peer, vxlan_peer
+from pyflannel.backend.plan import PeerDataError
+from pyflannel.backend.udp.peer import udp_peer
+from pyflannel.backend.vxlan.peer import vxlan_peer
 from pyflannel.errors import ConfigError
 from pyflannel.etcd.client import KeyValue
 from pyflannel.etcd.store import EtcdSubnetManager

@@ -1,4 +1,5 @@
-"""VXLAN desired state and the diff that reconciles the kernel to it."""
+"""Desired kernel state (the shapes of entries a peer needs; the VXLAN and UDP backends'
+peers as examples) and the diff that reconciles the kernel to it."""
 
 from ipaddress import IPv4Address, IPv4Network
 
@@ -13,17 +14,23 @@ from pyflannel.backend.plan import (
     Route,
     desired_state,
     diff,
-    parse_mac,
+    overlay_entries,
     peer_entries,
     record,
-    udp_peer,
-    udp_port,
-    vxlan_peer,
 )
+from pyflannel.backend.udp.peer import udp_peer, udp_port
+from pyflannel.backend.vxlan.peer import parse_mac, vxlan_peer
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
-A = Peer(IPv4Network("10.1.2.0/24"), IPv4Address("198.51.100.2"), "vxlan", "02:00:00:00:00:02")
-B = Peer(IPv4Network("10.1.3.0/24"), IPv4Address("198.51.100.3"), "vxlan", "02:00:00:00:00:03")
+
+def vxlan(subnet: str, ip: str, mac: str) -> Peer:
+    """A VXLAN peer as the VXLAN backend makes it (its entries: the overlay's)."""
+    net, address = IPv4Network(subnet), IPv4Address(ip)
+    return Peer(net, address, "vxlan", mac, entries=overlay_entries(net, mac, address))
+
+
+A = vxlan("10.1.2.0/24", "198.51.100.2", "02:00:00:00:00:02")
+B = vxlan("10.1.3.0/24", "198.51.100.3", "02:00:00:00:00:03")
 
 
 def vxlan_lease(data, public_ip="198.51.100.2", backend="vxlan"):
@@ -36,19 +43,21 @@ def test_a_peer_needs_a_neighbour_an_fdb_entry_and_an_onlink_route():
     state = peer_entries(A)
     assert state.neighbours == {IPv4Address("10.1.2.0"): "02:00:00:00:00:02"}
     assert state.fdb == {"02:00:00:00:00:02": IPv4Address("198.51.100.2")}
-    assert state.routes == {IPv4Network("10.1.2.0/24"): Route(IPv4Address("10.1.2.0"), "vxlan")}
+    assert state.routes == {IPv4Network("10.1.2.0/24"): Route(IPv4Address("10.1.2.0"), "onlink")}
 
 
 def test_a_direct_peer_needs_only_a_route_via_its_public_ip():
-    direct = Peer(A.subnet, A.public_ip, "direct", A.vtep_mac)
+    direct = vxlan_peer(vxlan_lease({"VNI": 1, "VtepMAC": "02:00:00:00:00:02"}), direct=True)
     state = peer_entries(direct)
-    assert (state.neighbours, state.fdb) == ({}, {})
+    assert (direct.encap, state.neighbours, state.fdb) == ("direct", {}, {})
     assert state.routes == {A.subnet: Route(A.public_ip, "underlay")}
 
 
-def test_a_udp_peer_needs_only_a_route_into_the_tun_device():
-    udp = Peer(A.subnet, A.public_ip, "udp", udp_port=8285)
-    assert peer_entries(udp) == KernelState(routes={A.subnet: Route(None, "tun")})
+def test_a_vxlan_nodes_udp_peer_needs_only_a_route_into_the_tunnel_device():
+    udp = udp_peer(vxlan_lease(None, backend=""), 8285, routed=True)
+    assert peer_entries(udp) == KernelState(routes={A.subnet: Route(None, "tunnel")})
+    # On a UDP node the network's one route covers every peer: none of their own.
+    assert peer_entries(udp_peer(vxlan_lease(None, backend=""), 8285)) == KernelState()
 
 
 def test_diff_from_empty_adds_neighbour_then_fdb_then_route():
@@ -74,7 +83,7 @@ def test_diff_of_equal_states_is_empty():
 
 
 def test_diff_replaces_a_changed_mac_and_deletes_the_old_fdb_entry():
-    moved = Peer(A.subnet, A.public_ip, "vxlan", "02:00:00:00:00:99")
+    moved = vxlan(str(A.subnet), str(A.public_ip), "02:00:00:00:00:99")
     ops = diff(peer_entries(moved), peer_entries(A))
     assert Op("delete", "fdb", "02:00:00:00:00:02", A.public_ip) in ops
     assert Op("replace", "fdb", "02:00:00:00:00:99", A.public_ip) in ops
@@ -90,7 +99,7 @@ def test_scoped_diff_looks_only_at_the_given_peer():
 
 def test_record_makes_the_model_match_after_applying_the_plan():
     desired, actual = desired_state([A, B]), desired_state([A])
-    actual.routes[IPv4Network("10.1.9.0/24")] = Route(IPv4Address("10.1.9.0"), "vxlan")  # stale
+    actual.routes[IPv4Network("10.1.9.0/24")] = Route(IPv4Address("10.1.9.0"), "onlink")  # stale
     for op in diff(desired, actual):
         record(actual, op)
     assert actual == desired
@@ -98,7 +107,7 @@ def test_record_makes_the_model_match_after_applying_the_plan():
 
 def test_an_entry_two_peers_share_stays_until_both_are_gone():
     desired = DesiredState()
-    second = Peer(IPv4Network("10.1.7.0/24"), A.public_ip, "vxlan", A.vtep_mac)  # same VTEP
+    second = vxlan("10.1.7.0/24", str(A.public_ip), A.vtep_mac)  # same VTEP
     desired.add(peer_entries(A))
     desired.add(peer_entries(second))
     desired.discard(peer_entries(A))
@@ -110,7 +119,7 @@ def test_an_entry_two_peers_share_stays_until_both_are_gone():
 
 def test_conflicting_values_newest_wins_and_the_older_returns_when_it_leaves():
     desired = DesiredState()
-    moved = Peer(IPv4Network("10.1.7.0/24"), IPv4Address("198.51.100.7"), "vxlan", A.vtep_mac)
+    moved = vxlan("10.1.7.0/24", "198.51.100.7", A.vtep_mac)
     desired.add(peer_entries(A))
     desired.add(peer_entries(moved))
     assert desired.state.fdb[A.vtep_mac] == moved.public_ip

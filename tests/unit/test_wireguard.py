@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.backend.plan import Encap, PeerDataError
+from pyflannel.backend.plan import PeerDataError
 from pyflannel.backend.wireguard.config import Mode, parse_wireguard_config
 from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, parse_key, public_key
 from pyflannel.backend.wireguard.peers import lease_data, wanted_device, wireguard_peer
@@ -119,7 +119,7 @@ def test_the_lease_value_is_upstreams_byte_for_byte():
 
 def test_a_peer_from_its_lease_and_the_refusals():
     peer = wireguard_peer(lease(KEY_B), KEY_A, 51820)
-    assert (peer.encap, peer.public_key, peer.udp_port) == (Encap.WIREGUARD, KEY_B, 51820)
+    assert (peer.encap, peer.public_key, peer.udp_port) == ("wireguard", KEY_B, 51820)
     for bad, words in (
         (lease(KEY_B, backend="vxlan"), "not wireguard"),
         (lease(None), "BackendData is missing"),
@@ -221,7 +221,7 @@ def test_the_ipv6_half_of_a_dual_stack_peer_and_its_device():
     assert (half.public_ip, half.public_key, half.encap) == (
         IPv6Address("fd00::2"),
         KEY_B,
-        Encap.WIREGUARD,
+        "wireguard",
     )
     wanted = wanted_device(bytes(range(32)), 51821, [half])
     (peer,) = wanted.peers.values()

@@ -11,29 +11,26 @@ from __future__ import annotations
 
 import logging
 from ipaddress import IPv6Network
-from typing import Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import (
-    HOST_GW_BACKEND,
-    Encap,
-    IPAddress,
-    KernelState,
     Peer,
     Peer6,
     PeerDataError,
-    peer_entries,
     public_ip_of,
     public_ipv6_of,
+    underlay_route,
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
+NAME = "host-gw"  # the backend type, in leases and the network config
+ENCAP = "direct"  # a peer reached by a plain route via its public IP
 DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
 
 
@@ -44,12 +41,13 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
 
 
 class HostGwBackend(Backend):
-    name = HOST_GW_BACKEND
+    name = NAME
     device_name = ""  # none: routes point at the peers over the external interface
+    probe_host = 1  # no device to ping: the peer's CNI bridge (<subnet>.1)
 
     def __init__(self, netlink, network, ext: ExtIface):
         super().__init__(netlink, network, ext)
-        self.mtu = overlay_mtu(HOST_GW_BACKEND, ext.mtu)
+        self.mtu = overlay_mtu(NAME, ext.mtu)
 
     @property
     def mtu_reason(self) -> str:
@@ -61,14 +59,12 @@ class HostGwBackend(Backend):
 
     def lease_attrs(self) -> LeaseAttrs:
         public_ipv6 = self.ext.public_ipv6 if self.network.enable_ipv6 else None
-        return LeaseAttrs(
-            public_ip=self.ext.public_ip, public_ipv6=public_ipv6, backend_type=HOST_GW_BACKEND
-        )
+        return LeaseAttrs(public_ip=self.ext.public_ip, public_ipv6=public_ipv6, backend_type=NAME)
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
         async with self.kernel.lock:
             self.ext = ext
-            self.mtu = overlay_mtu(HOST_GW_BACKEND, ext.mtu)
+            self.mtu = overlay_mtu(NAME, ext.mtu)
             self.kernel.repair_wanted.set()
         return self.lease_attrs()
 
@@ -82,7 +78,7 @@ class HostGwBackend(Backend):
         return []
 
     async def peer(self, lease: Lease) -> Peer:
-        if lease.attrs.backend_type != HOST_GW_BACKEND:
+        if lease.attrs.backend_type != NAME:
             raise PeerDataError(
                 f"backend type is {lease.attrs.backend_type or 'udp'!r}, not host-gw"
             )
@@ -100,16 +96,7 @@ class HostGwBackend(Backend):
                 raise PeerDataError(
                     f"PublicIPv6 {ip6} is not directly reachable on {self.ext.name}"
                 )
-            return Peer6(subnet6, ip6, Encap.DIRECT)
+            return Peer6(subnet6, ip6, ENCAP, entries=underlay_route(subnet6, ip6))
 
-        return await self.with_ipv6_half(Peer(lease.subnet, ip, Encap.DIRECT), lease, half)
-
-    def entries(self, peer: Peer) -> KernelState:
-        return peer_entries(peer)
-
-    def probe_target(self, half: Peer | Peer6) -> IPAddress:
-        """host-gw has no device of its own: the peer's CNI bridge (<subnet>.1)."""
-        return half.subnet.network_address + 1
-
-    def _snapshot_details(self) -> dict[str, Any]:
-        return {}
+        peer = Peer(lease.subnet, ip, ENCAP, entries=underlay_route(lease.subnet, ip))
+        return await self.with_ipv6_half(peer, lease, half)

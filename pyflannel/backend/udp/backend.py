@@ -15,12 +15,15 @@ import asyncio
 import logging
 from typing import Any
 
+from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
-from pyflannel.backend.plan import UDP_BACKEND, KernelState, Peer, Route, Via, udp_peer
+from pyflannel.backend.offline import OfflineBackend
+from pyflannel.backend.plan import Peer, tunnel_route
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
+from pyflannel.backend.udp.peer import NAME, udp_peer
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.errors import BackendError, ConfigError
 from pyflannel.kernel.iface import ExtIface
@@ -81,7 +84,7 @@ async def fall_back(ctx: BackendContext, reason: str) -> tuple[Backend, LeaseAtt
 
 
 class UdpBackend(Backend):
-    name = UDP_BACKEND
+    name = NAME
     device_name = TUN_NAME
 
     def __init__(
@@ -96,7 +99,7 @@ class UdpBackend(Backend):
         super().__init__(netlink, network, ext)
         self.port = port
         self.fallback_reason = fallback_reason  # empty: the cluster's own backend is udp
-        self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
+        self.mtu = overlay_mtu(NAME, ext.mtu)
         self.path = UdpPath(netlink, ext, port, self.mtu, tuning)
 
     @property
@@ -104,7 +107,7 @@ class UdpBackend(Backend):
         return f"{self.ext.mtu} ({self.ext.name} MTU) - 28 (UDP overhead)"
 
     def devices(self) -> Devices:
-        return Devices(tun=self.path.index, networks=self.owned_networks)
+        return Devices(tunnel=self.path.index, networks=self.owned_networks)
 
     async def prepare(self) -> LeaseAttrs:
         await self.path.start()
@@ -114,7 +117,7 @@ class UdpBackend(Backend):
         """The underlay address or interface changed: rebind the UDP path."""
         async with self.kernel.lock:
             self.ext = ext
-            self.mtu = overlay_mtu(UDP_BACKEND, ext.mtu)
+            self.mtu = overlay_mtu(NAME, ext.mtu)
             await self.path.move(ext, self.mtu)
         return self.lease_attrs()
 
@@ -123,7 +126,7 @@ class UdpBackend(Backend):
             return LeaseAttrs(public_ip=self.ext.public_ip)  # byte-identical to upstream's
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
-            backend_type=UDP_BACKEND,
+            backend_type=NAME,
             backend_data={
                 "Port": self.port,
                 "FallbackFrom": self.network.backend_type,
@@ -136,18 +139,13 @@ class UdpBackend(Backend):
         # Like upstream: the whole network into flannel0; our own subnet is more specific
         # (on cni0), and a destination no peer owns gets ICMP net-unreachable from us.
         if not self.kernel.desired.state.routes:
-            await self.kernel.add_entries(
-                KernelState(routes={self.network.cidr: Route(None, Via.TUN)})
-            )
+            await self.kernel.add_entries(tunnel_route(self.network.cidr))
 
     async def ensure_devices(self) -> list[str]:
         return await self.path.ensure()
 
     async def peer(self, lease: Lease) -> Peer:
         return udp_peer(lease, self.port)
-
-    def entries(self, peer: Peer) -> KernelState:
-        return KernelState()  # peers live in the forwarding table, not in the kernel
 
     def peers_changed(self) -> None:
         self.path.set_peers(self.peers.values())
@@ -158,8 +156,23 @@ class UdpBackend(Backend):
     def datapath_problem(self) -> str | None:
         return self.path.problem()
 
-    def _snapshot_details(self) -> dict[str, Any]:
+    def status_details(self) -> dict[str, Any]:
         return {"port": self.port, "fallback": self.fallback_reason or None}
 
     async def close(self) -> None:
         await asyncio.to_thread(self.path.stop)  # waits for the workers to exit
+
+
+def offline(ipr, network) -> OfflineBackend | None:
+    """This network's flannel0, daemon or not."""
+    if kernel.foreign_addresses(ipr, TUN_NAME, network):
+        return None
+    index = kernel.link_index(ipr, TUN_NAME)
+    if index is None:
+        return None
+    return OfflineBackend(
+        NAME,
+        TUN_NAME,
+        Devices(tunnel=index, networks=(network,)),
+        lambda lease: udp_peer(lease, DEFAULT_PORT),
+    )

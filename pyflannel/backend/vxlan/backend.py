@@ -20,22 +20,15 @@ from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
-from pyflannel.backend.plan import (
-    UDP_BACKEND,
-    VXLAN_BACKEND,
-    Encap,
-    KernelState,
-    Peer,
-    Peer6,
-    peer_entries,
-    udp_peer,
-    vxlan_peer,
-    vxlan_peer6,
-)
+from pyflannel.backend.offline import OfflineBackend
+from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.backend.registry import BackendContext
+from pyflannel.backend.udp import peer as udp
 from pyflannel.backend.udp.backend import fall_back, fallback_port
-from pyflannel.backend.udp.path import DEFAULT_TUNING, UdpPath, UdpTuning
+from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
+from pyflannel.backend.udp.peer import udp_peer
 from pyflannel.backend.udp.tun import TUN_NAME
+from pyflannel.backend.vxlan import netlink as vxlan_netlink
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
     VxlanLink,
@@ -45,6 +38,7 @@ from pyflannel.backend.vxlan.device import (
     parse_vxlan_config,
     random_vtep_mac,
 )
+from pyflannel.backend.vxlan.peer import ENCAP_VXLAN, NAME, vxlan_peer, vxlan_peer6
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
@@ -76,7 +70,7 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
 
 
 class VxlanBackend(Backend):
-    name = VXLAN_BACKEND
+    name = NAME
 
     def __init__(
         self,
@@ -109,7 +103,7 @@ class VxlanBackend(Backend):
                 netlink,
                 ext,
                 udp_port,
-                overlay_mtu(UDP_BACKEND, ext.mtu),
+                overlay_mtu(udp.NAME, ext.mtu),
                 udp_tuning,
             )
             if udp_port
@@ -120,18 +114,18 @@ class VxlanBackend(Backend):
         """Device specs and MTUs for an underlay. The IPv4 device carries iface - 50; the
         IPv6 one iface - 70 (a 40-byte outer header); pods get one MTU that fits both."""
         link_mtu = self.config.mtu or ext.mtu
-        mtu4 = overlay_mtu(VXLAN_BACKEND, link_mtu)
+        mtu4 = overlay_mtu(NAME, link_mtu)
         self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=mtu4)
         self.mtu = mtu4
         if self.network.enable_ipv6:
             if ext.iface_addr6 is None:
                 raise BackendError(f"EnableIPv6 is set but {ext.name} has no IPv6 address")
-            self.mtu = dual_stack_mtu(VXLAN_BACKEND, link_mtu)
+            self.mtu = dual_stack_mtu(NAME, link_mtu)
             self.spec6 = replace(
                 self.spec,
                 name=device_name(self.config.vni, ipv6=True),
                 local=ext.iface_addr6,
-                mtu=overlay_mtu(VXLAN_BACKEND, link_mtu, ipv6_underlay=True),
+                mtu=overlay_mtu(NAME, link_mtu, ipv6_underlay=True),
             )
 
     @property
@@ -146,10 +140,10 @@ class VxlanBackend(Backend):
 
     def devices(self) -> Devices:
         return Devices(
-            vxlan=self.device.index if self.device else None,
-            tun=self.udp.index if self.udp and self.udp.running else None,
+            overlay=self.device.index if self.device else None,
+            tunnel=self.udp.index if self.udp and self.udp.running else None,
             networks=self.owned_networks,
-            vxlan6=self.device6.index if self.device6 else None,
+            overlay6=self.device6.index if self.device6 else None,
         )
 
     # -- set-up ----------------------------------------------------------------------------
@@ -188,7 +182,7 @@ class VxlanBackend(Backend):
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
             public_ipv6=self.ext.public_ipv6 if v6_data else None,
-            backend_type=VXLAN_BACKEND,
+            backend_type=NAME,
             backend_data=data,
             backend_v6_data=v6_data,
         )
@@ -205,12 +199,12 @@ class VxlanBackend(Backend):
                 self.device6 = await self._ensure_device(self.spec6, mac=mac6)
             await self._configure_device()
             if self.udp is not None:
-                await self.udp.move(ext, overlay_mtu(UDP_BACKEND, ext.mtu))
+                await self.udp.move(ext, overlay_mtu(udp.NAME, ext.mtu))
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
     async def _ensure_device(self, spec: VxlanSpec, mac: str | None) -> VxlanLink:
-        link = await self.netlink.call(kernel.find_link, spec.name)
+        link = await self.netlink.call(vxlan_netlink.find_link, spec.name)
         if link is not None:
             reasons = incompatibilities(link, spec)
             if not reasons:
@@ -219,7 +213,9 @@ class VxlanBackend(Backend):
             log.warning("recreating %s: existing device has %s", link.name, ", ".join(reasons))
             await self.netlink.call(kernel.delete_link, link.index)
         try:
-            link = await self.netlink.call(kernel.create_vxlan, spec, mac or random_vtep_mac())
+            link = await self.netlink.call(
+                vxlan_netlink.create_vxlan, spec, mac or random_vtep_mac()
+            )
         except Exception as e:
             raise BackendError(
                 f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, "
@@ -269,7 +265,7 @@ class VxlanBackend(Backend):
 
     async def ensure_devices(self) -> list[str]:
         repaired = []
-        link = await self.netlink.call(kernel.find_link, self.spec.name)
+        link = await self.netlink.call(vxlan_netlink.find_link, self.spec.name)
         if link is None or incompatibilities(link, self.spec) or link.mac != self.link.mac:
             what = "was deleted" if link is None else "was changed"
             self.device = await self._ensure_device(self.spec, mac=self.link.mac)
@@ -277,7 +273,7 @@ class VxlanBackend(Backend):
         else:
             self.device = link
         if self.spec6 is not None and self.device6 is not None:
-            link6 = await self.netlink.call(kernel.find_link, self.spec6.name)
+            link6 = await self.netlink.call(vxlan_netlink.find_link, self.spec6.name)
             if (
                 link6 is None
                 or incompatibilities(link6, self.spec6)
@@ -298,8 +294,8 @@ class VxlanBackend(Backend):
     async def peer(self, lease: Lease) -> Peer:
         # Only an explicit "udp" lease (a pyflannel node that fell back) is reached over UDP:
         # a lease without BackendType in a vxlan network is junk or an alloc-only node.
-        if lease.attrs.backend_type == UDP_BACKEND and self.udp is not None:
-            peer = udp_peer(lease, self.udp.port)
+        if lease.attrs.backend_type == udp.NAME and self.udp is not None:
+            peer = udp_peer(lease, self.udp.port, routed=True)
             if not self.udp.running:
                 log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
                 await self.udp.start()
@@ -321,9 +317,6 @@ class VxlanBackend(Backend):
 
         return await self.with_ipv6_half(peer, lease, half)
 
-    def entries(self, peer: Peer) -> KernelState:
-        return peer_entries(peer)
-
     def extra_devices(self) -> tuple[str, ...]:
         v6 = (self.spec6.name,) if self.spec6 is not None else ()
         return v6 + ((TUN_NAME,) if self.udp is not None and self.udp.running else ())
@@ -333,11 +326,11 @@ class VxlanBackend(Backend):
         return self.spec.effective_port
 
     def encapsulating_peers(self) -> list[str]:
-        return [str(p.public_ip) for p in self.peers.values() if p.encap == Encap.VXLAN]
+        return [str(p.public_ip) for p in self.peers.values() if p.encap == ENCAP_VXLAN]
 
     def peers_changed(self) -> None:
         if self.udp is not None:
-            self.udp.set_peers(p for p in self.peers.values() if p.encap == Encap.UDP)
+            self.udp.set_peers(p for p in self.peers.values() if p.encap == udp.ENCAP_UDP)
 
     def datapath_stats(self) -> dict | None:
         return self.udp.snapshot() if self.udp is not None else None
@@ -345,15 +338,50 @@ class VxlanBackend(Backend):
     def datapath_problem(self) -> str | None:
         return self.udp.problem() if self.udp is not None else None
 
-    def _snapshot_details(self) -> dict[str, Any]:
-        return {
+    def status_details(self) -> dict[str, Any]:
+        details = {
             "port": self.spec.effective_port,
             "vni": self.spec.vni,
             "vtep_mac": self.device.mac if self.device else None,
-            "device6": self.spec6.name if self.spec6 else None,
-            "vtep_mac6": self.device6.mac if self.device6 else None,
         }
+        if self.spec6 is not None:
+            details.update(
+                device6=self.spec6.name, vtep_mac6=self.device6.mac if self.device6 else None
+            )
+        return details
 
     async def close(self) -> None:
         if self.udp is not None:
             await asyncio.to_thread(self.udp.stop)  # waits for the workers to exit
+
+
+def offline(ipr, network) -> OfflineBackend | None:
+    """This network's flannel.<VNI> (and flannel0, for UDP-only peers), daemon or not."""
+    name = next(
+        (
+            n
+            for link in ipr.get_links()
+            for n in (link.get_attr("IFLA_IFNAME") or "",)
+            if n.startswith("flannel.") and not kernel.foreign_addresses(ipr, n, network)
+        ),
+        None,
+    )
+    link = vxlan_netlink.find_link(ipr, name) if name else None
+    if link is None:
+        return None
+    tun = (
+        None
+        if kernel.foreign_addresses(ipr, TUN_NAME, network)
+        else kernel.link_index(ipr, TUN_NAME)
+    )
+    return OfflineBackend(
+        NAME,
+        link.name,
+        Devices(overlay=link.index, tunnel=tun, networks=(network,)),
+        lambda lease: (
+            vxlan_peer(lease)
+            if lease.attrs.backend_type == NAME
+            else udp_peer(lease, DEFAULT_PORT, routed=True)
+        ),
+        {"vni": link.vni, "vtep_mac": link.mac, "port": link.port},
+    )

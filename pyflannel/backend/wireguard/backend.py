@@ -24,7 +24,6 @@ from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import (
-    WIREGUARD_BACKEND,
     KernelState,
     Peer,
     Peer6,
@@ -43,6 +42,7 @@ from pyflannel.backend.wireguard.keys import (
     public_key,
 )
 from pyflannel.backend.wireguard.peers import (
+    NAME,
     lease_data,
     wanted_device,
     wireguard_peer,
@@ -81,7 +81,7 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
 
 
 class WireguardBackend(Backend):
-    name = WIREGUARD_BACKEND
+    name = NAME
     device_name = DEVICE
 
     def __init__(
@@ -90,7 +90,7 @@ class WireguardBackend(Backend):
         super().__init__(netlink, network, ext)
         self.config: WireguardConfig = parse_wireguard_config(network.backend)
         self.datapath = datapath
-        self.mtu = overlay_mtu(WIREGUARD_BACKEND, self.config.mtu or ext.mtu)
+        self.mtu = overlay_mtu(NAME, self.config.mtu or ext.mtu)
         self.key_path = key_file_path()
         self._private = b""
         self.public_key = ""  # base64, as advertised
@@ -123,9 +123,9 @@ class WireguardBackend(Backend):
 
     def devices(self) -> Devices:
         return Devices(
-            tun=self.v4.index,
+            tunnel=self.v4.index,
             networks=self.owned_networks,
-            tun6=self.v6.index if self.v6 is not None else None,
+            tunnel6=self.v6.index if self.v6 is not None else None,
         )
 
     def extra_devices(self) -> tuple[str, ...]:
@@ -183,10 +183,10 @@ class WireguardBackend(Backend):
     async def _ensure_plane(self, device: WgDevice) -> list[str]:
         assert device.plane is not None, "prepare() first"
         done = await asyncio.to_thread(device.plane.ensure)
-        link = await self.netlink.call(kernel.find_link, device.name)
-        if link is None:
+        index = await self.netlink.call(kernel.link_index, device.name)
+        if index is None:
             raise BackendError(f"{device.name} is missing although WireGuard runs")
-        device.index = link.index
+        device.index = index
         return done
 
     def lease_attrs(self) -> LeaseAttrs:
@@ -195,7 +195,7 @@ class WireguardBackend(Backend):
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
             public_ipv6=self.ext.public_ipv6 if self.v6 is not None else None,
-            backend_type=WIREGUARD_BACKEND,
+            backend_type=NAME,
             backend_data=data,
             backend_v6_data=dict(data) if self.v6 is not None else None,
         )
@@ -204,7 +204,7 @@ class WireguardBackend(Backend):
         """WireGuard listens on every address: only the advertised endpoint changes."""
         async with self.kernel.lock:
             self.ext = ext
-            self.mtu = overlay_mtu(WIREGUARD_BACKEND, self.config.mtu or ext.mtu)
+            self.mtu = overlay_mtu(NAME, self.config.mtu or ext.mtu)
             self.kernel.repair_wanted.set()
         return self.lease_attrs()
 
@@ -212,9 +212,9 @@ class WireguardBackend(Backend):
         await self._configure_devices()
         await self._sync_peers()
         if not self.kernel.desired.state.routes:  # each network through its device
-            routes: dict = {self.network.cidr: Route(None, Via.TUN)}
+            routes: dict = {self.network.cidr: Route(None, Via.TUNNEL)}
             if self.v6 is not None and self.network.cidr6 is not None:
-                routes[self.network.cidr6] = Route(None, Via.TUN)
+                routes[self.network.cidr6] = Route(None, Via.TUNNEL)
             await self.kernel.add_entries(KernelState(routes=routes))
 
     async def _configure_devices(self) -> list[str]:
@@ -300,13 +300,11 @@ class WireguardBackend(Backend):
         problems = [d.plane.problem() for d in self.wg_devices if d.plane is not None]
         return "; ".join(p for p in problems if p) or None
 
-    def _snapshot_details(self) -> dict[str, Any]:
+    def status_details(self) -> dict[str, Any]:
         return {
             "port": self.config.listen_port,
             "public_key": self.public_key,
             "datapath": self.plane.describe() if self.plane is not None else None,
-            "device6": DEVICE6 if self.v6 is not None else None,
-            "fallback": None,
         }
 
     async def close(self) -> None:

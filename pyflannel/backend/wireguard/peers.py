@@ -12,8 +12,6 @@ from ipaddress import IPv6Network
 from typing import Any
 
 from pyflannel.backend.plan import (
-    WIREGUARD_BACKEND,
-    Encap,
     Peer,
     Peer6,
     PeerDataError,
@@ -24,6 +22,9 @@ from pyflannel.backend.wireguard.keys import InvalidKey, parse_key
 from pyflannel.backend.wireguard.uapi import WantedDevice, WantedPeer
 from pyflannel.subnet.lease import Lease
 
+NAME = "wireguard"  # the backend type, in leases and the network config
+ENCAP = "wireguard"  # a peer of the WireGuard device (no kernel entry of its own)
+
 
 def lease_data(public_key: bytes) -> dict[str, Any]:
     import base64
@@ -33,16 +34,16 @@ def lease_data(public_key: bytes) -> dict[str, Any]:
 
 def wireguard_peer(lease: Lease, own_key: str, port: int) -> Peer:
     """The WireGuard view of a peer's lease; PeerDataError if unusable."""
-    if lease.attrs.backend_type != WIREGUARD_BACKEND:
+    if lease.attrs.backend_type != NAME:
         raise PeerDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not wireguard")
     key = _public_key(lease.attrs.backend_data, "BackendData", own_key)
-    return Peer(lease.subnet, public_ip_of(lease), Encap.WIREGUARD, udp_port=port, public_key=key)
+    return Peer(lease.subnet, public_ip_of(lease), ENCAP, udp_port=port, public_key=key)
 
 
 def wireguard_peer6(lease: Lease, subnet6: IPv6Network, own_key: str) -> Peer6:
     """The IPv6 half (BackendV6Data, PublicIPv6) of a dual-stack wireguard peer."""
     key = _public_key(lease.attrs.backend_v6_data, "BackendV6Data", own_key)
-    return Peer6(subnet6, public_ipv6_of(lease), Encap.WIREGUARD, public_key=key)
+    return Peer6(subnet6, public_ipv6_of(lease), ENCAP, public_key=key)
 
 
 def _public_key(data: Any, field: str, own_key: str) -> str:

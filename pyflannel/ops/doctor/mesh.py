@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from pyflannel.backend.plan import Encap, Peer, Peer6
+from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, Finding
 from pyflannel.ops.mesh.health import PeerHealth, explain
 from pyflannel.ops.mesh.prober import MeshProber
@@ -18,12 +18,12 @@ ROUNDS = 3  # the prober's verdicts need three results of each kind
 async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
     backend = doc.get("backend") or {}
     mtu = int(backend.get("mtu") or 0)
-    host_gw = backend.get("type") == "host-gw"
+    probe_host = int(backend.get("probe_host") or 0)  # the backend's choice (its device)
     peers = [
         Peer(
             IPv4Network(r["subnet"]),
             IPv4Address(r["public_ip"]),
-            Encap(r["encap"]),
+            r["encap"],
             v6=_half6(r.get("ipv6") or {}),
         )
         for r in doc.get("peers", [])
@@ -37,7 +37,7 @@ async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
         ]
     prober = MeshProber(
         peers=lambda: peers,
-        target=lambda p: p.subnet.network_address + (1 if host_gw else 0),
+        target=lambda p: p.subnet.network_address + probe_host,
         mtu=lambda: mtu,
         interval=0.2,
         rate=100,
@@ -64,7 +64,7 @@ def _half6(row: dict) -> Peer6 | None:
     """A status row's IPv6 half (dual-stack), if it is programmed."""
     if "subnet" not in row:
         return None
-    return Peer6(IPv6Network(row["subnet"]), IPv6Address(row["public_ip"]), Encap(row["encap"]))
+    return Peer6(IPv6Network(row["subnet"]), IPv6Address(row["public_ip"]), row["encap"])
 
 
 def judge_offload(device: str, doc: dict | None) -> Finding:

@@ -62,19 +62,13 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             "device": b.device,
             "mtu": b.mtu,
             "mtu_reason": b.mtu_reason,
-            "fallback": b.fallback,
             "device_present": await io.device_present(),
             "udp": await io.datapath_stats(),
             "repairs": b.repairs,
             "reconcile_passes": b.passes,
-            "port": b.port,
+            "probe_host": b.probe_host,
+            **b.details,
         }
-        if b.type == "wireguard":
-            doc["backend"].update(public_key=b.public_key, datapath=b.datapath)
-        if b.type == "vxlan":
-            doc["backend"].update(vni=b.vni, vtep_mac=b.vtep_mac)
-            if b.device6:
-                doc["backend"].update(device6=b.device6, vtep_mac6=b.vtep_mac6)
         actual = await io.kernel_state()
         if actual is not None:
             doc["peers"] = peer_rows(b.peers, actual)

@@ -8,8 +8,9 @@ from ipaddress import IPv4Network, ip_interface
 
 from pyflannel import __version__
 from pyflannel.backend import kernel
-from pyflannel.backend.plan import KernelState, PeerDataError, udp_peer, vxlan_peer
-from pyflannel.backend.udp.tun import TUN_NAME
+from pyflannel.backend.kernel import Devices
+from pyflannel.backend.offline import EVERYTHING, OfflineBackend, detect
+from pyflannel.backend.plan import KernelState, PeerDataError
 from pyflannel.errors import FlannelError
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.status.report import peer_rows
@@ -20,32 +21,11 @@ from pyflannel.subnet.stores import StoreOptions, open_store
 ETCD_TIMEOUT = 3.0
 
 
-def _kernel_view(ipr, network: IPv4Network | None) -> tuple[dict, KernelState]:
-    """This network's devices (the flannel.<VNI> VXLAN link, flannel0: the ones holding an
-    address inside ``network``, if it is known) and the entries it owns. Another network's
-    devices and routes on this host are not shown as ours."""
-    everything = IPv4Network("0.0.0.0/0")
-
-    def ours(name: str) -> bool:
-        return not kernel.foreign_addresses(ipr, name, network or everything)
-
-    vxlan = next(
-        (
-            kernel.find_link(ipr, name)
-            for link in ipr.get_links()
-            for name in (link.get_attr("IFLA_IFNAME") or "",)
-            if name.startswith("flannel.") and ours(name)
-        ),
-        None,
-    )
-    tun = ipr.link_lookup(ifname=TUN_NAME) if ours(TUN_NAME) else []
-    devices = kernel.Devices(
-        vxlan=vxlan.index if vxlan else None,
-        tun=tun[0] if tun else None,
-        networks=(network or everything,),
-    )
-    info = {"vxlan": vxlan, "tun_index": devices.tun}
-    return info, kernel.read_state(ipr, devices)
+def _kernel_view(ipr, network: IPv4Network | None) -> tuple[OfflineBackend | None, KernelState]:
+    """This network's backend as its devices show it, and the entries the network owns."""
+    found = detect(ipr, network)
+    devices = found.devices if found else Devices(networks=(network or EVERYTHING,))
+    return found, kernel.read_state(ipr, devices)
 
 
 async def offline_status(store_options: StoreOptions, subnet_file: str, why_no_daemon: str) -> dict:
@@ -60,19 +40,15 @@ async def offline_status(store_options: StoreOptions, subnet_file: str, why_no_d
     own = ip_interface(env["FLANNEL_SUBNET"]).network if env.get("FLANNEL_SUBNET") else None
     netlink = Netlink()  # sync IPRoute cannot live in the event loop's thread
     try:
-        devices, actual = await netlink.call(_kernel_view, previous_network(subnet_file))
+        found, actual = await netlink.call(_kernel_view, previous_network(subnet_file))
     finally:
         netlink.close()
-    vxlan = devices["vxlan"]
-    mode = "vxlan" if vxlan else "udp" if devices["tun_index"] else None
     doc["backend"] = {
-        "type": mode,
-        "device": vxlan.name if vxlan else TUN_NAME if mode else None,
-        "device_present": bool(mode),
+        "type": found.type if found else None,
+        "device": found.device if found else None,
+        "device_present": found is not None,
         "mtu": int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU") else None,
-        "vni": vxlan.vni if vxlan else None,
-        "vtep_mac": vxlan.mac if vxlan else None,
-        "port": vxlan.port if vxlan else None,
+        **(found.details if found else {}),
     }
     doc["network"] = env.get("FLANNEL_NETWORK")
     kind = doc["store"] = store_options.kind
@@ -100,12 +76,10 @@ async def offline_status(store_options: StoreOptions, subnet_file: str, why_no_d
         for lease in snapshot.leases:
             if lease.subnet == own or not lease.subnet.subnet_of(cfg.cidr):
                 continue
+            if found is None:
+                continue
             try:
-                peers.append(
-                    udp_peer(lease, 8285)
-                    if mode == "udp" or lease.attrs.backend_type != "vxlan"
-                    else vxlan_peer(lease)
-                )
+                peers.append(found.peer(lease))
             except PeerDataError:
                 continue
         doc["peers"] = peer_rows(peers, actual)

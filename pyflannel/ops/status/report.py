@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from pyflannel.backend.plan import KernelState, Peer, Peer6, family_entries
+from pyflannel.backend.plan import KernelState, Peer, Peer6
 from pyflannel.ops.mesh.health import PeerHealth, explain
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
@@ -43,7 +43,7 @@ def peer_row(peer: Peer, actual: KernelState) -> dict:
 
 
 def _programmed(half: Peer | Peer6, actual: KernelState) -> dict[str, bool | None]:
-    want = family_entries(half)
+    want = half.entries
     return {
         name: None if not wanted else all(have.get(k) == v for k, v in wanted.items())
         for name, (_, wanted), (_, have) in zip(
