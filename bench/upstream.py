@@ -10,7 +10,9 @@ Per implementation (every node of the bed runs the one measured):
 - idle RSS and CPU of a daemon with 2 peers and with 1,000 (synthetic leases);
 - lease-to-route: sequential leases (median, p99), 100 in one transaction and 1,000 written at
   once, counting what was never programmed (bench/convergence_probe.py in node 1);
-- a lease written right after an etcd restart: time to its route;
+- a lease written right after an etcd restart: time to its route; the same after etcd was
+  away 10 s and 60 s (frozen, then killed), with the daemon's CPU meanwhile; and after the
+  member in use (a follower of a 3-member etcd) is cut off from its peers (bench/recovery.py);
 - pod-to-pod throughput (iperf3, 1 stream) and daemon CPU per GB for vxlan, host-gw and udp.
 Medians; ratios pyflannel / upstream of the same run. Writes
 bench/results/upstream.{json,md,png}.
@@ -28,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import recovery
 from bench.common import plot, summary, table, write_results
 from bench.dataplane import cpu_seconds
 from testbed.bed import Node, TestBed
@@ -49,11 +52,13 @@ def put_config(bed: TestBed, backend: str) -> None:
     bed.put_config({**CONFIG, "Backend": BACKENDS[backend]})
 
 
-def launch(node: Node, impl: str) -> None:
+def launch(node: Node, impl: str, endpoints: str = "") -> None:
+    """Start ``impl`` on the node (``endpoints``: other than the bed's etcd URL)."""
     if impl == "pyflannel":
-        node.start("--healthz-port=0", "--probe-interval=0")
+        extra = [f"--etcd-endpoints={endpoints}"] if endpoints else []
+        node.start("--healthz-port=0", "--probe-interval=0", *extra)
     else:
-        launch_upstream(node)
+        launch_upstream(node, *([f"-etcd-endpoints={endpoints}"] if endpoints else []))
 
 
 def wipe(node: Node, lease: bool = True) -> None:
@@ -131,7 +136,7 @@ def route_count(node: Node) -> int:
     return len(node.run("ip", "route", "show", "root", "10.0.0.0/12").stdout.splitlines())
 
 
-def cluster(bed: TestBed, impl: str, backend: str = "vxlan") -> None:
+def cluster(bed: TestBed, impl: str, backend: str = "vxlan", endpoints: str = "") -> None:
     """Every node runs ``impl`` (one at a time: v0.20.2 loses leases of nodes that start
     together), ready."""
     put_config(bed, backend)
@@ -139,7 +144,7 @@ def cluster(bed: TestBed, impl: str, backend: str = "vxlan") -> None:
         wipe(node)
     bed.etcd.ctl("del", "/coreos.com/network/subnets/", "--prefix")  # a new cluster
     for n, node in enumerate(bed.nodes):
-        launch(node, impl)
+        launch(node, impl, endpoints)
         deadline = time.monotonic() + 30
         while not node.subnet_file.exists():
             assert time.monotonic() < deadline, node.log()[-2000:]
@@ -151,30 +156,29 @@ def cluster(bed: TestBed, impl: str, backend: str = "vxlan") -> None:
 
 
 def etcd_restart_lease(bed: TestBed, node: Node) -> float:
-    """ms from a lease written right after etcd came back until the node's route for it
-    (NaN: never, e.g. the daemon died: v0.20.2 can panic when its watch breaks)."""
+    """ms from a lease written right after etcd came back (a graceful stop, 1 s down) until
+    the node's route for it (NaN: never, e.g. the daemon died)."""
     bed.etcd.stop_keeping_data()
     time.sleep(1)
     bed.etcd.start()
-    subnet = "10.0.240.0/26"
-    value = json.dumps(
-        {
-            "PublicIP": "198.18.9.9",
-            "PublicIPv6": None,
-            "BackendType": "vxlan",
-            "BackendData": {"VNI": 1, "VtepMAC": "02:cc:00:00:09:09"},
-        }
-    )
     t0 = time.monotonic()
-    bed.etcd.put("/coreos.com/network/subnets/10.0.240.0-26", value)
-    while not has_route(node, subnet):
-        if time.monotonic() - t0 > 30 or not node.running:
-            bed.etcd.ctl("del", "/coreos.com/network/subnets/10.0.240.0-26")
-            return float("nan")
-        time.sleep(0.005)
-    elapsed = (time.monotonic() - t0) * 1000
-    bed.etcd.ctl("del", "/coreos.com/network/subnets/10.0.240.0-26")
+    bed.etcd.put(recovery.KEY, recovery.VALUE)
+    elapsed = recovery.routed_within(node, has_route, t0, limit=30)
+    bed.etcd.ctl("del", recovery.KEY)
     return elapsed
+
+
+def etcd_away(bed: TestBed, impl: str, seconds: float, out: dict) -> None:
+    """One etcd_away sample (bench/recovery.py) on a cluster of ``impl`` that is running."""
+    if not all(n.running for n in bed.nodes):
+        try:
+            cluster(bed, impl)
+        except AssertionError:
+            out[f"after_etcd_away_{seconds:g}s_ms"].append(float("nan"))
+            return
+    ms, cpu = recovery.etcd_away(bed, bed.nodes[0], seconds, has_route)
+    out[f"after_etcd_away_{seconds:g}s_ms"].append(ms)
+    out["cpu_while_etcd_away_pct"].append(cpu)
 
 
 def throughput(bed: TestBed, impl: str, backend: str, args) -> dict:
@@ -252,6 +256,10 @@ METRICS = (
     "burst_1000_lost",
     "after_etcd_restart_ms",
     "survived_etcd_restart",
+    "after_etcd_away_10s_ms",
+    "after_etcd_away_60s_ms",
+    "cpu_while_etcd_away_pct",
+    "member_cut_off_ms",
 )
 
 
@@ -262,6 +270,10 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100, help="sequential leases per repeat")
     parser.add_argument("--idle", type=float, default=5, help="seconds of idle CPU sampling")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument(
+        "--away", nargs="*", type=float, default=[10.0, 60.0], choices=[10.0, 60.0],
+        help="seconds etcd is away (frozen, then killed) before a lease is written",
+    )
     args = parser.parse_args()
     if upstream_flanneld() is None:
         print("no upstream flanneld (../shared/anchors/flanneld-v0.20.2)", file=sys.stderr)
@@ -293,6 +305,20 @@ def main() -> int:
                 samples[impl]["survived_etcd_restart"].append(
                     float(all(n.running for n in bed.nodes))
                 )
+                for away in args.away:
+                    etcd_away(bed, impl, away, samples[impl])
+            print(f"etcd restarts {impl}: done", flush=True)
+    # The member in use cut off from its peers: a 3-member etcd of its own.
+    with TestBed(hosts=2, etcd_members=3) as bed:
+        for round_ in range(args.repeat):
+            for impl in IMPLEMENTATIONS:
+                endpoints = recovery.followers_first(bed)
+                cluster(bed, impl, endpoints=endpoints)
+                member = bed.etcd.member_for(endpoints.split(",")[0])
+                samples[impl]["member_cut_off_ms"].append(
+                    recovery.member_cut_off(bed, bed.nodes[0], member, has_route)
+                )
+        print("member cut off: done", flush=True)
     stats = {impl: {m: summary(v) for m, v in samples[impl].items()} for impl in IMPLEMENTATIONS}
 
     def row(name: str, py: float, up: float) -> list:

@@ -7,7 +7,7 @@ import os
 import sys
 
 OWN = ("pyflannel", "__main__")  # our loggers (a worker runs as __main__)
-LIBRARIES_ENV = "PYFLANNEL_DEBUG_LIBRARIES"  # e.g. "pyroute2,grpc": their DEBUG too
+LIBRARIES_ENV = "PYFLANNEL_DEBUG_LIBRARIES"  # e.g. "pyroute2,asyncio": their DEBUG too
 
 
 def setup_logging(verbosity: int = 0, environ=os.environ) -> None:

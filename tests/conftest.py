@@ -1,9 +1,4 @@
 import os
-
-# grpc's fork handlers crash intermittently when a forking helper runs next to a live
-# channel (library notes); the tests fork (subprocess) while etcd clients are open.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-
 import shutil
 
 import pytest

@@ -143,8 +143,6 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     setup_logging(options.v)
-    # gRPC's C core logs handshake failures itself; ours carry the same facts, once.
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from pyflannel.app.daemon import serve  # keeps `pyflannel --help` fast
 
     return asyncio.run(serve(options))
@@ -163,7 +161,6 @@ def _status(args: argparse.Namespace) -> int:
     except OptionsError as e:
         print(f"pyflannel status: {e}", file=sys.stderr)
         return UNHEALTHY
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if args.cluster:
         try:
             rows = asyncio.run(cluster_leases(options.store))
@@ -240,7 +237,6 @@ def _doctor(args: argparse.Namespace) -> int:
     except OptionsError as e:
         print(f"pyflannel doctor: {e}", file=sys.stderr)
         return 1
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if args.probe:
         from pyflannel.ops.doctor.mesh import probe_paths
         from pyflannel.ops.status.client import daemon_document

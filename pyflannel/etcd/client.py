@@ -1,53 +1,44 @@
-"""A small asyncio etcd v3 client on aetcd's generated gRPC stubs.
+"""A small asyncio etcd v3 client over etcd's JSON gateway (HTTP/1.1, ``/v3/...``).
 
-Why not ``aetcd.Client`` itself: its watcher hands out single events and drops what a
-correct lease watch needs (the response's header revision for resuming, ``canceled`` and
-its reason, progress notifications), it cannot ask for etcd's require-leader watch option,
-and it dials one plaintext address. This module keeps aetcd's stubs and protobufs and adds:
-per-call timeouts, several endpoints with failover, TLS, user/password auth, and watches that
-yield whole responses.
+Why not gRPC: the same v3 API is served as JSON on every member's client port (etcd >= 3.4),
+and speaking it over HTTP/1.1 with h11 costs ~1 MB and ~5 ms of imports where grpc + aetcd +
+protobuf cost ~14 MB and ~35 ms (bench/README, "start-up and footprint"). What the daemon needs
+of the client, it has: per-call timeouts, several endpoints with failover, TLS with client
+certificates, user/password auth, conditional writes, leases, and watches that yield whole
+responses (header revision, ``canceled``, compaction) with etcd's require-leader option.
+
+gRPC's HTTP/2 pings found a frozen member; here an idle watch asks its member for its status
+every MEMBER_CHECK_INTERVAL: no answer within MEMBER_CHECK_DEADLINE is a frozen (or gone)
+member, and an answer without a leader is a member cut off from its cluster, which etcd's own
+require-leader cancellation would report only after three election timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-import grpc
-from aetcd import rpc
 
 from pyflannel.errors import StoreError, StoreUnavailable
+from pyflannel.etcd.http import Connection, HttpClosed, Stream
 from pyflannel.subnet.stores import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
 
-# gRPC codes that mean "this member cannot serve us now": try again, maybe elsewhere.
-# INTERNAL included: a member shutting down mid-stream surfaces as "Internal error from Core".
-_UNAVAILABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.ABORTED,
-}
-# Detect a dead or frozen member on an idle watch within ~15 s (etcd accepts pings >= 5 s).
-# A frozen process's kernel still ACKs TCP, so only an unanswered HTTP/2 PING tells; current
-# gRPC cores enforce that through ping_timeout_ms (keepalive_timeout_ms alone never fired).
-_CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 << 20),
-)
-_REQUIRE_LEADER = ("hasleader", "true")
+# gRPC codes (the gateway reports them as "code") that mean "this member cannot serve us
+# now": try again, maybe elsewhere. CANCELLED, DEADLINE_EXCEEDED, UNKNOWN, RESOURCE_EXHAUSTED,
+# ABORTED, INTERNAL, UNAVAILABLE.
+_UNAVAILABLE = {1, 2, 4, 8, 10, 13, 14}
+_UNAUTHENTICATED = 16
+_REQUIRE_LEADER = ("Grpc-Metadata-Hasleader", "true")
+
+MEMBER_CHECK_INTERVAL = 1.0  # seconds a watch may be silent before its member is checked
+MEMBER_CHECK_DEADLINE = 2.0  # seconds the member has to answer that check
 
 
 class EtcdUnavailable(StoreUnavailable):
@@ -64,6 +55,14 @@ class RevisionCompacted(StoreUnavailable):
     def __init__(self, compact_revision: int):
         super().__init__(f"etcd history compacted up to revision {compact_revision}")
         self.compact_revision = compact_revision
+
+
+class _Refused(Exception):
+    """etcd's answer was an error: its gRPC code and message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -96,15 +95,13 @@ class WatchResponse:
     created: bool = False  # the watch is established; events from start_revision follow
 
 
-def _channel_closed_under_us() -> bool:
-    """grpc.aio raises CancelledError in calls on a channel that is being closed (another call
-    failed over). Unless our task itself is being cancelled, that is a broken connection."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
-
-
-def _kv(kv) -> KeyValue:
-    return KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.version, kv.lease)
+@dataclass(frozen=True)
+class MemberStatus:
+    version: str
+    member_id: int
+    leader: int  # 0: the member knows no leader
+    revision: int
+    raft_term: int
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -116,6 +113,61 @@ def prefix_end(prefix: bytes) -> bytes:
         return b"\0"
     b[-1] += 1
     return bytes(b)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _int(value) -> int:
+    """int64 fields come as JSON strings, and are left out when zero."""
+    return int(value or 0)
+
+
+def _kv(kv: dict) -> KeyValue:
+    return KeyValue(
+        base64.b64decode(kv.get("key", "")),
+        base64.b64decode(kv.get("value", "")),
+        _int(kv.get("mod_revision")),
+        _int(kv.get("create_revision")),
+        _int(kv.get("version")),
+        _int(kv.get("lease")),
+    )
+
+
+def _revision(reply: dict) -> int:
+    return _int(reply.get("header", {}).get("revision"))
+
+
+def _error_of(message: dict) -> _Refused | None:
+    """The error in a gateway answer: ``{"error": "...", "code": N}`` for unary calls,
+    ``{"error": {"grpc_code": N, "message": "..."}}`` inside streams."""
+    error = message.get("error")
+    if error is None:
+        return None
+    if isinstance(error, dict):
+        return _Refused(_int(error.get("grpc_code", 2)), str(error.get("message", error)))
+    return _Refused(_int(message.get("code", 2)), str(message.get("message") or error))
+
+
+def _decode(status: int, body: bytes) -> dict:
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        # Not etcd's gateway: a proxy's page, a half-written answer. This member cannot serve.
+        raise _Refused(14, f"HTTP {status}, not JSON: {body[:80]!r}") from None
+    if not isinstance(reply, dict):
+        raise _Refused(14, f"HTTP {status}, not a JSON object: {body[:80]!r}")
+    error = _error_of(reply)
+    if error is not None:
+        raise error
+    if status != 200:
+        raise _Refused(14, f"HTTP {status}: {body[:80]!r}")
+    return reply
+
+
+def _txn_compare(key: bytes, mod_revision: int) -> dict:
+    return {"key": _b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": str(mod_revision)}
 
 
 class EtcdClient:
@@ -135,9 +187,14 @@ class EtcdClient:
         self.tls = tls or TLSFiles()
         self.timeout = timeout
         self._current = 0
-        self._channel: grpc.aio.Channel | None = None
+        # Every failover starts a new generation: connections of an older one are closed,
+        # and a call that failed on an older one does not move the client again.
+        self._generation = 0
+        self._idle: list[Connection] = []  # kept-alive connections to the current member
+        self._open: set[Connection] = set()  # every connection of this generation
         self._token: str | None = None
         self._connecting = asyncio.Lock()
+        self._ssl: ssl.SSLContext | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -145,67 +202,74 @@ class EtcdClient:
 
     # -- connection management -------------------------------------------------------------
 
-    def _credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str) -> bytes | None:
-            return Path(path).read_bytes() if path else None
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=self.tls.cafile or None)
+            if self.tls.certfile:
+                context.load_cert_chain(self.tls.certfile, self.tls.keyfile or None)
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl = context
+        return self._ssl
 
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.tls.cafile),
-            private_key=read(self.tls.keyfile),
-            certificate_chain=read(self.tls.certfile),
-        )
+    async def _dial(self, ep: Endpoint) -> Connection:
+        host, _, port = ep.target.rpartition(":")
+        conn = await Connection.open(host, int(port), self._tls_context() if ep.tls else None)
+        self._open.add(conn)
+        return conn
 
-    async def _ensure_channel(self) -> grpc.aio.Channel:
-        """The channel to the current member, authenticated. Connecting and authenticating
-        happen under one lock and the channel is published only when its token is there: a
-        concurrent call never uses it without one (and so never drops it, with its caller's
-        authentication still under way, for an UNAUTHENTICATED answer)."""
-        if self._channel is not None:
-            return self._channel
-        async with self._connecting:
-            if self._channel is not None:
-                return self._channel
-            ep = self.endpoint
-            if ep.tls:
-                channel = grpc.aio.secure_channel(
-                    ep.target, self._credentials(), options=_CHANNEL_OPTIONS
-                )
-            else:
-                channel = grpc.aio.insecure_channel(ep.target, options=_CHANNEL_OPTIONS)
-            token = None
-            if self.username:
-                try:
-                    resp = await rpc.AuthStub(channel).Authenticate(
-                        rpc.AuthenticateRequest(name=self.username, password=self.password),
-                        timeout=self.timeout,
-                    )
-                except grpc.aio.AioRpcError as e:
-                    await channel.close(grace=None)
-                    if e.code() in _UNAVAILABLE:
-                        self._next_endpoint()
-                    raise self._translate(e, ep) from None
-                except BaseException:
-                    await channel.close(grace=None)
-                    raise
-                token = resp.token
-            self._channel, self._token = channel, token
-            return channel
+    async def _connection(self, ep: Endpoint, generation: int) -> Connection:
+        """A connection to the current member, authenticated: an idle kept-alive one, or a
+        new one. Authentication happens under one lock, so that concurrent first calls share
+        one token."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and not conn.reader.at_eof():
+                return conn
+            self._forget(conn)
+        if self.username and self._token is None:
+            async with self._connecting:
+                if self._token is None and generation == self._generation:
+                    self._token = await self._authenticate(ep)
+        return await self._dial(ep)
 
-    def _metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-        token = (("token", self._token),) if self._token else ()
-        return token + extra
+    async def _authenticate(self, ep: Endpoint) -> str:
+        conn = await self._dial(ep)
+        try:
+            body = json.dumps({"name": self.username, "password": self.password}).encode()
+            reply = _decode(*await conn.request("/v3/auth/authenticate", body, []))
+        finally:
+            self._forget(conn)
+        return str(reply.get("token", ""))
 
-    async def _drop_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close(grace=None)
+    def _headers(self, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+        token = [("Authorization", self._token)] if self._token else []
+        return [*token, *extra]
 
-    async def _failover(self, failed: grpc.aio.Channel | None) -> None:
-        """Forget the member ``failed`` was talking to; the next call dials the next endpoint.
-        Calls that broke because another call already failed over do not move again."""
-        if failed is not self._channel:
+    def _forget(self, conn: Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
+
+    def _release(self, conn: Connection, generation: int) -> None:
+        if generation == self._generation and conn.reusable:
+            self._idle.append(conn)
+        else:
+            self._forget(conn)
+
+    def _drop_connections(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+        self._open.clear()
+        self._idle.clear()
+
+    async def _failover(self, generation: int) -> None:
+        """Forget the member that generation was talking to (closing its connections, a watch
+        on it included); the next call dials the next endpoint. Calls that broke because
+        another call already failed over do not move again."""
+        if generation != self._generation:
             return
-        await self._drop_channel()
+        self._generation += 1
+        self._drop_connections()
+        self._token = None
         self._next_endpoint()
 
     def _next_endpoint(self) -> None:
@@ -213,74 +277,73 @@ class EtcdClient:
             self._current = (self._current + 1) % len(self.endpoints)
             log.info("etcd: switching to endpoint %s", self.endpoint.url)
 
-    def _translate(self, e: grpc.aio.AioRpcError, ep: Endpoint) -> StoreError | StoreUnavailable:
-        details = (e.details() or e.code().name).strip()
-        if ep.tls and any(s in details for s in ("TSI_", "SSL", "andshake")):
-            details += " (TLS failed: check --etcd-cafile, --etcd-certfile and --etcd-keyfile)"
-        if e.code() in _UNAVAILABLE:
-            return EtcdUnavailable(f"etcd at {ep.url}: {details}")
-        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return EtcdError(f"etcd at {ep.url} refused the credentials: {details}")
-        return EtcdError(f"etcd at {ep.url}: {details}")
-
     @contextlib.asynccontextmanager
-    async def _calling(self, channel: grpc.aio.Channel, ep: Endpoint):
+    async def _calling(self, generation: int, ep: Endpoint, timeout: float):
         """What every call does on failure: move to the next member when this one cannot
-        serve, re-authenticate after an expired token, and turn gRPC's errors into ours."""
+        serve, re-authenticate after an expired token, and turn errors into ours."""
         try:
             yield
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _UNAVAILABLE:
-                await self._failover(channel)
-            elif (
-                e.code() == grpc.StatusCode.UNAUTHENTICATED
-                and self.username
-                and channel is self._channel
-            ):
-                await self._drop_channel()  # token expired: re-authenticate on the next call
-            raise self._translate(e, ep) from None
+        except _Refused as e:
+            message = str(e).strip()
+            if e.code in _UNAVAILABLE:
+                await self._failover(generation)
+                raise EtcdUnavailable(f"etcd at {ep.url}: {message}") from None
+            if e.code == _UNAUTHENTICATED:
+                if self.username and generation == self._generation:
+                    self._token = None  # expired: authenticate again on the next call
+                raise EtcdError(f"etcd at {ep.url} refused the credentials: {message}") from None
+            raise EtcdError(f"etcd at {ep.url}: {message}") from None
         except TimeoutError:
-            await self._failover(channel)
-            raise EtcdUnavailable(
-                f"etcd at {ep.url}: no answer within {self.timeout:.0f} s"
-            ) from None
-        except asyncio.CancelledError:
-            if _channel_closed_under_us():
-                raise EtcdUnavailable(
-                    f"etcd at {ep.url}: connection closed (moving member)"
-                ) from None
-            raise
+            await self._failover(generation)
+            raise EtcdUnavailable(f"etcd at {ep.url}: no answer within {timeout:g} s") from None
+        except (OSError, HttpClosed) as e:
+            await self._failover(generation)
+            raise EtcdUnavailable(f"etcd at {ep.url}: {_describe(e, ep)}") from None
 
-    async def _call(self, stub_type, method: str, request, *, timeout: float | None = None):
-        channel = await self._ensure_channel()
-        async with self._calling(channel, self.endpoint):
-            return await getattr(stub_type(channel), method)(
-                request, timeout=timeout or self.timeout, metadata=self._metadata()
-            )
+    async def _call(self, path: str, request: dict, *, timeout: float | None = None) -> dict:
+        """One unary call: POST the request to the gateway path, its JSON answer."""
+        timeout = timeout or self.timeout
+        ep, generation = self.endpoint, self._generation
+        body = json.dumps(request, separators=(",", ":")).encode()
+        async with self._calling(generation, ep, timeout), asyncio.timeout(timeout):
+            conn = await self._connection(ep, generation)
+            try:
+                status, data = await conn.request(path, body, self._headers())
+            except (HttpClosed, ConnectionResetError, BrokenPipeError):
+                self._forget(conn)
+                if conn.exchanges == 1:
+                    raise
+                # A kept-alive connection the member closed meanwhile: one fresh try.
+                conn = await self._dial(ep)
+                status, data = await conn.request(path, body, self._headers())
+            except BaseException:
+                self._forget(conn)
+                raise
+            self._release(conn, generation)
+            return _decode(status, data)
 
     async def close(self) -> None:
-        await self._drop_channel()
+        self._drop_connections()
 
     # -- KV --------------------------------------------------------------------------------
 
     async def get(self, key: bytes) -> tuple[KeyValue | None, int]:
-        resp = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key))
-        return (_kv(resp.kvs[0]) if resp.kvs else None), resp.header.revision
+        reply = await self._call("/v3/kv/range", {"key": _b64(key)})
+        kvs = reply.get("kvs", [])
+        return (_kv(kvs[0]) if kvs else None), _revision(reply)
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
-        req = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
-        resp = await self._call(rpc.KVStub, "Range", req, timeout=self.timeout * 4)
-        return [_kv(kv) for kv in resp.kvs], resp.header.revision
+        request = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+        reply = await self._call("/v3/kv/range", request, timeout=self.timeout * 4)
+        return [_kv(kv) for kv in reply.get("kvs", [])], _revision(reply)
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        resp = await self._call(
-            rpc.KVStub, "Put", rpc.PutRequest(key=key, value=value, lease=lease)
-        )
-        return resp.header.revision
+        request = {"key": _b64(key), "value": _b64(value), "lease": str(lease)}
+        return _revision(await self._call("/v3/kv/put", request))
 
     async def delete(self, key: bytes) -> int:
-        resp = await self._call(rpc.KVStub, "DeleteRange", rpc.DeleteRangeRequest(key=key))
-        return resp.deleted
+        reply = await self._call("/v3/kv/deleterange", {"key": _b64(key)})
+        return _int(reply.get("deleted"))
 
     async def put_if(
         self, key: bytes, value: bytes, *, lease: int, mod_revision: int
@@ -289,26 +352,20 @@ class EtcdClient:
 
         Returns the new revision, or None if the condition failed (someone else wrote it).
         """
-        compare = rpc.Compare(
-            key=key,
-            result=rpc.Compare.CompareResult.EQUAL,
-            target=rpc.Compare.CompareTarget.MOD,
-            mod_revision=mod_revision,
-        )
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
-        resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(compare=[compare], success=[put]))
-        return resp.header.revision if resp.succeeded else None
+        put = {"key": _b64(key), "value": _b64(value), "lease": str(lease)}
+        request = {
+            "compare": [_txn_compare(key, mod_revision)],
+            "success": [{"request_put": put}],
+        }
+        reply = await self._call("/v3/kv/txn", request)
+        return _revision(reply) if reply.get("succeeded") else None
 
     async def delete_if(self, key: bytes, *, mod_revision: int) -> bool:
-        compare = rpc.Compare(
-            key=key,
-            result=rpc.Compare.CompareResult.EQUAL,
-            target=rpc.Compare.CompareTarget.MOD,
-            mod_revision=mod_revision,
-        )
-        op = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-        resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(compare=[compare], success=[op]))
-        return resp.succeeded
+        request = {
+            "compare": [_txn_compare(key, mod_revision)],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+        }
+        return bool((await self._call("/v3/kv/txn", request)).get("succeeded"))
 
     async def txn(
         self,
@@ -317,74 +374,66 @@ class EtcdClient:
         timeout: float | None = None,
     ) -> int:
         """Unconditional puts and deletes in one transaction (one revision); that revision."""
-        ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in puts]
-        ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
-        resp = await self._call(rpc.KVStub, "Txn", rpc.TxnRequest(success=ops), timeout=timeout)
-        return resp.header.revision
+        ops = [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts]
+        ops += [{"request_delete_range": {"key": _b64(k)}} for k in deletes]
+        return _revision(await self._call("/v3/kv/txn", {"success": ops}, timeout=timeout))
 
     async def compact(self, revision: int) -> None:
-        await self._call(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision))
+        await self._call("/v3/kv/compaction", {"revision": str(revision)})
 
     # -- leases ----------------------------------------------------------------------------
 
     async def grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int]:
         """A new etcd lease: (ID, TTL). ``lease_id`` 0 lets etcd choose the ID; a chosen one
         that exists already is an EtcdError saying so."""
-        resp = await self._call(
-            rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id)
-        )
-        if resp.error:
-            raise EtcdError(f"etcd refused a {ttl}s lease: {resp.error}")
-        return resp.ID, resp.TTL
+        reply = await self._call("/v3/lease/grant", {"TTL": str(ttl), "ID": str(lease_id)})
+        if reply.get("error"):
+            raise EtcdError(f"etcd refused a {ttl}s lease: {reply['error']}")
+        return _int(reply.get("ID")), _int(reply.get("TTL"))
 
     async def revoke(self, lease_id: int) -> None:
-        req = rpc.LeaseRevokeRequest(ID=lease_id)
         try:
-            await self._call(rpc.LeaseStub, "LeaseRevoke", req)
+            await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
         except EtcdError as e:
             if "not found" not in str(e):
                 raise
 
     async def time_to_live(self, lease_id: int, keys: bool = False) -> tuple[int, list[bytes]]:
         """Seconds left on a lease (-1 if it does not exist) and, optionally, its keys."""
-        req = rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
-        resp = await self._call(rpc.LeaseStub, "LeaseTimeToLive", req)
-        return resp.TTL, list(resp.keys)
+        reply = await self._call("/v3/lease/timetolive", {"ID": str(lease_id), "keys": keys})
+        return _int(reply.get("TTL")), [base64.b64decode(k) for k in reply.get("keys", [])]
 
     async def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease once; return its new TTL, or 0 if etcd no longer has it."""
-        channel = await self._ensure_channel()
-        ep = self.endpoint
-        call = rpc.LeaseStub(channel).LeaseKeepAlive(
-            timeout=timeout or self.timeout, metadata=self._metadata()
-        )
-        try:
-            async with self._calling(channel, ep):
-                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                resp = await call.read()
-        finally:
-            call.cancel()
-        if resp is grpc.aio.EOF:
-            raise EtcdUnavailable(f"etcd at {ep.url}: keepalive stream closed")
-        return max(resp.TTL, 0)
+        reply = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, timeout=timeout)
+        result = reply.get("result", {})  # the answer of a stream of one request
+        return max(_int(result.get("TTL")), 0)
 
     # -- cluster ---------------------------------------------------------------------------
 
-    async def status(self):
-        return await self._call(rpc.MaintenanceStub, "Status", rpc.StatusRequest())
+    async def status(self, timeout: float | None = None) -> MemberStatus:
+        reply = await self._call("/v3/maintenance/status", {}, timeout=timeout)
+        header = reply.get("header", {})
+        return MemberStatus(
+            version=str(reply.get("version", "")),
+            member_id=_int(header.get("member_id")),
+            leader=_int(reply.get("leader")),
+            revision=_int(header.get("revision")),
+            raft_term=_int(reply.get("raftTerm")),
+        )
 
     async def members(self) -> list[dict]:
         """The cluster's members as the current member sees them, with the leader marked."""
-        members = await self._call(rpc.ClusterStub, "MemberList", rpc.MemberListRequest())
+        reply = await self._call("/v3/cluster/member/list", {})
         leader = (await self.status()).leader
         return [
             {
-                "name": m.name,
-                "id": f"{m.ID:x}",
-                "client_urls": list(m.clientURLs),
-                "leader": leader == m.ID,
+                "name": m.get("name", ""),
+                "id": f"{_int(m.get('ID')):x}",
+                "client_urls": list(m.get("clientURLs", [])),
+                "leader": leader == _int(m.get("ID")),
             }
-            for m in members.members
+            for m in reply.get("members", [])
         ]
 
     # -- watch -----------------------------------------------------------------------------
@@ -395,53 +444,84 @@ class EtcdClient:
         """Every change under ``prefix`` from ``start_revision`` on, one etcd response at a time.
 
         Raises RevisionCompacted if that revision is gone, EtcdUnavailable when the stream
-        breaks or the member loses its leader (require-leader), so that the caller resumes
-        from its last revision + 1, possibly on another member.
+        breaks, the member stops answering, or it has no leader (require-leader), so that the
+        caller resumes from its last revision + 1, possibly on another member.
         """
-        channel = await self._ensure_channel()
-        ep = self.endpoint
-        call = rpc.WatchStub(channel).Watch(metadata=self._metadata(_REQUIRE_LEADER))
-        create = rpc.WatchCreateRequest(
-            key=prefix,
-            range_end=prefix_end(prefix),
-            start_revision=start_revision,
-            progress_notify=True,
-        )
+        ep, generation = self.endpoint, self._generation
+        create = {
+            "key": _b64(prefix),
+            "range_end": _b64(prefix_end(prefix)),
+            "start_revision": str(start_revision),
+            "progress_notify": True,
+        }
+        conn: Connection | None = None
         try:
-            async with self._calling(channel, ep):
+            async with self._calling(generation, ep, self.timeout):
                 # Establishing the stream is bounded like any call: a connection attempt made
                 # while the network was cut can otherwise wait for TCP's SYN retries (minutes).
-                await asyncio.wait_for(
-                    call.write(rpc.WatchRequest(create_request=create)), self.timeout
-                )
-                established = False
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._connection(ep, generation)
+                    headers = self._headers(_REQUIRE_LEADER)
+                    stream = await Stream.open(conn, "/v3/watch", headers, {"create_request": create})
+                    message = await stream.receive()
                 while True:
-                    if established:
-                        resp = await call.read()  # idle for hours is fine: HTTP/2 pings watch it
-                    else:
-                        resp = await asyncio.wait_for(call.read(), self.timeout)
-                        established = True
-                    if resp is grpc.aio.EOF:
-                        raise EtcdUnavailable(f"etcd at {ep.url}: watch stream closed")
-                    if resp.compact_revision:
-                        raise RevisionCompacted(resp.compact_revision)
-                    if resp.canceled:
-                        reason = resp.cancel_reason or "watch canceled by the server"
-                        raise EtcdUnavailable(f"etcd at {ep.url}: {reason}")
-                    if resp.created and not resp.events:
-                        # Its header revision is the store's, not how far we have been sent:
-                        # resuming from it could skip events still in flight.
-                        yield WatchResponse(0, [], created=True)
-                        continue
-                    yield WatchResponse(
-                        resp.header.revision,
-                        [
-                            WatchEvent(
-                                "delete" if ev.type == rpc.Event.EventType.DELETE else "put",
-                                _kv(ev.kv),
-                            )
-                            for ev in resp.events
-                        ],
-                    )
+                    response = self._watch_response(message, stream)
+                    if response is not None:
+                        yield response
+                    message = await self._next_message(stream, generation, ep)
         finally:
-            call.cancel()
+            if conn is not None:
+                self._forget(conn)
+
+    def _watch_response(self, message: dict, stream: Stream) -> WatchResponse | None:
+        error = _error_of(message)
+        if error is not None:
+            raise error
+        if stream.status != 200 or "result" not in message:
+            raise _Refused(14, f"HTTP {stream.status}: {json.dumps(message)[:80]}")
+        result = message["result"]
+        if _int(result.get("compact_revision")):
+            raise RevisionCompacted(_int(result["compact_revision"]))
+        if result.get("canceled"):
+            raise _Refused(14, result.get("cancel_reason") or "watch canceled by the server")
+        events = result.get("events", [])
+        if result.get("created") and not events:
+            # Its header revision is the store's, not how far we have been sent: resuming
+            # from it could skip events still in flight.
+            return WatchResponse(0, [], created=True)
+        return WatchResponse(
+            _revision(result),
+            [
+                WatchEvent("delete" if ev.get("type") == "DELETE" else "put", _kv(ev["kv"]))
+                for ev in events
+            ],
+        )
+
+    async def _next_message(self, stream: Stream, generation: int, ep: Endpoint) -> dict:
+        """The watch's next message; while it is silent, its member is checked every
+        MEMBER_CHECK_INTERVAL (frozen: no answer; cut off: no leader)."""
+        while True:
+            try:
+                async with asyncio.timeout(MEMBER_CHECK_INTERVAL):
+                    return await stream.receive()
+            except TimeoutError:
+                pass
+            if generation != self._generation:
+                raise HttpClosed("connection closed (the client moved to another member)")
+            deadline = min(self.timeout, MEMBER_CHECK_DEADLINE)
+            try:
+                status = await self.status(timeout=deadline)
+            except EtcdUnavailable as e:
+                why = str(e).removeprefix(f"etcd at {ep.url}: ")
+                raise HttpClosed(f"the member stopped answering its status check ({why})") from None
+            if not status.leader:
+                raise _Refused(14, "etcdserver: no leader (the member is cut off from its cluster)")
+
+
+def _describe(e: BaseException, ep: Endpoint) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, ConnectionRefusedError):
+        text = "connection refused"
+    if ep.tls and (isinstance(e, ssl.SSLError) or "SSL" in text or "certificate" in text):
+        text += " (TLS failed: check --etcd-cafile, --etcd-certfile and --etcd-keyfile)"
+    return text

@@ -43,9 +43,9 @@ def test_library_debug_only_when_asked_for(monkeypatch, capsys):
     monkeypatch.setenv("PYFLANNEL_DEBUG_LIBRARIES", "pyroute2")
     setup_logging(1)
     logging.getLogger("pyroute2.netlink.core").debug("netlink detail")
-    logging.getLogger("grpc").debug("grpc detail")
+    logging.getLogger("asyncio").debug("asyncio detail")
     err = capsys.readouterr().err
-    assert "netlink detail" in err and "grpc detail" not in err
+    assert "netlink detail" in err and "asyncio detail" not in err
     logging.getLogger("pyroute2").setLevel(logging.NOTSET)
 
 

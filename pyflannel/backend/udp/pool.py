@@ -2,9 +2,9 @@
 their descriptors, sending them the forwarding table, collecting their counters, noticing
 when one dies.
 
-Worker processes are started with exec (``python -m``), never a bare fork: the daemon holds
-grpc channels, and grpc does not survive a fork that goes on running Python. They import the
-daemon's own copy of pyflannel, wherever it is installed (the Debian package keeps it in a
+Worker processes are started with exec (``python -m``), never a bare fork: a forked copy of
+the daemon would carry its event loop, its netlink thread's state and its etcd connections
+into a process that must own none of them. They import the daemon's own copy of pyflannel, wherever it is installed (the Debian package keeps it in a
 private directory that is not on Python's default path).
 """
 

@@ -213,7 +213,7 @@ def probe_port(port: int) -> tuple[bool, str | None]:
 
 async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
     """Round trips, etcd's own disk-sync metrics, and the clock difference (from HTTP Date)."""
-    from pyflannel.etcd.store import client_for  # grpc: only when etcd is probed
+    from pyflannel.etcd.store import client_for  # only when etcd is probed
 
     client = client_for(o, timeout=3)
     try:
