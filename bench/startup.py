@@ -1,7 +1,10 @@
-"""Start-up and footprint: time from `pyflannel run` to subnet.env written (cold: no device,
-no lease; warm: restart with both in place), time to "ready", and RSS at idle.
+"""Start-up and footprint: time from exec of `pyflannel run` to subnet.env written (cold: no
+device, no lease; warm: restart with both in place), to "ready", RSS at idle, and where the
+time goes: the daemon logs its start-up steps (pyflannel/app/timeline.py) and this script
+takes each step's median distance from the previous one, next to what the same machine takes
+for the floors (the interpreter alone, then with the imports the steps cannot do without).
 
-    sudo python3 bench/startup.py [--runs 5]
+    sudo python3 bench/startup.py [--runs 7]
 
 Writes bench/results/startup.{json,md}.
 """
@@ -17,8 +20,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results
+from bench.common import compiled, summary, table, write_results
 from testbed.bed import TestBed
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS_LINE = re.compile(r"start-up steps: (.*)")
+# What each step covers (pyflannel/app/timeline.py, app/daemon.py).
+MEANING = {
+    "python": "the interpreter, site (.pth files), pyflannel/__main__",
+    "imports": "imports: pyflannel.app.cli, .daemon and all they use",
+    "options": "flags and environment parsed, logging set up, event loop",
+    "endpoint": "health endpoint listening",
+    "config": "network config read from etcd (first connection)",
+    "interface": "external interface chosen (netlink thread, pyroute2 imported)",
+    "backend": "VXLAN device created or found",
+    "lease": "lease acquired (list, grant, transaction)",
+    "assign": "device address and MTU set",
+    "rules": "iptables rules checked/added",
+    "subnet.env": "subnet.env written",
+}
+# Floors on this machine: the same interpreter, doing nothing / importing what any asyncio
+# daemon that creates its device with pyroute2 (the product's choice) must import.
+FLOORS = {
+    "interpreter, no site": ["-S", "-c", "pass"],
+    "interpreter with site": ["-c", "pass"],
+    "+ asyncio, logging, json": ["-c", "import asyncio, logging, json"],
+    "+ pyroute2's IPRoute (the device)": [
+        "-c",
+        "import asyncio, logging, json; from pyflannel.kernel.rtnl import IPRoute",
+    ],
+    "+ all of pyflannel run's imports": ["-c", "import pyflannel.app.daemon"],
+}
 
 
 def rss_mb(pid: int) -> float:
@@ -26,36 +58,44 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def timed_start(node) -> tuple[float, float]:
-    """Seconds from exec to subnet.env present, and to the daemon's ready line."""
+def timed_start(node) -> tuple[float, float, dict[str, float]]:
+    """Seconds from exec to subnet.env present and to ready; ms of each start-up step."""
     node.subnet_file.unlink(missing_ok=True)
     mark = len(node.log())
-    t0 = time.monotonic()
-    node.start()
+    t0 = time.time()
+    node.start("-v", "1", "--probe-interval=0")
     while not node.subnet_file.exists():
-        if time.monotonic() - t0 > 30:
+        if time.time() - t0 > 30:
             raise TimeoutError(node.log()[-2000:])
-        time.sleep(0.002)
-    t_file = time.monotonic() - t0
-    node.wait_log(r"ready in", after=mark)
-    return t_file, time.monotonic() - t0
+        time.sleep(0.001)
+    t_file = time.time() - t0
+    match = node.wait_log(STEPS_LINE.pattern, after=mark)
+    steps: dict[str, float] = {}
+    previous = t0
+    for item in match.group(1).split():
+        name, _, at = item.partition("=")
+        steps[name] = (float(at) - previous) * 1000
+        previous = float(at)
+    ready = previous - t0
+    return t_file, ready, steps
 
 
-def import_time() -> float:
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import pyflannel.app.daemon"],
-        capture_output=True,
-        text=True,
-    ).stderr
-    last = [line for line in out.splitlines() if "pyflannel.app.daemon" in line][-1]
-    return int(last.split("|")[1]) / 1e6
+def floor_ms(args: list[str], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return summary(samples)["median"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
+    compiled()
     cold, warm, cold_ready, warm_ready, rss = [], [], [], [], []
+    steps: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
     with TestBed(hosts=3) as bed:
         bed.put_config()
         for node in bed.nodes[1:]:
@@ -66,18 +106,21 @@ def main() -> int:
             node.run("ip", "link", "del", "flannel.1", check=False)
             for key in [k for k, v in bed.leases().items() if '"198.51.100.1"' in v]:
                 bed.etcd.ctl("del", key)
-            t_file, t_ready = timed_start(node)
+            t_file, t_ready, cold_steps = timed_start(node)
             cold.append(t_file)
             cold_ready.append(t_ready)
             time.sleep(2)
             rss.append(rss_mb(node.pid))
             node.stop()
             # Warm: restart with device and lease in place.
-            t_file, t_ready = timed_start(node)
+            t_file, t_ready, warm_steps = timed_start(node)
             warm.append(t_file)
             warm_ready.append(t_ready)
             node.stop()
-    imp = import_time()
+            for kind, taken in (("cold", cold_steps), ("warm", warm_steps)):
+                for name, ms in taken.items():
+                    steps[kind].setdefault(name, []).append(ms)
+    floors = {name: floor_ms(cmd, args.runs * 2) for name, cmd in FLOORS.items()}
     s = {
         k: summary(v)
         for k, v in {
@@ -90,10 +133,25 @@ def main() -> int:
     }
     rows = [[name, s[name]["median"], s[name]["min"], s[name]["max"]] for name in s]
     text = table(["measure", "median", "min", "max"], rows)
-    text += f"\n\nimport pyflannel.app.daemon: {imp:.3f} s; runs: {args.runs}"
+    profile = [
+        [
+            name,
+            summary(steps["cold"][name])["median"],
+            summary(steps["warm"].get(name, []))["median"],
+            MEANING.get(name, "after subnet.env"),
+        ]
+        for name in steps["cold"]
+    ]
+    text += "\n\nWhere the start goes (ms since the previous step, medians):\n\n"
+    text += table(["step", "cold ms", "warm ms", "what it covers"], profile)
+    text += "\n\nFloors on this machine (ms, process start to exit, medians):\n\n"
+    text += table(["python3 ...", "ms"], [[name, ms] for name, ms in floors.items()])
+    text += f"\n\nruns: {args.runs}"
     print(text)
     write_results(
-        "startup", {**s, "import_s": imp, "raw": {"cold": cold, "warm": warm, "rss": rss}}, text
+        "startup",
+        {**s, "steps": steps, "floors_ms": floors, "raw": {"cold": cold, "warm": warm, "rss": rss}},
+        text,
     )
     return 0
 

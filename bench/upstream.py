@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import recovery
-from bench.common import plot, summary, table, write_results
+from bench.common import compiled, plot, summary, table, write_results
 from bench.dataplane import cpu_seconds
 from testbed.bed import Node, TestBed
 from testbed.iperf import iperf, received_bits_per_second
@@ -271,13 +271,18 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=5, help="seconds of idle CPU sampling")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument(
-        "--away", nargs="*", type=float, default=[10.0, 60.0], choices=[10.0, 60.0],
+        "--away",
+        nargs="*",
+        type=float,
+        default=[10.0, 60.0],
+        choices=[10.0, 60.0],
         help="seconds etcd is away (frozen, then killed) before a lease is written",
     )
     args = parser.parse_args()
     if upstream_flanneld() is None:
         print("no upstream flanneld (../shared/anchors/flanneld-v0.20.2)", file=sys.stderr)
         return 2
+    compiled()
     samples = {impl: {m: [] for m in METRICS} for impl in IMPLEMENTATIONS}
     flows: dict[str, dict] = {impl: {} for impl in IMPLEMENTATIONS}
     with TestBed(hosts=3) as bed:
@@ -311,7 +316,7 @@ def main() -> int:
     # The member in use cut off from its peers: a 3-member etcd of its own.
     with TestBed(hosts=2, etcd_members=3) as bed:
         for round_ in range(args.repeat):
-            for impl in IMPLEMENTATIONS:
+            for impl in IMPLEMENTATIONS if round_ % 2 == 0 else IMPLEMENTATIONS[::-1]:
                 endpoints = recovery.followers_first(bed)
                 cluster(bed, impl, endpoints=endpoints)
                 member = bed.etcd.member_for(endpoints.split(",")[0])

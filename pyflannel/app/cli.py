@@ -143,8 +143,10 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     setup_logging(options.v)
+    from pyflannel.app import timeline
     from pyflannel.app.daemon import serve  # keeps `pyflannel --help` fast
 
+    timeline.step("imports")
     return asyncio.run(serve(options))
 
 

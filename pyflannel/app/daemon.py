@@ -20,8 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING
 
 from pyflannel import __version__
+from pyflannel.app import timeline
 from pyflannel.app.observe import StatusAnswers, daemon_snapshot, summary
 from pyflannel.app.options import Options
 from pyflannel.app.running import Running
@@ -47,8 +49,6 @@ from pyflannel.ops.health import start_health_endpoint
 from pyflannel.ops.http_endpoint import HttpEndpoint
 from pyflannel.ops.instance import Instance
 from pyflannel.ops.liveness import Liveness
-from pyflannel.ops.mesh.prober import MeshProber
-from pyflannel.ops.mesh.publisher import MeshPublisher
 from pyflannel.ops.snapshot import DaemonSnapshot
 from pyflannel.subnet.config import NetworkConfig, parse_network_config
 from pyflannel.subnet.env_file import (
@@ -66,6 +66,10 @@ from pyflannel.subnet.stores import open_store
 from pyflannel.subnet.table import LeaseTable
 from pyflannel.traffic.families import NetworkRules, network_rules
 from pyflannel.traffic.ownership import Cluster
+
+if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
+    from pyflannel.ops.mesh.prober import MeshProber
+    from pyflannel.ops.mesh.publisher import MeshPublisher
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +183,7 @@ class Daemon:
             o.etcd_prefix,
         )
         cfg = await self.load_config()
+        timeline.step("config")
         if not cfg.enable_ipv4:
             raise ConfigError(
                 "EnableIPv4 is false: IPv6-only networks are not supported with etcd (upstream "
@@ -192,9 +197,11 @@ class Daemon:
                 await self.traffic.remove_other_mode(cidr)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
+        timeline.step("interface")
         backend, attrs = await self.parts.start_backend(
             BackendContext(self.netlink, cfg, ext, o.backend_settings)
         )
+        timeline.step("backend")
         backend.also_own(previous_network(o.subnet_file))
         if cfg.cidr6 is not None:
             backend.also_own(previous_network6(o.subnet_file))
@@ -218,9 +225,13 @@ class Daemon:
             previous_subnet(o.subnet_file),
             previous_subnet6(o.subnet_file) if cfg.enable_ipv6 else None,
         )
+        timeline.step("lease")
         await backend.assign(lease)
+        timeline.step("assign")
         await self.traffic.setup(self._rule_networks(cfg, lease))
+        timeline.step("rules")
         self._write_subnet_file(cfg, backend, lease)
+        timeline.step("subnet.env")
         table = LeaseTable(cfg.cidr, own=lease.subnet, own_ip=ext.public_ip)
         watch = PeerWatch(
             self.store,
@@ -289,6 +300,7 @@ class Daemon:
         self.parts.privileges()
         self.instance.acquire()
         o = self.options
+        timeline.step("options")
         self.endpoint = await start_health_endpoint(
             routes(
                 self.liveness, self.ready, self.snapshot, self.datapath_stats, StatusAnswers(self)
@@ -298,15 +310,18 @@ class Daemon:
             pinned="healthz_port" in o.given,
             instance=self.instance,
         )
+        timeline.step("endpoint")
         r = await self.start()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(r.watch.run(), name="peer-watch")
             tasks.create_task(r.peers.run(), name="peer-changes")
             await r.watch.synced.wait()
+            timeline.step("peers")
             # Only now is the desired state known: reconciling earlier would remove the
             # entries of every peer. Ready means programmed: wait for the first full pass.
             tasks.create_task(r.reconciler.run(), name="reconcile")
             await r.reconciler.programmed.wait()
+            timeline.step("programmed")
             if self.parts.kernel_watch:
                 self.kernel_watch = KernelWatch(r.backend.watched, r.backend.damaged)
                 self.kernel_watch.start()
@@ -314,6 +329,9 @@ class Daemon:
             tasks.create_task(report_drops(self.datapath_stats), name="drop-report")
             tasks.create_task(r.config_watch.run(), name="config-watch")
             if o.probe_interval > 0:
+                from pyflannel.ops.mesh.prober import MeshProber
+                from pyflannel.ops.mesh.publisher import MeshPublisher
+
                 self.prober = MeshProber(
                     peers=lambda: list(r.backend.peers.values()),
                     target=self._probe_target,
@@ -338,6 +356,8 @@ class Daemon:
                 r.backend.device_name,
             )
             sd_notify.notify(f"READY=1\nSTATUS={self.summary()}")
+            timeline.step("ready")
+            log.debug("start-up steps: %s", timeline.render())
             interval = sd_notify.watchdog_interval()
             if interval:
                 tasks.create_task(self.liveness.watchdog(interval, self.summary), name="watchdog")
@@ -417,12 +437,13 @@ def _leaves(group: BaseExceptionGroup):
 
 
 def process_start_time() -> float:
-    """When this process started (wall clock), so "ready in" counts the imports too."""
+    """When this process started (wall clock, to a clock tick), so "ready in" counts the
+    interpreter and the imports too. /proc/self/stat gives the start in ticks since boot;
+    CLOCK_BOOTTIME is now on that same clock (/proc/stat's btime is whole seconds: up to a
+    second off)."""
     try:
         ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        btime = next(
-            int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime")
-        )
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, StopIteration, IndexError):
+        since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since_start
+    except (OSError, ValueError, IndexError):
         return time.time()

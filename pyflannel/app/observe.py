@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyflannel import __version__
 from pyflannel.app.options import Options
@@ -16,7 +16,6 @@ from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.instance import Instance, instances_beside
-from pyflannel.ops.mesh.prober import MeshProber
 from pyflannel.ops.snapshot import (
     DaemonSnapshot,
     InstanceView,
@@ -27,6 +26,9 @@ from pyflannel.ops.snapshot import (
 from pyflannel.subnet.env_file import SubnetEnv
 from pyflannel.subnet.manager import SubnetManager
 from pyflannel.traffic.families import NetworkRules
+
+if TYPE_CHECKING:  # the prober (and statistics) are imported only where it runs
+    from pyflannel.ops.mesh.prober import MeshProber
 
 
 class Daemon(Protocol):

@@ -462,7 +462,9 @@ class EtcdClient:
                 async with asyncio.timeout(self.timeout):
                     conn = await self._connection(ep, generation)
                     headers = self._headers(_REQUIRE_LEADER)
-                    stream = await Stream.open(conn, "/v3/watch", headers, {"create_request": create})
+                    stream = await Stream.open(
+                        conn, "/v3/watch", headers, {"create_request": create}
+                    )
                     message = await stream.receive()
                 while True:
                     response = self._watch_response(message, stream)
