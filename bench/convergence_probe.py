@@ -11,6 +11,9 @@ import json
 import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's pyflannel
 
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.kernel.rtnl import RTMGRP_IPV4_ROUTE, IPRSocket

@@ -12,6 +12,9 @@ import logging
 import sys
 import time
 from ipaddress import IPv4Address
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's pyflannel
 
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.etcd.client import EtcdClient

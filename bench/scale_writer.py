@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's pyflannel
 
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.subnet.lease import LeaseAttrs

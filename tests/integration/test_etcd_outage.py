@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from pyflannel.control.peer_watch import PeerWatch
+from pyflannel.control.peer_watch import RECONNECT_EVERY, PeerWatch
 from pyflannel.etcd.client import MEMBER_CHECK_INTERVAL, EtcdClient, EtcdUnavailable
 from pyflannel.etcd.store import EtcdSubnetManager
 from pyflannel.subnet.table import LeaseTable
@@ -127,3 +127,33 @@ async def test_a_watch_survives_its_channel_being_closed_by_another_calls_failov
     resumed = client.watch_prefix(b"/closed/", 1)
     assert (await anext(resumed)).created
     await client.close()
+
+
+async def test_the_watch_is_back_at_once_after_a_long_outage_without_spinning(own_etcd):
+    # A backoff grown during the outage would leave the watch seconds behind etcd's return;
+    # it tries every RECONNECT_EVERY instead, which is no busy loop either.
+    client = EtcdClient([own_etcd.url], timeout=2)
+    store = EtcdSubnetManager(client, PREFIX)
+    peers = Peers()
+    watch = PeerWatch(store, LeaseTable(NET), peers)
+    task = asyncio.create_task(watch.run())
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(watch.synced.wait(), 10)
+        own_etcd.kill()
+        async with asyncio.timeout(10):
+            while watch.connected:
+                await asyncio.sleep(0.05)
+        tries_before, t0 = watch.restarts, loop.time()
+        await asyncio.sleep(6)  # an exponential backoff would be at its cap by now
+        tries = watch.restarts - tries_before
+        away = loop.time() - t0
+        assert away / RECONNECT_EVERY / 2 <= tries <= away / RECONNECT_EVERY * 1.5
+        own_etcd.start()
+        back = loop.time()
+        put(own_etcd, PREFIX, "10.1.4.0-24", "198.51.100.4")
+        await peers.wait_for({"10.1.4.0/24": "198.51.100.4"}, timeout=20)
+        assert loop.time() - back < 1.5  # the put itself is an etcdctl process (~0.1 s)
+    finally:
+        task.cancel()
+        await client.close()
