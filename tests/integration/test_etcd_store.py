@@ -214,3 +214,29 @@ async def test_failover_to_the_next_endpoint(etcd_server):
     kv, revision = await client.get(b"/x")
     assert kv is None and revision > 0
     await client.close()
+
+
+def test_the_etcd_client_runs_under_uvloop_too(etcd_server, prefix):
+    # The daemon runs on the stdlib loop; the client must not depend on it (uvloop's
+    # transports differ in how they report closed connections and timeouts).
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+
+    async def scenario():
+        client = EtcdClient([etcd_server.url], timeout=3)
+        key = f"{prefix}/uvloop".encode()
+        try:
+            watch = client.watch_prefix(key, 1)
+            assert (await anext(watch)).created
+            lease_id, ttl = await client.grant(60)
+            revision = await client.put_if(key, b"v", lease=lease_id, mod_revision=0)
+            assert revision is not None
+            response = await anext(watch)
+            assert [(e.type, e.kv.value) for e in response.events] == [("put", b"v")]
+            assert await client.keepalive(lease_id) == ttl
+            await client.revoke(lease_id)
+            assert (await client.get(key))[0] is None
+            await watch.aclose()
+        finally:
+            await client.close()
+
+    uvloop.run(scenario())
