@@ -225,7 +225,8 @@ def test_the_etcd_client_runs_under_uvloop_too(etcd_server, prefix):
         client = EtcdClient([etcd_server.url], timeout=3)
         key = f"{prefix}/uvloop".encode()
         try:
-            watch = client.watch_prefix(key, 1)
+            _, revision = await client.get(key)
+            watch = client.watch_prefix(key, revision + 1)
             assert (await anext(watch)).created
             lease_id, ttl = await client.grant(60)
             revision = await client.put_if(key, b"v", lease=lease_id, mod_revision=0)
