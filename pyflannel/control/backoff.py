@@ -12,15 +12,18 @@ T = TypeVar("T")
 
 
 class Backoff:
-    def __init__(self, first: float = 0.1, cap: float = 5.0, factor: float = 2.0):
-        self.first, self.cap, self.factor = first, cap, factor
+    def __init__(
+        self, first: float = 0.1, cap: float = 5.0, factor: float = 2.0, spread: float = 0.2
+    ):
+        self.first, self.cap, self.factor, self.spread = first, cap, factor, spread
         self._next = first
 
     def next(self) -> float:
-        """The delay before the next try: grows by ``factor`` up to ``cap``, +-20% jitter."""
+        """The delay before the next try: grows by ``factor`` up to ``cap``, with a jitter of
+        +-``spread`` (a share of the delay)."""
         delay = self._next
         self._next = min(self._next * self.factor, self.cap)
-        return delay * random.uniform(0.8, 1.2)
+        return delay * random.uniform(1 - self.spread, 1 + self.spread)
 
     def reset(self) -> None:
         self._next = self.first

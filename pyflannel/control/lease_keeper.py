@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -110,7 +109,8 @@ class LeaseKeeper:
         """Get a lease, retrying through store trouble and full networks until it succeeds."""
         self.attrs = attrs
         outage = Outage(log, f"{self.store.name} unreachable while acquiring a subnet lease")
-        backoff = Backoff(first=0.5, cap=10.0)
+        # nodes that boot together fail together (a leader lost): spread their retries wide
+        backoff = Backoff(first=0.5, cap=10.0, spread=0.5)
         while True:
             try:
                 cfg = await self.load_config()
@@ -136,9 +136,14 @@ class LeaseKeeper:
     ) -> Lease:
         lost: set[IPv4Network] = set()
         grantor = self.identity.fingerprint if self.identity else None
+        snapshot: LeaseSnapshot | None = None
         for _ in range(RACE_ATTEMPTS):
-            snapshot = await self.store.leases()
-            self.last_listing = snapshot
+            # A lost creation race excludes its subnet and draws again from the same listing
+            # (the draw is uniform over the whole range: a stale listing rarely matters); a
+            # lost takeover, or a second loss (the listing is stale), lists again.
+            if snapshot is None:
+                snapshot = await self.store.leases()
+                self.last_listing = snapshot
             identity = replace(self.identity, previous=previous) if self.identity else None
             claim = choose_subnet(
                 cfg,
@@ -166,6 +171,7 @@ class LeaseKeeper:
                 if lease is not None and not await self._ipv6_unique(lease):
                     previous6 = None  # it is someone else's now: choose another
                     lost.add(claim.subnet)
+                    snapshot = None
                     continue
             if lease is not None:
                 subnets = _subnets_text(lease)
@@ -178,7 +184,8 @@ class LeaseKeeper:
                 return lease
             log.info("subnet %s was taken by another node meanwhile; choosing again", claim.subnet)
             lost.add(claim.subnet)
-            await asyncio.sleep(random.uniform(0.01, 0.1))
+            if claim.existing is not None or len(lost) > 1:
+                snapshot = None
         raise StoreUnavailable(
             f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
         )

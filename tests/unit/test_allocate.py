@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from pyflannel.errors import OutOfSubnets
-from pyflannel.subnet.allocate import choose_subnet, fits_config, free_subnets
+from pyflannel.subnet.allocate import choose_subnet, fits_config
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
@@ -18,31 +18,47 @@ def lease(subnet: str, owner: str = "198.51.100.9", rev: int = 5) -> Lease:
     return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(owner)))
 
 
-def test_free_subnets_skip_the_first_subnet_and_are_aligned():
-    free = free_subnets(CFG, [], limit=3)
-    assert free == [
-        IPv4Network("10.1.1.0/24"),
-        IPv4Network("10.1.2.0/24"),
-        IPv4Network("10.1.3.0/24"),
-    ]
+def picks(cfg, leases, seeds=range(300), **kw) -> set[IPv4Network]:
+    return {choose_subnet(cfg, leases, ME, rng=random.Random(s), **kw).subnet for s in seeds}
 
 
-def test_free_subnets_stop_at_subnet_max():
-    cfg = parse_network_config('{"Network": "10.1.0.0/16", "SubnetMax": "10.1.3.0"}')
-    assert free_subnets(cfg, []) == [IPv4Network(f"10.1.{i}.0/24") for i in (1, 2, 3)]
+def test_a_new_subnet_is_aligned_and_inside_subnet_min_and_max():
+    cfg = parse_network_config(
+        '{"Network": "10.1.0.0/16", "SubnetMin": "10.1.8.0", "SubnetMax": "10.1.11.0"}'
+    )
+    assert picks(cfg, []) == {IPv4Network(f"10.1.{i}.0/24") for i in (8, 9, 10, 11)}
 
 
-def test_free_subnets_skip_every_overlapping_lease():
-    taken = [IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.128/25"), IPv4Network("10.1.4.0/23")]
-    assert free_subnets(CFG, taken, limit=3) == [
-        IPv4Network("10.1.3.0/24"),
-        IPv4Network("10.1.6.0/24"),
-        IPv4Network("10.1.7.0/24"),
-    ]
+def test_a_new_subnet_overlaps_no_lease():
+    cfg = parse_network_config('{"Network": "10.1.0.0/20", "SubnetLen": 24}')  # 15 subnets
+    taken = [lease("10.1.1.0/24"), lease("10.1.2.128/25"), lease("10.1.4.0/23"), lease("10.1.8.0/22")]
+    free = {IPv4Network(f"10.1.{i}.0/24") for i in (3, 6, 7, 12, 13, 14, 15)}
+    assert picks(cfg, taken) == free
 
 
-def test_free_subnets_collects_at_most_100_candidates():
-    assert len(free_subnets(CFG, [])) == 100
+def test_a_new_subnet_is_drawn_from_the_whole_range_not_the_first_free_ones():
+    # upstream draws among the first 100 free subnets: nodes booting together collide
+    chosen = picks(CFG, [], seeds=range(2000))
+    assert len(chosen) > 240  # of 255
+    assert max(chosen) == IPv4Network("10.1.255.0/24")
+
+
+def test_a_thousand_nodes_choosing_from_one_listing_rarely_collide():
+    cfg = parse_network_config('{"Network": "10.0.0.0/12", "SubnetLen": 26}')  # 16,383 subnets
+    existing = [lease(str(s)) for s in picks(cfg, [], seeds=range(500))]
+    chosen = [choose_subnet(cfg, existing, ME, rng=random.Random(10_000 + n)).subnet for n in range(1000)]
+    collisions = len(chosen) - len(set(chosen))
+    assert collisions < 60  # ~1000^2 / (2 x 15,900) = 31 expected; first 100 free: ~900
+    assert not {s for s in chosen} & {e.subnet for e in existing}
+
+
+def test_a_nearly_full_network_still_finds_its_last_free_subnet():
+    cfg = parse_network_config('{"Network": "10.0.0.0/8", "SubnetLen": 24}')  # 65,535 subnets
+    taken = [lease("10.0.1.0/24"), lease("10.0.2.0/23"), lease("10.0.4.0/22"), lease("10.0.8.0/21")]
+    taken += [lease("10.0.16.0/20"), lease("10.0.32.0/19"), lease("10.0.64.0/18")]
+    taken += [lease("10.0.128.0/17")] + [lease(f"10.{i}.0.0/16") for i in range(1, 256) if i != 77]
+    taken += [lease(f"10.77.{i}.0/24") for i in range(256) if i != 200]
+    assert picks(cfg, taken, seeds=range(20)) == {IPv4Network("10.77.200.0/24")}
 
 
 def test_reuses_the_lease_holding_our_public_ip():
@@ -86,12 +102,6 @@ def test_previous_subnet_is_ignored_when_taken_or_invalid(previous):
     )
     assert claim.reason == "allocated"
     assert claim.subnet != IPv4Network("10.1.3.0/24")
-
-
-def test_allocation_is_random_among_free_candidates():
-    picks = {choose_subnet(CFG, [], ME, rng=random.Random(seed)).subnet for seed in range(30)}
-    assert len(picks) > 10
-    assert all(fits_config(CFG, p) for p in picks)
 
 
 def test_excluded_subnets_are_not_chosen_again():

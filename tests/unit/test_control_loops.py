@@ -115,6 +115,40 @@ async def test_thirty_nodes_acquiring_at_once_get_distinct_subnets():
     }
 
 
+class Racing(MemorySubnetManager):
+    """Another node writes the subnet this one chose just before this one's write (``races``
+    times); counts the listings."""
+
+    def __init__(self, store: MemoryStore, races: int):
+        super().__init__(store)
+        self.races, self.listings, self.lost = races, 0, []
+
+    async def leases(self):
+        self.listings += 1
+        return await super().leases()
+
+    async def create_lease(self, subnet, attrs_, ttl, ipv6_subnet=None, grantor=None):
+        if self.races:
+            self.races -= 1
+            self.lost.append(subnet)
+            await MemorySubnetManager(self.store).create_lease(subnet, attrs("198.51.100.99"), ttl)
+        return await super().create_lease(subnet, attrs_, ttl, ipv6_subnet, grantor)
+
+
+async def test_a_lost_creation_race_draws_again_from_the_same_listing():
+    store = Racing(MemoryStore(), races=1)
+    lease = await keeper(store).acquire(attrs("198.51.100.1"))
+    assert store.listings == 1  # the race cost one write, not a new listing
+    assert lease.subnet not in store.lost
+
+
+async def test_a_second_lost_race_lists_again():
+    store = Racing(MemoryStore(), races=2)
+    lease = await keeper(store).acquire(attrs("198.51.100.1"))
+    assert store.listings == 2
+    assert lease.subnet not in store.lost and len(set(store.lost)) == 2
+
+
 async def test_out_of_subnets_is_said_and_retried_until_one_frees(monkeypatch, caplog):
     monkeypatch.setattr("pyflannel.control.lease_keeper.OUT_OF_SUBNETS_RETRY", 0.05)
     store = MemoryStore()
