@@ -35,6 +35,7 @@ class EtcdServer:
         name: str = "pyflannel-test",
         certs=None,
         initial_cluster: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ):
         self.host = host
         self.client_port = client_port or free_port()
@@ -48,6 +49,7 @@ class EtcdServer:
         self.certs = certs  # a testbed.certs.CertSet: serve TLS and require client certificates
         self.initial_cluster = initial_cluster  # "name=peerURL,..." for a member of a cluster
         self.root_password = ""
+        self.extra_args = extra_args  # more etcd flags, e.g. to provoke its warnings
 
     def enable_auth(self, root_password: str) -> None:
         """Create the root user and turn authentication on."""
@@ -73,6 +75,7 @@ class EtcdServer:
             "--initial-cluster-token=pyflannel-test",
             "--log-level=error",
             "--logger=zap",
+            *self.extra_args,
         ]
         if self.certs:
             cmd += [

@@ -71,6 +71,22 @@ def make_parser() -> argparse.ArgumentParser:
         help="probe the paths to every peer (or one, by subnet or public IP) through the "
         "overlay, as the daemon's mesh prober does: small, full-size and TCP",
     )
+    for command in (status, doctor):
+        command.add_argument(
+            "--etcd-heartbeat-interval",
+            type=float,
+            default=100,
+            metavar="MS",
+            help="the --heartbeat-interval etcd's members run with, to judge the round trips "
+            "between them against (default 100, etcd's own)",
+        )
+        command.add_argument(
+            "--etcd-election-timeout",
+            type=float,
+            default=1000,
+            metavar="MS",
+            help="the --election-timeout etcd's members run with (default 1000, etcd's own)",
+        )
     opts = commands.add_parser(
         "docker-opts",
         help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
@@ -177,11 +193,17 @@ def _status(args: argparse.Namespace) -> int:
     doc, why = daemon_document(options.status_endpoint)
     if doc is None:
         doc = asyncio.run(offline_status(options.store, options.subnet_file, why))
+    doc["etcd_tuning"] = _etcd_tuning(args)
     print(
         json.dumps(doc, indent=1, default=str) if args.json else render(doc),
         end="" if not args.json else "\n",
     )
     return exit_code(doc)
+
+
+def _etcd_tuning(args: argparse.Namespace) -> dict:
+    """What status and doctor judge the etcd round trips against."""
+    return {"heartbeat_ms": args.etcd_heartbeat_interval, "election_ms": args.etcd_election_timeout}
 
 
 def _docker_opts(args: argparse.Namespace) -> int:
@@ -249,7 +271,7 @@ def _doctor(args: argparse.Namespace) -> int:
             return 1
         findings = asyncio.run(probe_paths(doc, args.probe))
     else:
-        findings = asyncio.run(run_checks(options.doctor))
+        findings = asyncio.run(run_checks(options.doctor, _etcd_tuning(args)))
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
     else:

@@ -111,6 +111,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             renewals=keeper.renewals,
             losses=keeper.losses,
             ipv6_subnet=str(held.ipv6_subnet) if held.ipv6_subnet else None,
+            last_renewal_took_s=keeper.last_renewal_took,
         )
     return DaemonSnapshot(
         pid=os.getpid(),

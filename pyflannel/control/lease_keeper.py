@@ -90,6 +90,7 @@ class LeaseKeeper:
         self.last_listing: LeaseSnapshot | None = None
         self.expires_at = 0.0  # monotonic; meaningless for reservations
         self.last_renewal: float | None = None  # wall clock, for status
+        self.last_renewal_took: float | None = None  # seconds, from the first try to the answer
         self.renewals = 0
         self.losses = 0
         self.state = State.ACQUIRING
@@ -394,6 +395,7 @@ class LeaseKeeper:
         def left() -> float:
             return self.expires_at - time.monotonic()
 
+        started = time.monotonic()
         ttl = await retry(
             lambda: self.store.renew_lease(lease, timeout=min(5.0, max(1.0, left() / 5))),
             retry_on=StoreTrouble,
@@ -405,6 +407,7 @@ class LeaseKeeper:
             return f"{self.store.name} lease expired"
         self.expires_at = time.monotonic() + ttl
         self.last_renewal = time.time()
+        self.last_renewal_took = self.expires_at - ttl - started  # retries through trouble too
         self.renewals += 1
         self._set_timer()
         log.info("renewed lease %s for %d s", lease.subnet, ttl)

@@ -21,11 +21,14 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from pyflannel.errors import StoreError, StoreUnavailable
 from pyflannel.etcd.http import Connection, HttpClosed, Stream
+from pyflannel.etcd.leadership import LeaderLog
+from pyflannel.etcd.metrics import parse_member_health
 from pyflannel.subnet.stores import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -195,6 +198,8 @@ class EtcdClient:
         self._token: str | None = None
         self._connecting = asyncio.Lock()
         self._ssl: ssl.SSLContext | None = None
+        self.leaders = LeaderLog()  # the leaders status answers named
+        self.status_rtt_ms: float | None = None  # the last status answer's round trip
 
     @property
     def endpoint(self) -> Endpoint:
@@ -412,29 +417,93 @@ class EtcdClient:
     # -- cluster ---------------------------------------------------------------------------
 
     async def status(self, timeout: float | None = None) -> MemberStatus:
+        started = time.perf_counter()
         reply = await self._call("/v3/maintenance/status", {}, timeout=timeout)
+        self.status_rtt_ms = (time.perf_counter() - started) * 1000
         header = reply.get("header", {})
-        return MemberStatus(
+        status = MemberStatus(
             version=str(reply.get("version", "")),
             member_id=_int(header.get("member_id")),
             leader=_int(reply.get("leader")),
             revision=_int(header.get("revision")),
             raft_term=_int(reply.get("raftTerm")),
         )
+        if self.leaders.observe(status.leader, time.time()):
+            log.info("etcd: the cluster elected a new leader (%x)", status.leader)
+        return status
 
     async def members(self) -> list[dict]:
-        """The cluster's members as the current member sees them, with the leader marked."""
+        """The cluster's members as the current member sees them, the leader marked, and each
+        member's own view: its round trip from here, the leader it knows, what its /metrics
+        say (leader changes and slow applies since it started, slow WAL fsyncs, the p99 of
+        fsync and commit, the Raft round trip to each peer)."""
         reply = await self._call("/v3/cluster/member/list", {})
         leader = (await self.status()).leader
+        members = reply.get("members", [])
+        looks = await asyncio.gather(*(self._look_at(m.get("clientURLs", [])) for m in members))
         return [
             {
                 "name": m.get("name", ""),
                 "id": f"{_int(m.get('ID')):x}",
                 "client_urls": list(m.get("clientURLs", [])),
                 "leader": leader == _int(m.get("ID")),
+                **look,
             }
-            for m in reply.get("members", [])
+            for m, look in zip(members, looks, strict=True)
         ]
+
+    async def _look_at(self, urls: list[str], timeout: float = 2.0) -> dict:
+        """One member, asked directly: three status round trips (the median), its /metrics."""
+        if not urls:
+            return {"reachable": False, "error": "no client URL"}
+        member = EtcdClient(
+            urls[:1],
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+            timeout=timeout,
+        )
+        try:
+            rtts = []
+            for _ in range(3):
+                status = await member.status()
+                assert member.status_rtt_ms is not None
+                rtts.append(member.status_rtt_ms)
+            look: dict = {
+                "reachable": True,
+                "rtt_ms": sorted(rtts)[1],
+                "knows_leader": f"{status.leader:x}" if status.leader else "",
+            }
+            try:
+                async with asyncio.timeout(timeout):
+                    text = await member._metrics()
+                health = parse_member_health(text)
+                look.update(
+                    leader_changes=health.leader_changes,
+                    slow_applies=health.slow_applies,
+                    slow_fsyncs=health.slow_fsyncs,
+                    fsync_p99_ms=health.fsync_p99_ms,
+                    commit_p99_ms=health.commit_p99_ms,
+                    peer_rtt_p99_ms=health.peer_rtt_p99_ms,
+                )
+            except (OSError, HttpClosed, TimeoutError) as e:
+                look["metrics_error"] = _describe(e, member.endpoint)
+            return look
+        except StoreUnavailable as e:
+            return {"reachable": False, "error": str(e)}
+        finally:
+            await member.close()
+
+    async def _metrics(self) -> str:
+        """The member's Prometheus text (/metrics needs no authentication)."""
+        conn = await self._dial(self.endpoint)
+        try:
+            status, body = await conn.get("/metrics")
+        finally:
+            self._forget(conn)
+        if status != 200:
+            raise HttpClosed(f"/metrics answered HTTP {status}")
+        return body.decode(errors="replace")
 
     # -- watch -----------------------------------------------------------------------------
 

@@ -77,6 +77,18 @@ class Connection:
             h11.Data(data=body),
             h11.EndOfMessage(),
         )
+        return await self._answer()
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path``; (status, response body)."""
+        self.exchanges += 1
+        await self._send(
+            h11.Request(method="GET", target=path, headers=[("Host", self.host)]),
+            h11.EndOfMessage(),
+        )
+        return await self._answer()
+
+    async def _answer(self) -> tuple[int, bytes]:
         status = await self._response()
         chunks = []
         while True:

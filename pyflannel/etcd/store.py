@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
@@ -325,7 +326,13 @@ class EtcdSubnetManager(SubnetManager):
         return StoreView(
             kind="etcd",
             address=self.client.endpoint.url,
-            details={"endpoints": [e.url for e in self.client.endpoints], "revision": revision},
+            details={
+                "endpoints": [e.url for e in self.client.endpoints],
+                "revision": revision,
+                "leader": f"{self.client.leaders.leader:x}" if self.client.leaders.leader else "",
+                "leader_changes_last_hour": self.client.leaders.changes_within(time.time()),
+                "member_rtt_ms": self.client.status_rtt_ms,  # the last member check's
+            },
         )
 
     async def members(self) -> list[dict]:

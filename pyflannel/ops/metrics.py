@@ -33,6 +33,13 @@ class DaemonCollector:
             yield CounterMetricFamily(
                 "pyflannel_lease_renewals", "lease renewals", value=lease.renewals
             )
+            took = GaugeMetricFamily(
+                "pyflannel_lease_last_renewal_seconds",
+                "how long the last renewal took, from its first try to etcd's answer",
+            )
+            if lease.last_renewal_took_s is not None:
+                took.add_metric([], lease.last_renewal_took_s)
+            yield took
             yield CounterMetricFamily(
                 "pyflannel_lease_losses", "leases lost and re-acquired", value=lease.losses
             )
@@ -51,6 +58,19 @@ class DaemonCollector:
             "1 while the lease watch is connected",
             value=int(etcd.reachable),
         )
+        changes = etcd.details.get("leader_changes_last_hour")
+        if changes is not None:
+            yield GaugeMetricFamily(
+                "pyflannel_etcd_leader_changes_last_hour",
+                "etcd leader changes this node saw in the last hour",
+                value=changes,
+            )
+        if etcd.details.get("member_rtt_ms") is not None:
+            yield GaugeMetricFamily(
+                "pyflannel_etcd_member_rtt_seconds",
+                "round trip of the last status check of the etcd member in use",
+                value=etcd.details["member_rtt_ms"] / 1000,
+            )
         if backend is not None:
             peers = GaugeMetricFamily(
                 "pyflannel_peers", "peers programmed, by encapsulation", labels=["encap"]

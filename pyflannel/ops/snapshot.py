@@ -21,6 +21,7 @@ class LeaseView:
     renewals: int
     losses: int
     ipv6_subnet: str | None = None  # dual-stack
+    last_renewal_took_s: float | None = None  # from the first try to etcd's answer
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from pyflannel.errors import OutOfSubnets
-from pyflannel.subnet.allocate import choose_subnet, fits_config
+from pyflannel.subnet.allocate import choose_subnet
 from pyflannel.subnet.config import parse_network_config
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
@@ -31,7 +31,12 @@ def test_a_new_subnet_is_aligned_and_inside_subnet_min_and_max():
 
 def test_a_new_subnet_overlaps_no_lease():
     cfg = parse_network_config('{"Network": "10.1.0.0/20", "SubnetLen": 24}')  # 15 subnets
-    taken = [lease("10.1.1.0/24"), lease("10.1.2.128/25"), lease("10.1.4.0/23"), lease("10.1.8.0/22")]
+    taken = [
+        lease("10.1.1.0/24"),
+        lease("10.1.2.128/25"),
+        lease("10.1.4.0/23"),
+        lease("10.1.8.0/22"),
+    ]
     free = {IPv4Network(f"10.1.{i}.0/24") for i in (3, 6, 7, 12, 13, 14, 15)}
     assert picks(cfg, taken) == free
 
@@ -46,7 +51,9 @@ def test_a_new_subnet_is_drawn_from_the_whole_range_not_the_first_free_ones():
 def test_a_thousand_nodes_choosing_from_one_listing_rarely_collide():
     cfg = parse_network_config('{"Network": "10.0.0.0/12", "SubnetLen": 26}')  # 16,383 subnets
     existing = [lease(str(s)) for s in picks(cfg, [], seeds=range(500))]
-    chosen = [choose_subnet(cfg, existing, ME, rng=random.Random(10_000 + n)).subnet for n in range(1000)]
+    chosen = [
+        choose_subnet(cfg, existing, ME, rng=random.Random(10_000 + n)).subnet for n in range(1000)
+    ]
     collisions = len(chosen) - len(set(chosen))
     assert collisions < 60  # ~1000^2 / (2 x 15,900) = 31 expected; first 100 free: ~900
     assert not {s for s in chosen} & {e.subnet for e in existing}

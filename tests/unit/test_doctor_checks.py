@@ -10,7 +10,6 @@ from pyflannel.ops.doctor.checks import (
     Finding,
     Probe,
     exit_code,
-    histogram_p99,
     judge_clock,
     judge_container,
     judge_etcd,
@@ -59,31 +58,34 @@ def test_mtu(mtu, status):
     assert judge_mtu("eth0", mtu).status == status
 
 
-def test_slow_etcd_disk_is_a_warning_with_advice():
-    f = judge_etcd(
-        Probe(
-            True,
-            facts={
-                "endpoint": "http://e:2379",
-                "rtt_ms": 1.2,
-                "fsync_p99_ms": 64.0,
-                "commit_p99_ms": 8.0,
-            },
-        )
+def test_etcd_members_are_listed_and_their_trouble_is_a_warning_with_advice():
+    members = [
+        {"name": "e1", "id": "1", "reachable": True, "rtt_ms": 1.2, "leader": True},
+        {"name": "e2", "id": "2", "reachable": True, "rtt_ms": 1.0, "knows_leader": "1"},
+        {"name": "e3", "id": "3", "reachable": True, "rtt_ms": 1.1, "knows_leader": "1"},
+    ]
+    members[1]["fsync_p99_ms"] = 64.0
+    findings = judge_etcd(
+        Probe(True, facts={"endpoint": "http://e:2379", "rtt_ms": 1.2, "members": members}), 0
     )
-    assert (
-        f.status == WARN and "WAL fsync p99 64.0 ms" in f.detail and "Raft heartbeats" in f.advice
-    )
+    assert findings[0].status == WARN and "0 leader changes in the last hour" in findings[0].detail
+    assert [f.detail for f in findings[1:4]] == [
+        "member e1: rtt 1.2 ms, leader",
+        "member e2: rtt 1.0 ms, follower of 1, WAL fsync p99 64 ms (0 over 1 s)",
+        "member e3: rtt 1.1 ms, follower of 1",
+    ]
+    (warning,) = findings[4:]
+    assert warning.status == WARN and "WAL fsync p99 is 64 ms" in warning.detail
+    assert "Raft heartbeats" in warning.advice
 
 
 def test_fast_etcd_passes_and_unreachable_fails():
-    ok = judge_etcd(
-        Probe(
-            True, facts={"endpoint": "e", "rtt_ms": 0.8, "fsync_p99_ms": 2.0, "commit_p99_ms": 4.0}
-        )
-    )
+    (ok,) = judge_etcd(Probe(True, facts={"endpoint": "e", "rtt_ms": 0.8}))
     assert ok.status == PASS
-    assert judge_etcd(Probe(False, "connection refused")).status == FAIL
+    (slow,) = judge_etcd(Probe(True, facts={"endpoint": "e", "rtt_ms": 80.0}))
+    assert slow.status == WARN and "put etcd closer" in slow.advice
+    (down,) = judge_etcd(Probe(False, "connection refused"))
+    assert down.status == FAIL
 
 
 def test_ports_used_by_our_own_devices_are_fine_others_are_not():
@@ -98,21 +100,6 @@ def test_ports_used_by_our_own_devices_are_fine_others_are_not():
 )
 def test_clock(skew, now, status):
     assert judge_clock(skew, now).status == status
-
-
-METRICS = """# HELP etcd_disk_wal_fsync_duration_seconds
-etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"} 10
-etcd_disk_wal_fsync_duration_seconds_bucket{le="0.002"} 90
-etcd_disk_wal_fsync_duration_seconds_bucket{le="0.004"} 99
-etcd_disk_wal_fsync_duration_seconds_bucket{le="0.008"} 100
-etcd_disk_wal_fsync_duration_seconds_bucket{le="+Inf"} 100
-etcd_disk_wal_fsync_duration_seconds_sum 0.2
-"""
-
-
-def test_histogram_p99_from_etcd_metrics():
-    assert histogram_p99(METRICS, "etcd_disk_wal_fsync_duration_seconds") == pytest.approx(4.0)
-    assert histogram_p99(METRICS, "missing_metric") is None
 
 
 def test_exit_code_and_rendering():

@@ -4,8 +4,9 @@ tested without such a machine."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+
+from pyflannel.ops.etcd_advice import NODE_RTT_MS, etcd_advice, member_line
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -203,37 +204,45 @@ def judge_ipv6(p: Probe, dual_stack: bool | None) -> Finding:
     return Finding("ipv6", PASS, f"dual-stack on {where} ({address}), IPv6 forwarding on")
 
 
-def judge_etcd(p: Probe) -> Finding:
+def judge_etcd(
+    p: Probe, leader_changes_last_hour: int | None = None, tuning: dict | None = None
+) -> list[Finding]:
+    """This node's round trip to etcd, each member's own view (a line per member) and what
+    to do about what they show (etcd_advice)."""
     if not p.ok:
-        return Finding(
-            "etcd",
-            FAIL,
-            f"etcd unreachable: {p.error}",
-            "Check --etcd-endpoints, the network path and firewalls (TCP 2379), TLS files.",
-        )
-    f = p.facts
-    notes, advice = [f"round trip {f['rtt_ms']:.1f} ms"], []
-    status = PASS
-    if f["rtt_ms"] > 50:
-        status = WARN
-        advice.append("round trips above 50 ms slow every lease operation; put etcd closer")
-    for name, limit, what in (
-        ("fsync_p99_ms", 10, "WAL fsync"),
-        ("commit_p99_ms", 25, "backend commit"),
-    ):
-        value = f.get(name)
-        if value is None:
-            continue
-        notes.append(f"{what} p99 {value:.1f} ms")
-        if value > limit:
-            status = WARN
-            advice.append(
-                f"etcd's {what} p99 is above {limit} ms: a slow disk makes Raft heartbeats "
-                "time out and leaders change; give etcd an SSD of its own"
+        return [
+            Finding(
+                "etcd",
+                FAIL,
+                f"etcd unreachable: {p.error}",
+                "Check --etcd-endpoints, the network path and firewalls (TCP 2379), TLS files.",
             )
-    return Finding(
-        "etcd", status, f"{f.get('endpoint', 'etcd')}: " + ", ".join(notes), "; ".join(advice)
-    )
+        ]
+    f = p.facts
+    members = f.get("members") or []
+    advice = etcd_advice(members, leader_changes_last_hour, **(tuning or {}))
+    detail = f"{f.get('endpoint', 'etcd')}: round trip {f['rtt_ms']:.1f} ms"
+    if leader_changes_last_hour is not None:
+        detail += (
+            f", {leader_changes_last_hour} leader changes in the last hour (the daemon's view)"
+        )
+    slow = not members and f["rtt_ms"] > NODE_RTT_MS  # else the members' lines say it
+    findings = [
+        Finding(
+            "etcd",
+            WARN if advice or slow else PASS,
+            detail,
+            f"above {NODE_RTT_MS} ms every lease operation is slow; put etcd closer"
+            if slow
+            else "",
+        )
+    ]
+    findings += [
+        Finding(f"etcd-{m.get('name') or m.get('id')}", PASS, "member " + member_line(m))
+        for m in members
+    ]
+    findings += [Finding(f"etcd-advice-{i}", WARN, a.what, a.fix) for i, a in enumerate(advice, 1)]
+    return findings
 
 
 def judge_port(port: int, what: str, owner: str | None, in_use: bool) -> Finding:
@@ -275,26 +284,6 @@ def judge_clock(skew_s: float | None, now: float) -> Finding:
             "clock", WARN, f"clock differs from etcd's by {skew_s:+.0f} s", "Enable NTP."
         )
     return Finding("clock", PASS, f"clock within {abs(skew_s):.0f} s of etcd's")
-
-
-def histogram_p99(metrics: str, name: str) -> float | None:
-    """The 99th percentile (in ms) of a Prometheus histogram, by its upper bucket bound."""
-    buckets = []
-    for m in re.finditer(
-        rf'^{name}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} ([0-9.e+]+)$', metrics, re.M
-    ):
-        bound = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-        buckets.append((bound, float(m.group(2))))
-    if not buckets:
-        return None
-    buckets.sort()
-    total = buckets[-1][1]
-    if total == 0:
-        return None
-    for bound, count in buckets:
-        if count >= 0.99 * total:
-            return bound * 1000 if bound != float("inf") else float("inf")
-    return None
 
 
 def exit_code(findings: list[Finding]) -> int:

@@ -25,7 +25,6 @@ from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.ops.doctor.checks import (
     Finding,
     Probe,
-    histogram_p99,
     judge_clock,
     judge_container,
     judge_etcd,
@@ -212,7 +211,8 @@ def probe_port(port: int) -> tuple[bool, str | None]:
 
 
 async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
-    """Round trips, etcd's own disk-sync metrics, and the clock difference (from HTTP Date)."""
+    """Round trips, every member's own view (the leader it knows, its /metrics), and the
+    clock difference (from HTTP Date)."""
     from pyflannel.etcd.store import client_for  # only when etcd is probed
 
     client = client_for(o, timeout=3)
@@ -223,20 +223,22 @@ async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
             await asyncio.wait_for(client.status(), 5)
             rtts.append((time.perf_counter() - t0) * 1000)
         endpoint = client.endpoint
+        try:
+            members = await asyncio.wait_for(client.members(), 10)
+        except (FlannelError, TimeoutError):
+            members = []  # the member answered status: reachability is proven
     except (FlannelError, TimeoutError) as e:
         return Probe(False, str(e) or "timed out"), None
     finally:
         await client.close()
-    facts = {"endpoint": endpoint.url, "rtt_ms": sorted(rtts)[len(rtts) // 2]}
+    facts = {"endpoint": endpoint.url, "rtt_ms": sorted(rtts)[len(rtts) // 2], "members": members}
     skew = None
     try:
-        text, date = await asyncio.to_thread(_fetch_metrics, endpoint.url, o)
-        facts["fsync_p99_ms"] = histogram_p99(text, "etcd_disk_wal_fsync_duration_seconds")
-        facts["commit_p99_ms"] = histogram_p99(text, "etcd_disk_backend_commit_duration_seconds")
+        _, date = await asyncio.to_thread(_fetch_metrics, endpoint.url, o)
         if date:
             skew = time.time() - email.utils.parsedate_to_datetime(date).timestamp()
     except OSError:
-        pass  # metrics are a bonus: reachability was proven above
+        pass  # the clock check says it could not tell
     return Probe(True, facts=facts), skew
 
 
@@ -250,7 +252,7 @@ def _fetch_metrics(url: str, o: StoreOptions) -> tuple[str, str | None]:
         return resp.read().decode(), resp.headers.get("Date")
 
 
-async def run_checks(o: DoctorOptions) -> list[Finding]:
+async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[Finding]:
     vxlan, tun, wireguard = await asyncio.to_thread(probe_devices)
     etcd, skew = await probe_etcd(o.store)
     interface, mtu, address6 = await asyncio.to_thread(probe_interface, o)
@@ -262,7 +264,6 @@ async def run_checks(o: DoctorOptions) -> list[Finding]:
         judge_iptables(await asyncio.to_thread(probe_iptables), o.ip_masq),
         judge_traffic_tools(await asyncio.to_thread(probe_traffic_tools)),
         judge_mtu(interface, mtu),
-        judge_etcd(etcd),
     ]
     for port, what in ((8472, "VXLAN"), (o.udp_fallback_port, "UDP backend")):
         in_use, owner = await asyncio.to_thread(probe_port, port)  # sync netlink: not in the loop
@@ -272,6 +273,8 @@ async def run_checks(o: DoctorOptions) -> list[Finding]:
     from pyflannel.ops.status.client import daemon_document
 
     doc, _ = await asyncio.to_thread(daemon_document, o.endpoint, 3.0)
+    leader_changes = ((doc or {}).get("etcd") or {}).get("leader_changes_last_hour")
+    findings += judge_etcd(etcd, leader_changes, etcd_tuning)
     dual_stack = None if doc is None else bool(doc.get("network6"))
     where = interface if mtu is not None else "the external interface (none found)"
     findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))

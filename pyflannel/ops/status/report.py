@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 
 from pyflannel.backend.plan import KernelState, Peer, Peer6
+from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
@@ -70,6 +71,11 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
     kind, store = _store(doc)
     if not store.get("reachable"):
         warnings.append(f"{kind} unreachable: {store.get('last_error') or 'no answer'}")
+    tuning = doc.get("etcd_tuning") or {}
+    for advice in etcd_advice(
+        store.get("members") or [], store.get("leader_changes_last_hour"), **tuning
+    ):
+        warnings.append(f"{advice.what}: {advice.fix}")
     lease = doc.get("lease") or {}
     if not lease.get("subnet"):
         problems.append("no subnet lease")
@@ -188,9 +194,17 @@ def render(doc: dict) -> str:
             f"health endpoint {inst.get('healthz') or 'off'})"
         )
         lines += [f"           other network on this host: {o}" for o in inst.get("others", [])]
-    if e.get("members"):
-        names = " ".join(m["name"] + ("*" if m["leader"] else "") for m in e["members"])
-        lines.append(f"           members {names} (* leader)")
+    if e.get("leader") or e.get("member_rtt_ms") is not None:
+        lines.append(
+            f"           leader {e.get('leader') or 'unknown'}, "
+            f"{e.get('leader_changes_last_hour', 0)} leader changes in the last hour"
+            + (
+                f", member check {e['member_rtt_ms']:.1f} ms"
+                if e.get("member_rtt_ms") is not None
+                else ""
+            )
+        )
+    lines += [f"           member {member_line(m)}" for m in e.get("members", [])]
     if i:
         lines.append(
             f"interface  {i.get('name')} {i.get('address')} MTU {i.get('mtu')}, public IP {i.get('public_ip')}"
@@ -205,6 +219,11 @@ def render(doc: dict) -> str:
             f"lease      {lease.get('subnet')} (network {doc.get('network', '?')}), expires in "
             f"{_duration(lease.get('expires_in_s'), lease.get('reservation', False))}, "
             f"last renewal {_ago(lease.get('last_renewal'))}"
+            + (
+                f" (took {lease['last_renewal_took_s'] * 1000:.0f} ms)"
+                if lease.get("last_renewal_took_s") is not None
+                else ""
+            )
         )
         if lease.get("ipv6_subnet"):
             lines.append(f"           IPv6 {lease['ipv6_subnet']} (network {doc.get('network6')})")

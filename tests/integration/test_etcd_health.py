@@ -1,0 +1,50 @@
+"""Each etcd member's own view, read from a real etcd: its status and its /metrics, and a slow
+apply provoked for real (etcd's own warning threshold set to a nanosecond)."""
+
+import pytest
+
+from pyflannel.etcd.client import EtcdClient
+from pyflannel.ops.etcd_advice import etcd_advice
+from testbed.etcd import EtcdServer
+
+from .conftest import require_etcd
+
+
+async def test_a_member_reports_its_round_trip_leader_and_disk_figures(client, prefix):
+    for i in range(20):  # WAL fsyncs to measure
+        await client.put(f"{prefix}/k{i}".encode(), b"v")
+    (member,) = await client.members()
+    assert member["reachable"] and member["leader"]
+    assert 0 < member["rtt_ms"] < 1000
+    assert member["knows_leader"] == member["id"]
+    assert member["leader_changes"] >= 1  # its own first election
+    assert member["slow_applies"] == 0 and member["slow_fsyncs"] == 0
+    assert member["fsync_p99_ms"] > 0 and member["commit_p99_ms"] > 0
+    assert member["peer_rtt_p99_ms"] == {}  # no peers
+    assert client.leaders.leader == int(member["id"], 16)
+
+
+@pytest.fixture
+def slow_applying_etcd():
+    require_etcd()
+    with EtcdServer(extra_args=("--experimental-warning-apply-duration=1ns",)) as server:
+        yield server
+
+
+async def test_slow_applies_are_counted_and_named_with_the_fix(slow_applying_etcd):
+    client = EtcdClient([slow_applying_etcd.url], timeout=3)
+    try:
+        for i in range(5):
+            await client.put(f"/slow/k{i}".encode(), b"v")
+        (member,) = await client.members()
+    finally:
+        await client.close()
+    assert member["slow_applies"] >= 5
+    (advice,) = etcd_advice([member], 0)
+    assert f"took too long to apply {member['slow_applies']} entries" in advice.what
+    assert "disk or CPU" in advice.fix
+
+
+async def test_an_unreachable_member_is_reported_not_raised(client):
+    look = await client._look_at(["http://127.0.0.1:9"])  # nothing listens on the discard port
+    assert look["reachable"] is False and "refused" in look["error"]
