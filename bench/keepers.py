@@ -73,8 +73,21 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=20, help="etcd clients the keepers share")
     parser.add_argument("--kill-after", type=float, default=0.5, help="s into the boot")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="*",
+        default=[100, 300, 1000, 3000],
+        help="also boot this many nodes on one etcd each, for the plot of time against nodes",
+    )
     args = parser.parse_args()
     results = {}
+    scale: dict[int, dict] = {}
+    for n in args.scale:
+        with TestBed(hosts=0) as bed:
+            bed.put_config(CONFIG)
+            scale[n] = run_probe(bed, n, args.clients, None)
+            print(json.dumps({"scale": n, **scale[n]}), flush=True)
     with TestBed(hosts=0) as bed:
         bed.put_config(CONFIG)
         results["one etcd"] = run_probe(bed, args.nodes, args.clients, None)
@@ -93,7 +106,10 @@ def main() -> int:
             r["median_held_s"],
             r["distinct_subnets"],
             r["races_lost"],
-            r["requests_per_node"],
+            f"{r['races_lost_per_node']:.2f}",
+            r["requests_per_node_median"],
+            r["requests_per_node_p99"],
+            f"{r['requests_per_node']:.1f}",
             r["events_per_watcher_per_renewal_round"]["pyflannel"],
             r["events_per_watcher_per_renewal_round"]["upstream"],
         ]
@@ -107,13 +123,36 @@ def main() -> int:
             "median node (s)",
             "distinct subnets",
             "races lost (retried)",
-            "requests / node",
+            "races / node",
+            "requests / node: median",
+            "p99",
+            "mean",
             "events / watcher / renewal (pyflannel)",
             "(upstream: re-put)",
         ],
         rows,
     )
-    write_results("keepers", {"results": results}, text)
+    if scale:
+        text += "\n\n" + table(
+            ["nodes (one etcd)", "all hold a lease (s)", "median node (s)", "races / node",
+             "requests / node: median"],
+            [
+                [n, r["all_held_s"], r["median_held_s"], f"{r['races_lost_per_node']:.2f}",
+                 r["requests_per_node_median"]]
+                for n, r in scale.items()
+            ],
+        )  # fmt: skip
+        plot(
+            "keepers-scale",
+            "Lease keepers booting at once on one etcd: time until all hold a lease",
+            {
+                "all hold a lease": (list(scale), [r["all_held_s"] for r in scale.values()]),
+                "median node": (list(scale), [r["median_held_s"] for r in scale.values()]),
+            },
+            "nodes booting at once",
+            "seconds",
+        )
+    write_results("keepers", {"results": results, "scale": scale}, text)
     plot(
         "keepers",
         f"{args.nodes} lease keepers booting at once: share holding a lease",

@@ -7,6 +7,7 @@ the same round as upstream renews (it re-puts every key with a new lease). Print
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -36,11 +37,17 @@ class Races(logging.Handler):
             self.lost += 1
 
 
-def counted(client: EtcdClient, counter: list[int]) -> EtcdClient:
+NODE: contextvars.ContextVar[int] = contextvars.ContextVar("node", default=-1)
+
+
+def counted(client: EtcdClient, counter: list[int], per_node: dict[int, int]) -> EtcdClient:
+    """Count every request, in total and for the node (keeper) whose task makes it."""
     call = client._call
 
     async def counting(*args, **kwargs):
         counter[0] += 1
+        node = NODE.get()
+        per_node[node] = per_node.get(node, 0) + 1
         return await call(*args, **kwargs)
 
     client._call = counting  # type: ignore[method-assign]
@@ -78,8 +85,10 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
     logging.getLogger("pyflannel").addHandler(races)
     logging.getLogger("pyflannel").setLevel(logging.INFO)
     requests = [0]
+    per_node: dict[int, int] = {}
     clients = [
-        counted(EtcdClient(endpoints.split(","), timeout=10), requests) for _ in range(clients_n)
+        counted(EtcdClient(endpoints.split(","), timeout=10), requests, per_node)
+        for _ in range(clients_n)
     ]
     cfg = parse_network_config(CONFIG)
 
@@ -103,7 +112,8 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
     done: list[float] = []
     t0 = time.perf_counter()
 
-    async def boot(k: LeaseKeeper):
+    async def boot(n: int, k: LeaseKeeper):
+        NODE.set(n)
         attrs = LeaseAttrs(
             k.public_ip,
             backend_type="vxlan",
@@ -112,9 +122,10 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
         await k.acquire(attrs)
         done.append(time.perf_counter() - t0)
 
-    await asyncio.gather(*(boot(k) for k in keepers))
+    await asyncio.gather(*(boot(n, k) for n, k in enumerate(keepers)))
     all_held = time.perf_counter() - t0
     boot_requests = requests[0]
+    counts = sorted(per_node.get(n, 0) for n in range(nodes))
     subnets = {k.held.subnet for k in keepers}
     stores: list[EtcdSubnetManager] = [k.store for k in keepers]  # type: ignore[misc]
     pyflannel_round = await events_during(
@@ -148,6 +159,9 @@ async def main(endpoints: str, nodes: int, clients_n: int) -> None:
                 "distinct_subnets": len(subnets),
                 "races_lost": races.lost,
                 "requests_per_node": boot_requests / nodes,
+                "requests_per_node_median": counts[nodes // 2],
+                "requests_per_node_p99": counts[int(0.99 * (nodes - 1))],
+                "races_lost_per_node": races.lost / nodes,
                 "events_per_watcher_per_renewal_round": {
                     "pyflannel": pyflannel_round,
                     "upstream": upstream_round_events,

@@ -437,7 +437,11 @@ class TestBed:
             self.attach_host(node)
         for member in getattr(self.etcd, "members", []):
             self._attach(member.netns, f"v{member.name}", member.host)
+        self.before_etcd()
         self.etcd.start()
+
+    def before_etcd(self) -> None:
+        """The namespaces exist, etcd is not started yet (a subclass may shape the paths)."""
 
     def attach_host(self, node: Node, mac: str | None = None) -> None:
         """The node's host namespace on the switch (``mac``: its eth0's, else random)."""

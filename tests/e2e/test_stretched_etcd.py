@@ -1,0 +1,110 @@
+"""etcd stretched across two sites: members e1, e2 and node 1 on site A, e3 and node 2 on site B,
+every etcd connection across the sites delayed (testbed.delay; no netem here). Nodes on both
+sites acquire and renew short leases, programme each other, name the round trips in status,
+and ride out a leader change the latency itself causes; the overlay never waits on etcd."""
+
+import time
+
+import pytest
+
+from testbed.sites import TwoSiteBed
+
+from .conftest import eventually, require_testbed
+
+ONE_WAY_MS = 25  # round trip across the sites: 50 ms
+ARGS = ("--reconcile-interval=5", "--subnet-lease-ttl=15")
+PEER_VALUE = (
+    '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}'
+)
+
+
+@pytest.fixture(scope="module")
+def bed():
+    require_testbed()
+    with TwoSiteBed(
+        hosts=2, etcd_members=3, far_members={3}, far_nodes={2}, one_way_ms=ONE_WAY_MS
+    ) as bed:
+        bed.put_config()
+        for node in bed.nodes:
+            node.start(*ARGS)
+        for node in bed.nodes:
+            node.wait_ready(timeout=40)
+            node.add_pod()
+        yield bed
+
+
+def has_route(node, subnet: str) -> bool:
+    return subnet in [r["dst"] for r in node.routes()]
+
+
+def renewals(node) -> int:
+    return node.status()["lease"]["renewals"]
+
+
+def test_status_shows_the_round_trips_of_each_site(bed):
+    far_node = bed.nodes[1]  # site B: e3 is near, e1 and e2 are across
+    doc = far_node.status()
+    rtt = {m["name"]: m["rtt_ms"] for m in doc["etcd"]["members"]}
+    assert rtt["e1"] >= 2 * ONE_WAY_MS and rtt["e2"] >= 2 * ONE_WAY_MS, rtt
+    assert rtt["e3"] < ONE_WAY_MS, rtt
+    e3 = next(m for m in doc["etcd"]["members"] if m["name"] == "e3")
+    across = list(e3["peer_rtt_p99_ms"].values())
+    assert across and min(across) >= 2 * ONE_WAY_MS, e3  # Raft's own figure, across
+
+
+def test_nodes_on_both_sites_keep_renewing_and_reach_each_other(bed):
+    before = {n: renewals(n) for n in bed.nodes}
+    eventually(lambda: all(renewals(n) >= before[n] + 2 for n in bed.nodes), timeout=30)
+    a, b = bed.nodes
+    for src, dst in ((a, b), (b, a)):
+        result = src.ping(dst.pod_ip, count=3)
+        assert result.lost == 0, result.output
+
+
+def test_a_lease_reaches_both_sites(bed):
+    """Lease to route on each site, next to the round trip across (printed for bench/README)."""
+    subnet = "10.1.210.0/24"
+    key = f"/coreos.com/network/subnets/{subnet.replace('/', '-')}"
+    t0 = time.monotonic()
+    bed.etcd.put(key, PEER_VALUE)
+    seconds = {}
+    deadline = t0 + 30
+    while len(seconds) < len(bed.nodes):
+        assert time.monotonic() < deadline, seconds
+        for node in bed.nodes:
+            if node not in seconds and has_route(node, subnet):
+                seconds[node] = time.monotonic() - t0
+        time.sleep(0.02)
+    bed.etcd.ctl("del", key)
+    a, b = bed.nodes
+    print(f"\nSTRETCHED rtt {2 * ONE_WAY_MS} ms: site A {seconds[a]:.3f} s, B {seconds[b]:.3f} s")
+
+
+def test_a_leader_change_caused_by_latency_is_ridden_out(bed):
+    """Round trips across grow past the election timeout for a while: the cluster changes its
+    leader; no node loses its lease, the overlay loses no packet, a lease written after
+    reaches both sites."""
+    a, b = bed.nodes
+    subnets = {n: n.subnet for n in bed.nodes}
+    old_leader = bed.etcd.leader()
+    ping = b.start_ping(a.pod_ip, interval=0.05)
+    try:
+        bed.set_delay(700)  # round trip 1.4 s against an election timeout of 1 s
+        eventually(lambda: _leader_changed(bed, old_leader), timeout=30, interval=1)
+    finally:
+        bed.set_delay(ONE_WAY_MS)
+    result = b.finish_ping(ping, interrupt=True)
+    assert result.sent > 20 and result.lost == 0, result.output[-400:]
+    eventually(
+        lambda: all(n.status()["etcd"]["leader_changes_last_hour"] >= 1 for n in bed.nodes),
+        timeout=30,
+    )
+    for node in bed.nodes:
+        assert node.subnet == subnets[node]
+        assert node.status()["lease"]["subnet"] == str(subnets[node])
+    test_a_lease_reaches_both_sites(bed)
+
+
+def _leader_changed(bed, old) -> None:
+    assert bed.etcd.leader() is not old
