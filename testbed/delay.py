@@ -120,6 +120,7 @@ class DelayedPaths:
                 f"--port={self.port}", f"--mark={self.mark}", f"--delay-file={self.delay_file}",
             ],
             stdout=subprocess.PIPE,
+            stderr=open(self.delay_file.with_name(f"relay-{self.ns}.log"), "ab"),
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         assert self.proc.stdout is not None

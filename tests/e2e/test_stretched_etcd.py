@@ -48,9 +48,14 @@ def test_status_shows_the_round_trips_of_each_site(bed):
     rtt = {m["name"]: m["rtt_ms"] for m in doc["etcd"]["members"]}
     assert rtt["e1"] >= 2 * ONE_WAY_MS and rtt["e2"] >= 2 * ONE_WAY_MS, rtt
     assert rtt["e3"] < ONE_WAY_MS, rtt
-    e3 = next(m for m in doc["etcd"]["members"] if m["name"] == "e3")
+    # Raft's own figure, across (etcd probes its peers' round trip every few seconds)
+    eventually(lambda: _raft_round_trips_across(far_node), timeout=60, interval=2)
+
+
+def _raft_round_trips_across(node) -> None:
+    e3 = next(m for m in node.status()["etcd"]["members"] if m["name"] == "e3")
     across = list(e3["peer_rtt_p99_ms"].values())
-    assert across and min(across) >= 2 * ONE_WAY_MS, e3  # Raft's own figure, across
+    assert len(across) == 2 and min(across) >= 2 * ONE_WAY_MS, e3
 
 
 def test_nodes_on_both_sites_keep_renewing_and_reach_each_other(bed):
@@ -82,29 +87,39 @@ def test_a_lease_reaches_both_sites(bed):
 
 
 def test_a_leader_change_caused_by_latency_is_ridden_out(bed):
-    """Round trips across grow past the election timeout for a while: the cluster changes its
-    leader; no node loses its lease, the overlay loses no packet, a lease written after
-    reaches both sites."""
+    """Round trips across jump past the election timeout for a while: the cluster elects a
+    leader again (etcd's own count, as status shows it); no node loses its lease, the overlay
+    loses no packet, a lease written after reaches both sites."""
     a, b = bed.nodes
     subnets = {n: n.subnet for n in bed.nodes}
-    old_leader = bed.etcd.leader()
+    before = _elections_seen(a)
     ping = b.start_ping(a.pod_ip, interval=0.05)
     try:
-        bed.set_delay(700)  # round trip 1.4 s against an election timeout of 1 s
-        eventually(lambda: _leader_changed(bed, old_leader), timeout=30, interval=1)
+        # A jump of the delay stops Raft messages across for longer than the election timeout
+        # (1 s): the site that stops hearing its leader campaigns (a steady delay would not:
+        # heartbeats keep arriving, only late).
+        bed.set_delay(1500)
+        eventually(lambda: _elections_above(a, before), timeout=30, interval=1)
     finally:
         bed.set_delay(ONE_WAY_MS)
     result = b.finish_ping(ping, interrupt=True)
     assert result.sent > 20 and result.lost == 0, result.output[-400:]
-    eventually(
-        lambda: all(n.status()["etcd"]["leader_changes_last_hour"] >= 1 for n in bed.nodes),
-        timeout=30,
-    )
     for node in bed.nodes:
         assert node.subnet == subnets[node]
-        assert node.status()["lease"]["subnet"] == str(subnets[node])
+        eventually(lambda node=node: _holds(node, subnets[node]), timeout=30)
     test_a_lease_reaches_both_sites(bed)
 
 
-def _leader_changed(bed, old) -> None:
-    assert bed.etcd.leader() is not old
+def _elections_seen(node) -> int:
+    """The most leader changes any near member (site A: e1, e2) has counted."""
+    members = node.status()["etcd"]["members"]
+    return max(m.get("leader_changes") or 0 for m in members if m["name"] in ("e1", "e2"))
+
+
+def _elections_above(node, before: int) -> None:
+    assert _elections_seen(node) > before
+
+
+def _holds(node, subnet) -> None:
+    lease = node.status()["lease"]
+    assert lease["subnet"] == str(subnet) and lease["expires_in_s"] > 0
