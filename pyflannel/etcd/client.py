@@ -452,8 +452,10 @@ class EtcdClient:
             for m, look in zip(members, looks, strict=True)
         ]
 
-    async def _look_at(self, urls: list[str], timeout: float = 2.0) -> dict:
-        """One member, asked directly: three status round trips (the median), its /metrics."""
+    async def _look_at(self, urls: list[str], timeout: float = 1.0) -> dict:
+        """One member, asked directly: three status round trips (the median), then its
+        /metrics; each part gets ``timeout`` seconds, so a far or stuck member cannot hold up
+        status (which waits 3 s for all of them)."""
         if not urls:
             return {"reachable": False, "error": "no client URL"}
         member = EtcdClient(
@@ -464,35 +466,41 @@ class EtcdClient:
             timeout=timeout,
         )
         try:
-            rtts = []
-            for _ in range(3):
-                status = await member.status()
-                assert member.status_rtt_ms is not None
-                rtts.append(member.status_rtt_ms)
-            look: dict = {
-                "reachable": True,
-                "rtt_ms": sorted(rtts)[1],
-                "knows_leader": f"{status.leader:x}" if status.leader else "",
-            }
-            try:
-                async with asyncio.timeout(timeout):
-                    text = await member._metrics()
-                health = parse_member_health(text)
-                look.update(
-                    leader_changes=health.leader_changes,
-                    slow_applies=health.slow_applies,
-                    slow_fsyncs=health.slow_fsyncs,
-                    fsync_p99_ms=health.fsync_p99_ms,
-                    commit_p99_ms=health.commit_p99_ms,
-                    peer_rtt_p99_ms=health.peer_rtt_p99_ms,
-                )
-            except (OSError, HttpClosed, TimeoutError) as e:
-                look["metrics_error"] = _describe(e, member.endpoint)
-            return look
-        except StoreUnavailable as e:
-            return {"reachable": False, "error": str(e)}
+            return await self._looking(member, timeout)
         finally:
             await member.close()
+
+    @staticmethod
+    async def _looking(member: EtcdClient, timeout: float) -> dict:
+        rtts = []
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in range(3):
+                    status = await member.status()
+                    assert member.status_rtt_ms is not None
+                    rtts.append(member.status_rtt_ms)
+        except (StoreUnavailable, TimeoutError) as e:
+            return {"reachable": False, "error": str(e) or f"no answer within {timeout:g} s"}
+        look: dict = {
+            "reachable": True,
+            "rtt_ms": sorted(rtts)[1],
+            "knows_leader": f"{status.leader:x}" if status.leader else "",
+        }
+        try:
+            async with asyncio.timeout(timeout):
+                health = parse_member_health(await member._metrics())
+        except (OSError, HttpClosed, TimeoutError) as e:
+            look["metrics_error"] = _describe(e, member.endpoint)
+            return look
+        look.update(
+            leader_changes=health.leader_changes,
+            slow_applies=health.slow_applies,
+            slow_fsyncs=health.slow_fsyncs,
+            fsync_p99_ms=health.fsync_p99_ms,
+            commit_p99_ms=health.commit_p99_ms,
+            peer_rtt_p99_ms=health.peer_rtt_p99_ms,
+        )
+        return look
 
     async def _metrics(self) -> str:
         """The member's Prometheus text (/metrics needs no authentication)."""

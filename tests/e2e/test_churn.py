@@ -2,6 +2,9 @@
 second, etcd killed (kill -9) and its history compacted; when the churn stops every node's
 kernel holds exactly the leases etcd holds (the soak, longer: bench/churn.py)."""
 
+import math
+import time
+
 import pytest
 
 from testbed.bed import TestBed
@@ -36,3 +39,17 @@ def test_churn_through_etcd_kills_and_a_compaction_ends_exact(bed):
     for node in bed.nodes:
         # within the watch's recovery, well before the 30 s reconcile could repair anything
         eventually(lambda node=node: exact(bed, node), timeout=8, interval=0.5)
+
+
+def test_probe_sockets_to_peers_that_do_not_exist_stay_bounded(bed):
+    """The churned leases' peers do not exist: their TCP probes hang in SYN-SENT until the
+    probe's 1 s timeout. At most --probe-rate / 3 of them are open at once (README)."""
+    node = bed.nodes[0]
+    assert len(node.routes()) >= 100  # the churn left its live leases: peers nobody answers for
+    bound = math.ceil(50 / 3)  # the default --probe-rate
+    counts = []
+    for _ in range(20):
+        out = node.run("ss", "-Htn", "state", "syn-sent").stdout
+        counts.append(len(out.splitlines()))
+        time.sleep(0.25)
+    assert 0 < max(counts) <= bound, counts  # probing them, and never more than the bound

@@ -112,8 +112,9 @@ def test_a_leader_change_caused_by_latency_is_ridden_out(bed):
 
 def _elections_seen(node) -> int:
     """The most leader changes any near member (site A: e1, e2) has counted."""
-    members = node.status()["etcd"]["members"]
-    return max(m.get("leader_changes") or 0 for m in members if m["name"] in ("e1", "e2"))
+    members = [m for m in node.status()["etcd"]["members"] if m["name"] in ("e1", "e2")]
+    assert members, "status could not list the members meanwhile"
+    return max(m.get("leader_changes") or 0 for m in members)
 
 
 def _elections_above(node, before: int) -> None:
