@@ -235,7 +235,16 @@ class EtcdClient:
             async with self._connecting:
                 if self._token is None and generation == self._generation:
                     self._token = await self._authenticate(ep)
-        return await self._dial(ep)
+        moved = HttpClosed("connection closed (the client moved to another member)")
+        if generation != self._generation:
+            # Another call moved the client meanwhile (and forgot the token, which belongs
+            # to a member): going on would send a request without credentials.
+            raise moved
+        fresh = await self._dial(ep)
+        if generation != self._generation or (self.username and self._token is None):
+            self._forget(fresh)
+            raise moved
+        return fresh
 
     async def _authenticate(self, ep: Endpoint) -> str:
         conn = await self._dial(ep)

@@ -95,13 +95,16 @@ def test_a_leader_change_caused_by_latency_is_ridden_out(bed):
     before = _elections_seen(a)
     ping = b.start_ping(a.pod_ip, interval=0.05)
     try:
-        # A jump of the delay stops Raft messages across for longer than the election timeout
-        # (1 s): the site that stops hearing its leader campaigns (a steady delay would not:
-        # heartbeats keep arriving, only late).
-        bed.set_delay(1500)
-        eventually(lambda: _elections_above(a, before), timeout=30, interval=1)
+        # Nothing arrives across for ~5 s: messages sent in the next 3 s are due 5 s later, and
+        # the relay keeps each connection in order, so those sent after wait behind them.
+        # The side without the leader hears no heartbeat for longer than any randomized
+        # election timeout (1-2 s) and campaigns: etcd elects again. (A steady delay would
+        # not: heartbeats keep arriving, only late.)
+        bed.set_delay(5000)
+        time.sleep(3)
     finally:
         bed.set_delay(ONE_WAY_MS)
+    eventually(lambda: _elections_above(a, before), timeout=30, interval=1)
     result = b.finish_ping(ping, interrupt=True)
     assert result.sent > 20 and result.lost == 0, result.output[-400:]
     for node in bed.nodes:
