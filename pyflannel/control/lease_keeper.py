@@ -405,9 +405,10 @@ class LeaseKeeper:
         )
         if ttl <= 0:
             return f"{self.store.name} lease expired"
-        self.expires_at = time.monotonic() + ttl
+        now = time.monotonic()
+        self.expires_at = now + ttl
         self.last_renewal = time.time()
-        self.last_renewal_took = self.expires_at - ttl - started  # retries through trouble too
+        self.last_renewal_took = now - started  # retries through trouble included
         self.renewals += 1
         self._set_timer()
         log.info("renewed lease %s for %d s", lease.subnet, ttl)
