@@ -429,6 +429,7 @@ class TestBed:
         self.close()
 
     def setup(self) -> None:
+        netns.sweep()  # a run killed before its clean-up (SIGKILL, a machine restart) left these
         self._create(self.lan)
         netns.ip(self.lan, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
         netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")

@@ -1,7 +1,7 @@
 """Network namespaces and commands run inside them (iproute2 via subprocess).
 
 Safety (../shared/testbed.md): everything a bed makes lives in namespaces named with a per-run
-prefix ``pf<pid>-``; nothing is ever added to the root namespace; ``sweep()`` removes only
+prefix ``pf<pid>-`` (a bed's: ``pf<pid>x<n>-``); nothing is ever added to the root namespace; ``sweep()`` removes only
 leftovers of runs whose process is gone.
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-NAME_RE = re.compile(r"^pf(\d+)[a-z]?-")
+NAME_RE = re.compile(r"^pf(\d+)(?:x\d+|[a-z])?-")  # pf<pid>-, pf<pid>x<bed>-, pf<pid><tag>-
 
 
 class CommandError(RuntimeError):

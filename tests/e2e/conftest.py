@@ -2,9 +2,6 @@
 
 import shutil
 
-import pytest
-
-from testbed import netns
 from testbed.bed import TestBed
 from tests.conftest import require, require_etcd, require_root
 
@@ -19,14 +16,6 @@ def require_testbed() -> None:
             shutil.which(tool) is not None,
             f"the {tool} command (apt install iproute2 iputils-ping)",
         )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def sweep_leftovers():
-    """Remove namespaces of earlier, dead test runs (only ours: pf<dead pid>-...)."""
-    if shutil.which("ip"):
-        netns.sweep()
-    yield
 
 
 def started_bed(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import netns, rootfs
+from testbed import rootfs
 from testbed.minion_bed import MinionBed
 from testbed.package import build_deb
 from tests.conftest import require, require_etcd, require_root
@@ -26,12 +26,6 @@ def require_minions() -> None:
     ):
         require(shutil.which(tool) is not None, f"{tool} (apt install {package})")
     require(Path("/dev/net/tun").exists(), "/dev/net/tun (the tun module)")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def sweep_leftovers():
-    netns.sweep()
-    yield
 
 
 @pytest.fixture(scope="session")
