@@ -365,6 +365,10 @@ class Node:
     def routes(self) -> list[dict]:
         return self.ip_json("route", "show", "proto", "152")
 
+    def has_route(self, subnet: str) -> bool:
+        """Has the daemon routed ``subnet`` (e.g. "10.1.7.0/24") here?"""
+        return subnet in [r["dst"] for r in self.routes()]
+
     def neighbours(self, dev: str = "flannel.1") -> list[dict]:
         return [
             n

@@ -63,10 +63,8 @@ class Connection:
             if isinstance(event, h11.ConnectionClosed):
                 raise HttpClosed("connection closed")
 
-    async def request(
-        self, path: str, body: bytes, headers: list[tuple[str, str]]
-    ) -> tuple[int, bytes]:
-        """POST ``body`` to ``path``; (status, response body)."""
+    async def post(self, path: str, body: bytes, headers: list[tuple[str, str]]) -> None:
+        """Send a whole POST request; the answer is read by the caller."""
         self.exchanges += 1
         await self._send(
             h11.Request(
@@ -77,6 +75,12 @@ class Connection:
             h11.Data(data=body),
             h11.EndOfMessage(),
         )
+
+    async def request(
+        self, path: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
+        """POST ``body`` to ``path``; (status, response body)."""
+        await self.post(path, body, headers)
         return await self._answer()
 
     async def get(self, path: str) -> tuple[int, bytes]:
@@ -132,17 +136,7 @@ class Stream:
     async def open(
         cls, connection: Connection, path: str, headers: list[tuple[str, str]], request: dict
     ) -> Stream:
-        body = _line(request)
-        connection.exchanges += 1
-        await connection._send(
-            h11.Request(
-                method="POST",
-                target=path,
-                headers=connection._headers([*headers, ("Content-Length", str(len(body)))]),
-            ),
-            h11.Data(data=body),
-            h11.EndOfMessage(),
-        )
+        await connection.post(path, _line(request), headers)
         return cls(connection)
 
     async def receive(self) -> dict:

@@ -82,25 +82,9 @@ def etcd_advice(
             )
         for peer, peer_rtt in sorted((m.get("peer_rtt_p99_ms") or {}).items()):
             between = f"between etcd members {name} and {names.get(peer, peer)}"
-            if peer_rtt >= election_ms / 10:
-                advice.append(
-                    Advice(
-                        f"the Raft round trip {between} reaches {peer_rtt:.0f} ms (p99), "
-                        f"more than a tenth of the election timeout ({election_ms:.0f} ms)",
-                        f"leaders will be lost: set etcd's --election-timeout to at least "
-                        f"{10 * peer_rtt:.0f} ms and --heartbeat-interval to about {peer_rtt:.0f} ms "
-                        "on every member, or put the members closer",
-                    )
-                )
-            elif peer_rtt >= heartbeat_ms / 2:
-                advice.append(
-                    Advice(
-                        f"the Raft round trip {between} reaches {peer_rtt:.0f} ms (p99), "
-                        f"near the heartbeat interval ({heartbeat_ms:.0f} ms)",
-                        f"set etcd's --heartbeat-interval to about {peer_rtt:.0f} ms and "
-                        f"--election-timeout to at least {10 * peer_rtt:.0f} ms on every member",
-                    )
-                )
+            found = raft_round_trip(between, peer_rtt, heartbeat_ms, election_ms)
+            if found is not None:
+                advice.append(found)
         if m.get("slow_applies"):
             advice.append(
                 Advice(
@@ -138,3 +122,25 @@ def etcd_advice(
             )
         )
     return advice
+
+
+def raft_round_trip(
+    between: str, rtt: float, heartbeat_ms: float, election_ms: float
+) -> Advice | None:
+    """Raft's round trip between two members against the election timeout (a tenth of it:
+    leaders get lost) and the heartbeat interval (half of it: near)."""
+    settings = (
+        f"--heartbeat-interval to about {rtt:.0f} ms and --election-timeout to at least "
+        f"{10 * rtt:.0f} ms on every member"
+    )
+    what = f"the Raft round trip {between} reaches {rtt:.0f} ms (p99), "
+    if rtt >= election_ms / 10:
+        return Advice(
+            what + f"more than a tenth of the election timeout ({election_ms:.0f} ms)",
+            f"leaders will be lost: set etcd's {settings}, or put the members closer",
+        )
+    if rtt >= heartbeat_ms / 2:
+        return Advice(
+            what + f"near the heartbeat interval ({heartbeat_ms:.0f} ms)", f"set etcd's {settings}"
+        )
+    return None

@@ -19,23 +19,41 @@ def require_testbed() -> None:
 
 
 def started_bed(
-    hosts: int = 3, mtu: int = 1500, config=None, daemon_args=FAST_RECONCILE
+    hosts: int = 3,
+    mtu: int = 1500,
+    config=None,
+    daemon_args=FAST_RECONCILE,
+    env: dict[str, str] | None = None,
+    pods: bool = True,
 ) -> TestBed:
-    """A bed with daemons running on every node and a pod behind each."""
+    """A bed with daemons running on every node (``env``: more of their environment) and,
+    with ``pods``, a pod behind each. The caller closes it."""
     require_testbed()
     bed = TestBed(hosts=hosts, mtu=mtu)
     bed.__enter__()
     try:
         bed.put_config(config)
         for node in bed.nodes:
-            node.start(*daemon_args)
+            node.start(*daemon_args, env=env)
         for node in bed.nodes:
             node.wait_ready()
-            node.add_pod()
+            if pods:
+                node.add_pod()
     except BaseException:
         bed.close()
         raise
     return bed
+
+
+# A peer lease for a node that does not exist (tests write it and watch it be programmed).
+PEER_VALUE = (
+    '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}'
+)
+
+
+def renewals(node) -> int:
+    return node.status()["lease"]["renewals"]
 
 
 def eventually(check, timeout: float = 10.0, interval: float = 0.1):

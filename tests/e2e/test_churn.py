@@ -7,22 +7,16 @@ import time
 
 import pytest
 
-from testbed.bed import TestBed
 from testbed.churn import CONFIG, Churn, kernel_against_etcd, run_churn
 
-from .conftest import eventually, require_testbed
+from .conftest import eventually, started_bed
 
 
 @pytest.fixture(scope="module")
 def bed():
-    require_testbed()
-    with TestBed(hosts=3) as bed:
-        bed.put_config(CONFIG)
-        for node in bed.nodes:
-            node.start("--reconcile-interval=30")
-        for node in bed.nodes:
-            node.wait_ready()
-        yield bed
+    bed = started_bed(hosts=3, config=CONFIG, daemon_args=("--reconcile-interval=30",), pods=False)
+    yield bed
+    bed.close()
 
 
 def exact(bed, node) -> None:

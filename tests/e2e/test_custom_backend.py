@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from testbed.bed import TestBed
-
-from .conftest import FAST_RECONCILE, eventually, require_testbed
+from .conftest import FAST_RECONCILE, eventually, started_bed
 
 CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "route-only"}}
 ENV = {"PYFLANNEL_BACKENDS": "route-only=tests.e2e.custom_backend.backend"}
@@ -17,15 +15,11 @@ ENV = {"PYFLANNEL_BACKENDS": "route-only=tests.e2e.custom_backend.backend"}
 
 @pytest.fixture(scope="module")
 def bed():
-    require_testbed()
-    with TestBed(hosts=3) as bed:
-        bed.put_config(CONFIG)
-        for node in bed.nodes:
-            node.start(*FAST_RECONCILE, "--probe-interval=1", env=ENV)
-        for node in bed.nodes:
-            node.wait_ready()
-            node.add_pod()
-        yield bed
+    bed = started_bed(
+        hosts=3, config=CONFIG, daemon_args=(*FAST_RECONCILE, "--probe-interval=1"), env=ENV
+    )
+    yield bed
+    bed.close()
 
 
 def test_its_leases_carry_its_type(bed):

@@ -11,15 +11,11 @@ import pytest
 from testbed import netns
 from testbed.bed import TestBed
 
-from .conftest import eventually, require_testbed
+from .conftest import PEER_VALUE, eventually, renewals, require_testbed
 
 # A short lease TTL makes renewals happen every few seconds (every 8 s), so the tests can
 # watch them.
 ARGS = ("--reconcile-interval=5", "--subnet-lease-ttl=24")
-PEER_VALUE = (
-    '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
-    '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}'
-)
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +35,13 @@ def connected_member(bed, node):
     return bed.etcd.member_for(node.status()["etcd"]["current"])
 
 
-def renewals(node) -> int:
-    return node.status()["lease"]["renewals"]
-
-
-def has_route(node, subnet: str) -> bool:
-    return subnet in [r["dst"] for r in node.routes()]
-
-
 def time_to_program(bed, node, subnet: str, t0: float, timeout: float = 60, through=None) -> float:
     """Write a peer lease for ``subnet`` through the cluster (or the members ``through``);
     seconds from ``t0`` until ``node`` has its route."""
     key = f"/coreos.com/network/subnets/{subnet.replace('/', '-')}"
     bed.etcd.put(key, PEER_VALUE, members=through)
     deadline = time.monotonic() + timeout
-    while not has_route(node, subnet):
+    while not node.has_route(subnet):
         assert time.monotonic() < deadline, f"{subnet} never programmed:\n{node.log()[-3000:]}"
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
@@ -99,7 +87,7 @@ def test_killing_the_member_in_use(bed, overlay_ping):
         seconds = time_to_program(bed, a, "10.1.201.0/24", t0)
         print(f"\nSYNC member-killed {seconds:.2f}")
         assert connected_member(bed, a) is not member
-        assert has_route(a, str(b.subnet))  # no peer lost
+        assert a.has_route(str(b.subnet))  # no peer lost
         assert_lease_kept(bed, a, subnet)
     finally:
         member.start()
@@ -122,7 +110,7 @@ def test_a_member_cut_off_from_its_peers(bed, overlay_ping):
         seconds = time_to_program(bed, a, "10.1.202.0/24", t0, through=others)
         print(f"\nSYNC member-partitioned {seconds:.2f}")
         assert connected_member(bed, a) is not member
-        assert has_route(a, str(b.subnet))
+        assert a.has_route(str(b.subnet))
         assert_lease_kept(bed, a, subnet)
         assert "no leader" in a.log() or "Deadline" in a.log() or "timed out" in a.log().lower()
     finally:
@@ -160,7 +148,7 @@ def test_stopping_and_restarting_the_leader(bed, overlay_ping):
     t0 = time.monotonic()
     seconds = time_to_program(bed, b, "10.1.204.0/24", t0)
     print(f"\nSYNC leader-restarted {seconds:.2f}")
-    assert has_route(a, str(b.subnet)) and has_route(b, str(a.subnet))
+    assert a.has_route(str(b.subnet)) and b.has_route(str(a.subnet))
 
 
 def _leader_changes_above(node, before: int) -> dict:

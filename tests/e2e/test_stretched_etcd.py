@@ -9,14 +9,10 @@ import pytest
 
 from testbed.sites import TwoSiteBed
 
-from .conftest import eventually, require_testbed
+from .conftest import PEER_VALUE, eventually, renewals, require_testbed
 
 ONE_WAY_MS = 25  # round trip across the sites: 50 ms
 ARGS = ("--reconcile-interval=5", "--subnet-lease-ttl=15")
-PEER_VALUE = (
-    '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'
-    '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}}'
-)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +28,6 @@ def bed():
             node.wait_ready(timeout=40)
             node.add_pod()
         yield bed
-
-
-def has_route(node, subnet: str) -> bool:
-    return subnet in [r["dst"] for r in node.routes()]
-
-
-def renewals(node) -> int:
-    return node.status()["lease"]["renewals"]
 
 
 def test_status_shows_the_round_trips_of_each_site(bed):
@@ -78,7 +66,7 @@ def test_a_lease_reaches_both_sites(bed):
     while len(seconds) < len(bed.nodes):
         assert time.monotonic() < deadline, seconds
         for node in bed.nodes:
-            if node not in seconds and has_route(node, subnet):
+            if node not in seconds and node.has_route(subnet):
                 seconds[node] = time.monotonic() - t0
         time.sleep(0.02)
     bed.etcd.ctl("del", key)

@@ -234,7 +234,7 @@ async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
     facts = {"endpoint": endpoint.url, "rtt_ms": sorted(rtts)[len(rtts) // 2], "members": members}
     skew = None
     try:
-        _, date = await asyncio.to_thread(_fetch_metrics, endpoint.url, o)
+        date = await asyncio.to_thread(_server_date, endpoint.url, o)
         if date:
             skew = time.time() - email.utils.parsedate_to_datetime(date).timestamp()
     except OSError:
@@ -242,14 +242,16 @@ async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
     return Probe(True, facts=facts), skew
 
 
-def _fetch_metrics(url: str, o: StoreOptions) -> tuple[str, str | None]:
+def _server_date(url: str, o: StoreOptions) -> str | None:
+    """The member's clock, from the Date header of its smallest answer (/version); the
+    members' /metrics are read by the client (members())."""
     context = None
     if url.startswith("https://"):
         context = ssl.create_default_context(cafile=o.cafile or None)
         if o.certfile:
             context.load_cert_chain(o.certfile, o.keyfile)
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5, context=context) as resp:
-        return resp.read().decode(), resp.headers.get("Date")
+    with urllib.request.urlopen(f"{url}/version", timeout=5, context=context) as resp:
+        return resp.headers.get("Date")
 
 
 async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[Finding]:
