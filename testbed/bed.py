@@ -33,6 +33,7 @@ UNDERLAY = "198.51.100"
 ETCD_IP = f"{UNDERLAY}.254"
 UNDERLAY6 = "fd00:198:51:100"  # every host's eth0 also has <UNDERLAY6>::<i>/64 (dual-stack tests)
 DEFAULT_PREFIX = "/coreos.com/network"
+NODES_SUBNET_MAX = "10.1.199.0"  # 10.1.200.0-10.1.255.0: tests' leases of nodes that do not exist
 VXLAN_CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 
 _beds = itertools.count()
@@ -500,7 +501,14 @@ class TestBed:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def put_config(self, config: dict | str | None = None, prefix: str = DEFAULT_PREFIX) -> None:
-        text = config if isinstance(config, str) else json.dumps(config or VXLAN_CONFIG)
+        """Write the network config (a string as it is: junk on purpose). On 10.1.0.0/16 with
+        /24s the bed's nodes allocate below NODES_SUBNET_MAX: tests write leases of nodes
+        that do not exist above it, and a node draws its subnet from the whole free range."""
+        if not isinstance(config, str):
+            config = dict(config or VXLAN_CONFIG)
+            if config.get("Network") == "10.1.0.0/16" and config.get("SubnetLen", 24) == 24:
+                config.setdefault("SubnetMax", NODES_SUBNET_MAX)
+        text = config if isinstance(config, str) else json.dumps(config)
         self.etcd.put(f"{prefix}/config", text)
 
     def leases(self, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
