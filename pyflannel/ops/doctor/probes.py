@@ -19,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyflannel.errors import FlannelError
 from pyflannel.kernel.iface import IfaceChoice
@@ -39,6 +40,9 @@ from pyflannel.ops.doctor.checks import (
 )
 from pyflannel.ops.status.client import StatusEndpoint
 from pyflannel.subnet.stores import StoreOptions
+
+if TYPE_CHECKING:
+    from pyflannel.etcd.client import EtcdClient
 
 
 def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -217,6 +221,7 @@ async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
 
     client = client_for(o, timeout=3)
     try:
+        await _first_member_that_answers(client)
         rtts = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -240,6 +245,20 @@ async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
     except OSError:
         pass  # the clock check says it could not tell
     return Probe(True, facts=facts), skew
+
+
+async def _first_member_that_answers(client: EtcdClient) -> None:
+    """Move the client to the first endpoint that answers (a failed call moves it to the next
+    one): one member down is not "etcd unreachable"; every member down is."""
+    from pyflannel.etcd.client import EtcdUnavailable
+
+    for left in reversed(range(len(client.endpoints))):
+        try:
+            await asyncio.wait_for(client.status(), 5)
+            return
+        except (EtcdUnavailable, TimeoutError):
+            if not left:
+                raise
 
 
 def _server_date(url: str, o: StoreOptions) -> str | None:
