@@ -271,5 +271,17 @@ class EtcdCluster:
                 return next(m for m in self.members if m.url == s["Endpoint"])
         raise RuntimeError(f"no leader among {out}")
 
+    def move_leader(self) -> EtcdServer:
+        """Hand the leadership over to another live member (etcdctl move-leader, a real Raft
+        leader transfer); the new leader."""
+        import json
+
+        leader = self.leader()
+        statuses = json.loads(self.ctl("endpoint", "status", "-w", "json").stdout)
+        target = next(s for s in statuses if s["Endpoint"] != leader.url)
+        member_id = f"{target['Status']['header']['member_id']:x}"
+        self.ctl("move-leader", member_id, members=[leader])
+        return self.member_for(target["Endpoint"])
+
     def member_for(self, url: str) -> EtcdServer:
         return next(m for m in self.members if m.url == url)

@@ -110,6 +110,8 @@ def test_a_member_cut_off_from_its_peers(bed, overlay_ping):
         seconds = time_to_program(bed, a, "10.1.202.0/24", t0, through=others)
         print(f"\nSYNC member-partitioned {seconds:.2f}")
         assert connected_member(bed, a) is not member
+        # the member cut off still answers this node, and says it knows no leader
+        eventually(lambda: _says(a, f"etcd member {member.name} knows no leader"), timeout=15)
         assert a.has_route(str(b.subnet))
         assert_lease_kept(bed, a, subnet)
         assert "no leader" in a.log() or "Deadline" in a.log() or "timed out" in a.log().lower()
@@ -158,6 +160,27 @@ def _leader_changes_above(node, before: int) -> dict:
     doc = node.status()
     assert doc["etcd"]["leader_changes_last_hour"] > before
     return doc
+
+
+def _says(node, text: str) -> None:
+    assert text in node.status_cli().stdout
+
+
+def test_three_leader_changes_in_an_hour_are_advised(bed):
+    a = bed.nodes[0]
+    for _ in range(3):  # real leader transfers, each seen by the node's member checks
+        before = a.status()["etcd"]["leader_changes_last_hour"]
+        new_leader = bed.etcd.move_leader()
+        doc = eventually(lambda: _leader_changes_above(a, before), timeout=15)
+        names = {m["id"]: m["name"] for m in doc["etcd"]["members"]}
+        assert names[doc["etcd"]["leader"]] == new_leader.name
+    changes = a.status()["etcd"]["leader_changes_last_hour"]
+    assert changes >= 3
+    _says(a, f"advice: the etcd cluster changed its leader {changes} times in the last hour")
+    _, findings = a.doctor()
+    assert any(
+        f["status"] == "warn" and "changed its leader" in f["detail"] for f in findings.values()
+    ), findings
 
 
 def test_status_and_doctor_show_each_members_own_view(bed):
