@@ -38,6 +38,11 @@ def test_status_shows_the_round_trips_of_each_site(bed):
     assert rtt["e3"] < ONE_WAY_MS, rtt
     # Raft's own figure, across (etcd probes its peers' round trip every few seconds)
     eventually(lambda: _raft_round_trips_across(far_node), timeout=60, interval=2)
+    # and the advice: a node far from etcd; Raft's round trip against the heartbeat interval
+    text = far_node.status_cli().stdout
+    assert "advice: round trip to etcd member e1 is" in text, text
+    assert "advice: the Raft round trip between etcd members e3 and e1" in text, text
+    assert "--heartbeat-interval to about" in text, text
 
 
 def _raft_round_trips_across(node) -> None:
