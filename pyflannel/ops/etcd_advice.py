@@ -37,11 +37,11 @@ def member_line(m: dict) -> str:
             parts.append(f"{label} {m[key]}")
     if m.get("fsync_p99_ms") is not None:
         parts.append(
-            f"WAL fsync p99 {m['fsync_p99_ms']:.0f} ms ({m.get('slow_fsyncs', 0)} over 1 s)"
+            f"WAL fsync p99 >= {m['fsync_p99_ms']:.0f} ms ({m.get('slow_fsyncs', 0)} over 1 s)"
         )
     peers = m.get("peer_rtt_p99_ms") or {}
     if peers:
-        parts.append(f"to peers p99 <= {max(peers.values()):.1f} ms")
+        parts.append(f"to peers p99 >= {max(peers.values()):.1f} ms")
     return f"{name}: " + ", ".join(parts)
 
 
@@ -98,7 +98,7 @@ def etcd_advice(
         if (fsync is not None and fsync > FSYNC_P99_MS) or slow:
             advice.append(
                 Advice(
-                    f"etcd member {name}'s WAL fsync p99 is {fsync or 0:.0f} ms"
+                    f"etcd member {name}'s WAL fsync p99 is at least {fsync or 0:.0f} ms"
                     + (f", {slow} over 1 s" if slow else ""),
                     "a slow disk makes Raft heartbeats time out and leaders change; "
                     "give etcd an SSD of its own",
@@ -108,7 +108,7 @@ def etcd_advice(
         if commit is not None and commit > COMMIT_P99_MS:
             advice.append(
                 Advice(
-                    f"etcd member {name}'s backend commit p99 is {commit:.0f} ms",
+                    f"etcd member {name}'s backend commit p99 is at least {commit:.0f} ms",
                     "a slow disk: give etcd an SSD of its own",
                 )
             )
@@ -128,19 +128,21 @@ def raft_round_trip(
     between: str, rtt: float, heartbeat_ms: float, election_ms: float
 ) -> Advice | None:
     """Raft's round trip between two members against the election timeout (a tenth of it:
-    leaders get lost) and the heartbeat interval (half of it: near)."""
-    settings = (
-        f"--heartbeat-interval to about {rtt:.0f} ms and --election-timeout to at least "
-        f"{10 * rtt:.0f} ms on every member"
-    )
-    what = f"the Raft round trip {between} reaches {rtt:.0f} ms (p99), "
+    leaders get lost) and the heartbeat interval (half of it: near). etcd's guide: the
+    heartbeat interval about the round trip, the election timeout at least ten times it."""
+    what = f"the Raft round trip {between} reaches at least {rtt:.0f} ms (p99), "
+    now = f"(now {heartbeat_ms:g} and {election_ms:g} ms)"
     if rtt >= election_ms / 10:
         return Advice(
             what + f"more than a tenth of the election timeout ({election_ms:.0f} ms)",
-            f"leaders will be lost: set etcd's {settings}, or put the members closer",
+            f"leaders will be lost: set etcd's --heartbeat-interval to about "
+            f"{max(rtt, heartbeat_ms):.0f} ms and --election-timeout to at least "
+            f"{10 * rtt:.0f} ms on every member {now}, or put the members closer",
         )
     if rtt >= heartbeat_ms / 2:
         return Advice(
-            what + f"near the heartbeat interval ({heartbeat_ms:.0f} ms)", f"set etcd's {settings}"
+            what + f"near the heartbeat interval ({heartbeat_ms:.0f} ms)",
+            "if it grows, set etcd's --heartbeat-interval to about the round trip and "
+            f"--election-timeout to at least ten times it on every member {now}",
         )
     return None

@@ -24,7 +24,7 @@ async def test_a_member_reports_its_round_trip_leader_and_disk_figures(client, p
     assert member["knows_leader"] == member["id"]
     assert member["leader_changes"] >= 1  # its own first election
     assert member["slow_applies"] == 0 and member["slow_fsyncs"] == 0
-    assert member["fsync_p99_ms"] > 0 and member["commit_p99_ms"] > 0
+    assert member["fsync_p99_ms"] >= 0 and member["commit_p99_ms"] >= 0  # "at least": may be 0
     assert member["peer_rtt_p99_ms"] == {}  # no peers
     assert client.leaders.leader == int(member["id"], 16)
 
