@@ -169,8 +169,8 @@ class LeaseKeeper:
                 lease = await self.store.create_lease(
                     claim.subnet, attrs, self.ttl, claim.ipv6_subnet, grantor
                 )
-                if lease is not None and not await self._ipv6_unique(lease):
-                    previous6 = None  # it is someone else's now: choose another
+                if lease is not None and not await self._halves_unique(lease):
+                    previous, previous6 = None, None  # someone else's now: choose others
                     lost.add(claim.subnet)
                     snapshot = None
                     continue
@@ -191,25 +191,31 @@ class LeaseKeeper:
             f"lost {RACE_ATTEMPTS} races for a subnet in a row (heavy contention)"
         )
 
-    async def _ipv6_unique(self, lease: Lease) -> bool:
-        """Two nodes may pick one IPv6 subnet at once with different IPv4 subnets: the keys
-        differ, so both writes succeed. The later writer gives way (deletes its new key)."""
+    async def _halves_unique(self, lease: Lease) -> bool:
+        """A dual-stack key names both subnets, so the conditional create makes only the pair
+        unique: two nodes choosing at once may share one half (the same IPv4 subnet with
+        different IPv6 ones, or the reverse), and both writes succeed. Read after writing:
+        the node whose key was created later gives way (deletes it) and chooses again; the
+        earlier one, reading after its own write, may or may not see the later key, and
+        keeps its own either way. (Upstream has no such check: both nodes keep the half.)"""
         if lease.ipv6_subnet is None:
-            return True
+            return True  # the key is the IPv4 subnet: the create made it unique
         snapshot = await self.store.leases()
         earlier = [
             other
             for other in snapshot.leases
             if other.key != lease.key
-            and other.ipv6_subnet is not None
-            and other.ipv6_subnet.overlaps(lease.ipv6_subnet)
-            and self.store.written_before(other, lease)
+            and (
+                other.subnet.overlaps(lease.subnet)
+                or (other.ipv6_subnet is not None and other.ipv6_subnet.overlaps(lease.ipv6_subnet))
+            )
+            and self.store.created_before(other, lease)
         ]
         if not earlier:
             return True
         log.info(
-            "IPv6 subnet %s was taken by %s meanwhile; choosing again",
-            lease.ipv6_subnet,
+            "lease %s shares a subnet with %s, created before it: giving way, choosing again",
+            _subnets_text(lease),
             earlier[0].key,
         )
         await self.store.delete_lease(lease)

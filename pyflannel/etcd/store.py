@@ -71,6 +71,7 @@ class Token:
 
     mod_revision: int
     lease_id: int
+    created: int = 0  # the key's create revision (0: not known)
 
 
 class EtcdSubnetManager(SubnetManager):
@@ -135,12 +136,12 @@ class EtcdSubnetManager(SubnetManager):
         lease = Lease(
             subnet, attrs, ipv6_subnet, reservation=kv.lease == 0, grantor=grantor_of(kv.lease)
         )
-        self.tokens.keep(lease, Token(kv.mod_revision, kv.lease))
+        self.tokens.keep(lease, Token(kv.mod_revision, kv.lease, kv.create_revision))
         return LeaseEvent(kind, key, subnet, lease=lease, superseded=superseded)
 
-    def written_before(self, a: Lease, b: Lease) -> bool:
+    def created_before(self, a: Lease, b: Lease) -> bool:
         ta, tb = self.tokens.of(a), self.tokens.of(b)
-        return bool(ta and tb and ta.mod_revision < tb.mod_revision)
+        return bool(ta and tb and ta.created and tb.created and ta.created < tb.created)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -216,11 +217,20 @@ class EtcdSubnetManager(SubnetManager):
         token = self._token(old)
         if old.reservation:
             return await self._write(
-                old.with_attrs(attrs), 0, mod_revision=token.mod_revision, ttl=0
+                old.with_attrs(attrs),
+                0,
+                mod_revision=token.mod_revision,
+                ttl=0,
+                created=token.created,
             )
         lease_id = await self._grant(ttl, grantor)
         lease = await self._write(
-            old.with_attrs(attrs), lease_id, mod_revision=token.mod_revision, ttl=ttl, fresh=True
+            old.with_attrs(attrs),
+            lease_id,
+            mod_revision=token.mod_revision,
+            ttl=ttl,
+            fresh=True,
+            created=token.created,
         )
         if lease is not None:
             await self._revoke_if_unused(token.lease_id)
@@ -231,13 +241,22 @@ class EtcdSubnetManager(SubnetManager):
         if junk is None:
             return None  # no unreadable value there (as far as we know): nothing to undo
         token = self._token(lease)
-        return await self._write(lease, token.lease_id, mod_revision=junk, ttl=lease.ttl)
+        return await self._write(
+            lease, token.lease_id, mod_revision=junk, ttl=lease.ttl, created=token.created
+        )
 
     async def _write(
-        self, lease: Lease, lease_id: int, *, mod_revision: int, ttl: int, fresh: bool = False
+        self,
+        lease: Lease,
+        lease_id: int,
+        *,
+        mod_revision: int,
+        ttl: int,
+        fresh: bool = False,
+        created: int = 0,
     ) -> Lease | None:
         """Write ``lease`` (its subnets name the key) attached to ``lease_id``, if the key is
-        at ``mod_revision`` (0: absent)."""
+        at ``mod_revision`` (0: absent; else ``created`` is its create revision)."""
         key = self._key_of(lease)
         try:
             revision = await self.client.put_if(
@@ -254,7 +273,8 @@ class EtcdSubnetManager(SubnetManager):
         self._written[key] = revision
         self._junk.pop(key, None)
         written = replace(lease, ttl=ttl, reservation=lease_id == 0, grantor=grantor_of(lease_id))
-        return self.tokens.keep(written, Token(revision, lease_id))
+        created = created if mod_revision else revision  # a new key is created by this write
+        return self.tokens.keep(written, Token(revision, lease_id, created))
 
     async def _revoke_quietly(self, lease_id: int) -> None:
         try:

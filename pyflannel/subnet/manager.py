@@ -138,8 +138,8 @@ class SubnetManager(abc.ABC):
         """The lease of a subnet now, or None."""
 
     @abc.abstractmethod
-    def written_before(self, a: Lease, b: Lease) -> bool:
-        """Was ``a`` written before ``b`` (both as this manager last saw them)?"""
+    def created_before(self, a: Lease, b: Lease) -> bool:
+        """Was ``a``'s key created before ``b``'s (both as this manager last saw them)?"""
 
     @abc.abstractmethod
     def lease_location(self, lease: Lease) -> str:

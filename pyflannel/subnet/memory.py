@@ -40,6 +40,7 @@ class Record:
     grantor: int | None
     ipv6_subnet: IPv6Network | None
     writer: int  # id of the MemorySubnetManager that wrote it, 0: from outside
+    created: int = 0  # the revision that created the key (kept across rewrites)
 
 
 @dataclass
@@ -89,6 +90,8 @@ class MemoryStore:
             self.history.append(Change(self.revision, EventKind.DELETE, key, None))
         else:
             record.revision = self.revision
+            old = self.records.get(key)
+            record.created = old.created if old else self.revision
             self.records[key] = record
             self.history.append(Change(self.revision, EventKind.PUT, key, record))
         self._wake()
@@ -193,8 +196,9 @@ class MemorySubnetManager(SubnetManager):
     def _token(self, lease: Lease) -> int:
         return self.tokens.required(lease)
 
-    def written_before(self, a: Lease, b: Lease) -> bool:
-        return self._token(a) < self._token(b)
+    def created_before(self, a: Lease, b: Lease) -> bool:
+        ra, rb = self.store.records.get(a.key), self.store.records.get(b.key)
+        return bool(ra and rb and ra.created < rb.created)
 
     def lease_location(self, lease: Lease) -> str:
         return lease.key

@@ -5,6 +5,8 @@ import contextlib
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.etcd.client import EtcdClient
@@ -351,16 +353,21 @@ async def test_a_dual_stack_lease_holds_both_subnets_and_a_restart_keeps_them(st
     assert (back.subnet, back.ipv6_subnet) == (first.subnet, first.ipv6_subnet)
 
 
-async def test_two_nodes_that_pick_one_ipv6_subnet_at_once_end_with_distinct_ones(
-    etcd_server, prefix
+@pytest.mark.parametrize(
+    "config",
+    [
+        '"Network": "10.1.0.0/16", "IPv6Network": "fd10::/62", "IPv6SubnetLen": 64',
+        '"Network": "10.1.0.0/22", "IPv6Network": "fd10::/48"',
+    ],
+    ids=["ipv6", "ipv4"],
+)
+async def test_two_nodes_that_pick_one_half_at_once_end_with_distinct_ones(
+    etcd_server, prefix, config
 ):
-    """Keys differ when the IPv4 halves differ, so both creations succeed: the later writer
-    sees the earlier one and chooses again (a network with room for only two IPv6 subnets
-    makes the collision likely)."""
-    cfg = network(
-        '{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd10::/62", '
-        '"IPv6SubnetLen": 64}'
-    )
+    """Keys differ when the other halves differ, so both creations succeed: the node whose
+    key was created later sees the earlier one and chooses again (a network with room for
+    only two or three subnets of that family makes the collision likely)."""
+    cfg = network(f'{{"EnableIPv6": true, {config}}}')
     for _ in range(10):
         clients = [EtcdClient([etcd_server.url]) for _ in range(2)]
         try:
@@ -373,11 +380,10 @@ async def test_two_nodes_that_pick_one_ipv6_subnet_at_once_end_with_distinct_one
                 )
             )
             assert leases[0].ipv6_subnet != leases[1].ipv6_subnet
+            assert leases[0].subnet != leases[1].subnet
             observer = EtcdSubnetManager(clients[0], prefix)
             listed = (await observer.leases()).leases
-            assert sorted(str(le.ipv6_subnet) for le in listed) == sorted(
-                str(le.ipv6_subnet) for le in leases
-            )
+            assert sorted(le.key for le in listed) == sorted(le.key for le in leases)
             for lease in listed:
                 await observer.delete_lease(lease)
         finally:
