@@ -203,6 +203,7 @@ class Daemon:
         )
         timeline.step("backend")
         backend.also_own(previous_network(o.subnet_file))
+        backend.blackhole_own = o.ip_blackhole_route
         if cfg.cidr6 is not None:
             backend.also_own(previous_network6(o.subnet_file))
         if o.vxlan_peer_filter:

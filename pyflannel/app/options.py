@@ -64,6 +64,7 @@ class Options:
     ip_masq_fully_random_disable: bool = False
     iptables_forward_rules: bool = True
     iptables_resync: int = 5
+    ip_blackhole_route: bool = False
     vxlan_peer_filter: bool = False
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 8471
@@ -263,6 +264,14 @@ FLAGS: list[tuple[str, type, str]] = [
         bool,
         "accept forwarded traffic to and from the network "
         "(upstream's FLANNEL-FWD chain; default %(default)s)",
+    ),
+    (
+        "ip-blackhole-route",
+        bool,
+        "a blackhole route for this node's own subnet (metric 4294967295: the CNI bridge's "
+        "route wins), so that traffic to unassigned pod addresses is dropped here instead of "
+        "leaving by the default route; kept like every route of ours (upstream v0.27.1: "
+        "re-added every --iptables-resync)",
     ),
     (
         "vxlan-peer-filter",

@@ -25,6 +25,7 @@ from pyflannel.backend.plan import (
     Peer6,
     PeerDataError,
     Table,
+    blackhole_routes,
     ipv6_half,
     peer_entries,
 )
@@ -69,6 +70,8 @@ class Backend(abc.ABC):
     # The address of a peer's subnet the mesh prober pings through the overlay: 0 its
     # device's (<subnet>.0), 1 its CNI bridge's (a backend without a device, like host-gw).
     probe_host: int = 0
+    # --ip-blackhole-route: a blackhole route for this node's own subnets (set by the daemon)
+    blackhole_own: bool = False
 
     def __init__(self, netlink: Netlink, network: NetworkConfig, ext: ExtIface):
         self.netlink = netlink
@@ -222,6 +225,8 @@ class Backend(abc.ABC):
         async with self.kernel.lock:
             self.lease = lease
             await self._assign(lease)
+            if self.blackhole_own:
+                await self.kernel.set_own(blackhole_routes(lease.subnet, lease.ipv6_subnet))
 
     async def update_peers(self, changes: PeerChanges) -> None:
         await self.kernel.update_peers(changes)

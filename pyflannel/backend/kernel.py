@@ -36,6 +36,9 @@ from pyflannel.kernel.rtnl import NetlinkError, ndmsg
 log = logging.getLogger(__name__)
 
 RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
+# A blackhole route's metric: the worst there is, so that the CNI bridge's route to the same
+# subnet (metric 0) always wins, and a REPLACE of ours never matches anyone else's route.
+BLACKHOLE_METRIC = 0xFFFFFFFF
 RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = ndmsg.states["permanent"]
@@ -175,9 +178,13 @@ def read_state(ipr, devices: Devices) -> KernelState:
             route = codec.decode_route(payload)
             if route is None:
                 continue
-            subnet, gateway, oif, flags, proto, table = route
+            subnet, gateway, oif, flags, proto, table, route_type = route
             if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(subnet):
-                state.routes[subnet] = _route_of(gateway, oif, flags, devices)
+                state.routes[subnet] = (
+                    Route(None, Via.BLACKHOLE)
+                    if route_type == codec.RTN_BLACKHOLE
+                    else _route_of(gateway, oif, flags, devices)
+                )
     return state
 
 
@@ -205,6 +212,17 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     if op.action == Action.DELETE:
         return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
+    if route.via == Via.BLACKHOLE:
+        return codec.route_replace(
+            seq,
+            op.key,
+            None,
+            None,
+            False,
+            RTPROT_PYFLANNEL,
+            kind=codec.RTN_BLACKHOLE,
+            priority=BLACKHOLE_METRIC,
+        )
     oif = {Via.ONLINK: devices.overlay_for(op.key), Via.TUNNEL: devices.tunnel_for(op.key)}.get(
         route.via
     )

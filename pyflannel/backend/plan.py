@@ -39,6 +39,7 @@ class Via(enum.StrEnum):
     ONLINK = "onlink"  # onlink via the overlay (L2) device of its family
     UNDERLAY = "underlay"  # directly via the underlay
     TUNNEL = "tunnel"  # into the point-to-point tunnel device of its family
+    BLACKHOLE = "blackhole"  # dropped here (this node's own subnet, --ip-blackhole-route)
     OTHER = "other"  # none of ours (read from the kernel only)
 
 
@@ -176,6 +177,13 @@ def underlay_route(subnet: IPNetwork, gateway: IPAddress) -> KernelState:
 def tunnel_route(subnet: IPNetwork) -> KernelState:
     """The subnet into the point-to-point tunnel device (the UDP path)."""
     return KernelState(routes={subnet: Route(None, Via.TUNNEL)})
+
+
+def blackhole_routes(*subnets: IPNetwork | None) -> KernelState:
+    """Drop what is sent to these subnets (this node's own) unless a more specific or better
+    route (the CNI bridge's) takes it: traffic to an unassigned pod address ends here instead
+    of leaving by the default route."""
+    return KernelState(routes={s: Route(None, Via.BLACKHOLE) for s in subnets if s is not None})
 
 
 def peer_entries(peer: Peer) -> KernelState:

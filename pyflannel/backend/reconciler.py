@@ -87,6 +87,7 @@ class Reconciler:
         # everything in place: one dump, nothing to apply).
         self.programmed = False
         self._own_deletions: dict[tuple[str, str], int] = {}  # deletions we made ourselves
+        self._own = KernelState()  # entries for this node's own subnets (set_own)
 
     async def update_peers(self, changes: PeerChanges) -> None:
         async with self.lock:
@@ -120,6 +121,18 @@ class Reconciler:
         _, failed = await self._apply(diff(self.desired.state, self.actual, scope))
         if failed:
             self.repair_wanted.set()
+
+    async def set_own(self, entries: KernelState) -> None:
+        """The entries this node wants for its own subnets (they follow its lease: the ones
+        set before are dropped); call with ``lock`` held."""
+        scope = KernelState()
+        scope.add(self._own)
+        scope.add(entries)
+        self.desired.discard(self._own)
+        self.desired.add(entries)
+        self._own = entries
+        if self.programmed:
+            await self._apply_scoped(scope)
 
     def _forget(self, subnet: IPv4Network, scope: KernelState) -> None:
         old = self.peers.pop(subnet, None)

@@ -30,10 +30,10 @@ DELETE = NLM_F_REQUEST | NLM_F_ACK
 RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
 NDMSG = struct.Struct("=BxxxiHBB")  # family ifindex state flags type
 RTATTR = struct.Struct("=HH")
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 NDA_DST, NDA_LLADDR = 1, 2
 AF_INET, AF_INET6, AF_BRIDGE = socket.AF_INET, socket.AF_INET6, 7
-RT_TABLE_MAIN, RTN_UNICAST = 254, 1
+RT_TABLE_MAIN, RTN_UNICAST, RTN_BLACKHOLE = 254, 1, 6
 RT_SCOPE_UNIVERSE = 0
 RTNH_F_ONLINK = 4
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
@@ -63,6 +63,8 @@ def route_replace(
     oif: int | None,
     onlink: bool,
     proto: int,
+    kind: int = RTN_UNICAST,
+    priority: int | None = None,
 ) -> bytes:
     body = RTMSG.pack(
         family_of(dst),
@@ -72,7 +74,7 @@ def route_replace(
         RT_TABLE_MAIN,
         proto,
         RT_SCOPE_UNIVERSE,
-        RTN_UNICAST,
+        kind,
         RTNH_F_ONLINK if onlink else 0,
     )
     body += _attr(RTA_DST, dst.network_address.packed)
@@ -80,6 +82,8 @@ def route_replace(
         body += _attr(RTA_GATEWAY, gateway.packed)
     if oif is not None:
         body += _attr(RTA_OIF, struct.pack("=I", oif))
+    if priority is not None:
+        body += _attr(RTA_PRIORITY, struct.pack("=I", priority))
     return _message(RTM_NEWROUTE, REPLACE, seq, body)
 
 
@@ -151,10 +155,10 @@ def error_code(payload: memoryview) -> int:
 
 def decode_route(
     payload: memoryview,
-) -> tuple[IPNetwork, IPAddress | None, int | None, int, int, int] | None:
-    """(dst, gateway, oif, flags, protocol, table) of an IPv4 or IPv6 route message, else
-    None."""
-    family, dst_len, _, _, table, proto, _, _, flags = RTMSG.unpack_from(payload)
+) -> tuple[IPNetwork, IPAddress | None, int | None, int, int, int, int] | None:
+    """(dst, gateway, oif, flags, protocol, table, type) of an IPv4 or IPv6 route message,
+    else None."""
+    family, dst_len, _, _, table, proto, _, kind, flags = RTMSG.unpack_from(payload)
     if family not in (AF_INET, AF_INET6):
         return None
     address: type[IPv4Address] | type[IPv6Address]
@@ -168,7 +172,7 @@ def decode_route(
     dst = address(bytes(a[RTA_DST])) if RTA_DST in a else address(0)
     gateway = address(bytes(a[RTA_GATEWAY])) if RTA_GATEWAY in a else None
     oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None
-    return network((dst, dst_len)), gateway, oif, flags, proto, table
+    return network((dst, dst_len)), gateway, oif, flags, proto, table, kind
 
 
 def decode_neighbour(payload: memoryview) -> tuple[int, int, int, int, bytes | None, bytes | None]:

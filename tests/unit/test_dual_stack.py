@@ -213,7 +213,7 @@ GW6 = IPv6Address("fd10:0:0:2::")
 
 def test_ipv6_route_round_trip_and_pyroute2_agrees():
     data = c.route_replace(7, DST6, GW6, 5, True, 152)
-    assert c.decode_route(only(data)[3]) == (DST6, GW6, 5, c.RTNH_F_ONLINK, 152, 254)
+    assert c.decode_route(only(data)[3]) == (DST6, GW6, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
     msg = rtmsg(data)
     msg.decode()
     assert (msg["family"], msg["dst_len"], msg.get_attr("RTA_DST")) == (10, 64, "fd10:0:0:2::")

@@ -20,12 +20,12 @@ def only(data: bytes):
 def test_route_replace_round_trip_and_flags():
     kind, flags, seq, payload = only(c.route_replace(7, DST, GW, 5, True, 152))
     assert (kind, flags, seq) == (c.RTM_NEWROUTE, c.REPLACE, 7)
-    assert c.decode_route(payload) == (DST, GW, 5, c.RTNH_F_ONLINK, 152, 254)
+    assert c.decode_route(payload) == (DST, GW, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
 
 
 def test_route_replace_without_gateway_or_device():
     _, _, _, payload = only(c.route_replace(1, DST, None, None, False, 152))
-    assert c.decode_route(payload) == (DST, None, None, 0, 152, 254)
+    assert c.decode_route(payload) == (DST, None, None, 0, 152, 254, c.RTN_UNICAST)
 
 
 def test_pyroute2_reads_our_route_like_we_do():
@@ -105,3 +105,11 @@ def test_route_delete_matches_pyroute2s_which_the_kernel_accepts():
         theirs["type"],
         theirs["flags"],
     )
+
+
+def test_a_blackhole_route_carries_its_type_and_metric():
+    _, _, _, payload = only(c.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
+    assert c.decode_route(payload) == (DST, None, None, 0, 152, 254, c.RTN_BLACKHOLE)
+    msg = rtmsg(c.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
+    msg.decode()
+    assert (msg["type"], msg.get_attr("RTA_PRIORITY")) == (c.RTN_BLACKHOLE, 7)
