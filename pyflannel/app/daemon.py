@@ -204,6 +204,8 @@ class Daemon:
         timeline.step("backend")
         backend.also_own(previous_network(o.subnet_file))
         backend.blackhole_own = o.ip_blackhole_route
+        if not backend.data_plane and "iptables_forward_rules" not in o.given:
+            self.traffic.forward = False  # the operator routes: no rule unless asked for
         if cfg.cidr6 is not None:
             backend.also_own(previous_network6(o.subnet_file))
         if o.vxlan_peer_filter:
@@ -329,7 +331,7 @@ class Daemon:
             tasks.create_task(r.keeper.run(), name="lease-keeper")
             tasks.create_task(report_drops(self.datapath_stats), name="drop-report")
             tasks.create_task(r.config_watch.run(), name="config-watch")
-            if o.probe_interval > 0:
+            if o.probe_interval > 0 and r.backend.data_plane:
                 from pyflannel.ops.mesh.prober import MeshProber
                 from pyflannel.ops.mesh.publisher import MeshPublisher
 

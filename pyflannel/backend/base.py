@@ -72,6 +72,9 @@ class Backend(abc.ABC):
     probe_host: int = 0
     # --ip-blackhole-route: a blackhole route for this node's own subnets (set by the daemon)
     blackhole_own: bool = False
+    # False: this backend carries no traffic (alloc): peers are not probed, and traffic
+    # rules are installed only when asked for explicitly
+    data_plane: ClassVar[bool] = True
 
     def __init__(self, netlink: Netlink, network: NetworkConfig, ext: ExtIface):
         self.netlink = netlink

@@ -30,6 +30,7 @@ BACKENDS: dict[str, str] = {
     "udp": "pyflannel.backend.udp.backend",
     "host-gw": "pyflannel.backend.hostgw.backend",
     "wireguard": "pyflannel.backend.wireguard.backend",
+    "alloc": "pyflannel.backend.alloc.backend",
 }
 
 

@@ -84,6 +84,11 @@ class NetworkRules:
     def forward(self) -> bool:
         return self.v4.forward
 
+    @forward.setter
+    def forward(self, on: bool) -> None:
+        for manager in self.managers:
+            manager.forward = on
+
     @property
     def peer_filter_port(self) -> int | None:
         return self.v4.peer_filter_port

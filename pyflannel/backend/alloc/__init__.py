@@ -1,0 +1,1 @@
+"""The alloc backend: subnets allocated and kept, no data plane."""
