@@ -195,6 +195,11 @@ class Daemon:
         for cidr in (cfg.cidr, cfg.cidr6):
             if cidr is not None:
                 await self.traffic.remove_other_mode(cidr)
+        if o.enable_br_netfilter:
+            from pyflannel.traffic import br_netfilter
+
+            for done in await asyncio.to_thread(br_netfilter.enable, cfg.enable_ipv6):
+                log.info("--enable-br-netfilter: %s", done)
         ext = await self._external_interface()
         log.info("using interface %s", ext.describe())
         timeline.step("interface")

@@ -65,6 +65,7 @@ class Options:
     iptables_forward_rules: bool = True
     iptables_resync: int = 5
     ip_blackhole_route: bool = False
+    enable_br_netfilter: bool = False
     vxlan_peer_filter: bool = False
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 8471
@@ -272,6 +273,14 @@ FLAGS: list[tuple[str, type, str]] = [
         "route wins), so that traffic to unassigned pod addresses is dropped here instead of "
         "leaving by the default route; kept like every route of ours (upstream v0.27.1: "
         "re-added every --iptables-resync)",
+    ),
+    (
+        "enable-br-netfilter",
+        bool,
+        "load br_netfilter and set net.bridge.bridge-nf-call-iptables (and -ip6tables on a "
+        "dual-stack network) to 1, so that traffic between pods on one bridge passes iptables "
+        "(kube-proxy's Services); without it a missing setting is reported by status and "
+        "doctor, never fatal (upstream v0.26+ exits; pyflannel only)",
     ),
     (
         "vxlan-peer-filter",

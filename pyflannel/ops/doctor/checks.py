@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyflannel.ops.etcd_advice import NODE_RTT_MS, etcd_advice, member_line
+from pyflannel.traffic.br_netfilter import BridgeNf, problem
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -243,6 +244,19 @@ def judge_etcd(
     ]
     findings += [Finding(f"etcd-advice-{i}", WARN, a.what, a.fix) for i, a in enumerate(advice, 1)]
     return findings
+
+
+def judge_bridge_nf(state: BridgeNf, dual_stack: bool) -> Finding:
+    """Does traffic between pods on one bridge pass iptables (br_netfilter)?"""
+    found = problem(state, dual_stack)
+    if found is not None:
+        return Finding("br_netfilter", WARN, *found)
+    return Finding(
+        "br_netfilter",
+        PASS,
+        "bridged traffic passes iptables (net.bridge.bridge-nf-call-iptables=1"
+        + (", ip6tables=1)" if dual_stack else ")"),
+    )
 
 
 def judge_port(port: int, what: str, owner: str | None, in_use: bool) -> Finding:

@@ -26,6 +26,7 @@ from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.ops.doctor.checks import (
     Finding,
     Probe,
+    judge_bridge_nf,
     judge_clock,
     judge_container,
     judge_etcd,
@@ -40,6 +41,7 @@ from pyflannel.ops.doctor.checks import (
 )
 from pyflannel.ops.status.client import StatusEndpoint
 from pyflannel.subnet.stores import StoreOptions
+from pyflannel.traffic import br_netfilter
 
 if TYPE_CHECKING:
     from pyflannel.etcd.client import EtcdClient
@@ -299,6 +301,7 @@ async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[
     dual_stack = None if doc is None else bool(doc.get("network6"))
     where = interface if mtu is not None else "the external interface (none found)"
     findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))
+    findings.append(judge_bridge_nf(br_netfilter.read(), bool(dual_stack)))
     device = ((doc or {}).get("backend") or {}).get("device") or "flannel.1"
     if device.startswith("flannel."):
         findings.append(await asyncio.to_thread(judge_offload, device, doc))

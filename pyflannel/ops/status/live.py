@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pyflannel.errors import FlannelError
 from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
 from pyflannel.ops.status.report import peer_rows
+from pyflannel.traffic import br_netfilter
 
 
 async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
@@ -82,6 +83,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
         "path": snap.instance.subnet_file,
         "problems": list(snap.subnet_env_problems),
     }
+    bridge_nf = br_netfilter.read()
+    doc["bridge_nf"] = {"iptables": bridge_nf.iptables, "ip6tables": bridge_nf.ip6tables}
     t = snap.traffic
     doc["iptables"] = {
         "mode": t.mode,

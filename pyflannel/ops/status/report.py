@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pyflannel.backend.plan import KernelState, Peer, Peer6
 from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
+from pyflannel.traffic import br_netfilter
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
 
@@ -94,6 +95,11 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
             f"{iptables.get('mode', 'iptables')} rules missing: "
             f"{iptables.get('last_problem') or 'drift'}"
         )
+    if "bridge_nf" in doc:
+        state = br_netfilter.BridgeNf(doc["bridge_nf"]["iptables"], doc["bridge_nf"]["ip6tables"])
+        found = br_netfilter.problem(state, dual_stack=bool(doc.get("network6")))
+        if found is not None:
+            warnings.append(f"{found[0]}; fix: {found[1]}")
     mtu = (doc.get("backend") or {}).get("mtu") or 0
     for row in doc.get("peers", []):
         missing = [k for k in ("neighbour", "fdb", "route") if row.get(k) is False]
@@ -272,6 +278,16 @@ def render(doc: dict) -> str:
         lines.append(
             f"{mode:<10} {' + '.join(what) or 'off'}"
             + (f": {'in place' if ipt.get('present') else 'MISSING'}" if what else "")
+        )
+    nf = doc.get("bridge_nf")
+    if nf:
+        values = [
+            f"{k}={v}"
+            for k, v in (("iptables", nf["iptables"]), ("ip6tables", nf["ip6tables"]))
+            if v is not None
+        ]
+        lines.append(
+            f"bridge nf  {', '.join(f'bridge-nf-call-{v}' for v in values) or 'br_netfilter not loaded'}"
         )
     peers = doc.get("peers", [])
     lines += ["", f"peers ({len(peers)}):"]
