@@ -31,6 +31,7 @@ BACKENDS: dict[str, str] = {
     "host-gw": "pyflannel.backend.hostgw.backend",
     "wireguard": "pyflannel.backend.wireguard.backend",
     "alloc": "pyflannel.backend.alloc.backend",
+    "extension": "pyflannel.backend.extension.backend",
 }
 
 

@@ -79,9 +79,10 @@ def test_no_device_no_route_no_rule(bed):
         assert node.ip_json("route", "show", "proto", "152") == []
         assert node.ip_json("-6", "route", "show", "proto", "152") == []
         assert node.run("bridge", "fdb", "show", "dev", "eth0").stdout.count("flannel") == 0
-        rules = node.run("iptables", "-w", "-S").stdout + node.run(
-            "iptables", "-w", "-t", "nat", "-S"
-        ).stdout
+        rules = (
+            node.run("iptables", "-w", "-S").stdout
+            + node.run("iptables", "-w", "-t", "nat", "-S").stdout
+        )
         assert "FLANNEL" not in rules and "flanneld" not in rules, rules
 
 

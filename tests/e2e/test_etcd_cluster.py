@@ -171,7 +171,7 @@ def test_three_leader_changes_in_an_hour_are_advised(bed):
     for _ in range(3):  # real leader transfers, each seen by the node's member checks
         before = a.status()["etcd"]["leader_changes_last_hour"]
         new_leader = bed.etcd.move_leader()
-        doc = eventually(lambda: _leader_changes_above(a, before), timeout=15)
+        doc = eventually(lambda before=before: _leader_changes_above(a, before), timeout=15)
         names = {m["id"]: m["name"] for m in doc["etcd"]["members"]}
         assert names[doc["etcd"]["leader"]] == new_leader.name
     changes = a.status()["etcd"]["leader_changes_last_hour"]

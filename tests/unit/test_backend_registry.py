@@ -12,7 +12,7 @@ from pyflannel.subnet.config import parse_network_config
 
 
 def test_every_registered_backend_module_has_an_async_start():
-    assert set(BACKENDS) == {"vxlan", "udp", "host-gw", "wireguard", "alloc"}
+    assert set(BACKENDS) == {"vxlan", "udp", "host-gw", "wireguard", "alloc", "extension"}
     for module in BACKENDS.values():
         start = importlib.import_module(module).start
         assert inspect.iscoroutinefunction(start)
@@ -23,6 +23,6 @@ def test_an_unknown_type_names_the_supported_ones():
     ctx = BackendContext(netlink=None, network=cfg, ext=None)
     with pytest.raises(
         BackendError,
-        match=r"'ipip' is not supported .*\(supported: vxlan, udp, host-gw, wireguard, alloc\)",
+        match=r"'ipip' is not supported .*\(supported: vxlan, udp, host-gw, wireguard, alloc, extension\)",
     ):
         asyncio.run(start_backend(ctx))

@@ -1,0 +1,1 @@
+"""The extension backend: the operator's own data plane through shell commands."""
