@@ -11,7 +11,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +115,18 @@ class Options:
         }
 
     @property
+    def can_reach_targets(self) -> list[IPv4Address | IPv6Address]:
+        """--iface-can-reach: an IPv4 target, an IPv6 one (dual-stack), or both, with a comma."""
+        return [ip_address(t.strip()) for t in self.iface_can_reach.split(",") if t.strip()]
+
+    @property
     def iface_choice(self) -> IfaceChoice:
         """How the external interface is to be chosen (kernel layer)."""
         return IfaceChoice(
             iface=tuple(self.iface),
             iface_regex=tuple(self.iface_regex),
-            can_reach=IPv4Address(self.iface_can_reach) if self.iface_can_reach else None,
+            can_reach=next((t for t in self.can_reach_targets if t.version == 4), None),
+            can_reach6=next((t for t in self.can_reach_targets if t.version == 6), None),
             public_ip=IPv4Address(self.public_ip) if self.public_ip else None,
             public_ipv6=IPv6Address(self.public_ipv6) if self.public_ipv6 else None,
         )
@@ -175,7 +181,12 @@ FLAGS: list[tuple[str, type, str]] = [
         list,
         "regex matched against interface IPs, then names; repeatable; tried after --iface",
     ),
-    ("iface-can-reach", str, "use the interface and source address that reach this IP"),
+    (
+        "iface-can-reach",
+        str,
+        "use the interface and source address that reach this IP; on a dual-stack network an "
+        "IPv6 target (alone, or after the IPv4 one with a comma) chooses the IPv6 address too",
+    ),
     ("public-ip", str, "IPv4 address advertised to other nodes (default: the interface's)"),
     (
         "public-ipv6",
@@ -461,11 +472,17 @@ def validate(options: Options) -> None:
             ) from None
     if options.iface_can_reach:
         try:
-            IPv4Address(options.iface_can_reach)
+            targets = options.can_reach_targets
         except ValueError:
             raise OptionsError(
-                f"--iface-can-reach {options.iface_can_reach!r} is not an IPv4 address"
+                f"--iface-can-reach {options.iface_can_reach!r} is not an IP address (an IPv4 "
+                "one, an IPv6 one, or one of each with a comma)"
             ) from None
+        if len({t.version for t in targets}) != len(targets):
+            raise OptionsError(
+                f"--iface-can-reach {options.iface_can_reach!r}: one IPv4 and one IPv6 target "
+                "at most"
+            )
     if bool(options.etcd_certfile) != bool(options.etcd_keyfile):
         raise OptionsError("--etcd-certfile and --etcd-keyfile must be given together")
     if bool(options.etcd_username) != bool(options.etcd_password):

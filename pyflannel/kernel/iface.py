@@ -70,22 +70,56 @@ class ExtIface:
     public_ip: IPv4Address  # the address advertised in the lease
     iface_addr6: IPv6Address | None = None  # dual-stack: the interface's IPv6 address
     public_ipv6: IPv6Address | None = None  # and the one advertised (PublicIPv6)
+    # dual-stack: the interface holding iface_addr6, if not this one (--iface-regex or
+    # --iface-can-reach chose an IPv6 address elsewhere)
+    name6: str = ""
+    index6: int = 0
+    mtu6: int = 0
+
+    @property
+    def v6_index(self) -> int:
+        return self.index6 or self.index
+
+    @property
+    def v6_mtu(self) -> int:
+        return self.mtu6 or self.mtu
 
     def describe(self) -> str:
         public = "" if self.public_ip == self.iface_addr else f", public IP {self.public_ip}"
         if self.iface_addr6 is not None:
-            public += f", {self.iface_addr6}"
+            public += f", {self.iface_addr6}" + (f" on {self.name6}" if self.name6 else "")
             if self.public_ipv6 != self.iface_addr6:
                 public += f", public IPv6 {self.public_ipv6}"
         return f"{self.name} (index {self.index}, {self.iface_addr}, MTU {self.mtu}{public})"
 
 
 def with_ipv6(
-    ext: ExtIface, interfaces: list[Interface], public_ipv6: IPv6Address | None = None
+    ext: ExtIface,
+    interfaces: list[Interface],
+    public_ipv6: IPv6Address | None = None,
+    iface_regex: Sequence[str] = (),
+    can_reach6: tuple[int, IPv6Address] | None = None,
 ) -> ExtIface:
-    """The chosen interface's IPv6 side, for a dual-stack network: its global IPv6 address
-    (the VXLAN device binds to it) and the one to advertise (``--public-ipv6`` if given, as
-    upstream: it need not be local)."""
+    """The IPv6 side, for a dual-stack network: the IPv6 address the VXLAN device binds to
+    and the one to advertise (``--public-ipv6`` if given, as upstream: it need not be local).
+
+    Upstream takes the IPv4 interface's first global IPv6 address, whatever the flags (its
+    #2081). Here the flags choose for IPv6 too: an IPv6 target of ``--iface-can-reach`` (the
+    source address and interface of the route to it), else the first ``--iface-regex``
+    pattern that matches a usable global IPv6 address; else upstream's choice."""
+    chosen = _chosen6(interfaces, iface_regex, can_reach6)
+    if chosen is not None:
+        interface6, address6 = chosen
+        if interface6.index == ext.index:
+            return replace(ext, iface_addr6=address6, public_ipv6=public_ipv6 or address6)
+        return replace(
+            ext,
+            iface_addr6=address6,
+            public_ipv6=public_ipv6 or address6,
+            name6=interface6.name,
+            index6=interface6.index,
+            mtu6=interface6.mtu,
+        )
     interface = next((i for i in interfaces if i.index == ext.index), None)
     addr6 = interface.best_address6() if interface is not None else None
     if addr6 is None:
@@ -96,6 +130,64 @@ def with_ipv6(
             "or turn EnableIPv6 off in the network config"
         )
     return replace(ext, iface_addr6=addr6, public_ipv6=public_ipv6 or addr6)
+
+
+def _global6(a: Address) -> bool:
+    return (
+        isinstance(a.ip, IPv6Address)
+        and a.usable
+        and not (a.ip.is_link_local or a.ip.is_multicast or a.ip.is_unspecified)
+    )
+
+
+def _chosen6(
+    interfaces: list[Interface],
+    iface_regex: Sequence[str],
+    can_reach6: tuple[int, IPv6Address] | None,
+) -> tuple[Interface, IPv6Address] | None:
+    if can_reach6 is not None:
+        index, src = can_reach6
+        found = next((i for i in interfaces if i.index == index), None)
+        if found is None:
+            raise InterfaceError(
+                f"--iface-can-reach: the route leaves by unknown interface {index}"
+            )
+        return found, src
+    for pattern in iface_regex:
+        regex = re.compile(pattern)
+        for interface in interfaces:
+            for a in interface.addresses:
+                if _global6(a) and regex.search(str(a.ip)):
+                    assert isinstance(a.ip, IPv6Address)
+                    return interface, a.ip
+    return None
+
+
+def ipv4_patterns(interfaces: list[Interface], iface_regex: Sequence[str]) -> tuple[str, ...]:
+    """The patterns the IPv4 choice uses: all of them, unless none matches an IPv4 address
+    or an interface name but some match an IPv6 address (patterns for IPv6 only: the IPv4
+    choice is then the default one)."""
+
+    def matches(pattern: str, v6: bool) -> bool:
+        try:
+            regex = re.compile(pattern)
+        except re.error:
+            return not v6  # select_ext_iface reports it
+        if v6:
+            return any(
+                _global6(a) and regex.search(str(a.ip)) for i in interfaces for a in i.addresses
+            )
+        return any(
+            regex.search(i.name)
+            or any(a.ip.version == 4 and regex.search(str(a.ip)) for a in i.addresses)
+            for i in interfaces
+        )
+
+    if any(matches(p, v6=False) for p in iface_regex):
+        return tuple(iface_regex)
+    if any(matches(p, v6=True) for p in iface_regex):
+        return ()
+    return tuple(iface_regex)
 
 
 def select_ext_iface(
@@ -253,6 +345,7 @@ class IfaceChoice:
     can_reach: IPv4Address | None = None
     public_ip: IPv4Address | None = None
     public_ipv6: IPv6Address | None = None
+    can_reach6: IPv6Address | None = None  # an IPv6 target of --iface-can-reach
 
 
 def chosen_interface(ipr, choice: IfaceChoice, ipv6: bool = False) -> ExtIface:
@@ -265,6 +358,7 @@ def chosen_interface(ipr, choice: IfaceChoice, ipv6: bool = False) -> ExtIface:
         can_reach=choice.can_reach,
         ipv6=ipv6,
         public_ipv6=choice.public_ipv6,
+        can_reach6=choice.can_reach6,
     )
 
 
@@ -277,13 +371,17 @@ def external_interface(
     can_reach: IPv4Address | None = None,
     ipv6: bool = False,
     public_ipv6: IPv6Address | None = None,
+    can_reach6: IPv6Address | None = None,
 ) -> ExtIface:
     """Read the interfaces (and routes) from the kernel and choose as upstream does; with
-    ``ipv6`` (a dual-stack network) also the interface's IPv6 address."""
+    ``ipv6`` (a dual-stack network) also the IPv6 address (``with_ipv6``)."""
     ext, interfaces = choose_external(
         ipr, iface=iface, iface_regex=iface_regex, public_ip=public_ip, can_reach=can_reach
     )
-    return with_ipv6(ext, interfaces, public_ipv6) if ipv6 else ext
+    if not ipv6:
+        return ext
+    reach6 = route_source6(ipr, can_reach6) if can_reach6 is not None else None
+    return with_ipv6(ext, interfaces, public_ipv6, iface_regex, reach6)
 
 
 def choose_external(
@@ -299,7 +397,7 @@ def choose_external(
     ext = select_ext_iface(
         interfaces,
         iface=iface,
-        iface_regex=iface_regex,
+        iface_regex=ipv4_patterns(interfaces, iface_regex),
         public_ip=public_ip,
         default_route_index=default,
         can_reach=route_source(ipr, can_reach) if can_reach is not None else None,
@@ -311,6 +409,15 @@ def route_source(ipr, dst: IPv4Address) -> tuple[int, IPv4Address]:
     """``ip route get dst``: the outgoing interface index and source address."""
     route = ipr.route("get", dst=str(dst))[0]
     return route.get_attr("RTA_OIF"), IPv4Address(route.get_attr("RTA_PREFSRC"))
+
+
+def route_source6(ipr, dst: IPv6Address) -> tuple[int, IPv6Address]:
+    """``ip -6 route get dst``: the outgoing interface index and source address."""
+    routes = ipr.route("get", dst=str(dst), family=10)
+    src = routes[0].get_attr("RTA_PREFSRC") if routes else None
+    if not routes or src is None:
+        raise InterfaceError(f"--iface-can-reach {dst}: no IPv6 route (or source address) to it")
+    return routes[0].get_attr("RTA_OIF"), IPv6Address(src)
 
 
 def hardware_address(ipr, index: int) -> str:

@@ -92,9 +92,10 @@ class HostGwBackend(Backend):
 
         async def half(subnet6: IPv6Network) -> Peer6:
             ip6 = public_ipv6_of(lease)
-            if not await self.netlink.call(kernel.directly_reachable, ip6, self.ext.index):
+            if not await self.netlink.call(kernel.directly_reachable, ip6, self.ext.v6_index):
                 raise PeerDataError(
-                    f"PublicIPv6 {ip6} is not directly reachable on {self.ext.name}"
+                    f"PublicIPv6 {ip6} is not directly reachable on "
+                    f"{self.ext.name6 or self.ext.name}"
                 )
             return Peer6(subnet6, ip6, ENCAP, entries=underlay_route(subnet6, ip6))
 

@@ -121,11 +121,14 @@ class VxlanBackend(Backend):
             if ext.iface_addr6 is None:
                 raise BackendError(f"EnableIPv6 is set but {ext.name} has no IPv6 address")
             self.mtu = dual_stack_mtu(NAME, link_mtu)
+            link_mtu6 = self.config.mtu or ext.v6_mtu
+            self.mtu = min(self.mtu, dual_stack_mtu(NAME, link_mtu6))
             self.spec6 = replace(
                 self.spec,
                 name=device_name(self.config.vni, ipv6=True),
                 local=ext.iface_addr6,
-                mtu=overlay_mtu(NAME, link_mtu, ipv6_underlay=True),
+                link_index=ext.v6_index,
+                mtu=overlay_mtu(NAME, link_mtu6, ipv6_underlay=True),
             )
 
     @property
