@@ -18,6 +18,16 @@ def require_testbed() -> None:
         )
 
 
+def require_upstream() -> None:
+    """The bed and upstream flanneld v0.20.2, built from its source (../shared/anchors)."""
+    from testbed.upstream import upstream_flanneld
+
+    require_testbed()
+    require(
+        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
+    )
+
+
 def started_bed(
     hosts: int = 3,
     mtu: int = 1500,

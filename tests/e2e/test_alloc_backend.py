@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from testbed.upstream import start_upstream, upstream_flanneld
-from tests.conftest import require
+from testbed.upstream import start_upstream
 
-from .conftest import FAST_RECONCILE, eventually, renewals, require_testbed
+from .conftest import FAST_RECONCILE, eventually, renewals, require_upstream
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "alloc"}}
 
@@ -18,10 +17,7 @@ CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "alloc"}}
 def bed():
     from testbed.bed import TestBed
 
-    require_testbed()
-    require(
-        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
-    )
+    require_upstream()
     with TestBed(hosts=3) as bed:
         bed.put_config(CONFIG)
         for node in bed.nodes[:2]:

@@ -13,10 +13,10 @@ from ipaddress import IPv6Address, IPv6Network
 
 import pytest
 
-from testbed.upstream import start_upstream, upstream_flanneld
+from testbed.upstream import start_upstream
 from tests.conftest import require
 
-from .conftest import FAST_RECONCILE, eventually, require_testbed
+from .conftest import FAST_RECONCILE, eventually, require_upstream
 
 NETWORK6 = "fd10::/48"
 
@@ -34,10 +34,7 @@ def config(backend: str) -> dict:
 def bed(request):
     from testbed.bed import TestBed
 
-    require_testbed()
-    require(
-        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
-    )
+    require_upstream()
     with TestBed(hosts=4) as bed:
         bed.put_config(config(request.param))
         for node in bed.nodes[:2]:

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from testbed.upstream import start_upstream, upstream_flanneld
-from tests.conftest import require
+from testbed.upstream import start_upstream
 
-from .conftest import FAST_RECONCILE, eventually, started_bed
+from .conftest import FAST_RECONCILE, eventually, require_upstream, started_bed
 
 CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}
 
@@ -84,9 +83,7 @@ def _ignored(node):
 
 
 def test_mixed_with_upstream_flanneld_host_gw(bed):
-    require(
-        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
-    )
+    require_upstream()
     c = bed.nodes[2]
     c.stop()
     try:

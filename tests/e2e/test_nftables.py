@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from testbed.upstream import start_upstream, upstream_flanneld
+from testbed.upstream import start_upstream
 from tests.conftest import require
 from tests.e2e.test_iptables import source_seen
 
-from .conftest import eventually, started_bed
+from .conftest import eventually, require_upstream, started_bed
 
 ARGS = ("--reconcile-interval=2", "--ip-masq", "--iptables-resync=1")
 NFT_CONFIG = {
@@ -168,9 +168,7 @@ def _rules(ruleset: str) -> list[str]:
 
 
 def test_an_upstream_flanneld_node_in_the_same_cluster_still_works(bed):
-    require(
-        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
-    )
+    require_upstream()
     a, b = bed.nodes
     b.stop()
     try:

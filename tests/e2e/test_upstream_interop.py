@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from testbed.upstream import start_upstream, upstream_flanneld
-from tests.conftest import require
+from testbed.upstream import start_upstream
 
-from .conftest import FAST_RECONCILE, eventually, require_testbed
+from .conftest import FAST_RECONCILE, eventually, require_upstream
 
 CONFIGS = {
     "vxlan": {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}},
@@ -22,10 +21,7 @@ CONFIGS = {
 def bed(request):
     from testbed.bed import TestBed
 
-    require_testbed()
-    require(
-        upstream_flanneld() is not None, "upstream flanneld (../shared/anchors/flanneld-v0.20.2)"
-    )
+    require_upstream()
     with TestBed(hosts=3) as bed:
         bed.put_config(CONFIGS[request.param])
         for node in bed.nodes[:2]:

@@ -52,8 +52,6 @@ def test_an_ipv6_can_reach_target_chooses_the_routes_source():
 
 
 def test_public_ipv6_is_still_what_is_advertised():
-    ext = with_ipv6(
-        _ext(), INTERFACES, IPv6Address("2001:db8:9::1"), iface_regex=["^2001:db8:2:"]
-    )
+    ext = with_ipv6(_ext(), INTERFACES, IPv6Address("2001:db8:9::1"), iface_regex=["^2001:db8:2:"])
     assert ext.iface_addr6 == IPv6Address("2001:db8:2::10")
     assert ext.public_ipv6 == IPv6Address("2001:db8:9::1")
