@@ -129,6 +129,7 @@ class Peer6:
     encap: str  # how this node reaches it, in the backend's words ("vxlan", "direct", ...)
     vtep_mac: str = ""
     public_key: str = ""
+    udp_port: int = 0  # wireguard: the endpoint port
     entries: KernelState = field(default_factory=lambda: KernelState(), compare=False)
 
 

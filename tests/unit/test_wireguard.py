@@ -130,6 +130,34 @@ def test_a_peer_from_its_lease_and_the_refusals():
             wireguard_peer(bad, KEY_A, 51820)
 
 
+def test_a_peer_is_reached_at_the_port_its_lease_names_else_at_ours():
+    """Upstream v0.26.5+ writes its ListenPort as BackendData.Port; v0.20.2 writes none."""
+    newer = Lease(
+        IPv4Network("10.1.3.0/24"),
+        LeaseAttrs(
+            IPv4Address("198.51.100.3"),
+            backend_type="wireguard",
+            backend_data={"PublicKey": KEY_B, "Port": 51900},
+        ),
+    )
+    older = wireguard_peer(lease(KEY_B), KEY_A, 51820)
+    assert (wireguard_peer(newer, KEY_A, 51820).udp_port, older.udp_port) == (51900, 51820)
+    wanted = wanted_device(bytes(range(32)), 51820, [wireguard_peer(newer, KEY_A, 51820)])
+    (peer,) = wanted.peers.values()
+    assert peer.endpoint == "198.51.100.3:51900" and wanted.listen_port == 51820
+    for port in ("51900", 70000, True):
+        bad = Lease(
+            newer.subnet,
+            LeaseAttrs(
+                newer.attrs.public_ip,
+                backend_type="wireguard",
+                backend_data={"PublicKey": KEY_B, "Port": port},
+            ),
+        )
+        with pytest.raises(PeerDataError, match=r"BackendData\.Port .* is not a UDP port"):
+            wireguard_peer(bad, KEY_A, 51820)
+
+
 def test_the_wanted_device_and_its_diff_against_the_device():
     peer = wireguard_peer(lease(KEY_B), KEY_A, 51820)
     wanted = wanted_device(bytes(range(32)), 51820, [peer], keepalive=25)

@@ -262,7 +262,7 @@ class WireguardBackend(Backend):
                 )
 
         async def half(subnet6: IPv6Network) -> Peer6:
-            return wireguard_peer6(lease, subnet6, self.public_key)
+            return wireguard_peer6(lease, subnet6, self.public_key, self.config.listen_port_v6)
 
         return await self.with_ipv6_half(peer, lease, half)
 

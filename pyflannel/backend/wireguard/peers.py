@@ -1,9 +1,11 @@
 """A wireguard lease as a peer, and the device every peer's lease describes. Pure.
 
-Lease (upstream, byte for byte): ``{"PublicIP":"…","PublicIPv6":null,"BackendType":"wireguard",
-"BackendData":{"PublicKey":"<base64>"}}``. A peer is a WireGuard peer of ``flannel-wg``: its
-public key, endpoint ``<PublicIP>:<ListenPort>`` (every node listens on the same port), its
-subnet as the allowed IPs, the configured keepalive and PSK.
+Lease (upstream v0.20.2's, byte for byte): ``{"PublicIP":"…","PublicIPv6":null,"BackendType":
+"wireguard","BackendData":{"PublicKey":"<base64>"}}``. A peer is a WireGuard peer of
+``flannel-wg``: its public key, endpoint ``<PublicIP>:<port>``, its subnet as the allowed IPs,
+the configured keepalive and PSK. The port is the one the peer's lease names (``Port``, which
+upstream writes since v0.26.5), else this node's own ListenPort (v0.20.2 names none: every
+node listens on the one the network config sets).
 """
 
 from __future__ import annotations
@@ -33,17 +35,32 @@ def lease_data(public_key: bytes) -> dict[str, Any]:
 
 
 def wireguard_peer(lease: Lease, own_key: str, port: int) -> Peer:
-    """The WireGuard view of a peer's lease; PeerDataError if unusable."""
+    """The WireGuard view of a peer's lease (``port``: this node's own, used when the lease
+    names none); PeerDataError if unusable."""
     if lease.attrs.backend_type != NAME:
         raise PeerDataError(f"backend type is {lease.attrs.backend_type or 'udp'!r}, not wireguard")
-    key = _public_key(lease.attrs.backend_data, "BackendData", own_key)
+    data = lease.attrs.backend_data
+    key = _public_key(data, "BackendData", own_key)
+    port = _port(data, "BackendData") or port
     return Peer(lease.subnet, public_ip_of(lease), ENCAP, udp_port=port, public_key=key)
 
 
-def wireguard_peer6(lease: Lease, subnet6: IPv6Network, own_key: str) -> Peer6:
+def wireguard_peer6(lease: Lease, subnet6: IPv6Network, own_key: str, port: int = 0) -> Peer6:
     """The IPv6 half (BackendV6Data, PublicIPv6) of a dual-stack wireguard peer."""
-    key = _public_key(lease.attrs.backend_v6_data, "BackendV6Data", own_key)
-    return Peer6(subnet6, public_ipv6_of(lease), ENCAP, public_key=key)
+    data = lease.attrs.backend_v6_data
+    key = _public_key(data, "BackendV6Data", own_key)
+    port = _port(data, "BackendV6Data") or port
+    return Peer6(subnet6, public_ipv6_of(lease), ENCAP, public_key=key, udp_port=port)
+
+
+def _port(data: Any, field: str) -> int | None:
+    """The peer's own ListenPort (``Port``, upstream v0.26.5+), None if its lease names none."""
+    value = {k.lower(): v for k, v in data.items()}.get("port") if isinstance(data, dict) else None
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise PeerDataError(f"{field}.Port {value!r} is not a UDP port")
+    return value
 
 
 def _public_key(data: Any, field: str, own_key: str) -> str:
@@ -68,8 +85,9 @@ def wanted_device(
     keepalive: int = 0,
     psk: bytes = b"",
 ) -> WantedDevice:
-    """The device of one family: its peers' halves, each at ``<PublicIP>:<port>`` (IPv6:
-    ``[<PublicIPv6>]:<port>``), allowed its subnet of that family."""
+    """The device of one family listening on ``port``: its peers' halves, each at
+    ``<PublicIP>:<its port>`` (IPv6: ``[<PublicIPv6>]:<its port>``; its port: the one its
+    lease names, else ``port``), allowed its subnet of that family."""
     import base64
 
     wanted = {}
@@ -78,7 +96,7 @@ def wanted_device(
         host = f"[{half.public_ip}]" if half.public_ip.version == 6 else str(half.public_ip)
         wanted[hex_key] = WantedPeer(
             public_key=hex_key,
-            endpoint=f"{host}:{port}",
+            endpoint=f"{host}:{half.udp_port or port}",
             allowed_ips=(str(half.subnet),),
             keepalive=keepalive,
             psk=psk.hex(),
