@@ -257,3 +257,61 @@ def test_the_ipv6_half_of_a_dual_stack_peer_and_its_device():
     without = Lease(dual.subnet, LeaseAttrs(dual.attrs.public_ip, backend_type="wireguard"))
     with pytest.raises(PeerDataError, match="BackendV6Data is missing"):
         wireguard_peer6(without, IPv6Network("fd10:0:0:2::/64"), KEY_A)
+
+
+def _dual_peer(ip4: str, ip6: str | None, port: int = 51820):
+    from ipaddress import IPv6Address, IPv6Network
+
+    from pyflannel.backend.plan import Peer, Peer6
+
+    v6 = (
+        Peer6(IPv6Network("fd10:0:2::/64"), IPv6Address(ip6), "wireguard", public_key=KEY_B)
+        if ip6
+        else None
+    )
+    return Peer(
+        IPv4Network("10.1.2.0/24"),
+        IPv4Address(ip4),
+        "wireguard",
+        udp_port=port,
+        public_key=KEY_B,
+        v6=v6,
+    )
+
+
+@pytest.mark.parametrize(
+    "mode, peer4, peer6, own6, family",
+    [
+        (Mode.IPV4, "203.0.113.2", "2001:db8::2", "2001:db8::1", 4),
+        (Mode.IPV6, "203.0.113.2", "2001:db8::2", "2001:db8::1", 6),
+        (Mode.IPV6, "203.0.113.2", None, "2001:db8::1", 4),  # no IPv6 half
+        (Mode.AUTO, "203.0.113.2", "2001:db8::2", "2001:db8::1", 4),  # public IPv4 first
+        (Mode.AUTO, "10.0.0.2", "2001:db8::2", "2001:db8::1", 6),  # private IPv4, public IPv6
+        (Mode.AUTO, "10.0.0.2", "fd00::2", "2001:db8::1", 4),  # ULA: not public
+        (Mode.AUTO, "10.0.0.2", "2001:db8::2", "fd00::1", 4),  # our IPv6 not public
+    ],
+)
+def test_one_device_reaches_a_peer_over_the_family_its_mode_picks(mode, peer4, peer6, own6, family):
+    from ipaddress import IPv6Address
+
+    from pyflannel.backend.wireguard.peers import endpoint_family
+
+    peer = _dual_peer(peer4, peer6)
+    assert endpoint_family(mode, peer, IPv4Address("198.51.100.1"), IPv6Address(own6)) == family
+
+
+def test_one_device_peer_allows_both_subnets_at_the_devices_port():
+    from ipaddress import IPv6Address
+
+    from pyflannel.backend.wireguard.peers import one_device_halves
+
+    halves = one_device_halves(
+        [_dual_peer("10.0.0.2", "2001:db8::2", port=51900)],
+        Mode.IPV6,
+        IPv4Address("198.51.100.1"),
+        IPv6Address("2001:db8::1"),
+    )
+    wanted = wanted_device(bytes(range(32)), 51820, halves)
+    (peer,) = wanted.peers.values()
+    assert peer.endpoint == "[2001:db8::2]:51900"  # the peer's (IPv4) device port
+    assert peer.allowed_ips == ("10.1.2.0/24", "fd10:0:2::/64")

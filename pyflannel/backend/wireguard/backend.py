@@ -44,6 +44,7 @@ from pyflannel.backend.wireguard.keys import (
 from pyflannel.backend.wireguard.peers import (
     NAME,
     lease_data,
+    one_device_halves,
     wanted_device,
     wireguard_peer,
     wireguard_peer6,
@@ -97,14 +98,12 @@ class WireguardBackend(Backend):
         self._psk = parse_key(self.config.psk) if self.config.psk else b""
         self.v4 = WgDevice(DEVICE, self.config.listen_port)
         self.v6: WgDevice | None = None
-        if network.enable_ipv6:
-            if self.config.mode is not Mode.SEPARATE:
-                raise BackendError(
-                    f"wireguard Mode {self.config.mode.value!r} with EnableIPv6 is not "
-                    "supported by pyflannel: use the default, separate (one device per family)"
-                )
+        # Mode auto/ipv4/ipv6 on a dual-stack network: flannel-wg carries both families, one
+        # WireGuard peer per node reached over the family the mode picks
+        self.one_device = network.enable_ipv6 and self.config.mode is not Mode.SEPARATE
+        if network.enable_ipv6 and not self.one_device:
             self.v6 = WgDevice(DEVICE6, self.config.listen_port_v6)
-        elif self.config.mode is Mode.IPV6:
+        elif self.config.mode is Mode.IPV6 and not network.enable_ipv6:
             raise BackendError("wireguard Mode 'ipv6' needs EnableIPv6 (a dual-stack network)")
         self.choice = ""  # why this data plane, for the log and status
 
@@ -125,7 +124,11 @@ class WireguardBackend(Backend):
         return Devices(
             tunnel=self.v4.index,
             networks=self.owned_networks,
-            tunnel6=self.v6.index if self.v6 is not None else None,
+            tunnel6=self.v6.index
+            if self.v6 is not None
+            else self.v4.index
+            if self.one_device
+            else None,
         )
 
     def extra_devices(self) -> tuple[str, ...]:
@@ -192,12 +195,13 @@ class WireguardBackend(Backend):
     def lease_attrs(self) -> LeaseAttrs:
         """Upstream's: one key for both families (BackendV6Data repeats it)."""
         data = lease_data(public_key(self._private))
+        dual = self.network.enable_ipv6
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
-            public_ipv6=self.ext.public_ipv6 if self.v6 is not None else None,
+            public_ipv6=self.ext.public_ipv6 if dual else None,
             backend_type=NAME,
             backend_data=data,
-            backend_v6_data=dict(data) if self.v6 is not None else None,
+            backend_v6_data=dict(data) if dual else None,
         )
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
@@ -213,7 +217,7 @@ class WireguardBackend(Backend):
         await self._sync_peers()
         if not self.kernel.desired.state.routes:  # each network through its device
             routes: dict = {self.network.cidr: Route(None, Via.TUNNEL)}
-            if self.v6 is not None and self.network.cidr6 is not None:
+            if self.network.cidr6 is not None:
                 routes[self.network.cidr6] = Route(None, Via.TUNNEL)
             await self.kernel.add_entries(KernelState(routes=routes))
 
@@ -229,14 +233,15 @@ class WireguardBackend(Backend):
             self.network.cidr,
             self.mtu,
         )
-        if self.v6 is not None and self.network.cidr6 is not None:
-            assert self.v6.index is not None
+        if self.network.cidr6 is not None:
+            device = self.v6 or self.v4  # one device: its IPv6 address too
+            assert device.index is not None
             if lease.ipv6_subnet is None:
                 raise BackendError(f"the lease {lease.key} has no IPv6 subnet")
             changed += await self.netlink.call(
                 kernel.configure_device,
-                self.v6.index,
-                DEVICE6,
+                device.index,
+                device.name,
                 lease.ipv6_subnet.network_address,
                 self.network.cidr6,
                 self.mtu,
@@ -277,6 +282,11 @@ class WireguardBackend(Backend):
     async def _sync_peers(self) -> list[str]:
         """Make each device's key, port and peers the wanted ones; what was changed."""
         peers = list(self.peers.values())
+        if self.one_device:
+            halves = one_device_halves(
+                peers, self.config.mode, self.ext.public_ip, self.ext.public_ipv6
+            )
+            return await self._sync(self.v4, halves)
         done = await self._sync(self.v4, peers)
         if self.v6 is not None:
             done += await self._sync(self.v6, [p.v6 for p in peers if p.v6 is not None])
@@ -303,6 +313,7 @@ class WireguardBackend(Backend):
     def status_details(self) -> dict[str, Any]:
         return {
             "port": self.config.listen_port,
+            "mode": self.config.mode.value,
             "public_key": self.public_key,
             "datapath": self.plane.describe() if self.plane is not None else None,
         }

@@ -10,16 +10,19 @@ node listens on the one the network config sets).
 
 from __future__ import annotations
 
-from ipaddress import IPv6Network
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from pyflannel.backend.plan import (
+    IPAddress,
     Peer,
     Peer6,
     PeerDataError,
     public_ip_of,
     public_ipv6_of,
 )
+from pyflannel.backend.wireguard.config import Mode
 from pyflannel.backend.wireguard.keys import InvalidKey, parse_key
 from pyflannel.backend.wireguard.uapi import WantedDevice, WantedPeer
 from pyflannel.subnet.lease import Lease
@@ -78,10 +81,64 @@ def _public_key(data: Any, field: str, own_key: str) -> str:
     return key
 
 
+def endpoint_family(
+    mode: Mode, peer: Peer, own_public_ip: IPAddress | None, own_public_ipv6: IPAddress | None
+) -> int:
+    """Which of a dual-stack peer's addresses one device (Mode auto/ipv4/ipv6) reaches it at,
+    as upstream's selectMode: ipv4 and ipv6 say so (a peer without an IPv6 half: IPv4);
+    auto takes IPv4 when the peer's is public and this node has one, else IPv6 when both
+    ends' are public, else IPv4."""
+    if peer.v6 is None or mode is Mode.IPV4:
+        return 4
+    if mode is Mode.IPV6:
+        return 6
+    if not _private(peer.public_ip) and own_public_ip is not None:
+        return 4
+    if (
+        not _private(peer.v6.public_ip)
+        and own_public_ipv6 is not None
+        and not _private(own_public_ipv6)
+    ):
+        return 6
+    return 4
+
+
+def _private(ip: IPAddress) -> bool:
+    """Go's net.IP.IsPrivate: RFC 1918 and RFC 4193 (fc00::/7) only."""
+    private = PRIVATE4 if ip.version == 4 else PRIVATE6
+    return any(ip in net for net in private)
+
+
+PRIVATE4 = tuple(IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+PRIVATE6 = (IPv6Network("fc00::/7"),)
+
+
+def one_device_halves(
+    peers: list[Peer],
+    mode: Mode,
+    own_public_ip: IPAddress | None,
+    own_public_ipv6: IPAddress | None,
+) -> list[tuple[Peer | Peer6, tuple[str, ...]]]:
+    """One WireGuard peer per node for a single device carrying both families: the half
+    whose address is its endpoint, and both subnets as its allowed IPs. The port is the
+    device's (the peer's IPv4 ``Port``, else ours): upstream v0.28 takes the IPv6 ``Port``
+    in Mode ipv6, where no device listens."""
+    halves: list[tuple[Peer | Peer6, tuple[str, ...]]] = []
+    for peer in peers:
+        allowed = (str(peer.subnet),) + ((str(peer.v6.subnet),) if peer.v6 is not None else ())
+        family = endpoint_family(mode, peer, own_public_ip, own_public_ipv6)
+        if family == 6:
+            assert peer.v6 is not None
+            halves.append((replace(peer.v6, udp_port=peer.udp_port), allowed))
+        else:
+            halves.append((peer, allowed))
+    return halves
+
+
 def wanted_device(
     private_key: bytes,
     port: int,
-    halves: list[Peer] | list[Peer6],
+    halves: list[Peer] | list[Peer6] | list[tuple[Peer | Peer6, tuple[str, ...]]],
     keepalive: int = 0,
     psk: bytes = b"",
 ) -> WantedDevice:
@@ -91,13 +148,14 @@ def wanted_device(
     import base64
 
     wanted = {}
-    for half in halves:
+    for item in halves:
+        half, allowed = item if isinstance(item, tuple) else (item, (str(item.subnet),))
         hex_key = base64.b64decode(half.public_key).hex()
         host = f"[{half.public_ip}]" if half.public_ip.version == 6 else str(half.public_ip)
         wanted[hex_key] = WantedPeer(
             public_key=hex_key,
             endpoint=f"{host}:{half.udp_port or port}",
-            allowed_ips=(str(half.subnet),),
+            allowed_ips=allowed,
             keepalive=keepalive,
             psk=psk.hex(),
         )
