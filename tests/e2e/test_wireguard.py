@@ -309,6 +309,55 @@ def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
     ]
 
 
+@pytest.fixture(scope="module", params=["ipv6", "auto"])
+def one_device_bed(request, bed):
+    """Two nodes on a dual-stack wireguard network with Mode ipv6 or auto: one device,
+    flannel-wg, carries both families (upstream's single-device modes)."""
+    from testbed.bed import TestBed
+
+    config = {**DUAL, "Backend": {"Type": "wireguard", "Mode": request.param}}
+    with TestBed(hosts=2) as one:
+        one.put_config(config)
+        for node in one.nodes:
+            node.start(*ARGS, private_run=True)
+        for node in one.nodes:
+            node.wait_ready()
+            node.add_pod()
+        one.mode = request.param
+        yield one
+
+
+def test_one_device_carries_both_families_over_the_underlay_the_mode_picks(one_device_bed):
+    a, b = one_device_bed.nodes
+    for src, dst in ((a, b), (b, a)):
+        for address in (dst.pod_ip, dst.pod_ip6):
+            eventually(lambda s=src, d=address: _reaches_ip(s, d), timeout=15)
+    links = {link["ifname"] for link in a.ip_json("link", "show")}
+    assert "flannel-wg" in links and "flannel-wg-v6" not in links
+    out = a.in_daemon_mounts("wg", "show", "flannel-wg", "dump").stdout.splitlines()
+    (peer,) = [line.split("\t") for line in out[1:]]
+    # the bed's IPv4 underlay (198.51.100.0/24) is not private, so auto picks IPv4, as
+    # upstream's selectMode; ipv6 picks the peer's PublicIPv6, at its device's port 51820
+    want = (
+        f"[{b.underlay_ip6}]:51820" if one_device_bed.mode == "ipv6" else f"{b.underlay_ip}:51820"
+    )
+    assert peer[2] == want, peer
+    assert set(peer[3].split(",")) == {str(b.subnet), str(b.subnet6)}
+    for family, network in (("-4", "10.1.0.0/16"), ("-6", "fd10::/48")):
+        route = a.run("ip", family, "route", "show", network).stdout.split()
+        assert route[:3] == [network, "dev", "flannel-wg"], route
+    key = (
+        f"/coreos.com/network/subnets/{a.subnet.network_address}-24&{a.subnet6.network_address}-64"
+    )
+    lease = one_device_bed.leases()[key]  # upstream's bytes: the key under both families
+    pub = json.loads(lease)["BackendData"]["PublicKey"]
+    assert lease == (
+        f'{{"PublicIP":"{a.underlay_ip}","PublicIPv6":"{a.underlay_ip6}","BackendType":"wireguard",'
+        f'"BackendData":{{"PublicKey":"{pub}"}},"BackendV6Data":{{"PublicKey":"{pub}"}}}}'
+    )
+    assert a.status()["backend"]["mode"] == one_device_bed.mode
+
+
 def _reaches_ip(a, address):
     assert a.ping(address, count=1, wait=1).received == 1
 
