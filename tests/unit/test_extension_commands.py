@@ -41,3 +41,40 @@ async def test_values_are_never_pasted_into_the_command_text():
 async def test_a_failure_carries_its_status_and_output():
     outcome = await run("echo nope; exit 3")
     assert not outcome.ok and outcome.describe() == "exit status 3: nope"
+
+
+async def test_a_failing_pre_startup_command_is_retried_until_it_succeeds(tmp_path, caplog):
+    """The lease waits for it (its output is the lease's BackendData); the daemon keeps
+    running and says why it waits."""
+    import asyncio
+    import json
+    from ipaddress import IPv4Address
+
+    from pyflannel.backend.extension.backend import ExtensionBackend
+    from pyflannel.kernel.iface import ExtIface
+    from pyflannel.subnet.config import parse_network_config
+
+    flag = tmp_path / "ready"
+    cfg = parse_network_config(
+        json.dumps(
+            {
+                "Network": "10.1.0.0/16",
+                "Backend": {
+                    "Type": "extension",
+                    "PreStartupCommand": f"test -e {flag} && echo aa:bb || (echo not yet; exit 4)",
+                },
+            }
+        )
+    )
+    ip = IPv4Address("198.51.100.1")
+    backend = ExtensionBackend(None, cfg, ExtIface("eth0", 2, 1500, ip, ip))
+    caplog.set_level("ERROR")
+    task = asyncio.create_task(backend.prepare())
+    for _ in range(200):  # 10 s at most
+        if "PreStartupCommand failed" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "exit status 4: not yet" in caplog.text and not task.done()
+    flag.touch()
+    attrs = await asyncio.wait_for(task, 10)
+    assert attrs.backend_data == "aa:bb" and attrs.backend_type == "extension"

@@ -33,6 +33,7 @@ from pyflannel.subnet.table import PeerChanges
 
 log = logging.getLogger(__name__)
 NAME = "extension"
+Retry = tuple[str, str, dict[str, str], str]  # (config key, command, environment, stdin)
 DUAL_STACK = True  # the commands get the IPv6 subnets and addresses too
 
 
@@ -52,9 +53,7 @@ class ExtensionBackend(Backend):
         self.mtu = self.config.mtu or ext.mtu
         self.backend_data: str | None = None  # the pre-startup command's output
         self.failed: dict[str, Outcome] = {}  # what failed and is to be retried, by what
-        self._retry: dict[
-            str, tuple[str, str, dict[str, str], str]
-        ] = {}  # (key, command, env, stdin)
+        self._retry: dict[str, Retry] = {}  # what failed, to run again
 
     @property
     def mtu_reason(self) -> str:
