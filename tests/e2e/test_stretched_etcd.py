@@ -38,8 +38,11 @@ def test_status_shows_the_round_trips_of_each_site(bed):
     assert rtt["e3"] < ONE_WAY_MS, rtt
     # Raft's own figure, across (etcd probes its peers' round trip every few seconds)
     eventually(lambda: _raft_round_trips_across(far_node), timeout=60, interval=2)
-    # and the advice: a node far from etcd; Raft's round trip against the heartbeat interval
-    text = far_node.status_cli().stdout
+    # and the advice: a node far from etcd; Raft's round trip against the heartbeat interval.
+    # The p99 shown is the lower bound of etcd's bucket: a ~50 ms round trip reads 25.6 or
+    # 51.2 ms depending on which side of 51.2 it falls, so judge it against a 40 ms heartbeat
+    # interval (near it from 20 ms), not the default 100 ms (from 50 ms)
+    text = far_node.status_cli("--etcd-heartbeat-interval=40").stdout
     assert "advice: round trip to etcd member e1 is" in text, text
     assert "advice: the Raft round trip between etcd members e3 and e1" in text, text
     assert "--heartbeat-interval to about" in text, text
@@ -48,7 +51,8 @@ def test_status_shows_the_round_trips_of_each_site(bed):
 def _raft_round_trips_across(node) -> None:
     e3 = next(m for m in node.status()["etcd"]["members"] if m["name"] == "e3")
     across = list(e3["peer_rtt_p99_ms"].values())
-    assert len(across) == 2 and min(across) >= 2 * ONE_WAY_MS, e3
+    # at least half the round trip: the lower bound of the (doubling) bucket holding it
+    assert len(across) == 2 and min(across) >= ONE_WAY_MS, e3
 
 
 def test_nodes_on_both_sites_keep_renewing_and_reach_each_other(bed):
