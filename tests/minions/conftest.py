@@ -3,6 +3,7 @@ per test session by scripts/build-deb, exactly as an operator's build would; the
 cached on this machine (a fresh machine builds them: ~1.5 min, needing the Debian archive)."""
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,15 @@ def pytest_runtest_makereport(item, call):
             bed = item.funcargs.get(name)
             if isinstance(bed, MinionBed):
                 rep.sections.append((f"minion journals ({name})", bed.journals()[-20000:]))
+
+
+def wait_until_it_knows_the_vtep_of(node, peer, timeout: float) -> None:
+    """After ``peer`` rebooted, its VXLAN device is new, with a new VTEP MAC (random, as
+    upstream's): ``node`` reprograms it from the peer's rewritten lease, which the peer
+    being ready does not wait for."""
+    mac = peer.ip_json("link", "show", "flannel.1")[0]["address"]
+    gateway = str(peer.subnet.network_address)
+    deadline = time.monotonic() + timeout
+    while not any(n["dst"] == gateway and n.get("lladdr") == mac for n in node.neighbours()):
+        assert time.monotonic() < deadline, (mac, node.neighbours())
+        time.sleep(0.1)

@@ -4,13 +4,12 @@ only after pyflannel is ready (pyflannel.service orders itself before podman-res
 with an address of the node's subnet, reachable from another minion's pod."""
 
 import sys
-import time
 
 import pytest
 
 from testbed import netns
 
-from .conftest import minion_bed
+from .conftest import minion_bed, wait_until_it_knows_the_vtep_of
 
 # The [network] part as the README says for Debian 12's podman (CNI instead of netavark). The
 # rest because a minion is itself a container on this host: its cgroups are not its own to
@@ -109,7 +108,7 @@ def test_a_restart_always_container_comes_back_after_pyflannel_is_ready_at_boot(
     assert address in [str(h) for h in subnet.hosts()]
     # a's VXLAN device is new, with a new VTEP MAC (random, as upstream's): b reprograms a
     # from a's rewritten lease, which a being ready does not wait for
-    _wait_until_it_knows_the_vtep_of(b, a, timeout=20)
+    wait_until_it_knows_the_vtep_of(b, a, timeout=20)
     assert b.ping(address, count=3, interval=0.2).lost == 0
     assert fetch(b, address) == "hello from a minion"
 
@@ -121,12 +120,3 @@ def fetch(client, address: str) -> str:
         f"print(urllib.request.urlopen('http://{address}/', timeout=5).read().decode())"
     )
     return netns.run([sys.executable, "-c", code], ns=client.pod_ns).stdout.strip()
-
-
-def _wait_until_it_knows_the_vtep_of(node, peer, timeout: float) -> None:
-    mac = peer.ip_json("link", "show", "flannel.1")[0]["address"]
-    gateway = str(peer.subnet.network_address)
-    deadline = time.monotonic() + timeout
-    while not any(n["dst"] == gateway and n.get("lladdr") == mac for n in node.neighbours()):
-        assert time.monotonic() < deadline, (mac, node.neighbours())
-        time.sleep(0.1)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import eventually
 
-from .conftest import minion_bed
+from .conftest import minion_bed, wait_until_it_knows_the_vtep_of
 
 SERVICE = "pyflannel.service"
 WATCHDOG_DROPIN = "/etc/systemd/system/pyflannel.service.d/watchdog.conf"
@@ -140,6 +140,7 @@ def test_a_reboot_keeps_the_subnet_though_the_kernel_state_is_gone(bed):
     assert "created flannel.1" in log  # a new machine: nothing of the old kernel state left
     assert a.subnet == subnet, log[-3000:]
     a.add_pod()
+    wait_until_it_knows_the_vtep_of(b, a, timeout=20)  # b answers through a's new MAC
     assert a.ping(b.pod_ip, count=3, interval=0.2).lost == 0
     assert b.ping(a.pod_ip, count=3, interval=0.2).lost == 0
     print(f"reboot to pyflannel ready: {seconds:.2f} s")
