@@ -54,9 +54,7 @@ class Interface:
         usable = [
             a.ip
             for a in sorted(self.addresses, key=lambda a: bool(a.flags & IFA_F_TEMPORARY))
-            if isinstance(a.ip, IPv6Address)
-            and a.usable
-            and not (a.ip.is_link_local or a.ip.is_multicast or a.ip.is_unspecified)
+            if _global6(a) and isinstance(a.ip, IPv6Address)
         ]
         return usable[0] if usable else None
 

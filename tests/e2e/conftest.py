@@ -28,6 +28,26 @@ def require_upstream() -> None:
     )
 
 
+def beside_upstream(config: dict, daemon_args: tuple[str, ...], pods: bool = False):
+    """A module's bed of three hosts on one network: pyflannel on the first two, upstream
+    flanneld v0.20.2 on the third (a pod behind each with ``pods``). A generator for a
+    fixture to ``yield from``."""
+    from testbed.bed import TestBed
+    from testbed.upstream import start_upstream
+
+    require_upstream()
+    with TestBed(hosts=3) as bed:
+        bed.put_config(config)
+        for node in bed.nodes[:2]:
+            node.start(*daemon_args)
+        for node in bed.nodes[:2]:
+            node.wait_ready()
+        start_upstream(bed.nodes[2])
+        for node in bed.nodes if pods else ():
+            node.add_pod()
+        yield bed
+
+
 def started_bed(
     hosts: int = 3,
     mtu: int = 1500,

@@ -6,26 +6,14 @@ import json
 
 import pytest
 
-from testbed.upstream import start_upstream
-
-from .conftest import FAST_RECONCILE, eventually, renewals, require_upstream
+from .conftest import FAST_RECONCILE, beside_upstream, eventually, renewals
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "alloc"}}
 
 
 @pytest.fixture(scope="module")
 def bed():
-    from testbed.bed import TestBed
-
-    require_upstream()
-    with TestBed(hosts=3) as bed:
-        bed.put_config(CONFIG)
-        for node in bed.nodes[:2]:
-            node.start(*FAST_RECONCILE, "--subnet-lease-ttl=12")
-        for node in bed.nodes[:2]:
-            node.wait_ready()
-        start_upstream(bed.nodes[2])
-        yield bed
+    yield from beside_upstream(CONFIG, (*FAST_RECONCILE, "--subnet-lease-ttl=12"))
 
 
 def _lease_value(bed, node) -> str:

@@ -8,9 +8,7 @@ import json
 
 import pytest
 
-from testbed.upstream import start_upstream
-
-from .conftest import FAST_RECONCILE, eventually, require_upstream
+from .conftest import FAST_RECONCILE, beside_upstream, eventually
 
 DEV = "flannel-ext"
 CONFIG = {
@@ -41,19 +39,7 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def bed():
-    from testbed.bed import TestBed
-
-    require_upstream()
-    with TestBed(hosts=3) as bed:
-        bed.put_config(CONFIG)
-        for node in bed.nodes[:2]:
-            node.start(*FAST_RECONCILE, "--probe-interval=1")
-        for node in bed.nodes[:2]:
-            node.wait_ready()
-        start_upstream(bed.nodes[2])
-        for node in bed.nodes:
-            node.add_pod()
-        yield bed
+    yield from beside_upstream(CONFIG, (*FAST_RECONCILE, "--probe-interval=1"), pods=True)
 
 
 def _mac(node) -> str:

@@ -269,14 +269,12 @@ def test_doctor_says_which_wireguard_this_node_can_run(bed):
 DUAL = {**CONFIG, "EnableIPv6": True, "IPv6Network": "fd10::/48"}
 
 
-@pytest.fixture(scope="module")
-def dual_bed(bed):
-    """Two more nodes on a dual-stack wireguard network (its own prefix): flannel-wg and
-    flannel-wg-v6, upstream's Mode "separate"."""
+def _two_dual_stack_nodes(config: dict):
+    """Two nodes with pods on a dual-stack wireguard network (a bed of their own)."""
     from testbed.bed import TestBed
 
     with TestBed(hosts=2) as dual:
-        dual.put_config(DUAL)
+        dual.put_config(config)
         for node in dual.nodes:
             node.start(*ARGS, private_run=True)
         for node in dual.nodes:
@@ -285,20 +283,36 @@ def dual_bed(bed):
         yield dual
 
 
-def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
-    a, b = dual_bed.nodes
+def _both_families_reach_both_ways(dual, timeout: float) -> None:
+    a, b = dual.nodes
     for src, dst in ((a, b), (b, a)):
         for address in (dst.pod_ip, dst.pod_ip6):
-            eventually(lambda s=src, d=address: _reaches_ip(s, d), timeout=10)
-    key = (
-        f"/coreos.com/network/subnets/{a.subnet.network_address}-24&{a.subnet6.network_address}-64"
-    )
-    lease = dual_bed.leases()[key]
+            eventually(lambda s=src, d=address: _reaches_ip(s, d), timeout=timeout)
+
+
+def _assert_dual_stack_lease_is_upstreams(dual, node) -> None:
+    """Upstream's bytes: the public key under both families."""
+    subnets = f"{node.subnet.network_address}-24&{node.subnet6.network_address}-64"
+    lease = dual.leases()[f"/coreos.com/network/subnets/{subnets}"]
     pub = json.loads(lease)["BackendData"]["PublicKey"]
     assert lease == (
-        f'{{"PublicIP":"{a.underlay_ip}","PublicIPv6":"{a.underlay_ip6}","BackendType":"wireguard",'
-        f'"BackendData":{{"PublicKey":"{pub}"}},"BackendV6Data":{{"PublicKey":"{pub}"}}}}'
+        f'{{"PublicIP":"{node.underlay_ip}","PublicIPv6":"{node.underlay_ip6}",'
+        f'"BackendType":"wireguard","BackendData":{{"PublicKey":"{pub}"}},'
+        f'"BackendV6Data":{{"PublicKey":"{pub}"}}}}'
     )
+
+
+@pytest.fixture(scope="module")
+def dual_bed(bed):
+    """Two more nodes on a dual-stack wireguard network (its own prefix): flannel-wg and
+    flannel-wg-v6, upstream's Mode "separate"."""
+    yield from _two_dual_stack_nodes(DUAL)
+
+
+def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
+    a, b = dual_bed.nodes
+    _both_families_reach_both_ways(dual_bed, timeout=10)
+    _assert_dual_stack_lease_is_upstreams(dual_bed, a)
     out = a.in_daemon_mounts("wg", "show", "flannel-wg-v6", "dump").stdout.splitlines()
     fields = out[1].split("\t")
     assert fields[2] == f"[{b.underlay_ip6}]:51821" and fields[3] == str(b.subnet6)
@@ -313,25 +327,15 @@ def test_dual_stack_reaches_over_both_families_through_two_devices(dual_bed):
 def one_device_bed(request, bed):
     """Two nodes on a dual-stack wireguard network with Mode ipv6 or auto: one device,
     flannel-wg, carries both families (upstream's single-device modes)."""
-    from testbed.bed import TestBed
-
     config = {**DUAL, "Backend": {"Type": "wireguard", "Mode": request.param}}
-    with TestBed(hosts=2) as one:
-        one.put_config(config)
-        for node in one.nodes:
-            node.start(*ARGS, private_run=True)
-        for node in one.nodes:
-            node.wait_ready()
-            node.add_pod()
+    for one in _two_dual_stack_nodes(config):
         one.mode = request.param
         yield one
 
 
 def test_one_device_carries_both_families_over_the_underlay_the_mode_picks(one_device_bed):
     a, b = one_device_bed.nodes
-    for src, dst in ((a, b), (b, a)):
-        for address in (dst.pod_ip, dst.pod_ip6):
-            eventually(lambda s=src, d=address: _reaches_ip(s, d), timeout=15)
+    _both_families_reach_both_ways(one_device_bed, timeout=15)
     links = {link["ifname"] for link in a.ip_json("link", "show")}
     assert "flannel-wg" in links and "flannel-wg-v6" not in links
     out = a.in_daemon_mounts("wg", "show", "flannel-wg", "dump").stdout.splitlines()
@@ -346,15 +350,7 @@ def test_one_device_carries_both_families_over_the_underlay_the_mode_picks(one_d
     for family, network in (("-4", "10.1.0.0/16"), ("-6", "fd10::/48")):
         route = a.run("ip", family, "route", "show", network).stdout.split()
         assert route[:3] == [network, "dev", "flannel-wg"], route
-    key = (
-        f"/coreos.com/network/subnets/{a.subnet.network_address}-24&{a.subnet6.network_address}-64"
-    )
-    lease = one_device_bed.leases()[key]  # upstream's bytes: the key under both families
-    pub = json.loads(lease)["BackendData"]["PublicKey"]
-    assert lease == (
-        f'{{"PublicIP":"{a.underlay_ip}","PublicIPv6":"{a.underlay_ip6}","BackendType":"wireguard",'
-        f'"BackendData":{{"PublicKey":"{pub}"}},"BackendV6Data":{{"PublicKey":"{pub}"}}}}'
-    )
+    _assert_dual_stack_lease_is_upstreams(one_device_bed, a)
     assert a.status()["backend"]["mode"] == one_device_bed.mode
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pyflannel.backend.base import Backend
@@ -33,7 +34,18 @@ from pyflannel.subnet.table import PeerChanges
 
 log = logging.getLogger(__name__)
 NAME = "extension"
-Retry = tuple[str, str, dict[str, str], str]  # (config key, command, environment, stdin)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One run of a command: its config key, text, environment and stdin."""
+
+    key: str
+    command: str
+    env: dict[str, str]
+    stdin: str = ""
+
+
 DUAL_STACK = True  # the commands get the IPv6 subnets and addresses too
 
 
@@ -52,8 +64,8 @@ class ExtensionBackend(Backend):
         self.config: ExtensionConfig = parse_extension_config(network.backend)
         self.mtu = self.config.mtu or ext.mtu
         self.backend_data: str | None = None  # the pre-startup command's output
-        self.failed: dict[str, Outcome] = {}  # what failed and is to be retried, by what
-        self._retry: dict[str, Retry] = {}  # what failed, to run again
+        # what failed, by what it was for ("add 10.1.5.0/24"): run again every reconcile
+        self.failing: dict[str, tuple[Call, Outcome]] = {}
 
     @property
     def mtu_reason(self) -> str:
@@ -96,7 +108,9 @@ class ExtensionBackend(Backend):
         env.update(
             peer_env(lease.subnet, self.ext.public_ip, lease.ipv6_subnet, self.ext.public_ipv6)
         )
-        await self._command("PostStartupCommand", self.config.post_startup, env, "", "post-startup")
+        await self._command(
+            Call("PostStartupCommand", self.config.post_startup, env), "post-startup"
+        )
 
     async def peer(self, lease: Lease) -> Peer:
         if lease.attrs.backend_type != NAME:
@@ -117,8 +131,7 @@ class ExtensionBackend(Backend):
         await super().update_peers(changes)
         for lease in changes.removed:
             if lease.subnet in before and self.config.subnet_remove:
-                self._retry.pop(f"add {lease.subnet}", None)
-                self.failed.pop(f"add {lease.subnet}", None)
+                self.failing.pop(f"add {lease.subnet}", None)
                 await self._peer_command(
                     "SubnetRemoveCommand", self.config.subnet_remove, lease, "remove"
                 )
@@ -130,38 +143,36 @@ class ExtensionBackend(Backend):
         data = lease.attrs.backend_data if isinstance(lease.attrs.backend_data, str) else ""
         public_ip6 = lease.attrs.public_ipv6 if lease.ipv6_subnet is not None else None
         env = peer_env(lease.subnet, lease.attrs.public_ip, lease.ipv6_subnet, public_ip6)
-        await self._command(key, command, env, data, f"{verb} {lease.subnet}")
+        await self._command(Call(key, command, env, data), f"{verb} {lease.subnet}")
 
-    async def _command(
-        self, key: str, command: str, env: dict[str, str], stdin: str, what: str
-    ) -> None:
-        outcome = await run(command, env, stdin)
+    async def _command(self, call: Call, what: str) -> None:
+        outcome = await run(call.command, call.env, call.stdin)
+        before = self.failing.pop(what, None)
         if outcome.ok:
-            log.info("extension: ran %s for %s; output: %s", key, what, outcome.output or "(none)")
-            self.failed.pop(what, None)
-            self._retry.pop(what, None)
+            log.info(
+                "extension: ran %s for %s; output: %s", call.key, what, outcome.output or "(none)"
+            )
             return
-        if self.failed.get(what) != outcome:
+        if before is None or before[1] != outcome:  # each distinct failure logged once
             log.error(
                 "extension: %s for %s failed (%s); retrying every reconcile",
-                key,
+                call.key,
                 what,
                 outcome.describe(),
             )
-        self.failed[what] = outcome
-        self._retry[what] = (key, command, env, stdin)
+        self.failing[what] = (call, outcome)
 
     async def ensure_devices(self) -> list[str]:
         """Each reconcile: the commands that failed, again."""
         retried = []
-        for what, (key, command, env, stdin) in list(self._retry.items()):
-            await self._command(key, command, env, stdin, what)
-            if what not in self.failed:
+        for what, (call, _) in list(self.failing.items()):
+            await self._command(call, what)
+            if what not in self.failing:
                 retried.append(f"extension {what}")
         return retried
 
     def status_details(self) -> dict[str, Any]:
         return {
             "commands": {k: v for k, v in vars(self.config).items() if v},
-            "failed": {what: o.describe() for what, o in self.failed.items()},
+            "failed": {what: outcome.describe() for what, (_, outcome) in self.failing.items()},
         }
