@@ -68,6 +68,7 @@ from pyflannel.traffic.families import NetworkRules, network_rules
 from pyflannel.traffic.ownership import Cluster
 
 if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
+    from pyflannel.ops.mesh.healer import PathHealer
     from pyflannel.ops.mesh.prober import MeshProber
     from pyflannel.ops.mesh.publisher import MeshPublisher
 
@@ -125,6 +126,7 @@ class Daemon:
         self.endpoint: HttpEndpoint | None = None
         self.kernel_watch: KernelWatch | None = None
         self.prober: MeshProber | None = None
+        self.healer: PathHealer | None = None
         self.publisher: MeshPublisher | None = None
         self.ipv6 = False  # the network is dual-stack (EnableIPv6)
         self.traffic = self.parts.rules(False, False)
@@ -302,6 +304,20 @@ class Daemon:
     def _probe_target(self, half: Peer | Peer6) -> IPv4Address | IPv6Address:
         return self.r.backend.probe_target(half)
 
+    def _healer(self, backend: Backend, prober: MeshProber) -> PathHealer | None:
+        """The path healer, where the backend has a second encapsulation and may use it."""
+        from pyflannel.ops.mesh.healer import AlternatePaths, PathHealer
+
+        if not self.options.heal_paths or not isinstance(backend, AlternatePaths):
+            return None
+        if not backend.accepts_udp:
+            log.info(
+                "path healing off: this node does not accept UDP encapsulation "
+                "(dual-stack network, --backend-fallback=off, or flannel0 is another network's)"
+            )
+            return None
+        return PathHealer(backend, self.options.probe_interval, prober.view)
+
     # -- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -352,6 +368,9 @@ class Daemon:
                 )
                 tasks.create_task(self.prober.run(), name="mesh-prober")
                 tasks.create_task(self.publisher.run(), name="mesh-summary")
+                self.healer = self._healer(r.backend, self.prober)
+                if self.healer is not None:
+                    tasks.create_task(self.healer.run(), name="path-healer")
             if self.traffic.enabled:
                 tasks.create_task(self.traffic.resync_forever(o.iptables_resync), name="iptables")
             self.ready.set()

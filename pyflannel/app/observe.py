@@ -28,6 +28,7 @@ from pyflannel.subnet.manager import SubnetManager
 from pyflannel.traffic.families import NetworkRules
 
 if TYPE_CHECKING:  # the prober (and statistics) are imported only where it runs
+    from pyflannel.ops.mesh.healer import PathHealer
     from pyflannel.ops.mesh.prober import MeshProber
 
 
@@ -44,6 +45,7 @@ class Daemon(Protocol):
     instance: Instance
     netlink: Netlink
     prober: MeshProber | None
+    healer: PathHealer | None
 
     @property
     def programmed(self) -> bool: ...
@@ -146,6 +148,9 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         mesh=daemon.prober.view() if daemon.prober else {},
         probes_sent=daemon.prober.sent if daemon.prober else 0,
         mesh_writes=daemon.mesh_writes,
+        paths=daemon.healer.view() if daemon.healer else {},
+        path_moves={str(k): v for k, v in daemon.healer.moves.items()} if daemon.healer else {},
+        path_rounds=daemon.healer.rounds if daemon.healer else 0,
         traffic=TrafficView(
             mode=t.mode,
             enabled=t.enabled,

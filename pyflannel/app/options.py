@@ -54,6 +54,7 @@ class Options:
     reconcile_interval: float = 30.0
     probe_interval: float = 10.0
     probe_rate: float = 50.0
+    heal_paths: bool = True
     backend_fallback: str = "auto"
     udp_fallback_port: int = 8285
     udp_datapath: str = "auto"
@@ -224,6 +225,13 @@ FLAGS: list[tuple[str, type, str]] = [
         float,
         "probes per second at most, all peers together (a large cluster is probed round "
         "robin, so a round takes longer; pyflannel only; default %(default)s)",
+    ),
+    (
+        "heal-paths",
+        bool,
+        "vxlan: move a peer to UDP encapsulation (its lease's UDPPort) while the prober finds "
+        "VXLAN to it broken and UDP working, and back when VXLAN works again; needs "
+        "--probe-interval > 0 (default %(default)s; pyflannel only)",
     ),
     (
         "backend-fallback",

@@ -135,6 +135,26 @@ def configure_device(
     return changed
 
 
+def loose_reverse_path(name: str) -> None:
+    """Make the reverse-path filter loose on one of our devices if it is strict there (the
+    effective value is the larger of ``all`` and the device's): a peer moved to UDP sends over
+    VXLAN still, and vice versa, so a packet may arrive on the device its reply does not
+    leave by. Loose mode still drops sources with no route at all."""
+    conf = Path("/proc/sys/net/ipv4/conf")
+    try:
+        strict = max(
+            int((conf / "all/rp_filter").read_text()), int((conf / name / "rp_filter").read_text())
+        )
+        if strict == 1:
+            (conf / name / "rp_filter").write_text("2")
+            log.info(
+                "%s: reverse-path filter set to loose (2): replies may use the other encapsulation",
+                name,
+            )
+    except (OSError, ValueError) as e:
+        log.warning("%s: cannot read or set the reverse-path filter: %s", name, e)
+
+
 def foreign_addresses(ipr, name: str, network: IPv4Network) -> list[str]:
     """IPv4 addresses of device ``name`` outside ``network``: if there are any, the device
     belongs to another network's daemon on this host."""

@@ -111,6 +111,20 @@ class Reconciler:
             if self.programmed and scope.size():
                 await self._apply_scoped(scope)
 
+    async def replace_peer(self, peer: Peer) -> None:
+        """A peer this node now reaches another way (the path healer): its entries swapped
+        for ``peer``'s, only what differs applied."""
+        async with self.lock:
+            scope = KernelState()
+            self._forget(peer.subnet, scope)
+            self.peers[peer.subnet] = peer
+            entries = self.source.entries(peer)
+            self.desired.add(entries)
+            scope.add(entries)
+            self.source.peers_changed()
+            if self.programmed:
+                await self._apply_scoped(scope)
+
     async def add_entries(self, entries: KernelState) -> None:
         """Entries the network needs whatever its peers (e.g. the UDP backend's route for the
         whole network); call with ``lock`` held."""

@@ -120,6 +120,7 @@ class DaemonCollector:
                     value=stats["icmp_unreachable_sent"],
                 )
         yield from mesh_metrics(snap.mesh, snap.probes_sent)
+        yield from path_metrics(snap.paths, snap.path_moves)
         yield CounterMetricFamily(
             "pyflannel_iptables_restores",
             "iptables rule sets (re)applied",
@@ -162,6 +163,31 @@ def mesh_metrics(mesh: dict[str, dict], sent: int = 0):
         if view["rtt_ms"] is not None:
             rtt.add_metric([subnet], view["rtt_ms"] / 1000)
     yield from (reachable, black_hole, rtt)
+
+
+def path_metrics(paths: dict[str, dict], moves: dict[str, int]):
+    """The path healer: peers sent over UDP because VXLAN failed, and the moves made."""
+    if not paths and not moves:
+        return
+    on_udp = GaugeMetricFamily(
+        "pyflannel_peers_via_udp", "VXLAN peers sent over UDP because VXLAN to them failed"
+    )
+    on_udp.add_metric([], sum(1 for p in paths.values() if p.get("via") == "udp"))
+    yield on_udp
+    moved = CounterMetricFamily(
+        "pyflannel_path_moves", "peers moved between encapsulations", labels=["to"]
+    )
+    for to, n in sorted(moves.items()):
+        moved.add_metric([to], n)
+    yield moved
+    if len(paths) > MESH_LABEL_LIMIT:
+        return
+    per_peer = GaugeMetricFamily(
+        "pyflannel_peer_via_udp", "1 if the peer is sent over UDP (VXLAN failed)", labels=["peer"]
+    )
+    for subnet, view in sorted(paths.items()):
+        per_peer.add_metric([subnet], int(view.get("via") == "udp"))
+    yield per_peer
 
 
 def metrics_text(snap: DaemonSnapshot, udp_stats: dict | None = None) -> bytes:

@@ -4,7 +4,7 @@ and the few live questions they may ask (``StatusIO``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pyflannel.backend.base import BackendSnapshot
@@ -77,6 +77,10 @@ class DaemonSnapshot:
     mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
     probes_sent: int = 0
     mesh_writes: int = 0  # mesh summaries written to the store
+    # peer subnet -> the encapsulation it is sent over and why (ops/mesh/healer.py); {} when off
+    paths: dict[str, dict] = field(default_factory=dict)
+    path_moves: dict[str, int] = field(default_factory=dict)  # moves made, by encapsulation
+    path_rounds: int = 0  # the healer's probe rounds done
 
 
 class StatusIO(Protocol):

@@ -11,7 +11,9 @@ import pytest
 
 from .conftest import eventually, require_testbed
 
-ARGS = ("--reconcile-interval=2", "--probe-interval=1")
+# Without path healing: this module is about naming broken paths (a dropped VXLAN path would
+# be healed over UDP; tests/e2e/test_path_healing.py)
+ARGS = ("--reconcile-interval=2", "--probe-interval=1", "--heal-paths=false")
 
 
 @pytest.fixture(scope="module")

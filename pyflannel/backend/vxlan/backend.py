@@ -5,7 +5,11 @@ for its IPv6 subnet (BackendV6Data, PublicIPv6), as upstream.
 
 Peers that can only speak UDP (pyflannel nodes whose kernel has no VXLAN) are reached through
 a UDP path started on first need: their subnets are routed into ``flannel0``. This node says
-it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ignores.
+it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ignores; until
+the path runs, a doorbell socket on that port starts it when a peer sends there. A VXLAN peer
+that advertises ``UDPPort`` too can be moved to UDP when VXLAN fails on the way to it (the
+path healer, ops/mesh/healer.py): its route goes into ``flannel0``, its neighbour and FDB
+entries stay so that VXLAN is still probed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from ipaddress import IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -21,10 +25,18 @@ from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
 from pyflannel.backend.offline import OfflineBackend
-from pyflannel.backend.plan import Peer, Peer6
+from pyflannel.backend.plan import (
+    KernelState,
+    Peer,
+    Peer6,
+    PeerDataError,
+    overlay_entries,
+    tunnel_route,
+)
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp import peer as udp
 from pyflannel.backend.udp.backend import fall_back, fallback_port
+from pyflannel.backend.udp.doorbell import Doorbell
 from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
 from pyflannel.backend.udp.peer import udp_peer
 from pyflannel.backend.udp.tun import TUN_NAME
@@ -109,6 +121,9 @@ class VxlanBackend(Backend):
             if udp_port
             else None
         )
+        self.doorbell: Doorbell | None = None  # the UDP port, while the path does not run
+        self._udp_starting = asyncio.Lock()
+        self.via_udp: set[IPv4Network] = set()  # VXLAN peers moved to UDP (the path healer)
 
     def _set_underlay(self, ext: ExtIface) -> None:
         """Device specs and MTUs for an underlay. The IPv4 device carries iface - 50; the
@@ -203,6 +218,8 @@ class VxlanBackend(Backend):
             await self._configure_device()
             if self.udp is not None:
                 await self.udp.move(ext, overlay_mtu(udp.NAME, ext.mtu))
+                if not self.udp.running and self.lease is not None:
+                    self._listen_for_udp()  # on the new address
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
@@ -239,6 +256,41 @@ class VxlanBackend(Backend):
         await self._configure_device()
         if self.udp and self.udp.running:
             await self.udp.assign(lease.subnet, self.network.cidr)
+        elif self.udp is not None:
+            self._listen_for_udp()
+
+    # -- the UDP path, started on need -----------------------------------------------------
+
+    def _listen_for_udp(self) -> None:
+        """Until the UDP path runs, its port answers the lease's UDPPort promise."""
+        assert self.udp is not None
+        if self.doorbell is not None:
+            self.doorbell.close()
+        self.doorbell = Doorbell(self.ext.iface_addr, self.udp.port, self._may_send_udp, self._rung)
+        self.doorbell.open()
+
+    def _may_send_udp(self, sender: str) -> bool:
+        return any(str(p.public_ip) == sender and p.udp_port for p in self.peers.values())
+
+    def _rung(self, sender: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.start_udp(f"peer at {sender} sends UDP encapsulation")
+        )
+        task.add_done_callback(_log_failure)
+
+    async def start_udp(self, why: str) -> None:
+        """Start the UDP path (once; later calls wait for it)."""
+        assert self.udp is not None
+        async with self._udp_starting:
+            if self.udp.running:
+                return
+            if self.doorbell is not None:
+                self.doorbell.close()  # the workers bind the port
+            log.info("%s: starting the UDP path", why)
+            await self.udp.start()
+            kernel.loose_reverse_path(TUN_NAME)
+            if self.lease is not None:
+                await self.udp.assign(self.lease.subnet, self.network.cidr)
 
     async def _configure_device(self) -> list[str]:
         """The lease's address on each device: ``<subnet>.0/32`` on flannel.<VNI>, and
@@ -252,6 +304,8 @@ class VxlanBackend(Backend):
             self.network.cidr,
             self.spec.mtu,
         )
+        if self.udp is not None:  # a peer may come in over either encapsulation
+            kernel.loose_reverse_path(self.link.name)
         cidr6 = self.network.cidr6
         if self.device6 is not None and self.spec6 is not None and cidr6 is not None:
             if lease.ipv6_subnet is None:
@@ -299,12 +353,19 @@ class VxlanBackend(Backend):
         # a lease without BackendType in a vxlan network is junk or an alloc-only node.
         if lease.attrs.backend_type == udp.NAME and self.udp is not None:
             peer = udp_peer(lease, self.udp.port, routed=True)
-            if not self.udp.running:
-                log.info("peer %s speaks only UDP: starting the UDP path for it", lease.subnet)
-                await self.udp.start()
-                await self.udp.assign(self.held_lease.subnet, self.network.cidr)
+            await self.start_udp(f"peer {lease.subnet} speaks only UDP")
             return peer
         peer = vxlan_peer(lease)
+        if self.udp is not None:
+            try:
+                port = udp.udp_port(lease, self.udp.port)
+            except PeerDataError as e:
+                log.warning("lease %s: %s; it cannot be reached over UDP", lease.subnet, e)
+                port = None
+            if port:
+                peer = replace(peer, udp_port=port)
+                if peer.subnet in self.via_udp:
+                    peer = replace(peer, encap=udp.ENCAP_UDP, entries=_over_udp(peer))
         if self.config.direct_routing and await self.netlink.call(
             kernel.directly_reachable, peer.public_ip, self.ext.index
         ):
@@ -329,11 +390,68 @@ class VxlanBackend(Backend):
         return self.spec.effective_port
 
     def encapsulating_peers(self) -> list[str]:
-        return [str(p.public_ip) for p in self.peers.values() if p.encap == ENCAP_VXLAN]
+        """Peers sending VXLAN here: those sent VXLAN, and those moved to UDP (their own
+        direction is theirs to choose)."""
+        return [
+            str(p.public_ip)
+            for p in self.peers.values()
+            if p.encap == ENCAP_VXLAN or p.subnet in self.via_udp
+        ]
 
     def peers_changed(self) -> None:
+        """The UDP path's table: every peer that accepts UDP (the routes decide who is sent
+        that way; the healer's probes may go that way to any of them)."""
         if self.udp is not None:
-            self.udp.set_peers(p for p in self.peers.values() if p.encap == udp.ENCAP_UDP)
+            self.udp.set_peers(p for p in self.peers.values() if p.udp_port)
+
+    # -- the path healer's questions (ops/mesh/healer.py AlternatePaths) -------------------
+
+    @property
+    def accepts_udp(self) -> bool:
+        return self.udp is not None
+
+    def heal_candidates(self) -> list[Peer]:
+        if self.udp is None:
+            return []
+        return [
+            p
+            for p in self.peers.values()
+            if p.udp_port and (p.encap == ENCAP_VXLAN or p.subnet in self.via_udp)
+        ]
+
+    def unhealable(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.encap == ENCAP_VXLAN and not p.udp_port]
+
+    def overlay_index(self) -> int | None:
+        return self.device.index if self.device else None
+
+    async def udp_index(self) -> int | None:
+        if self.udp is None:
+            return None
+        try:
+            await self.start_udp("probing the UDP path of a peer VXLAN does not reach")
+        except BackendError as e:
+            log.warning("path healing: %s", e)
+            return None
+        return self.udp.index
+
+    def own_address(self) -> IPv4Address:
+        return self.held_lease.subnet.network_address
+
+    async def reroute(self, subnet: IPv4Network, via_udp: bool) -> None:
+        """Route a VXLAN peer into the UDP path, or back onlink via the VXLAN device."""
+        if via_udp:
+            self.via_udp.add(subnet)
+        else:
+            self.via_udp.discard(subnet)
+        peer = self.peers.get(subnet)
+        if peer is None or not peer.vtep_mac:
+            return
+        if via_udp:
+            moved = replace(peer, encap=udp.ENCAP_UDP, entries=_over_udp(peer))
+        else:
+            moved = replace(peer, encap=ENCAP_VXLAN, entries=vxlan_entries(peer))
+        await self.kernel.replace_peer(moved)
 
     def datapath_stats(self) -> dict | None:
         return self.udp.snapshot() if self.udp is not None else None
@@ -354,8 +472,28 @@ class VxlanBackend(Backend):
         return details
 
     async def close(self) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
         if self.udp is not None:
             await asyncio.to_thread(self.udp.stop)  # waits for the workers to exit
+
+
+def vxlan_entries(peer: Peer) -> KernelState:
+    """A VXLAN peer's neighbour, FDB entry and onlink route."""
+    return overlay_entries(peer.subnet, peer.vtep_mac, peer.public_ip)
+
+
+def _over_udp(peer: Peer) -> KernelState:
+    """A VXLAN peer moved to UDP: its route into flannel0; its neighbour and FDB entry stay
+    (the healer keeps probing VXLAN through them)."""
+    entries = vxlan_entries(peer)
+    entries.routes = tunnel_route(peer.subnet).routes
+    return entries
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the UDP path did not start: %s", task.exception())
 
 
 def offline(ipr, network) -> OfflineBackend | None:

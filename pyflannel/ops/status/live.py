@@ -23,7 +23,12 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             "not_ready": list(snap.not_ready),
         },
         "config_change": snap.config_change,
-        "mesh": {"probes_sent": snap.probes_sent, "summaries_written": snap.mesh_writes},
+        "mesh": {
+            "probes_sent": snap.probes_sent,
+            "summaries_written": snap.mesh_writes,
+            "path_moves": snap.path_moves,
+            "path_rounds": snap.path_rounds,
+        },
         "instance": {**asdict(snap.instance), "others": list(snap.instance.others)},
         "store": snap.store.kind,
         snap.store.kind: {
@@ -75,6 +80,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> dict:
             doc["peers"] = peer_rows(b.peers, actual)
             for row in doc["peers"]:
                 row["path"] = snap.mesh.get(row["subnet"])
+                if row["subnet"] in snap.paths:
+                    row["heal"] = snap.paths[row["subnet"]]
                 v6 = row.get("ipv6") or {}
                 if "subnet" in v6:
                     v6["path"] = snap.mesh.get(v6["subnet"])

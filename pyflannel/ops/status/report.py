@@ -111,14 +111,18 @@ def assess(doc: dict) -> tuple[list[str], list[str]]:
             problems.append(f"peer {v6['subnet']}: IPv6 {', '.join(missing6)} not programmed")
         if v6.get("problem"):
             warnings.append(f"peer {row['subnet']}: IPv6 not programmed: {v6['problem']}")
+        healed = via_udp(row)
+        if healed:
+            warnings.append(f"peer {row['subnet']} at {row['public_ip']}: {healed}")
         for half in (row, v6):  # a dual-stack peer: a path per family
             path = half.get("path") or {}
             state = path.get("state", "")
             if not state:
                 continue
             words = explain(state, half["subnet"], half["public_ip"], mtu, path.get("loss", 0.0))
+            cannot = (half.get("heal") or {}).get("cannot_heal")
             if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
-                problems.append(words)
+                problems.append(f"{words} (not moved to UDP: {cannot})" if cannot else words)
             elif state == PeerHealth.LOSSY:
                 warnings.append(words)
     return problems, warnings
@@ -153,6 +157,19 @@ def _duration(seconds: float | None, reservation: bool = False) -> str:
 
 def _mark(value) -> str:
     return {True: "ok", False: "MISSING", None: "-"}[value]
+
+
+def via_udp(row: dict) -> str:
+    """ "via udp: vxlan blocked since ..." for a peer the path healer moved to UDP, else ""."""
+    heal = row.get("heal") or {}
+    if heal.get("via") != "udp":
+        return ""
+    since = time.strftime("%H:%M:%S", time.localtime(heal["since"]))
+    trying = " (trying it: not yet answered over it)" if heal.get("trying") else ""
+    return (
+        f"via udp{trying}: {heal['why']} since {since} ({_ago(heal['since'])}); VXLAN probed every "
+        f"round, back after {heal['back_after']} clean rounds"
+    )
 
 
 def _entries_and_path(half: dict) -> str:
@@ -301,6 +318,8 @@ def render(doc: dict) -> str:
                 f"  {r['subnet']:<18} {r['public_ip']:<15} {r['encap']:<6} "
                 f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_entries_and_path(r)}"
             )
+            if via_udp(r):
+                lines.append(f"    {via_udp(r)}")
             v6 = r.get("ipv6") or {}
             if v6.get("problem"):
                 lines.append(f"    IPv6 not programmed: {v6['problem']}")
