@@ -186,12 +186,21 @@ class Node:
 
     def status_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """``pyflannel status`` run on this host, as an operator would, pointed at the bed."""
+        return self.cli("status", *args, timeout=timeout)
+
+    def trace_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``pyflannel trace`` run on this host."""
+        return self.cli("trace", *args, timeout=timeout)
+
+    def cli(self, command: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A ``pyflannel`` command run on this host, pointed at the bed's etcd and this
+        node's subnet file."""
         return netns.run(
             [
                 sys.executable,
                 "-m",
                 "pyflannel",
-                "status",
+                command,
                 f"--etcd-endpoints={self.bed.etcd.url}",
                 f"--subnet-file={self.subnet_file}",
                 *args,

@@ -87,6 +87,20 @@ def make_parser() -> argparse.ArgumentParser:
             metavar="MS",
             help="the --election-timeout etcd's members run with (default 1000, etcd's own)",
         )
+    trace = commands.add_parser(
+        "trace",
+        help="the path between two overlay addresses, checked place by place (exit 0 ok, 1 broken)",
+        description="Which node holds SRC's and DST's subnets (etcd), the route, neighbour and "
+        "FDB entries on this node (or, when SRC is on another node, the path state that node "
+        "publishes), the rules, the underlay and the encapsulation, then active probes "
+        "(don't-fragment at the pod MTU, TCP): the verdict and the first place the path "
+        "fails. SRC and DST are pod or node addresses. Takes the same flags and FLANNELD_* "
+        "variables as `run`.",
+    )
+    add_arguments(trace)
+    trace.add_argument("src", metavar="SRC", help="source: a pod or node address")
+    trace.add_argument("dst", metavar="DST", help="destination: a pod or node address")
+    trace.add_argument("--json", action="store_true", help="print the trace as JSON")
     opts = commands.add_parser(
         "docker-opts",
         help="Docker options from subnet.env (upstream's mk-docker-opts.sh)",
@@ -139,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     if args.command == "docker-opts":
         return _docker_opts(args)
+    if args.command == "trace":
+        return _trace(args)
     if args.command == "doctor":
         return _doctor(args)
     if args.command == "install-cni":
@@ -199,6 +215,27 @@ def _status(args: argparse.Namespace) -> int:
         end="" if not args.json else "\n",
     )
     return exit_code(doc)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    import json
+    from ipaddress import IPv4Address
+
+    from pyflannel.ops.trace.gather import trace
+    from pyflannel.ops.trace.model import render
+
+    try:
+        options = build_options(args, with_service_environment(os.environ))
+        src, dst = IPv4Address(args.src), IPv4Address(args.dst)
+    except (OptionsError, ValueError) as e:
+        print(f"pyflannel trace: {e}", file=sys.stderr)
+        return 2
+    result = asyncio.run(trace(src, dst, options.store, options.status_endpoint))
+    if args.json:
+        print(json.dumps(result.document(), indent=1))
+    else:
+        print(render(result), end="")
+    return 1 if result.failure else 0
 
 
 def _etcd_tuning(args: argparse.Namespace) -> dict:

@@ -21,7 +21,15 @@ import struct
 from ipaddress import IPv4Address
 
 from pyflannel.ops.mesh.path_choice import PathResult
-from pyflannel.ops.mesh.prober import ICMP_ECHO, TIMEOUT, checksum, echo_request, parse_reply
+from pyflannel.ops.mesh.prober import (
+    ICMP_ECHO,
+    IP_MTU_DISCOVER,
+    IP_PMTUDISC_DO,
+    TIMEOUT,
+    checksum,
+    echo_request,
+    parse_reply,
+)
 
 IP_PKTINFO = 8  # <linux/in.h>; Python's socket module lacks it for IPv4
 TCP_PORT = 9  # discard: closed on nodes, the peer's kernel answers a SYN with a RST
@@ -33,11 +41,12 @@ SO_ATTACH_FILTER = 26
 
 
 def pktinfo(oif: int, source: IPv4Address | None) -> list[tuple[int, int, bytes]]:
-    """Ancillary data sending a datagram out of device ``oif`` from ``source`` (none: where
-    the routes say)."""
-    if source is None:
+    """Ancillary data sending a datagram out of device ``oif`` (0: where the routes say) from
+    ``source`` (None: the kernel's choice)."""
+    if source is None and not oif:
         return []
-    return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", oif, source.packed, bytes(4)))]
+    spec = source.packed if source is not None else bytes(4)
+    return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", oif, spec, bytes(4)))]
 
 
 def tcp_syn(source: IPv4Address, target: IPv4Address, sport: int, seq: int) -> bytes:
@@ -99,6 +108,7 @@ class PathProber:
         icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         _attach(tcp, answer_filter(self._port))
+        icmp.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)  # DF, never split
         for sock in (icmp, tcp):
             sock.setblocking(False)
         loop.add_reader(icmp.fileno(), self._read_icmp)
@@ -125,17 +135,36 @@ class PathProber:
         """Does the peer's host answer an echo on the underlay (by the routes)?"""
         return await self._tries(self._echo, public_ip, 0, None)
 
+    async def echo(
+        self,
+        target: IPv4Address,
+        size: int = 64,
+        oif: int = 0,
+        source: IPv4Address | None = None,
+    ) -> bool:
+        """An echo of ``size`` bytes (IP packet, don't-fragment) answered, TRIES at most?"""
+        for _ in range(TRIES):
+            if await self._echo(target, oif, source, size):
+                return True
+        return False
+
+    async def syn(self, target: IPv4Address, source: IPv4Address, oif: int = 0) -> bool:
+        """A SYN to the target's discard port answered (RST or SYN-ACK), TRIES at most?"""
+        return await self._tries(self._syn, target, oif, source)
+
     async def _tries(self, send, target, oif, source) -> bool:
         for _ in range(TRIES):
             if await send(target, oif, source):
                 return True
         return False
 
-    async def _echo(self, target: IPv4Address, oif: int, source: IPv4Address | None) -> bool:
+    async def _echo(
+        self, target: IPv4Address, oif: int, source: IPv4Address | None, size: int = 64
+    ) -> bool:
         assert self._icmp is not None
         self._seq = (self._seq + 1) & 0xFFFF
         nonce = os.urandom(8)
-        request = echo_request(self._ident, self._seq, nonce, 64)
+        request = echo_request(self._ident, self._seq, nonce, size)
         assert request[0] == ICMP_ECHO
         return await self._exchange(
             self._icmp, request, target, oif, source, ("icmp", self._seq), nonce

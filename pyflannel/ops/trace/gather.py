@@ -1,0 +1,283 @@
+"""Gathering a trace: the store (who holds which subnet, the paths nodes publish), the running
+daemon's status (MTU, the path healer's moves) or subnet.env when it does not answer, this
+node's kernel (route, neighbour, FDB entries, the underlay interface), its filter rules, and
+active probes: an echo to the peer's public IP (small, then the underlay's full size with
+don't-fragment), then through the overlay to the peer's address (small, the pod MTU with
+don't-fragment, a TCP SYN), then to the destination itself."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from ipaddress import IPv4Address, IPv4Network, ip_interface
+
+from pyflannel.backend import kernel
+from pyflannel.backend.kernel import Devices
+from pyflannel.backend.offline import EVERYTHING, detect
+from pyflannel.errors import FlannelError
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.ops.mesh.path_probe import PathProber
+from pyflannel.ops.status.client import StatusEndpoint, daemon_document
+from pyflannel.ops.trace import rules
+from pyflannel.ops.trace.model import (
+    Trace,
+    judge_fdb,
+    judge_neighbour,
+    judge_route,
+    judge_rules,
+    locate,
+    node_of,
+)
+from pyflannel.subnet.env_file import parse_env
+from pyflannel.subnet.stores import StoreOptions, open_store
+
+STORE_TIMEOUT = 5.0
+HEALTHY_STATES = ("ok", "lossy")
+
+
+async def trace(
+    src: IPv4Address, dst: IPv4Address, store_options: StoreOptions, endpoint: StatusEndpoint
+) -> Trace:
+    t = Trace(str(src), str(dst))
+    doc, _ = await asyncio.to_thread(daemon_document, endpoint, 2.0)
+    env = _subnet_env(endpoint.subnet_file)
+    own = (doc or {}).get("lease", {}).get("subnet") or env.get("FLANNEL_SUBNET_NETWORK")
+    t.pod_mtu = int((doc or {}).get("backend", {}).get("mtu") or env.get("FLANNEL_MTU") or 0)
+    store = open_store(store_options, timeout=STORE_TIMEOUT)
+    try:
+        snapshot = await asyncio.wait_for(store.leases(), STORE_TIMEOUT)
+        summaries = await asyncio.wait_for(store.path_summaries(), STORE_TIMEOUT)
+    except (FlannelError, TimeoutError) as e:
+        t.add("store", False, f"etcd cannot be read: {e or 'timed out'}", "pyflannel doctor")
+        return t
+    finally:
+        await store.close()
+    leases = snapshot.leases
+    src_lease, dst_lease = locate(src, leases), locate(dst, leases)
+    if dst_lease is None:
+        t.add("store", False, f"no node holds a subnet with {dst} (no lease names it)")
+        return t
+    t.dst_node = node_of(dst_lease, own)
+    t.src_node = node_of(src_lease, own) if src_lease is not None else None
+    where = t.src_node.describe() if t.src_node else "no lease: outside the network"
+    t.add("store", True, f"{src}: {where}; {dst}: {t.dst_node.describe()}")
+    if t.dst_node.this_node:
+        t.add("destination", True, f"{dst} is on this node: delivered locally (cni0)")
+        return t
+    if t.src_node is None or not t.src_node.this_node:
+        _published(t, summaries)
+        return t
+    await _local_path(t, src, dst, doc, env)
+    return t
+
+
+def _subnet_env(path: str) -> dict[str, str]:
+    try:
+        env = parse_env(open(path).read())
+    except OSError:
+        return {}
+    if env.get("FLANNEL_SUBNET"):
+        env["FLANNEL_SUBNET_NETWORK"] = str(ip_interface(env["FLANNEL_SUBNET"]).network)
+    return env
+
+
+def _published(t: Trace, summaries: dict[str, dict]) -> None:
+    """SRC is on another node: what that node publishes of its path to DST's node."""
+    assert t.src_node is not None and t.dst_node is not None
+    paths = (summaries.get(t.src_node.subnet) or {}).get("paths")
+    if paths is None:
+        t.add(
+            "published path",
+            None,
+            f"node {t.src_node.public_ip} publishes no path states (no prober, or upstream "
+            f"flanneld): run `pyflannel trace {t.src} {t.dst}` there",
+        )
+        return
+    state = paths.get(t.dst_node.subnet, "not probed")
+    t.add(
+        "published path",
+        state in HEALTHY_STATES,
+        f"node {t.src_node.public_ip} reports its path to {t.dst_node.subnet}: {state}",
+        "" if state in HEALTHY_STATES else f"run `pyflannel trace {t.src} {t.dst}` there",
+    )
+
+
+async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) -> None:
+    """SRC is on this node: every place from here to the destination."""
+    node = t.dst_node
+    assert node is not None
+    network = (doc or {}).get("network") or env.get("FLANNEL_NETWORK")
+    facts = await _kernel(dst, src, IPv4Address(node.public_ip), network)
+    rows: list[dict] = (doc or {}).get("peers", [])
+    row = next((r for r in rows if r["subnet"] == node.subnet), {})
+    heal = row.get("heal") or {}
+    healed = heal.get("via") == "udp"
+    dev = judge_route(t, node, facts["route"], healed)
+    if dev is None:
+        return
+    t.encapsulation = (
+        "vxlan" if dev.startswith("flannel.") else "udp" if dev == "flannel0" else "none"
+    )
+    if healed:
+        t.add("path healer", True, f"via udp: {heal.get('why')} (VXLAN is probed every round)")
+    elif heal.get("cannot_heal") and node.backend == "vxlan":
+        t.add("path healer", None, f"cannot move it to UDP: {heal['cannot_heal']}")
+    if t.encapsulation == "vxlan":
+        if not judge_neighbour(t, node, dev, facts["neighbours"]):
+            return
+        if not judge_fdb(t, node, dev, facts["fdb"]):
+            return
+    elif t.encapsulation == "udp":
+        running = bool(((doc or {}).get("backend") or {}).get("udp"))
+        t.add(
+            "udp path",
+            running if doc else None,
+            f"flannel0 to {node.public_ip}:{node.udp_port or '?'}"
+            + ("" if running or not doc else ": the UDP path is not running"),
+        )
+    forwarded = bool(facts["src_dev"])  # a pod's address (this node's own are local)
+    verdict = _filter(rules.Packet(src, dst, facts["src_dev"], dev)) if forwarded else None
+    inside = network and dst in IPv4Network(network)
+    masq = (
+        "not masqueraded (both ends inside the network)"
+        if inside
+        else "masqueraded if --ip-masq is on (the destination is outside the network)"
+    )
+    if not judge_rules(t, verdict, forwarded, masq):
+        return
+    await _probe(t, src, dst, facts)
+
+
+async def _kernel(dst, src, public_ip, network) -> dict:
+    netlink = Netlink()
+    try:
+        return await netlink.call(_read_kernel, dst, src, public_ip, network)
+    finally:
+        netlink.close()
+
+
+def _read_kernel(ipr, dst, src, public_ip, network) -> dict:
+    found = detect(ipr, IPv4Network(network) if network else None)
+    devices = found.devices if found else Devices(networks=(EVERYTHING,))
+    state = kernel.read_state(ipr, devices)
+    under = _route_get(ipr, public_ip)
+    src_route = _route_get(ipr, src)
+    return {
+        "route": _route_get(ipr, dst),
+        "neighbours": {str(k): v for k, v in state.neighbours.items()},
+        "fdb": {k: str(v) for k, v in state.fdb.items()},
+        "src_dev": src_route["dev"] if src_route and src_route["type"] != "local" else "",
+        "underlay": under,
+    }
+
+
+def _route_get(ipr, address) -> dict | None:
+    from pyflannel.kernel.rtnl import NetlinkError
+
+    try:
+        msg = ipr.route("get", dst=str(address))[0]
+    except (NetlinkError, IndexError):
+        return None  # unreachable, or a blackhole route
+    oif = msg.get_attr("RTA_OIF")
+    link = ipr.get_links(oif)[0] if oif else None
+    return {
+        "dev": link.get_attr("IFLA_IFNAME") if link else "",
+        "mtu": link.get_attr("IFLA_MTU") if link else 0,
+        "gateway": msg.get_attr("RTA_GATEWAY"),
+        "type": {2: "local", 6: "blackhole", 7: "unreachable"}.get(msg["type"], "unicast"),
+    }
+
+
+def _filter(packet: rules.Packet) -> rules.Verdict | None:
+    try:
+        out = subprocess.run(
+            ["iptables-save", "-t", "filter"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return rules.decide(rules.parse(out.stdout), packet) if out.returncode == 0 else None
+
+
+async def _probe(t: Trace, src: IPv4Address, dst: IPv4Address, facts: dict) -> None:
+    """The active checks, underlay first; each names the place it fails."""
+    node = t.dst_node
+    assert node is not None and t.src_node is not None
+    public, overlay = IPv4Address(node.public_ip), node.overlay_address
+    own = t.src_node.overlay_address
+    under = facts["underlay"] or {}
+    port = {"vxlan": "UDP 8472", "udp": f"UDP {node.udp_port or 8285}"}.get(t.encapsulation, "")
+    prober = PathProber()
+    prober.open()
+    try:
+        if not await prober.echo(public):
+            t.add(
+                "underlay",
+                False,
+                f"{node.public_ip} does not answer an echo on the underlay (via "
+                f"{under.get('dev', '?')}): the node is down or unreachable, or ICMP is filtered",
+            )
+            return
+        full = int(under.get("mtu") or 1500)
+        if not await prober.echo(public, size=full):
+            t.add(
+                "underlay",
+                False,
+                f"{full}-byte packets (don't-fragment) to {node.public_ip} are lost, small ones "
+                f"pass: the underlay path carries less than {under.get('dev', '?')}'s MTU {full}",
+                "lower the MTU of the underlay interfaces to the path's, or mend the path",
+            )
+            return
+        t.add(
+            "underlay",
+            True,
+            f"{t.src_node.public_ip} -> {node.public_ip} via {under.get('dev', '?')} "
+            f"(MTU {full}, {full}-byte packets pass){', ' + port if port else ''}",
+        )
+        encap = t.encapsulation.upper() if t.encapsulation != "none" else "the route"
+        if not await prober.echo(overlay, source=own):
+            t.add(
+                "encapsulation",
+                False,
+                f"{encap} to {overlay} is lost while the underlay answers: something on the "
+                f"way drops {port or 'it'} (a firewall, a hypervisor filter)",
+                "allow it between the nodes' public IPs; `pyflannel doctor`",
+            )
+            return
+        if t.pod_mtu and not await prober.echo(overlay, size=t.pod_mtu, source=own):
+            t.add(
+                "encapsulation",
+                False,
+                f"full-size packets ({t.pod_mtu} bytes, the pod MTU) to {overlay} are lost "
+                f"inside {encap}, small ones pass: an MTU black hole",
+                "check the underlay MTU on both nodes (`pyflannel status` on each)",
+            )
+            return
+        if not await prober.syn(overlay, own):
+            t.add(
+                "encapsulation",
+                False,
+                f"ICMP to {overlay} passes inside {encap} but TCP does not (checksum offload "
+                "through NAT is the known cause)",
+                "ethtool -K flannel.1 tx-checksum-ip-generic off; see `pyflannel doctor`",
+            )
+            return
+        t.add(
+            "encapsulation",
+            True,
+            f"{encap} to {overlay}: small, {t.pod_mtu}-byte (don't-fragment) and TCP probes pass",
+        )
+        if dst in (overlay, public):
+            return
+        if not await prober.echo(dst, source=own) and not await prober.syn(dst, own):
+            t.add(
+                "destination",
+                False,
+                f"node {node.public_ip} answers but {dst} does not: the pod is not there, or "
+                f"that node's bridge or FORWARD rules drop it",
+                f"on {node.public_ip}: is the pod running (crictl pods), and what do "
+                "`iptables -S FORWARD` and `ip route get` say there?",
+            )
+            return
+        t.add("destination", True, f"{dst} answers (ICMP or TCP) from {own}")
+    finally:
+        prober.close()
