@@ -58,13 +58,15 @@ def test_healthy_node(bed):
     assert doc["backend"]["mtu"] == 1450 and "50 (VXLAN overhead)" in doc["backend"]["mtu_reason"]
     path = doc["peers"][0].pop("path")  # the prober's view: none yet, or this peer's
     assert path is None or path["state"] in ("unknown", "ok")
+    heal = doc["peers"][0].pop("heal", None)  # the path healer's: none before its first round
+    assert heal is None or heal["via"] == "vxlan"
     assert doc["peers"] == [
         {
             "subnet": str(b.subnet),
             "public_ip": str(b.underlay_ip),
             "encap": "vxlan",
             "vtep_mac": b.ip_json("link", "show", "flannel.1")[0]["address"],
-            "udp_port": None,
+            "udp_port": 8285,  # b accepts UDP encapsulation there (its lease's UDPPort)
             "neighbour": True,
             "fdb": True,
             "route": True,
