@@ -316,7 +316,8 @@ class Daemon:
                 "(dual-stack network, --backend-fallback=off, or flannel0 is another network's)"
             )
             return None
-        return PathHealer(backend, self.options.probe_interval, prober.view)
+        o = self.options
+        return PathHealer(backend, o.probe_interval, o.probe_rate, prober.view)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -211,3 +211,109 @@ def test_pktinfo_names_the_device_and_the_source():
     [(level, kind, data)] = pktinfo(6, IPv4Address("10.1.4.0"))
     assert (level, kind) == (0, 8)
     assert struct.unpack("=i4s4s", data) == (6, bytes([10, 1, 4, 0]), bytes(4))
+
+
+# -- the healer's orchestration, with a recording backend ---------------------------------
+
+
+class FakeBackend:
+    def __init__(self, peers, unhealable=()):
+        self.peers, self._unhealable = list(peers), list(unhealable)
+        self.reroutes: list[tuple[str, bool]] = []
+        self.udp_started = 0
+
+    accepts_udp = True
+
+    def heal_candidates(self):
+        return self.peers
+
+    def unhealable(self):
+        return self._unhealable
+
+    def overlay_index(self):
+        return 3
+
+    async def udp_index(self):
+        self.udp_started += 1
+        return 6
+
+    def own_address(self):
+        return IPv4Address("10.1.4.0")
+
+    async def reroute(self, subnet, via_udp):
+        self.reroutes.append((str(subnet), via_udp))
+
+
+class FakeProber:
+    """VXLAN (device 3) and UDP (device 6) answer as told; the underlay always does."""
+
+    def __init__(self):
+        self.vxlan, self.udp = OK, OK
+
+    async def probe(self, target, oif, source):
+        return self.vxlan if oif == 3 else self.udp
+
+    async def underlay(self, public_ip):
+        return True
+
+
+def _peer(n: int):
+    from ipaddress import IPv4Network
+
+    from pyflannel.backend.plan import Peer
+
+    return Peer(
+        IPv4Network(f"10.1.{n}.0/24"), IPv4Address(f"198.51.100.{n}"), "vxlan", udp_port=8285
+    )
+
+
+def test_the_healer_moves_a_peer_and_back_and_forgets_one_that_left(caplog):
+    import asyncio
+
+    from pyflannel.ops.mesh.healer import PathHealer
+
+    backend, prober = FakeBackend([_peer(2)]), FakeProber()
+    healer = PathHealer(backend, interval=0, rate=1000, prober=prober)
+
+    async def rounds(n):
+        for _ in range(n):
+            await healer.round()
+
+    prober.vxlan = BLOCKED
+    asyncio.run(rounds(FAIL_ROUNDS))
+    assert backend.reroutes == [("10.1.2.0/24", True)] and backend.udp_started == 1
+    assert healer.view()["10.1.2.0/24"]["via"] == "udp" and healer.moves[Encap.UDP] == 1
+    assert "moved to UDP (port 8285): vxlan blocked, UDP answers" in caplog.text
+    prober.vxlan = OK
+    asyncio.run(rounds(BACK_AFTER))
+    assert backend.reroutes[-1] == ("10.1.2.0/24", False)
+    prober.vxlan = BLOCKED
+    asyncio.run(rounds(FAIL_ROUNDS))
+    assert backend.reroutes[-1] == ("10.1.2.0/24", True)
+    backend.peers = []  # the peer left (or no longer offers UDP): its route goes back
+    asyncio.run(rounds(1))
+    assert backend.reroutes[-1] == ("10.1.2.0/24", False) and healer.view() == {}
+
+
+def test_an_unhealable_broken_peer_is_named_once():
+    import asyncio
+    import logging
+
+    from pyflannel.ops.mesh.healer import PathHealer
+
+    upstream = _peer(3)
+    health = {"10.1.3.0/24": {"state": "unreachable"}}
+    backend = FakeBackend([], unhealable=[upstream])
+    healer = PathHealer(backend, interval=0, health=lambda: health, prober=FakeProber())
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("pyflannel.ops.mesh.healer").addHandler(handler)
+    try:
+        for _ in range(3):
+            asyncio.run(healer.round())
+    finally:
+        logging.getLogger("pyflannel.ops.mesh.healer").removeHandler(handler)
+    named = [r for r in records if "cannot be moved to UDP" in r]
+    assert len(named) == 1 and "10.1.3.0/24" in named[0] and "no UDP port" in named[0]
+    assert healer.view()["10.1.3.0/24"]["cannot_heal"].startswith("its lease offers no UDP port")

@@ -72,11 +72,13 @@ class PathHealer:
         self,
         backend: AlternatePaths,
         interval: float,
+        rate: float = 50.0,
         health: Callable[[], dict[str, dict]] = dict,
         prober: PathProber | None = None,
     ):
         self.backend = backend
         self.interval = interval
+        self.rate = rate  # probes per second at most (--probe-rate): checks are spread out
         self.health = health  # the mesh prober's view: the state of each peer's current path
         self.prober = prober or PathProber()
         self.choices: dict[IPv4Network, PathChoice] = {}
@@ -101,7 +103,11 @@ class PathHealer:
         for gone in set(self.choices) - wanted:  # left, or no longer offers UDP
             if self.choices.pop(gone).via is Encap.UDP:
                 await self.backend.reroute(gone, False)
-        await asyncio.gather(*(self._check(p) for p in peers))
+        checks = []
+        for peer in peers:  # an echo and a SYN each; the UDP path's only when VXLAN fails
+            checks.append(asyncio.create_task(self._check(peer)))
+            await asyncio.sleep(2 / self.rate)
+        await asyncio.gather(*checks)
         self._name_unhealable()
         self.rounds += 1
 
