@@ -310,11 +310,9 @@ class Daemon:
 
         if not self.options.heal_paths or not isinstance(backend, AlternatePaths):
             return None
-        if not backend.accepts_udp:
-            log.info(
-                "path healing off: this node does not accept UDP encapsulation "
-                "(dual-stack network, --backend-fallback=off, or flannel0 is another network's)"
-            )
+        why_not = backend.why_not_healing()
+        if why_not is not None:
+            log.info("path healing off: %s", why_not)
             return None
         o = self.options
         return PathHealer(backend, o.probe_interval, o.probe_rate, prober.view)

@@ -162,7 +162,9 @@ def test_udp_8472_dropped_both_ways_heals_and_returns(bed, listeners):
         assert a.mtu == mtu == b.mtu
         full = a.ping(b.pod_ip, count=2, size=mtu - 28, dont_fragment=True)
         assert full.received == 2, full.output
-        text = a.status_cli().stdout
+        proc = a.status_cli()
+        text = proc.stdout
+        assert proc.returncode == 2, text  # DEGRADED: traffic flows, at UDP's speed
         assert re.search(
             r"via udp: vxlan blocked since \d\d:\d\d:\d\d .*back after 2 clean rounds", text
         ), text
@@ -172,6 +174,11 @@ def test_udp_8472_dropped_both_ways_heals_and_returns(bed, listeners):
         assert a.log().count(f"path: peer {b.subnet} at {b.underlay_ip} moved to UDP") == 1
         # the neighbour and FDB entries stay: VXLAN keeps being probed through them
         assert any(n["dst"] == str(b.subnet.network_address) for n in a.neighbours())
+        # and trace tells the same story
+        trace = json.loads(a.trace_cli(str(a.pod_ip), str(b.pod_ip), "--json").stdout)
+        assert trace["verdict"] == "ok" and trace["encapsulation"] == "udp", trace
+        healer = next(s for s in trace["steps"] if s["place"] == "path healer")
+        assert healer["detail"].startswith("via udp: vxlan blocked")
         print(f"\nboth ways: healed after {took} rounds ({seconds:.1f} s)")
     finally:
         for node, rule in rules:
@@ -247,6 +254,28 @@ def test_an_upstream_peer_with_vxlan_dropped_is_named_and_left_alone(bed):
 def _state(node, peer, *want):
     rows = {r["subnet"]: r for r in node.status()["peers"]}
     assert (rows[str(peer.subnet)]["path"] or {}).get("state") in want
+
+
+def test_a_node_that_does_not_heal_still_accepts_udp_when_a_peer_sends_it(bed):
+    """b restarted without healing (and so without its UDP path running): a's UDP probes ring
+    b's doorbell on its UDPPort, b starts its UDP path, a heals."""
+    a, b, _ = bed.nodes
+    b.stop()
+    b.start(*ARGS, "--heal-paths=false")
+    b.wait_ready()
+    mark = len(b.log())
+    rule = drop_vxlan(a, b)
+    try:
+        eventually(lambda: _confirmed(a, b), timeout=INTERVAL * 20)
+        eventually(lambda: reach(a, b), timeout=5)
+        assert f"peer at {a.underlay_ip} sends UDP encapsulation: starting the UDP path" in (
+            b.log()[mark:]
+        )
+    finally:
+        a.run("iptables", "-D", *rule)
+        b.stop()
+        b.start(*ARGS)
+        b.wait_ready()
 
 
 def test_healing_off_leaves_vxlan_broken(bed):

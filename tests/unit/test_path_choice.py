@@ -222,7 +222,8 @@ class FakeBackend:
         self.reroutes: list[tuple[str, bool]] = []
         self.udp_started = 0
 
-    accepts_udp = True
+    def why_not_healing(self):
+        return None
 
     def heal_candidates(self):
         return self.peers

@@ -406,9 +406,19 @@ class VxlanBackend(Backend):
 
     # -- the path healer's questions (ops/mesh/healer.py AlternatePaths) -------------------
 
-    @property
-    def accepts_udp(self) -> bool:
-        return self.udp is not None
+    def why_not_healing(self) -> str | None:
+        """Why peers cannot be moved to UDP here, if they cannot."""
+        if self.udp is None:
+            return (
+                "this node does not accept UDP encapsulation (a dual-stack network, "
+                "--backend-fallback=off, or flannel0 is another network's)"
+            )
+        if self.udp.mtu < self.mtu:
+            return (
+                f"the UDP path carries {self.udp.mtu} bytes, less than the pod MTU {self.mtu} "
+                "(Backend.MTU above the interface's): full-size packets would not fit"
+            )
+        return None
 
     def heal_candidates(self) -> list[Peer]:
         if self.udp is None:

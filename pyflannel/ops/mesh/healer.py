@@ -37,9 +37,8 @@ NO_UDP = (
 class AlternatePaths(Protocol):
     """What the healer needs of a backend with a second encapsulation (VXLAN's)."""
 
-    @property
-    def accepts_udp(self) -> bool:
-        """Does this node run (or start on need) a UDP path?"""
+    def why_not_healing(self) -> str | None:
+        """Why peers cannot be moved to UDP on this node (None: they can)."""
         ...
 
     def heal_candidates(self) -> list[Peer]:
