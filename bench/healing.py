@@ -20,11 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import summary, table, write_results
-from testbed import netns
+from testbed import breaks, netns
 from testbed.bed import Node, TestBed
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
-INNER_TCP = ["-m", "u32", "--u32", "0>>22&0x3C@36&0xFF=6"]  # VXLAN carrying TCP
 LISTEN = (
     "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
     "s.bind(('0.0.0.0',7000));s.listen(64)\nwhile True:\n c,_=s.accept();c.close()"
@@ -40,20 +39,8 @@ SCENARIOS = {
 }
 
 
-def rule(src: Node, dst: Node, tcp_only: bool) -> list[str]:
-    match = INNER_TCP if tcp_only else []
-    return [
-        "OUTPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "8472",
-        "-d",
-        str(dst.underlay_ip),
-        *match,
-        "-j",
-        "DROP",
-    ]
+def rule(dst: Node, tcp_only: bool) -> list[str]:
+    return breaks.vxlan_out(dst.underlay_ip, *(breaks.INNER_TCP if tcp_only else ()))
 
 
 def via(node: Node, peer: Node) -> str:
@@ -95,8 +82,8 @@ def one_run(bed: TestBed, name: str, args: tuple[str, ...], interval: float) -> 
     r0, t0 = rounds(a), time.monotonic()
     for s, d in SCENARIOS[name]:
         src, dst = bed.nodes[s], bed.nodes[d]
-        src.run("iptables", "-I", *rule(src, dst, tcp))
-        applied.append((src, rule(src, dst, tcp)))
+        src.run("iptables", "-I", *rule(dst, tcp))
+        applied.append((src, rule(dst, tcp)))
     heal_s = wait_for(lambda: via(a, b) == "udp" and reaches(a, b, tcp), interval * 20)
     heal_rounds = rounds(a) - r0
     outage = time.monotonic() - t0

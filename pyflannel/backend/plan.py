@@ -209,6 +209,29 @@ def backend_data(lease: Lease) -> dict[str, Any]:
     return {k.lower(): v for k, v in data.items()}
 
 
+def parse_mac(text: Any) -> str:
+    """A 6-byte MAC (a VtepMAC) in Go's HardwareAddr.String() form (lowercase, colon-separated).
+
+    Accepts what Go's net.ParseMAC accepts for EUI-48: ``aa:bb:..``, ``aa-bb-..`` and
+    ``aabb.ccdd.eeff``.
+    """
+    if not isinstance(text, str):
+        raise PeerDataError("VtepMAC is not a string")
+    if len(text) == 14 and text.count(".") == 2:
+        groups = text.split(".")
+        if not all(len(g) == 4 for g in groups):
+            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
+        octets = [g[i : i + 2] for g in groups for i in (0, 2)]
+    else:
+        octets = text.replace("-", ":").split(":")
+        if len(octets) != 6 or not all(len(o) == 2 for o in octets):
+            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
+    try:
+        return ":".join(f"{int(o, 16):02x}" for o in octets)
+    except ValueError:
+        raise PeerDataError(f"VtepMAC {text!r} is not a MAC address") from None
+
+
 def public_ip_of(lease: Lease) -> IPv4Address:
     """The lease's PublicIP, if it can be a next hop or tunnel endpoint at all."""
     return _check_public_ip(lease)

@@ -13,14 +13,14 @@ import time
 
 import pytest
 
+from testbed import breaks
+
 from .conftest import FAST_RECONCILE, beside_upstream, eventually
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
 INTERVAL = 2.0  # --probe-interval: a round every 2 s (plus the probes' own time)
 ARGS = (*FAST_RECONCILE, f"--probe-interval={INTERVAL:g}")
-# VXLAN datagrams whose inner packet is TCP (outer IP header, then UDP 8 + VXLAN 8 +
-# Ethernet 14 bytes: the inner protocol is byte 39 after the UDP header's start)
-INNER_TCP = ["-m", "u32", "--u32", "0>>22&0x3C@36&0xFF=6"]
+INNER_TCP = breaks.INNER_TCP
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +35,7 @@ def bed():
 
 def drop_vxlan(src, dst, *match: str) -> list[str]:
     """An OUTPUT rule on ``src`` dropping its VXLAN datagrams to ``dst`` (with ``match``)."""
-    rule = [
-        "OUTPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "8472",
-        "-d",
-        str(dst.underlay_ip),
-        *match,
-        "-j",
-        "DROP",
-    ]
+    rule = breaks.vxlan_out(dst.underlay_ip, *match)
     src.run("iptables", "-I", *rule)
     return rule
 
@@ -268,8 +257,9 @@ def test_a_node_that_does_not_heal_still_accepts_udp_when_a_peer_sends_it(bed):
     try:
         eventually(lambda: _confirmed(a, b), timeout=INTERVAL * 20)
         eventually(lambda: reach(a, b), timeout=5)
-        assert f"peer at {a.underlay_ip} sends UDP encapsulation: starting the UDP path" in (
-            b.log()[mark:]
+        assert (
+            f"peer at {a.underlay_ip} sends UDP encapsulation: starting the UDP path"
+            in (b.log()[mark:])
         )
     finally:
         a.run("iptables", "-D", *rule)

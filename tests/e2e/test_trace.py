@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from testbed import breaks
+
 from .conftest import FAST_RECONCILE, beside_upstream, eventually
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
@@ -68,7 +70,7 @@ def test_a_forward_rule_dropping_is_named_with_the_rule(bed):
 
 def test_vxlan_dropped_to_the_upstream_node_is_named_and_not_healed(bed):
     a, _, c = bed.nodes
-    rule = ["OUTPUT", "-p", "udp", "--dport", "8472", "-d", str(c.underlay_ip), "-j", "DROP"]
+    rule = breaks.vxlan_out(c.underlay_ip)
     a.run("iptables", "-I", *rule)
     try:
         code, doc = trace(a, a.pod_ip, c.pod_ip)
@@ -154,7 +156,7 @@ def _passes(a, b):
 def test_from_another_node_trace_reports_the_published_path(bed):
     a, b, c = bed.nodes
     eventually(lambda: _published(b, a, c, True), timeout=20)
-    rule = ["OUTPUT", "-p", "udp", "--dport", "8472", "-d", str(c.underlay_ip), "-j", "DROP"]
+    rule = breaks.vxlan_out(c.underlay_ip)
     a.run("iptables", "-I", *rule)
     try:
         eventually(lambda: _published(b, a, c, False), timeout=30)

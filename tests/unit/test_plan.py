@@ -15,11 +15,12 @@ from pyflannel.backend.plan import (
     desired_state,
     diff,
     overlay_entries,
+    parse_mac,
     peer_entries,
     record,
 )
 from pyflannel.backend.udp.peer import udp_peer, udp_port
-from pyflannel.backend.vxlan.peer import parse_mac, vxlan_peer
+from pyflannel.backend.vxlan.peer import vxlan_peer
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 
 

@@ -13,6 +13,7 @@ from pyflannel.backend.plan import (
     Peer6,
     PeerDataError,
     overlay_entries,
+    parse_mac,
     public_ip_of,
     public_ipv6_of,
     underlay_route,
@@ -22,29 +23,6 @@ from pyflannel.subnet.lease import Lease
 NAME = "vxlan"  # the backend type, in leases and the network config
 ENCAP_VXLAN = "vxlan"  # a peer reached through the VXLAN device
 ENCAP_DIRECT = "direct"  # a peer on the same link: a plain route via its public IP
-
-
-def parse_mac(text: Any) -> str:
-    """A 6-byte MAC in Go's HardwareAddr.String() form (lowercase, colon-separated).
-
-    Accepts what Go's net.ParseMAC accepts for EUI-48: ``aa:bb:..``, ``aa-bb-..`` and
-    ``aabb.ccdd.eeff``.
-    """
-    if not isinstance(text, str):
-        raise PeerDataError("VtepMAC is not a string")
-    if len(text) == 14 and text.count(".") == 2:
-        groups = text.split(".")
-        if not all(len(g) == 4 for g in groups):
-            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
-        octets = [g[i : i + 2] for g in groups for i in (0, 2)]
-    else:
-        octets = text.replace("-", ":").split(":")
-        if len(octets) != 6 or not all(len(o) == 2 for o in octets):
-            raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
-    try:
-        return ":".join(f"{int(o, 16):02x}" for o in octets)
-    except ValueError:
-        raise PeerDataError(f"VtepMAC {text!r} is not a MAC address") from None
 
 
 def _vtep_mac(data: Any, field: str = "BackendData") -> str:

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 
-from pyflannel.backend.plan import PeerDataError, backend_data
-from pyflannel.backend.vxlan.peer import parse_mac
+from pyflannel.backend.plan import PeerDataError, backend_data, parse_mac
 from pyflannel.ops.trace.rules import Verdict
 from pyflannel.subnet.lease import Lease
 
