@@ -103,3 +103,15 @@ def test_mixed_with_upstream_flanneld_host_gw(bed):
 
 def _reaches(a, b):
     assert a.ping(b.pod_ip, count=1, wait=1).received == 1
+
+
+def test_trace_follows_the_plain_route_and_probes_the_peers_bridge(bed):
+    a, b = bed.nodes[0], bed.nodes[1]
+    proc = a.trace_cli(str(a.pod_ip), str(b.pod_ip), "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["verdict"] == "ok", doc
+    assert doc["encapsulation"] == "none (routed)" and doc["pod_mtu"] == 1500
+    steps = {s["place"]: s for s in doc["steps"]}
+    assert steps["route"]["ok"] and "host-gw: straight to the peer" in steps["route"]["detail"]
+    assert f"to {b.subnet.network_address + 1}:" in steps["encapsulation"]["detail"]
+    assert "neighbour" not in steps and steps["destination"]["ok"]

@@ -115,9 +115,7 @@ async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) ->
     dev = judge_route(t, node, facts["route"], healed)
     if dev is None:
         return
-    t.encapsulation = (
-        "vxlan" if dev.startswith("flannel.") else "udp" if dev == "flannel0" else "none"
-    )
+    t.encapsulation = encapsulation_of(dev)
     if healed:
         t.add("path healer", True, f"via udp: {heal.get('why')} (VXLAN is probed every round)")
     elif heal.get("cannot_heal") and node.backend == "vxlan":
@@ -138,14 +136,21 @@ async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) ->
     forwarded = bool(facts["src_dev"])  # a pod's address (this node's own are local)
     verdict = _filter(rules.Packet(src, dst, facts["src_dev"], dev)) if forwarded else None
     inside = network and dst in IPv4Network(network)
+    masquerading = ((doc or {}).get("iptables") or {}).get("masquerade")
     masq = (
         "not masqueraded (both ends inside the network)"
         if inside
-        else "masqueraded if --ip-masq is on (the destination is outside the network)"
+        else "masqueraded (--ip-masq)"
+        if masquerading
+        else "not masqueraded (--ip-masq is off)"
     )
     if not judge_rules(t, verdict, forwarded, masq):
         return
-    await _probe(t, src, dst, facts)
+    # where the peer answers on the overlay: its device's <subnet>.0, or its bridge's .1 on a
+    # backend without a device (host-gw)
+    default_host = 1 if node.backend in ("host-gw", "extension") else 0
+    probe_host = int(((doc or {}).get("backend") or {}).get("probe_host", default_host))
+    await _probe(t, src, dst, facts, probe_host)
 
 
 async def _kernel(dst, src, public_ip, network) -> dict:
@@ -198,12 +203,23 @@ def _filter(packet: rules.Packet) -> rules.Verdict | None:
     return rules.decide(rules.parse(out.stdout), packet) if out.returncode == 0 else None
 
 
-async def _probe(t: Trace, src: IPv4Address, dst: IPv4Address, facts: dict) -> None:
-    """The active checks, underlay first; each names the place it fails."""
+def encapsulation_of(dev: str) -> str:
+    if dev.startswith("flannel."):
+        return "vxlan"
+    return {"flannel0": "udp", "flannel-wg": "wireguard"}.get(dev, "none (routed)")
+
+
+async def _probe(
+    t: Trace, src: IPv4Address, dst: IPv4Address, facts: dict, probe_host: int
+) -> None:
+    """The active checks, underlay first; each names the place it fails. Overlay probes go
+    from this node's address in its subnet to the peer's (``probe_host``: 0, the devices'
+    <subnet>.0; 1, the bridges' .1)."""
     node = t.dst_node
     assert node is not None and t.src_node is not None
-    public, overlay = IPv4Address(node.public_ip), node.overlay_address
-    own = t.src_node.overlay_address
+    public = IPv4Address(node.public_ip)
+    overlay = node.overlay_address + probe_host
+    own = t.src_node.overlay_address + probe_host
     under = facts["underlay"] or {}
     port = {"vxlan": "UDP 8472", "udp": f"UDP {node.udp_port or 8285}"}.get(t.encapsulation, "")
     prober = PathProber()
@@ -233,7 +249,7 @@ async def _probe(t: Trace, src: IPv4Address, dst: IPv4Address, facts: dict) -> N
             f"{t.src_node.public_ip} -> {node.public_ip} via {under.get('dev', '?')} "
             f"(MTU {full}, {full}-byte packets pass){', ' + port if port else ''}",
         )
-        encap = t.encapsulation.upper() if t.encapsulation != "none" else "the route"
+        encap = t.encapsulation.upper() if t.encapsulation in ("vxlan", "udp") else "the route"
         if not await prober.echo(overlay, source=own):
             t.add(
                 "encapsulation",
