@@ -311,10 +311,9 @@ class LeaseKeeper:
             action, wake = decide(self._pending, time.monotonic() >= self.renew_at)
             if action is Action.WAIT:
                 left = self.renew_at - time.monotonic()
-                try:
-                    await asyncio.wait_for(
-                        self._alarm.wait(), None if math.isinf(left) else max(left, 0)
-                    )
+                try:  # not wait_for: 3.11's can lose a cancellation (reconciling.py)
+                    async with asyncio.timeout(None if math.isinf(left) else max(left, 0)):
+                        await self._alarm.wait()
                 except TimeoutError:
                     pass
                 self._alarm.clear()

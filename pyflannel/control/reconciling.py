@@ -55,8 +55,11 @@ class ReconcileLoop:
                 continue
             self.programmed.set()
             backoff.reset()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the event is set, and this loop would never stop (a hung SIGTERM)
             try:
-                await asyncio.wait_for(repair_wanted.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await repair_wanted.wait()
                 await asyncio.sleep(REPAIR_SETTLE)  # let a burst of notifications arrive
             except TimeoutError:
                 pass

@@ -22,7 +22,8 @@ class Liveness:
     async def problem(self) -> str:
         """Empty if the daemon is alive, else why not."""
         try:
-            await asyncio.wait_for(self.netlink.call(lambda ipr: None), 5)
+            async with asyncio.timeout(5):
+                await self.netlink.call(lambda ipr: None)
         except TimeoutError:
             return "the netlink worker does not answer"
         problem = self.datapath_problem()

@@ -368,3 +368,48 @@ async def test_a_changed_config_is_said_once_and_kept_for_status(caplog):
         await eventually(lambda: not watch.change)
     assert caplog.text.count("changed: ") == 1
     assert "is again the one this daemon runs with" in caplog.text
+
+
+# -- stopping: a cancellation is never lost ---------------------------------------------------
+
+
+class _Repairs:
+    """A backend for the reconcile loop: every pass succeeds."""
+
+    def __init__(self):
+        self.repair_wanted = asyncio.Event()
+        self.passes = 0
+
+    async def reconcile(self):
+        from pyflannel.backend.reconciler import ReconcileReport
+
+        self.passes += 1
+        return ReconcileReport()
+
+
+async def test_the_reconcile_loop_stops_when_cancelled_as_damage_is_reported():
+    """Damage reported and the daemon stopping in the same instant (SIGTERM during a repair
+    burst): Python 3.11's wait_for returned the event and lost the cancellation, so the loop
+    ran on and the daemon never exited (seen as a hung test of the daemon's wiring)."""
+    from pyflannel.control.reconciling import ReconcileLoop
+
+    backend = _Repairs()
+    loop = ReconcileLoop(backend, interval=30)  # type: ignore[arg-type]
+    task = asyncio.create_task(loop.run())
+    await loop.programmed.wait()
+    await asyncio.sleep(0.01)  # waiting for damage now
+    backend.repair_wanted.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled()
+
+
+async def test_the_lease_keeper_stops_when_cancelled_as_it_is_woken():
+    k = keeper(MemorySubnetManager(MemoryStore(config=CONFIG)))
+    await k.acquire(attrs("198.51.100.1"))
+    task = asyncio.create_task(k.run())
+    await asyncio.sleep(0.01)  # waiting for its renewal time now
+    k._alarm.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled()

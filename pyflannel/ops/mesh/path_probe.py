@@ -184,7 +184,8 @@ class PathProber:
         try:
             sock.sendmsg([data], pktinfo(oif, source), 0, (str(target), 0))
             self.sent += 1
-            await asyncio.wait_for(future, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await future
             return True
         except (TimeoutError, OSError):
             return False

@@ -193,7 +193,8 @@ class MeshProber:
                 request = echo_request(self._ident, seq, nonce, size)
                 self._sock.sendto(request, (str(target), 0))
             self.sent += 1
-            await asyncio.wait_for(future, TIMEOUT)
+            async with asyncio.timeout(TIMEOUT):
+                await future
             rtt = (time.monotonic() - t0) * 1000
         except (TimeoutError, OSError):
             rtt = None  # lost (or refused locally, e.g. larger than this node's own MTU)
@@ -207,9 +208,8 @@ class MeshProber:
         t0 = time.monotonic()
         self.sent += 1
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(str(target), TCP_PORT), TIMEOUT
-            )
+            async with asyncio.timeout(TIMEOUT):
+                _, writer = await asyncio.open_connection(str(target), TCP_PORT)
             writer.close()
         except ConnectionRefusedError:
             pass
