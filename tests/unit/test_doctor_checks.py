@@ -92,6 +92,8 @@ def test_ports_used_by_our_own_devices_are_fine_others_are_not():
     assert judge_port(8472, "VXLAN", None, in_use=False).status == PASS
     assert judge_port(8472, "VXLAN", "flannel.1", in_use=True).status == PASS
     assert judge_port(8472, "VXLAN", "vxlan0", in_use=True).status == FAIL
+    daemon = "pyflannel (pid 42: its UDP port, before the UDP path runs)"
+    assert judge_port(8285, "UDP", daemon, in_use=True).status == PASS
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,7 @@ def judge_bridge_nf(state: BridgeNf, dual_stack: bool) -> Finding:
 def judge_port(port: int, what: str, owner: str | None, in_use: bool) -> Finding:
     if not in_use:
         return Finding(f"port-{port}", PASS, f"UDP {port} ({what}) is free")
-    if owner and owner.startswith("flannel"):
+    if owner and owner.startswith(("flannel", "pyflannel")):
         return Finding(
             f"port-{port}", PASS, f"UDP {port} ({what}) is used by {owner}: pyflannel's own"
         )

@@ -213,7 +213,34 @@ def probe_port(port: int) -> tuple[bool, str | None]:
                 return True, name
     if port == 8285 and Path("/sys/class/net/flannel0").exists():
         return True, "flannel0 (pyflannel's UDP backend)"
+    daemon = _pyflannel_holding(port)
+    if daemon is not None:
+        return True, f"pyflannel (pid {daemon}: its UDP port, before the UDP path runs)"
     return True, None
+
+
+def _pyflannel_holding(port: int) -> int | None:
+    """The pid of a pyflannel process holding a UDP socket on ``port``, if one does (a VXLAN
+    node listens on its UDPPort until its UDP path starts)."""
+    inodes = set()
+    try:
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    except (OSError, ValueError, IndexError):
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"pyflannel" not in (proc / "cmdline").read_bytes():
+                continue
+            if any(str(fd.readlink()) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
 
 
 async def probe_etcd(o: StoreOptions) -> tuple[Probe, float | None]:
