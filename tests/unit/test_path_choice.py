@@ -318,3 +318,19 @@ def test_an_unhealable_broken_peer_is_named_once():
     named = [r for r in records if "cannot be moved to UDP" in r]
     assert len(named) == 1 and "10.1.3.0/24" in named[0] and "no UDP port" in named[0]
     assert healer.view()["10.1.3.0/24"]["cannot_heal"].startswith("its lease offers no UDP port")
+
+
+def test_tcp_broken_in_the_kernels_own_probes_counts_as_vxlan_failing():
+    """The healer's SYN carries a checksum computed here; the checksum-offload bug breaks
+    the kernel's own TCP, which the mesh prober's probes (through the route) see."""
+    import asyncio
+
+    from pyflannel.ops.mesh.healer import PathHealer
+
+    health = {"10.1.2.0/24": {"state": "tcp broken"}}
+    backend = FakeBackend([_peer(2)])
+    healer = PathHealer(backend, interval=0, rate=1000, health=lambda: health, prober=FakeProber())
+    for _ in range(FAIL_ROUNDS):
+        asyncio.run(healer.round())
+    assert backend.reroutes == [("10.1.2.0/24", True)]
+    assert healer.view()["10.1.2.0/24"]["why"] == "vxlan passes ICMP but not TCP"
