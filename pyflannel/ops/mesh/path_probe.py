@@ -22,7 +22,6 @@ from ipaddress import IPv4Address
 
 from pyflannel.ops.mesh.path_choice import PathResult
 from pyflannel.ops.mesh.prober import (
-    ICMP_ECHO,
     IP_MTU_DISCOVER,
     IP_PMTUDISC_DO,
     TIMEOUT,
@@ -165,7 +164,6 @@ class PathProber:
         self._seq = (self._seq + 1) & 0xFFFF
         nonce = os.urandom(8)
         request = echo_request(self._ident, self._seq, nonce, size)
-        assert request[0] == ICMP_ECHO
         return await self._exchange(
             self._icmp, request, target, oif, source, ("icmp", self._seq), nonce
         )
