@@ -103,10 +103,7 @@ class Reconciler:
                     self._reject(lease, str(e))
                     continue
                 self.rejected.pop(lease.subnet, None)
-                self.peers[lease.subnet] = peer
-                entries = self.source.entries(peer)
-                self.desired.add(entries)
-                scope.add(entries)
+                self._remember(peer, scope)
             self.source.peers_changed()
             if self.programmed and scope.size():
                 await self._apply_scoped(scope)
@@ -117,10 +114,7 @@ class Reconciler:
         async with self.lock:
             scope = KernelState()
             self._forget(peer.subnet, scope)
-            self.peers[peer.subnet] = peer
-            entries = self.source.entries(peer)
-            self.desired.add(entries)
-            scope.add(entries)
+            self._remember(peer, scope)
             self.source.peers_changed()
             if self.programmed:
                 await self._apply_scoped(scope)
@@ -147,6 +141,13 @@ class Reconciler:
         self._own = entries
         if self.programmed:
             await self._apply_scoped(scope)
+
+    def _remember(self, peer: Peer, scope: KernelState) -> None:
+        """A peer and its entries wanted (added to ``scope``, to be applied)."""
+        self.peers[peer.subnet] = peer
+        entries = self.source.entries(peer)
+        self.desired.add(entries)
+        scope.add(entries)
 
     def _forget(self, subnet: IPv4Network, scope: KernelState) -> None:
         old = self.peers.pop(subnet, None)

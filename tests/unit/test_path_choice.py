@@ -254,7 +254,7 @@ class FakeProber:
     async def probe(self, target, oif, source):
         return self.vxlan if oif == 3 else self.udp
 
-    async def underlay(self, public_ip):
+    async def echo(self, public_ip):
         return True
 
 

@@ -13,15 +13,14 @@ A datagram too short for the program's loads makes it return 0: junk goes to wor
 
 from __future__ import annotations
 
-import ctypes
 import socket
 import struct
 
-SO_ATTACH_REUSEPORT_CBPF = 51
+from pyflannel.kernel import cbpf
+from pyflannel.kernel.cbpf import LD_H_IND as _LD_H_IND
+from pyflannel.kernel.cbpf import LDX_MSH as _LDX_MSH
 
-# classic BPF opcodes (linux/filter.h, linux/bpf_common.h)
-_LDX_MSH = 0x01 | 0x10 | 0xA0  # X = 4 * (P[k] & 0xf): the IPv4 header length
-_LD_H_IND = 0x00 | 0x08 | 0x40  # A = P[X + k : 2]
+# the other classic BPF opcodes it uses (linux/filter.h, linux/bpf_common.h)
 _LD_W_ABS = 0x00 | 0x00 | 0x20  # A = P[k : 4]
 _ST = 0x02  # M[k] = A
 _LDX_MEM = 0x01 | 0x60  # X = M[k]
@@ -31,8 +30,6 @@ _XOR_X = 0x04 | 0xA0 | 0x08
 _RSH_K = 0x04 | 0x70
 _MOD_K = 0x04 | 0x90
 _RET_A = 0x06 | 0x10
-
-_INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 
 
 def flow_hash(packet: bytes) -> int:
@@ -77,7 +74,4 @@ def program(workers: int) -> list[tuple[int, int, int, int]]:
 def attach(sock: socket.socket, workers: int) -> None:
     """Install the program on ``sock``'s reuseport group (any member will do). Raises OSError
     if the kernel refuses it; the group then falls back to the kernel's own hash."""
-    code = b"".join(_INSN.pack(*insn) for insn in program(workers))
-    buffer = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(code) // _INSN.size, ctypes.addressof(buffer))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    cbpf.attach(sock, cbpf.SO_ATTACH_REUSEPORT_CBPF, program(workers))

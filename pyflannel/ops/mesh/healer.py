@@ -123,7 +123,7 @@ class PathHealer:
             vxlan = PathResult(icmp=vxlan.icmp, tcp=False)
         udp = None
         if choice.wants_udp_probe(vxlan):
-            if choice.via is Encap.VXLAN and not await self.prober.underlay(peer.public_ip):
+            if choice.via is Encap.VXLAN and not await self.prober.echo(peer.public_ip):
                 # its host is silent on the underlay too: UDP would not reach it either
                 choice.observe(vxlan, None, time.time())
                 return
@@ -160,15 +160,17 @@ class PathHealer:
         else:
             log.info("path: %s back on VXLAN: UDP did not answer the try either", where)
 
+    def _state(self, peer: Peer) -> str | None:
+        """The mesh prober's state of the peer's current path (its route)."""
+        return (self.health().get(str(peer.subnet)) or {}).get("state")
+
     def _kernel_tcp_broken(self, peer: Peer) -> bool:
         """Do the mesh prober's kernel TCP probes (through the peer's route) fail?"""
-        state = (self.health().get(str(peer.subnet)) or {}).get("state")
-        return state == PeerHealth.TCP_BROKEN
+        return self._state(peer) == PeerHealth.TCP_BROKEN
 
     def _name_unhealable(self) -> None:
-        health = self.health()
         for peer in self.backend.unhealable():
-            state = (health.get(str(peer.subnet)) or {}).get("state")
+            state = self._state(peer)
             if state in BROKEN and peer.subnet not in self._said_unhealable:
                 self._said_unhealable.add(peer.subnet)
                 log.warning(

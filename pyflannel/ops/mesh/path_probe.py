@@ -13,19 +13,21 @@ only such answers to this prober's port reach the raw TCP socket.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import random
 import socket
 import struct
+from functools import partial
 from ipaddress import IPv4Address
 
+from pyflannel.kernel import cbpf
 from pyflannel.ops.mesh.path_choice import PathResult
 from pyflannel.ops.mesh.prober import (
     IP_MTU_DISCOVER,
     IP_PMTUDISC_DO,
     TIMEOUT,
     checksum,
+    drain,
     echo_request,
     parse_reply,
 )
@@ -34,9 +36,6 @@ IP_PKTINFO = 8  # <linux/in.h>; Python's socket module lacks it for IPv4
 TCP_PORT = 9  # discard: closed on nodes, the peer's kernel answers a SYN with a RST
 SYN, RST, ACK = 0x02, 0x04, 0x10
 TRIES = 2  # of each kind per round: a path fails when both are lost
-
-_INSN = struct.Struct("=HBBI")
-SO_ATTACH_FILTER = 26
 
 
 def pktinfo(oif: int, source: IPv4Address | None) -> list[tuple[int, int, bytes]]:
@@ -70,7 +69,7 @@ def parse_tcp_answer(packet: bytes) -> tuple[IPv4Address, int, int] | None:
 
 def answer_filter(port: int) -> list[tuple[int, int, int, int]]:
     """Classic BPF over an IPv4 packet: accept TCP from port 9 to ``port``, drop the rest."""
-    ldx_msh, ldh_ind, jeq, ret = 0xB1, 0x48, 0x15, 0x06
+    ldx_msh, ldh_ind, jeq, ret = cbpf.LDX_MSH, cbpf.LD_H_IND, cbpf.JEQ_K, cbpf.RET_K
     return [
         (ldx_msh, 0, 0, 0),  # X = IPv4 header length
         (ldh_ind, 0, 0, 0),  # A = source port
@@ -80,13 +79,6 @@ def answer_filter(port: int) -> list[tuple[int, int, int, int]]:
         (ret, 0, 0, 0xFFFF),
         (ret, 0, 0, 0),
     ]
-
-
-def _attach(sock: socket.socket, insns: list[tuple[int, int, int, int]]) -> None:
-    code = b"".join(_INSN.pack(*i) for i in insns)
-    buffer = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(insns), ctypes.addressof(buffer))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class PathProber:
@@ -106,7 +98,7 @@ class PathProber:
         loop = asyncio.get_running_loop()
         icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-        _attach(tcp, answer_filter(self._port))
+        cbpf.attach(tcp, cbpf.SO_ATTACH_FILTER, answer_filter(self._port))
         icmp.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)  # DF, never split
         for sock in (icmp, tcp):
             sock.setblocking(False)
@@ -130,10 +122,6 @@ class PathProber:
         )
         return PathResult(icmp=icmp, tcp=tcp)
 
-    async def underlay(self, public_ip: IPv4Address) -> bool:
-        """Does the peer's host answer an echo on the underlay (by the routes)?"""
-        return await self._tries(self._echo, public_ip, 0, None)
-
     async def echo(
         self,
         target: IPv4Address,
@@ -141,11 +129,9 @@ class PathProber:
         oif: int = 0,
         source: IPv4Address | None = None,
     ) -> bool:
-        """An echo of ``size`` bytes (IP packet, don't-fragment) answered, TRIES at most?"""
-        for _ in range(TRIES):
-            if await self._echo(target, oif, source, size):
-                return True
-        return False
+        """An echo of ``size`` bytes (IP packet, don't-fragment) answered, TRIES at most? By
+        the routes and from the kernel's choice of source unless ``oif``/``source`` say."""
+        return await self._tries(partial(self._echo, size=size), target, oif, source)
 
     async def syn(self, target: IPv4Address, source: IPv4Address, oif: int = 0) -> bool:
         """A SYN to the target's discard port answered (RST or SYN-ACK), TRIES at most?"""
@@ -200,22 +186,14 @@ class PathProber:
 
     def _read_icmp(self) -> None:
         assert self._icmp is not None
-        for packet in _drain(self._icmp):
+        for packet, _ in drain(self._icmp):
             reply = parse_reply(packet)
             if reply is not None and reply[1] == self._ident:
                 self._answer(("icmp", reply[2]), reply[0], reply[3])
 
     def _read_tcp(self) -> None:
         assert self._tcp is not None
-        for packet in _drain(self._tcp):
+        for packet, _ in drain(self._tcp):
             answer = parse_tcp_answer(packet)
             if answer is not None and answer[1] == self._port:
                 self._answer(("tcp", answer[2]), answer[0], b"")
-
-
-def _drain(sock: socket.socket):
-    while True:
-        try:
-            yield sock.recv(65535)
-        except OSError:
-            return

@@ -89,7 +89,7 @@ def parse_reply(packet: bytes) -> tuple[IPv4Address, int, int, bytes] | None:
     return IPv4Address(packet[12:16]), ident, seq, bytes(icmp[8:16])
 
 
-def _drain(sock: socket.socket):
+def drain(sock: socket.socket):
     """Every datagram waiting on a non-blocking socket, with its sender."""
     while True:
         try:
@@ -233,12 +233,12 @@ class MeshProber:
 
     def _read(self) -> None:
         assert self._sock is not None
-        for packet, _ in _drain(self._sock):
+        for packet, _ in drain(self._sock):
             self._match(parse_reply(packet))
 
     def _read6(self) -> None:
         assert self._sock6 is not None
-        for packet, address in _drain(self._sock6):
+        for packet, address in drain(self._sock6):
             self._match(parse_reply6(packet, address[0]))
 
     def _match(self, reply: tuple[Address, int, int, bytes] | None) -> None:

@@ -318,8 +318,8 @@ def render(doc: dict) -> str:
                 f"  {r['subnet']:<18} {r['public_ip']:<15} {r['encap']:<6} "
                 f"{(r['vtep_mac'] or r['udp_port'] or '-')!s:<18} {_entries_and_path(r)}"
             )
-            if via_udp(r):
-                lines.append(f"    {via_udp(r)}")
+            if healed := via_udp(r):
+                lines.append(f"    {healed}")
             v6 = r.get("ipv6") or {}
             if v6.get("problem"):
                 lines.append(f"    IPv6 not programmed: {v6['problem']}")
