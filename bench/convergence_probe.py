@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's pyflannel
 
 from pyflannel.etcd.client import EtcdClient
-from pyflannel.kernel.rtnl import RTMGRP_IPV4_ROUTE, IPRSocket
+from pyflannel.kernel.iproute import RTMGRP_IPV4_ROUTE, Notifications
 from pyflannel.subnet.lease import LeaseAttrs
 
 PROTO = 152
@@ -29,8 +29,7 @@ class RouteEvents:
 
     def __init__(self, loop, any_proto: bool = False):
         self.any_proto = any_proto  # upstream flanneld's routes carry no protocol of ours
-        self.sock = IPRSocket()
-        self.sock.bind(groups=RTMGRP_IPV4_ROUTE)
+        self.sock = Notifications(RTMGRP_IPV4_ROUTE)
         self.seen: dict[tuple[str, str], float] = {}
         self.changed = asyncio.Event()
         loop.add_reader(self.sock.fileno(), self._read)

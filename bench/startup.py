@@ -4,7 +4,11 @@ time goes: the daemon logs its start-up steps (pyflannel/app/timeline.py) and th
 takes each step's median distance from the previous one, next to what the same machine takes
 for the floors (the interpreter alone, then with the imports the steps cannot do without).
 
-    sudo python3 bench/startup.py [--runs 7]
+    sudo python3 bench/startup.py [--runs 7] [--dev-tree]
+
+pyflannel runs as installed (this tree's wheel in a virtual environment, bench/common.py's
+``installed_python``); ``--dev-tree`` runs this tree through the interpreter running the script
+instead (with the editable install's import finder and whatever .pth files the machine has).
 
 Writes bench/results/startup.{json,md}.
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import compiled, summary, table, write_results
+from bench.common import compiled, installed_python, summary, table, write_results
 from testbed.bed import TestBed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +36,7 @@ MEANING = {
     "options": "flags and environment parsed, logging set up, event loop",
     "endpoint": "health endpoint listening",
     "config": "network config read from etcd (first connection)",
-    "interface": "external interface chosen (netlink thread, pyroute2 imported)",
+    "interface": "external interface chosen (netlink thread started)",
     "backend": "VXLAN device created or found",
     "lease": "lease acquired (list, grant, transaction)",
     "assign": "device address and MTU set",
@@ -40,16 +44,17 @@ MEANING = {
     "subnet.env": "subnet.env written",
 }
 # Floors on this machine: the same interpreter, doing nothing / importing what any asyncio
-# daemon that creates its device with pyroute2 (the product's choice) must import.
+# daemon must import / and what pyroute2's IPRoute would add (pyflannel no longer imports it).
 FLOORS = {
     "interpreter, no site": ["-S", "-c", "pass"],
     "interpreter with site": ["-c", "pass"],
     "+ asyncio, logging, json": ["-c", "import asyncio, logging, json"],
-    "+ pyroute2's IPRoute (the device)": [
+    "(+ pyroute2's IPRoute, not used)": [
         "-c",
-        "import asyncio, logging, json; from pyflannel.kernel.rtnl import IPRoute",
+        "import asyncio, logging, json; from pyflannel.kernel.pyroute2_lite import install; "
+        "install(); import pyroute2.config.log; from pyroute2.iproute.linux import IPRoute",
     ],
-    "+ all of pyflannel run's imports": ["-c", "import pyflannel.app.daemon"],
+    "+ all of pyflannel run's imports": ["-c", "import pyflannel.app.cli, pyflannel.app.daemon"],
 }
 
 
@@ -80,11 +85,11 @@ def timed_start(node) -> tuple[float, float, dict[str, float]]:
     return t_file, ready, steps
 
 
-def floor_ms(args: list[str], runs: int) -> float:
+def floor_ms(python: str, args: list[str], runs: int) -> float:
     samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
+        subprocess.run([python, *args], check=True, cwd="/")
         samples.append((time.perf_counter() - t0) * 1000)
     return summary(samples)["median"]
 
@@ -92,11 +97,14 @@ def floor_ms(args: list[str], runs: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--dev-tree", action="store_true", help="not the installed wheel")
     args = parser.parse_args()
     compiled()
+    python = sys.executable if args.dev_tree else installed_python()
     cold, warm, cold_ready, warm_ready, rss = [], [], [], [], []
     steps: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
     with TestBed(hosts=3) as bed:
+        bed.python = python
         bed.put_config()
         for node in bed.nodes[1:]:
             node.start()
@@ -120,7 +128,7 @@ def main() -> int:
             for kind, taken in (("cold", cold_steps), ("warm", warm_steps)):
                 for name, ms in taken.items():
                     steps[kind].setdefault(name, []).append(ms)
-    floors = {name: floor_ms(cmd, args.runs * 2) for name, cmd in FLOORS.items()}
+    floors = {name: floor_ms(python, cmd, args.runs * 2) for name, cmd in FLOORS.items()}
     s = {
         k: summary(v)
         for k, v in {
@@ -146,11 +154,17 @@ def main() -> int:
     text += table(["step", "cold ms", "warm ms", "what it covers"], profile)
     text += "\n\nFloors on this machine (ms, process start to exit, medians):\n\n"
     text += table(["python3 ...", "ms"], [[name, ms] for name, ms in floors.items()])
-    text += f"\n\nruns: {args.runs}"
+    text += f"\n\nruns: {args.runs}; pyflannel run by {python}"
     print(text)
     write_results(
         "startup",
-        {**s, "steps": steps, "floors_ms": floors, "raw": {"cold": cold, "warm": warm, "rss": rss}},
+        {
+            **s,
+            "python": python,
+            "steps": steps,
+            "floors_ms": floors,
+            "raw": {"cold": cold, "warm": warm, "rss": rss},
+        },
         text,
     )
     return 0

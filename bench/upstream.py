@@ -1,7 +1,10 @@
 """pyflannel against upstream flanneld (v0.20.2, ../shared/anchors) on the same namespace bed,
 alternating, repeated, in one run.
 
-    sudo python3 bench/upstream.py [--repeat 3] [--seconds 3] [--events 100]
+    sudo python3 bench/upstream.py [--repeat 3] [--seconds 3] [--events 100] [--dev-tree]
+
+pyflannel runs as an operator installs it: this tree's wheel in a virtual environment
+(bench/common.py's ``installed_python``); ``--dev-tree``: this tree, by this interpreter.
 
 Per implementation (every node of the bed runs the one measured):
 - start to subnet.env and to "ready" (the route to a peer in the kernel: the same end point for
@@ -31,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import recovery
-from bench.common import compiled, plot, summary, table, write_results
+from bench.common import compiled, installed_python, plot, summary, table, write_results
 from bench.dataplane import cpu_seconds
 from testbed.bed import Node, TestBed
 from testbed.iperf import iperf, received_bits_per_second
@@ -278,14 +281,21 @@ def main() -> int:
         choices=[10.0, 60.0],
         help="seconds etcd is away (frozen, then killed) before a lease is written",
     )
+    parser.add_argument(
+        "--dev-tree",
+        action="store_true",
+        help="run this tree's pyflannel with this interpreter, not the installed wheel",
+    )
     args = parser.parse_args()
     if upstream_flanneld() is None:
         print("no upstream flanneld (../shared/anchors/flanneld-v0.20.2)", file=sys.stderr)
         return 2
     compiled()
+    python = sys.executable if args.dev_tree else installed_python()
     samples = {impl: {m: [] for m in METRICS} for impl in IMPLEMENTATIONS}
     flows: dict[str, dict] = {impl: {} for impl in IMPLEMENTATIONS}
     with TestBed(hosts=3) as bed:
+        bed.python = python
         for round_ in range(args.repeat):
             for impl in IMPLEMENTATIONS if round_ % 2 == 0 else IMPLEMENTATIONS[::-1]:
                 measure_once(bed, impl, args, samples[impl])
@@ -315,6 +325,7 @@ def main() -> int:
             print(f"etcd restarts {impl}: done", flush=True)
     # The member in use cut off from its peers: a 3-member etcd of its own.
     with TestBed(hosts=2, etcd_members=3) as bed:
+        bed.python = python
         for round_ in range(args.repeat):
             for impl in IMPLEMENTATIONS if round_ % 2 == 0 else IMPLEMENTATIONS[::-1]:
                 endpoints = recovery.followers_first(bed)

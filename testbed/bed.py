@@ -89,7 +89,7 @@ class Node:
 
     def daemon_command(self, *args: str) -> list[str]:
         return [
-            sys.executable,
+            self.bed.python,
             "-m",
             "pyflannel",
             "run",
@@ -394,6 +394,7 @@ class Node:
 class TestBed:
     __test__ = False  # not a pytest test class
     node_class: type[Node] = Node
+    python = sys.executable  # the daemons' interpreter (bench/: an installed pyflannel's)
 
     def __init__(
         self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None, etcd_members: int = 1

@@ -275,7 +275,7 @@ def _docker_opts(args: argparse.Namespace) -> int:
 
 
 def _routed_via_gateway(subnet) -> bool:
-    from pyflannel.kernel.rtnl import IPRoute
+    from pyflannel.kernel.iproute import IPRoute
 
     with IPRoute() as ipr:
         return any(

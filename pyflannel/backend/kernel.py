@@ -1,5 +1,5 @@
-"""Netlink I/O for the backends' kernel entries. Every function takes a pyroute2 ``IPRoute``
-first and runs on the netlink thread (see pyflannel.kernel.netlink); the decisions live in
+"""Netlink I/O for the backends' kernel entries. Every function takes an ``IPRoute``
+(kernel/iproute.py) first and runs on the netlink thread (see pyflannel.kernel.netlink); the decisions live in
 plan.py, and each backend's own devices in its folder.
 
 Ownership is per network (several daemons, one per ``--etcd-prefix``, may share a host): a
@@ -30,8 +30,8 @@ from pyflannel.backend.plan import (
     Via,
 )
 from pyflannel.kernel import codec as codec
+from pyflannel.kernel.iproute import NetlinkError
 from pyflannel.kernel.netlink import route_socket
-from pyflannel.kernel.rtnl import NetlinkError, ndmsg
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
 BLACKHOLE_METRIC = 0xFFFFFFFF
 RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
-NUD_PERMANENT = ndmsg.states["permanent"]
-NTF_SELF = ndmsg.NTF_SELF
+NUD_PERMANENT = codec.NUD_PERMANENT
+NTF_SELF = codec.NTF_SELF
 AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02

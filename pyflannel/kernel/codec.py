@@ -39,16 +39,16 @@ RTNH_F_ONLINK = 4
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
     length = RTATTR.size + len(payload)
     return RTATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
-def _message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
+def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
 
 
-def _mac(text: str) -> bytes:
+def mac_bytes(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
@@ -77,14 +77,14 @@ def route_replace(
         kind,
         RTNH_F_ONLINK if onlink else 0,
     )
-    body += _attr(RTA_DST, dst.network_address.packed)
+    body += attr(RTA_DST, dst.network_address.packed)
     if gateway is not None:
-        body += _attr(RTA_GATEWAY, gateway.packed)
+        body += attr(RTA_GATEWAY, gateway.packed)
     if oif is not None:
-        body += _attr(RTA_OIF, struct.pack("=I", oif))
+        body += attr(RTA_OIF, struct.pack("=I", oif))
     if priority is not None:
-        body += _attr(RTA_PRIORITY, struct.pack("=I", priority))
-    return _message(RTM_NEWROUTE, REPLACE, seq, body)
+        body += attr(RTA_PRIORITY, struct.pack("=I", priority))
+    return message(RTM_NEWROUTE, REPLACE, seq, body)
 
 
 def route_delete(seq: int, dst: IPNetwork, proto: int) -> bytes:
@@ -92,30 +92,30 @@ def route_delete(seq: int, dst: IPNetwork, proto: int) -> bytes:
     universe, as all our routes are: this kernel does not match RT_SCOPE_NOWHERE here."""
     family = family_of(dst)
     body = RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, proto, RT_SCOPE_UNIVERSE, 0, 0)
-    return _message(RTM_DELROUTE, DELETE, seq, body + _attr(RTA_DST, dst.network_address.packed))
+    return message(RTM_DELROUTE, DELETE, seq, body + attr(RTA_DST, dst.network_address.packed))
 
 
 def neighbour_replace(seq: int, ifindex: int, ip: IPAddress, mac: str) -> bytes:
     body = NDMSG.pack(family_of(ip), ifindex, NUD_PERMANENT, 0, 0)
-    body += _attr(NDA_DST, ip.packed) + _attr(NDA_LLADDR, _mac(mac))
-    return _message(RTM_NEWNEIGH, REPLACE, seq, body)
+    body += attr(NDA_DST, ip.packed) + attr(NDA_LLADDR, mac_bytes(mac))
+    return message(RTM_NEWNEIGH, REPLACE, seq, body)
 
 
 def neighbour_delete(seq: int, ifindex: int, ip: IPAddress) -> bytes:
-    body = NDMSG.pack(family_of(ip), ifindex, 0, 0, 0) + _attr(NDA_DST, ip.packed)
-    return _message(RTM_DELNEIGH, DELETE, seq, body)
+    body = NDMSG.pack(family_of(ip), ifindex, 0, 0, 0) + attr(NDA_DST, ip.packed)
+    return message(RTM_DELNEIGH, DELETE, seq, body)
 
 
 def fdb_replace(seq: int, ifindex: int, mac: str, dst: IPAddress) -> bytes:
     body = NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, dst.packed)
-    return _message(RTM_NEWNEIGH, REPLACE, seq, body)
+    body += attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, dst.packed)
+    return message(RTM_NEWNEIGH, REPLACE, seq, body)
 
 
 def fdb_delete(seq: int, ifindex: int, mac: str, dst: IPAddress) -> bytes:
     body = NDMSG.pack(AF_BRIDGE, ifindex, 0, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, dst.packed)
-    return _message(RTM_DELNEIGH, DELETE, seq, body)
+    body += attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, dst.packed)
+    return message(RTM_DELNEIGH, DELETE, seq, body)
 
 
 def dump_request(kind: int, family: int, seq: int) -> bytes:
@@ -123,7 +123,7 @@ def dump_request(kind: int, family: int, seq: int) -> bytes:
         body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     else:
         body = NDMSG.pack(family, 0, 0, 0, 0)
-    return _message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+    return message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, memoryview]]:

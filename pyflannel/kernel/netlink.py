@@ -1,8 +1,9 @@
 """One thread that owns the netlink sockets; the event loop sends it work.
 
-pyroute2's ``AsyncIPRoute`` fails under uvloop and the sync ``IPRoute`` cannot be created in
-a thread that runs an event loop (library notes), so every netlink call runs here, in order,
-on a sync ``IPRoute`` created by the worker thread itself. Works on any asyncio loop.
+Every netlink call runs here, in order, on blocking sockets the worker thread creates (our
+``kernel/iproute.py`` for devices and addresses, ``RouteSocket`` for the many route and
+neighbour entries): the event loop never waits on the kernel, and it works on any asyncio
+loop (pyroute2's own ``AsyncIPRoute`` fails under uvloop: library notes).
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ class Netlink:
     def _ipr(self):
         ipr = getattr(self._local, "ipr", None)
         if ipr is None:
-            from pyflannel.kernel.rtnl import IPRoute
+            from pyflannel.kernel.iproute import IPRoute
 
-            # ext_ack: errors carry the kernel's own explanation ("A VXLAN device with the
-            # specified VNI already exists"), not just an errno.
-            ipr = self._local.ipr = IPRoute(ext_ack=True)
+            ipr = self._local.ipr = IPRoute()
         return ipr
 
     def _run(self, fn: Callable[..., T], args, kwargs) -> T:

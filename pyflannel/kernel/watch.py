@@ -1,7 +1,7 @@
 """Notice at once when someone removes what pyflannel owns in the kernel.
 
-Subscribes to netlink link, neighbour, route and address notifications (both families) (an ``IPRSocket`` read from
-the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
+Subscribes to netlink link, neighbour, route and address notifications (both families) (a
+non-blocking socket read from the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
 deletion of one of our devices, of a route with our protocol number, of a neighbour or FDB
 entry on our VXLAN device, or our device going down. The reconciler then repairs within a
 fraction of a second instead of at its next periodic pass. The backend recognises its own
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from pyflannel.backend.kernel import RTPROT_PYFLANNEL
-from pyflannel.kernel.rtnl import (
+from pyflannel.kernel.iproute import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
-    IPRSocket,
+    Notifications,
 )
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,12 @@ class KernelWatch:
     ):
         self.watched = watched  # what we own now (devices may be recreated)
         self.on_damage = on_damage
-        self.sock: IPRSocket | None = None
+        self.sock: Notifications | None = None
         self.noticed = 0
 
     def start(self) -> None:
-        self.sock = IPRSocket()
-        self.sock.bind(
-            groups=RTMGRP_LINK
+        self.sock = Notifications(
+            RTMGRP_LINK
             | RTMGRP_NEIGH
             | RTMGRP_IPV4_ROUTE
             | RTMGRP_IPV4_IFADDR

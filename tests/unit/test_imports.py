@@ -1,5 +1,6 @@
-"""What the daemon loads: only the pyroute2 modules it uses (pyroute2_lite.py), and the full
-package still there for anyone who asks for it by name."""
+"""What the daemon loads: no pyroute2 (it speaks route netlink itself: kernel/iproute.py),
+except for kernel WireGuard's generic netlink, and then only the modules that uses
+(pyroute2_lite.py); the full package still there for anyone who asks for it by name."""
 
 import json
 import subprocess
@@ -15,9 +16,28 @@ def loaded_after(code: str) -> dict:
     return set(json.loads(out.stdout.splitlines()[-1]))
 
 
-def test_the_daemon_imports_only_the_pyroute2_modules_it_uses():
-    mods = loaded_after("import pyflannel.app.daemon, pyflannel.kernel.watch")
-    assert "pyroute2.iproute.linux" in mods and "pyroute2.netlink.rtnl.iprsocket" in mods
+BACKENDS = (
+    "pyflannel.backend.vxlan.backend",
+    "pyflannel.backend.hostgw.backend",
+    "pyflannel.backend.udp.backend",
+    "pyflannel.backend.wireguard.backend",
+    "pyflannel.backend.wireguard.kernel_wg",
+)
+
+
+def test_the_daemon_and_its_backends_load_no_pyroute2():
+    assert not loaded_after(
+        "import pyflannel.app.daemon, pyflannel.kernel.watch, pyflannel.kernel.netlink, "
+        + ", ".join(BACKENDS)
+    )
+
+
+def test_kernel_wireguard_loads_only_the_pyroute2_modules_it_uses():
+    mods = loaded_after(
+        "from pyflannel.kernel.rtnl import wireguard_socket\n"
+        "import pyroute2.netlink.generic.wireguard"
+    )
+    assert "pyroute2.netlink.generic.wireguard" in mods
     for unused in ("pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"):
         assert unused not in mods, unused
     everything = loaded_after("import pyroute2")

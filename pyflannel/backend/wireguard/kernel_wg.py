@@ -46,7 +46,7 @@ class KernelWireguard:
         return None
 
     def ensure(self) -> list[str]:
-        from pyflannel.kernel.rtnl import IPRoute
+        from pyflannel.kernel.iproute import IPRoute
 
         with IPRoute() as ipr:
             if ipr.link_lookup(ifname=self.device):

@@ -157,7 +157,7 @@ def probe_interface(o: DoctorOptions) -> tuple[str, int | None, str | None]:
     its MTU, and its first global IPv6 address (for the ipv6 finding), from one read."""
     from pyflannel.errors import InterfaceError
     from pyflannel.kernel.iface import choose_external
-    from pyflannel.kernel.rtnl import IPRoute
+    from pyflannel.kernel.iproute import IPRoute
 
     try:
         with IPRoute() as ipr:
@@ -198,7 +198,7 @@ def probe_port(port: int) -> tuple[bool, str | None]:
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 return True, str(e)
-    from pyflannel.kernel.rtnl import IPRoute
+    from pyflannel.kernel.iproute import IPRoute
 
     with IPRoute() as ipr:
         for link in ipr.get_links():

@@ -177,7 +177,7 @@ def _read_kernel(ipr, dst, src, public_ip, network) -> dict:
 
 
 def _route_get(ipr, address) -> dict | None:
-    from pyflannel.kernel.rtnl import NetlinkError
+    from pyflannel.kernel.iproute import NetlinkError
 
     try:
         msg = ipr.route("get", dst=str(address))[0]

@@ -1,0 +1,120 @@
+"""pyflannel's own route-netlink socket (kernel/iproute.py) against the kernel, in a namespace
+of its own: what it creates is what ``ip`` shows, what it reads is what ``ip`` set, the
+kernel's refusals arrive as errors, and the notification socket sees a device go."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from testbed import netns
+from tests.conftest import require_root
+
+NS = f"pf{os.getpid()}iproute"
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, socket, sys
+    from pyflannel.kernel.iproute import IPRoute, NetlinkError, Notifications, RTMGRP_LINK
+    from pyflannel.backend.vxlan.device import VxlanSpec
+    from pyflannel.backend.vxlan.netlink import create_vxlan, find_link
+    from pyflannel.backend.kernel import configure_device
+    from ipaddress import IPv4Address, IPv4Network
+    out = {}
+    with IPRoute() as ipr:
+        watch = Notifications(RTMGRP_LINK)
+        lo = ipr.link_lookup(ifname="lo")[0]
+        spec = VxlanSpec("flannel.1", 1, IPv4Address("198.51.100.1"), lo, 8472, False, True, 1450)
+        link = create_vxlan(ipr, spec, "02:11:22:33:44:55")
+        out["found"] = [link.index, link.kind, link.mac, link.mtu, link.vni, str(link.local),
+                        link.link_index, link.port, link.learning, link.gbp]
+        out["changed"] = configure_device(
+            ipr, link.index, "flannel.1", IPv4Address("10.5.3.0"), IPv4Network("10.5.0.0/16"), 1400
+        )
+        out["again"] = configure_device(
+            ipr, link.index, "flannel.1", IPv4Address("10.5.3.0"), IPv4Network("10.5.0.0/16"), 1400
+        )
+        try:
+            create_vxlan(ipr, spec, "02:11:22:33:44:56")
+        except NetlinkError as e:
+            out["exists"] = [e.code, e.args[1]]
+        out["missing"] = ipr.link_lookup(ifname="nosuchdev")
+        try:
+            ipr.route("get", dst="192.0.2.1")
+        except NetlinkError as e:
+            out["unreachable"] = e.code
+        out["names"] = sorted(m.get_attr("IFLA_IFNAME") for m in ipr.get_links())
+        ipr.link("del", index=link.index)
+        out["events"] = [(m["event"], m.get_attr("IFLA_IFNAME")) for m in watch.get()]
+        watch.close()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def ns():
+    require_root()
+    netns.create(NS)
+    yield NS
+    netns.delete(NS)
+
+
+def test_devices_and_addresses_as_ip_shows_them(ns):
+    run = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    _, kind, mac, mtu, vni, local, link_index, port, learning, gbp = out["found"]
+    assert (kind, mac, mtu, vni, local) == ("vxlan", "02:11:22:33:44:55", 1450, 1, "198.51.100.1")
+    assert (link_index, port, learning, gbp) == (1, 8472, False, True)
+    assert out["changed"] == ["address 10.5.3.0/32", "MTU 1400", "up"]
+    assert out["again"] == []  # read back as set: nothing to change
+    assert out["exists"][0] == 17  # EEXIST, with the kernel's words or the errno's
+    assert out["exists"][1]
+    assert out["missing"] == []
+    assert out["unreachable"] == 101  # ENETUNREACH: the namespace has no routes
+    assert out["names"] == ["flannel.1", "lo"]
+    assert ["RTM_DELLINK", "flannel.1"] in out["events"]
+
+
+def test_what_ip_shows_of_a_device_we_created(ns):
+    # The device of the test above is gone; make one and let `ip` judge it.
+    code = textwrap.dedent(
+        """
+        from pyflannel.kernel.iproute import IPRoute
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="flannel.9", kind="vxlan", address="02:00:00:00:00:09",
+                     mtu=1430, vxlan_id=9, vxlan_local="198.51.100.9", vxlan_learning=0,
+                     vxlan_port=4789)
+            index = ipr.link_lookup(ifname="flannel.9")[0]
+            ipr.addr("replace", index=index, address="10.9.0.0", prefixlen=32)
+            ipr.link("set", index=index, state="up", txqlen=2000)
+        """
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        check=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    (link,) = netns.ip_json(ns, "-d", "link", "show", "flannel.9")
+    data = link["linkinfo"]["info_data"]
+    assert (link["mtu"], link["address"], link["txqlen"]) == (1430, "02:00:00:00:00:09", 2000)
+    assert (data["id"], data["local"], data["port"], data["learning"]) == (
+        9,
+        "198.51.100.9",
+        4789,
+        False,
+    )
+    assert "UP" in link["flags"]
+    (addr,) = netns.ip_json(ns, "-4", "addr", "show", "flannel.9")
+    assert [(a["local"], a["prefixlen"]) for a in addr["addr_info"]] == [("10.9.0.0", 32)]
