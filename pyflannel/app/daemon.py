@@ -49,7 +49,6 @@ from pyflannel.ops.health import start_health_endpoint
 from pyflannel.ops.http_endpoint import HttpEndpoint
 from pyflannel.ops.instance import Instance
 from pyflannel.ops.liveness import Liveness
-from pyflannel.ops.snapshot import DaemonSnapshot
 from pyflannel.subnet.config import NetworkConfig, parse_network_config
 from pyflannel.subnet.env_file import (
     SubnetEnv,
@@ -71,6 +70,7 @@ if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
     from pyflannel.ops.mesh.healer import PathHealer
     from pyflannel.ops.mesh.prober import MeshProber
     from pyflannel.ops.mesh.publisher import MeshPublisher
+    from pyflannel.ops.snapshot import DaemonSnapshot
 
 log = logging.getLogger(__name__)
 

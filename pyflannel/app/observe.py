@@ -16,20 +16,15 @@ from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.instance import Instance, instances_beside
-from pyflannel.ops.snapshot import (
-    DaemonSnapshot,
-    InstanceView,
-    LeaseView,
-    StoreStatus,
-    TrafficView,
-)
 from pyflannel.subnet.env_file import SubnetEnv
 from pyflannel.subnet.manager import SubnetManager
 from pyflannel.traffic.families import NetworkRules
 
-if TYPE_CHECKING:  # the prober (and statistics) are imported only where it runs
+if TYPE_CHECKING:  # the prober (and statistics) are imported only where it runs, the
+    # snapshot's types when the first snapshot is taken (not on the way to subnet.env)
     from pyflannel.ops.mesh.healer import PathHealer
     from pyflannel.ops.mesh.prober import MeshProber
+    from pyflannel.ops.snapshot import DaemonSnapshot
 
 
 class Daemon(Protocol):
@@ -98,6 +93,14 @@ def subnet_env_problems(daemon: Daemon) -> list[str]:
 
 
 def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
+    from pyflannel.ops.snapshot import (
+        DaemonSnapshot,
+        InstanceView,
+        LeaseView,
+        StoreStatus,
+        TrafficView,
+    )
+
     o, r, t = daemon.options, daemon.running, daemon.traffic
     watch = r.watch if r else None
     keeper = r.keeper if r else None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from pyflannel.ops.http_endpoint import Routes, as_json, text
 from pyflannel.ops.liveness import Liveness
-from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
-from pyflannel.ops.status.live import daemon_status
+
+if TYPE_CHECKING:  # the snapshot and status modules load when first asked (not at start-up)
+    from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
 
 
 def routes(
@@ -37,6 +39,8 @@ def routes(
         return 200, "text/plain; version=0.0.4; charset=utf-8", body
 
     async def status() -> tuple[int, str, bytes]:
+        from pyflannel.ops.status.live import daemon_status
+
         return as_json(200, await daemon_status(snapshot(), answers))
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics, "/status": status}
