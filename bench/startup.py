@@ -4,11 +4,15 @@ time goes: the daemon logs its start-up steps (pyflannel/app/timeline.py) and th
 takes each step's median distance from the previous one, next to what the same machine takes
 for the floors (the interpreter alone, then with the imports the steps cannot do without).
 
-    sudo python3 bench/startup.py [--runs 7] [--dev-tree]
+    sudo python3 bench/startup.py [--runs 7] [--dev-tree] [--profile 6]
 
 pyflannel runs as installed (this tree's wheel in a virtual environment, bench/common.py's
 ``installed_python``); ``--dev-tree`` runs this tree through the interpreter running the script
 instead (with the editable install's import finder and whatever .pth files the machine has).
+
+``--profile N``: N more cold starts under py-spy (2,000 samples/s), and where their CPU went:
+asyncio's import, dataclass creation, other imports, the netlink thread, child processes, the
+rest (ms per start; each sample counted in the first category its stack falls into).
 
 Writes bench/results/startup.{json,md}.
 """
@@ -85,6 +89,52 @@ def timed_start(node) -> tuple[float, float, dict[str, float]]:
     return t_file, ready, steps
 
 
+# (category, a frame that puts a sample in it), first match wins.
+CATEGORIES = (
+    ("dataclass creation at import", "_process_class (dataclasses.py"),
+    (
+        "asyncio's import (ssl, concurrent.futures, logging, inspect)",
+        "<module> (asyncio/__init__.py",
+    ),
+    ("site (.pth files)", "main (<frozen site>"),
+    ("other imports (pyflannel's modules, h11, stdlib)", "_find_and_load (<frozen importlib"),
+    ("child processes (iptables-restore)", "Popen"),
+    ("netlink thread (kernel requests)", "_worker (concurrent/futures/thread.py"),
+    ("event loop waiting (select)", "select (selectors.py"),
+)
+
+
+def profiled_starts(node, runs: int, workdir: Path) -> dict[str, float]:
+    """ms of CPU per cold start, by category (CATEGORIES), sampled by py-spy."""
+    totals: dict[str, float] = {}
+    for i in range(runs):
+        node.run("ip", "link", "del", "flannel.1", check=False)
+        for key in [k for k, v in node.bed.leases().items() if '"198.51.100.1"' in v]:
+            node.bed.etcd.ctl("del", key)
+        node.subnet_file.unlink(missing_ok=True)
+        out = workdir / f"profile{i}.txt"
+        command = ["py-spy", "record", "-r", "2000", "--nonblocking", "-f", "raw", "-o", str(out)]
+        command += ["--", *node.daemon_command("--probe-interval=0")]
+        spy = subprocess.Popen(
+            ["ip", "netns", "exec", node.ns, *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while not node.subnet_file.exists() and time.time() < deadline:
+            time.sleep(0.001)
+        # The daemon is py-spy's child: stop it (py-spy then writes its samples).
+        for task in Path(f"/proc/{spy.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                subprocess.run(["kill", "-TERM", child], check=False)
+        spy.wait(timeout=30)
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            name = next((n for n, frame in CATEGORIES if frame in stack), "the daemon's own code")
+            totals[name] = totals.get(name, 0.0) + int(count) / 2  # 2 samples per ms
+    return {name: ms / runs for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def floor_ms(python: str, args: list[str], runs: int) -> float:
     samples = []
     for _ in range(runs):
@@ -98,6 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--dev-tree", action="store_true", help="not the installed wheel")
+    parser.add_argument("--profile", type=int, default=0, help="cold starts under py-spy")
     args = parser.parse_args()
     compiled()
     python = sys.executable if args.dev_tree else installed_python()
@@ -128,6 +179,7 @@ def main() -> int:
             for kind, taken in (("cold", cold_steps), ("warm", warm_steps)):
                 for name, ms in taken.items():
                     steps[kind].setdefault(name, []).append(ms)
+        cpu = profiled_starts(node, args.profile, bed.workdir) if args.profile else {}
     floors = {name: floor_ms(python, cmd, args.runs * 2) for name, cmd in FLOORS.items()}
     s = {
         k: summary(v)
@@ -154,6 +206,9 @@ def main() -> int:
     text += table(["step", "cold ms", "warm ms", "what it covers"], profile)
     text += "\n\nFloors on this machine (ms, process start to exit, medians):\n\n"
     text += table(["python3 ...", "ms"], [[name, ms] for name, ms in floors.items()])
+    if cpu:
+        text += f"\n\nWhere a cold start's CPU goes (py-spy, {args.profile} starts, ms each):\n\n"
+        text += table(["category", "ms"], [[name, ms] for name, ms in cpu.items()])
     text += f"\n\nruns: {args.runs}; pyflannel run by {python}"
     print(text)
     write_results(
@@ -163,6 +218,7 @@ def main() -> int:
             "python": python,
             "steps": steps,
             "floors_ms": floors,
+            "cpu_ms_by_category": cpu,
             "raw": {"cold": cold, "warm": warm, "rss": rss},
         },
         text,

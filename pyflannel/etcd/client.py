@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pyflannel.errors import StoreError, StoreUnavailable
 from pyflannel.etcd.http import Connection, HttpClosed, Stream
 from pyflannel.etcd.leadership import LeaderLog
-from pyflannel.etcd.metrics import parse_member_health
 from pyflannel.subnet.stores import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -495,6 +494,8 @@ class EtcdClient:
             "rtt_ms": sorted(rtts)[1],
             "knows_leader": f"{status.leader:x}" if status.leader else "",
         }
+        from pyflannel.etcd.metrics import parse_member_health  # a member check's, not a start's
+
         try:
             async with asyncio.timeout(timeout):
                 health = parse_member_health(await member._metrics())

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 
-def loaded_after(code: str) -> dict:
+def loaded_after(code: str, prefixes: tuple[str, ...] = ("pyroute2", "sqlite3")) -> set:
     script = (
         f"{code}\nimport json, sys\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('pyroute2', 'sqlite3')))))"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout.splitlines()[-1]))
@@ -51,3 +51,26 @@ def test_asking_the_package_for_a_name_loads_it_whole():
 
 def test_the_cni_plugin_loads_no_pyroute2():
     assert not {m for m in loaded_after("import pyflannel.cni.plugin") if m.startswith("pyroute2")}
+
+
+def test_start_up_loads_no_status_snapshot_or_udp_worker_modules():
+    """What the way to subnet.env does not need loads when first used: the status and snapshot
+    modules (first /status), the UDP path's workers, their BPF and ctypes (when a VXLAN node's
+    UDP path starts, if ever), etcd's metrics parser (a member check)."""
+    mods = loaded_after(
+        "import pyflannel.app.cli, pyflannel.app.daemon, pyflannel.etcd.store, "
+        "pyflannel.backend.vxlan.backend",
+        prefixes=("pyflannel", "ctypes"),
+    )
+    assert "pyflannel.backend.vxlan.backend" in mods and "pyflannel.backend.udp.path" in mods
+    for later in (
+        "pyflannel.ops.snapshot",
+        "pyflannel.ops.status.live",
+        "pyflannel.backend.udp.pool",
+        "pyflannel.backend.udp.worker",
+        "pyflannel.backend.udp.steering",
+        "pyflannel.backend.offline",
+        "pyflannel.etcd.metrics",
+        "ctypes",
+    ):
+        assert later not in mods, later

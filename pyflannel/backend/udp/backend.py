@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
-from pyflannel.backend.offline import OfflineBackend
 from pyflannel.backend.plan import Peer, tunnel_route
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
@@ -30,6 +29,9 @@ from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+
+if TYPE_CHECKING:
+    from pyflannel.backend.offline import OfflineBackend
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,8 @@ class UdpBackend(Backend):
 
 def offline(ipr, network) -> OfflineBackend | None:
     """This network's flannel0, daemon or not."""
+    from pyflannel.backend.offline import OfflineBackend  # status and trace, not the daemon
+
     if kernel.foreign_addresses(ipr, TUN_NAME, network):
         return None
     index = kernel.link_index(ipr, TUN_NAME)

@@ -20,17 +20,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import Peer
-from pyflannel.backend.udp import steering
-from pyflannel.backend.udp.pool import WorkerPool
 from pyflannel.backend.udp.tun import TUN_NAME, TunError, open_queues
-from pyflannel.backend.udp.worker import table_message
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
+
+if TYPE_CHECKING:  # the workers' modules load when the path starts (a VXLAN node's may never)
+    from pyflannel.backend.udp.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class UdpPath:
         setup = [self._table()]
         if self._subnet is not None:
             setup.append({"local": [str(self._subnet), str(self._network)]})
+        from pyflannel.backend.udp.pool import WorkerPool
+
         pool = WorkerPool(self.mtu, tuning.datapath, fastpath, tuning.verbosity)
         try:
             pool.start(tun_fds, socks, setup)
@@ -163,6 +165,8 @@ class UdpPath:
                 f"UDP backend: cannot bind {self.ext.iface_addr}:{self.port}: {e.strerror}"
             ) from e
         if count > 1:
+            from pyflannel.backend.udp import steering
+
             try:
                 steering.attach(socks[0], count)
             except OSError as e:
@@ -190,6 +194,8 @@ class UdpPath:
             self.pool.send(self._table())
 
     def _table(self) -> dict:
+        from pyflannel.backend.udp.worker import table_message
+
         return table_message((p.subnet, p.public_ip, p.udp_port) for p in self._peers)
 
     async def ensure(self) -> list[str]:

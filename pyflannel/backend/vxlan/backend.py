@@ -18,13 +18,12 @@ import asyncio
 import logging
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
-from pyflannel.backend.offline import OfflineBackend
 from pyflannel.backend.plan import (
     KernelState,
     Peer,
@@ -56,6 +55,9 @@ from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
+
+if TYPE_CHECKING:
+    from pyflannel.backend.offline import OfflineBackend
 
 log = logging.getLogger(__name__)
 DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
@@ -508,6 +510,8 @@ def _log_failure(task: asyncio.Task) -> None:
 
 def offline(ipr, network) -> OfflineBackend | None:
     """This network's flannel.<VNI> (and flannel0, for UDP-only peers), daemon or not."""
+    from pyflannel.backend.offline import OfflineBackend  # status and trace, not the daemon
+
     name = next(
         (
             n
