@@ -130,7 +130,10 @@ def profiled_starts(node, runs: int, workdir: Path) -> dict[str, float]:
         spy.wait(timeout=30)
         for line in out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            name = next((n for n, frame in CATEGORIES if frame in stack), "the daemon's own code")
+            if not stack.strip():  # no Python frame: the interpreter starting (or exiting)
+                name = "the interpreter itself (no Python frame yet)"
+            else:
+                name = next((n for n, f in CATEGORIES if f in stack), "the daemon's own code")
             totals[name] = totals.get(name, 0.0) + int(count) / 2  # 2 samples per ms
     return {name: ms / runs for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
 
