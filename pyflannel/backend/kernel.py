@@ -1,6 +1,6 @@
 """Netlink I/O for the backends' kernel entries. Every function takes an ``IPRoute``
-(kernel/iproute.py) first and runs on the netlink thread (see pyflannel.kernel.netlink); the decisions live in
-plan.py, and each backend's own devices in its folder.
+(kernel/iproute.py) first and runs on the netlink thread (see pyflannel.kernel.netlink); the
+decisions live in plan.py, and each backend's own devices in its folder.
 
 Ownership is per network (several daemons, one per ``--etcd-prefix``, may share a host): a
 daemon touches only its own devices, the neighbour/FDB entries on its VXLAN device, and routes

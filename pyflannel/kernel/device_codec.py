@@ -125,19 +125,19 @@ def delete_link(seq: int, index: int) -> bytes:
 
 
 def address(
-    seq: int, index: int, ip: str, prefixlen: int, replace: bool = True, flags: int = 0
+    seq: int, index: int, ip: str, prefixlen: int, delete: bool = False, flags: int = 0
 ) -> bytes:
-    """Add (replacing an equal one) or, ``replace=False``, delete address ``ip/prefixlen``.
+    """Add (replacing an equal one) or, ``delete``, remove address ``ip/prefixlen``.
     IPv4 carries it as both IFA_LOCAL and IFA_ADDRESS, as ``ip addr`` does."""
     parsed: IPv4Address | IPv6Address = ip_address(ip)
     body = IFADDRMSG.pack(codec.family_of(parsed), prefixlen, flags & 0xFF, 0, index)
     if parsed.version == 4:
         body += attr(IFA_LOCAL, parsed.packed)
     body += attr(IFA_ADDRESS, parsed.packed)
-    if replace:
-        kind, how = RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-    else:
+    if delete:
         kind, how = RTM_DELADDR, DELETE
+    else:
+        kind, how = RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
     return message(kind, how, seq, body)
 
 

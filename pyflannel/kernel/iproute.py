@@ -21,7 +21,7 @@ from pyflannel.kernel.message import RTM_GETADDR, RTM_GETLINK, Message, decode
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-NLM_F_ACK_TLVS = 0x200
+NLM_F_MULTI, NLM_F_ACK_TLVS = 0x2, 0x200
 NLMSGERR_ATTR_MSG = 1
 
 RTMGRP_LINK, RTMGRP_NEIGH = 0x1, 0x4
@@ -96,7 +96,7 @@ class IPRoute:
                 msg = decode(kind, payload)
                 if msg is not None:
                     answers.append(msg)
-                if not flags & 0x2:  # NLM_F_MULTI: a single answer, no DONE follows
+                if not flags & NLM_F_MULTI:  # a single answer: no DONE follows
                     return answers
 
     # -- pyroute2's names ----------------------------------------------------------------
@@ -155,8 +155,7 @@ class IPRoute:
     def addr(self, command: str, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
         if command not in ("add", "replace", "del"):
             raise ValueError(f"addr {command!r}: not a command pyflannel sends")
-        replace = command != "del"
-        self._request(device_codec.address, index, address, prefixlen, replace, flags)
+        self._request(device_codec.address, index, address, prefixlen, command == "del", flags)
 
     def route(self, command: str, dst: str = "", family: int = 0, table: int = 0) -> list[Message]:
         if command == "get":
@@ -183,18 +182,22 @@ class Notifications:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    BATCH = 64  # datagrams per read: a burst of thousands does not hold the event loop
+
     def get(self) -> list[Message]:
-        """Every notification waiting (ENOBUFS, when the kernel dropped some, is raised)."""
+        """The notifications waiting, up to BATCH datagrams of them (the socket stays readable
+        for the rest). ENOBUFS, when the kernel dropped some, is raised."""
         found: list[Message] = []
-        while True:
+        for _ in range(self.BATCH):
             try:
                 data = self.sock.recv(1 << 20)
             except BlockingIOError:
-                return found
+                break
             for kind, _, _, payload in codec.messages(data):
                 msg = decode(kind, payload)
                 if msg is not None:
                     found.append(msg)
+        return found
 
     def close(self) -> None:
         self.sock.close()

@@ -1,11 +1,12 @@
 """Notice at once when someone removes what pyflannel owns in the kernel.
 
-Subscribes to netlink link, neighbour, route and address notifications (both families) (a
-non-blocking socket read from the event loop: works on the stdlib loop and on uvloop) and calls ``on_damage`` for the
-deletion of one of our devices, of a route with our protocol number, of a neighbour or FDB
-entry on our VXLAN device, or our device going down. The reconciler then repairs within a
-fraction of a second instead of at its next periodic pass. The backend recognises its own
-deletions, so removing thousands of peers does not set off thousands of reconciles.
+Subscribes to netlink link, neighbour, route and address notifications (both families; a
+non-blocking socket read from the event loop: works on the stdlib loop and on uvloop) and
+calls ``on_damage`` for the deletion of one of our devices, of a route with our protocol
+number, of a neighbour or FDB entry on our VXLAN device, or our device going down. The
+reconciler then repairs within a fraction of a second instead of at its next periodic pass.
+The backend recognises its own deletions, so removing thousands of peers does not set off
+thousands of reconciles.
 """
 
 from __future__ import annotations

@@ -118,3 +118,37 @@ def test_what_ip_shows_of_a_device_we_created(ns):
     assert "UP" in link["flags"]
     (addr,) = netns.ip_json(ns, "-4", "addr", "show", "flannel.9")
     assert [(a["local"], a["prefixlen"]) for a in addr["addr_info"]] == [("10.9.0.0", 32)]
+
+
+def test_a_burst_of_notifications_is_read_in_batches(ns):
+    """200 routes added at once: the kernel watch's socket hands them over at most BATCH
+    datagrams per read (the event loop gets a turn between reads), and none is lost."""
+    code = textwrap.dedent(
+        """
+        import json, subprocess
+        from pyflannel.kernel.iproute import Notifications, RTMGRP_IPV4_ROUTE
+        watch = Notifications(RTMGRP_IPV4_ROUTE)
+        batch = "".join(f"route add 10.77.{i}.0/24 dev lo proto 152\\n" for i in range(200))
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+        reads = []
+        while True:
+            got = [m.get_attr("RTA_DST") for m in watch.get() if m["event"] == "RTM_NEWROUTE"]
+            if not got:
+                break
+            reads.append(got)
+        print(json.dumps({"batch": watch.BATCH, "reads": reads}))
+        """
+    )
+    run = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    seen = [dst for read in out["reads"] for dst in read]
+    assert sorted(seen) == sorted(f"10.77.{i}.0" for i in range(200))
+    assert len(out["reads"]) >= 200 // out["batch"]
+    assert max(len(read) for read in out["reads"]) <= out["batch"]

@@ -86,7 +86,7 @@ def test_address_requests_as_ip_addr_sends_them():
     assert add["header"]["type"] == RTM_NEWADDR and add["header"]["flags"] & 0x500 == 0x500
     assert (add["index"], add["prefixlen"], add["family"]) == (7, 32, 2)
     assert (add.get_attr("IFA_LOCAL"), add.get_attr("IFA_ADDRESS")) == ("10.1.5.0", "10.1.5.0")
-    gone = pyroute2_reads(ifaddrmsg, d.address(5, 7, "fd00::1", 128, replace=False, flags=2))
+    gone = pyroute2_reads(ifaddrmsg, d.address(5, 7, "fd00::1", 128, delete=True, flags=2))
     assert gone["header"]["type"] == RTM_DELADDR and gone["flags"] == 2
     assert (gone.get_attr("IFA_ADDRESS"), gone.get_attr("IFA_LOCAL")) == ("fd00::1", None)
 
