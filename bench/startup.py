@@ -20,7 +20,9 @@ Writes bench/results/startup.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -126,7 +128,7 @@ def profiled_starts(node, runs: int, workdir: Path) -> dict[str, float]:
         # The daemon is py-spy's child: stop it (py-spy then writes its samples).
         for task in Path(f"/proc/{spy.pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                subprocess.run(["kill", "-TERM", child], check=False)
+                os.kill(int(child), signal.SIGTERM)
         spy.wait(timeout=30)
         for line in out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")

@@ -41,8 +41,6 @@ RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
 BLACKHOLE_METRIC = 0xFFFFFFFF
 RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
-NUD_PERMANENT = codec.NUD_PERMANENT
-NTF_SELF = codec.NTF_SELF
 AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02
@@ -109,12 +107,14 @@ def configure_device(
     v6 = address.version == 6
     family, host_len = (AF_INET6, 128) if v6 else (AF_INET, 32)
     kind = IPv6Address if v6 else IPv4Address
+    have = set()  # what stays, from the one read
     for msg in ipr.get_addr(index=index, family=family):
         ip = kind(msg.get_attr("IFA_ADDRESS"))
         if ip in network and (ip != address or msg["prefixlen"] != host_len):
             ipr.addr("del", index=index, address=str(ip), prefixlen=msg["prefixlen"])
             changed.append(f"removed address {ip}/{msg['prefixlen']}")
-    have = {kind(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=family)}
+        else:
+            have.add(ip)
     if address not in have:
         extra = {"flags": IFA_F_NODAD} if v6 else {}
         ipr.addr("replace", index=index, address=str(address), prefixlen=host_len, **extra)
@@ -181,13 +181,13 @@ def read_state(ipr, devices: Devices) -> KernelState:
     for family, index, kind, _ in wanted:
         for payload in rs.dump(codec.RTM_GETNEIGH, family):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
-            if ifindex == index and nud & NUD_PERMANENT and dst and lladdr:
+            if ifindex == index and nud & codec.NUD_PERMANENT and dst and lladdr:
                 state.neighbours[kind(dst)] = codec.mac_text(lladdr)
     if wanted:
         fdb_devices = {index: (kind, size) for _, index, kind, size in wanted}
         for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
-            if ifindex in fdb_devices and nud & NUD_PERMANENT and dst and lladdr:
+            if ifindex in fdb_devices and nud & codec.NUD_PERMANENT and dst and lladdr:
                 kind, size = fdb_devices[ifindex]
                 if len(dst) == size:
                     state.fdb[codec.mac_text(lladdr)] = kind(dst)

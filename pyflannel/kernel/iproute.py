@@ -21,7 +21,7 @@ from pyflannel.kernel.message import RTM_GETADDR, RTM_GETLINK, Message, decode
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-NLM_F_MULTI, NLM_F_ACK_TLVS = 0x2, 0x200
+NLM_F_MULTI, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x2, 0x100, 0x200
 NLMSGERR_ATTR_MSG = 1
 
 RTMGRP_LINK, RTMGRP_NEIGH = 0x1, 0x4
@@ -43,8 +43,11 @@ def _error(payload: memoryview, flags: int) -> NetlinkError | None:
     if not code:
         return None
     text = ""
-    if flags & NLM_F_ACK_TLVS:  # after the error and the (capped) request header
-        tlvs = codec.attributes(payload, 4 + codec.NLMSG_HDR.size)
+    if flags & NLM_F_ACK_TLVS:  # after the error and the request (its header, if capped)
+        echoed = codec.NLMSG_HDR.size
+        if not flags & NLM_F_CAPPED:  # a kernel that would not cap: the whole request
+            echoed = max(echoed, codec.NLMSG_HDR.unpack_from(payload, 4)[0])
+        tlvs = codec.attributes(payload, 4 + ((echoed + 3) & ~3))
         if NLMSGERR_ATTR_MSG in tlvs:
             text = bytes(tlvs[NLMSGERR_ATTR_MSG]).split(b"\0", 1)[0].decode(errors="replace")
     return NetlinkError(code, text)

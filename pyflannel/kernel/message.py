@@ -89,22 +89,16 @@ LINK: dict[int, tuple[str, Decoder]] = {
     1: ("IFLA_ADDRESS", _mac),
     3: ("IFLA_IFNAME", _text),
     4: ("IFLA_MTU", _u32),
-    5: ("IFLA_LINK", _u32),
-    13: ("IFLA_TXQLEN", _u32),
-    16: ("IFLA_OPERSTATE", _u8),
     18: ("IFLA_LINKINFO", _link_info),
 }
 ADDRESS: dict[int, tuple[str, Decoder]] = {
     1: ("IFA_ADDRESS", _ip),
-    2: ("IFA_LOCAL", _ip),
-    3: ("IFA_LABEL", _text),
     8: ("IFA_FLAGS", _u32),
 }
 ROUTE: dict[int, tuple[str, Decoder]] = {
     codec.RTA_DST: ("RTA_DST", _ip),
     codec.RTA_OIF: ("RTA_OIF", _u32),
     codec.RTA_GATEWAY: ("RTA_GATEWAY", _ip),
-    codec.RTA_PRIORITY: ("RTA_PRIORITY", _u32),
     7: ("RTA_PREFSRC", _ip),
     codec.RTA_TABLE: ("RTA_TABLE", _u32),
 }
@@ -117,8 +111,8 @@ NEIGHBOUR: dict[int, tuple[str, Decoder]] = {
 class Message(dict):
     """A decoded message: header fields by key (``msg["index"]``), attributes by name."""
 
-    def __init__(self, fields: dict[str, Any] | None = None):
-        super().__init__(fields or {})
+    def __init__(self) -> None:
+        super().__init__()
         self.attrs: dict[str, Any] = {}
 
     def get_attr(self, name: str) -> Any:

@@ -14,6 +14,19 @@ from testbed import netns
 from tests.conftest import require_root
 
 NS = f"pf{os.getpid()}iproute"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_in(ns: str, code: str) -> subprocess.CompletedProcess:
+    """``code`` run by this interpreter inside namespace ``ns``, from the checkout."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
 
 SCRIPT = textwrap.dedent(
     """
@@ -64,13 +77,7 @@ def ns():
 
 
 def test_devices_and_addresses_as_ip_shows_them(ns):
-    run = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
+    run = run_in(ns, SCRIPT)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     _, kind, mac, mtu, vni, local, link_index, port, learning, gbp = out["found"]
@@ -100,12 +107,8 @@ def test_what_ip_shows_of_a_device_we_created(ns):
             ipr.link("set", index=index, state="up", txqlen=2000)
         """
     )
-    subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
-        check=True,
-        timeout=30,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
+    made = run_in(ns, code)
+    assert made.returncode == 0, made.stderr
     (link,) = netns.ip_json(ns, "-d", "link", "show", "flannel.9")
     data = link["linkinfo"]["info_data"]
     assert (link["mtu"], link["address"], link["txqlen"]) == (1430, "02:00:00:00:00:09", 2000)
@@ -139,13 +142,7 @@ def test_a_burst_of_notifications_is_read_in_batches(ns):
         print(json.dumps({"batch": watch.BATCH, "reads": reads}))
         """
     )
-    run = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
+    run = run_in(ns, code)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     seen = [dst for read in out["reads"] for dst in read]

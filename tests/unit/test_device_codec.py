@@ -180,6 +180,9 @@ def test_a_kernel_error_carries_the_kernels_sentence():
     error = _error(memoryview(struct.pack("=i", -17) + header + tlv), NLM_F_ACK_TLVS | 0x100)
     assert error is not None and error.code == 17
     assert error.args[1] == sentence[:-1].decode()
+    request = d.new_link(3, "flannel.1", "vxlan")  # echoed whole by a kernel not capping
+    whole = _error(memoryview(struct.pack("=i", -17) + request + tlv), NLM_F_ACK_TLVS)
+    assert whole is not None and whole.args[1] == sentence[:-1].decode()
     plain = _error(memoryview(struct.pack("=i", -19) + header), 0x100)
     assert plain is not None and plain.args[1] == "No such device"
     assert _error(memoryview(struct.pack("=i", 0) + header), 0x100) is None  # an ack
