@@ -4,13 +4,12 @@ and the delegate config built from them exactly as upstream's plugin builds it
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import re
-from collections import namedtuple
+from pyflannel.cni import lean_json
+from pyflannel.cni.cidr import network
 
-# The plugin starts once per container: not even ``typing`` at run time (mypy takes any
-# TYPE_CHECKING as true).
+# The plugin starts once per container: only what its work needs, not even ``typing`` at run
+# time (mypy takes any TYPE_CHECKING as true); no json, re, ipaddress or collections either
+# (lean_json.py, cidr.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -29,8 +28,10 @@ DECODE_FAILURE = 6
 INVALID_NETCONF = 7
 
 # A container ID becomes a file name under dataDir: plain names only (the runtimes' IDs are
-# hex or names of this shape), so nothing can point outside it.
-_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
+# hex or names of this shape: a letter or digit, then also "_", "." or "-", 255 at most), so
+# nothing can point outside it.
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
 
 
 class CniError(Exception):
@@ -47,16 +48,39 @@ class CniError(Exception):
         return doc
 
 
-NetConf = namedtuple(
-    "NetConf",
-    "raw cni_version name subnet_file data_dir delegate ipam runtime_config",
-)
-NetConf.__doc__ = "The plugin's network config (stdin), with upstream's defaults."
+class NetConf:
+    """The plugin's network config (stdin), with upstream's defaults."""
+
+    __slots__ = (
+        "cni_version",
+        "data_dir",
+        "delegate",
+        "ipam",
+        "name",
+        "raw",
+        "runtime_config",
+        "subnet_file",
+    )
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        cni_version: str,
+        name: str,
+        subnet_file: str,
+        data_dir: str,
+        delegate: dict[str, Any] | None,
+        ipam: dict[str, Any] | None,
+        runtime_config: dict[str, Any] | None,
+    ):
+        self.raw, self.cni_version, self.name = raw, cni_version, name
+        self.subnet_file, self.data_dir = subnet_file, data_dir
+        self.delegate, self.ipam, self.runtime_config = delegate, ipam, runtime_config
 
 
 def parse_netconf(stdin: bytes) -> NetConf:
     try:
-        raw = json.loads(stdin)
+        raw = lean_json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(DECODE_FAILURE, "failed to load netconf", str(e)) from None
     if not isinstance(raw, dict):
@@ -88,9 +112,23 @@ def parse_netconf(stdin: bytes) -> NetConf:
     )
 
 
-FlannelEnv = namedtuple("FlannelEnv", "networks subnet ipv6_networks ipv6_subnet mtu ipmasq")
-FlannelEnv.__doc__ = """subnet.env as the plugin needs it: networks (FLANNEL_NETWORK may be a
-comma-separated list), the node's subnet(s), FLANNEL_MTU and FLANNEL_IPMASQ."""
+class FlannelEnv:
+    """subnet.env as the plugin needs it: networks (FLANNEL_NETWORK may be a comma-separated
+    list), the node's subnet(s), FLANNEL_MTU and FLANNEL_IPMASQ."""
+
+    __slots__ = ("ipmasq", "ipv6_networks", "ipv6_subnet", "mtu", "networks", "subnet")
+
+    def __init__(
+        self,
+        networks: tuple[str, ...],
+        subnet: str | None,
+        ipv6_networks: tuple[str, ...],
+        ipv6_subnet: str | None,
+        mtu: int,
+        ipmasq: bool,
+    ):
+        self.networks, self.subnet, self.mtu, self.ipmasq = networks, subnet, mtu, ipmasq
+        self.ipv6_networks, self.ipv6_subnet = ipv6_networks, ipv6_subnet
 
 
 def parse_subnet_env(text: str, path: str) -> FlannelEnv:
@@ -105,7 +143,7 @@ def parse_subnet_env(text: str, path: str) -> FlannelEnv:
         out = []
         for item in filter(None, (v.strip() for v in values.get(key, "").split(","))):
             try:
-                out.append(str(ipaddress.ip_network(item, strict=False)))
+                out.append(network(item))
             except ValueError:
                 raise CniError(IO_FAILURE, f"{path}: {key}={item!r} is not a CIDR") from None
         return tuple(out)
@@ -181,7 +219,8 @@ def delegate_ipam(ipam: dict[str, Any] | None, env: FlannelEnv) -> dict[str, Any
 
 
 def check_container_id(container_id: str) -> str:
-    if not _CONTAINER_ID.fullmatch(container_id or ""):
+    plain = 0 < len(container_id) <= 255 and container_id[0] in _ALNUM
+    if not (plain and _ID_CHARS.issuperset(container_id)):
         raise CniError(
             INVALID_ENVIRONMENT,
             "CNI_CONTAINERID is not a plain name",

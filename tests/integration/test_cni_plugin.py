@@ -115,6 +115,53 @@ def test_add_check_del_with_the_real_bridge_and_host_local(host):
     assert plugin(host, "DEL", conf, "c1", c) == (0, None)  # again: nothing there, success
 
 
+def test_a_data_dir_not_there_yet_is_made_private_with_its_parents(host):
+    c = container()
+    data_dir = host["work"] / "deep" / "er" / "flannel"
+    conf = netconf(host, dataDir=str(data_dir))
+    code, result = plugin(host, "ADD", conf, "c-deep", c)
+    assert code == 0, result
+    assert json.loads((data_dir / "c-deep").read_text())["type"] == "bridge"
+    assert oct(data_dir.stat().st_mode)[-3:] == "700"
+    assert oct(data_dir.parent.stat().st_mode)[-3:] == oct(0o777 & ~_umask())[-3:]
+    assert plugin(host, "DEL", conf, "c-deep", c) == (0, None)
+    assert not (data_dir / "c-deep").exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+PROBE = """#!/bin/sh
+cat > "$PROBE_OUT.$CNI_COMMAND"
+awk '/^SigIgn/ {print "{\\"cniVersion\\": \\"1.0.0\\", \\"sigign\\": \\"" $2 "\\"}"}' /proc/self/status
+"""
+SIGPIPE_BIT = 1 << (13 - 1)  # SigIgn's bit for SIGPIPE (13)
+
+
+@pytest.mark.parametrize("padding", [0, 20000], ids=["exec", "spawned"])
+def test_the_delegate_gets_all_its_config_and_default_signals(host, tmp_path, padding):
+    """ADD execs the delegate with its config piped ahead, or, for a config bigger than a pipe
+    holds (and on DEL), spawns it and writes the config as it reads; either way it reads all
+    of it, its output is the runtime's, and SIGPIPE is back at its default (Python ignores it)."""
+    probe = tmp_path / "probe"
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    conf = netconf(host, delegate={"type": "probe", "padding": "x" * padding})
+    out = str(tmp_path / "seen")
+    for command in ("ADD", "DEL"):
+        code, result = plugin(
+            host, command, conf, f"p{padding}", cni_path=str(tmp_path), PROBE_OUT=out
+        )
+        assert code == 0, result
+        assert not int(result["sigign"], 16) & SIGPIPE_BIT, result
+        seen = json.loads(Path(f"{out}.{command}").read_text())
+        assert seen["type"] == "probe" and len(seen["padding"]) == padding
+    assert not (host["work"] / "flannel" / f"p{padding}").exists()  # DEL removed it
+
+
 def test_an_older_cni_version_gets_its_result_format(host):
     c = container()
     conf = netconf(host, cniVersion="0.3.1")
