@@ -2,8 +2,11 @@
 subnet.env parsing, and refusals (upstream's flannel_linux_test.go cases as a guide)."""
 
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyflannel.cni.netconf import (
     CniError,
@@ -92,6 +95,22 @@ def test_other_container_ids_are_refused(cid):
     with pytest.raises(CniError) as e:
         check_container_id(cid)
     assert e.value.code == 4
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")  # the rule, as a pattern
+
+
+@given(
+    st.text(alphabet="aZ09_.-/ \x00\u0661\u00e9", max_size=260)
+    | st.text(alphabet="ab_.-", min_size=250, max_size=260)
+)
+def test_a_container_id_passes_exactly_when_it_is_a_plain_name(cid):
+    try:
+        check_container_id(cid)
+        passed = True
+    except CniError:
+        passed = False
+    assert passed == bool(PLAIN_NAME.fullmatch(cid)), cid
 
 
 def test_unknown_cni_version_and_junk_are_refused_with_their_codes():
