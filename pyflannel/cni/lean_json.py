@@ -31,7 +31,6 @@ class _Decoding:
     parse_float = float
     parse_int = int
     parse_constant = _CONSTANTS.__getitem__
-    memo: dict = {}
 
 
 def _not_serializable(o: object) -> object:
