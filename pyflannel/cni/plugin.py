@@ -215,7 +215,8 @@ def _become_delegate(kind: str, body: bytes, env: dict[str, str]) -> int:
 
 
 def _delegate(kind: str, body: bytes, env: dict[str, str]) -> int:
-    """Run the delegate plugin with the same environment; its stdout passes through."""
+    """Run the delegate plugin with the same environment (spawned: DEL removes the stored
+    config only after it succeeded); its stdout and stderr are the runtime's."""
     return _run(_find_plugin(kind, env), body, env)
 
 
