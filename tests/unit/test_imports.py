@@ -108,5 +108,7 @@ def test_the_cni_plugin_builds_a_delegate_config_without_json_re_or_ipaddress():
         "enum",
         "functools",
         "typing",
+        "os",
+        "subprocess",
     }
     assert not loaded
