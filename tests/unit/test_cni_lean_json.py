@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyflannel.cni import lean_json
@@ -29,7 +29,7 @@ def same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DOCUMENTS)
 def test_dumps_writes_what_json_writes_and_loads_reads_it_back_as_json_does(value):
     text = lean_json.dumps(value)
@@ -39,7 +39,7 @@ def test_dumps_writes_what_json_writes_and_loads_reads_it_back_as_json_does(valu
     assert same(lean_json.loads(padded), json.loads(padded))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=40) | st.text(max_size=40).map(str.encode))
 def test_any_input_gives_jsons_value_or_jsons_error(data):
     try:

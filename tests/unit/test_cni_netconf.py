@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyflannel.cni.netconf import (
@@ -100,6 +100,7 @@ def test_other_container_ids_are_refused(cid):
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")  # the rule, as a pattern
 
 
+@settings(deadline=None)
 @given(
     st.text(alphabet="aZ09_.-/ \x00\u0661\u00e9", max_size=260)
     | st.text(alphabet="ab_.-", min_size=250, max_size=260)
