@@ -91,6 +91,13 @@ def timed_start(node) -> tuple[float, float, dict[str, float]]:
     return t_file, ready, steps
 
 
+def make_cold(node) -> None:
+    """No device and no lease of this node's left: its next start is a cold one."""
+    node.run("ip", "link", "del", "flannel.1", check=False)
+    for key in [k for k, v in node.bed.leases().items() if f'"{node.underlay_ip}"' in v]:
+        node.bed.etcd.ctl("del", key)
+
+
 # (category, a frame that puts a sample in it), first match wins.
 CATEGORIES = (
     ("dataclass creation at import", "_process_class (dataclasses.py"),
@@ -110,9 +117,7 @@ def profiled_starts(node, runs: int, workdir: Path) -> dict[str, float]:
     """ms of CPU per cold start, by category (CATEGORIES), sampled by py-spy."""
     totals: dict[str, float] = {}
     for i in range(runs):
-        node.run("ip", "link", "del", "flannel.1", check=False)
-        for key in [k for k, v in node.bed.leases().items() if '"198.51.100.1"' in v]:
-            node.bed.etcd.ctl("del", key)
+        make_cold(node)
         node.subnet_file.unlink(missing_ok=True)
         out = workdir / f"profile{i}.txt"
         command = ["py-spy", "record", "-r", "2000", "--nonblocking", "-f", "raw", "-o", str(out)]
@@ -166,10 +171,7 @@ def main() -> int:
             node.start()
         node = bed.nodes[0]
         for _ in range(args.runs):
-            # Cold: no device, no lease, no subnet file.
-            node.run("ip", "link", "del", "flannel.1", check=False)
-            for key in [k for k, v in bed.leases().items() if '"198.51.100.1"' in v]:
-                bed.etcd.ctl("del", key)
+            make_cold(node)  # (timed_start removes the subnet file)
             t_file, t_ready, cold_steps = timed_start(node)
             cold.append(t_file)
             cold_ready.append(t_ready)

@@ -3,9 +3,10 @@ daemon makes, with pyroute2's ``IPRoute`` names and answers (``link_lookup``, ``
 ``link``, ``get_addr``, ``addr``, ``route``) so a backend reads the same either way; and the
 notification socket the kernel watch reads.
 
-Why not pyroute2 here: importing its ``IPRoute`` took ~50 ms of the daemon's ~200 ms start
-(and ~5 MB), for a dozen message shapes that ``struct`` encodes (device_codec.py) and decodes
-(message.py). pyroute2 stays for WireGuard's generic netlink and the diagnostics.
+Why not pyroute2 here: importing its ``IPRoute`` took 73 ms of every start here (and ~5 MB;
+README, "Why the daemon speaks route netlink itself"), for a dozen message shapes that
+``struct`` encodes (device_codec.py) and decodes (message.py). pyroute2 stays only for
+WireGuard's generic netlink (kernel/rtnl.py).
 Not thread-safe: one per thread (the netlink thread owns the daemon's).
 """
 

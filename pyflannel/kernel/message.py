@@ -20,6 +20,15 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 IFINFOMSG = struct.Struct("=BxHiII")  # family type index flags change
 IFADDRMSG = struct.Struct("=BBBBi")  # family prefixlen flags scope index
 
+# attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h): decoded here, encoded in
+# device_codec.py
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_TXQLEN, IFLA_LINKINFO = 1, 3, 4, 13, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+RTA_PREFSRC = 7
+
 EVENTS = {
     RTM_NEWLINK: "RTM_NEWLINK",
     RTM_DELLINK: "RTM_DELLINK",
@@ -64,42 +73,42 @@ def _flag(raw: memoryview) -> bool:
 Decoder = Callable[[memoryview], Any]
 
 VXLAN_DATA: dict[int, tuple[str, Decoder]] = {
-    1: ("IFLA_VXLAN_ID", _u32),
-    3: ("IFLA_VXLAN_LINK", _u32),
-    4: ("IFLA_VXLAN_LOCAL", _ip),
-    7: ("IFLA_VXLAN_LEARNING", _u8),
-    15: ("IFLA_VXLAN_PORT", _be16),
-    17: ("IFLA_VXLAN_LOCAL6", _ip),
-    23: ("IFLA_VXLAN_GBP", _flag),
+    IFLA_VXLAN_ID: ("IFLA_VXLAN_ID", _u32),
+    IFLA_VXLAN_LINK: ("IFLA_VXLAN_LINK", _u32),
+    IFLA_VXLAN_LOCAL: ("IFLA_VXLAN_LOCAL", _ip),
+    IFLA_VXLAN_LEARNING: ("IFLA_VXLAN_LEARNING", _u8),
+    IFLA_VXLAN_PORT: ("IFLA_VXLAN_PORT", _be16),
+    IFLA_VXLAN_LOCAL6: ("IFLA_VXLAN_LOCAL6", _ip),
+    IFLA_VXLAN_GBP: ("IFLA_VXLAN_GBP", _flag),
 }
 
 
 def _link_info(raw: memoryview) -> Message:
     info = Message()
     attrs = codec.attributes(raw, 0)
-    kind = _text(attrs[1]) if 1 in attrs else ""
+    kind = _text(attrs[IFLA_INFO_KIND]) if IFLA_INFO_KIND in attrs else ""
     if kind:
         info.attrs["IFLA_INFO_KIND"] = kind
-    if 2 in attrs and kind == "vxlan":
-        info.attrs["IFLA_INFO_DATA"] = _named(attrs[2], 0, VXLAN_DATA)
+    if IFLA_INFO_DATA in attrs and kind == "vxlan":
+        info.attrs["IFLA_INFO_DATA"] = _named(attrs[IFLA_INFO_DATA], 0, VXLAN_DATA)
     return info
 
 
 LINK: dict[int, tuple[str, Decoder]] = {
-    1: ("IFLA_ADDRESS", _mac),
-    3: ("IFLA_IFNAME", _text),
-    4: ("IFLA_MTU", _u32),
-    18: ("IFLA_LINKINFO", _link_info),
+    IFLA_ADDRESS: ("IFLA_ADDRESS", _mac),
+    IFLA_IFNAME: ("IFLA_IFNAME", _text),
+    IFLA_MTU: ("IFLA_MTU", _u32),
+    IFLA_LINKINFO: ("IFLA_LINKINFO", _link_info),
 }
 ADDRESS: dict[int, tuple[str, Decoder]] = {
-    1: ("IFA_ADDRESS", _ip),
-    8: ("IFA_FLAGS", _u32),
+    IFA_ADDRESS: ("IFA_ADDRESS", _ip),
+    IFA_FLAGS: ("IFA_FLAGS", _u32),
 }
 ROUTE: dict[int, tuple[str, Decoder]] = {
     codec.RTA_DST: ("RTA_DST", _ip),
     codec.RTA_OIF: ("RTA_OIF", _u32),
     codec.RTA_GATEWAY: ("RTA_GATEWAY", _ip),
-    7: ("RTA_PREFSRC", _ip),
+    RTA_PREFSRC: ("RTA_PREFSRC", _ip),
     codec.RTA_TABLE: ("RTA_TABLE", _u32),
 }
 NEIGHBOUR: dict[int, tuple[str, Decoder]] = {

@@ -1,5 +1,6 @@
-"""Kernel WireGuard (the ``wireguard`` module): the link made with pyroute2, configured over
-WireGuard's generic netlink with pyroute2's ``WireGuard``. Only the mapping lives here: the
+"""Kernel WireGuard (the ``wireguard`` module): the link made on pyflannel's own route-netlink
+socket (kernel/iproute.py), configured over WireGuard's generic netlink with pyroute2's
+``WireGuard``. Only the mapping lives here: the
 wanted device, the diff and everything else are shared with the userspace path (uapi.py).
 
 This kernel has no module: the suite exercises only the choice (a failed link add means
