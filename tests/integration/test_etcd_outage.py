@@ -3,7 +3,7 @@ the lease survives. Uses its own etcd server, since it kills it."""
 
 import asyncio
 import logging
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -31,7 +31,10 @@ async def test_watch_and_lease_survive_an_etcd_kill_and_restart(own_etcd):
     client = EtcdClient([own_etcd.url], timeout=2)
     store = EtcdSubnetManager(client, PREFIX)
     k = keeper(store)
-    lease = await k.acquire(attrs("198.51.100.1"))
+    # Our own subnet chosen (previous=), not drawn: a draw of 10.1.2.0 or 10.1.3.0 (~1 in 128)
+    # would be overwritten by the peers written below and read as our own, never as a peer.
+    lease = await k.acquire(attrs("198.51.100.1"), previous=IPv4Network("10.1.1.0/24"))
+    assert lease.subnet == IPv4Network("10.1.1.0/24")
     put(own_etcd, PREFIX, "10.1.2.0-24", "198.51.100.2")
     peers = Peers()
     watch = PeerWatch(store, LeaseTable(NET, own=lease.subnet), peers)
