@@ -1,4 +1,7 @@
-"""A throwaway CA with server and client certificates (openssl CLI), for TLS tests."""
+"""Certificates for TLS tests: a throwaway CA with server and client certificates made as
+etcd's own TLS guide makes them (cfssl's "server" and "client" profiles: the server
+certificate for server authentication only), and upstream flannel's own test certificates
+(``upstream_certs``: its dist/test, the ones its functional suite runs with)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,27 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certs(directory: Path, server_ip: str = "127.0.0.1", name: str = "ca") -> CertSet:
+UPSTREAM = Path(__file__).resolve().parent / "upstream_certs"
+
+
+def upstream_certs() -> CertSet:
+    """flannel v0.20.2's dist/test certificates: server ``etcd`` (serverAuth only; IP SANs
+    127.0.0.1 and 172.17.0.1) and client ``client`` (clientAuth), valid until 2027-08-18."""
+    return CertSet(
+        UPSTREAM / "ca.pem",
+        UPSTREAM / "server.pem",
+        UPSTREAM / "server-key.pem",
+        UPSTREAM / "client.pem",
+        UPSTREAM / "client-key.pem",
+    )
+
+
+def make_certs(
+    directory: Path,
+    server_ips: tuple[str, ...] = ("127.0.0.1",),
+    name: str = "ca",
+    client_cn: str = "client",
+) -> CertSet:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _openssl(
@@ -39,10 +62,10 @@ def make_certs(directory: Path, server_ip: str = "127.0.0.1", name: str = "ca") 
         f"{name}.crt",
         cwd=d,
     )
-    # etcd 3.4 dials itself (grpc-gateway) with its server certificate: it needs clientAuth too.
-    for who, ext in (
-        ("server", f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth,clientAuth"),
-        ("client", "extendedKeyUsage=clientAuth"),
+    sans = ",".join(f"IP:{ip}" for ip in server_ips)
+    for who, cn, ext in (
+        ("server", "server", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
+        ("client", client_cn, "extendedKeyUsage=clientAuth"),
     ):
         (d / f"{who}.ext").write_text(ext + "\n")
         _openssl(
@@ -51,7 +74,7 @@ def make_certs(directory: Path, server_ip: str = "127.0.0.1", name: str = "ca") 
             "rsa:2048",
             "-nodes",
             "-subj",
-            f"/CN={who}",
+            f"/CN={cn}",
             "-keyout",
             f"{who}.key",
             "-out",

@@ -124,8 +124,8 @@ async def test_a_watch_survives_its_channel_being_closed_by_another_calls_failov
     assert (await anext(watch)).created
     pending = asyncio.create_task(anext(watch))
     await asyncio.sleep(0.2)
-    await client._failover(client._generation)
-    with pytest.raises(EtcdUnavailable, match="connection closed"):
+    await client.transport.failover(client.transport.generation)
+    with pytest.raises(EtcdUnavailable, match="the client left this member"):
         await pending
     resumed = client.watch_prefix(b"/closed/", 1)
     assert (await anext(resumed)).created
