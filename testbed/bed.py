@@ -93,7 +93,7 @@ class Node:
             "-m",
             "pyflannel",
             "run",
-            f"--etcd-endpoints={self.bed.etcd.url}",
+            *self.bed.etcd_flags(),
             "--iface=eth0",
             f"--subnet-file={self.subnet_file}",
             *args,
@@ -201,7 +201,7 @@ class Node:
                 "-m",
                 "pyflannel",
                 command,
-                f"--etcd-endpoints={self.bed.etcd.url}",
+                *self.bed.etcd_flags(),
                 f"--subnet-file={self.subnet_file}",
                 *args,
             ],
@@ -219,7 +219,7 @@ class Node:
                 "pyflannel",
                 "doctor",
                 "--json",
-                f"--etcd-endpoints={self.bed.etcd.url}",
+                *self.bed.etcd_flags(),
                 "--iface=eth0",
                 f"--subnet-file={self.subnet_file}",
                 *args,
@@ -397,10 +397,19 @@ class TestBed:
     python = sys.executable  # the daemons' interpreter (bench/: an installed pyflannel's)
 
     def __init__(
-        self, hosts: int = 3, mtu: int = 1500, workdir: str | None = None, etcd_members: int = 1
+        self,
+        hosts: int = 3,
+        mtu: int = 1500,
+        workdir: str | None = None,
+        etcd_members: int = 1,
+        etcd_certs=None,
+        etcd_ip: str = ETCD_IP,
     ):
         """``etcd_members`` > 1: a Raft cluster, member i in namespace ``<prefix>e<i>`` at
-        198.51.100.(250 + i); 1: a single etcd in the LAN namespace at 198.51.100.254."""
+        198.51.100.(250 + i); 1: a single etcd in the LAN namespace at ``etcd_ip``
+        (198.51.100.254; another address is added to the switch and routed on every host).
+        ``etcd_certs`` (a testbed.certs.CertSet): etcd serves TLS with --client-cert-auth,
+        and the daemons, etcdctl and the CLI are given the CA and the client certificate."""
         self.prefix = f"pf{os.getpid()}x{next(_beds)}-"
         self.lan = f"{self.prefix}lan"
         self.mtu = mtu
@@ -408,13 +417,16 @@ class TestBed:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pf-bed-"))
         self.nodes = [self.node_class(self, i) for i in range(1, hosts + 1)]
         self.extra_nodes: list[Node] = []  # second daemons on the same hosts
+        self.etcd_certs = etcd_certs
+        self.etcd_ip = etcd_ip
         if etcd_members == 1:
             self.etcd = EtcdServer(
-                host=ETCD_IP,
+                host=etcd_ip,
                 client_port=2379,
                 peer_port=2380,
                 netns=self.lan,
                 data_dir=str(self.workdir / "etcd"),
+                certs=etcd_certs,
             )
         else:
             self.etcd = EtcdCluster(
@@ -448,6 +460,8 @@ class TestBed:
         self._create(self.lan)
         netns.ip(self.lan, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
         netns.ip(self.lan, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
+        if self.etcd_ip != ETCD_IP:
+            netns.ip(self.lan, "addr", "add", f"{self.etcd_ip}/32", "dev", "br0")
         netns.ip(self.lan, "link", "set", "br0", "up")
         for node in self.nodes:
             self.attach_host(node)
@@ -462,6 +476,20 @@ class TestBed:
     def attach_host(self, node: Node, mac: str | None = None) -> None:
         """The node's host namespace on the switch (``mac``: its eth0's, else random)."""
         self._attach(node.ns, f"v{node.index}", node.underlay_ip, node.underlay_ip6, mac)
+        if self.etcd_ip != ETCD_IP:
+            netns.ip(node.ns, "route", "add", f"{self.etcd_ip}/32", "dev", "eth0")
+
+    def etcd_flags(self, dash: str = "--") -> list[str]:
+        """How a daemon or the CLI reaches the bed's etcd (``dash="-"``: Go's flag style)."""
+        flags = [f"{dash}etcd-endpoints={self.etcd.url}"]
+        certs = self.etcd_certs
+        if certs is not None:
+            flags += [
+                f"{dash}etcd-cafile={certs.ca}",
+                f"{dash}etcd-certfile={certs.client_cert}",
+                f"{dash}etcd-keyfile={certs.client_key}",
+            ]
+        return flags
 
     def _attach(
         self, ns: str, port: str, address, address6: IPv6Address | None = None, mac=None

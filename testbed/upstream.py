@@ -33,7 +33,7 @@ def launch_upstream(node, *args: str) -> subprocess.Popen:
             "exec",
             node.ns,
             str(binary),
-            f"-etcd-endpoints={node.bed.etcd.url}",
+            *node.bed.etcd_flags("-"),
             "-iface=eth0",
             f"-subnet-file={node.subnet_file}",
             *args,

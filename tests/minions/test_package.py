@@ -93,7 +93,8 @@ def test_its_dependencies_are_debians_and_the_bundled_ones_are_listed(deb):
         "python3-numpy",
         "python3-cryptography",
         "python3-prometheus-client",
-        "python3-h11",
+        "python3-h2",
+        "python3-protobuf",
         "iptables",
     ):
         assert name in depends
