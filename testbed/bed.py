@@ -391,6 +391,11 @@ class Node:
         return [e for e in (json.loads(out) if out else []) if e.get("dst")]
 
 
+def member_ips(etcd_members: int) -> tuple[str, ...]:
+    """The client addresses of a bed's etcd cluster (for its certificates' names)."""
+    return tuple(f"{UNDERLAY}.{250 + i}" for i in range(1, etcd_members + 1))
+
+
 class TestBed:
     __test__ = False  # not a pytest test class
     node_class: type[Node] = Node
@@ -406,7 +411,7 @@ class TestBed:
         etcd_ip: str = ETCD_IP,
     ):
         """``etcd_members`` > 1: a Raft cluster, member i in namespace ``<prefix>e<i>`` at
-        198.51.100.(250 + i); 1: a single etcd in the LAN namespace at ``etcd_ip``
+        198.51.100.(250 + i) (``member_ips``); 1: a single etcd in the LAN namespace at ``etcd_ip``
         (198.51.100.254; another address is added to the switch and routed on every host).
         ``etcd_certs`` (a testbed.certs.CertSet): etcd serves TLS with --client-cert-auth,
         and the daemons, etcdctl and the CLI are given the CA and the client certificate."""
@@ -438,6 +443,7 @@ class TestBed:
                         netns=f"{self.prefix}e{i}",
                         data_dir=str(self.workdir / f"etcd{i}"),
                         name=f"e{i}",
+                        certs=etcd_certs,
                     )
                     for i in range(1, etcd_members + 1)
                 ]

@@ -124,17 +124,22 @@ class EtcdServer:
     def ctl(self, *args: str, check: bool = True, timeout: float = 20, input: str | None = None):
         """Run etcdctl (v3 API) against this server (as root once auth is enabled)."""
         cmd = [ETCDCTL, f"--endpoints={self.url}", "--dial-timeout=2s", "--command-timeout=5s"]
-        if self.certs:
-            cmd += [
-                f"--cacert={self.certs.ca}",
-                f"--cert={self.certs.client_cert}",
-                f"--key={self.certs.client_key}",
-            ]
+        cmd += self.tls_flags()
         if self.root_password:
             cmd.append(f"--user=root:{self.root_password}")
         cmd += args
         env = dict(os.environ, ETCDCTL_API="3")
         return run(cmd, ns=self.netns, check=check, timeout=timeout, env=env, input=input)
+
+    def tls_flags(self) -> list[str]:
+        """etcdctl's TLS flags for this server (none without TLS)."""
+        if not self.certs:
+            return []
+        return [
+            f"--cacert={self.certs.ca}",
+            f"--cert={self.certs.client_cert}",
+            f"--key={self.certs.client_key}",
+        ]
 
     def put(self, key: str, value: str) -> None:
         # Through stdin, so values starting with "-" or holding newlines arrive intact.
@@ -237,6 +242,7 @@ class EtcdCluster:
                 f"--endpoints={','.join(m.url for m in live)}",
                 "--dial-timeout=2s",
                 "--command-timeout=5s",
+                *live[0].tls_flags(),
                 *args,
             ]
             proc = run(

@@ -1,5 +1,6 @@
-"""etcd as a real 3-member Raft cluster, one member per namespace: kill the member a daemon
-talks to, cut a member off from its peers while a daemon watches through it, stop and restart
+"""etcd as a real 3-member Raft cluster, one member per namespace, over TLS as etcd's own
+guide deploys it (--client-cert-auth, server certificates for server authentication only):
+kill the member a daemon talks to, cut a member off from its peers while a daemon watches through it, stop and restart
 the leader. Each time the daemon moves to a healthy member, programs a lease written
 meanwhile, keeps its own lease and renews it; a continuous overlay ping loses nothing.
 Seconds until the daemon is back in sync are printed as ``SYNC <fault> <seconds>``."""
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from testbed import netns
-from testbed.bed import TestBed
+from testbed.bed import TestBed, member_ips
+from testbed.certs import make_certs
 
 from .conftest import PEER_VALUE, eventually, renewals, require_testbed
 
@@ -19,9 +21,11 @@ ARGS = ("--reconcile-interval=5", "--subnet-lease-ttl=24")
 
 
 @pytest.fixture(scope="module")
-def bed():
+def bed(tmp_path_factory):
     require_testbed()
-    with TestBed(hosts=2, etcd_members=3) as bed:
+    certs = make_certs(tmp_path_factory.mktemp("etcd-certs"), server_ips=member_ips(3))
+    with TestBed(hosts=2, etcd_members=3, etcd_certs=certs) as bed:
+        assert all(m.url.startswith("https://") for m in bed.etcd.members)
         bed.put_config()
         for node in bed.nodes:
             node.start(*ARGS)
