@@ -206,17 +206,19 @@ class Channel:
                     self._h2.local_flow_control_window(call.stream_id),
                     self._h2.max_outbound_frame_size,
                 )
-            except h2.exceptions.StreamClosedError:
-                raise ChannelClosed("the member closed the call") from None
-            if len(data) <= window:
-                self._h2.send_data(call.stream_id, data, end_stream=last)
-                self._flush()
-                break
-            if window > 0:
-                self._h2.send_data(call.stream_id, data[:window])
-                data = data[window:]
-                self._flush()
-                continue
+                if len(data) <= window:
+                    self._h2.send_data(call.stream_id, data, end_stream=last)
+                    self._flush()
+                    break
+                if window > 0:
+                    self._h2.send_data(call.stream_id, data[:window])
+                    data = data[window:]
+                    self._flush()
+                    continue
+            except h2.exceptions.ProtocolError:  # the call, or the connection, has closed
+                raise (
+                    call._end or self.failure or ChannelClosed("the member closed the call")
+                ) from None
             self._window_opened.clear()
             await self._window_opened.wait()
         await self._writer.drain()
@@ -225,11 +227,8 @@ class Channel:
         if self._calls.pop(call.stream_id, None) is None:
             return
         if not call.ended and self.failure is None:
-            try:
-                self._h2.reset_stream(call.stream_id, h2.errors.ErrorCodes.CANCEL)
-                self._flush()
-            except h2.exceptions.StreamClosedError:
-                pass
+            self._reset(call.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self._flush()
         call._finish(ChannelClosed("the call was cancelled"))
         self._close_if_drained()
 
@@ -252,6 +251,8 @@ class Channel:
                         "the server closed the connection before its first HTTP/2 frame: "
                         "does it serve TLS there? (then use https://)"
                     )
+                if first and data.startswith(b"HTTP/1."):  # h2 would wait for a whole "frame"
+                    raise ChannelClosed(_not_http2(data, None))
                 try:
                     events = self._h2.receive_data(data)
                 except h2.exceptions.ProtocolError as e:
@@ -286,7 +287,7 @@ class Channel:
                     call._deliver(event.data)
                 except WireError as e:
                     self._end_call(call, CallFailed(Status(StatusCode.INTERNAL, str(e))))
-                    self._h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                    self._reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         if call is None:
             return
@@ -296,7 +297,7 @@ class Channel:
             problem = response_problem(headers)
             if status is None and problem is not None:
                 self._end_call(call, CallFailed(problem))
-                self._h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._reset(event.stream_id, h2.errors.ErrorCodes.CANCEL)
             elif status is not None:
                 self._end_call(call, CallFailed(status))
         elif isinstance(event, h2.events.TrailersReceived):
@@ -313,6 +314,13 @@ class Channel:
             why = _error_name(event.error_code)
             status = Status(StatusCode.UNAVAILABLE, f"the member reset the call ({why})")
             self._end_call(call, CallFailed(status, unprocessed=refused))
+
+    def _reset(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        """RST_STREAM, unless the stream or the connection is already closed."""
+        try:
+            self._h2.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            pass
 
     def _end_call(self, call: Call, end: CallFailed | ChannelClosed) -> None:
         self._calls.pop(call.stream_id, None)
@@ -377,7 +385,7 @@ def _text(headers) -> list[tuple[str, str]]:
     ]
 
 
-def _not_http2(first: bytes, error: Exception) -> str:
+def _not_http2(first: bytes, error: Exception | None) -> str:
     """What a member that does not speak HTTP/2 answered instead."""
     if first.startswith(b"HTTP/1."):
         head = first.split(b"\r\n\r\n", 1)
