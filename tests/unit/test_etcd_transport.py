@@ -163,7 +163,9 @@ async def test_concurrent_first_calls_authenticate_once():
 async def test_an_http1_server_is_named():
     async with GrpcPeer({}, http1=True) as peer:
         client = EtcdClient([peer.url], timeout=2)
-        with pytest.raises(EtcdUnavailable, match=r"answered in HTTP/1 \(HTTP/1\.1 400 Bad Request"):
+        with pytest.raises(
+            EtcdUnavailable, match=r"answered in HTTP/1 \(HTTP/1\.1 400 Bad Request"
+        ):
             await client.get(b"/k")
         await client.close()
 
