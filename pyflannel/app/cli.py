@@ -10,9 +10,11 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyflannel import __version__
 from pyflannel.app.options import (
+    Options,
     add_arguments,
     build_options,
     normalize_go_flags,
@@ -20,6 +22,12 @@ from pyflannel.app.options import (
 )
 from pyflannel.errors import OptionsError
 from pyflannel.log import setup_logging
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Address
+
+    from pyflannel.ops.status.client import StatusEndpoint
+    from pyflannel.subnet.stores import StoreOptions
 
 log = logging.getLogger("pyflannel")
 
@@ -236,21 +244,39 @@ def _trace(args: argparse.Namespace) -> int:
     import json
     from ipaddress import IPv4Address
 
+    from pyflannel.errors import FlannelError
     from pyflannel.ops.trace.gather import trace
     from pyflannel.ops.trace.model import render
 
     try:
         options = build_options(args, with_service_environment(os.environ))
         src, dst = IPv4Address(args.src), IPv4Address(args.dst)
-    except (OptionsError, ValueError) as e:
+        store, endpoint = _beside_the_daemon(options, (src, dst))
+    except (OptionsError, ValueError, FlannelError) as e:
         print(f"pyflannel trace: {e}", file=sys.stderr)
         return 2
-    result = asyncio.run(trace(src, dst, options.store, options.status_endpoint))
+    result = asyncio.run(trace(src, dst, store, endpoint))
     if args.json:
         print(json.dumps(result.document(), indent=1))
     else:
         print(render(result), end="")
     return 1 if result.failure else 0
+
+
+def _beside_the_daemon(
+    options: Options, addresses: Sequence[IPv4Address] = ()
+) -> tuple[StoreOptions, StatusEndpoint]:
+    """(store options, status endpoint): those given, or, when no store flag was given (nor
+    FLANNELD_* for one), the running daemon's own (ops/daemon_settings.py)."""
+    if options.store_given:
+        return options.store, options.status_endpoint
+    from pyflannel.ops.daemon_settings import daemon_settings
+
+    prefix = options.etcd_prefix if "etcd_prefix" in options.given else None
+    found = daemon_settings(options.status_endpoint, prefix, addresses)
+    if found is None:
+        return options.store, options.status_endpoint
+    return found.store, found.endpoint
 
 
 def _etcd_tuning(args: argparse.Namespace) -> dict:
@@ -305,25 +331,28 @@ def _doctor(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from pyflannel.errors import FlannelError
     from pyflannel.ops.doctor.checks import exit_code, render
     from pyflannel.ops.doctor.probes import run_checks
 
     try:
         options = build_options(args, with_service_environment(os.environ))
-    except OptionsError as e:
+        store, endpoint = _beside_the_daemon(options)
+    except (OptionsError, FlannelError) as e:
         print(f"pyflannel doctor: {e}", file=sys.stderr)
         return 1
+    doctor = dataclasses.replace(options.doctor, store=store, endpoint=endpoint)
     if args.probe:
         from pyflannel.ops.doctor.mesh import probe_paths
         from pyflannel.ops.status.client import daemon_document
 
-        doc, why = daemon_document(options.status_endpoint)
+        doc, why = daemon_document(endpoint)
         if doc is None:
             print(f"pyflannel doctor --probe: the daemon does not answer ({why})", file=sys.stderr)
             return 1
         findings = asyncio.run(probe_paths(doc, args.probe))
     else:
-        findings = asyncio.run(run_checks(options.doctor, _etcd_tuning(args)))
+        findings = asyncio.run(run_checks(doctor, _etcd_tuning(args)))
     if args.json:
         print(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
     else:

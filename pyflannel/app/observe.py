@@ -97,6 +97,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         DaemonSnapshot,
         InstanceView,
         LeaseView,
+        StoreAccess,
         StoreStatus,
         TrafficView,
     )
@@ -131,6 +132,14 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             healthz=daemon.instance.record.healthz,
             others=tuple(
                 rec.describe() for rec in instances_beside(o.subnet_file) if rec.pid != os.getpid()
+            ),
+            access=StoreAccess(
+                endpoints=tuple(o.etcd_endpoints),
+                cafile=o.etcd_cafile,
+                certfile=o.etcd_certfile,
+                keyfile=o.etcd_keyfile,
+                username=o.etcd_username,
+                password_in=o.password_in,
             ),
         ),
         store=StoreStatus(

@@ -30,6 +30,17 @@ ENV_PREFIX = "FLANNELD_"
 SERVICE_ENV_FILE = "/etc/default/pyflannel"
 MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
 MAX_UDP_WORKERS = 64
+# The options that say how to reach the store (not which network in it: --etcd-prefix).
+STORE_SETTINGS = frozenset(
+    {
+        "etcd_endpoints",
+        "etcd_cafile",
+        "etcd_certfile",
+        "etcd_keyfile",
+        "etcd_username",
+        "etcd_password",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,10 @@ class Options:
     healthz_ip: str = "127.0.0.1"
     healthz_port: int = 8471
     v: int = 0
-    # Which options were set by a flag or FLANNELD_* (the others are defaults).
+    # Which options were set by a flag or FLANNELD_* (the others are defaults), and which of
+    # those by FLANNELD_* (the environment).
     given: frozenset[str] = frozenset()
+    from_env: frozenset[str] = frozenset()
 
     @property
     def store(self) -> StoreOptions:
@@ -86,6 +99,20 @@ class Options:
             username=self.etcd_username,
             password=self.etcd_password,
         )
+
+    @property
+    def store_given(self) -> bool:
+        """Were any of the store's settings given (flags or FLANNELD_*)? When none were, the
+        tools typed beside a running daemon take its settings (``pyflannel trace``)."""
+        return bool(self.given & STORE_SETTINGS)
+
+    @property
+    def password_in(self) -> str:
+        """Where this process's etcd password is (never what it is): its command line
+        (``--etcd-password``), its environment (``FLANNELD_ETCD_PASSWORD``), or nowhere."""
+        if not self.etcd_password:
+            return ""
+        return env_name("etcd-password") if "etcd_password" in self.from_env else "--etcd-password"
 
     @property
     def traffic(self) -> TrafficSettings:
@@ -394,6 +421,7 @@ def normalize_go_flags(argv: Sequence[str]) -> list[str]:
 def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
     """Flags win; a flag not given is read from FLANNELD_<NAME>; else the default."""
     values: dict[str, Any] = {}
+    from_env: set[str] = set()
     for name, kind, _ in FLAGS:
         dest = _attr(name)
         given = getattr(ns, dest, None)
@@ -403,6 +431,7 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
             if not env:
                 continue
             given, source = ([env] if kind is list else env), env_name(name)
+            from_env.add(dest)
         try:
             if isinstance(given, list):
                 values[dest] = [i.strip() for i in given if i.strip()]
@@ -412,7 +441,7 @@ def build_options(ns: argparse.Namespace, environ: Mapping[str, str] = os.enviro
                 values[dest] = _convert(kind, given)
         except ValueError as e:
             raise OptionsError(f"invalid value for {source}: {e}") from None
-    options = Options(**values, given=frozenset(values))
+    options = Options(**values, given=frozenset(values), from_env=frozenset(from_env))
     validate(options)
     return options
 

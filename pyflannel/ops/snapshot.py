@@ -50,11 +50,26 @@ class TrafficView:
 
 
 @dataclass(frozen=True)
+class StoreAccess:
+    """How this daemon reaches its store, for the tools typed beside it (``pyflannel trace``,
+    ``doctor``): its endpoints, TLS files and user, and where its password is (its command
+    line or its environment), never the password itself."""
+
+    endpoints: tuple[str, ...]
+    cafile: str
+    certfile: str
+    keyfile: str
+    username: str
+    password_in: str  # "", "--etcd-password" or "FLANNELD_ETCD_PASSWORD"
+
+
+@dataclass(frozen=True)
 class InstanceView:
     etcd_prefix: str
     subnet_file: str
     healthz: str
     others: tuple[str, ...]  # other networks' daemons on this host
+    access: StoreAccess | None = None
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,23 @@ def test_status_and_doctor_see_the_services_environment_file_under_their_own(tmp
     o = options(["--etcd-prefix=/net-d"], env)
     assert o.etcd_endpoints == ["http://10.0.0.5:2379"] and o.etcd_prefix == "/net-d"
     assert with_service_environment({"A": "1"}, tmp_path / "absent") == {"A": "1"}
+
+
+@pytest.mark.parametrize(
+    "argv, env, where",
+    [
+        (["--etcd-password=pw"], {}, "--etcd-password"),
+        ([], {"FLANNELD_ETCD_PASSWORD": "pw"}, "FLANNELD_ETCD_PASSWORD"),
+        (["--etcd-password=pw"], {"FLANNELD_ETCD_PASSWORD": "other"}, "--etcd-password"),
+    ],
+)
+def test_where_the_password_is_said_never_what(argv, env, where):
+    assert options(["--etcd-username=u", *argv], env).password_in == where
+    assert options([]).password_in == ""
+
+
+def test_store_settings_given_or_not():
+    assert not options([]).store_given
+    assert not options(["--etcd-prefix=/net-b", "--subnet-file=/x.env"]).store_given
+    assert options(["--etcd-cafile=/ca.pem"]).store_given
+    assert options([], {"FLANNELD_ETCD_ENDPOINTS": "http://10.0.0.5:2379"}).store_given

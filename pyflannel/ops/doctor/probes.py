@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 import urllib.request
@@ -293,11 +292,11 @@ async def _first_member_that_answers(client: EtcdClient) -> None:
 def _server_date(url: str, o: StoreOptions) -> str | None:
     """The member's clock, from the Date header of its smallest answer (/version); the
     members' /metrics are read by the client (members())."""
+    from pyflannel.etcd.tls import TLSFiles, client_context
+
     context = None
     if url.startswith("https://"):
-        context = ssl.create_default_context(cafile=o.cafile or None)
-        if o.certfile:
-            context.load_cert_chain(o.certfile, o.keyfile)
+        context = client_context(TLSFiles(o.cafile, o.certfile, o.keyfile), alpn="http/1.1")
     with urllib.request.urlopen(f"{url}/version", timeout=5, context=context) as resp:
         return resp.headers.get("Date")
 
