@@ -371,7 +371,10 @@ class Daemon:
                 if self.healer is not None:
                     tasks.create_task(self.healer.run(), name="path-healer")
             if self.traffic.enabled:
-                tasks.create_task(self.traffic.resync_forever(o.iptables_resync), name="iptables")
+                from pyflannel.traffic.repair import RuleRepair
+
+                repair = RuleRepair(self.traffic, o.iptables_resync)
+                tasks.create_task(repair.run(), name="iptables")
             self.ready.set()
             log.info(
                 "ready in %.2f s: subnet %s, %d peers, backend %s on %s",

@@ -84,14 +84,10 @@ class TrafficManager(abc.ABC):
     async def present(self) -> bool:
         """Are all rules in place (for status and readiness)?"""
 
+    @abc.abstractmethod
+    def tables(self) -> set[tuple[int, str]]:
+        """The nf_tables tables its rules are in, as (NFPROTO family, name): a change
+        announced in one of them is worth a check (traffic/repair.py)."""
+
     async def set_peers(self, public_ips: list[str]) -> None:  # noqa: B027 - optional
         """Follow the peer set (the VXLAN peer filter, where the mode has one)."""
-
-    async def resync_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.check()
-            except TrafficError as e:
-                self.last_problem = str(e)
-                log.error("%s resync: %s", self.mode, e)

@@ -4,7 +4,6 @@ each kept by a manager of its own. The daemon and its status see one object."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -130,5 +129,5 @@ class NetworkRules:
         """This network's rules out of the mode not in use (see ``remove_other_mode``)."""
         await remove_other_mode(self.mode, cluster)
 
-    async def resync_forever(self, interval: float) -> None:
-        await asyncio.gather(*(m.resync_forever(interval) for m in self.managers))
+    def tables(self) -> set[tuple[int, str]]:
+        return {table for m in self.managers for table in m.tables()}

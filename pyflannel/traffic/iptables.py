@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+from pyflannel.kernel.nft_watch import NFPROTO
 from pyflannel.traffic.base import TrafficError, TrafficManager, run_tool
 from pyflannel.traffic.iptables_rules import (
     RANDOM_FULLY_SINCE,
@@ -82,6 +83,12 @@ class IptablesRules(TrafficManager):
         if self.peer_filter_port is not None:
             rules += vxlan_peer_rules(self.peer_filter_port, self.peer_ips)
         return rules
+
+    def tables(self) -> set[tuple[int, str]]:
+        """iptables-nft keeps ``-t nat`` and ``-t filter`` as nf_tables tables of those names,
+        family ip (ip6 for ip6tables)."""
+        family = NFPROTO["ip6" if self.family == 6 else "ip"]
+        return {(family, rule.table) for rule in self.rules}
 
     async def set_peers(self, public_ips: list[str]) -> None:
         """The VXLAN peer filter follows the peer set."""

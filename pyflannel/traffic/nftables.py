@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+from pyflannel.kernel.nft_watch import NFPROTO
 from pyflannel.traffic import nftables_rules as nft
 from pyflannel.traffic.base import TrafficError, TrafficManager, run_tool
 from pyflannel.traffic.ownership import Cluster
@@ -92,6 +93,12 @@ class NftablesRules(TrafficManager):
             await self._apply(listing)
         self.last_problem = "; ".join(problems)
         return problems
+
+    def tables(self) -> set[tuple[int, str]]:
+        if not self.rules:
+            return set()
+        family, table = nft.table_of(self.network[0])
+        return {(NFPROTO[family], table)}
 
     async def present(self) -> bool:
         cluster = self.network[0] if self.rules else None
