@@ -5,7 +5,6 @@ from here, the leader it knows, its /metrics)."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import time
 from dataclasses import dataclass
@@ -116,7 +115,7 @@ async def _looking(member: Transport, timeout: float) -> dict:
         async with asyncio.timeout(timeout):
             text = await asyncio.to_thread(metrics_of, member, timeout)
         health = parse_member_health(text)
-    except (OSError, http.client.HTTPException, TimeoutError, ValueError) as e:
+    except (OSError, TimeoutError, ValueError) as e:
         look["metrics_error"] = member.describe(e, member.endpoint)
         return look
     look.update(
@@ -134,6 +133,8 @@ def metrics_of(member: Transport, timeout: float) -> str:
     """The member's Prometheus text: ``GET /metrics`` over HTTP/1.1 on its client port (no
     authentication; its client certificate where TLS asks for one). Blocking: run it in a
     thread."""
+    import http.client  # status and doctor only: not a start's
+
     ep = member.endpoint
     host, _, port = ep.target.rpartition(":")
     host = host.strip("[]")
@@ -147,6 +148,8 @@ def metrics_of(member: Transport, timeout: float) -> str:
         conn.request("GET", "/metrics")
         response = conn.getresponse()
         body = response.read()
+    except http.client.HTTPException as e:  # not HTTP: an OSError like the others here
+        raise OSError(f"/metrics: not an HTTP answer ({e!r})") from None
     finally:
         conn.close()
     if response.status != 200:
