@@ -144,7 +144,11 @@ class Channel:
         channel._task = asyncio.get_running_loop().create_task(channel._read_loop())
         # The member's SETTINGS, its first word in HTTP/2, or why not: a TLS alert refusing
         # our client certificate (TLS 1.3 sends it after the handshake), an HTTP/1 answer.
-        await channel._ready.wait()
+        try:
+            await channel._ready.wait()
+        except BaseException:  # the caller's deadline: nothing of this connection stays
+            channel.close()
+            raise
         if channel.failure is not None:
             raise channel.failure
         return channel
@@ -364,10 +368,6 @@ class Channel:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._fail(self.failure)
-
-    @property
-    def closed(self) -> bool:
-        return self.failure is not None
 
 
 def _error_name(code: int | None) -> str:

@@ -4,6 +4,7 @@ words an operator can act on (which file, which side refused, what to change).""
 from __future__ import annotations
 
 import datetime
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,27 @@ def client_context(files: TLSFiles, alpn: str = "h2") -> ssl.SSLContext:
             ) from None
     context.set_alpn_protocols([alpn])
     return context
+
+
+class ContextCache:
+    """The client context, made again only when one of the files changed on disk (rotated
+    certificates are used from the next connection; a reconnect loop reads no file)."""
+
+    def __init__(self, files: TLSFiles, alpn: str = "h2"):
+        self.files, self.alpn = files, alpn
+        self._context: ssl.SSLContext | None = None
+        self._stamp: tuple[int, ...] | None = None
+
+    def get(self) -> ssl.SSLContext:
+        named = [f for f in (self.files.cafile, self.files.certfile, self.files.keyfile) if f]
+        stamp: tuple[int, ...] | None
+        try:
+            stamp = tuple(os.stat(f).st_mtime_ns for f in named)
+        except OSError:
+            stamp = None  # a file is missing: client_context says which
+        if self._context is None or stamp is None or stamp != self._stamp:
+            self._context, self._stamp = client_context(self.files, self.alpn), stamp
+        return self._context
 
 
 def _file_problem(e: BaseException) -> str:

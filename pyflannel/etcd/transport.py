@@ -25,7 +25,7 @@ from pyflannel.errors import StoreError, StoreUnavailable
 from pyflannel.etcd.channel import CallFailed, Channel, ChannelClosed
 from pyflannel.etcd.grpc_wire import Status, StatusCode
 from pyflannel.etcd.proto import rpc_pb2
-from pyflannel.etcd.tls import TLSConfigError, TLSFiles, client_context, explain
+from pyflannel.etcd.tls import ContextCache, TLSConfigError, TLSFiles, explain
 from pyflannel.subnet.stores import Endpoint, parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Transport:
         self._channel: Channel | None = None
         self._token: str | None = None  # the channel's, when we authenticate by password
         self._connecting = asyncio.Lock()
+        self._contexts = ContextCache(self.tls)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -110,7 +111,7 @@ class Transport:
 
     async def _dial(self, ep: Endpoint) -> Channel:
         host, _, port = ep.target.rpartition(":")
-        return await Channel.open(host, int(port), client_context(self.tls) if ep.tls else None)
+        return await Channel.open(host, int(port), self._contexts.get() if ep.tls else None)
 
     async def _authenticate(self, channel: Channel) -> str:
         request = rpc_pb2.AuthenticateRequest(name=self.username, password=self.password)

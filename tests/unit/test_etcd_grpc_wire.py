@@ -111,3 +111,19 @@ def test_a_good_client_certificate_has_no_finding_and_an_expired_one_says_when()
     assert client_certificate_findings(files, now=datetime.datetime(2026, 12, 6)) == []
     later = datetime.datetime(2028, 1, 1)
     assert client_certificate_findings(files, now=later) == ["it expired on 2027-08-18"]
+
+
+def test_the_tls_context_is_made_again_only_when_a_file_changed(tmp_path):
+    import os
+    import shutil
+
+    from pyflannel.etcd.tls import ContextCache
+
+    up = upstream_certs()
+    ca = tmp_path / "ca.pem"
+    shutil.copy(up.ca, ca)
+    cache = ContextCache(TLSFiles(str(ca), str(up.client_cert), str(up.client_key)))
+    first = cache.get()
+    assert cache.get() is first  # a reconnect loop reads no file
+    os.utime(ca, ns=(0, os.stat(ca).st_mtime_ns + 10**9))  # a rotated file
+    assert cache.get() is not first
