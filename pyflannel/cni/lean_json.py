@@ -4,7 +4,9 @@ and ``import json`` costs ~7 ms there (it imports ``re`` and ``enum``) of a ~9 m
 ``_json`` accelerator, which json itself calls, set up as ``json.loads``/``json.dumps`` set it
 up with their defaults. Anything the accelerator does not take as a whole document (malformed
 input, a BOM, another encoding) goes to ``json.loads`` itself, which then answers or raises
-exactly as it always does; so does everything on a Python without ``_json``.
+exactly as it always does; so does everything on a Python without ``_json``, and every
+value the accelerator does not print (json.dumps then prints it or raises its own error, also
+if a later CPython changed the accelerator's private signature).
 tests/unit/test_cni_lean_json.py proves the answers are json's."""
 
 from __future__ import annotations
@@ -59,13 +61,17 @@ def loads(data: bytes | str) -> Any:
 
 def dumps(value: Any) -> str:
     """``json.dumps(value)``."""
-    if _json is None:
-        import json
+    if _json is not None:
+        try:
+            # json.dumps's defaults: circular check (fresh markers each call), ASCII output,
+            # ", " and ": ", keys unsorted and kept only if strings, NaN allowed
+            encode = _json.make_encoder(
+                {}, _not_serializable, _json.encode_basestring_ascii, None, ": ", ", ",
+                False, False, True,
+            )  # fmt: skip
+            return "".join(encode(value, 0))
+        except Exception:  # json.dumps, below, answers or says what is wrong
+            pass
+    import json
 
-        return json.dumps(value)
-    # json.dumps's defaults: circular check (a fresh set of markers each call), ASCII output,
-    # ", " and ": ", keys unsorted and kept only if strings, NaN allowed
-    encode = _json.make_encoder(
-        {}, _not_serializable, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
-    )
-    return "".join(encode(value, 0))
+    return json.dumps(value)

@@ -92,3 +92,19 @@ def test_what_json_cannot_write_is_refused_as_json_refuses_it():
     with pytest.raises(ValueError, match="Circular reference"):
         lean_json.dumps(loop)
     assert lean_json.dumps([1, 2]) == "[1, 2]"  # a refused value leaves nothing behind
+
+
+def test_an_accelerator_with_another_signature_falls_back_to_json(monkeypatch):
+    """A later CPython may change _json's private make_encoder/make_scanner: every ADD must
+    still write and read its JSON (through json itself)."""
+
+    def changed(*args, **kwargs):
+        raise TypeError("make_encoder() takes exactly 10 arguments (9 given)")
+
+    monkeypatch.setattr(lean_json._json, "make_encoder", changed)
+    monkeypatch.setattr(lean_json, "_scan", changed)
+    document = {"cniVersion": "1.0.0", "ips": [{"address": "10.1.5.2/24"}]}
+    assert lean_json.dumps(document) == json.dumps(document)
+    assert lean_json.loads(json.dumps(document)) == document
+    with pytest.raises(TypeError, match="is not JSON serializable"):
+        lean_json.dumps([object()])
