@@ -30,7 +30,7 @@ from pyflannel.app.running import Running
 from pyflannel.backend.base import Backend
 from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.backend.registry import BackendContext, start_backend
-from pyflannel.control.backoff import Outage
+from pyflannel.backoff import Outage
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_programmer import PeerProgrammer

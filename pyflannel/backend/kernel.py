@@ -30,12 +30,12 @@ from pyflannel.backend.plan import (
     Via,
 )
 from pyflannel.kernel import codec as codec
+from pyflannel.kernel.codec import RTPROT_PYFLANNEL
 from pyflannel.kernel.iproute import NetlinkError
 from pyflannel.kernel.netlink import route_socket
 
 log = logging.getLogger(__name__)
 
-RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
 # A blackhole route's metric: the worst there is, so that the CNI bridge's route to the same
 # subnet (metric 0) always wins, and a REPLACE of ours never matches anyone else's route.
 BLACKHOLE_METRIC = 0xFFFFFFFF

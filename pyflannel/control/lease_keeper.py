@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from pyflannel.control.backoff import Backoff, Outage, retry
+from pyflannel.backoff import Backoff, Outage, retry
 from pyflannel.errors import FlannelError, OutOfSubnets, StoreError, StoreUnavailable
 from pyflannel.subnet.allocate import choose_subnet
 from pyflannel.subnet.config import NetworkConfig

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from pyflannel.control.backoff import Backoff, Outage
+from pyflannel.backoff import Backoff, Outage
 from pyflannel.errors import FlannelError, StoreUnavailable
 from pyflannel.subnet.event import LeaseEvent
 from pyflannel.subnet.manager import LeaseSnapshot, SubnetManager

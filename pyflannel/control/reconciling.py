@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pyflannel.backend.base import Backend
-from pyflannel.control.backoff import Backoff
+from pyflannel.backoff import Backoff
 from pyflannel.errors import FlannelError
 
 log = logging.getLogger(__name__)

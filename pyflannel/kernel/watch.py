@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from pyflannel.backend.kernel import RTPROT_PYFLANNEL
+from pyflannel.kernel.codec import AF_BRIDGE, AF_INET6, RTPROT_PYFLANNEL
 from pyflannel.kernel.iproute import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
@@ -64,7 +64,7 @@ def is_damage(msg, watched: Watched) -> Damage | None:
             return "device", name, f"device {name} deleted"
         return None if msg["flags"] & IFF_UP else ("device", name, f"device {name} set down")
     if event == "RTM_DELROUTE" and msg.get("proto") == RTPROT_PYFLANNEL:
-        unspecified = "::" if msg.get("family") == 10 else "0.0.0.0"
+        unspecified = "::" if msg.get("family") == AF_INET6 else "0.0.0.0"
         dst = f"{msg.get_attr('RTA_DST') or unspecified}/{msg['dst_len']}"
         try:
             net = ip_network(dst)
@@ -77,7 +77,7 @@ def is_damage(msg, watched: Watched) -> Damage | None:
         )
         return ("route", dst, f"route {dst} deleted") if ours else None
     if event == "RTM_DELNEIGH" and msg.get("ifindex") in device_indexes:
-        if msg.get("family") == 7:  # AF_BRIDGE: an FDB entry
+        if msg.get("family") == AF_BRIDGE:  # an FDB entry
             mac = msg.get_attr("NDA_LLADDR")
             return "fdb", mac, f"FDB entry {mac} deleted"
         ip = msg.get_attr("NDA_DST")

@@ -4,6 +4,7 @@ know the subnet manager's interface, not etcd; nothing below the application imp
 no generic module names a backend (a backend is its folder and one registry line)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,52 @@ def test_a_backend_folder_imports_no_other_backend_but_the_udp_path_it_falls_bac
         }
         allowed = {d for d in others if folder == "vxlan" and d.startswith("pyflannel.backend.udp")}
         assert others == allowed, folder
+
+
+def readme_folder_order() -> list[str]:
+    """The layer folders in the order the README's layout lists them (top to bottom)."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## How the code is laid out") :]
+    block = layout[layout.index("```") + 3 : layout.index("```", layout.index("```") + 3)]
+    return [
+        line.split("/")[0].strip()
+        for line in block.splitlines()
+        if line[:2] == "  " and line[2:3] != " " and "/" in line.split()[0]
+    ]
+
+
+def test_the_readme_lists_every_layer_folder():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert sorted(readme_folder_order()) == sorted(folders)
+
+
+def test_each_folder_imports_only_the_folders_below_it():
+    """Layers by folder, not only by module: a folder may use the ones the README lists below
+    it (and the package's top-level modules), never one above (a circle between folders that
+    the module-level check cannot see)."""
+    order = readme_folder_order()
+    upward = {
+        (m, d)
+        for m, deps in GRAPH.items()
+        for d in deps
+        if m.count(".") >= 2
+        and d.count(".") >= 1
+        and m.split(".")[1] in order
+        and d.split(".")[1] in order
+        and order.index(d.split(".")[1]) < order.index(m.split(".")[1])
+    }
+    assert upward == set()
+
+
+def test_the_readme_layout_names_every_module():
+    """A newcomer finds each module in the README's layout (generated code aside)."""
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## How the code is laid out") :]
+    block = layout[layout.index("```") + 3 : layout.index("```", layout.index("```") + 3)]
+    named = set(re.findall(r"[\w]+\.py", block))
+    missing = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" and "proto" not in p.parts and p.name not in named
+    )
+    assert missing == []

@@ -3,7 +3,7 @@
 import logging
 import socket
 
-from pyflannel.control.backoff import Backoff, Outage
+from pyflannel.backoff import Backoff, Outage
 from pyflannel.log import setup_logging
 from pyflannel.ops import sd_notify
 

@@ -28,7 +28,7 @@ from pyflannel.backend.extension.commands import (
 )
 from pyflannel.backend.plan import Peer, PeerDataError, public_ip_of
 from pyflannel.backend.registry import BackendContext
-from pyflannel.control.backoff import Backoff
+from pyflannel.backoff import Backoff
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import PeerChanges
 
