@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,58 +30,214 @@ ENV_PREFIX = "FLANNELD_"
 SERVICE_ENV_FILE = "/etc/default/pyflannel"
 MAX_RENEW_MARGIN = 1439  # minutes; upstream: 0 < margin < 1440
 MAX_UDP_WORKERS = 64
-# The options that say how to reach the store (not which network in it: --etcd-prefix).
-STORE_SETTINGS = frozenset(
-    {
-        "etcd_endpoints",
-        "etcd_cafile",
-        "etcd_certfile",
-        "etcd_keyfile",
-        "etcd_username",
-        "etcd_password",
-    }
-)
+
+
+class CommaList(list):
+    """A flag holding a comma-separated list; given twice, the last one wins (Go semantics)."""
+
+
+def option(default: Any, help: str, *, kind: type | None = None, layer: str = "") -> Any:
+    """One option, declared once, as a field of Options: its name gives the flag
+    (``--etcd-endpoints``), the variable (``FLANNELD_ETCD_ENDPOINTS``) and its line in
+    /etc/default/pyflannel; its type the parsing (``list[str]``: repeatable); ``kind`` where
+    the type is not enough (CommaList); ``layer`` the lower layer's option type it belongs to
+    ("store": how to reach etcd; "backend": the backends' own settings)."""
+    metadata = {"help": help, "kind": kind, "layer": layer}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Options:
-    etcd_endpoints: list[str] = field(
-        default_factory=lambda: ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    etcd_endpoints: list[str] = option(
+        ["http://127.0.0.1:4001", "http://127.0.0.1:2379"],
+        "comma-separated etcd endpoints (default %(default)s)",
+        kind=CommaList,
+        layer="store",
     )
-    etcd_prefix: str = "/coreos.com/network"
-    etcd_keyfile: str = ""
-    etcd_certfile: str = ""
-    etcd_cafile: str = ""
-    etcd_username: str = ""
-    etcd_password: str = ""
-    iface: list[str] = field(default_factory=list)
-    iface_regex: list[str] = field(default_factory=list)
-    iface_can_reach: str = ""
-    public_ip: str = ""
-    public_ipv6: str = ""
-    subnet_file: str = "/run/flannel/subnet.env"
-    subnet_lease_renew_margin: int = 60
-    subnet_lease_ttl: int = 24 * 3600
-    reconcile_interval: float = 30.0
-    probe_interval: float = 10.0
-    probe_rate: float = 50.0
-    heal_paths: bool = True
-    backend_fallback: str = "auto"
-    udp_fallback_port: int = 8285
-    udp_datapath: str = "auto"
-    udp_fastpath: bool = True
-    udp_workers: int = 0
-    wireguard_datapath: str = "auto"
-    ip_masq: bool = False
-    ip_masq_fully_random_disable: bool = False
-    iptables_forward_rules: bool = True
-    iptables_resync: int = 5
-    ip_blackhole_route: bool = False
-    enable_br_netfilter: bool = False
-    vxlan_peer_filter: bool = False
-    healthz_ip: str = "127.0.0.1"
-    healthz_port: int = 8471
-    v: int = 0
+    etcd_prefix: str = option(
+        "/coreos.com/network",
+        "etcd key prefix of the network (default %(default)s)",
+    )
+    etcd_keyfile: str = option(
+        "",
+        "TLS client key file for etcd",
+        layer="store",
+    )
+    etcd_certfile: str = option(
+        "",
+        "TLS client certificate file for etcd",
+        layer="store",
+    )
+    etcd_cafile: str = option(
+        "",
+        "CA file that signed etcd's server certificate",
+        layer="store",
+    )
+    etcd_username: str = option(
+        "",
+        "username for etcd authentication",
+        layer="store",
+    )
+    etcd_password: str = option(
+        "",
+        "password for etcd authentication",
+        layer="store",
+    )
+    iface: list[str] = option(
+        [],
+        "interface (name or IP) to use for inter-host traffic; repeatable, first match wins "
+        "(default: the default-route interface)",
+    )
+    iface_regex: list[str] = option(
+        [],
+        "regex matched against interface IPs, then names; repeatable; tried after --iface",
+    )
+    iface_can_reach: str = option(
+        "",
+        "use the interface and source address that reach this IP; on a dual-stack network an "
+        "IPv6 target (alone, or after the IPv4 one with a comma) chooses the IPv6 address too",
+    )
+    public_ip: str = option(
+        "",
+        "IPv4 address advertised to other nodes (default: the interface's)",
+    )
+    public_ipv6: str = option(
+        "",
+        "IPv6 address advertised to other nodes on a dual-stack network (EnableIPv6); default: "
+        "the interface's first global IPv6 address",
+    )
+    subnet_file: str = option(
+        "/run/flannel/subnet.env",
+        "file the node's subnet and MTU are written to (default %(default)s)",
+    )
+    subnet_lease_renew_margin: int = option(
+        60,
+        "renew the lease this many minutes before it expires, 1..1439 (default %(default)s; "
+        "pyflannel also renews at half the TTL)",
+    )
+    subnet_lease_ttl: int = option(
+        86400,
+        "seconds a lease lives without renewal (pyflannel only; default %(default)s, upstream's"
+        " fixed 24 h)",
+    )
+    reconcile_interval: float = option(
+        30.0,
+        "seconds between full checks of the kernel state (pyflannel only; default %(default)s)",
+    )
+    probe_interval: float = option(
+        10.0,
+        "seconds between probe rounds of every peer through the overlay (a small and a "
+        "full-size don't-fragment ICMP echo each; 0 turns the prober off; pyflannel only; "
+        "default %(default)s)",
+    )
+    probe_rate: float = option(
+        50.0,
+        "probes per second at most, all peers together (a large cluster is probed round robin, "
+        "so a round takes longer; pyflannel only; default %(default)s)",
+    )
+    heal_paths: bool = option(
+        True,
+        "vxlan: move a peer to UDP encapsulation (its lease's UDPPort) while the prober finds "
+        "VXLAN to it broken and UDP working, and back when VXLAN works again; needs "
+        "--probe-interval > 0 (default %(default)s; pyflannel only)",
+    )
+    backend_fallback: str = option(
+        "auto",
+        "when the network's backend is vxlan: 'auto' falls back to UDP encapsulation if this "
+        "node cannot create a VXLAN device, 'udp' forces UDP on this node, 'off' never falls "
+        "back (default %(default)s; pyflannel only)",
+        layer="backend",
+    )
+    udp_fallback_port: int = option(
+        8285,
+        "UDP port for encapsulation with UDP-only peers in a vxlan network, advertised in the "
+        "lease (default %(default)s; pyflannel only)",
+        layer="backend",
+    )
+    udp_datapath: str = option(
+        "auto",
+        "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
+        "(needs the uvloop package), or threads (measured slower); default %(default)s; "
+        "pyflannel only",
+        layer="backend",
+    )
+    udp_fastpath: bool = option(
+        True,
+        "UDP backend: batch with kernel offloads (TCP super-packets from the TUN cut here, "
+        "UDP_SEGMENT sends, UDP_GRO receives coalesced into GSO writes to the TUN); each piece "
+        "falls back per packet where the kernel refuses it (default %(default)s; pyflannel "
+        "only)",
+        layer="backend",
+    )
+    udp_workers: int = option(
+        0,
+        "UDP backend: data-path worker processes, each with its own TUN queue and socket; flows"
+        " are spread over them (default 0: one per core; pyflannel only)",
+        layer="backend",
+    )
+    wireguard_datapath: str = option(
+        "auto",
+        "wireguard backend: auto (the kernel's module if it can make a link, else userspace "
+        "wireguard-go), kernel, or userspace (default %(default)s; pyflannel only)",
+        layer="backend",
+    )
+    ip_masq: bool = option(
+        False,
+        "masquerade traffic from pods to outside the overlay (upstream's FLANNEL-POSTRTG rules;"
+        " also written to subnet.env as FLANNEL_IPMASQ)",
+    )
+    ip_masq_fully_random_disable: bool = option(
+        False,
+        "never use --random-fully in masquerade rules",
+    )
+    iptables_forward_rules: bool = option(
+        True,
+        "accept forwarded traffic to and from the network (upstream's FLANNEL-FWD chain; "
+        "default %(default)s)",
+    )
+    ip_blackhole_route: bool = option(
+        False,
+        "a blackhole route for this node's own subnet (metric 4294967295: the CNI bridge's "
+        "route wins), so that traffic to unassigned pod addresses is dropped here instead of "
+        "leaving by the default route; kept like every route of ours (upstream v0.27.1: "
+        "re-added every --iptables-resync)",
+    )
+    enable_br_netfilter: bool = option(
+        False,
+        "load br_netfilter and set net.bridge.bridge-nf-call-iptables (and -ip6tables on a "
+        "dual-stack network) to 1, so that traffic between pods on one bridge passes iptables "
+        "(kube-proxy's Services); without it a missing setting is reported by status and "
+        "doctor, never fatal (upstream v0.26+ exits; pyflannel only)",
+    )
+    vxlan_peer_filter: bool = option(
+        False,
+        "accept VXLAN datagrams only from peers' public IPs (iptables chain "
+        "FLANNEL-VXLAN-<port>, one rule per peer; pyflannel only)",
+    )
+    healthz_ip: str = option(
+        "127.0.0.1",
+        "address of the health/metrics/status endpoint (default %(default)s; upstream's default"
+        " is 0.0.0.0)",
+    )
+    healthz_port: int = option(
+        8471,
+        "port of that endpoint, 0 to turn it off (default %(default)s; upstream's default is "
+        "0); serves /healthz, /readyz, /metrics and /status. Not given and taken (another "
+        "network's daemon on this host): the next free port, logged and recorded in "
+        "<subnet-file>.lock for `pyflannel status`",
+    )
+    iptables_resync: int = option(
+        5,
+        "seconds between checks that the iptables rules are intact (default %(default)s)",
+    )
+    v: int = option(
+        0,
+        "log verbosity: 0 informational, 1 or more debug (default %(default)s)",
+        layer="backend",
+    )
+
     # Which options were set by a flag or FLANNELD_* (the others are defaults), and which of
     # those by FLANNELD_* (the environment).
     given: frozenset[str] = frozenset()
@@ -104,7 +260,7 @@ class Options:
     def store_given(self) -> bool:
         """Were any of the store's settings given (flags or FLANNELD_*)? When none were, the
         tools typed beside a running daemon take its settings (``pyflannel trace``)."""
-        return bool(self.given & STORE_SETTINGS)
+        return any(_layer(f) == "store" and f.name in self.given for f in fields(self))
 
     @property
     def password_in(self) -> str:
@@ -128,19 +284,8 @@ class Options:
     @property
     def backend_settings(self) -> dict[str, Any]:
         """This node's own settings for the backends, by flag name (each backend reads the
-        ones it has: backend/registry.py's BackendContext)."""
-        return {
-            name: getattr(self, name)
-            for name in (
-                "backend_fallback",
-                "udp_fallback_port",
-                "udp_datapath",
-                "udp_fastpath",
-                "udp_workers",
-                "wireguard_datapath",
-                "v",
-            )
-        }
+        ones it has: backend/registry.py's BackendContext): the options of layer "backend"."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if _layer(f) == "backend"}
 
     @property
     def can_reach_targets(self) -> list[IPv4Address | IPv6Address]:
@@ -184,177 +329,20 @@ class Options:
         )
 
 
-class CommaList(list):
-    """A flag holding a comma-separated list; given twice, the last one wins (Go semantics)."""
+_KINDS: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
 
-
-# (name, type, help). The type decides parsing: str, int, float, bool, CommaList, and list
-# (repeatable: every occurrence adds one value).
+# (flag name, parsing kind, help), in declaration order: the parser, FLANNELD_* and
+# /etc/default/pyflannel (env_doc.py) all come from here. The kind decides parsing: str, int,
+# float, bool, CommaList, and list (repeatable: every occurrence adds one value).
 FLAGS: list[tuple[str, type, str]] = [
-    ("etcd-endpoints", CommaList, "comma-separated etcd endpoints (default %(default)s)"),
-    ("etcd-prefix", str, "etcd key prefix of the network (default %(default)s)"),
-    ("etcd-keyfile", str, "TLS client key file for etcd"),
-    ("etcd-certfile", str, "TLS client certificate file for etcd"),
-    ("etcd-cafile", str, "CA file that signed etcd's server certificate"),
-    ("etcd-username", str, "username for etcd authentication"),
-    ("etcd-password", str, "password for etcd authentication"),
-    (
-        "iface",
-        list,
-        "interface (name or IP) to use for inter-host traffic; repeatable, "
-        "first match wins (default: the default-route interface)",
-    ),
-    (
-        "iface-regex",
-        list,
-        "regex matched against interface IPs, then names; repeatable; tried after --iface",
-    ),
-    (
-        "iface-can-reach",
-        str,
-        "use the interface and source address that reach this IP; on a dual-stack network an "
-        "IPv6 target (alone, or after the IPv4 one with a comma) chooses the IPv6 address too",
-    ),
-    ("public-ip", str, "IPv4 address advertised to other nodes (default: the interface's)"),
-    (
-        "public-ipv6",
-        str,
-        "IPv6 address advertised to other nodes on a dual-stack network (EnableIPv6); "
-        "default: the interface's first global IPv6 address",
-    ),
-    ("subnet-file", str, "file the node's subnet and MTU are written to (default %(default)s)"),
-    (
-        "subnet-lease-renew-margin",
-        int,
-        "renew the lease this many minutes before it expires, "
-        "1..1439 (default %(default)s; pyflannel also renews at half the TTL)",
-    ),
-    (
-        "subnet-lease-ttl",
-        int,
-        "seconds a lease lives without renewal (pyflannel only; "
-        "default %(default)s, upstream's fixed 24 h)",
-    ),
-    (
-        "reconcile-interval",
-        float,
-        "seconds between full checks of the kernel state (pyflannel only; default %(default)s)",
-    ),
-    (
-        "probe-interval",
-        float,
-        "seconds between probe rounds of every peer through the overlay (a small and a "
-        "full-size don't-fragment ICMP echo each; 0 turns the prober off; pyflannel only; "
-        "default %(default)s)",
-    ),
-    (
-        "probe-rate",
-        float,
-        "probes per second at most, all peers together (a large cluster is probed round "
-        "robin, so a round takes longer; pyflannel only; default %(default)s)",
-    ),
-    (
-        "heal-paths",
-        bool,
-        "vxlan: move a peer to UDP encapsulation (its lease's UDPPort) while the prober finds "
-        "VXLAN to it broken and UDP working, and back when VXLAN works again; needs "
-        "--probe-interval > 0 (default %(default)s; pyflannel only)",
-    ),
-    (
-        "backend-fallback",
-        str,
-        "when the network's backend is vxlan: 'auto' falls back to UDP "
-        "encapsulation if this node cannot create a VXLAN device, 'udp' forces UDP on this node, "
-        "'off' never falls back (default %(default)s; pyflannel only)",
-    ),
-    (
-        "udp-fallback-port",
-        int,
-        "UDP port for encapsulation with UDP-only peers in a vxlan "
-        "network, advertised in the lease (default %(default)s; pyflannel only)",
-    ),
-    (
-        "udp-datapath",
-        str,
-        "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
-        "(needs the uvloop package), or threads (measured slower); default %(default)s; "
-        "pyflannel only",
-    ),
-    (
-        "udp-fastpath",
-        bool,
-        "UDP backend: batch with kernel offloads (TCP super-packets from the TUN cut here, "
-        "UDP_SEGMENT sends, UDP_GRO receives coalesced into GSO writes to the TUN); each piece "
-        "falls back per packet where the kernel refuses it (default %(default)s; pyflannel only)",
-    ),
-    (
-        "udp-workers",
-        int,
-        "UDP backend: data-path worker processes, each with its own TUN queue and socket; "
-        "flows are spread over them (default 0: one per core; pyflannel only)",
-    ),
-    (
-        "wireguard-datapath",
-        str,
-        "wireguard backend: auto (the kernel's module if it can make a link, else userspace "
-        "wireguard-go), kernel, or userspace (default %(default)s; pyflannel only)",
-    ),
-    (
-        "ip-masq",
-        bool,
-        "masquerade traffic from pods to outside the overlay (upstream's FLANNEL-POSTRTG "
-        "rules; also written to subnet.env as FLANNEL_IPMASQ)",
-    ),
-    ("ip-masq-fully-random-disable", bool, "never use --random-fully in masquerade rules"),
-    (
-        "iptables-forward-rules",
-        bool,
-        "accept forwarded traffic to and from the network "
-        "(upstream's FLANNEL-FWD chain; default %(default)s)",
-    ),
-    (
-        "ip-blackhole-route",
-        bool,
-        "a blackhole route for this node's own subnet (metric 4294967295: the CNI bridge's "
-        "route wins), so that traffic to unassigned pod addresses is dropped here instead of "
-        "leaving by the default route; kept like every route of ours (upstream v0.27.1: "
-        "re-added every --iptables-resync)",
-    ),
-    (
-        "enable-br-netfilter",
-        bool,
-        "load br_netfilter and set net.bridge.bridge-nf-call-iptables (and -ip6tables on a "
-        "dual-stack network) to 1, so that traffic between pods on one bridge passes iptables "
-        "(kube-proxy's Services); without it a missing setting is reported by status and "
-        "doctor, never fatal (upstream v0.26+ exits; pyflannel only)",
-    ),
-    (
-        "vxlan-peer-filter",
-        bool,
-        "accept VXLAN datagrams only from peers' public IPs (iptables "
-        "chain FLANNEL-VXLAN-<port>, one rule per peer; pyflannel only)",
-    ),
-    (
-        "healthz-ip",
-        str,
-        "address of the health/metrics/status endpoint (default %(default)s; "
-        "upstream's default is 0.0.0.0)",
-    ),
-    (
-        "healthz-port",
-        int,
-        "port of that endpoint, 0 to turn it off (default %(default)s; upstream's "
-        "default is 0); serves /healthz, /readyz, /metrics and /status. Not given and "
-        "taken (another network's daemon on this host): the next free port, logged and "
-        "recorded in <subnet-file>.lock for `pyflannel status`",
-    ),
-    (
-        "iptables-resync",
-        int,
-        "seconds between checks that the iptables rules are intact (default %(default)s)",
-    ),
-    ("v", int, "log verbosity: 0 informational, 1 or more debug (default %(default)s)"),
+    (f.name.replace("_", "-"), f.metadata["kind"] or _KINDS[str(f.type)], f.metadata["help"])
+    for f in fields(Options)
+    if "help" in f.metadata
 ]
+
+
+def _layer(f: Field) -> str:
+    return f.metadata.get("layer", "")
 
 
 def _attr(flag: str) -> str:
