@@ -240,8 +240,8 @@ class Options:
 
     # Which options were set by a flag or FLANNELD_* (the others are defaults), and which of
     # those by FLANNELD_* (the environment).
-    given: frozenset[str] = frozenset()
-    from_env: frozenset[str] = frozenset()
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+    from_env: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def store(self) -> StoreOptions:
