@@ -13,6 +13,7 @@ and never deleted.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -179,13 +180,17 @@ def read_state(ipr, devices: Devices) -> KernelState:
     )
     wanted = [entry for entry in devices_by_family if entry[1] is not None]
     for family, index, kind, _ in wanted:
-        for payload in rs.dump(codec.RTM_GETNEIGH, family):
+        for _, _, payload in rs.dump(
+            functools.partial(codec.dump_request, codec.RTM_GETNEIGH, family)
+        ):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
             if ifindex == index and nud & codec.NUD_PERMANENT and dst and lladdr:
                 state.neighbours[kind(dst)] = codec.mac_text(lladdr)
     if wanted:
         fdb_devices = {index: (kind, size) for _, index, kind, size in wanted}
-        for payload in rs.dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE):
+        for _, _, payload in rs.dump(
+            functools.partial(codec.dump_request, codec.RTM_GETNEIGH, codec.AF_BRIDGE)
+        ):
             _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
             if ifindex in fdb_devices and nud & codec.NUD_PERMANENT and dst and lladdr:
                 kind, size = fdb_devices[ifindex]
@@ -194,7 +199,9 @@ def read_state(ipr, devices: Devices) -> KernelState:
     versions = {network.version for network in devices.networks}
     families = [af for af, v in ((codec.AF_INET, 4), (codec.AF_INET6, 6)) if v in versions]
     for family in families:
-        for payload in rs.dump(codec.RTM_GETROUTE, family):
+        for _, _, payload in rs.dump(
+            functools.partial(codec.dump_request, codec.RTM_GETROUTE, family)
+        ):
             route = codec.decode_route(payload)
             if route is None:
                 continue

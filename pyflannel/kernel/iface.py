@@ -317,11 +317,14 @@ def read_interfaces(ipr) -> tuple[list[Interface], int | None]:
 def default_route_interface() -> int | None:
     """The interface of the IPv4 default route in the main table (upstream's choice). Read with
     the fast dump: the table also holds one route per peer, thousands of them."""
+    import functools
+
     from pyflannel.kernel import codec as codec
     from pyflannel.kernel.netlink import route_socket
 
     default = None
-    for payload in route_socket().dump(codec.RTM_GETROUTE, codec.AF_INET):  # read it all
+    dump = functools.partial(codec.dump_request, codec.RTM_GETROUTE, codec.AF_INET)
+    for _, _, payload in route_socket().dump(dump):  # read it all
         route = codec.decode_route(payload)
         if (
             default is None

@@ -13,58 +13,20 @@ Not thread-safe: one per thread (the netlink thread owns the daemon's).
 from __future__ import annotations
 
 import errno
-import os
-import socket
 from typing import Any
 
 from pyflannel.kernel import codec, device_codec
 from pyflannel.kernel.message import RTM_GETADDR, RTM_GETLINK, Message, decode
-
-SOL_NETLINK = 270
-NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-NLM_F_MULTI, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x2, 0x100, 0x200
-NLMSGERR_ATTR_MSG = 1
+from pyflannel.kernel.nlsocket import Answer, NetlinkError, NetlinkSocket
 
 RTMGRP_LINK, RTMGRP_NEIGH = 0x1, 0x4
 RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 
 
-class NetlinkError(OSError):
-    """The kernel refused a request: ``code`` is the errno, ``args[1]`` the kernel's own
-    explanation when it gave one (extended ack), else the errno's text."""
-
-    def __init__(self, code: int, message: str = ""):
-        super().__init__(code, message or os.strerror(code))
-        self.code = code
-
-
-def _error(payload: memoryview, flags: int) -> NetlinkError | None:
-    code = codec.error_code(payload)
-    if not code:
-        return None
-    text = ""
-    if flags & NLM_F_ACK_TLVS:  # after the error and the request (its header, if capped)
-        echoed = codec.NLMSG_HDR.size
-        if not flags & NLM_F_CAPPED:  # a kernel that would not cap: the whole request
-            echoed = max(echoed, codec.NLMSG_HDR.unpack_from(payload, 4)[0])
-        tlvs = codec.attributes(payload, 4 + ((echoed + 3) & ~3))
-        if NLMSGERR_ATTR_MSG in tlvs:
-            text = bytes(tlvs[NLMSGERR_ATTR_MSG]).split(b"\0", 1)[0].decode(errors="replace")
-    return NetlinkError(code, text)
-
-
 class IPRoute:
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-            try:
-                self.sock.setsockopt(SOL_NETLINK, option, 1)
-            except OSError:
-                pass  # an old kernel: errors without the kernel's sentence
-        self.sock.bind((0, 0))
-        self._seq = 0
+        self.sock = NetlinkSocket(rcvbuf=1 << 20)
 
     def close(self) -> None:
         self.sock.close()
@@ -77,31 +39,14 @@ class IPRoute:
 
     # -- the exchange ------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
-        return self._seq
-
     def _request(self, build: Any, *args: Any, **kwargs: Any) -> list[Message]:
-        """Send one request; its answers (decoded) until its ack, done, or error."""
-        seq = self._next_seq()
-        self.sock.send(build(seq, *args, **kwargs))
-        answers: list[Message] = []
-        while True:
-            for kind, flags, msg_seq, payload in codec.messages(self.sock.recv(1 << 20)):
-                if msg_seq != seq:
-                    continue  # a late answer to an earlier request
-                if kind == codec.NLMSG_DONE:
-                    return answers
-                if kind == codec.NLMSG_ERROR:
-                    error = _error(payload, flags)
-                    if error is not None:
-                        raise error
-                    return answers
-                msg = decode(kind, payload)
-                if msg is not None:
-                    answers.append(msg)
-                if not flags & NLM_F_MULTI:  # a single answer: no DONE follows
-                    return answers
+        """One request; its answers, decoded."""
+        return _decoded(self.sock.request(lambda seq: build(seq, *args, **kwargs)))
+
+    def _dump(self, kind: int, family: int = 0) -> list[Message]:
+        """Every link, address or route of a family: a whole dump (read again if the kernel
+        says it was interrupted)."""
+        return _decoded(self.sock.dump(lambda seq: device_codec.dump(seq, kind, family=family)))
 
     # -- pyroute2's names ----------------------------------------------------------------
 
@@ -115,7 +60,7 @@ class IPRoute:
 
     def get_links(self, *indexes: int) -> list[Message]:
         if not indexes:
-            return self._request(device_codec.dump, RTM_GETLINK)
+            return self._dump(RTM_GETLINK)
         return [m for index in indexes for m in self._request(device_codec.get_link, index)]
 
     def link(self, command: str, index: int = 0, **attrs: Any) -> None:
@@ -153,7 +98,7 @@ class IPRoute:
             raise ValueError(f"link {command!r}: not a command pyflannel sends")
 
     def get_addr(self, family: int = 0, index: int | None = None) -> list[Message]:
-        answers = self._request(device_codec.dump, RTM_GETADDR, family=family)
+        answers = self._dump(RTM_GETADDR, family)
         return [m for m in answers if index is None or m["index"] == index]
 
     def addr(self, command: str, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
@@ -165,7 +110,7 @@ class IPRoute:
         if command == "get":
             return self._request(device_codec.get_route, dst)
         if command == "dump":
-            answers = self._request(device_codec.dump, codec.RTM_GETROUTE, family=family)
+            answers = self._dump(codec.RTM_GETROUTE, family)
             return [m for m in answers if not table or _table(m) == table]
         raise ValueError(f"route {command!r}: not a command pyflannel sends")
 
@@ -174,34 +119,25 @@ def _table(msg: Message) -> int:
     return msg.get_attr("RTA_TABLE") or msg["table"]
 
 
+def _decoded(answers: list[Answer]) -> list[Message]:
+    return [m for kind, _, payload in answers if (m := decode(kind, payload)) is not None]
+
+
 class Notifications:
-    """Route-netlink notifications of the groups given, read without blocking."""
+    """A non-blocking socket in the given multicast groups (the kernel watch's)."""
+
+    BATCH = NetlinkSocket.BATCH  # datagrams per ``get``
 
     def __init__(self, groups: int):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.setblocking(False)
-        self.sock.bind((0, groups))
+        self.sock = NetlinkSocket(groups=groups, rcvbuf=1 << 20, nonblocking=True)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    BATCH = 64  # datagrams per read: a burst of thousands does not hold the event loop
-
     def get(self) -> list[Message]:
-        """The notifications waiting, up to BATCH datagrams of them (the socket stays readable
-        for the rest). ENOBUFS, when the kernel dropped some, is raised."""
-        found: list[Message] = []
-        for _ in range(self.BATCH):
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                break
-            for kind, _, _, payload in codec.messages(data):
-                msg = decode(kind, payload)
-                if msg is not None:
-                    found.append(msg)
-        return found
+        """The notifications waiting (a batch; the socket stays readable for the rest).
+        ENOBUFS, when the kernel dropped some, is raised."""
+        return [m for kind, payload in self.sock.notifications() if (m := decode(kind, payload))]
 
     def close(self) -> None:
         self.sock.close()

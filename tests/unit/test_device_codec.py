@@ -11,7 +11,6 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from pyflannel.kernel import codec
 from pyflannel.kernel import device_codec as d
-from pyflannel.kernel.iproute import NLM_F_ACK_TLVS, _error
 from pyflannel.kernel.message import (
     RTM_DELADDR,
     RTM_DELLINK,
@@ -19,6 +18,7 @@ from pyflannel.kernel.message import (
     RTM_NEWLINK,
     decode,
 )
+from pyflannel.kernel.nlsocket import NLM_F_ACK_TLVS, error_of
 
 
 def pyroute2_reads(cls, data: bytes):
@@ -177,12 +177,21 @@ def test_a_kernel_error_carries_the_kernels_sentence():
     sentence = b"A VXLAN device with the specified VNI already exists\0"
     header = codec.NLMSG_HDR.pack(16, RTM_NEWLINK, 0x605, 3, 0)  # the request's, capped
     tlv = codec.attr(1, sentence)
-    error = _error(memoryview(struct.pack("=i", -17) + header + tlv), NLM_F_ACK_TLVS | 0x100)
+    error = error_of(memoryview(struct.pack("=i", -17) + header + tlv), NLM_F_ACK_TLVS | 0x100)
     assert error is not None and error.code == 17
     assert error.args[1] == sentence[:-1].decode()
     request = d.new_link(3, "flannel.1", "vxlan")  # echoed whole by a kernel not capping
-    whole = _error(memoryview(struct.pack("=i", -17) + request + tlv), NLM_F_ACK_TLVS)
+    whole = error_of(memoryview(struct.pack("=i", -17) + request + tlv), NLM_F_ACK_TLVS)
     assert whole is not None and whole.args[1] == sentence[:-1].decode()
-    plain = _error(memoryview(struct.pack("=i", -19) + header), 0x100)
+    plain = error_of(memoryview(struct.pack("=i", -19) + header), 0x100)
     assert plain is not None and plain.args[1] == "No such device"
-    assert _error(memoryview(struct.pack("=i", 0) + header), 0x100) is None  # an ack
+    assert error_of(memoryview(struct.pack("=i", 0) + header), 0x100) is None  # an ack
+
+
+def test_an_error_at_the_end_of_a_dump_is_raised_with_its_sentence():
+    """NLMSG_DONE carries an error code too (a dump the kernel could not finish), then the
+    kernel's sentence directly (no echoed request)."""
+    tlv = codec.attr(1, b"Dump interrupted\0")
+    done = error_of(memoryview(struct.pack("=i", -4) + tlv), NLM_F_ACK_TLVS, done=True)
+    assert done is not None and done.code == 4 and done.args[1] == "Dump interrupted"
+    assert error_of(memoryview(struct.pack("=i", 0)), 0, done=True) is None  # a clean end
