@@ -2,7 +2,7 @@
 per process) booting at once against one real etcd, then against the bed's 3-member etcd with
 its leader killed during the boot.
 
-    sudo python3 bench/keepers.py [--nodes 1000] [--clients 20]
+    sudo python3 bench/keepers.py [--nodes 1000] [--clients 0]
 
 For each: time until every node holds a lease (and the median node), distinct subnets, races
 lost and retried, etcd requests per node, and the watch events every node receives per renewal
@@ -71,7 +71,13 @@ def run_probe(bed: TestBed, nodes: int, clients: int, kill_leader_after: float |
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=20, help="etcd clients the keepers share")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="etcd clients the keepers share (default 0: one per keeper, as every node has its "
+        "own; a client's calls share one HTTP/2 connection, as in etcd's own clients)",
+    )
     parser.add_argument("--kill-after", type=float, default=0.5, help="s into the boot")
     parser.add_argument(
         "--scale",
@@ -82,20 +88,21 @@ def main() -> int:
     )
     args = parser.parse_args()
     results = {}
+    clients_for = lambda n: args.clients or n  # noqa: E731
     scale: dict[int, dict] = {}
     for n in args.scale:
         with TestBed(hosts=0) as bed:
             bed.put_config(CONFIG)
-            scale[n] = run_probe(bed, n, args.clients, None)
+            scale[n] = run_probe(bed, n, clients_for(n), None)
             print(json.dumps({"scale": n, **scale[n]}), flush=True)
     with TestBed(hosts=0) as bed:
         bed.put_config(CONFIG)
-        results["one etcd"] = run_probe(bed, args.nodes, args.clients, None)
+        results["one etcd"] = run_probe(bed, args.nodes, clients_for(args.nodes), None)
         print(json.dumps(results["one etcd"]), flush=True)
     with TestBed(hosts=0, etcd_members=3) as bed:
         bed.put_config(CONFIG)
         results["3 members, leader killed"] = run_probe(
-            bed, args.nodes, args.clients, args.kill_after
+            bed, args.nodes, clients_for(args.nodes), args.kill_after
         )
         print(json.dumps(results["3 members, leader killed"]), flush=True)
     rows = [

@@ -41,8 +41,9 @@ NODE: contextvars.ContextVar[int] = contextvars.ContextVar("node", default=-1)
 
 
 def counted(client: EtcdClient, counter: list[int], per_node: dict[int, int]) -> EtcdClient:
-    """Count every request, in total and for the node (keeper) whose task makes it."""
-    call = client._call
+    """Count every request, in total and for the node (keeper) whose task makes it (every
+    unary call goes through the client's transport)."""
+    call = client.transport.unary
 
     async def counting(*args, **kwargs):
         counter[0] += 1
@@ -50,7 +51,7 @@ def counted(client: EtcdClient, counter: list[int], per_node: dict[int, int]) ->
         per_node[node] = per_node.get(node, 0) + 1
         return await call(*args, **kwargs)
 
-    client._call = counting  # type: ignore[method-assign]
+    client.transport.unary = counting  # type: ignore[method-assign]
     return client
 
 

@@ -54,9 +54,10 @@ class CallFailed(Exception):
 class Call:
     """One gRPC call (an HTTP/2 stream): messages out, messages in, a status at the end."""
 
-    def __init__(self, channel: Channel, stream_id: int):
+    def __init__(self, channel: Channel, stream_id: int, stream: bool):
         self.channel = channel
         self.stream_id = stream_id
+        self.stream = stream  # a stream (a watch) rather than one request and its answer
         self._reader = MessageReader()
         self._messages: collections.deque[bytes] = collections.deque()
         self._end: CallFailed | ChannelClosed | None = None  # how it ended, once it has
@@ -168,7 +169,7 @@ class Channel:
         timeout: float | None = None,
     ) -> bytes:
         """One request, one answer (also for a streaming method used once)."""
-        call = self.start(path, metadata, timeout)
+        call = self.start(path, metadata, timeout, stream=False)
         try:
             await call.send(request, last=True)
             answer = await call.receive()
@@ -186,6 +187,8 @@ class Channel:
         path: str,
         metadata: tuple[tuple[str, str], ...] = (),
         timeout: float | None = None,
+        *,
+        stream: bool = True,
     ) -> Call:
         """A new call: its headers are sent; its messages are the caller's to send."""
         if not self.usable:
@@ -197,7 +200,7 @@ class Channel:
             self.authority, path, tls=self.tls, timeout=timeout, metadata=metadata
         )
         self._h2.send_headers(stream_id, headers)
-        call = self._calls[stream_id] = Call(self, stream_id)
+        call = self._calls[stream_id] = Call(self, stream_id, stream)
         self._flush()
         return call
 
@@ -345,6 +348,18 @@ class Channel:
                 self._end_call(call, ChannelClosed(reason, unprocessed=True))
         if event.error_code != h2.errors.ErrorCodes.NO_ERROR:
             self.failure = ChannelClosed(reason)
+        self._close_if_drained()
+
+    def leave(self, reason: str) -> None:
+        """No new calls; the streams (watches) end now with ``reason``, so that they move
+        with the client; calls under way finish (one failed call does not fail the others,
+        which may well be answered), then the connection closes."""
+        self._going_away = True
+        for call in list(self._calls.values()):
+            if call.stream:
+                self._end_call(call, ChannelClosed(reason))
+                self._reset(call.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
         self._close_if_drained()
 
     def _close_if_drained(self) -> None:

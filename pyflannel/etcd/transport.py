@@ -128,15 +128,16 @@ class Transport:
                 self._token = await self._authenticate(channel)
 
     async def failover(self, generation: int) -> None:
-        """Forget the member that generation was talking to (closing its channel, a watch on
-        it included); the next call dials the next endpoint. Calls that broke because
-        another call already failed over do not move again."""
+        """Leave the member that generation was talking to: the next call dials the next
+        endpoint, a watch on it ends (and resumes there), calls under way finish where they
+        are (its connection closes after them). Calls that broke because another call
+        already failed over do not move again."""
         if generation != self.generation:
             return
         self.generation += 1
         channel, self._channel, self._token = self._channel, None, None
         if channel is not None:
-            channel.close("the client left this member (a call found it unable to serve)")
+            channel.leave("the client left this member (a call found it unable to serve)")
         if len(self.endpoints) > 1:
             self._current = (self._current + 1) % len(self.endpoints)
             log.info("etcd: switching to endpoint %s", self.endpoint.url)
@@ -156,27 +157,35 @@ class Transport:
         *,
         timeout: float | None = None,
     ) -> Reply:
-        """One call to the member in use; sent again only where it certainly did not act on
-        it (see the module's docstring)."""
+        """One call to the member in use; sent again, once, where the member certainly did not
+        act on it (see the module's docstring): to the member the client uses by then, if
+        another call moved it meanwhile."""
         timeout = timeout or self.timeout
-        ep, generation = self.endpoint, self.generation
+        deadline = asyncio.get_running_loop().time() + timeout
         body = request.SerializeToString()
-        async with self.calling(generation, ep, timeout), asyncio.timeout(timeout):
-            retried = False
-            while True:
-                channel = await self.channel(ep, generation)
+        retried = False
+        while True:
+            ep, generation = self.endpoint, self.generation
+            channel: Channel | None = None
+            async with self.calling(generation, ep, timeout), asyncio.timeout_at(deadline):
                 try:
+                    channel = await self.channel(ep, generation)
                     data = await channel.unary(method, body, self.metadata(), timeout)
                     return reply_type.FromString(data)
                 except (ChannelClosed, CallFailed) as e:
                     if retried or not await self._again(e, channel):
                         raise
-                    retried = True
+            retried = True
 
-    async def _again(self, error: ChannelClosed | CallFailed, channel: Channel) -> bool:
+    async def _again(self, error: ChannelClosed | CallFailed, channel: Channel | None) -> bool:
         if error.unprocessed:
             return True
-        if isinstance(error, CallFailed) and _token_expired(error.status) and self.username:
+        if (
+            isinstance(error, CallFailed)
+            and _token_expired(error.status)
+            and self.username
+            and channel is not None
+        ):
             await self._renew_token(channel)
             return True
         return False

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from pyflannel.etcd.channel import ChannelClosed
 from pyflannel.etcd.client import EtcdClient, EtcdError, EtcdUnavailable
 from pyflannel.etcd.proto import kv_pb2, rpc_pb2
 
@@ -177,3 +178,45 @@ async def test_a_server_that_never_speaks_http2_times_out_and_is_left():
             await client.get(b"/k")
         assert client.endpoint.url == "http://127.0.0.1:9"
         await client.close()
+
+
+async def test_leaving_a_member_lets_the_calls_under_way_finish_there():
+    """A call that fails over does not fail the others on that connection: they may well be
+    answered (a member without a leader for a moment); only new calls go to the next one."""
+
+    async def slow_range(request, headers):
+        await asyncio.sleep(0.3)
+        return range_answer(b"from-a")
+
+    async def unavailable(request, headers):
+        return Answer(code=14, text="etcdserver: request timed out")
+
+    async with (
+        GrpcPeer({RANGE: slow_range, TXN: unavailable}) as a,
+        GrpcPeer({RANGE: answer_range}) as b,
+    ):
+        client = EtcdClient([a.url, b.url])
+        under_way = asyncio.create_task(client.get(b"/k"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EtcdUnavailable, match="request timed out"):
+            await client.put_if(b"/k", b"v", lease=0, mod_revision=0)
+        assert client.endpoint.url == b.url
+        kv, _ = await under_way  # answered where it was sent
+        assert kv.value == b"from-a"
+        kv, _ = await client.get(b"/k")  # the next call: the next member
+        assert kv.value == b"/k/k"
+        await client.close()
+
+
+async def test_a_call_not_yet_sent_follows_the_client_to_its_next_member():
+    async with GrpcPeer({RANGE: answer_range}) as b:
+        client = EtcdClient(["http://127.0.0.1:9", b.url])
+        transport = client.transport
+        ep, generation = transport.endpoint, transport.generation
+        await transport.failover(generation)  # another call moved the client meanwhile
+        with pytest.raises(ChannelClosed) as e:
+            await transport.channel(ep, generation)
+        assert e.value.unprocessed  # never sent: safe to send elsewhere
+        kv, _ = await client.get(b"/k")
+        await client.close()
+    assert kv.value == b"/k/k"
