@@ -75,6 +75,22 @@ def started_bed(
     return bed
 
 
+def rules_bed(mode: str, daemon_args: tuple[str, ...]) -> TestBed:
+    """Two nodes with pods on a vxlan network whose rules are in ``mode`` ("iptables", or
+    "nftables": EnableNFTables), ``bed.mode`` saying which. The caller closes it."""
+    if mode == "nftables":
+        require(shutil.which("nft") is not None, "the nft command (apt install nftables)")
+    config = {
+        "Network": "10.1.0.0/16",
+        "SubnetLen": 24,
+        "Backend": {"Type": "vxlan", "VNI": 1},
+        "EnableNFTables": mode == "nftables",
+    }
+    bed = started_bed(hosts=2, config=config, daemon_args=daemon_args)
+    bed.mode = mode  # type: ignore[attr-defined]
+    return bed
+
+
 # A peer lease for a node that does not exist (tests write it and watch it be programmed).
 PEER_VALUE = (
     '{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"vxlan",'

@@ -5,20 +5,17 @@ DROP (as Docker sets it) in iptables mode, so a flush cuts the pod-to-pod path u
 repair. Someone who keeps removing the rules is told once and not fought. Times are in
 bench/rules_repair.py; here, behaviour."""
 
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from pyflannel.traffic.repair import MAX_REPAIRS, WINDOW
-from tests.conftest import require
 from tests.e2e.test_iptables import source_seen
 
-from .conftest import eventually, started_bed
+from .conftest import eventually, rules_bed
 
 ARGS = ("--reconcile-interval=2", "--ip-masq", "--iptables-resync=3600")
-CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 FLUSH = {
     "iptables": [["iptables", "-F"], ["iptables", "-t", "nat", "-F"]],
     "nftables": [["nft", "flush", "ruleset"]],
@@ -27,16 +24,11 @@ FLUSH = {
 
 @pytest.fixture(scope="module", params=["iptables", "nftables"])
 def bed(request):
-    mode = request.param
-    if mode == "nftables":
-        require(shutil.which("nft") is not None, "the nft command (apt install nftables)")
-    config = {**CONFIG, "EnableNFTables": mode == "nftables"}
-    bed = started_bed(hosts=2, config=config, daemon_args=ARGS)
+    bed = rules_bed(request.param, ARGS)
     try:
-        if mode == "iptables":
+        if bed.mode == "iptables":
             for node in bed.nodes:  # as Docker leaves a host
                 node.run("iptables", "-P", "FORWARD", "DROP")
-        bed.mode = mode
         yield bed
     finally:
         bed.close()

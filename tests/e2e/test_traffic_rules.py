@@ -2,17 +2,13 @@
 traffic: one set of behaviours, run once per mode. Mode-specific details are in
 test_iptables.py and test_nftables.py."""
 
-import shutil
-
 import pytest
 
-from tests.conftest import require
 from tests.e2e.test_iptables import source_seen
 
-from .conftest import eventually, started_bed
+from .conftest import eventually, rules_bed
 
 ARGS = ("--reconcile-interval=2", "--ip-masq", "--iptables-resync=1")
-CONFIG = {"Network": "10.1.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 # How an operator (or a firewall reload) wipes each mode's rules.
 WIPE = {
     "iptables": [
@@ -25,12 +21,7 @@ WIPE = {
 
 @pytest.fixture(scope="module", params=["iptables", "nftables"])
 def bed(request):
-    mode = request.param
-    if mode == "nftables":
-        require(shutil.which("nft") is not None, "the nft command (apt install nftables)")
-    config = {**CONFIG, "EnableNFTables": mode == "nftables"}
-    bed = started_bed(hosts=2, config=config, daemon_args=ARGS)
-    bed.mode = mode
+    bed = rules_bed(request.param, ARGS)
     yield bed
     bed.close()
 
