@@ -6,6 +6,7 @@ etcd/channel.py."""
 from __future__ import annotations
 
 import enum
+import math
 import urllib.parse
 from dataclasses import dataclass
 
@@ -72,8 +73,8 @@ def request_headers(
 
 def timeout_value(seconds: float) -> str:
     """``grpc-timeout``: at most eight digits and a unit; milliseconds, rounded up."""
-    millis = max(1, int(-(-seconds * 1000 // 1)))
-    return f"{millis}m" if millis < 10**8 else f"{min(-(-millis // 1000), 10**8 - 1)}S"
+    millis = max(1, math.ceil(seconds * 1000))
+    return f"{millis}m" if millis < 10**8 else f"{min(math.ceil(millis / 1000), 10**8 - 1)}S"
 
 
 def frame(message: bytes) -> bytes:

@@ -25,11 +25,14 @@ RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 
 
 class IPRoute:
-    def __init__(self) -> None:
-        self.sock = NetlinkSocket(rcvbuf=1 << 20)
+    def __init__(self, sock: NetlinkSocket | None = None) -> None:
+        """On ``sock`` (the netlink thread's one socket), else on a socket of its own."""
+        self._owned = sock is None
+        self.sock = sock or NetlinkSocket(rcvbuf=1 << 20)
 
     def close(self) -> None:
-        self.sock.close()
+        if self._owned:
+            self.sock.close()
 
     def __enter__(self) -> IPRoute:
         return self

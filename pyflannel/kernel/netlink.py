@@ -1,9 +1,10 @@
-"""One thread that owns the netlink sockets; the event loop sends it work.
+"""One thread that owns the netlink socket; the event loop sends it work.
 
-Every netlink call runs here, in order, on blocking sockets the worker thread creates (our
-``kernel/iproute.py`` for devices and addresses, ``route_socket()`` for the many route and
-neighbour entries; both kernel/nlsocket.py's request loop): the event loop never waits on the kernel, and it works on any asyncio
-loop (pyroute2's own ``AsyncIPRoute`` fails under uvloop: library notes).
+Every netlink call runs here, in order, on one blocking socket the worker thread creates
+(``route_socket()``: kernel/nlsocket.py's request loop), used for devices and addresses
+through ``kernel/iproute.py`` and directly for the many route and neighbour entries: the
+event loop never waits on the kernel, and it works on any asyncio loop (pyroute2's own
+``AsyncIPRoute`` fails under uvloop: library notes).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Netlink:
         if ipr is None:
             from pyflannel.kernel.iproute import IPRoute
 
-            ipr = self._local.ipr = IPRoute()
+            ipr = self._local.ipr = IPRoute(route_socket())  # one socket for all requests
         return ipr
 
     def _run(self, fn: Callable[..., T], args, kwargs) -> T:
@@ -45,10 +46,11 @@ class Netlink:
 
     def close(self) -> None:
         def shutdown() -> None:
-            ipr = getattr(self._local, "ipr", None)
-            if ipr is not None:
-                ipr.close()
-                self._local.ipr = None
+            self._local.ipr = None
+            sock = getattr(_sockets, "sock", None)
+            if sock is not None:
+                sock.close()
+                _sockets.sock = None
 
         self._executor.submit(shutdown).result(timeout=5)
         self._executor.shutdown(wait=True)
