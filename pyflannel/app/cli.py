@@ -232,9 +232,11 @@ def _status(args: argparse.Namespace) -> int:
     doc, why = daemon_document(options.status_endpoint)
     if doc is None:
         doc = asyncio.run(offline_status(options.store, options.subnet_file, why))
-    doc["etcd_tuning"] = _etcd_tuning(args)
+    tuning = _etcd_tuning(args)
     print(
-        json.dumps(doc, indent=1, default=str) if args.json else render(doc),
+        json.dumps({**doc.to_json(), "etcd_tuning": tuning}, indent=1)
+        if args.json
+        else render(doc, tuning),
         end="" if not args.json else "\n",
     )
     return exit_code(doc)

@@ -149,7 +149,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             last_error=watch.last_error if watch else "",
             watch_restarts=watch.restarts if watch else 0,
             relists=watch.relists if watch else 0,
-            details=view.details,
+            facts=view.facts,
         ),
         network=str(r.network.cidr) if r else None,
         network6=str(r.network.cidr6) if r and r.network.cidr6 else None,

@@ -37,6 +37,7 @@ from pyflannel.subnet.manager import (
     LeaseTokens,
     LeaseUpdate,
     LeaseWatch,
+    StoreFacts,
     StoreView,
     SubnetManager,
 )
@@ -346,13 +347,13 @@ class EtcdSubnetManager(SubnetManager):
         return StoreView(
             kind="etcd",
             address=self.client.endpoint.url,
-            details={
-                "endpoints": [e.url for e in self.client.endpoints],
-                "revision": revision,
-                "leader": f"{self.client.leaders.leader:x}" if self.client.leaders.leader else "",
-                "leader_changes_last_hour": self.client.leaders.changes_within(time.time()),
-                "member_rtt_ms": self.client.status_rtt_ms,  # the last member check's
-            },
+            facts=StoreFacts(
+                endpoints=tuple(e.url for e in self.client.endpoints),
+                revision=revision,
+                leader=f"{self.client.leaders.leader:x}" if self.client.leaders.leader else "",
+                leader_changes_last_hour=self.client.leaders.changes_within(time.time()),
+                member_rtt_ms=self.client.status_rtt_ms,
+            ),
         )
 
     async def members(self) -> list[dict]:

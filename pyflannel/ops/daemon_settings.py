@@ -14,7 +14,9 @@ from pathlib import Path
 
 from pyflannel.errors import FlannelError
 from pyflannel.ops.instance import instances_beside
+from pyflannel.ops.snapshot import StoreAccess
 from pyflannel.ops.status.client import StatusEndpoint, daemon_document
+from pyflannel.ops.status.document import StatusDoc
 from pyflannel.subnet.stores import StoreOptions
 
 PASSWORD_FLAGS = ("--etcd-password", "-etcd-password")
@@ -35,10 +37,10 @@ class DaemonSettings:
         return f"the settings of the running daemon (pid {self.pid}, network {self.store.prefix})"
 
 
-def running_documents(endpoint: StatusEndpoint, timeout: float = 2.0) -> list[dict]:
+def running_documents(endpoint: StatusEndpoint, timeout: float = 2.0) -> list[StatusDoc]:
     """Status documents of the daemons this host runs that can be found: the one ``status``
     finds first, then those whose instance records lie beside its subnet file."""
-    found: dict[int, dict] = {}
+    found: dict[int, StatusDoc] = {}
     places = [endpoint] + [
         StatusEndpoint(subnet_file=record.subnet_file)
         for record in instances_beside(endpoint.subnet_file)
@@ -46,43 +48,43 @@ def running_documents(endpoint: StatusEndpoint, timeout: float = 2.0) -> list[di
     ]
     for place in places:
         doc, _ = daemon_document(place, timeout)
-        pid = ((doc or {}).get("daemon") or {}).get("pid")
-        if doc is not None and isinstance(pid, int) and (doc.get("instance") or {}).get("access"):
-            found.setdefault(pid, doc)
+        if doc is not None and doc.daemon.pid is not None and _access(doc) is not None:
+            found.setdefault(doc.daemon.pid, doc)
     return list(found.values())
 
 
+def _access(doc: StatusDoc) -> StoreAccess | None:
+    return doc.instance.access if doc.instance is not None else None
+
+
 def choose(
-    docs: Sequence[dict], prefix: str | None, addresses: Sequence[IPv4Address] = ()
-) -> dict | None:
+    docs: Sequence[StatusDoc], prefix: str | None, addresses: Sequence[IPv4Address] = ()
+) -> StatusDoc | None:
     """The daemon of network ``prefix``, else the one whose network holds one of
     ``addresses``, else the first found (the one ``pyflannel status`` shows)."""
     if prefix is not None:
-        docs = [d for d in docs if d["instance"].get("etcd_prefix") == prefix]
+        docs = [d for d in docs if d.instance is not None and d.instance.etcd_prefix == prefix]
     for address in addresses:
         for doc in docs:
-            network = doc.get("network")
-            if network and address in ip_network(network):
+            if doc.network and address in ip_network(doc.network):
                 return doc
     return docs[0] if docs else None
 
 
-def settings_of(doc: dict, proc: Path = Path("/proc")) -> DaemonSettings:
-    instance, pid = doc["instance"], int(doc["daemon"]["pid"])
-    access = instance["access"]
-    password = ""
-    if access.get("password_in"):
-        password = read_password(pid, access["password_in"], proc)
+def settings_of(doc: StatusDoc, proc: Path = Path("/proc")) -> DaemonSettings:
+    instance, pid, access = doc.instance, doc.daemon.pid, _access(doc)
+    assert instance is not None and access is not None and pid is not None, "running_documents"
+    password = read_password(pid, access.password_in, proc) if access.password_in else ""
     store = StoreOptions(
-        endpoints=tuple(access["endpoints"]),
-        prefix=instance["etcd_prefix"],
-        cafile=access.get("cafile", ""),
-        certfile=access.get("certfile", ""),
-        keyfile=access.get("keyfile", ""),
-        username=access.get("username", ""),
+        endpoints=access.endpoints,
+        prefix=instance.etcd_prefix,
+        cafile=access.cafile,
+        certfile=access.certfile,
+        keyfile=access.keyfile,
+        username=access.username,
         password=password,
     )
-    return DaemonSettings(store, StatusEndpoint(subnet_file=instance["subnet_file"]), pid)
+    return DaemonSettings(store, StatusEndpoint(subnet_file=instance.subnet_file), pid)
 
 
 def read_password(pid: int, where: str, proc: Path = Path("/proc")) -> str:

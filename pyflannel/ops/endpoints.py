@@ -34,13 +34,14 @@ def routes(
 
     async def metrics() -> tuple[int, str, bytes]:
         from pyflannel.ops.metrics import metrics_text  # prometheus_client: only when scraped
+        from pyflannel.ops.status.document import DatapathStats
 
-        body = metrics_text(snapshot(), await datapath_stats())
+        body = metrics_text(snapshot(), DatapathStats.parse(await datapath_stats()))
         return 200, "text/plain; version=0.0.4; charset=utf-8", body
 
     async def status() -> tuple[int, str, bytes]:
         from pyflannel.ops.status.live import daemon_status
 
-        return as_json(200, await daemon_status(snapshot(), answers))
+        return as_json(200, (await daemon_status(snapshot(), answers)).to_json())
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics, "/status": status}

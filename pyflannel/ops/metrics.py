@@ -6,11 +6,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
-from pyflannel.ops.snapshot import DaemonSnapshot
+from pyflannel.ops.snapshot import DaemonSnapshot, HealView, ProbeView
+from pyflannel.ops.status.document import DatapathStats
 
 
 class DaemonCollector:
-    def __init__(self, snap: DaemonSnapshot, udp_stats: dict | None = None):
+    def __init__(self, snap: DaemonSnapshot, udp_stats: DatapathStats | None = None):
         self.snap = snap
         self.udp_stats = udp_stats  # fetched by the caller: it waits for the workers
 
@@ -58,18 +59,18 @@ class DaemonCollector:
             "1 while the lease watch is connected",
             value=int(etcd.reachable),
         )
-        changes = etcd.details.get("leader_changes_last_hour")
+        changes = etcd.facts.leader_changes_last_hour
         if changes is not None:
             yield GaugeMetricFamily(
                 "pyflannel_etcd_leader_changes_last_hour",
                 "etcd leader changes this node saw in the last hour",
                 value=changes,
             )
-        if etcd.details.get("member_rtt_ms") is not None:
+        if etcd.facts.member_rtt_ms is not None:
             yield GaugeMetricFamily(
                 "pyflannel_etcd_member_rtt_seconds",
                 "round trip of the last status check of the etcd member in use",
-                value=etcd.details["member_rtt_ms"] / 1000,
+                value=etcd.facts.member_rtt_ms / 1000,
             )
         if backend is not None:
             peers = GaugeMetricFamily(
@@ -108,16 +109,19 @@ class DaemonCollector:
                 drops = CounterMetricFamily(
                     "pyflannel_udp_drops", "UDP data path drops", labels=["direction", "reason"]
                 )
-                for direction in ("to_peers", "from_peers"):
-                    pkts.add_metric([direction], stats[direction]["packets"])
-                    octets.add_metric([direction], stats[direction]["bytes"])
-                    for reason, n in sorted(stats[direction]["drops"].items()):
+                for direction, flow in (
+                    ("to_peers", stats.to_peers),
+                    ("from_peers", stats.from_peers),
+                ):
+                    pkts.add_metric([direction], flow.packets)
+                    octets.add_metric([direction], flow.bytes)
+                    for reason, n in sorted(flow.drops.items()):
                         drops.add_metric([direction, reason], n)
                 yield from (pkts, octets, drops)
                 yield CounterMetricFamily(
                     "pyflannel_udp_icmp_unreachable",
                     "ICMP net-unreachable sent",
-                    value=stats["icmp_unreachable_sent"],
+                    value=stats.icmp_unreachable_sent,
                 )
         yield from mesh_metrics(snap.mesh, snap.probes_sent)
         yield from path_metrics(snap.paths, snap.path_moves)
@@ -131,7 +135,7 @@ class DaemonCollector:
 MESH_LABEL_LIMIT = 256  # per-peer series only up to this many peers: label cardinality bounded
 
 
-def mesh_metrics(mesh: dict[str, dict], sent: int = 0):
+def mesh_metrics(mesh: dict[str, ProbeView], sent: int = 0):
     """Peers by path state always; per-peer reachability, RTT and black hole gauges only for
     clusters of at most MESH_LABEL_LIMIT peers (beyond that the counts, and /status, say it)."""
     yield CounterMetricFamily("pyflannel_mesh_probes", "probes sent to peers", value=sent)
@@ -142,7 +146,7 @@ def mesh_metrics(mesh: dict[str, dict], sent: int = 0):
     )
     counts: dict[str, int] = {}
     for view in mesh.values():
-        counts[view["state"]] = counts.get(view["state"], 0) + 1
+        counts[view.state] = counts.get(view.state, 0) + 1
     for state, n in sorted(counts.items()):
         states.add_metric([state], n)
     yield states
@@ -158,21 +162,21 @@ def mesh_metrics(mesh: dict[str, dict], sent: int = 0):
     )
     rtt = GaugeMetricFamily("pyflannel_peer_rtt_seconds", "median probe RTT", labels=["peer"])
     for subnet, view in sorted(mesh.items()):
-        reachable.add_metric([subnet], int(view["state"] not in ("unreachable", "unknown")))
-        black_hole.add_metric([subnet], int(view["state"] == "mtu black hole"))
-        if view["rtt_ms"] is not None:
-            rtt.add_metric([subnet], view["rtt_ms"] / 1000)
+        reachable.add_metric([subnet], int(view.state not in ("unreachable", "unknown")))
+        black_hole.add_metric([subnet], int(view.state == "mtu black hole"))
+        if view.rtt_ms is not None:
+            rtt.add_metric([subnet], view.rtt_ms / 1000)
     yield from (reachable, black_hole, rtt)
 
 
-def path_metrics(paths: dict[str, dict], moves: dict[str, int]):
+def path_metrics(paths: dict[str, HealView], moves: dict[str, int]):
     """The path healer: peers sent over UDP because VXLAN failed, and the moves made."""
     if not paths and not moves:
         return
     on_udp = GaugeMetricFamily(
         "pyflannel_peers_via_udp", "VXLAN peers sent over UDP because VXLAN to them failed"
     )
-    on_udp.add_metric([], sum(1 for p in paths.values() if p.get("via") == "udp"))
+    on_udp.add_metric([], sum(1 for p in paths.values() if p.via == "udp"))
     yield on_udp
     moved = CounterMetricFamily(
         "pyflannel_path_moves", "peers moved between encapsulations", labels=["to"]
@@ -186,11 +190,11 @@ def path_metrics(paths: dict[str, dict], moves: dict[str, int]):
         "pyflannel_peer_via_udp", "1 if the peer is sent over UDP (VXLAN failed)", labels=["peer"]
     )
     for subnet, view in sorted(paths.items()):
-        per_peer.add_metric([subnet], int(view.get("via") == "udp"))
+        per_peer.add_metric([subnet], int(view.via == "udp"))
     yield per_peer
 
 
-def metrics_text(snap: DaemonSnapshot, udp_stats: dict | None = None) -> bytes:
+def metrics_text(snap: DaemonSnapshot, udp_stats: DatapathStats | None = None) -> bytes:
     registry = CollectorRegistry()
     registry.register(DaemonCollector(snap, udp_stats))
     return generate_latest(registry)

@@ -1,41 +1,75 @@
 """The daemon's state as the operations side sees it: a typed snapshot the daemon publishes
 (``Daemon.snapshot()``), read by ``/status`` and ``/metrics`` instead of the daemon's objects,
-and the few live questions they may ask (``StatusIO``)."""
+and the few live questions they may ask (``StatusIO``).
+
+Its parts are the status document's own sections (``ops/status/document.py``): a new field
+of the lease, the store, the traffic rules, a probed or healed path is one field here, and
+/status, ``pyflannel status --json`` and the offline document carry it (``schema.to_json``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pyflannel.backend.base import BackendSnapshot
 from pyflannel.backend.plan import KernelState
 from pyflannel.kernel.iface import ExtIface
+from pyflannel.schema import FLATTEN, optional
+from pyflannel.subnet.manager import StoreFacts
 
 
 @dataclass(frozen=True)
 class LeaseView:
-    subnet: str
-    expires_in_s: float | None  # None for a reservation
-    reservation: bool
-    last_renewal: float | None  # wall clock
-    renewals: int
-    losses: int
-    ipv6_subnet: str | None = None  # dual-stack
-    last_renewal_took_s: float | None = None  # from the first try to etcd's answer
+    subnet: str | None  # None: no lease (status without the daemon, etcd unreachable)
+    expires_in_s: float | None  # None for a reservation, or unknown
+    reservation: bool = False
+    last_renewal: float | None = None  # wall clock
+    renewals: int = 0
+    losses: int = 0
+    ipv6_subnet: str | None = optional()  # dual-stack
+    last_renewal_took_s: float | None = optional()  # from the first try to etcd's answer
 
 
 @dataclass(frozen=True)
 class StoreStatus:
-    """The subnet store as this node sees it: neutral fields, and the store's own details
-    (etcd: its endpoints and the revision the watch is at)."""
+    """The subnet store as this node sees it: neutral fields, and the store's own facts
+    (etcd: its endpoints, leader, and the revision the watch is at)."""
 
     kind: str  # "etcd": also the name of its section in the status document
-    current: str  # the member / server in use
-    reachable: bool
-    last_error: str
-    watch_restarts: int
-    relists: int
-    details: dict
+    current: str = ""  # the member / server in use
+    reachable: bool = False
+    last_error: str = ""
+    watch_restarts: int = 0
+    relists: int = 0
+    facts: StoreFacts = field(default=StoreFacts(), metadata=FLATTEN)
+    # etcd's members as the member in use lists them, each with its own view (etcd/cluster.py
+    # says their fields); asked live by /status, empty in the snapshot
+    members: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    """A peer's path as the mesh prober last judged it."""
+
+    state: str  # a PeerHealth value
+    rtt_ms: float | None  # median of the recent round trips
+    rtt_max_ms: float | None
+    loss: float
+    since: float  # wall clock of the last change of state
+
+
+@dataclass(frozen=True)
+class HealView:
+    """A peer's encapsulation as the path healer chose it, and why."""
+
+    via: str  # "vxlan" | "udp"
+    since: float = 0.0
+    why: str = ""
+    trying: bool = False  # on UDP, not yet answered over it
+    clean_rounds: int = 0
+    back_after: int = 0
+    moves: int = 0
+    cannot_heal: str = optional("")  # why this peer cannot move to UDP
 
 
 @dataclass(frozen=True)
@@ -89,11 +123,11 @@ class DaemonSnapshot:
     backend: BackendSnapshot | None
     subnet_env_problems: tuple[str, ...]
     traffic: TrafficView
-    mesh: dict[str, dict]  # peer subnet -> probe view (ops/mesh/prober.py); {} when off
+    mesh: dict[str, ProbeView]  # peer subnet -> its probed path (ops/mesh/prober.py); {} when off
     probes_sent: int = 0
     mesh_writes: int = 0  # mesh summaries written to the store
     # peer subnet -> the encapsulation it is sent over and why (ops/mesh/healer.py); {} when off
-    paths: dict[str, dict] = field(default_factory=dict)
+    paths: dict[str, HealView] = field(default_factory=dict)
     path_moves: dict[str, int] = field(default_factory=dict)  # moves made, by encapsulation
     path_rounds: int = 0  # the healer's probe rounds done
 
@@ -107,6 +141,6 @@ class StatusIO(Protocol):
 
     async def device_present(self) -> bool: ...
 
-    async def datapath_stats(self) -> dict | None: ...
+    async def datapath_stats(self) -> dict | None: ...  # validated into DatapathStats
 
     async def rules_present(self) -> bool: ...

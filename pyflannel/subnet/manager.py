@@ -97,13 +97,24 @@ class LeaseWatch(abc.ABC):
 
 
 @dataclass(frozen=True)
+class StoreFacts:
+    """What a store says of itself in status (etcd: all of them; the in-memory store: its
+    revision). A new fact is a field here, filled by the store that has it."""
+
+    endpoints: tuple[str, ...] = ()
+    revision: int | None = None  # the revision the lease watch is at
+    leader: str = ""  # etcd: the leader's member ID (hex)
+    leader_changes_last_hour: int | None = None
+    member_rtt_ms: float | None = None  # the last status check of the member in use
+
+
+@dataclass(frozen=True)
 class StoreView:
-    """The store as status shows it: neutral fields, and its own details (etcd: its
-    endpoints, the member in use, the revision the watch is at)."""
+    """The store as status shows it: its kind, the member / server in use, its facts."""
 
     kind: str  # "etcd", ...
     address: str  # the member / server in use now
-    details: dict = field(default_factory=dict)
+    facts: StoreFacts = StoreFacts()
 
 
 class SubnetManager(abc.ABC):

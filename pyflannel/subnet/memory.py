@@ -24,6 +24,7 @@ from pyflannel.subnet.manager import (
     LeaseTokens,
     LeaseUpdate,
     LeaseWatch,
+    StoreFacts,
     StoreView,
     SubnetManager,
 )
@@ -280,7 +281,7 @@ class MemorySubnetManager(SubnetManager):
         return dict(self.store.paths)
 
     def view(self) -> StoreView:
-        return StoreView(kind="memory", address="memory", details={"revision": self.store.revision})
+        return StoreView("memory", "memory", StoreFacts(revision=self.store.revision))
 
 
 class MemoryLeaseWatch(LeaseWatch):

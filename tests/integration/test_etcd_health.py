@@ -7,6 +7,7 @@ import pytest
 from pyflannel.etcd.client import EtcdClient
 from pyflannel.ops.doctor.checks import Probe, judge_etcd
 from pyflannel.ops.etcd_advice import FSYNC_P99_MS, etcd_advice
+from pyflannel.ops.status.document import StatusDoc
 from pyflannel.ops.status.report import render
 from testbed import slowdisk
 from testbed.etcd import EtcdServer
@@ -72,7 +73,8 @@ async def test_a_slow_disk_is_named_by_status_and_doctor_with_the_fix(etcd_on_a_
     assert any("backend commit p99" in w for w in whats), whats
     # status's text and doctor's judgement of the same figures: warnings with the fix
     url = etcd_on_a_slow_disk.url
-    text = render({"etcd": {"current": url, "reachable": True, "members": [member]}})
+    doc = {"daemon": {"running": False}, "etcd": {"current": url, "reachable": True}}
+    text = render(StatusDoc.parse({**doc, "etcd": {**doc["etcd"], "members": [member]}}))
     assert "WAL fsync p99" in text and "advice: etcd member" in text, text
     probe = Probe(True, facts={"endpoint": url, "rtt_ms": 1.0, "members": [member]})
     findings = judge_etcd(probe, 0)

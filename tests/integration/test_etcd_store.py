@@ -95,7 +95,7 @@ async def test_list_skips_junk_with_reasons_and_keeps_good_leases(store, etcd_se
     snapshot = await store.leases()
     skipped = snapshot.skipped
     assert [str(le.subnet) for le in snapshot.leases] == ["10.1.5.0/24"]
-    assert store.view().details["revision"] > 0
+    assert store.view().facts.revision > 0
     reasons = dict(skipped)
     assert reasons[f"{prefix}/subnets/garbage"] == "not a subnet key"
     assert "not JSON" in reasons[f"{prefix}/subnets/10.1.6.0-24"]

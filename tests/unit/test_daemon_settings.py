@@ -13,6 +13,7 @@ from pyflannel.ops.daemon_settings import (
     password_on_command_line,
     settings_of,
 )
+from pyflannel.ops.status.document import StatusDoc
 
 
 @pytest.mark.parametrize(
@@ -37,23 +38,30 @@ def test_the_password_in_an_environment():
     assert password_in_environment(b"PATH=/bin\0") is None
 
 
-def doc(pid: int, prefix: str, network: str, password_in: str = "") -> dict:
-    return {
-        "daemon": {"pid": pid},
-        "network": network,
-        "instance": {
-            "etcd_prefix": prefix,
-            "subnet_file": f"/run/flannel/{pid}.env",
-            "access": {
-                "endpoints": ["https://10.0.0.5:2379"],
-                "cafile": "/etc/ca.pem",
-                "certfile": "",
-                "keyfile": "",
-                "username": "u",
-                "password_in": password_in,
+def doc(pid: int, prefix: str, network: str, password_in: str = "") -> StatusDoc:
+    """A daemon's status document as the tools read it off its /status."""
+    return StatusDoc.parse(
+        {
+            "daemon": {"running": True, "pid": pid},
+            "store": "etcd",
+            "etcd": {"current": "https://10.0.0.5:2379"},
+            "network": network,
+            "instance": {
+                "etcd_prefix": prefix,
+                "subnet_file": f"/run/flannel/{pid}.env",
+                "healthz": "127.0.0.1:8471",
+                "others": [],
+                "access": {
+                    "endpoints": ["https://10.0.0.5:2379"],
+                    "cafile": "/etc/ca.pem",
+                    "certfile": "",
+                    "keyfile": "",
+                    "username": "u",
+                    "password_in": password_in,
+                },
             },
-        },
-    }
+        }
+    )
 
 
 def test_the_daemon_of_the_prefix_then_of_the_addresses_then_the_first():

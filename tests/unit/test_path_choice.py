@@ -25,6 +25,7 @@ from pyflannel.ops.mesh.path_probe import (
     tcp_syn,
 )
 from pyflannel.ops.mesh.prober import checksum
+from pyflannel.ops.snapshot import ProbeView
 
 OK = PathResult(icmp=True, tcp=True)
 BLOCKED = PathResult(icmp=False, tcp=False)
@@ -141,11 +142,11 @@ def test_a_failed_try_is_not_a_flap():
 
 def test_the_view_shows_the_encapsulation_and_why():
     choice = PathChoice()
-    assert choice.view()["via"] == "vxlan" and choice.view()["why"] == ""
+    assert choice.view().via == "vxlan" and choice.view().why == ""
     fail(choice, NO_TCP, OK, 5.0)
     view = choice.view()
-    assert view["via"] == "udp" and view["since"] == 5.0 and view["back_after"] == 2
-    assert view["why"] == "vxlan passes ICMP but not TCP" and view["moves"] == 1
+    assert view.via == "udp" and view.since == 5.0 and view.back_after == 2
+    assert view.why == "vxlan passes ICMP but not TCP" and view.moves == 1
 
 
 # -- the probes' packets ------------------------------------------------------------------
@@ -258,6 +259,11 @@ class FakeProber:
         return True
 
 
+def probed(state: str) -> ProbeView:
+    """The mesh prober's view of a peer's path in ``state``."""
+    return ProbeView(state=state, rtt_ms=None, rtt_max_ms=None, loss=0.0, since=0.0)
+
+
 def _peer(n: int):
     from ipaddress import IPv4Network
 
@@ -283,7 +289,7 @@ def test_the_healer_moves_a_peer_and_back_and_forgets_one_that_left(caplog):
     prober.vxlan = BLOCKED
     asyncio.run(rounds(FAIL_ROUNDS))
     assert backend.reroutes == [("10.1.2.0/24", True)] and backend.udp_started == 1
-    assert healer.view()["10.1.2.0/24"]["via"] == "udp" and healer.moves[Encap.UDP] == 1
+    assert healer.view()["10.1.2.0/24"].via == "udp" and healer.moves[Encap.UDP] == 1
     assert "moved to UDP (port 8285): vxlan blocked, UDP answers" in caplog.text
     prober.vxlan = OK
     asyncio.run(rounds(BACK_AFTER))
@@ -303,7 +309,7 @@ def test_an_unhealable_broken_peer_is_named_once():
     from pyflannel.ops.mesh.healer import PathHealer
 
     upstream = _peer(3)
-    health = {"10.1.3.0/24": {"state": "unreachable"}}
+    health = {"10.1.3.0/24": probed("unreachable")}
     backend = FakeBackend([], unhealable=[upstream])
     healer = PathHealer(backend, interval=0, health=lambda: health, prober=FakeProber())
     records: list[str] = []
@@ -317,7 +323,7 @@ def test_an_unhealable_broken_peer_is_named_once():
         logging.getLogger("pyflannel.ops.mesh.healer").removeHandler(handler)
     named = [r for r in records if "cannot be moved to UDP" in r]
     assert len(named) == 1 and "10.1.3.0/24" in named[0] and "no UDP port" in named[0]
-    assert healer.view()["10.1.3.0/24"]["cannot_heal"].startswith("its lease offers no UDP port")
+    assert healer.view()["10.1.3.0/24"].cannot_heal.startswith("its lease offers no UDP port")
 
 
 def test_tcp_broken_in_the_kernels_own_probes_counts_as_vxlan_failing():
@@ -327,10 +333,10 @@ def test_tcp_broken_in_the_kernels_own_probes_counts_as_vxlan_failing():
 
     from pyflannel.ops.mesh.healer import PathHealer
 
-    health = {"10.1.2.0/24": {"state": "tcp broken"}}
+    health = {"10.1.2.0/24": probed("tcp broken")}
     backend = FakeBackend([_peer(2)])
     healer = PathHealer(backend, interval=0, rate=1000, health=lambda: health, prober=FakeProber())
     for _ in range(FAIL_ROUNDS):
         asyncio.run(healer.round())
     assert backend.reroutes == [("10.1.2.0/24", True)]
-    assert healer.view()["10.1.2.0/24"]["why"] == "vxlan passes ICMP but not TCP"
+    assert healer.view()["10.1.2.0/24"].why == "vxlan passes ICMP but not TCP"

@@ -11,23 +11,19 @@ from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, Finding
 from pyflannel.ops.mesh.health import PeerHealth, explain
 from pyflannel.ops.mesh.prober import MeshProber
+from pyflannel.ops.status.document import PeerHalf6, StatusDoc
 
 ROUNDS = 3  # the prober's verdicts need three results of each kind
 
 
-async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
-    backend = doc.get("backend") or {}
-    mtu = int(backend.get("mtu") or 0)
-    probe_host = int(backend.get("probe_host") or 0)  # the backend's choice (its device)
+async def probe_paths(doc: StatusDoc, only: str | None = None) -> list[Finding]:
+    mtu = (doc.backend.mtu if doc.backend is not None else None) or 0
+    # the backend's choice: its device's address, or its bridge's
+    probe_host = doc.backend.probe_host if doc.backend is not None else 0
     peers = [
-        Peer(
-            IPv4Network(r["subnet"]),
-            IPv4Address(r["public_ip"]),
-            r["encap"],
-            v6=_half6(r.get("ipv6") or {}),
-        )
-        for r in doc.get("peers", [])
-        if only in (None, "all", r["subnet"], r["public_ip"])
+        Peer(IPv4Network(r.subnet), IPv4Address(r.public_ip), r.encap, v6=_half6(r.ipv6))
+        for r in doc.peers
+        if only in (None, "all", r.subnet, r.public_ip)
     ]
     if not peers:
         return [
@@ -60,14 +56,14 @@ async def probe_paths(doc: dict, only: str | None = None) -> list[Finding]:
     return findings
 
 
-def _half6(row: dict) -> Peer6 | None:
+def _half6(half: PeerHalf6 | None) -> Peer6 | None:
     """A status row's IPv6 half (dual-stack), if it is programmed."""
-    if "subnet" not in row:
+    if half is None or not half.programmed:
         return None
-    return Peer6(IPv6Network(row["subnet"]), IPv6Address(row["public_ip"]), row["encap"])
+    return Peer6(IPv6Network(half.subnet), IPv6Address(half.public_ip), half.encap)
 
 
-def judge_offload(device: str, doc: dict | None) -> Finding:
+def judge_offload(device: str, doc: StatusDoc | None) -> Finding:
     """tx-checksum-ip-generic on the VXLAN device: on by default, and known to stall TCP
     through NAT on some kernels (upstream #1279, #1282, #2152). A warning when the daemon's
     probes already see TCP broken while ICMP passes."""
@@ -80,9 +76,9 @@ def judge_offload(device: str, doc: dict | None) -> Finding:
     line = next((ln for ln in out.stdout.splitlines() if "tx-checksum-ip-generic" in ln), "")
     on = ": on" in line
     broken = [
-        r["subnet"]
-        for r in (doc or {}).get("peers", [])
-        if (r.get("path") or {}).get("state") == "tcp broken"
+        r.subnet
+        for r in (doc.peers if doc is not None else ())
+        if r.path is not None and r.path.state == PeerHealth.TCP_BROKEN
     ]
     advice = f"ethtool -K {device} tx-checksum-ip-generic off"
     if on and broken:

@@ -322,13 +322,13 @@ async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[
     from pyflannel.ops.status.client import daemon_document
 
     doc, _ = await asyncio.to_thread(daemon_document, o.endpoint, 3.0)
-    leader_changes = ((doc or {}).get("etcd") or {}).get("leader_changes_last_hour")
+    leader_changes = doc.store.facts.leader_changes_last_hour if doc is not None else None
     findings += judge_etcd(etcd, leader_changes, etcd_tuning)
-    dual_stack = None if doc is None else bool(doc.get("network6"))
+    dual_stack = None if doc is None else bool(doc.network6)
     where = interface if mtu is not None else "the external interface (none found)"
     findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))
     findings.append(judge_bridge_nf(br_netfilter.read(), bool(dual_stack)))
-    device = ((doc or {}).get("backend") or {}).get("device") or "flannel.1"
+    device = (doc.backend.device if doc is not None and doc.backend else None) or "flannel.1"
     if device.startswith("flannel."):
         findings.append(await asyncio.to_thread(judge_offload, device, doc))
     return findings

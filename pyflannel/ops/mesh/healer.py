@@ -24,6 +24,7 @@ from pyflannel.backend.plan import Peer
 from pyflannel.ops.mesh.health import PeerHealth
 from pyflannel.ops.mesh.path_choice import Encap, Move, PathChoice, PathResult
 from pyflannel.ops.mesh.path_probe import PathProber
+from pyflannel.ops.snapshot import HealView, ProbeView
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class PathHealer:
         backend: AlternatePaths,
         interval: float,
         rate: float = 50.0,
-        health: Callable[[], dict[str, dict]] = dict,
+        health: Callable[[], dict[str, ProbeView]] = dict,
         prober: PathProber | None = None,
     ):
         self.backend = backend
@@ -162,7 +163,8 @@ class PathHealer:
 
     def _state(self, peer: Peer) -> str | None:
         """The mesh prober's state of the peer's current path (its route)."""
-        return (self.health().get(str(peer.subnet)) or {}).get("state")
+        view = self.health().get(str(peer.subnet))
+        return view.state if view is not None else None
 
     def _kernel_tcp_broken(self, peer: Peer) -> bool:
         """Do the mesh prober's kernel TCP probes (through the peer's route) fail?"""
@@ -183,9 +185,10 @@ class PathHealer:
             elif state not in BROKEN:
                 self._said_unhealable.discard(peer.subnet)
 
-    def view(self) -> dict[str, dict]:
+    def view(self) -> dict[str, HealView]:
         """Per peer subnet: its encapsulation and why; peers that cannot move, and why."""
+
         out = {str(s): c.view() for s, c in self.choices.items()}
         for peer in self.backend.unhealable():
-            out[str(peer.subnet)] = {"via": "vxlan", "cannot_heal": NO_UDP}
+            out[str(peer.subnet)] = HealView(via="vxlan", cannot_heal=NO_UDP)
         return out

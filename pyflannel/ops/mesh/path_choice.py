@@ -25,6 +25,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pyflannel.ops.snapshot import HealView
+
 FAIL_ROUNDS = 2  # VXLAN failing this many rounds in a row moves a peer
 BACK_AFTER = 2  # clean VXLAN rounds in a row before a peer moves back
 MAX_BACK_AFTER = 16
@@ -133,13 +135,14 @@ class PathChoice:
         self.moves += 1
         return Move.TO_VXLAN
 
-    def view(self) -> dict:
-        return {
-            "via": self.via.value,
-            "since": self.since,
-            "why": self.why if self.via is Encap.UDP else "",
-            "trying": self.trying,
-            "clean_rounds": self.clean,
-            "back_after": self.back_after,
-            "moves": self.moves,
-        }
+    def view(self) -> HealView:
+
+        return HealView(
+            via=self.via.value,
+            since=self.since,
+            why=self.why if self.via is Encap.UDP else "",
+            trying=self.trying,
+            clean_rounds=self.clean,
+            back_after=self.back_after,
+            moves=self.moves,
+        )

@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.ops.mesh.health import PathRecord, PeerHealth, explain
+from pyflannel.ops.snapshot import ProbeView
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +253,11 @@ class MeshProber:
         if source == target and nonce == want_nonce and not future.done():
             future.set_result(None)
 
-    def view(self) -> dict[str, dict]:
+    def view(self) -> dict[str, ProbeView]:
         """Per peer subnet: state, RTT median/recent max (ms), loss, time of the last change."""
+
         return {
-            str(subnet): {
-                "state": r.state.value,
-                "rtt_ms": r.rtt_median,
-                "rtt_max_ms": r.rtt_max,
-                "loss": r.loss,
-                "since": r.since,
-            }
+            str(subnet): ProbeView(r.state.value, r.rtt_median, r.rtt_max, r.loss, r.since)
             for subnet, r in self.records.items()
         }
 

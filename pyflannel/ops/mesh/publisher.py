@@ -38,7 +38,7 @@ class MeshPublisher:
         published: dict | None = None
         while True:
             await asyncio.sleep(self.every)
-            paths = {subnet: v["state"] for subnet, v in self.prober.view().items()}
+            paths = {subnet: v.state for subnet, v in self.prober.view().items()}
             if paths == published:
                 continue
             lease = self.lease()

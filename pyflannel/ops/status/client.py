@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from pyflannel.ops.instance import running_instance
+from pyflannel.ops.status.document import SchemaError, StatusDoc
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ def endpoint_address(o: StatusEndpoint) -> tuple[str, int] | None:
     return ("127.0.0.1" if host in ("", "0.0.0.0") else host), port
 
 
-def daemon_document(o: StatusEndpoint, timeout: float = 5.0) -> tuple[dict | None, str]:
-    """(document, "") from the daemon, or (None, why it could not be had)."""
+def daemon_document(o: StatusEndpoint, timeout: float = 5.0) -> tuple[StatusDoc | None, str]:
+    """(document, "") from the daemon, or (None, why it could not be had: no answer, or an
+    answer that is not a status document)."""
     address = endpoint_address(o)
     if address is None:
         return None, "it serves no health endpoint (--healthz-port=0, or its port was taken)"
@@ -45,7 +47,12 @@ def daemon_document(o: StatusEndpoint, timeout: float = 5.0) -> tuple[dict | Non
     url = f"http://{host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read()), ""
+            body = resp.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         return None, f"no answer on {url}: {reason}"
+    try:
+        return StatusDoc.parse(json.loads(body)), ""
+    except ValueError as e:  # SchemaError, or not JSON at all
+        kind = "a status document" if isinstance(e, SchemaError) else "JSON"
+        return None, f"the answer on {url} is not {kind}: {e}"

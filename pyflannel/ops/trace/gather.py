@@ -18,6 +18,7 @@ from pyflannel.errors import FlannelError
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.mesh.path_probe import PathProber
 from pyflannel.ops.status.client import StatusEndpoint, daemon_document
+from pyflannel.ops.status.document import StatusDoc
 from pyflannel.ops.trace import rules
 from pyflannel.ops.trace.model import (
     Trace,
@@ -41,8 +42,10 @@ async def trace(
     t = Trace(str(src), str(dst))
     doc, _ = await asyncio.to_thread(daemon_document, endpoint, 2.0)
     env = _subnet_env(endpoint.subnet_file)
-    own = (doc or {}).get("lease", {}).get("subnet") or env.get("FLANNEL_SUBNET_NETWORK")
-    t.pod_mtu = int((doc or {}).get("backend", {}).get("mtu") or env.get("FLANNEL_MTU") or 0)
+    lease = doc.lease if doc is not None else None
+    backend = doc.backend if doc is not None else None
+    own = (lease.subnet if lease is not None else None) or env.get("FLANNEL_SUBNET_NETWORK")
+    t.pod_mtu = int((backend.mtu if backend is not None else None) or env.get("FLANNEL_MTU") or 0)
     store = open_store(store_options, timeout=STORE_TIMEOUT)
     try:
         snapshot = await asyncio.wait_for(store.leases(), STORE_TIMEOUT)
@@ -102,31 +105,32 @@ def _published(t: Trace, summaries: dict[str, dict]) -> None:
     )
 
 
-async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) -> None:
+async def _local_path(
+    t: Trace, src: IPv4Address, dst: IPv4Address, doc: StatusDoc | None, env: dict[str, str]
+) -> None:
     """SRC is on this node: every place from here to the destination."""
     node = t.dst_node
     assert node is not None
-    network = (doc or {}).get("network") or env.get("FLANNEL_NETWORK")
+    network = (doc.network if doc is not None else None) or env.get("FLANNEL_NETWORK")
     facts = await _kernel(dst, src, IPv4Address(node.public_ip), network)
-    rows: list[dict] = (doc or {}).get("peers", [])
-    row = next((r for r in rows if r["subnet"] == node.subnet), {})
-    heal = row.get("heal") or {}
-    healed = heal.get("via") == "udp"
+    row = doc.peer(node.subnet) if doc is not None else None
+    heal = row.heal if row is not None else None
+    healed = heal is not None and heal.via == "udp"
     dev = judge_route(t, node, facts["route"], healed)
     if dev is None:
         return
     t.encapsulation = encapsulation_of(dev)
-    if healed:
-        t.add("path healer", True, f"via udp: {heal.get('why')} (VXLAN is probed every round)")
-    elif heal.get("cannot_heal") and node.backend == "vxlan":
-        t.add("path healer", None, f"cannot move it to UDP: {heal['cannot_heal']}")
+    if heal is not None and healed:
+        t.add("path healer", True, f"via udp: {heal.why} (VXLAN is probed every round)")
+    elif heal is not None and heal.cannot_heal and node.backend == "vxlan":
+        t.add("path healer", None, f"cannot move it to UDP: {heal.cannot_heal}")
     if t.encapsulation == "vxlan":
         if not judge_neighbour(t, node, dev, facts["neighbours"]):
             return
         if not judge_fdb(t, node, dev, facts["fdb"]):
             return
     elif t.encapsulation == "udp":
-        running = bool(((doc or {}).get("backend") or {}).get("udp"))
+        running = doc is not None and doc.backend is not None and doc.backend.udp is not None
         t.add(
             "udp path",
             running if doc else None,
@@ -136,7 +140,7 @@ async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) ->
     forwarded = bool(facts["src_dev"])  # a pod's address (this node's own are local)
     verdict = _filter(rules.Packet(src, dst, facts["src_dev"], dev)) if forwarded else None
     inside = network and dst in IPv4Network(network)
-    masquerading = ((doc or {}).get("iptables") or {}).get("masquerade")
+    masquerading = doc is not None and doc.iptables is not None and doc.iptables.masquerade
     masq = (
         "not masqueraded (both ends inside the network)"
         if inside
@@ -149,7 +153,7 @@ async def _local_path(t: Trace, src: IPv4Address, dst: IPv4Address, doc, env) ->
     # where the peer answers on the overlay: its device's <subnet>.0, or its bridge's .1 on a
     # backend without a device (host-gw)
     default_host = 1 if node.backend in ("host-gw", "extension") else 0
-    probe_host = int(((doc or {}).get("backend") or {}).get("probe_host", default_host))
+    probe_host = doc.backend.probe_host if doc is not None and doc.backend else default_host
     await _probe(t, src, dst, facts, probe_host)
 
 
