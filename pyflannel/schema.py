@@ -5,7 +5,8 @@ boundary, once, with the path of what is wrong (``SchemaError: backend.mtu: expe
 
 The field's type says how it is converted; its metadata may say more:
 
-- ``omit_empty``: left out of the JSON when None or empty (an optional part of the document);
+- ``omit_default`` (``optional()``): left out of the JSON while it has its default (an
+  optional part of the document: None, "", or an empty container, as declared);
 - ``flatten``: a nested dataclass whose fields sit in the parent's object (a store's own
   facts beside the common ones), read back from that same object; or a dict of whatever
   else the object says (a backend's own facts), read back as every key no other field claims.
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-OMIT_EMPTY: dict[str, Any] = {"omit_empty": True}
+OMIT_DEFAULT: dict[str, Any] = {"omit_default": True}
 FLATTEN: dict[str, Any] = {"flatten": True}
 
 _ADDRESSES = (
@@ -43,10 +44,17 @@ class SchemaError(ValueError):
 
 
 def optional(default: Any = None) -> Any:
-    """A field left out of the JSON when it is empty."""
+    """A field left out of the JSON while it has its default (``default``: None, "", 0 or an
+    empty container)."""
     if isinstance(default, (list, dict, tuple)):
-        return dataclasses.field(default_factory=lambda: type(default)(), metadata=OMIT_EMPTY)
-    return dataclasses.field(default=default, metadata=OMIT_EMPTY)
+        return dataclasses.field(default_factory=lambda: type(default)(), metadata=OMIT_DEFAULT)
+    return dataclasses.field(default=default, metadata=OMIT_DEFAULT)
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default_factory is not dataclasses.MISSING:
+        return value == f.default_factory()
+    return value is f.default or (f.default is not None and value == f.default)
 
 
 def to_json(value: Any) -> Any:
@@ -57,7 +65,7 @@ def to_json(value: Any) -> Any:
             item = getattr(value, f.name)
             if f.metadata.get("flatten"):
                 out.update(to_json(item))
-            elif not (f.metadata.get("omit_empty") and item in (None, "", (), [], {})):
+            elif not (f.metadata.get("omit_default") and _is_default(f, item)):
                 out[f.name] = to_json(item)
         return out
     if isinstance(value, enum.Enum):

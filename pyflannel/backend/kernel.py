@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address, ip_network
 from pathlib import Path
 
 from pyflannel.backend.plan import (
@@ -30,9 +30,17 @@ from pyflannel.backend.plan import (
     Table,
     Via,
 )
-from pyflannel.kernel import codec as codec
-from pyflannel.kernel.codec import RTPROT_PYFLANNEL
-from pyflannel.kernel.iproute import NetlinkError
+from pyflannel.kernel import codec, requests
+from pyflannel.kernel.codec import (
+    AF_INET,
+    AF_INET6,
+    IFA_F_NODAD,
+    RT_TABLE_MAIN,
+    RTNH_F_ONLINK,
+    RTPROT_PYFLANNEL,
+)
+from pyflannel.kernel.iproute import IPRoute, NetlinkError
+from pyflannel.kernel.message import NEIGH, ROUTE, Message
 from pyflannel.kernel.netlink import route_socket
 
 log = logging.getLogger(__name__)
@@ -40,11 +48,6 @@ log = logging.getLogger(__name__)
 # A blackhole route's metric: the worst there is, so that the CNI bridge's route to the same
 # subnet (metric 0) always wins, and a REPLACE of ours never matches anyone else's route.
 BLACKHOLE_METRIC = 0xFFFFFFFF
-RT_TABLE_MAIN = 254
-RTNH_F_ONLINK = 4
-AF_INET = 2
-AF_INET6 = 10
-IFA_F_NODAD = 0x02
 
 # Errors that mean "already as wanted" for the operation that got them.
 _ABSENT = {errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
@@ -88,17 +91,17 @@ def describe_error(e: Exception) -> str:
     return str(e)
 
 
-def link_index(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    link = ipr.get_link(name)
+    return link.index if link is not None else None
 
 
-def delete_link(ipr, index: int) -> None:
-    ipr.link("del", index=index)
+def delete_link(ipr: IPRoute, index: int) -> None:
+    ipr.delete_link(index)
 
 
 def configure_device(
-    ipr, index: int, name: str, address: IPAddress, network: IPNetwork, mtu: int
+    ipr: IPRoute, index: int, name: str, address: IPAddress, network: IPNetwork, mtu: int
 ) -> list[str]:
     """Make ``address`` (a host address: /32, or /128 on an IPv6 device) the device's only
     address inside ``network``, set the MTU, bring it up, and stop it from taking IPv6 router
@@ -120,12 +123,14 @@ def configure_device(
         extra = {"flags": IFA_F_NODAD} if v6 else {}
         ipr.addr("replace", index=index, address=str(address), prefixlen=host_len, **extra)
         changed.append(f"address {address}/{host_len}")
-    link = ipr.get_links(index)[0]
-    if link.get_attr("IFLA_MTU") != mtu:
-        ipr.link("set", index=index, mtu=mtu)
+    link = ipr.get_link(index=index)
+    if link is None:
+        raise NetlinkError(errno.ENODEV, f"device {name} (index {index}) is gone")
+    if link.mtu != mtu:
+        ipr.set_link(index, mtu=mtu)
         changed.append(f"MTU {mtu}")
-    if not link["flags"] & 1:  # IFF_UP
-        ipr.link("set", index=index, state="up")
+    if not link.up:
+        ipr.set_link(index, up=True)
         changed.append("up")
     accept_ra = Path(f"/proc/sys/net/ipv6/conf/{name}/accept_ra")
     try:
@@ -156,66 +161,82 @@ def loose_reverse_path(name: str) -> None:
         log.warning("%s: cannot read or set the reverse-path filter: %s", name, e)
 
 
-def foreign_addresses(ipr, name: str, network: IPv4Network) -> list[str]:
+def foreign_addresses(ipr: IPRoute, name: str, network: IPv4Network) -> list[str]:
     """IPv4 addresses of device ``name`` outside ``network``: if there are any, the device
     belongs to another network's daemon on this host."""
-    found = ipr.link_lookup(ifname=name)
-    if not found:
+    index = link_index(ipr, name)
+    if index is None:
         return []
     addresses = (
-        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=found[0], family=AF_INET)
+        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=AF_INET)
     )
     return [str(ip) for ip in addresses if ip not in network]
 
 
-def read_state(ipr, devices: Devices) -> KernelState:
+def _dump(kind: int, family: int) -> functools.partial[bytes]:
+    return functools.partial(requests.dump, kind=kind, family=family)
+
+
+def read_state(ipr: IPRoute, devices: Devices) -> KernelState:
     """What this network owns in the kernel now: permanent neighbours and permanent FDB
     entries on its overlay devices, and routes with our protocol number in the main table
     inside its CIDRs."""
     rs = route_socket()
     state = KernelState()
     devices_by_family = (
-        (codec.AF_INET, devices.overlay, IPv4Address, 4),
-        (codec.AF_INET6, devices.overlay6, IPv6Address, 16),
+        (AF_INET, devices.overlay, IPv4Address),
+        (AF_INET6, devices.overlay6, IPv6Address),
     )
     wanted = [entry for entry in devices_by_family if entry[1] is not None]
-    for family, index, kind, _ in wanted:
-        for _, _, payload in rs.dump(
-            functools.partial(codec.dump_request, codec.RTM_GETNEIGH, family)
-        ):
-            _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
-            if ifindex == index and nud & codec.NUD_PERMANENT and dst and lladdr:
-                state.neighbours[kind(dst)] = codec.mac_text(lladdr)
+    for family, index, kind in wanted:
+        for _, _, payload in rs.dump(_dump(codec.RTM_GETNEIGH, family)):
+            neigh = NEIGH.decode(payload)
+            dst, lladdr = neigh.get_attr("NDA_DST"), neigh.get_attr("NDA_LLADDR")
+            if (
+                neigh["ifindex"] == index
+                and neigh["state"] & codec.NUD_PERMANENT
+                and dst
+                and lladdr
+            ):
+                state.neighbours[kind(dst)] = lladdr
     if wanted:
-        fdb_devices = {index: (kind, size) for _, index, kind, size in wanted}
-        for _, _, payload in rs.dump(
-            functools.partial(codec.dump_request, codec.RTM_GETNEIGH, codec.AF_BRIDGE)
-        ):
-            _, ifindex, nud, _, dst, lladdr = codec.decode_neighbour(payload)
-            if ifindex in fdb_devices and nud & codec.NUD_PERMANENT and dst and lladdr:
-                kind, size = fdb_devices[ifindex]
-                if len(dst) == size:
-                    state.fdb[codec.mac_text(lladdr)] = kind(dst)
+        fdb_devices = {index: kind for _, index, kind in wanted}
+        for _, _, payload in rs.dump(_dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE)):
+            fdb = NEIGH.decode(payload)
+            address = fdb_devices.get(fdb["ifindex"])
+            dst, lladdr = fdb.get_attr("NDA_DST"), fdb.get_attr("NDA_LLADDR")
+            if address is not None and fdb["state"] & codec.NUD_PERMANENT and dst and lladdr:
+                try:
+                    state.fdb[lladdr] = address(dst)
+                except ValueError:
+                    continue  # the other family's entry on a dual-stack device
     versions = {network.version for network in devices.networks}
-    families = [af for af, v in ((codec.AF_INET, 4), (codec.AF_INET6, 6)) if v in versions]
+    families = [af for af, v in ((AF_INET, 4), (AF_INET6, 6)) if v in versions]
     for family in families:
-        for _, _, payload in rs.dump(
-            functools.partial(codec.dump_request, codec.RTM_GETROUTE, family)
-        ):
-            route = codec.decode_route(payload)
-            if route is None:
+        for _, _, payload in rs.dump(_dump(codec.RTM_GETROUTE, family)):
+            route = ROUTE.decode(payload)
+            if route["proto"] != RTPROT_PYFLANNEL or route["family"] != family:
                 continue
-            subnet, gateway, oif, flags, proto, table, route_type = route
-            if proto == RTPROT_PYFLANNEL and table == RT_TABLE_MAIN and devices.owns_route(subnet):
+            table = route.get_attr("RTA_TABLE") or route["table"]
+            subnet = ip_network(
+                (
+                    route.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0"),
+                    route["dst_len"],
+                )
+            )
+            if table == RT_TABLE_MAIN and devices.owns_route(subnet):
                 state.routes[subnet] = (
                     Route(None, Via.BLACKHOLE)
-                    if route_type == codec.RTN_BLACKHOLE
-                    else _route_of(gateway, oif, flags, devices)
+                    if route["type"] == codec.RTN_BLACKHOLE
+                    else _route_of(route, devices)
                 )
     return state
 
 
-def _route_of(gateway, oif, flags, devices: Devices) -> Route:
+def _route_of(route: Message, devices: Devices) -> Route:
+    gateway = route.get_attr("RTA_GATEWAY")
+    gateway = ip_address(gateway) if gateway is not None else None
+    oif, flags = route.get_attr("RTA_OIF"), route["flags"]
     overlay = (devices.overlay, devices.overlay6)
     if oif is not None and oif in (devices.tunnel, devices.tunnel6):
         return Route(gateway, Via.TUNNEL)
@@ -231,16 +252,16 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
             raise ValueError(f"{op.table} entry {op.key} without an overlay device")
         if op.table == Table.NEIGH:
             if op.action == Action.REPLACE:
-                return codec.neighbour_replace(seq, overlay, op.key, op.value)
-            return codec.neighbour_delete(seq, overlay, op.key)
+                return requests.neighbour_replace(seq, overlay, op.key, op.value)
+            return requests.neighbour_delete(seq, overlay, op.key)
         if op.action == Action.REPLACE:
-            return codec.fdb_replace(seq, overlay, op.key, op.value)
-        return codec.fdb_delete(seq, overlay, op.key, op.value)
+            return requests.fdb_replace(seq, overlay, op.key, op.value)
+        return requests.fdb_delete(seq, overlay, op.key, op.value)
     if op.action == Action.DELETE:
-        return codec.route_delete(seq, op.key, RTPROT_PYFLANNEL)
+        return requests.route_delete(seq, op.key, RTPROT_PYFLANNEL)
     route: Route = op.value
     if route.via == Via.BLACKHOLE:
-        return codec.route_replace(
+        return requests.route_replace(
             seq,
             op.key,
             None,
@@ -253,12 +274,12 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
     oif = {Via.ONLINK: devices.overlay_for(op.key), Via.TUNNEL: devices.tunnel_for(op.key)}.get(
         route.via
     )
-    return codec.route_replace(
+    return requests.route_replace(
         seq, op.key, route.gateway, oif, route.via == Via.ONLINK, RTPROT_PYFLANNEL
     )
 
 
-def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
+def apply_all(ipr: IPRoute, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
     """All operations, many per system call; the failures, with their errors. An entry that
     is already absent counts as deleted."""
     rs = route_socket()
@@ -272,7 +293,7 @@ def apply_all(ipr, devices: Devices, ops: list[Op]) -> list[tuple[Op, str]]:
     return failed
 
 
-def directly_reachable(ipr, ip: IPAddress, underlay_index: int) -> bool:
+def directly_reachable(ipr: IPRoute, ip: IPAddress, underlay_index: int) -> bool:
     """DirectRouting: is ``ip`` on a link of ours (no gateway), via the underlay?"""
     try:
         routes = ipr.route("get", dst=str(ip), family=AF_INET6 if ip.version == 6 else AF_INET)

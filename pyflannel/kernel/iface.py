@@ -11,10 +11,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 
 from pyflannel.errors import InterfaceError
-
-IFA_F_DEPRECATED = 0x20
-IFA_F_TEMPORARY = 0x01
-RT_SCOPE_UNIVERSE = 0
+from pyflannel.kernel.codec import IFA_F_DEPRECATED, IFA_F_TEMPORARY, RT_SCOPE_UNIVERSE
 
 
 @dataclass(frozen=True)
@@ -319,20 +316,17 @@ def default_route_interface() -> int | None:
     the fast dump: the table also holds one route per peer, thousands of them."""
     import functools
 
-    from pyflannel.kernel import codec as codec
+    from pyflannel.kernel import codec, requests
+    from pyflannel.kernel.message import ROUTE
     from pyflannel.kernel.netlink import route_socket
 
     default = None
-    dump = functools.partial(codec.dump_request, codec.RTM_GETROUTE, codec.AF_INET)
+    dump = functools.partial(requests.dump, kind=codec.RTM_GETROUTE, family=codec.AF_INET)
     for _, _, payload in route_socket().dump(dump):  # read it all
-        route = codec.decode_route(payload)
-        if (
-            default is None
-            and route
-            and route[0].prefixlen == 0
-            and route[5] == codec.RT_TABLE_MAIN
-        ):
-            default = route[2]
+        route = ROUTE.decode(payload)
+        table = route.get_attr("RTA_TABLE") or route["table"]
+        if default is None and route["dst_len"] == 0 and table == codec.RT_TABLE_MAIN:
+            default = route.get_attr("RTA_OIF")
     return default
 
 

@@ -1,27 +1,33 @@
-"""pyflannel's route-netlink socket for devices, addresses and route lookups: the few calls the
-daemon makes, with pyroute2's ``IPRoute`` names and answers (``link_lookup``, ``get_links``,
-``link``, ``get_addr``, ``addr``, ``route``) so a backend reads the same either way; and the
-notification socket the kernel watch reads.
+"""pyflannel's route-netlink socket for devices, addresses and route lookups: the few calls
+the daemon makes, typed for devices (``get_link``, ``add_link``, ``set_link``,
+``delete_link``: kernel/links.py) and with pyroute2's names and answers for the rest
+(``link_lookup``, ``get_links``, ``get_addr``, ``addr``, ``route``); and the notification
+socket the kernel watch reads. Requests are built from the message tables (requests.py,
+message.py) and sent through the one request loop (nlsocket.py).
 
 Why not pyroute2 here: importing its ``IPRoute`` took 73 ms of every start here (and ~5 MB;
-README, "Why the daemon speaks route netlink itself"), for a dozen message shapes that
-``struct`` encodes (device_codec.py) and decodes (message.py). pyroute2 stays only for
-WireGuard's generic netlink (kernel/rtnl.py).
+README, "Why the daemon speaks route netlink itself"), for a dozen message shapes. pyroute2
+is an optional extra, for kernel WireGuard's generic netlink only (kernel/rtnl.py).
 Not thread-safe: one per thread (the netlink thread owns the daemon's).
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
-from pyflannel.kernel import codec, device_codec
-from pyflannel.kernel.message import RTM_GETADDR, RTM_GETLINK, Message, decode
+from pyflannel.kernel import requests
+from pyflannel.kernel.codec import RTM_GETADDR, RTM_GETLINK, RTM_GETROUTE
+from pyflannel.kernel.links import Link, Vxlan
+from pyflannel.kernel.message import Message, decode
 from pyflannel.kernel.nlsocket import Answer, NetlinkError, NetlinkSocket
 
 RTMGRP_LINK, RTMGRP_NEIGH = 0x1, 0x4
 RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
+
+__all__ = ["IPRoute", "Link", "NetlinkError", "Notifications", "Vxlan"]
 
 
 class IPRoute:
@@ -42,63 +48,55 @@ class IPRoute:
 
     # -- the exchange ------------------------------------------------------------------
 
-    def _request(self, build: Any, *args: Any, **kwargs: Any) -> list[Message]:
+    def _request(self, build: Callable[[int], bytes]) -> list[Message]:
         """One request; its answers, decoded."""
-        return _decoded(self.sock.request(lambda seq: build(seq, *args, **kwargs)))
+        return _decoded(self.sock.request(build))
 
     def _dump(self, kind: int, family: int = 0) -> list[Message]:
         """Every link, address or route of a family: a whole dump (read again if the kernel
         says it was interrupted)."""
-        return _decoded(self.sock.dump(lambda seq: device_codec.dump(seq, kind, family=family)))
+        return _decoded(self.sock.dump(lambda seq: requests.dump(seq, kind, family)))
+
+    # -- devices, typed --------------------------------------------------------------------
+
+    def get_link(self, name: str = "", index: int = 0) -> Link | None:
+        """The device called ``name`` (or numbered ``index``), or None."""
+        try:
+            found = self._request(lambda seq: requests.get_link(seq, index, name))
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.EINVAL, errno.ERANGE):  # a name too long: none
+                return None
+            raise
+        return Link.of(found[0]) if found else None
+
+    def add_link(
+        self, name: str, kind: str, mac: str = "", mtu: int = 0, vxlan: Vxlan | None = None
+    ) -> None:
+        """Create device ``name`` of ``kind`` (a VXLAN device with its settings); EEXIST if
+        there is one."""
+        data = vxlan.data() if vxlan is not None else None
+        self._request(lambda seq: requests.new_link(seq, name, kind, mac, mtu, data))
+
+    def set_link(
+        self, index: int, mtu: int = 0, up: bool | None = None, txqlen: int | None = None
+    ) -> None:
+        self._request(lambda seq: requests.set_link(seq, index, mtu, up, txqlen))
+
+    def delete_link(self, index: int) -> None:
+        self._request(lambda seq: requests.delete_link(seq, index))
 
     # -- pyroute2's names ----------------------------------------------------------------
 
     def link_lookup(self, ifname: str) -> list[int]:
-        try:
-            return [msg["index"] for msg in self._request(device_codec.get_link, name=ifname)]
-        except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.EINVAL, errno.ERANGE):  # a name too long: none
-                return []
-            raise
+        link = self.get_link(ifname)
+        return [link.index] if link is not None else []
 
     def get_links(self, *indexes: int) -> list[Message]:
         if not indexes:
             return self._dump(RTM_GETLINK)
-        return [m for index in indexes for m in self._request(device_codec.get_link, index)]
-
-    def link(self, command: str, index: int = 0, **attrs: Any) -> None:
-        if command == "add":
-            data = b""
-            if attrs["kind"] == "vxlan":
-                data = device_codec.vxlan_data(
-                    vni=attrs["vxlan_id"],
-                    local=attrs.get("vxlan_local6") or attrs["vxlan_local"],
-                    link=attrs.get("vxlan_link", 0),
-                    learning=bool(attrs.get("vxlan_learning", 0)),
-                    port=attrs.get("vxlan_port", 0),
-                    gbp=bool(attrs.get("vxlan_gbp")),
-                )
-            self._request(
-                device_codec.new_link,
-                attrs["ifname"],
-                attrs["kind"],
-                mac=attrs.get("address", ""),
-                mtu=attrs.get("mtu", 0),
-                data=data,
-            )
-        elif command == "set":
-            state = attrs.get("state")
-            self._request(
-                device_codec.set_link,
-                index,
-                mtu=attrs.get("mtu", 0),
-                up=None if state is None else state == "up",
-                txqlen=attrs.get("txqlen"),
-            )
-        elif command == "del":
-            self._request(device_codec.delete_link, index)
-        else:
-            raise ValueError(f"link {command!r}: not a command pyflannel sends")
+        return [
+            m for index in indexes for m in self._request(partial(requests.get_link, index=index))
+        ]
 
     def get_addr(self, family: int = 0, index: int | None = None) -> list[Message]:
         answers = self._dump(RTM_GETADDR, family)
@@ -107,13 +105,14 @@ class IPRoute:
     def addr(self, command: str, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
         if command not in ("add", "replace", "del"):
             raise ValueError(f"addr {command!r}: not a command pyflannel sends")
-        self._request(device_codec.address, index, address, prefixlen, command == "del", flags)
+        delete = command == "del"
+        self._request(lambda seq: requests.address(seq, index, address, prefixlen, delete, flags))
 
     def route(self, command: str, dst: str = "", family: int = 0, table: int = 0) -> list[Message]:
         if command == "get":
-            return self._request(device_codec.get_route, dst)
+            return self._request(lambda seq: requests.get_route(seq, dst))
         if command == "dump":
-            answers = self._dump(codec.RTM_GETROUTE, family)
+            answers = self._dump(RTM_GETROUTE, family)
             return [m for m in answers if not table or _table(m) == table]
         raise ValueError(f"route {command!r}: not a command pyflannel sends")
 

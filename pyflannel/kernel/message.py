@@ -1,120 +1,92 @@
-"""Route-netlink messages decoded into what pyflannel reads of them: the fixed header's fields
-by key and the attributes it knows by name (``get_attr``), spelled as pyroute2 spells them so
-that one reading serves answers and notifications alike. Pure: bytes in, a dict out.
+"""Route-netlink messages, declared once and used both ways: each message kind's fixed header
+and its attribute table (number, name, type: the rows of pyroute2's ``nla_map``). Requests are
+encoded from names and values (kernel/requests.py); answers and notifications decode to a
+``Message``: header fields by key, attributes by name, spelled as pyroute2 spells them, so
+one reading serves answers and notifications alike. Pure: values in, bytes out, and back.
 
-Only the attributes some part of pyflannel reads are named; the rest are skipped.
+A new attribute is one row in its table: it is then both sent and read. Attributes not in a
+table are skipped when read.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from pyflannel.kernel import codec
+from pyflannel.kernel.codec import RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-
-IFINFOMSG = struct.Struct("=BxHiII")  # family type index flags change
-IFADDRMSG = struct.Struct("=BBBBi")  # family prefixlen flags scope index
-
-# attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h): decoded here, encoded in
-# device_codec.py
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_TXQLEN, IFLA_LINKINFO = 1, 3, 4, 13, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
-IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
-RTA_PREFSRC = 7
-
-EVENTS = {
-    RTM_NEWLINK: "RTM_NEWLINK",
-    RTM_DELLINK: "RTM_DELLINK",
-    RTM_NEWADDR: "RTM_NEWADDR",
-    RTM_DELADDR: "RTM_DELADDR",
-    codec.RTM_NEWROUTE: "RTM_NEWROUTE",
-    codec.RTM_DELROUTE: "RTM_DELROUTE",
-    codec.RTM_NEWNEIGH: "RTM_NEWNEIGH",
-    codec.RTM_DELNEIGH: "RTM_DELNEIGH",
-}
+NLA_F_NESTED = 0x8000
 
 
-def _u8(raw: memoryview) -> int:
-    return raw[0]
+# -- attribute types ---------------------------------------------------------------------------
 
 
-def _u32(raw: memoryview) -> int:
-    return int(struct.unpack_from("=I", raw)[0])
+class AttrType:
+    """How one attribute's value is carried: ``encode`` to its payload, ``decode`` back."""
+
+    nested = False
+
+    def encode(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, raw: memoryview) -> Any:
+        raise NotImplementedError
 
 
-def _be16(raw: memoryview) -> int:
-    return int(struct.unpack_from("!H", raw)[0])
+class Scalar(AttrType):
+    def __init__(self, fmt: str):
+        self.struct = struct.Struct(fmt)
+
+    def encode(self, value: int) -> bytes:
+        return self.struct.pack(value)
+
+    def decode(self, raw: memoryview) -> int:
+        return int(self.struct.unpack_from(raw)[0])
 
 
-def _text(raw: memoryview) -> str:
-    return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+class Address(AttrType):
+    """An IPv4 or IPv6 address (its length says which), read as text as pyroute2 reads it."""
+
+    def encode(self, value: str | IPv4Address | IPv6Address) -> bytes:
+        return (ip_address(value) if isinstance(value, str) else value).packed
+
+    def decode(self, raw: memoryview) -> str:
+        family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
+        return socket.inet_ntop(family, bytes(raw))
 
 
-def _ip(raw: memoryview) -> str:
-    family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
-    return socket.inet_ntop(family, bytes(raw))
+class Mac(AttrType):
+    def encode(self, value: str) -> bytes:
+        return codec.mac_bytes(value)
+
+    def decode(self, raw: memoryview) -> str:
+        return codec.mac_text(bytes(raw))
 
 
-def _mac(raw: memoryview) -> str:
-    return codec.mac_text(bytes(raw))
+class Text(AttrType):
+    def encode(self, value: str) -> bytes:
+        return value.encode() + b"\0"
+
+    def decode(self, raw: memoryview) -> str:
+        return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _flag(raw: memoryview) -> bool:
-    return True
+class Flag(AttrType):
+    """Present or absent, no payload (IFLA_VXLAN_GBP)."""
+
+    def encode(self, value: bool) -> bytes:
+        return b""
+
+    def decode(self, raw: memoryview) -> bool:
+        return True
 
 
-Decoder = Callable[[memoryview], Any]
-
-VXLAN_DATA: dict[int, tuple[str, Decoder]] = {
-    IFLA_VXLAN_ID: ("IFLA_VXLAN_ID", _u32),
-    IFLA_VXLAN_LINK: ("IFLA_VXLAN_LINK", _u32),
-    IFLA_VXLAN_LOCAL: ("IFLA_VXLAN_LOCAL", _ip),
-    IFLA_VXLAN_LEARNING: ("IFLA_VXLAN_LEARNING", _u8),
-    IFLA_VXLAN_PORT: ("IFLA_VXLAN_PORT", _be16),
-    IFLA_VXLAN_LOCAL6: ("IFLA_VXLAN_LOCAL6", _ip),
-    IFLA_VXLAN_GBP: ("IFLA_VXLAN_GBP", _flag),
-}
-
-
-def _link_info(raw: memoryview) -> Message:
-    info = Message()
-    attrs = codec.attributes(raw, 0)
-    kind = _text(attrs[IFLA_INFO_KIND]) if IFLA_INFO_KIND in attrs else ""
-    if kind:
-        info.attrs["IFLA_INFO_KIND"] = kind
-    if IFLA_INFO_DATA in attrs and kind == "vxlan":
-        info.attrs["IFLA_INFO_DATA"] = _named(attrs[IFLA_INFO_DATA], 0, VXLAN_DATA)
-    return info
-
-
-LINK: dict[int, tuple[str, Decoder]] = {
-    IFLA_ADDRESS: ("IFLA_ADDRESS", _mac),
-    IFLA_IFNAME: ("IFLA_IFNAME", _text),
-    IFLA_MTU: ("IFLA_MTU", _u32),
-    IFLA_LINKINFO: ("IFLA_LINKINFO", _link_info),
-}
-ADDRESS: dict[int, tuple[str, Decoder]] = {
-    IFA_ADDRESS: ("IFA_ADDRESS", _ip),
-    IFA_FLAGS: ("IFA_FLAGS", _u32),
-}
-ROUTE: dict[int, tuple[str, Decoder]] = {
-    codec.RTA_DST: ("RTA_DST", _ip),
-    codec.RTA_OIF: ("RTA_OIF", _u32),
-    codec.RTA_GATEWAY: ("RTA_GATEWAY", _ip),
-    RTA_PREFSRC: ("RTA_PREFSRC", _ip),
-    codec.RTA_TABLE: ("RTA_TABLE", _u32),
-}
-NEIGHBOUR: dict[int, tuple[str, Decoder]] = {
-    codec.NDA_DST: ("NDA_DST", _ip),
-    codec.NDA_LLADDR: ("NDA_LLADDR", _mac),
-}
+U8, U32, BE16 = Scalar("=B"), Scalar("=I"), Scalar("!H")
+ADDRESS, MAC, TEXT, FLAG = Address(), Mac(), Text(), Flag()
 
 
 class Message(dict):
@@ -131,45 +103,192 @@ class Message(dict):
         return True  # present, even as a nested attribute set with no header fields
 
 
-def _named(payload: memoryview, offset: int, names: dict[int, tuple[str, Decoder]]) -> Message:
-    msg = Message()
-    for kind, raw in codec.attributes(payload, offset).items():
-        if kind in names:
-            name, decode = names[kind]
+class Attrs:
+    """One attribute table: rows of (number, name, type)."""
+
+    def __init__(self, *rows: tuple[int, str, AttrType]):
+        self.by_number = {number: (name, kind) for number, name, kind in rows}
+        self.by_name = {name: (number, kind) for number, name, kind in rows}
+
+    def encode(self, values: Mapping[str, Any]) -> bytes:
+        """The attributes named, in the order given; a None value is left out."""
+        out = []
+        for name, value in values.items():
+            if value is None:
+                continue
+            number, kind = self.by_name[name]
+            out.append(
+                codec.attr(number | NLA_F_NESTED if kind.nested else number, kind.encode(value))
+            )
+        return b"".join(out)
+
+    def decode(self, payload: memoryview, offset: int = 0) -> Message:
+        msg = Message()
+        for number, raw in codec.attributes(payload, offset).items():
+            row = self.by_number.get(number)
+            if row is None:
+                continue
+            name, kind = row
             try:
-                msg.attrs[name] = decode(raw)
+                msg.attrs[name] = kind.decode(raw)
             except (ValueError, struct.error, IndexError):
                 pass  # a malformed attribute reads as absent
-    return msg
+        return msg
 
 
-def decode(kind: int, payload: memoryview) -> Message | None:
-    """The message of type ``kind``, or None for a type pyflannel does not read or a payload
-    shorter than its header."""
+class Nested(AttrType):
+    nested = True
+
+    def __init__(self, table: Attrs):
+        self.table = table
+
+    def encode(self, value: Mapping[str, Any]) -> bytes:
+        return self.table.encode(value)
+
+    def decode(self, raw: memoryview) -> Message:
+        return self.table.decode(raw)
+
+
+class LinkInfo(AttrType):
+    """IFLA_LINKINFO: the device's kind, and its kind's own data (a table per kind)."""
+
+    nested = True
+
+    def __init__(self, data: Mapping[str, Attrs]):
+        self.data = data
+        self.table = Attrs((1, "IFLA_INFO_KIND", TEXT), (2, "IFLA_INFO_DATA", _Raw()))
+
+    def encode(self, value: Mapping[str, Any]) -> bytes:
+        kind = value["IFLA_INFO_KIND"]
+        data = value.get("IFLA_INFO_DATA")
+        encoded = self.data[kind].encode(data) if data else None
+        return self.table.encode({"IFLA_INFO_KIND": kind, "IFLA_INFO_DATA": encoded})
+
+    def decode(self, raw: memoryview) -> Message:
+        info = self.table.decode(raw)
+        kind = info.attrs.get("IFLA_INFO_KIND", "")
+        data = info.attrs.pop("IFLA_INFO_DATA", None)
+        if data is not None and kind in self.data:
+            info.attrs["IFLA_INFO_DATA"] = self.data[kind].decode(data)
+        if not kind:
+            info.attrs.pop("IFLA_INFO_KIND", None)
+        return info
+
+
+class _Raw(AttrType):
+    """Bytes as they are (a kind's data, read by the table of its kind)."""
+
+    nested = True
+
+    def encode(self, value: bytes) -> bytes:
+        return value
+
+    def decode(self, raw: memoryview) -> memoryview:
+        return raw
+
+
+# -- the message kinds ------------------------------------------------------------------------
+
+
+class Header:
+    """A message kind's fixed header: its struct and its fields' names."""
+
+    def __init__(self, fmt: str, names: str):
+        self.struct = struct.Struct(fmt)
+        self.names = tuple(names.split())
+
+    def pack(self, fields: Mapping[str, int]) -> bytes:
+        return self.struct.pack(*(fields.get(name, 0) for name in self.names))
+
+    def unpack(self, payload: memoryview) -> dict[str, int]:
+        return dict(zip(self.names, self.struct.unpack_from(payload), strict=True))
+
+
+class Kind:
+    """One kind of message: its header and its attributes."""
+
+    def __init__(self, header: Header, attrs: Attrs):
+        self.header, self.attrs = header, attrs
+
+    def encode(
+        self,
+        msg_type: int,
+        flags: int,
+        seq: int,
+        header: Mapping[str, int],
+        attrs: Mapping[str, Any],
+    ) -> bytes:
+        return codec.message(
+            msg_type, flags, seq, self.header.pack(header) + self.attrs.encode(attrs)
+        )
+
+    def decode(self, payload: memoryview) -> Message:
+        msg = self.attrs.decode(payload, self.header.struct.size)
+        msg.update(self.header.unpack(payload))
+        return msg
+
+
+VXLAN = Attrs(  # linux/if_link.h IFLA_VXLAN_*
+    (1, "IFLA_VXLAN_ID", U32),
+    (3, "IFLA_VXLAN_LINK", U32),
+    (4, "IFLA_VXLAN_LOCAL", ADDRESS),
+    (7, "IFLA_VXLAN_LEARNING", U8),
+    (15, "IFLA_VXLAN_PORT", BE16),
+    (17, "IFLA_VXLAN_LOCAL6", ADDRESS),
+    (23, "IFLA_VXLAN_GBP", FLAG),
+)
+LINK = Kind(
+    Header("=BxHiII", "family ifi_type index flags change"),  # ifinfomsg
+    Attrs(
+        (1, "IFLA_ADDRESS", MAC),
+        (3, "IFLA_IFNAME", TEXT),
+        (4, "IFLA_MTU", U32),
+        (13, "IFLA_TXQLEN", U32),
+        (18, "IFLA_LINKINFO", LinkInfo({"vxlan": VXLAN})),
+    ),
+)
+ADDR = Kind(
+    Header("=BBBBi", "family prefixlen flags scope index"),  # ifaddrmsg
+    Attrs((1, "IFA_ADDRESS", ADDRESS), (2, "IFA_LOCAL", ADDRESS), (8, "IFA_FLAGS", U32)),
+)
+ROUTE = Kind(
+    Header("=BBBBBBBBI", "family dst_len src_len tos table proto scope type flags"),  # rtmsg
+    Attrs(
+        (1, "RTA_DST", ADDRESS),
+        (4, "RTA_OIF", U32),
+        (5, "RTA_GATEWAY", ADDRESS),
+        (6, "RTA_PRIORITY", U32),
+        (7, "RTA_PREFSRC", ADDRESS),
+        (15, "RTA_TABLE", U32),
+    ),
+)
+NEIGH = Kind(
+    Header("=BxxxiHBB", "family ifindex state flags ndm_type"),  # ndmsg
+    Attrs((1, "NDA_DST", ADDRESS), (2, "NDA_LLADDR", MAC)),
+)
+
+KINDS = {
+    RTM_NEWLINK: ("RTM_NEWLINK", LINK),
+    RTM_DELLINK: ("RTM_DELLINK", LINK),
+    RTM_NEWADDR: ("RTM_NEWADDR", ADDR),
+    RTM_DELADDR: ("RTM_DELADDR", ADDR),
+    codec.RTM_NEWROUTE: ("RTM_NEWROUTE", ROUTE),
+    codec.RTM_DELROUTE: ("RTM_DELROUTE", ROUTE),
+    codec.RTM_NEWNEIGH: ("RTM_NEWNEIGH", NEIGH),
+    codec.RTM_DELNEIGH: ("RTM_DELNEIGH", NEIGH),
+}
+
+
+def decode(msg_type: int, payload: memoryview) -> Message | None:
+    """The message of type ``msg_type``, or None for a type pyflannel does not read or a
+    payload shorter than its header."""
+    found = KINDS.get(msg_type)
+    if found is None:
+        return None
+    event, kind = found
     try:
-        if kind in (RTM_NEWLINK, RTM_DELLINK):
-            family, ifi_type, index, flags, change = IFINFOMSG.unpack_from(payload)
-            fields = dict(family=family, ifi_type=ifi_type, index=index, flags=flags, change=change)
-            return _fill(_named(payload, IFINFOMSG.size, LINK), kind, fields)
-        if kind in (RTM_NEWADDR, RTM_DELADDR):
-            family, prefixlen, flags, scope, index = IFADDRMSG.unpack_from(payload)
-            fields = dict(family=family, prefixlen=prefixlen, flags=flags, scope=scope, index=index)
-            return _fill(_named(payload, IFADDRMSG.size, ADDRESS), kind, fields)
-        if kind in (codec.RTM_NEWROUTE, codec.RTM_DELROUTE):
-            values = codec.RTMSG.unpack_from(payload)
-            keys = ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type")
-            fields = {**dict(zip(keys, values[:8], strict=True)), "flags": values[8]}
-            return _fill(_named(payload, codec.RTMSG.size, ROUTE), kind, fields)
-        if kind in (codec.RTM_NEWNEIGH, codec.RTM_DELNEIGH):
-            family, ifindex, state, flags, ndm_type = codec.NDMSG.unpack_from(payload)
-            fields = dict(family=family, ifindex=ifindex, state=state, flags=flags)
-            fields["ndm_type"] = ndm_type
-            return _fill(_named(payload, codec.NDMSG.size, NEIGHBOUR), kind, fields)
+        msg = kind.decode(payload)
     except struct.error:
         return None
-    return None
-
-
-def _fill(msg: Message, kind: int, fields: dict[str, Any]) -> Message:
-    msg.update(fields, event=EVENTS[kind])
+    msg["event"] = event
     return msg

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from pyflannel.kernel.codec import AF_BRIDGE, AF_INET6, RTPROT_PYFLANNEL
+from pyflannel.kernel.codec import AF_BRIDGE, AF_INET6, IFF_UP, RTPROT_PYFLANNEL
 from pyflannel.kernel.iproute import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
@@ -29,8 +29,6 @@ from pyflannel.kernel.iproute import (
 )
 
 log = logging.getLogger(__name__)
-
-IFF_UP = 1
 
 
 Damage = tuple[str, str, str]  # (table, key, description)

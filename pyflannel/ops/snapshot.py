@@ -63,12 +63,13 @@ class HealView:
     """A peer's encapsulation as the path healer chose it, and why."""
 
     via: str  # "vxlan" | "udp"
-    since: float = 0.0
-    why: str = ""
-    trying: bool = False  # on UDP, not yet answered over it
-    clean_rounds: int = 0
-    back_after: int = 0
-    moves: int = 0
+    # the healer's choice for a peer it moves (all set); None for a peer it cannot move
+    since: float | None = optional()
+    why: str | None = optional()  # "" while on VXLAN
+    trying: bool | None = optional()  # on UDP, not yet answered over it
+    clean_rounds: int | None = optional()
+    back_after: int | None = optional()
+    moves: int | None = optional()
     cannot_heal: str = optional("")  # why this peer cannot move to UDP
 
 

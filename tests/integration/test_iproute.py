@@ -42,8 +42,9 @@ SCRIPT = textwrap.dedent(
         lo = ipr.link_lookup(ifname="lo")[0]
         spec = VxlanSpec("flannel.1", 1, IPv4Address("198.51.100.1"), lo, 8472, False, True, 1450)
         link = create_vxlan(ipr, spec, "02:11:22:33:44:55")
-        out["found"] = [link.index, link.kind, link.mac, link.mtu, link.vni, str(link.local),
-                        link.link_index, link.port, link.learning, link.gbp]
+        vx = link.vxlan
+        out["found"] = [link.index, link.kind, link.mac, link.mtu, vx.vni, str(vx.local),
+                        vx.underlay, vx.port, vx.learning, vx.gbp]
         out["changed"] = configure_device(
             ipr, link.index, "flannel.1", IPv4Address("10.5.3.0"), IPv4Network("10.5.0.0/16"), 1400
         )
@@ -60,7 +61,7 @@ SCRIPT = textwrap.dedent(
         except NetlinkError as e:
             out["unreachable"] = e.code
         out["names"] = sorted(m.get_attr("IFLA_IFNAME") for m in ipr.get_links())
-        ipr.link("del", index=link.index)
+        ipr.delete_link(link.index)
         out["events"] = [(m["event"], m.get_attr("IFLA_IFNAME")) for m in watch.get()]
         watch.close()
     print(json.dumps(out))

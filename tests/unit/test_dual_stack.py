@@ -26,6 +26,7 @@ from pyflannel.backend.plan import (
 from pyflannel.backend.vxlan.peer import vxlan_peer6
 from pyflannel.errors import InterfaceError, OutOfSubnets
 from pyflannel.kernel import codec as c
+from pyflannel.kernel import requests as r
 from pyflannel.kernel.iface import IFA_F_TEMPORARY, Address, Interface, select_ext_iface, with_ipv6
 from pyflannel.ops.docker_opts import DockerOptsError, docker_options
 from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, Probe, judge_ipv6
@@ -41,7 +42,7 @@ from pyflannel.traffic.iptables_rules import (
     masquerade_rules,
 )
 from pyflannel.traffic.ownership import names_network_inside
-from tests.unit.test_netlink_codec import only
+from tests.unit.test_netlink_codec import only, route
 
 CFG = parse_network_config(
     '{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd10::/48"}'
@@ -212,20 +213,20 @@ GW6 = IPv6Address("fd10:0:0:2::")
 
 
 def test_ipv6_route_round_trip_and_pyroute2_agrees():
-    data = c.route_replace(7, DST6, GW6, 5, True, 152)
-    assert c.decode_route(only(data)[3]) == (DST6, GW6, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
+    data = r.route_replace(7, DST6, GW6, 5, True, 152)
+    assert route(only(data)[3]) == (DST6, GW6, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
     msg = rtmsg(data)
     msg.decode()
     assert (msg["family"], msg["dst_len"], msg.get_attr("RTA_DST")) == (10, 64, "fd10:0:0:2::")
-    _, _, _, payload = only(c.route_delete(3, DST6, 152))
-    assert c.decode_route(payload)[0] == DST6
+    _, _, _, payload = only(r.route_delete(3, DST6, 152))
+    assert route(payload)[0] == DST6
 
 
 def test_ipv6_neighbour_and_fdb_messages():
-    msg = ndmsg(c.neighbour_replace(1, 4, GW6, "02:aa:bb:cc:dd:ee"))
+    msg = ndmsg(r.neighbour_replace(1, 4, GW6, "02:aa:bb:cc:dd:ee"))
     msg.decode()
     assert (msg["family"], msg.get_attr("NDA_DST")) == (10, "fd10:0:0:2::")
-    msg = ndmsg(c.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv6Address("fd00::2")))
+    msg = ndmsg(r.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv6Address("fd00::2")))
     msg.decode()
     assert (msg["family"], msg.get_attr("NDA_DST")) == (7, "fd00::2")
 

@@ -1,12 +1,15 @@
-"""The netlink codec: our bytes decode to what we meant, and pyroute2's independent decoder
-reads them the same way."""
+"""The requests for the kernel entries pyflannel owns per peer (kernel/requests.py) and the
+netlink framing (kernel/codec.py): our bytes decode to what we meant, and pyroute2's
+independent decoder reads them the same way."""
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from pyflannel.kernel import codec as c
+from pyflannel.kernel import requests as r
+from pyflannel.kernel.message import NEIGH, ROUTE
 
 DST = IPv4Network("10.1.2.0/24")
 GW = IPv4Address("10.1.2.0")
@@ -17,19 +20,40 @@ def only(data: bytes):
     return message
 
 
+def route(payload) -> tuple:
+    """(dst, gateway, oif, flags, protocol, table, type) of a route message."""
+    msg = ROUTE.decode(payload)
+    gateway = msg.get_attr("RTA_GATEWAY")
+    return (
+        ip_network((msg.get_attr("RTA_DST"), msg["dst_len"])),
+        ip_address(gateway) if gateway else None,
+        msg.get_attr("RTA_OIF"),
+        msg["flags"],
+        msg["proto"],
+        msg.get_attr("RTA_TABLE") or msg["table"],
+        msg["type"],
+    )
+
+
+def neighbour(payload) -> tuple:
+    msg = NEIGH.decode(payload)
+    fields = tuple(msg[k] for k in ("family", "ifindex", "state", "flags"))
+    return (*fields, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
+
+
 def test_route_replace_round_trip_and_flags():
-    kind, flags, seq, payload = only(c.route_replace(7, DST, GW, 5, True, 152))
+    kind, flags, seq, payload = only(r.route_replace(7, DST, GW, 5, True, 152))
     assert (kind, flags, seq) == (c.RTM_NEWROUTE, c.REPLACE, 7)
-    assert c.decode_route(payload) == (DST, GW, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
+    assert route(payload) == (DST, GW, 5, c.RTNH_F_ONLINK, 152, 254, c.RTN_UNICAST)
 
 
 def test_route_replace_without_gateway_or_device():
-    _, _, _, payload = only(c.route_replace(1, DST, None, None, False, 152))
-    assert c.decode_route(payload) == (DST, None, None, 0, 152, 254, c.RTN_UNICAST)
+    _, _, _, payload = only(r.route_replace(1, DST, None, None, False, 152))
+    assert route(payload) == (DST, None, None, 0, 152, 254, c.RTN_UNICAST)
 
 
 def test_pyroute2_reads_our_route_like_we_do():
-    msg = rtmsg(c.route_replace(9, DST, GW, 5, True, 152))
+    msg = rtmsg(r.route_replace(9, DST, GW, 5, True, 152))
     msg.decode()
     assert (msg["dst_len"], msg["proto"], msg["table"], msg["flags"]) == (24, 152, 254, 4)
     assert (msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF")) == (
@@ -41,32 +65,22 @@ def test_pyroute2_reads_our_route_like_we_do():
 
 
 def test_route_delete_names_our_protocol():
-    kind, flags, _, payload = only(c.route_delete(3, DST, 152))
+    kind, flags, _, payload = only(r.route_delete(3, DST, 152))
     assert (kind, flags) == (c.RTM_DELROUTE, c.DELETE)
-    assert c.decode_route(payload)[0] == DST and c.decode_route(payload)[4] == 152
+    assert route(payload)[0] == DST and route(payload)[4] == 152
 
 
 def test_neighbour_and_fdb_messages():
-    _, _, _, payload = only(c.neighbour_replace(1, 4, GW, "02:aa:bb:cc:dd:ee"))
-    assert c.decode_neighbour(payload) == (
-        c.AF_INET,
-        4,
-        c.NUD_PERMANENT,
-        0,
-        GW.packed,
-        bytes.fromhex("02aabbccddee"),
-    )
-    _, _, _, payload = only(c.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv4Address("198.51.100.2")))
-    family, ifindex, state, flags, dst, lladdr = c.decode_neighbour(payload)
+    _, _, _, payload = only(r.neighbour_replace(1, 4, GW, "02:aa:bb:cc:dd:ee"))
+    assert neighbour(payload) == (c.AF_INET, 4, c.NUD_PERMANENT, 0, str(GW), "02:aa:bb:cc:dd:ee")
+    _, _, _, payload = only(r.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv4Address("198.51.100.2")))
+    family, ifindex, state, flags, dst, lladdr = neighbour(payload)
     assert (family, ifindex, state, flags) == (c.AF_BRIDGE, 4, c.NUD_PERMANENT, c.NTF_SELF)
-    assert (
-        IPv4Address(dst) == IPv4Address("198.51.100.2")
-        and c.mac_text(lladdr) == "02:aa:bb:cc:dd:ee"
-    )
+    assert (dst, lladdr) == ("198.51.100.2", "02:aa:bb:cc:dd:ee")
 
 
 def test_pyroute2_reads_our_fdb_entry_like_we_do():
-    msg = ndmsg(c.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv4Address("198.51.100.2")))
+    msg = ndmsg(r.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv4Address("198.51.100.2")))
     msg.decode()
     assert (msg["family"], msg["ifindex"], msg["state"], msg["flags"]) == (7, 4, 0x80, 2)
     assert (msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")) == (
@@ -76,7 +90,7 @@ def test_pyroute2_reads_our_fdb_entry_like_we_do():
 
 
 def test_several_messages_in_one_datagram_and_garbage_after_them():
-    data = c.neighbour_delete(1, 4, GW) + c.route_delete(2, DST, 152) + b"\x03\x00"
+    data = r.neighbour_delete(1, 4, GW) + r.route_delete(2, DST, 152) + b"\x03\x00"
     assert [(k, s) for k, _, s, _ in c.messages(data)] == [(c.RTM_DELNEIGH, 1), (c.RTM_DELROUTE, 2)]
 
 
@@ -93,9 +107,10 @@ def test_route_delete_matches_pyroute2s_which_the_kernel_accepts():
     batch.route("del", dst="10.1.2.0/24", table=254, proto=152)
     theirs = rtmsg(bytes(batch.batch))
     theirs.decode()
-    _, _, _, payload = only(c.route_delete(1, DST, 152))
-    family, dst_len, _, tos, table, proto, scope, rtype, flags = c.RTMSG.unpack_from(payload)
-    assert (family, dst_len, tos, table, proto, scope, rtype, flags) == (
+    _, _, _, payload = only(r.route_delete(1, DST, 152))
+    ours = ROUTE.header.unpack(payload)
+    fields = ("family", "dst_len", "tos", "table", "proto", "scope", "type", "flags")
+    assert tuple(ours[k] for k in fields) == (
         theirs["family"],
         theirs["dst_len"],
         theirs["tos"],
@@ -108,8 +123,8 @@ def test_route_delete_matches_pyroute2s_which_the_kernel_accepts():
 
 
 def test_a_blackhole_route_carries_its_type_and_metric():
-    _, _, _, payload = only(c.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
-    assert c.decode_route(payload) == (DST, None, None, 0, 152, 254, c.RTN_BLACKHOLE)
-    msg = rtmsg(c.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
+    _, _, _, payload = only(r.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
+    assert route(payload) == (DST, None, None, 0, 152, 254, c.RTN_BLACKHOLE)
+    msg = rtmsg(r.route_replace(2, DST, None, None, False, 152, c.RTN_BLACKHOLE, 7))
     msg.decode()
     assert (msg["type"], msg.get_attr("RTA_PRIORITY")) == (c.RTN_BLACKHOLE, 7)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from pyflannel.kernel import codec
+from pyflannel.kernel import codec, requests
 from pyflannel.kernel.nlsocket import (
     NLM_F_DUMP_INTR,
     NLM_F_MULTI,
@@ -55,7 +55,7 @@ def done(code: int = 0, flags: int = NLM_F_MULTI):
 
 
 def build(seq: int) -> bytes:
-    return codec.dump_request(codec.RTM_GETROUTE, codec.AF_INET, seq)
+    return requests.dump(seq, codec.RTM_GETROUTE, codec.AF_INET)
 
 
 def test_an_interrupted_dump_is_read_again_until_whole():

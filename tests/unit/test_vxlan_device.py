@@ -8,26 +8,21 @@ import pytest
 
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
-    VxlanLink,
     VxlanSpec,
     incompatibilities,
     parse_vxlan_config,
     random_vtep_mac,
 )
 from pyflannel.errors import ConfigError
+from pyflannel.kernel.links import Link, Vxlan
 
 SPEC = VxlanSpec("flannel.1", 1, IPv4Address("198.51.100.1"), 2, 0, False, False, 1450)
-LINK = VxlanLink(
-    5,
-    "flannel.1",
-    "vxlan",
-    "02:11:22:33:44:55",
-    1450,
-    vni=1,
-    local=IPv4Address("198.51.100.1"),
-    link_index=2,
-    port=8472,
-)
+VXLAN = Vxlan(1, IPv4Address("198.51.100.1"), underlay=2, port=8472)
+LINK = Link(5, "flannel.1", "vxlan", "02:11:22:33:44:55", 1450, up=True, vxlan=VXLAN)
+
+
+def with_vxlan(**change) -> Link:
+    return replace(LINK, vxlan=replace(VXLAN, **change))
 
 
 def test_backend_defaults():
@@ -59,8 +54,8 @@ def test_a_matching_device_is_kept():
 
 
 def test_default_port_matches_kernel_default():
-    assert incompatibilities(replace(LINK, port=8472), replace(SPEC, port=0)) == []
-    assert incompatibilities(replace(LINK, port=8472), replace(SPEC, port=4789)) == [
+    assert incompatibilities(with_vxlan(port=8472), replace(SPEC, port=0)) == []
+    assert incompatibilities(with_vxlan(port=8472), replace(SPEC, port=4789)) == [
         "port 8472 instead of 4789"
     ]
 
@@ -72,17 +67,26 @@ def test_a_different_mtu_is_fixed_in_place_not_a_reason_to_recreate():
 @pytest.mark.parametrize(
     "change, reason",
     [
-        ({"kind": "bridge"}, "bridge"),
         ({"vni": 2}, "VNI 2 instead of 1"),
         ({"local": IPv4Address("198.51.100.9")}, "local address"),
-        ({"link_index": 7}, "underlay link index 7"),
+        ({"underlay": 7}, "underlay link index 7"),
         ({"learning": True}, "learning on"),
         ({"gbp": True}, "GBP on"),
     ],
 )
 def test_incompatible_devices_are_recreated(change, reason):
-    reasons = incompatibilities(replace(LINK, **change), SPEC)
+    reasons = incompatibilities(with_vxlan(**change), SPEC)
     assert reasons and reason in reasons[0]
+
+
+def test_a_device_of_another_kind_is_recreated():
+    assert incompatibilities(replace(LINK, kind="bridge", vxlan=None), SPEC) == [
+        "it is a bridge link"
+    ]
+
+
+def test_what_the_kernel_leaves_unset_is_not_compared():
+    assert incompatibilities(with_vxlan(underlay=0, local=None, port=0), SPEC) == []
 
 
 def test_vtep_macs_are_locally_administered_unicast():

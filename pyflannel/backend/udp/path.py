@@ -74,7 +74,7 @@ def _tun_index(ipr, name: str) -> int | None:
 
 def _prepare_tun(ipr, name: str, txqueuelen: int) -> int:
     index = ipr.link_lookup(ifname=name)[0]
-    ipr.link("set", index=index, txqlen=txqueuelen)
+    ipr.set_link(index, txqlen=txqueuelen)
     return index
 
 

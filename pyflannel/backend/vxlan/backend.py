@@ -42,7 +42,6 @@ from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan import netlink as vxlan_netlink
 from pyflannel.backend.vxlan.device import (
     VxlanConfig,
-    VxlanLink,
     VxlanSpec,
     device_name,
     incompatibilities,
@@ -52,6 +51,7 @@ from pyflannel.backend.vxlan.device import (
 from pyflannel.backend.vxlan.peer import ENCAP_VXLAN, NAME, vxlan_peer, vxlan_peer6
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
+from pyflannel.kernel.links import Link
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -109,8 +109,8 @@ class VxlanBackend(Backend):
         self.spec6: VxlanSpec | None = None  # dual-stack: flannel-v6.<VNI>
         self._set_underlay(ext)
         self.device_name = self.spec.name
-        self.device: VxlanLink | None = None
-        self.device6: VxlanLink | None = None
+        self.device: Link | None = None
+        self.device6: Link | None = None
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
         self.udp = (
             UdpPath(
@@ -185,7 +185,7 @@ class VxlanBackend(Backend):
         return self.lease_attrs()
 
     @property
-    def link(self) -> VxlanLink:
+    def link(self) -> Link:
         """The VXLAN device (after ``prepare``)."""
         assert self.device is not None, "prepare() first"
         return self.device
@@ -225,7 +225,7 @@ class VxlanBackend(Backend):
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
-    async def _ensure_device(self, spec: VxlanSpec, mac: str | None) -> VxlanLink:
+    async def _ensure_device(self, spec: VxlanSpec, mac: str | None) -> Link:
         link = await self.netlink.call(vxlan_netlink.find_link, spec.name)
         if link is not None:
             reasons = incompatibilities(link, spec)
@@ -538,5 +538,9 @@ def offline(ipr, network) -> OfflineBackend | None:
             if lease.attrs.backend_type == NAME
             else udp_peer(lease, DEFAULT_PORT, routed=True)
         ),
-        {"vni": link.vni, "vtep_mac": link.mac, "port": link.port},
+        {
+            "vni": link.vxlan.vni if link.vxlan else None,
+            "vtep_mac": link.mac,
+            "port": link.vxlan.port if link.vxlan else 0,
+        },
     )

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pyflannel.errors import ConfigError
+from pyflannel.kernel.links import Link, Vxlan
 
 KERNEL_DEFAULT_PORT = 8472  # Linux's VXLAN port when none is given (IANA's is 4789)
 MAX_VNI = (1 << 24) - 1
@@ -73,22 +74,9 @@ class VxlanSpec:
     def effective_port(self) -> int:
         return self.port or KERNEL_DEFAULT_PORT
 
-
-@dataclass(frozen=True)
-class VxlanLink:
-    """A link as read from the kernel (kind may be something other than vxlan)."""
-
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int
-    vni: int | None = None
-    local: IPv4Address | IPv6Address | None = None
-    link_index: int = 0
-    port: int = 0
-    learning: bool = False
-    gbp: bool = False
+    def settings(self) -> Vxlan:
+        """The device's VXLAN settings as netlink carries them."""
+        return Vxlan(self.vni, self.local, self.link_index, self.port, self.learning, self.gbp)
 
 
 def device_name(vni: int, ipv6: bool = False) -> str:
@@ -96,23 +84,25 @@ def device_name(vni: int, ipv6: bool = False) -> str:
     return f"flannel-v6.{vni}" if ipv6 else f"flannel.{vni}"
 
 
-def incompatibilities(link: VxlanLink, spec: VxlanSpec) -> list[str]:
-    """Why ``link`` cannot serve as ``spec``'s device; empty if it can be kept as is."""
-    if link.kind != "vxlan":
+def incompatibilities(link: Link, spec: VxlanSpec) -> list[str]:
+    """Why ``link`` cannot serve as ``spec``'s device; empty if it can be kept as is
+    (upstream's ``vxlanLinksIncompat``: what the kernel leaves unset is not compared)."""
+    have = link.vxlan
+    if link.kind != "vxlan" or have is None:
         return [f"it is a {link.kind or 'non-vxlan'} link"]
     reasons = []
-    if link.vni != spec.vni:
-        reasons.append(f"VNI {link.vni} instead of {spec.vni}")
-    if link.link_index and link.link_index != spec.link_index:
-        reasons.append(f"underlay link index {link.link_index} instead of {spec.link_index}")
-    if link.local is not None and link.local != spec.local:
-        reasons.append(f"local address {link.local} instead of {spec.local}")
-    if link.port and link.port != spec.effective_port:
-        reasons.append(f"port {link.port} instead of {spec.effective_port}")
-    if link.learning != spec.learning:
-        reasons.append(f"learning {'on' if link.learning else 'off'}")
-    if link.gbp != spec.gbp:
-        reasons.append(f"GBP {'on' if link.gbp else 'off'}")
+    if have.vni != spec.vni:
+        reasons.append(f"VNI {have.vni} instead of {spec.vni}")
+    if have.underlay and have.underlay != spec.link_index:
+        reasons.append(f"underlay link index {have.underlay} instead of {spec.link_index}")
+    if have.local is not None and have.local != spec.local:
+        reasons.append(f"local address {have.local} instead of {spec.local}")
+    if have.port and have.port != spec.effective_port:
+        reasons.append(f"port {have.port} instead of {spec.effective_port}")
+    if have.learning != spec.learning:
+        reasons.append(f"learning {'on' if have.learning else 'off'}")
+    if have.gbp != spec.gbp:
+        reasons.append(f"GBP {'on' if have.gbp else 'off'}")
     return reasons
 
 

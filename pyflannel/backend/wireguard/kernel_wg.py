@@ -30,7 +30,7 @@ def _hex(b64_key: str | bytes) -> str:
 def create_link(ipr, name: str) -> None:
     """``ip link add <name> type wireguard``; raises where the kernel has no module."""
     if not ipr.link_lookup(ifname=name):
-        ipr.link("add", ifname=name, kind="wireguard")
+        ipr.add_link(name, "wireguard")
 
 
 class KernelWireguard:

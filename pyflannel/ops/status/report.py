@@ -154,7 +154,7 @@ def via_udp(row: PeerRow) -> str:
     heal = row.heal
     if heal is None or heal.via != "udp":
         return ""
-    since = time.strftime("%H:%M:%S", time.localtime(heal.since))
+    since = time.strftime("%H:%M:%S", time.localtime(heal.since or 0))
     trying = " (trying it: not yet answered over it)" if heal.trying else ""
     return (
         f"via udp{trying}: {heal.why} since {since} ({_ago(heal.since)}); VXLAN probed every "

@@ -1,8 +1,10 @@
-"""Device and address requests (kernel/device_codec.py) and the decoder (kernel/message.py):
-pyroute2's independent decoder reads our requests as we meant them, and we read its encodings
-of the kernel's answers and notifications as it does."""
+"""The message tables (kernel/message.py) both ways, and the device and address requests built
+from them (kernel/requests.py): pyroute2's independent decoder reads our requests as we meant
+them, we read its encodings of the kernel's answers and notifications as it does, and what a
+table encodes it decodes back."""
 
 import struct
+from ipaddress import ip_address
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -10,14 +12,10 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from pyflannel.kernel import codec
-from pyflannel.kernel import device_codec as d
-from pyflannel.kernel.message import (
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    decode,
-)
+from pyflannel.kernel import requests as d
+from pyflannel.kernel.codec import RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyflannel.kernel.links import Link, Vxlan
+from pyflannel.kernel.message import LINK, ROUTE, VXLAN, Attrs, decode
 from pyflannel.kernel.nlsocket import NLM_F_ACK_TLVS, error_of
 
 
@@ -41,7 +39,7 @@ def payload(data: bytes) -> tuple[int, memoryview]:
 
 
 def test_pyroute2_reads_our_vxlan_device_as_we_meant_it():
-    data = d.vxlan_data(vni=1, local="198.51.100.1", link=2, learning=False, port=8472, gbp=True)
+    data = Vxlan(1, ip_address("198.51.100.1"), underlay=2, port=8472, gbp=True).data()
     msg = pyroute2_reads(
         ifinfmsg, d.new_link(3, "flannel.1", "vxlan", "02:11:22:33:44:55", 1450, data)
     )
@@ -62,7 +60,7 @@ def test_pyroute2_reads_our_vxlan_device_as_we_meant_it():
 
 
 def test_an_ipv6_vxlan_device_carries_local6_and_no_gbp():
-    data = d.vxlan_data(vni=1, local="fd00::1", link=0, learning=True)
+    data = Vxlan(1, ip_address("fd00::1"), learning=True).data()
     vx = (
         pyroute2_reads(ifinfmsg, d.new_link(1, "flannel-v6.1", "vxlan", data=data))
         .get_attr("IFLA_LINKINFO")
@@ -195,3 +193,68 @@ def test_an_error_at_the_end_of_a_dump_is_raised_with_its_sentence():
     done = error_of(memoryview(struct.pack("=i", -4) + tlv), NLM_F_ACK_TLVS, done=True)
     assert done is not None and done.code == 4 and done.args[1] == "Dump interrupted"
     assert error_of(memoryview(struct.pack("=i", 0)), 0, done=True) is None  # a clean end
+
+
+# -- one table, both ways ----------------------------------------------------------------------
+
+
+def test_a_vxlan_device_decodes_to_the_settings_it_was_created_with():
+    for want in (
+        Vxlan(7, ip_address("198.51.100.1"), underlay=2, port=4789, learning=True, gbp=True),
+        Vxlan(1, ip_address("fd00::1")),
+    ):
+        request = d.new_link(3, "flannel.7", "vxlan", "02:11:22:33:44:55", 1450, want.data())
+        kind, body = payload(request)
+        link = Link.of(decode(kind, body))
+        assert (link.name, link.kind, link.mac, link.mtu, link.up) == (
+            "flannel.7",
+            "vxlan",
+            "02:11:22:33:44:55",
+            1450,
+            False,
+        )
+        assert link.vxlan == want
+
+
+def test_every_route_attribute_round_trips_through_its_table():
+    values = {
+        "RTA_DST": "10.1.2.0",
+        "RTA_OIF": 5,
+        "RTA_GATEWAY": "10.1.2.0",
+        "RTA_PRIORITY": 0xFFFFFFFF,
+        "RTA_PREFSRC": "10.1.1.0",
+        "RTA_TABLE": 254,
+    }
+    assert set(values) == set(ROUTE.attrs.by_name)  # every row, so a new one joins this test
+    header = {"family": 2, "dst_len": 24, "table": 254, "proto": 152, "type": 1, "flags": 4}
+    _, body = payload(ROUTE.encode(codec.RTM_NEWROUTE, 0, 1, header, values))
+    back = ROUTE.decode(body)
+    assert back.attrs == values and {k: back[k] for k in header} == header
+    theirs = pyroute2_reads(rtmsg, ROUTE.encode(codec.RTM_NEWROUTE, 0, 1, header, values))
+    assert {name: theirs.get_attr(name) for name in values} == values
+
+
+def test_a_link_reads_back_every_row_of_its_table():
+    attrs = {
+        "IFLA_ADDRESS": "02:11:22:33:44:55",
+        "IFLA_IFNAME": "flannel.1",
+        "IFLA_MTU": 1450,
+        "IFLA_TXQLEN": 1000,
+        "IFLA_LINKINFO": {"IFLA_INFO_KIND": "vxlan", "IFLA_INFO_DATA": {"IFLA_VXLAN_ID": 1}},
+    }
+    assert set(attrs) == set(LINK.attrs.by_name)
+    _, body = payload(LINK.encode(RTM_NEWLINK, 0, 1, {"index": 4}, attrs))
+    back = LINK.decode(body)
+    info = back.attrs.pop("IFLA_LINKINFO")
+    assert back.attrs == {k: v for k, v in attrs.items() if k != "IFLA_LINKINFO"}
+    assert info.get_attr("IFLA_INFO_KIND") == "vxlan"
+    assert info.get_attr("IFLA_INFO_DATA").attrs == {"IFLA_VXLAN_ID": 1}
+    assert set(VXLAN.by_name) >= set(Vxlan(1, None).data())  # Vxlan sends only rows we read
+
+
+def test_a_malformed_attribute_reads_as_absent_and_unknown_ones_are_skipped():
+    table = Attrs(
+        (1, "A", ROUTE.attrs.by_name["RTA_DST"][1]), (2, "B", ROUTE.attrs.by_name["RTA_OIF"][1])
+    )
+    raw = codec.attr(1, b"\x0a\x01\x02") + codec.attr(2, struct.pack("=I", 9)) + codec.attr(3, b"x")
+    assert table.decode(memoryview(raw)).attrs == {"B": 9}
