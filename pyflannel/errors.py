@@ -21,6 +21,12 @@ class ConfigNotFound(ConfigError):
     pass
 
 
+class UnsupportedConfig(ConfigError):
+    """A valid network configuration this daemon does not serve (waiting cannot fix it)."""
+
+    retryable = False
+
+
 class OptionsError(FlannelError):
     """A command-line flag or FLANNELD_* variable is invalid."""
 

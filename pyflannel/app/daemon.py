@@ -28,16 +28,18 @@ from pyflannel.app.observe import StatusAnswers, daemon_snapshot, summary
 from pyflannel.app.options import Options
 from pyflannel.app.running import Running
 from pyflannel.backend.base import Backend
+from pyflannel.backend.dataplane import DataPlane
 from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.backend.registry import BackendContext, start_backend
-from pyflannel.backoff import Outage
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
+from pyflannel.control.lease_moves import LeaseMoves
+from pyflannel.control.network_config import load_network_config
 from pyflannel.control.peer_programmer import PeerProgrammer
 from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.control.reconciling import ReconcileLoop
 from pyflannel.control.underlay import UnderlayFollower
-from pyflannel.errors import ConfigError, FlannelError, StoreUnavailable
+from pyflannel.errors import FlannelError
 from pyflannel.kernel.iface import ExtIface, IfaceChoice, chosen_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
@@ -49,7 +51,7 @@ from pyflannel.ops.health import start_health_endpoint
 from pyflannel.ops.http_endpoint import HttpEndpoint
 from pyflannel.ops.instance import Instance
 from pyflannel.ops.liveness import Liveness
-from pyflannel.subnet.config import NetworkConfig, parse_network_config
+from pyflannel.subnet.config import NetworkConfig, check_supported
 from pyflannel.subnet.env_file import (
     SubnetEnv,
     previous_network,
@@ -63,7 +65,7 @@ from pyflannel.subnet.manager import SubnetManager
 from pyflannel.subnet.owner import NodeIdentity, node_fingerprint, vtep_mac_of
 from pyflannel.subnet.stores import open_store
 from pyflannel.subnet.table import LeaseTable
-from pyflannel.traffic.families import NetworkRules, network_rules
+from pyflannel.traffic.families import NetworkRules, RulesFor, network_rules, remove_other_mode
 from pyflannel.traffic.ownership import Cluster
 
 if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
@@ -74,9 +76,6 @@ if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
 
 log = logging.getLogger(__name__)
 
-CONFIG_RETRY = 1.0  # seconds, as upstream
-CONFIG_REMINDER = 30.0  # repeat an unchanged config error this often, not every second
-
 
 @dataclass
 class Parts:
@@ -85,7 +84,8 @@ class Parts:
 
     store: SubnetManager
     netlink: Netlink
-    rules: Callable[[bool, bool], NetworkRules]  # (nftables?, dual-stack?) -> the rules
+    rules: Callable[[RulesFor], NetworkRules]  # a network's traffic rules
+    remove_other_mode: Callable[[str, Cluster], Awaitable[None]]  # (mode in use, network)
     # The external interface as chosen now (IfaceChoice, dual-stack?), a link's MAC address.
     interface: Callable[[IfaceChoice, bool], Awaitable[ExtIface]]
     hardware_address: Callable[[int], Awaitable[str]]
@@ -106,7 +106,8 @@ class Parts:
         return cls(
             store=open_store(options.store),
             netlink=netlink,
-            rules=lambda nft, ipv6: network_rules(options.traffic, nft, ipv6),
+            rules=lambda made_for: network_rules(options.traffic, made_for),
+            remove_other_mode=remove_other_mode,
             interface=interface,
             hardware_address=mac,
         )
@@ -129,7 +130,7 @@ class Daemon:
         self.healer: PathHealer | None = None
         self.publisher: MeshPublisher | None = None
         self.ipv6 = False  # the network is dual-stack (EnableIPv6)
-        self.traffic = self.parts.rules(False, False)
+        self.traffic = self.parts.rules(RulesFor())  # until the network is known
         self.liveness = Liveness(self.netlink, self._datapath_problem)
 
     @property
@@ -150,27 +151,7 @@ class Daemon:
 
     async def load_config(self) -> NetworkConfig:
         """The network config, waiting (1 s retries) until it exists and is valid."""
-        last_error, last_logged = "", 0.0
-        outage = Outage(log, f"{self.store.name} unreachable while reading the network config")
-        while True:
-            try:
-                cfg = parse_network_config(await self.store.network_config())
-                outage.ok()
-                return cfg
-            except StoreUnavailable as e:
-                outage.failed(e, f"retrying every {CONFIG_RETRY:.0f} s")
-            except ConfigError as e:
-                outage.ok()
-                now = time.monotonic()
-                if str(e) != last_error or now - last_logged > CONFIG_REMINDER:
-                    log.error(
-                        "network config at %s: %s; retrying every %.0f s",
-                        self.store.config_location,
-                        e,
-                        CONFIG_RETRY,
-                    )
-                    last_error, last_logged = str(e), now
-            await asyncio.sleep(CONFIG_RETRY)
+        return await load_network_config(self.store)
 
     async def _external_interface(self) -> ExtIface:
         return await self.parts.interface(self.options.iface_choice, self.ipv6)
@@ -184,19 +165,13 @@ class Daemon:
             ",".join(o.etcd_endpoints),
             o.etcd_prefix,
         )
-        cfg = await self.load_config()
+        cfg = check_supported(await self.load_config())
         timeline.step("config")
-        if not cfg.enable_ipv4:
-            raise ConfigError(
-                "EnableIPv4 is false: IPv6-only networks are not supported with etcd (upstream "
-                "v0.20.2 writes them as 0.0.0.0-0&<v6> keys that overlap, so only one node "
-                "can join); use a dual-stack config (EnableIPv4 and EnableIPv6)"
-            )
         self.ipv6 = cfg.enable_ipv6
-        self.traffic = self.parts.rules(cfg.enable_nftables, cfg.enable_ipv6)
+        mode = "nftables" if cfg.enable_nftables else "iptables"
         for cidr in (cfg.cidr, cfg.cidr6):
             if cidr is not None:
-                await self.traffic.remove_other_mode(cidr)
+                await self.parts.remove_other_mode(mode, cidr)
         if o.enable_br_netfilter:
             from pyflannel.traffic import br_netfilter
 
@@ -209,14 +184,21 @@ class Daemon:
             BackendContext(self.netlink, cfg, ext, o.backend_settings)
         )
         timeline.step("backend")
-        backend.also_own(previous_network(o.subnet_file))
-        backend.blackhole_own = o.ip_blackhole_route
-        if not backend.data_plane and "iptables_forward_rules" not in o.given:
-            self.traffic.forward = False  # the operator routes: no rule unless asked for
+        plane = DataPlane(backend, blackhole_own=o.ip_blackhole_route)
+        plane.also_own(previous_network(o.subnet_file))
         if cfg.cidr6 is not None:
-            backend.also_own(previous_network6(o.subnet_file))
-        if o.vxlan_peer_filter:
-            self.traffic.peer_filter_port = backend.encapsulation_port
+            plane.also_own(previous_network6(o.subnet_file))
+        self.traffic = self.parts.rules(
+            RulesFor(
+                nftables=cfg.enable_nftables,
+                dual_stack=cfg.enable_ipv6,
+                # a backend without a data plane: the operator routes, no rule unless asked for
+                forward=None
+                if plane.carries_traffic or "iptables_forward_rules" in o.given
+                else False,
+                peer_filter_port=plane.encapsulation_port if o.vxlan_peer_filter else None,
+            )
+        )
         identity = NodeIdentity(
             node_fingerprint(await self.parts.hardware_address(ext.index)),
             vtep_mac=vtep_mac_of(attrs),
@@ -227,7 +209,7 @@ class Daemon:
             ttl=o.subnet_lease_ttl,
             renew_margin=o.subnet_lease_renew_margin * 60,
             load_config=self.load_config,
-            on_change=self._lease_changed,
+            on_change=lambda old, new: moves.moved(old, new),
             identity=identity,
         )
         lease = await keeper.acquire(
@@ -236,11 +218,11 @@ class Daemon:
             previous_subnet6(o.subnet_file) if cfg.enable_ipv6 else None,
         )
         timeline.step("lease")
-        await backend.assign(lease)
+        await plane.assign(lease)
         timeline.step("assign")
         await self.traffic.setup(self._rule_networks(cfg, lease))
         timeline.step("rules")
-        self._write_subnet_file(cfg, backend, lease)
+        self._write_subnet_file(cfg, plane, lease)
         timeline.step("subnet.env")
         table = LeaseTable(cfg.cidr, own=lease.subnet, own_ip=ext.public_ip)
         watch = PeerWatch(
@@ -251,20 +233,28 @@ class Daemon:
             on_snapshot=keeper.verify,
             first_listing=keeper.last_listing,
         )
-        peers = PeerProgrammer(backend, watch.synced, self._peers_programmed, self.store.name)
+        peers = PeerProgrammer(plane, watch.synced, self._peers_programmed, self.store.name)
         underlay = UnderlayFollower(
-            ext, self._external_interface, backend, keeper, table, self._underlay_moved
+            ext, self._external_interface, plane, keeper, table, self._underlay_moved
+        )
+        moves = LeaseMoves(
+            plane,
+            peers,
+            table,
+            self.traffic,
+            lambda new: self._rule_networks(cfg, new),
+            lambda new: self._write_subnet_file(cfg, plane, new),
         )
         self.running = Running(
             cfg,
-            backend,
+            plane,
             keeper,
             table,
             watch,
             ConfigWatch(self.store, cfg, o.reconcile_interval),
             underlay,
             peers,
-            ReconcileLoop(backend, o.reconcile_interval, before=underlay.check),
+            ReconcileLoop(plane, o.reconcile_interval, before=underlay.check),
         )
         return self.running
 
@@ -275,8 +265,8 @@ class Daemon:
             networks.append((cfg.cidr6, lease.ipv6_subnet))
         return networks
 
-    def _write_subnet_file(self, cfg: NetworkConfig, backend: Backend, lease: Lease) -> None:
-        env = SubnetEnv.for_lease(cfg, lease, backend.mtu, self.options.ip_masq)
+    def _write_subnet_file(self, cfg: NetworkConfig, plane: DataPlane, lease: Lease) -> None:
+        env = SubnetEnv.for_lease(cfg, lease, plane.mtu, self.options.ip_masq)
         if write_atomic(self.options.subnet_file, env.render()):
             subnets = str(lease.subnet) + (f", {lease.ipv6_subnet}" if env.ipv6_subnet else "")
             log.info("wrote %s: subnet %s, MTU %d", self.options.subnet_file, subnets, env.mtu)
@@ -285,37 +275,31 @@ class Daemon:
     # -- what follows a change -------------------------------------------------------------
 
     async def _peers_programmed(self) -> None:
-        await self.traffic.set_peers(self.r.backend.encapsulating_peers())
-
-    async def _lease_changed(self, old: Lease | None, new: Lease) -> None:
-        r = self.r
-        await r.backend.assign(new)
-        await r.peers.changed(r.table.set_own(new.subnet))
-        await self.traffic.setup(self._rule_networks(r.network, new))
-        self._write_subnet_file(r.network, r.backend, new)
+        await self.traffic.set_peers(self.r.plane.encapsulating_peers())
 
     def _underlay_moved(self) -> None:
         r = self.r
-        self._write_subnet_file(r.network, r.backend, r.lease)  # the MTU may have changed
+        self._write_subnet_file(r.network, r.plane, r.lease)  # the MTU may have changed
 
     def _datapath_problem(self) -> str | None:
-        return self.running.backend.datapath_problem() if self.running else None
+        return self.running.plane.datapath_problem() if self.running else None
 
     def _probe_target(self, half: Peer | Peer6) -> IPv4Address | IPv6Address:
-        return self.r.backend.probe_target(half)
+        return self.r.plane.probe_target(half)
 
-    def _healer(self, backend: Backend, prober: MeshProber) -> PathHealer | None:
+    def _healer(self, plane: DataPlane, prober: MeshProber) -> PathHealer | None:
         """The path healer, where the backend has a second encapsulation and may use it."""
-        from pyflannel.ops.mesh.healer import AlternatePaths, PathHealer
+        from pyflannel.ops.mesh.healer import PathHealer
 
-        if not self.options.heal_paths or not isinstance(backend, AlternatePaths):
+        paths = plane.alternate_paths
+        if not self.options.heal_paths or paths is None:
             return None
-        why_not = backend.why_not_healing()
+        why_not = paths.why_not_healing()
         if why_not is not None:
             log.info("path healing off: %s", why_not)
             return None
         o = self.options
-        return PathHealer(backend, o.probe_interval, o.probe_rate, prober.view)
+        return PathHealer(paths, o.probe_interval, o.probe_rate, prober.view)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -346,19 +330,19 @@ class Daemon:
             await r.reconciler.programmed.wait()
             timeline.step("programmed")
             if self.parts.kernel_watch:
-                self.kernel_watch = KernelWatch(r.backend.watched, r.backend.damaged)
+                self.kernel_watch = KernelWatch(r.plane.watched, r.plane.damaged)
                 self.kernel_watch.start()
             tasks.create_task(r.keeper.run(), name="lease-keeper")
             tasks.create_task(report_drops(self.datapath_stats), name="drop-report")
             tasks.create_task(r.config_watch.run(), name="config-watch")
-            if o.probe_interval > 0 and r.backend.data_plane:
+            if o.probe_interval > 0 and r.plane.carries_traffic:
                 from pyflannel.ops.mesh.prober import MeshProber
                 from pyflannel.ops.mesh.publisher import MeshPublisher
 
                 self.prober = MeshProber(
-                    peers=lambda: list(r.backend.peers.values()),
+                    peers=lambda: list(r.plane.peers.values()),
                     target=self._probe_target,
-                    mtu=lambda: r.backend.mtu,
+                    mtu=lambda: r.plane.mtu,
                     interval=o.probe_interval,
                     rate=o.probe_rate,
                 )
@@ -367,7 +351,7 @@ class Daemon:
                 )
                 tasks.create_task(self.prober.run(), name="mesh-prober")
                 tasks.create_task(self.publisher.run(), name="mesh-summary")
-                self.healer = self._healer(r.backend, self.prober)
+                self.healer = self._healer(r.plane, self.prober)
                 if self.healer is not None:
                     tasks.create_task(self.healer.run(), name="path-healer")
             if self.traffic.enabled:
@@ -381,8 +365,8 @@ class Daemon:
                 time.time() - self.started,
                 r.lease.subnet,
                 len(r.table.peers()),
-                r.backend.name,
-                r.backend.device_name,
+                r.plane.name,
+                r.plane.device_name,
             )
             sd_notify.notify(f"READY=1\nSTATUS={self.summary()}")
             timeline.step("ready")
@@ -404,7 +388,7 @@ class Daemon:
         for their answers: in a thread, never on this loop."""
         if self.running is None:
             return None
-        return await asyncio.to_thread(self.running.backend.datapath_stats)
+        return await asyncio.to_thread(self.running.plane.datapath_stats)
 
     async def close(self) -> None:
         if self.kernel_watch is not None:
@@ -412,7 +396,7 @@ class Daemon:
         if self.endpoint is not None:
             await self.endpoint.close()
         if self.running is not None:
-            await self.running.backend.close()
+            await self.running.plane.close()
         await self.store.close()
         self.netlink.close()
         self.instance.release()

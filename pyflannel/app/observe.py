@@ -14,6 +14,7 @@ from pyflannel.app.options import Options
 from pyflannel.app.running import Running
 from pyflannel.backend import kernel
 from pyflannel.backend.plan import KernelState
+from pyflannel.kernel.iproute import IPRoute
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.instance import Instance, instances_beside
 from pyflannel.subnet.env_file import SubnetEnv
@@ -56,8 +57,8 @@ def summary(daemon: Daemon) -> str:
     r = daemon.running
     assert r is not None, "a running daemon"
     return (
-        f"subnet {r.lease.subnet}, {len(r.backend.peers)} peers, "
-        f"{r.backend.name} on {r.backend.device_name}"
+        f"subnet {r.lease.subnet}, {len(r.plane.peers)} peers, "
+        f"{r.plane.name} on {r.plane.device_name}"
         + ("" if r.watch.connected else f", {daemon.store.name} unreachable")
     )
 
@@ -83,7 +84,7 @@ def subnet_env_problems(daemon: Daemon) -> list[str]:
     if r is None or r.keeper.lease is None:
         return []
     want = SubnetEnv.for_lease(
-        r.network, r.keeper.lease, r.backend.mtu, daemon.options.ip_masq
+        r.network, r.keeper.lease, r.plane.mtu, daemon.options.ip_masq
     ).render()
     try:
         have = Path(path).read_text()
@@ -155,7 +156,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         network6=str(r.network.cidr6) if r and r.network.cidr6 else None,
         interface=r.ext if r else None,
         lease=lease,
-        backend=r.backend.snapshot() if r else None,
+        backend=r.plane.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
         mesh=daemon.prober.view() if daemon.prober else {},
         probes_sent=daemon.prober.sent if daemon.prober else 0,
@@ -188,15 +189,15 @@ class StatusAnswers:
         r = self.daemon.running
         if r is None:
             return None
-        return await self.daemon.netlink.call(kernel.read_state, r.backend.devices())
+        return await self.daemon.netlink.call(kernel.read_state, r.plane.devices())
 
     async def device_present(self) -> bool:
         r = self.daemon.running
         if r is None:
             return False
-        if not r.backend.device_name:
+        if not r.plane.device_name:
             return True  # a backend without a device of its own (routes only)
-        return await self.daemon.netlink.call(_link_exists, r.backend.device_name)
+        return await self.daemon.netlink.call(_link_exists, r.plane.device_name)
 
     async def datapath_stats(self) -> dict | None:
         return await self.daemon.datapath_stats()
@@ -205,5 +206,5 @@ class StatusAnswers:
         return await self.daemon.traffic.present()
 
 
-def _link_exists(ipr, name: str) -> bool:
-    return bool(ipr.link_lookup(ifname=name))
+def _link_exists(ipr: IPRoute, name: str) -> bool:
+    return ipr.get_link(name) is not None

@@ -1,11 +1,11 @@
-"""What a running daemon is made of, once started: the network, the backend, the control
+"""What a running daemon is made of, once started: the network, the data plane, the control
 loops. Read by the daemon (app/daemon.py) and by what it publishes (app/observe.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyflannel.backend.base import Backend
+from pyflannel.backend.dataplane import DataPlane
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_programmer import PeerProgrammer
@@ -23,7 +23,7 @@ class Running:
     """What the start-up built."""
 
     network: NetworkConfig
-    backend: Backend
+    plane: DataPlane  # the backend at work
     keeper: LeaseKeeper
     table: LeaseTable
     watch: PeerWatch

@@ -1,6 +1,8 @@
-"""What the daemon sees of a backend: a small interface, and a typed snapshot for status and
-metrics. The kernel mechanics (desired state, diff, apply, repair) are the reconciler's
-(reconciler.py); a backend describes its devices, its lease attributes and what a peer needs.
+"""What a backend is: a small interface (its lease attributes, what a peer's lease means, its
+MTU, its devices and status details), and the capabilities a backend may have besides, each
+behind a protocol of its own. The kernel mechanics (desired state, diff, apply, repair) are the
+reconciler's (reconciler.py); the daemon drives a backend and its reconciler together through
+``dataplane.DataPlane``, which also answers the kernel watch and status.
 
 A new backend is a folder under ``backend/`` with a ``start(ctx)`` and one line in
 ``registry.py``.
@@ -9,30 +11,26 @@ A new backend is a folder under ``backend/`` with a ``start(ctx)`` and one line 
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Network, IPv6Network
-from typing import Any, ClassVar
+from collections.abc import Set as AbstractSet
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.plan import (
-    IPAddress,
     IPNetwork,
     KernelState,
     Peer,
     Peer6,
     PeerDataError,
-    Table,
-    blackhole_routes,
     ipv6_half,
     peer_entries,
 )
-from pyflannel.backend.reconciler import Reconciler, ReconcileReport
+from pyflannel.backend.reconciler import Reconciler
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.watch import Damage, Watched
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
 from pyflannel.subnet.table import PeerChanges
@@ -40,29 +38,14 @@ from pyflannel.subnet.table import PeerChanges
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackendSnapshot:
-    """A backend's state as ``/status`` and ``/metrics`` show it (no live objects)."""
-
-    type: str
-    device: str
-    mtu: int
-    mtu_reason: str
-    # The backend's own facts for status, by name (vxlan: port, vni, vtep_mac; wireguard:
-    # public_key, datapath; a UDP fallback: fallback, the reason).
-    details: dict[str, Any] = field(default_factory=dict)
-    probe_host: int = 0  # which address of a peer's subnet the prober reaches (see Backend)
-    peers: tuple[Peer, ...] = ()
-    rejected: tuple[tuple[IPv4Network, str], ...] = ()
-    repairs: int = 0
-    passes: int = 0  # full reconciles done
-
-
 class Backend(abc.ABC):
     """A network's data plane on this node. What a backend must say (upstream's interface
     is as small): the attributes it advertises in its lease, what a peer's lease means to it
     (``peer``: the ``Peer``, with the kernel entries it needs), its MTU, and its status
-    details. Everything else has a default: no device, nothing to configure."""
+    details. Everything else has a default: no device, nothing to configure. What a backend
+    may offer besides is a capability of its own (``PeerFilterSource``, ``UserspaceDatapath``,
+    ``HasAlternatePaths`` below). The kernel entries are its reconciler's (``self.kernel``);
+    the daemon drives both through ``dataplane.DataPlane``."""
 
     name: ClassVar[str]
     device_name: str = ""
@@ -70,8 +53,6 @@ class Backend(abc.ABC):
     # The address of a peer's subnet the mesh prober pings through the overlay: 0 its
     # device's (<subnet>.0), 1 its CNI bridge's (a backend without a device, like host-gw).
     probe_host: int = 0
-    # --ip-blackhole-route: a blackhole route for this node's own subnets (set by the daemon)
-    blackhole_own: bool = False
     # False: this backend carries no traffic (alloc): peers are not probed, and traffic
     # rules are installed only when asked for explicitly
     data_plane: ClassVar[bool] = True
@@ -80,7 +61,7 @@ class Backend(abc.ABC):
         self.netlink = netlink
         self.network = network
         self.ext = ext
-        self.lease: Lease | None = None
+        self.lease: Lease | None = None  # this node's, set before ``configure``
         self.kernel = Reconciler(netlink, self)
         # Route destinations this network owns: its CIDR, and the CIDR the subnet file named
         # before a config change (its leftovers are ours to remove, nobody else's).
@@ -112,6 +93,11 @@ class Backend(abc.ABC):
         """What status shows of this backend besides its type, device and MTU."""
         return {}
 
+    @property
+    def mtu_reason(self) -> str:
+        """How the MTU was computed, in words."""
+        return ""
+
     # -- what a backend with devices says too ----------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
@@ -125,13 +111,8 @@ class Backend(abc.ABC):
             self.kernel.repair_wanted.set()
         return self.lease_attrs()
 
-    async def _assign(self, lease: Lease) -> None:  # noqa: B027 - nothing to configure
-        """Configure the devices for our (new) subnet."""
-
-    @property
-    def mtu_reason(self) -> str:
-        """How the MTU was computed, in words."""
-        return ""
+    async def configure(self, lease: Lease) -> None:  # noqa: B027 - nothing to configure
+        """Configure the devices for our (new) subnet (``self.lease`` is set)."""
 
     # The reconciler's questions (reconciler.DesiredStateSource):
 
@@ -147,40 +128,35 @@ class Backend(abc.ABC):
         """The kernel entries a peer needs here: what ``peer`` put in it."""
         return peer_entries(peer)
 
-    def extra_devices(self) -> tuple[str, ...]:
-        """Devices besides ``device_name`` (the IPv6 VXLAN device of a dual-stack network)."""
-        return ()
-
-    def probe_target(self, half: Peer | Peer6) -> IPAddress:
-        """Where the mesh prober reaches a peer through the overlay (``probe_host``)."""
-        return half.subnet.network_address + self.probe_host
-
-    @property
-    def encapsulation_port(self) -> int | None:
-        """The UDP port peers' encapsulated traffic arrives on, if a peer filter can guard
-        it (--vxlan-peer-filter)."""
-        return None
-
-    def encapsulating_peers(self) -> list[str]:
-        """The public IPs that traffic on ``encapsulation_port`` comes from."""
-        return []
-
     def peers_changed(self) -> None:  # noqa: B027 - an optional hook
         """Hook after the peer set changed (e.g. swap the UDP forwarding table)."""
 
-    def datapath_stats(self) -> dict | None:
-        """Packet counters of a userspace data path, if this backend runs one. Blocks while
-        the workers answer: call it in a thread."""
-        return None
+    async def peers_updated(  # noqa: B027 - an optional hook
+        self, changes: PeerChanges, before: AbstractSet[IPv4Network]
+    ) -> None:
+        """After the reconciler took ``changes`` (``before``: the peers programmed until
+        then): for peers that are more than kernel entries (WireGuard's, an extension's
+        commands)."""
 
-    def datapath_problem(self) -> str | None:
-        """Why a userspace data path has stopped, if it has (for liveness checks)."""
-        return None
+    def extra_devices(self) -> tuple[str, ...]:
+        """Devices besides ``device_name`` (the IPv6 VXLAN device of a dual-stack network)."""
+        return ()
 
     async def close(self) -> None:  # noqa: B027 - nothing to stop by default
         """Stop packet workers; devices and kernel entries stay for the next start."""
 
     # -- shared ----------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> dict[IPv4Network, Peer]:
+        """The peers programmed (the reconciler's)."""
+        return self.kernel.peers
+
+    @property
+    def held_lease(self) -> Lease:
+        """This node's lease (after ``configure``)."""
+        assert self.lease is not None, "assign() first"
+        return self.lease
 
     async def with_ipv6_half(
         self, peer: Peer, lease: Lease, half: Callable[[IPv6Network], Awaitable[Peer6]]
@@ -210,66 +186,73 @@ class Backend(abc.ABC):
             self._v6_rejected[lease.key] = reason
         return reason
 
-    @property
-    def held_lease(self) -> Lease:
-        """This node's lease (after ``assign``)."""
-        assert self.lease is not None, "assign() first"
-        return self.lease
+
+# -- capabilities a backend may have ------------------------------------------------------------
+
+
+@runtime_checkable
+class PeerFilterSource(Protocol):
+    """A backend whose peers' traffic arrives on one UDP port (VXLAN's), so that
+    --vxlan-peer-filter can accept it from the peers only."""
 
     @property
-    def peers(self) -> dict[IPv4Network, Peer]:
-        return self.kernel.peers
+    def encapsulation_port(self) -> int | None:
+        """The UDP port peers' encapsulated traffic arrives on."""
+        ...
 
-    @property
-    def repair_wanted(self) -> asyncio.Event:
-        return self.kernel.repair_wanted
+    def encapsulating_peers(self) -> list[str]:
+        """The public IPs that traffic on that port comes from."""
+        ...
 
-    async def assign(self, lease: Lease) -> None:
-        async with self.kernel.lock:
-            self.lease = lease
-            await self._assign(lease)
-            if self.blackhole_own:
-                await self.kernel.set_own(blackhole_routes(lease.subnet, lease.ipv6_subnet))
 
-    async def update_peers(self, changes: PeerChanges) -> None:
-        await self.kernel.update_peers(changes)
+@runtime_checkable
+class UserspaceDatapath(Protocol):
+    """A backend that moves packets in userspace (the UDP path, wireguard-go)."""
 
-    async def reconcile(self) -> ReconcileReport:
-        return await self.kernel.reconcile()
+    def datapath_stats(self) -> dict | None:
+        """Its packet counters (backend/udp/pool.py ``merge``), if it runs. Blocks while the
+        workers answer: call it in a thread."""
+        ...
 
-    def explains(self, table: str, key: str) -> bool:
-        return self.kernel.explains(table, key)
+    def datapath_problem(self) -> str | None:
+        """Why it has stopped, if it has (for liveness checks)."""
+        ...
 
-    # -- the kernel watch: what this network owns, and damage done to it -------------------
 
-    def watched(self) -> Watched:
-        devices = self.devices()
-        indexes = (devices.overlay, devices.overlay6)
-        return Watched(
-            frozenset(n for n in (self.device_name, *self.extra_devices()) if n),
-            frozenset(i for i in indexes if i),
-            self.ext.index,
-            devices.networks,
-        )
+@runtime_checkable
+class AlternatePaths(Protocol):
+    """A second encapsulation per peer (VXLAN's UDP path): what the path healer
+    (ops/mesh/healer.py) asks to move a peer VXLAN does not reach."""
 
-    def damaged(self, damage: Damage) -> None:
-        """A kernel notification about something of ours: reconcile, unless we did it."""
-        table, key, what = damage
-        if table in tuple(Table) and self.explains(table, key):
-            return  # our own doing
-        log.debug("kernel: %s; reconciling", what)
-        self.repair_wanted.set()
+    def why_not_healing(self) -> str | None:
+        """Why peers cannot be moved to UDP on this node (None: they can)."""
+        ...
 
-    def snapshot(self) -> BackendSnapshot:
-        return BackendSnapshot(
-            type=self.name,
-            device=self.device_name,
-            mtu=self.mtu,
-            mtu_reason=self.mtu_reason,
-            peers=tuple(self.peers.values()),
-            rejected=tuple(self.kernel.rejected.items()),
-            repairs=self.kernel.repairs,
-            passes=self.kernel.passes,
-            details=self.status_details(),
-            probe_host=self.probe_host,
-        )
+    def heal_candidates(self) -> list[Peer]:
+        """Peers reachable over both encapsulations (their leases offer a UDP port)."""
+        ...
+
+    def unhealable(self) -> list[Peer]:
+        """Peers sent over VXLAN that offer no UDP port."""
+        ...
+
+    def overlay_index(self) -> int | None:
+        """The VXLAN device's index."""
+        ...
+
+    async def udp_index(self) -> int | None:
+        """The UDP path's TUN index, starting the path if it is not running."""
+        ...
+
+    def own_address(self) -> IPv4Address:
+        """This node's address on the overlay (its subnet's network address)."""
+        ...
+
+    async def reroute(self, subnet: IPv4Network, via_udp: bool) -> None:
+        """Send the peer of ``subnet`` over UDP, or back over VXLAN (its route only)."""
+        ...
+
+
+@runtime_checkable
+class HasAlternatePaths(Protocol):
+    paths: AlternatePaths

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Network
 
-from pyflannel.backend.base import Backend
+from pyflannel.backend.dataplane import DataPlane
 from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.table import PeerChanges
 
@@ -27,7 +27,7 @@ async def _nothing() -> None:
 class PeerProgrammer:
     def __init__(
         self,
-        backend: Backend,
+        plane: DataPlane,
         synced: asyncio.Event,
         after: Callable[[], Awaitable[None]] = _nothing,
         source: str = "store",
@@ -35,7 +35,7 @@ class PeerProgrammer:
         """``synced``: set once the watch's first listing is applied; ``after``: what else
         follows the peer set (the traffic rules' peer filter); ``source``: the store's name,
         for the log."""
-        self.backend = backend
+        self.plane = plane
         self.source = source
         self.synced = synced
         self.after = after
@@ -88,5 +88,5 @@ class PeerProgrammer:
             log.info(
                 "%d peers added or changed, %d removed", len(changes.added), len(changes.removed)
             )
-        await self.backend.update_peers(changes)
+        await self.plane.update_peers(changes)
         await self.after()

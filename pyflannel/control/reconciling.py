@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from pyflannel.backend.base import Backend
+from pyflannel.backend.dataplane import DataPlane
 from pyflannel.backoff import Backoff
 from pyflannel.errors import FlannelError
 
@@ -24,12 +24,12 @@ async def _nothing() -> None:
 class ReconcileLoop:
     def __init__(
         self,
-        backend: Backend,
+        plane: DataPlane,
         interval: float,
         before: Callable[[], Awaitable[None]] = _nothing,
     ):
         """``before``: what each pass starts with (following the underlay)."""
-        self.backend = backend
+        self.plane = plane
         self.interval = interval
         self.before = before
         self.programmed = asyncio.Event()
@@ -38,7 +38,7 @@ class ReconcileLoop:
         """One full reconcile; True if the kernel now matches the desired state."""
         await self.before()
         try:
-            report = await self.backend.reconcile()
+            report = await self.plane.reconcile()
         except FlannelError as e:
             log.error("could not reconcile the data plane: %s; retrying", e)
             return False
@@ -48,7 +48,7 @@ class ReconcileLoop:
 
     async def run(self) -> None:
         backoff = Backoff(first=1.0, cap=self.interval)
-        repair_wanted = self.backend.repair_wanted
+        repair_wanted = self.plane.repair_wanted
         while True:
             if not await self.once():
                 await asyncio.sleep(backoff.next())

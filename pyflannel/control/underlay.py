@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from pyflannel.backend.base import Backend
+from pyflannel.backend.dataplane import DataPlane
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.errors import InterfaceError
 from pyflannel.kernel.iface import ExtIface
@@ -20,7 +20,7 @@ class UnderlayFollower:
         self,
         ext: ExtIface,
         choose: Callable[[], Awaitable[ExtIface]],
-        backend: Backend,
+        plane: DataPlane,
         keeper: LeaseKeeper,
         table: LeaseTable,
         moved: Callable[[], None],
@@ -29,7 +29,7 @@ class UnderlayFollower:
         MTU may have changed: subnet.env follows)."""
         self.ext = ext
         self.choose = choose
-        self.backend = backend
+        self.plane = plane
         self.keeper = keeper
         self.table = table
         self.moved = moved
@@ -54,7 +54,7 @@ class UnderlayFollower:
             ext.describe(),
         )
         self.ext = ext
-        attrs = await self.backend.move_underlay(ext)
+        attrs = await self.plane.move_underlay(ext)
         self.table.own_ip = ext.public_ip
         self.keeper.change_attrs(attrs)
         self.moved()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyflannel.backend.base import BackendSnapshot
+from pyflannel.backend.dataplane import BackendSnapshot
 from pyflannel.backend.plan import KernelState
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.schema import FLATTEN, optional

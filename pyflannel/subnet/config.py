@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.errors import ConfigError
+from pyflannel.errors import ConfigError, UnsupportedConfig
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -152,6 +152,17 @@ def parse_network_config(raw: str | bytes) -> NetworkConfig:
         ipv6_subnet_min=v6[2],
         ipv6_subnet_max=v6[3],
     )
+
+
+def check_supported(cfg: NetworkConfig) -> NetworkConfig:
+    """``cfg`` if pyflannel serves it, else UnsupportedConfig (waiting cannot fix it)."""
+    if not cfg.enable_ipv4:
+        raise UnsupportedConfig(
+            "EnableIPv4 is false: IPv6-only networks are not supported with etcd (upstream "
+            "v0.20.2 writes them as 0.0.0.0-0&<v6> keys that overlap, so only one node "
+            "can join); use a dual-stack config (EnableIPv4 and EnableIPv6)"
+        )
+    return cfg
 
 
 def _check_family(fam: _Family, network, subnet_len: int, smin, smax):

@@ -25,19 +25,36 @@ class TrafficSettings:
     random_fully_disabled: bool = False
 
 
-def network_rules(settings: TrafficSettings, nft: bool = False, ipv6: bool = False) -> NetworkRules:
+@dataclass(frozen=True)
+class RulesFor:
+    """What a network's rules are made for: its mode (EnableNFTables), its families, and
+    what its backend decides: no forward rules for a backend without a data plane unless the
+    flag was given (None: as the flag says), the port only peers may send to
+    (--vxlan-peer-filter: iptables, IPv4 underlay only)."""
+
+    nftables: bool = False
+    dual_stack: bool = False
+    forward: bool | None = None
+    peer_filter_port: int | None = None
+
+
+def network_rules(settings: TrafficSettings, made_for: RulesFor = RulesFor()) -> NetworkRules:
     """A network's rules: iptables or nftables (EnableNFTables), IPv4 and, on a dual-stack
     network, IPv6."""
-    kind: type[TrafficManager] = nftables.NftablesRules if nft else iptables.IptablesRules
+    kind: type[TrafficManager] = (
+        nftables.NftablesRules if made_for.nftables else iptables.IptablesRules
+    )
+    forward = settings.forward if made_for.forward is None else made_for.forward
     return NetworkRules(
         [
             kind(
                 masquerade=settings.masquerade,
-                forward=settings.forward,
+                forward=forward,
                 random_fully_disabled=settings.random_fully_disabled,
+                peer_filter_port=made_for.peer_filter_port if family == 4 else None,
                 family=family,
             )
-            for family in ((4, 6) if ipv6 else (4,))
+            for family in ((4, 6) if made_for.dual_stack else (4,))
         ]
     )
 
@@ -83,20 +100,9 @@ class NetworkRules:
     def forward(self) -> bool:
         return self.v4.forward
 
-    @forward.setter
-    def forward(self, on: bool) -> None:
-        for manager in self.managers:
-            manager.forward = on
-
     @property
     def peer_filter_port(self) -> int | None:
         return self.v4.peer_filter_port
-
-    @peer_filter_port.setter
-    def peer_filter_port(self, port: int | None) -> None:
-        """The encapsulation port only peers may send to (--vxlan-peer-filter: iptables, IPv4
-        underlay only)."""
-        self.v4.peer_filter_port = port
 
     @property
     def rules(self) -> list[Any]:
@@ -124,10 +130,6 @@ class NetworkRules:
 
     async def set_peers(self, public_ips: list[str]) -> None:
         await self.v4.set_peers(public_ips)
-
-    async def remove_other_mode(self, cluster: Cluster) -> None:
-        """This network's rules out of the mode not in use (see ``remove_other_mode``)."""
-        await remove_other_mode(self.mode, cluster)
 
     def tables(self) -> set[tuple[int, str]]:
         return {table for m in self.managers for table in m.tables()}

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     import json, socket, sys
     from pyflannel.kernel.iproute import IPRoute, NetlinkError, Notifications, RTMGRP_LINK
     from pyflannel.backend.vxlan.device import VxlanSpec
-    from pyflannel.backend.vxlan.netlink import create_vxlan, find_link
+    from pyflannel.backend.vxlan.devices import create_vxlan
     from pyflannel.backend.kernel import configure_device
     from ipaddress import IPv4Address, IPv4Network
     out = {}
@@ -98,14 +98,14 @@ def test_what_ip_shows_of_a_device_we_created(ns):
     # The device of the test above is gone; make one and let `ip` judge it.
     code = textwrap.dedent(
         """
-        from pyflannel.kernel.iproute import IPRoute
+        from ipaddress import ip_address
+        from pyflannel.kernel.iproute import IPRoute, Vxlan
         with IPRoute() as ipr:
-            ipr.link("add", ifname="flannel.9", kind="vxlan", address="02:00:00:00:00:09",
-                     mtu=1430, vxlan_id=9, vxlan_local="198.51.100.9", vxlan_learning=0,
-                     vxlan_port=4789)
-            index = ipr.link_lookup(ifname="flannel.9")[0]
+            vxlan = Vxlan(9, ip_address("198.51.100.9"), port=4789)
+            ipr.add_link("flannel.9", "vxlan", mac="02:00:00:00:00:09", mtu=1430, vxlan=vxlan)
+            index = ipr.get_link("flannel.9").index
             ipr.addr("replace", index=index, address="10.9.0.0", prefixlen=32)
-            ipr.link("set", index=index, state="up", txqlen=2000)
+            ipr.set_link(index, up=True, txqlen=2000)
         """
     )
     made = run_in(ns, code)

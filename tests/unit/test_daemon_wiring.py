@@ -14,7 +14,7 @@ from pyflannel.app.daemon import Daemon, Parts
 from pyflannel.app.options import build_options
 from pyflannel.backend.base import Backend
 from pyflannel.backend.plan import Peer
-from pyflannel.backend.reconciler import ReconcileReport
+from pyflannel.backend.reconciler import Reconciler, ReconcileReport
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.subnet.lease import LeaseAttrs
@@ -30,31 +30,14 @@ EXT = ExtIface(
 )
 
 
-class RecordingBackend(Backend):
-    """A backend with no kernel: it says what it was asked, in order."""
+class RecordingReconciler(Reconciler):
+    """A reconciler with no kernel: it says what it was asked, in order."""
 
-    name = "recording"
-    device_name = "rec0"
-
-    def __init__(self, network, ext, journal: list):
-        super().__init__(netlink=None, network=network, ext=ext)  # type: ignore[arg-type]
-        self.mtu = ext.mtu - 10
+    def __init__(self, source, journal: list):
+        super().__init__(netlink=None, source=source)  # type: ignore[arg-type]
         self.journal = journal
         self.fail_reconciles = 0
         self.batches: list[int] = []
-
-    async def prepare(self) -> LeaseAttrs:
-        self.journal.append("backend prepared")
-        return self.lease_attrs()
-
-    def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext.public_ip, backend_type="recording")
-
-    async def _assign(self, lease) -> None:
-        self.journal.append(f"assign {lease.subnet}")
-
-    async def peer(self, lease) -> Peer:
-        return Peer(lease.subnet, lease.attrs.public_ip, "recording")
 
     async def update_peers(self, changes) -> None:
         self.batches.append(len(changes.added) + len(changes.removed))
@@ -70,14 +53,37 @@ class RecordingBackend(Backend):
         return ReconcileReport()
 
 
+class RecordingBackend(Backend):
+    """A backend with no kernel: it says what it was asked, in order."""
+
+    name = "recording"
+    device_name = "rec0"
+
+    def __init__(self, network, ext, journal: list):
+        super().__init__(netlink=None, network=network, ext=ext)  # type: ignore[arg-type]
+        self.mtu = ext.mtu - 10
+        self.journal = journal
+        self.kernel: RecordingReconciler = RecordingReconciler(self, journal)
+
+    async def prepare(self) -> LeaseAttrs:
+        self.journal.append("backend prepared")
+        return self.lease_attrs()
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.public_ip, backend_type="recording")
+
+    async def configure(self, lease) -> None:
+        self.journal.append(f"assign {lease.subnet}")
+
+    async def peer(self, lease) -> Peer:
+        return Peer(lease.subnet, lease.attrs.public_ip, "recording")
+
+
 class QuietRules:
     """Traffic rules that are never needed (--ip-masq off, no forward rules)."""
 
     mode, enabled, masquerade, forward = "iptables", False, False, False
     peer_filter_port, rules, restores, last_problem = None, [], 0, ""
-
-    async def remove_other_mode(self, cluster) -> None:
-        pass
 
     async def setup(self, networks) -> None:
         pass
@@ -87,6 +93,10 @@ class QuietRules:
 
     async def present(self) -> bool:
         return True
+
+
+async def no_other_mode(mode: str, cluster) -> None:
+    """No other traffic-rules mode to clean (there are no rules at all)."""
 
 
 class NoKernel:
@@ -116,7 +126,7 @@ def options(tmp_path: Path, *extra: str):
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(tmp_path, store: MemoryStore, journal: list, **backend_faults):
+async def running_daemon(tmp_path, store: MemoryStore, journal: list, **kernel_faults):
     """A daemon on the in-memory store with the recording backend; yields (daemon, the list
     that will hold its backend once started)."""
     made: list[RecordingBackend] = []
@@ -124,8 +134,8 @@ async def running_daemon(tmp_path, store: MemoryStore, journal: list, **backend_
     async def start_backend(ctx):
         journal.append("backend started")
         backend = RecordingBackend(ctx.network, ctx.ext, journal)
-        for name, value in backend_faults.items():
-            setattr(backend, name, value)
+        for name, value in kernel_faults.items():
+            setattr(backend.kernel, name, value)
         made.append(backend)
         return backend, await backend.prepare()
 
@@ -138,7 +148,8 @@ async def running_daemon(tmp_path, store: MemoryStore, journal: list, **backend_
     parts = Parts(
         store=MemorySubnetManager(store),
         netlink=NoKernel(),  # type: ignore[arg-type]
-        rules=lambda nft, ipv6: QuietRules(),  # type: ignore[arg-type, return-value]
+        rules=lambda made_for: QuietRules(),  # type: ignore[arg-type, return-value]
+        remove_other_mode=no_other_mode,
         start_backend=start_backend,
         interface=interface,
         hardware_address=fingerprint_of,
@@ -224,12 +235,12 @@ async def test_a_burst_of_leases_reaches_the_backend_in_a_few_batches(tmp_path):
     async with running_daemon(tmp_path, store, journal) as (daemon, made):
         await wait_for(daemon.ready.is_set)
         backend = made[0]
-        before = len(backend.batches)
+        before = len(backend.kernel.batches)
         for i in range(100, 200):
             attrs = LeaseAttrs(IPv4Address(f"198.51.101.{i - 99}"), backend_type="recording")
             store.put_raw(f"10.1.{i}.0-24", attrs.to_json(), ttl=600)
         await wait_for(lambda: len(backend.peers) == 100)
-        batches = backend.batches[before:]
+        batches = backend.kernel.batches[before:]
         assert sum(batches) == 100 and len(batches) <= 3, batches
         assert IPv4Network("10.1.150.0/24") in backend.peers
 

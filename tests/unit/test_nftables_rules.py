@@ -144,3 +144,19 @@ def test_masquerade_turned_off_removes_our_masquerade_rules():
         int(line.rsplit(" ", 1)[1]) for line in script.splitlines() if "postrtg handle" in line
     }
     assert deleted == {6, 7, 8, 9, 10}  # ours; the shared mark rule stays
+
+
+def test_a_networks_rules_are_made_for_its_mode_and_backend_at_construction():
+    """What the backend decides reaches the rules when they are made (no attribute set
+    afterwards could bypass a manager's own checks): nftables has no VXLAN peer filter, so it
+    is said and dropped; the forward rules follow the backend where the flag was not given."""
+    from pyflannel.traffic.families import RulesFor, TrafficSettings, network_rules
+
+    settings = TrafficSettings(masquerade=False, forward=False)
+    nft_rules = network_rules(settings, RulesFor(nftables=True, peer_filter_port=8472))
+    assert nft_rules.mode == "nftables" and nft_rules.peer_filter_port is None
+    assert not nft_rules.enabled  # nothing to install: no masquerade, no forward, no filter
+    ipt = network_rules(settings, RulesFor(dual_stack=True, peer_filter_port=8472))
+    assert [m.peer_filter_port for m in ipt.managers] == [8472, None]  # IPv4 underlay only
+    routed = network_rules(TrafficSettings(forward=True), RulesFor(forward=False))
+    assert not routed.forward and network_rules(TrafficSettings(forward=True)).forward

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Any
 
 from pyflannel.backend.base import Backend
@@ -101,7 +103,7 @@ class ExtensionBackend(Backend):
             backend_data=self.backend_data,
         )
 
-    async def _assign(self, lease: Lease) -> None:
+    async def configure(self, lease: Lease) -> None:
         if not self.config.post_startup:
             return
         env = {"NETWORK": str(self.network.cidr)}
@@ -124,11 +126,9 @@ class ExtensionBackend(Backend):
             )
         return Peer(lease.subnet, public_ip_of(lease), NAME)
 
-    async def update_peers(self, changes: PeerChanges) -> None:
-        """The reconciler's peer list (status shows it), then each accepted peer's command:
+    async def peers_updated(self, changes: PeerChanges, before: AbstractSet[IPv4Network]) -> None:
+        """After the reconciler's peer list (status shows it): each accepted peer's command,
         remove for leases gone or changed, add for leases new or changed."""
-        before = set(self.peers)
-        await super().update_peers(changes)
         for lease in changes.removed:
             if lease.subnet in before and self.config.subnet_remove:
                 self.failing.pop(f"add {lease.subnet}", None)

@@ -68,7 +68,7 @@ class HostGwBackend(Backend):
             self.kernel.repair_wanted.set()
         return self.lease_attrs()
 
-    async def _assign(self, lease: Lease) -> None:
+    async def configure(self, lease: Lease) -> None:
         """Nothing to configure: the node's own subnet is the CNI bridge's."""
 
     def devices(self) -> Devices:

@@ -136,7 +136,7 @@ class UdpBackend(Backend):
             },
         )
 
-    async def _assign(self, lease: Lease) -> None:
+    async def configure(self, lease: Lease) -> None:
         await self.path.assign(lease.subnet, self.network.cidr)
         # Like upstream: the whole network into flannel0; our own subnet is more specific
         # (on cni0), and a destination no peer owns gets ICMP net-unreachable from us.

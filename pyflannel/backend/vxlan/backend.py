@@ -1,5 +1,5 @@
-"""The VXLAN backend: owns ``flannel.<VNI>``; per peer a neighbour, an FDB entry and an onlink
-route (or a plain route with DirectRouting). On a dual-stack network (EnableIPv6) also
+"""The VXLAN backend: owns ``flannel.<VNI>`` (devices.py); per peer a neighbour, an FDB entry
+and an onlink route (or a plain route with DirectRouting). On a dual-stack network (EnableIPv6) also
 ``flannel-v6.<VNI>`` over the underlay's IPv6 address, with the same three entries per peer
 for its IPv6 subnet (BackendV6Data, PublicIPv6), as upstream.
 
@@ -8,50 +8,38 @@ a UDP path started on first need: their subnets are routed into ``flannel0``. Th
 it accepts that by advertising ``UDPPort`` in its BackendData, which upstream ignores; until
 the path runs, a doorbell socket on that port starts it when a peer sends there. A VXLAN peer
 that advertises ``UDPPort`` too can be moved to UDP when VXLAN fails on the way to it (the
-path healer, ops/mesh/healer.py): its route goes into ``flannel0``, its neighbour and FDB
-entries stay so that VXLAN is still probed.
+path healer, ops/mesh/healer.py, asking paths.py): its route goes into ``flannel0``, its
+neighbour and FDB entries stay so that VXLAN is still probed. The UDP path: udp_side.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv6Network
 from typing import TYPE_CHECKING, Any
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.mtu import dual_stack_mtu, overlay_mtu
 from pyflannel.backend.plan import (
-    KernelState,
     Peer,
     Peer6,
     PeerDataError,
-    overlay_entries,
-    tunnel_route,
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp import peer as udp
 from pyflannel.backend.udp.backend import fall_back, fallback_port
-from pyflannel.backend.udp.doorbell import Doorbell
-from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpPath, UdpTuning
+from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpTuning
 from pyflannel.backend.udp.peer import udp_peer
 from pyflannel.backend.udp.tun import TUN_NAME
-from pyflannel.backend.vxlan import netlink as vxlan_netlink
-from pyflannel.backend.vxlan.device import (
-    VxlanConfig,
-    VxlanSpec,
-    device_name,
-    incompatibilities,
-    parse_vxlan_config,
-    random_vtep_mac,
-)
+from pyflannel.backend.vxlan.device import VxlanConfig, parse_vxlan_config
+from pyflannel.backend.vxlan.devices import VxlanDevices, find_link
+from pyflannel.backend.vxlan.paths import VxlanPaths
 from pyflannel.backend.vxlan.peer import ENCAP_VXLAN, NAME, vxlan_peer, vxlan_peer6
+from pyflannel.backend.vxlan.udp_side import UdpSide
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
-from pyflannel.kernel.links import Link
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.config import NetworkConfig
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -84,6 +72,10 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
 
 
 class VxlanBackend(Backend):
+    """The backend itself (upstream's vxlan.go / vxlan_network.go): the lease's attributes,
+    what a lease means as a peer, its status; over its devices (devices.py), the UDP path
+    beside them (udp_side.py) and the healer's second path per peer (paths.py)."""
+
     name = NAME
 
     def __init__(
@@ -96,82 +88,32 @@ class VxlanBackend(Backend):
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
-        self.spec = VxlanSpec(
-            name=device_name(self.config.vni),
-            vni=self.config.vni,
-            local=ext.public_ip,
-            link_index=ext.index,
-            port=self.config.port,
-            learning=self.config.learning,
-            gbp=self.config.gbp,
-            mtu=0,
-        )
-        self.spec6: VxlanSpec | None = None  # dual-stack: flannel-v6.<VNI>
-        self._set_underlay(ext)
-        self.device_name = self.spec.name
-        self.device: Link | None = None
-        self.device6: Link | None = None
+        self.devices_ = VxlanDevices(netlink, self.config, network, ext)
+        self.device_name = self.devices_.spec.name
+        self.mtu = self.devices_.mtu
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
         self.udp = (
-            UdpPath(
-                netlink,
-                ext,
-                udp_port,
-                overlay_mtu(udp.NAME, ext.mtu),
-                udp_tuning,
-            )
-            if udp_port
-            else None
+            UdpSide(netlink, ext, udp_port, udp_tuning, self._may_send_udp) if udp_port else None
         )
-        self.doorbell: Doorbell | None = None  # the UDP port, while the path does not run
-        self._udp_starting = asyncio.Lock()
-        self.via_udp: set[IPv4Network] = set()  # VXLAN peers moved to UDP (the path healer)
-
-    def _set_underlay(self, ext: ExtIface) -> None:
-        """Device specs and MTUs for an underlay. The IPv4 device carries iface - 50; the
-        IPv6 one iface - 70 (a 40-byte outer header); pods get one MTU that fits both."""
-        link_mtu = self.config.mtu or ext.mtu
-        mtu4 = overlay_mtu(NAME, link_mtu)
-        self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=mtu4)
-        self.mtu = mtu4
-        if self.network.enable_ipv6:
-            if ext.iface_addr6 is None:
-                raise BackendError(f"EnableIPv6 is set but {ext.name} has no IPv6 address")
-            self.mtu = dual_stack_mtu(NAME, link_mtu)
-            link_mtu6 = self.config.mtu or ext.v6_mtu
-            self.mtu = min(self.mtu, dual_stack_mtu(NAME, link_mtu6))
-            self.spec6 = replace(
-                self.spec,
-                name=device_name(self.config.vni, ipv6=True),
-                local=ext.iface_addr6,
-                link_index=ext.v6_index,
-                mtu=overlay_mtu(NAME, link_mtu6, ipv6_underlay=True),
-            )
+        self.paths = VxlanPaths(self)
 
     @property
     def mtu_reason(self) -> str:
-        source = "Backend.MTU" if self.config.mtu else f"{self.ext.name} MTU"
-        if self.spec6 is not None:
-            return (
-                f"{self.config.mtu or self.ext.mtu} ({source}) - 70 (VXLAN over the IPv6 "
-                "underlay; over IPv4 it is 50): one pod MTU that fits both families"
-            )
-        return f"{self.config.mtu or self.ext.mtu} ({source}) - 50 (VXLAN overhead)"
+        return self.devices_.mtu_reason
 
     def devices(self) -> Devices:
+        d = self.devices_
         return Devices(
-            overlay=self.device.index if self.device else None,
+            overlay=d.device.index if d.device else None,
             tunnel=self.udp.index if self.udp and self.udp.running else None,
             networks=self.owned_networks,
-            overlay6=self.device6.index if self.device6 else None,
+            overlay6=d.device6.index if d.device6 else None,
         )
 
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
-        self.device = await self._ensure_device(self.spec, mac=None)
-        if self.spec6 is not None:
-            self.device6 = await self._ensure_device(self.spec6, mac=None)
+        await self.devices_.prepare()
         if self.udp is not None:
             foreign = await self.netlink.call(kernel.foreign_addresses, TUN_NAME, self.network.cidr)
             if foreign:
@@ -184,21 +126,10 @@ class VxlanBackend(Backend):
                 self.udp = self.udp_port = None
         return self.lease_attrs()
 
-    @property
-    def link(self) -> Link:
-        """The VXLAN device (after ``prepare``)."""
-        assert self.device is not None, "prepare() first"
-        return self.device
-
     def lease_attrs(self) -> LeaseAttrs:
-        data: dict[str, Any] = {"VNI": self.spec.vni, "VtepMAC": self.link.mac}
+        data, v6_data = self.devices_.backend_data()
         if self.udp_port:
             data["UDPPort"] = self.udp_port
-        v6_data = (
-            {"VNI": self.spec.vni, "VtepMAC": self.device6.mac}
-            if self.device6 is not None
-            else None
-        )
         return LeaseAttrs(
             public_ip=self.ext.public_ip,
             public_ipv6=self.ext.public_ipv6 if v6_data else None,
@@ -212,141 +143,33 @@ class VxlanBackend(Backend):
         same MAC (so peers need only a new FDB destination) and rebind the UDP path."""
         async with self.kernel.lock:
             self.ext = ext
-            self._set_underlay(ext)
-            self.device = await self._ensure_device(self.spec, mac=self.link.mac)
-            if self.spec6 is not None:
-                mac6 = self.device6.mac if self.device6 else None
-                self.device6 = await self._ensure_device(self.spec6, mac=mac6)
-            await self._configure_device()
+            await self.devices_.move(ext)
+            self.mtu = self.devices_.mtu
+            await self.devices_.configure(self.held_lease, loose_reverse_path=bool(self.udp))
             if self.udp is not None:
-                await self.udp.move(ext, overlay_mtu(udp.NAME, ext.mtu))
-                if not self.udp.running and self.lease is not None:
-                    self._listen_for_udp()  # on the new address
+                await self.udp.move(ext)
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
-    async def _ensure_device(self, spec: VxlanSpec, mac: str | None) -> Link:
-        link = await self.netlink.call(vxlan_netlink.find_link, spec.name)
-        if link is not None:
-            reasons = incompatibilities(link, spec)
-            if not reasons:
-                log.info("keeping existing device %s (VTEP MAC %s)", link.name, link.mac)
-                return link
-            log.warning("recreating %s: existing device has %s", link.name, ", ".join(reasons))
-            await self.netlink.call(kernel.delete_link, link.index)
-        try:
-            link = await self.netlink.call(
-                vxlan_netlink.create_vxlan, spec, mac or random_vtep_mac()
+    async def configure(self, lease: Lease) -> None:
+        await self.devices_.configure(lease, loose_reverse_path=bool(self.udp))
+        if self.udp is not None:
+            await self.udp.assign(lease, self.network.cidr)
+
+    async def ensure_devices(self) -> list[str]:
+        repaired = await self.devices_.repair()
+        repaired += [
+            f"device {c}"
+            for c in await self.devices_.configure(
+                self.held_lease, loose_reverse_path=bool(self.udp)
             )
-        except Exception as e:
-            raise BackendError(
-                f"cannot create VXLAN device {spec.name} (VNI {spec.vni}, "
-                f"port {spec.effective_port}, via {self.ext.name}): {kernel.describe_error(e)}"
-            ) from e
-        log.info(
-            "created %s: VNI %d, local %s, port %d, MTU %d, VTEP MAC %s",
-            link.name,
-            spec.vni,
-            spec.local,
-            spec.effective_port,
-            spec.mtu,
-            link.mac,
-        )
-        return link
-
-    async def _assign(self, lease: Lease) -> None:
-        await self._configure_device()
-        if self.udp and self.udp.running:
-            await self.udp.assign(lease.subnet, self.network.cidr)
-        elif self.udp is not None:
-            self._listen_for_udp()
-
-    # -- the UDP path, started on need -----------------------------------------------------
-
-    def _listen_for_udp(self) -> None:
-        """Until the UDP path runs, its port answers the lease's UDPPort promise."""
-        assert self.udp is not None
-        if self.doorbell is not None:
-            self.doorbell.close()
-        self.doorbell = Doorbell(self.ext.iface_addr, self.udp.port, self._may_send_udp, self._rung)
-        self.doorbell.open()
+        ]
+        if self.udp is not None:
+            repaired += await self.udp.repair()
+        return repaired
 
     def _may_send_udp(self, sender: str) -> bool:
         return any(str(p.public_ip) == sender and p.udp_port for p in self.peers.values())
-
-    def _rung(self, sender: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self.start_udp(f"peer at {sender} sends UDP encapsulation")
-        )
-        task.add_done_callback(_log_failure)
-
-    async def start_udp(self, why: str) -> None:
-        """Start the UDP path (once; later calls wait for it)."""
-        assert self.udp is not None
-        async with self._udp_starting:
-            if self.udp.running:
-                return
-            if self.doorbell is not None:
-                self.doorbell.close()  # the workers bind the port
-            log.info("%s: starting the UDP path", why)
-            await self.udp.start()
-            kernel.loose_reverse_path(TUN_NAME)
-            if self.lease is not None:
-                await self.udp.assign(self.lease.subnet, self.network.cidr)
-
-    async def _configure_device(self) -> list[str]:
-        """The lease's address on each device: ``<subnet>.0/32`` on flannel.<VNI>, and
-        ``<IPv6 subnet>::/128`` on flannel-v6.<VNI>."""
-        lease = self.held_lease
-        changed = await self.netlink.call(
-            kernel.configure_device,
-            self.link.index,
-            self.link.name,
-            lease.subnet.network_address,
-            self.network.cidr,
-            self.spec.mtu,
-        )
-        if self.udp is not None:  # a peer may come in over either encapsulation
-            kernel.loose_reverse_path(self.link.name)
-        cidr6 = self.network.cidr6
-        if self.device6 is not None and self.spec6 is not None and cidr6 is not None:
-            if lease.ipv6_subnet is None:
-                raise BackendError(f"the lease {lease.key} has no IPv6 subnet")
-            changed += await self.netlink.call(
-                kernel.configure_device,
-                self.device6.index,
-                self.device6.name,
-                lease.ipv6_subnet.network_address,
-                cidr6,
-                self.spec6.mtu,
-            )
-        return changed
-
-    async def ensure_devices(self) -> list[str]:
-        repaired = []
-        link = await self.netlink.call(vxlan_netlink.find_link, self.spec.name)
-        if link is None or incompatibilities(link, self.spec) or link.mac != self.link.mac:
-            what = "was deleted" if link is None else "was changed"
-            self.device = await self._ensure_device(self.spec, mac=self.link.mac)
-            repaired.append(f"device {self.spec.name} {what}; recreated")
-        else:
-            self.device = link
-        if self.spec6 is not None and self.device6 is not None:
-            link6 = await self.netlink.call(vxlan_netlink.find_link, self.spec6.name)
-            if (
-                link6 is None
-                or incompatibilities(link6, self.spec6)
-                or link6.mac != self.device6.mac
-            ):
-                what = "was deleted" if link6 is None else "was changed"
-                self.device6 = await self._ensure_device(self.spec6, mac=self.device6.mac)
-                repaired.append(f"device {self.spec6.name} {what}; recreated")
-            else:
-                self.device6 = link6
-        repaired += [f"device {c}" for c in await self._configure_device()]
-        if self.udp and self.udp.running:
-            repaired += await self.udp.ensure()
-        return repaired
 
     # -- peers -----------------------------------------------------------------------------
 
@@ -355,7 +178,7 @@ class VxlanBackend(Backend):
         # a lease without BackendType in a vxlan network is junk or an alloc-only node.
         if lease.attrs.backend_type == udp.NAME and self.udp is not None:
             peer = udp_peer(lease, self.udp.port, routed=True)
-            await self.start_udp(f"peer {lease.subnet} speaks only UDP")
+            await self.udp.start(f"peer {lease.subnet} speaks only UDP")
             return peer
         peer = vxlan_peer(lease)
         if self.udp is not None:
@@ -365,9 +188,7 @@ class VxlanBackend(Backend):
                 log.warning("lease %s: %s; it cannot be reached over UDP", lease.subnet, e)
                 port = None
             if port:
-                peer = replace(peer, udp_port=port)
-                if peer.subnet in self.via_udp:
-                    peer = replace(peer, encap=udp.ENCAP_UDP, entries=_over_udp(peer))
+                peer = self.paths.moved(replace(peer, udp_port=port))
         if self.config.direct_routing and await self.netlink.call(
             kernel.directly_reachable, peer.public_ip, self.ext.index
         ):
@@ -384,21 +205,8 @@ class VxlanBackend(Backend):
         return await self.with_ipv6_half(peer, lease, half)
 
     def extra_devices(self) -> tuple[str, ...]:
-        v6 = (self.spec6.name,) if self.spec6 is not None else ()
+        v6 = self.devices_.names()[1:]
         return v6 + ((TUN_NAME,) if self.udp is not None and self.udp.running else ())
-
-    @property
-    def encapsulation_port(self) -> int | None:
-        return self.spec.effective_port
-
-    def encapsulating_peers(self) -> list[str]:
-        """Peers sending VXLAN here: those sent VXLAN, and those moved to UDP (their own
-        direction is theirs to choose)."""
-        return [
-            str(p.public_ip)
-            for p in self.peers.values()
-            if p.encap == ENCAP_VXLAN or p.subnet in self.via_udp
-        ]
 
     def peers_changed(self) -> None:
         """The UDP path's table: every peer that accepts UDP (the routes decide who is sent
@@ -406,106 +214,33 @@ class VxlanBackend(Backend):
         if self.udp is not None:
             self.udp.set_peers(p for p in self.peers.values() if p.udp_port)
 
-    # -- the path healer's questions (ops/mesh/healer.py AlternatePaths) -------------------
+    # -- capabilities: the peer filter's port, the UDP path's counters ---------------------
 
-    def why_not_healing(self) -> str | None:
-        """Why peers cannot be moved to UDP here, if they cannot."""
-        if self.udp is None:
-            return (
-                "this node does not accept UDP encapsulation (a dual-stack network, "
-                "--backend-fallback=off, or flannel0 is another network's)"
-            )
-        if self.udp.mtu < self.mtu:
-            return (
-                f"the UDP path carries {self.udp.mtu} bytes, less than the pod MTU {self.mtu} "
-                "(Backend.MTU above the interface's): full-size packets would not fit"
-            )
-        return None
+    @property
+    def encapsulation_port(self) -> int | None:
+        return self.devices_.spec.effective_port
 
-    def heal_candidates(self) -> list[Peer]:
-        if self.udp is None:
-            return []
+    def encapsulating_peers(self) -> list[str]:
+        """Peers sending VXLAN here: those sent VXLAN, and those moved to UDP (their own
+        direction is theirs to choose)."""
         return [
-            p
+            str(p.public_ip)
             for p in self.peers.values()
-            if p.udp_port and (p.encap == ENCAP_VXLAN or p.subnet in self.via_udp)
+            if p.encap == ENCAP_VXLAN or p.subnet in self.paths.via_udp
         ]
 
-    def unhealable(self) -> list[Peer]:
-        return [p for p in self.peers.values() if p.encap == ENCAP_VXLAN and not p.udp_port]
-
-    def overlay_index(self) -> int | None:
-        return self.device.index if self.device else None
-
-    async def udp_index(self) -> int | None:
-        if self.udp is None:
-            return None
-        try:
-            await self.start_udp("probing the UDP path of a peer VXLAN does not reach")
-        except BackendError as e:
-            log.warning("path healing: %s", e)
-            return None
-        return self.udp.index
-
-    def own_address(self) -> IPv4Address:
-        return self.held_lease.subnet.network_address
-
-    async def reroute(self, subnet: IPv4Network, via_udp: bool) -> None:
-        """Route a VXLAN peer into the UDP path, or back onlink via the VXLAN device."""
-        if via_udp:
-            self.via_udp.add(subnet)
-        else:
-            self.via_udp.discard(subnet)
-        peer = self.peers.get(subnet)
-        if peer is None or not peer.vtep_mac:
-            return
-        if via_udp:
-            moved = replace(peer, encap=udp.ENCAP_UDP, entries=_over_udp(peer))
-        else:
-            moved = replace(peer, encap=ENCAP_VXLAN, entries=vxlan_entries(peer))
-        await self.kernel.replace_peer(moved)
-
     def datapath_stats(self) -> dict | None:
-        return self.udp.snapshot() if self.udp is not None else None
+        return self.udp.stats() if self.udp is not None else None
 
     def datapath_problem(self) -> str | None:
         return self.udp.problem() if self.udp is not None else None
 
     def status_details(self) -> dict[str, Any]:
-        details = {
-            "port": self.spec.effective_port,
-            "vni": self.spec.vni,
-            "vtep_mac": self.device.mac if self.device else None,
-        }
-        if self.spec6 is not None:
-            details.update(
-                device6=self.spec6.name, vtep_mac6=self.device6.mac if self.device6 else None
-            )
-        return details
+        return self.devices_.status_details()
 
     async def close(self) -> None:
-        if self.doorbell is not None:
-            self.doorbell.close()
         if self.udp is not None:
-            await asyncio.to_thread(self.udp.stop)  # waits for the workers to exit
-
-
-def vxlan_entries(peer: Peer) -> KernelState:
-    """A VXLAN peer's neighbour, FDB entry and onlink route."""
-    return overlay_entries(peer.subnet, peer.vtep_mac, peer.public_ip)
-
-
-def _over_udp(peer: Peer) -> KernelState:
-    """A VXLAN peer moved to UDP: its route into flannel0; its neighbour and FDB entry stay
-    (the healer keeps probing VXLAN through them)."""
-    entries = vxlan_entries(peer)
-    entries.routes = tunnel_route(peer.subnet).routes
-    return entries
-
-
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("the UDP path did not start: %s", task.exception())
+            await self.udp.close()
 
 
 def offline(ipr, network) -> OfflineBackend | None:
@@ -521,7 +256,7 @@ def offline(ipr, network) -> OfflineBackend | None:
         ),
         None,
     )
-    link = vxlan_netlink.find_link(ipr, name) if name else None
+    link = find_link(ipr, name) if name else None
     if link is None:
         return None
     tun = (

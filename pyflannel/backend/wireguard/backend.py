@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from ipaddress import IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
@@ -212,7 +213,7 @@ class WireguardBackend(Backend):
             self.kernel.repair_wanted.set()
         return self.lease_attrs()
 
-    async def _assign(self, lease: Lease) -> None:
+    async def configure(self, lease: Lease) -> None:
         await self._configure_devices()
         await self._sync_peers()
         if not self.kernel.desired.state.routes:  # each network through its device
@@ -274,8 +275,7 @@ class WireguardBackend(Backend):
     def entries(self, peer: Peer) -> KernelState:
         return KernelState()  # a WireGuard peer, not a kernel entry
 
-    async def update_peers(self, changes: PeerChanges) -> None:
-        await super().update_peers(changes)
+    async def peers_updated(self, changes: PeerChanges, before: AbstractSet[IPv4Network]) -> None:
         async with self.kernel.lock:
             await self._sync_peers()
 

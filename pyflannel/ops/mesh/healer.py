@@ -17,9 +17,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
-from typing import Protocol, runtime_checkable
+from ipaddress import IPv4Network
 
+from pyflannel.backend.base import AlternatePaths
 from pyflannel.backend.plan import Peer
 from pyflannel.ops.mesh.health import PeerHealth
 from pyflannel.ops.mesh.path_choice import Encap, Move, PathChoice, PathResult
@@ -32,39 +32,6 @@ BROKEN = (PeerHealth.UNREACHABLE, PeerHealth.TCP_BROKEN, PeerHealth.BLACK_HOLE)
 NO_UDP = (
     "its lease offers no UDP port (upstream flanneld, or a pyflannel node that does not accept UDP)"
 )
-
-
-@runtime_checkable
-class AlternatePaths(Protocol):
-    """What the healer needs of a backend with a second encapsulation (VXLAN's)."""
-
-    def why_not_healing(self) -> str | None:
-        """Why peers cannot be moved to UDP on this node (None: they can)."""
-        ...
-
-    def heal_candidates(self) -> list[Peer]:
-        """Peers reachable over both encapsulations (their leases offer a UDP port)."""
-        ...
-
-    def unhealable(self) -> list[Peer]:
-        """Peers sent over VXLAN that offer no UDP port."""
-        ...
-
-    def overlay_index(self) -> int | None:
-        """The VXLAN device's index."""
-        ...
-
-    async def udp_index(self) -> int | None:
-        """The UDP path's TUN index, starting the path if it is not running."""
-        ...
-
-    def own_address(self) -> IPv4Address:
-        """This node's address on the overlay (its subnet's network address)."""
-        ...
-
-    async def reroute(self, subnet: IPv4Network, via_udp: bool) -> None:
-        """Send the peer of ``subnet`` over UDP, or back over VXLAN (its route only)."""
-        ...
 
 
 class PathHealer:
