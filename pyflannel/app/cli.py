@@ -324,7 +324,7 @@ def _routed_via_gateway(subnet) -> bool:
         return any(
             r.get_attr("RTA_GATEWAY")
             and r["dst_len"] == subnet.prefixlen
-            and r.get_attr("RTA_DST") == str(subnet.network_address)
+            and r.get_attr("RTA_DST") == subnet.network_address
             for r in ipr.route("dump", family=2, table=254)
         )
 

@@ -255,4 +255,6 @@ class AlternatePaths(Protocol):
 
 @runtime_checkable
 class HasAlternatePaths(Protocol):
+    """A backend whose ``paths`` answer the path healer (VXLAN's: vxlan/paths.py)."""
+
     paths: AlternatePaths

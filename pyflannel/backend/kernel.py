@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from pyflannel.backend.plan import (
@@ -110,10 +110,9 @@ def configure_device(
     changed = []
     v6 = address.version == 6
     family, host_len = (AF_INET6, 128) if v6 else (AF_INET, 32)
-    kind = IPv6Address if v6 else IPv4Address
     have = set()  # what stays, from the one read
     for msg in ipr.get_addr(index=index, family=family):
-        ip = kind(msg.get_attr("IFA_ADDRESS"))
+        ip = msg.get_attr("IFA_ADDRESS")
         if ip in network and (ip != address or msg["prefixlen"] != host_len):
             ipr.addr("del", index=index, address=str(ip), prefixlen=msg["prefixlen"])
             changed.append(f"removed address {ip}/{msg['prefixlen']}")
@@ -167,9 +166,7 @@ def foreign_addresses(ipr: IPRoute, name: str, network: IPv4Network) -> list[str
     index = link_index(ipr, name)
     if index is None:
         return []
-    addresses = (
-        IPv4Address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=index, family=AF_INET)
-    )
+    addresses = (m.get_attr("IFA_ADDRESS") for m in ipr.get_addr(index=index, family=AF_INET))
     return [str(ip) for ip in addresses if ip not in network]
 
 
@@ -183,33 +180,23 @@ def read_state(ipr: IPRoute, devices: Devices) -> KernelState:
     inside its CIDRs."""
     rs = route_socket()
     state = KernelState()
-    devices_by_family = (
-        (AF_INET, devices.overlay, IPv4Address),
-        (AF_INET6, devices.overlay6, IPv6Address),
-    )
-    wanted = [entry for entry in devices_by_family if entry[1] is not None]
-    for family, index, kind in wanted:
+    overlays = {4: devices.overlay, 6: devices.overlay6}  # the overlay device per family
+    wanted = [(f, index) for f, index in ((AF_INET, overlays[4]), (AF_INET6, overlays[6])) if index]
+    for family, index in wanted:
         for _, _, payload in rs.dump(_dump(codec.RTM_GETNEIGH, family)):
             neigh = NEIGH.decode(payload)
             dst, lladdr = neigh.get_attr("NDA_DST"), neigh.get_attr("NDA_LLADDR")
-            if (
-                neigh["ifindex"] == index
-                and neigh["state"] & codec.NUD_PERMANENT
-                and dst
-                and lladdr
-            ):
-                state.neighbours[kind(dst)] = lladdr
+            permanent = neigh["state"] & codec.NUD_PERMANENT
+            if neigh["ifindex"] == index and permanent and dst is not None and lladdr:
+                state.neighbours[dst] = lladdr
     if wanted:
-        fdb_devices = {index: kind for _, index, kind in wanted}
         for _, _, payload in rs.dump(_dump(codec.RTM_GETNEIGH, codec.AF_BRIDGE)):
             fdb = NEIGH.decode(payload)
-            address = fdb_devices.get(fdb["ifindex"])
             dst, lladdr = fdb.get_attr("NDA_DST"), fdb.get_attr("NDA_LLADDR")
-            if address is not None and fdb["state"] & codec.NUD_PERMANENT and dst and lladdr:
-                try:
-                    state.fdb[lladdr] = address(dst)
-                except ValueError:
-                    continue  # the other family's entry on a dual-stack device
+            permanent = fdb["state"] & codec.NUD_PERMANENT
+            # on a device of the destination's own family (dual-stack: one device per family)
+            if dst is not None and fdb["ifindex"] == overlays[dst.version] and permanent and lladdr:
+                state.fdb[lladdr] = dst
     versions = {network.version for network in devices.networks}
     families = [af for af, v in ((AF_INET, 4), (AF_INET6, 6)) if v in versions]
     for family in families:
@@ -218,12 +205,9 @@ def read_state(ipr: IPRoute, devices: Devices) -> KernelState:
             if route["proto"] != RTPROT_PYFLANNEL or route["family"] != family:
                 continue
             table = route.get_attr("RTA_TABLE") or route["table"]
-            subnet = ip_network(
-                (
-                    route.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0"),
-                    route["dst_len"],
-                )
-            )
+            dst = route.get_attr("RTA_DST")
+            network = IPv6Network if family == AF_INET6 else IPv4Network
+            subnet: IPNetwork = network((int(dst) if dst is not None else 0, route["dst_len"]))
             if table == RT_TABLE_MAIN and devices.owns_route(subnet):
                 state.routes[subnet] = (
                     Route(None, Via.BLACKHOLE)
@@ -235,7 +219,6 @@ def read_state(ipr: IPRoute, devices: Devices) -> KernelState:
 
 def _route_of(route: Message, devices: Devices) -> Route:
     gateway = route.get_attr("RTA_GATEWAY")
-    gateway = ip_address(gateway) if gateway is not None else None
     oif, flags = route.get_attr("RTA_OIF"), route["flags"]
     overlay = (devices.overlay, devices.overlay6)
     if oif is not None and oif in (devices.tunnel, devices.tunnel6):

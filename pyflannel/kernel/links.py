@@ -6,7 +6,7 @@ and recreates an incompatible device (upstream's ``ensureLink``). Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pyflannel.kernel.codec import IFF_UP
@@ -41,7 +41,7 @@ class Vxlan:
         local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
         return cls(
             vni=data.get_attr("IFLA_VXLAN_ID") or 0,
-            local=ip_address(local) if local else None,
+            local=local,
             underlay=data.get_attr("IFLA_VXLAN_LINK") or 0,
             port=data.get_attr("IFLA_VXLAN_PORT") or 0,
             learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),

@@ -1,8 +1,9 @@
 """Route-netlink messages, declared once and used both ways: each message kind's fixed header
 and its attribute table (number, name, type: the rows of pyroute2's ``nla_map``). Requests are
 encoded from names and values (kernel/requests.py); answers and notifications decode to a
-``Message``: header fields by key, attributes by name, spelled as pyroute2 spells them, so
-one reading serves answers and notifications alike. Pure: values in, bytes out, and back.
+``Message``: header fields by key, attributes by name (spelled as pyroute2 spells them) with
+typed values (an address is an ``ipaddress`` object, a MAC its text), so one reading serves
+answers and notifications alike. Pure: values in, bytes out, and back.
 
 A new attribute is one row in its table: it is then both sent and read. Attributes not in a
 table are skipped when read.
@@ -10,7 +11,6 @@ table are skipped when read.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -49,14 +49,17 @@ class Scalar(AttrType):
 
 
 class Address(AttrType):
-    """An IPv4 or IPv6 address (its length says which), read as text as pyroute2 reads it."""
+    """An IPv4 or IPv6 address (its length says which)."""
 
     def encode(self, value: str | IPv4Address | IPv6Address) -> bytes:
         return (ip_address(value) if isinstance(value, str) else value).packed
 
-    def decode(self, raw: memoryview) -> str:
-        family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
-        return socket.inet_ntop(family, bytes(raw))
+    def decode(self, raw: memoryview) -> IPv4Address | IPv6Address:
+        if len(raw) == 4:
+            return IPv4Address(bytes(raw))
+        if len(raw) == 16:
+            return IPv6Address(bytes(raw))
+        raise ValueError(f"an address of {len(raw)} bytes")
 
 
 class Mac(AttrType):
@@ -109,17 +112,20 @@ class Attrs:
     def __init__(self, *rows: tuple[int, str, AttrType]):
         self.by_number = {number: (name, kind) for number, name, kind in rows}
         self.by_name = {name: (number, kind) for number, name, kind in rows}
+        # name -> (the attribute's type field, its encoder): the hot path of bulk requests
+        self._encoders = {
+            name: (number | NLA_F_NESTED if kind.nested else number, kind.encode)
+            for number, name, kind in rows
+        }
 
     def encode(self, values: Mapping[str, Any]) -> bytes:
         """The attributes named, in the order given; a None value is left out."""
+        encoders, attr = self._encoders, codec.attr
         out = []
         for name, value in values.items():
-            if value is None:
-                continue
-            number, kind = self.by_name[name]
-            out.append(
-                codec.attr(number | NLA_F_NESTED if kind.nested else number, kind.encode(value))
-            )
+            if value is not None:
+                number, encode = encoders[name]
+                out.append(attr(number, encode(value)))
         return b"".join(out)
 
     def decode(self, payload: memoryview, offset: int = 0) -> Message:
@@ -198,7 +204,8 @@ class Header:
         self.names = tuple(names.split())
 
     def pack(self, fields: Mapping[str, int]) -> bytes:
-        return self.struct.pack(*(fields.get(name, 0) for name in self.names))
+        get = fields.get
+        return self.struct.pack(*[get(name, 0) for name in self.names])
 
     def unpack(self, payload: memoryview) -> dict[str, int]:
         return dict(zip(self.names, self.struct.unpack_from(payload), strict=True))

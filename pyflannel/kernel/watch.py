@@ -78,7 +78,7 @@ def is_damage(msg, watched: Watched) -> Damage | None:
         if msg.get("family") == AF_BRIDGE:  # an FDB entry
             mac = msg.get_attr("NDA_LLADDR")
             return "fdb", mac, f"FDB entry {mac} deleted"
-        ip = msg.get_attr("NDA_DST")
+        ip = str(msg.get_attr("NDA_DST"))
         return "neigh", ip, f"neighbour entry {ip} deleted"
     return None
 

@@ -136,7 +136,7 @@ def test_a_burst_of_notifications_is_read_in_batches(ns):
         subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
         reads = []
         while True:
-            got = [m.get_attr("RTA_DST") for m in watch.get() if m["event"] == "RTM_NEWROUTE"]
+            got = [str(m.get_attr("RTA_DST")) for m in watch.get() if m["event"] == "RTM_NEWROUTE"]
             if not got:
                 break
             reads.append(got)
@@ -171,7 +171,7 @@ def test_a_dump_interrupted_by_changes_is_read_again_and_whole(ns):
         with IPRoute() as ipr:
             try:
                 while ipr.sock.dumps_interrupted < 3 and time.monotonic() < deadline:
-                    seen = {m.get_attr("IFA_ADDRESS") for m in ipr.get_addr(socket.AF_INET)}
+                    seen = {str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(socket.AF_INET)}
                     whole &= static <= seen
                     dumps += 1
             finally:

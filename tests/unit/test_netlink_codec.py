@@ -72,11 +72,11 @@ def test_route_delete_names_our_protocol():
 
 def test_neighbour_and_fdb_messages():
     _, _, _, payload = only(r.neighbour_replace(1, 4, GW, "02:aa:bb:cc:dd:ee"))
-    assert neighbour(payload) == (c.AF_INET, 4, c.NUD_PERMANENT, 0, str(GW), "02:aa:bb:cc:dd:ee")
+    assert neighbour(payload) == (c.AF_INET, 4, c.NUD_PERMANENT, 0, GW, "02:aa:bb:cc:dd:ee")
     _, _, _, payload = only(r.fdb_replace(2, 4, "02:aa:bb:cc:dd:ee", IPv4Address("198.51.100.2")))
     family, ifindex, state, flags, dst, lladdr = neighbour(payload)
     assert (family, ifindex, state, flags) == (c.AF_BRIDGE, 4, c.NUD_PERMANENT, c.NTF_SELF)
-    assert (dst, lladdr) == ("198.51.100.2", "02:aa:bb:cc:dd:ee")
+    assert (dst, lladdr) == (IPv4Address("198.51.100.2"), "02:aa:bb:cc:dd:ee")
 
 
 def test_pyroute2_reads_our_fdb_entry_like_we_do():

@@ -189,10 +189,11 @@ def _route_get(ipr, address) -> dict | None:
         return None  # unreachable, or a blackhole route
     oif = msg.get_attr("RTA_OIF")
     link = ipr.get_links(oif)[0] if oif else None
+    gateway = msg.get_attr("RTA_GATEWAY")
     return {
         "dev": link.get_attr("IFLA_IFNAME") if link else "",
         "mtu": link.get_attr("IFLA_MTU") if link else 0,
-        "gateway": msg.get_attr("RTA_GATEWAY"),
+        "gateway": str(gateway) if gateway is not None else None,
         "type": {2: "local", 6: "blackhole", 7: "unreachable"}.get(msg["type"], "unicast"),
     }
 
