@@ -22,11 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pyflannel.backend import kernel
 from pyflannel.backend.base import Backend
 from pyflannel.backend.kernel import Devices
-from pyflannel.backend.plan import (
-    Peer,
-    Peer6,
-    PeerDataError,
-)
+from pyflannel.backend.plan import Peer, Peer6, PeerDataError
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.udp import peer as udp
 from pyflannel.backend.udp.backend import fall_back, fallback_port
@@ -88,9 +84,9 @@ class VxlanBackend(Backend):
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
-        self.devices_ = VxlanDevices(netlink, self.config, network, ext)
-        self.device_name = self.devices_.spec.name
-        self.mtu = self.devices_.mtu
+        self.vteps = VxlanDevices(netlink, self.config, network, ext)  # flannel.<VNI> (+ v6)
+        self.device_name = self.vteps.spec.name
+        self.mtu = self.vteps.mtu
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation
         self.udp = (
             UdpSide(netlink, ext, udp_port, udp_tuning, self._may_send_udp) if udp_port else None
@@ -99,10 +95,10 @@ class VxlanBackend(Backend):
 
     @property
     def mtu_reason(self) -> str:
-        return self.devices_.mtu_reason
+        return self.vteps.mtu_reason
 
     def devices(self) -> Devices:
-        d = self.devices_
+        d = self.vteps
         return Devices(
             overlay=d.device.index if d.device else None,
             tunnel=self.udp.index if self.udp and self.udp.running else None,
@@ -113,7 +109,7 @@ class VxlanBackend(Backend):
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
-        await self.devices_.prepare()
+        await self.vteps.prepare()
         if self.udp is not None:
             foreign = await self.netlink.call(kernel.foreign_addresses, TUN_NAME, self.network.cidr)
             if foreign:
@@ -127,7 +123,7 @@ class VxlanBackend(Backend):
         return self.lease_attrs()
 
     def lease_attrs(self) -> LeaseAttrs:
-        data, v6_data = self.devices_.backend_data()
+        data, v6_data = self.vteps.backend_data()
         if self.udp_port:
             data["UDPPort"] = self.udp_port
         return LeaseAttrs(
@@ -143,26 +139,24 @@ class VxlanBackend(Backend):
         same MAC (so peers need only a new FDB destination) and rebind the UDP path."""
         async with self.kernel.lock:
             self.ext = ext
-            await self.devices_.move(ext)
-            self.mtu = self.devices_.mtu
-            await self.devices_.configure(self.held_lease, loose_reverse_path=bool(self.udp))
+            await self.vteps.move(ext)
+            self.mtu = self.vteps.mtu
+            await self.vteps.configure(self.held_lease, loose_reverse_path=bool(self.udp))
             if self.udp is not None:
                 await self.udp.move(ext)
             self.kernel.repair_wanted.set()  # entries on the new device: the reconciler restores them
         return self.lease_attrs()
 
     async def configure(self, lease: Lease) -> None:
-        await self.devices_.configure(lease, loose_reverse_path=bool(self.udp))
+        await self.vteps.configure(lease, loose_reverse_path=bool(self.udp))
         if self.udp is not None:
             await self.udp.assign(lease, self.network.cidr)
 
     async def ensure_devices(self) -> list[str]:
-        repaired = await self.devices_.repair()
+        repaired = await self.vteps.repair()
         repaired += [
             f"device {c}"
-            for c in await self.devices_.configure(
-                self.held_lease, loose_reverse_path=bool(self.udp)
-            )
+            for c in await self.vteps.configure(self.held_lease, loose_reverse_path=bool(self.udp))
         ]
         if self.udp is not None:
             repaired += await self.udp.repair()
@@ -205,7 +199,7 @@ class VxlanBackend(Backend):
         return await self.with_ipv6_half(peer, lease, half)
 
     def extra_devices(self) -> tuple[str, ...]:
-        v6 = self.devices_.names()[1:]
+        v6 = self.vteps.names()[1:]
         return v6 + ((TUN_NAME,) if self.udp is not None and self.udp.running else ())
 
     def peers_changed(self) -> None:
@@ -218,7 +212,7 @@ class VxlanBackend(Backend):
 
     @property
     def encapsulation_port(self) -> int | None:
-        return self.devices_.spec.effective_port
+        return self.vteps.spec.effective_port
 
     def encapsulating_peers(self) -> list[str]:
         """Peers sending VXLAN here: those sent VXLAN, and those moved to UDP (their own
@@ -236,7 +230,7 @@ class VxlanBackend(Backend):
         return self.udp.problem() if self.udp is not None else None
 
     def status_details(self) -> dict[str, Any]:
-        return self.devices_.status_details()
+        return self.vteps.status_details()
 
     async def close(self) -> None:
         if self.udp is not None:

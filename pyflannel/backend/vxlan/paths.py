@@ -26,7 +26,7 @@ class Vxlan(Protocol):
 
     mtu: int
     udp: UdpSide | None
-    devices_: VxlanDevices
+    vteps: VxlanDevices
     kernel: Reconciler
 
     @property
@@ -70,7 +70,7 @@ class VxlanPaths:
         return [p for p in self.backend.peers.values() if p.encap == ENCAP_VXLAN and not p.udp_port]
 
     def overlay_index(self) -> int | None:
-        device = self.backend.devices_.device
+        device = self.backend.vteps.device
         return device.index if device else None
 
     async def udp_index(self) -> int | None:
