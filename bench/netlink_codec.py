@@ -13,6 +13,7 @@ Writes bench/results/netlink_codec.{json,md}.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -38,7 +39,7 @@ def measure(peers: int) -> dict:
     desired = KernelState()
     for i in range(peers):
         subnet = IPv4Network((0x0A000000 + (i + 1) * 64, 26))
-        mac = "02:00:%02x:%02x:%02x:%02x" % tuple((i + 1).to_bytes(4, "big"))
+        mac = "02:00:" + ":".join(f"{b:02x}" for b in (i + 1).to_bytes(4, "big"))
         desired.add(overlay_entries(subnet, mac, IPv4Address(0xC6336400 + i)))
     devices = Devices(overlay=5, networks=(IPv4Network("10.0.0.0/12"),))
     ops = diff(desired, KernelState())
@@ -62,7 +63,11 @@ def measure(peers: int) -> dict:
     state = kernel.read_state(None, devices)
     read = time.perf_counter() - t0
     assert state.size() == desired.size(), (state.size(), desired.size())
-    return {"entries": len(ops), "encode_us": encode / len(ops) * 1e6, "read_us": read / len(ops) * 1e6}
+    return {
+        "entries": len(ops),
+        "encode_us": encode / len(ops) * 1e6,
+        "read_us": read / len(ops) * 1e6,
+    }
 
 
 def tree_of(rev: str, into: Path) -> Path:
@@ -70,7 +75,7 @@ def tree_of(rev: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=True
     ).stdout
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
 
@@ -118,12 +123,9 @@ def main() -> int:
         }
         for name, runs in samples.items()
     }
-    rows = [
-        [name, r["entries"], r["encode_us"], r["read_us"]] for name, r in results.items()
-    ]
-    text = (
-        f"{args.peers} peers, medians of {args.repeat} runs (us per entry)\n\n"
-        + table(["tree", "entries", "encode us/entry", "read us/entry"], rows)
+    rows = [[name, r["entries"], r["encode_us"], r["read_us"]] for name, r in results.items()]
+    text = f"{args.peers} peers, medians of {args.repeat} runs (us per entry)\n\n" + table(
+        ["tree", "entries", "encode us/entry", "read us/entry"], rows
     )
     write_results("netlink_codec", {"peers": args.peers, "results": results}, text)
     print(text)

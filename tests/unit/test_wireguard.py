@@ -16,6 +16,7 @@ from pyflannel.backend.wireguard.config import Mode, parse_wireguard_config
 from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, parse_key, public_key
 from pyflannel.backend.wireguard.peers import lease_data, wanted_device, wireguard_peer
 from pyflannel.backend.wireguard.uapi import (
+    SESSION_LIFETIME,
     DeviceState,
     PeerState,
     UapiError,
@@ -184,6 +185,33 @@ def test_the_wanted_device_and_its_diff_against_the_device():
     assert "replace_allowed_ips=true\nallowed_ip=10.1.2.0/24" in text
     assert "persistent_keepalive_interval=25" in text
     assert bytes(range(32)).hex() not in repr(wanted)
+
+
+def test_an_endpoint_the_device_learned_from_the_peer_is_kept_while_its_session_lives():
+    """A peer behind NAT publishes an address nobody reaches (its inside one); the device
+    learns the outside one from its authenticated packets (WireGuard roams). A reconcile
+    keeps that endpoint while the session lives, even when another field is rewritten; it
+    writes the published endpoint again when the session is dead, or at once when the peer
+    publishes a new one."""
+    peer = wireguard_peer(lease(KEY_B), KEY_A, 51820)
+    wanted = wanted_device(bytes(range(32)), 51820, [peer], keepalive=25)
+    hex_b = bytes(range(1, 33)).hex()
+    published = {hex_b: wanted.peers[hex_b].endpoint}
+    now = 1_800_000_000.0
+    learned = PeerState("203.0.113.7:40001", {"10.1.2.0/24"}, 25, last_handshake=int(now) - 30)
+    have = DeviceState(bytes(range(32)).hex(), 51820, {hex_b: learned})
+    assert not diff(wanted, have, now, published)  # kept, as the device has it
+    assert not diff(wanted, have, now, {})  # after a start: what was written is not known
+    learned.allowed_ips = {"10.9.0.0/16"}  # someone's `wg set`: repaired, endpoint kept
+    (fixed,) = diff(wanted, have, now, published).write
+    assert fixed.endpoint == "203.0.113.7:40001" and fixed.allowed_ips == ("10.1.2.0/24",)
+    learned.allowed_ips = {"10.1.2.0/24"}
+    learned.last_handshake = int(now) - SESSION_LIFETIME  # the session is dead
+    assert diff(wanted, have, now, published).write == [wanted.peers[hex_b]]
+    learned.last_handshake = int(now) - 30
+    moved = {hex_b: "198.51.100.99:51820"}  # it published another endpoint since
+    assert diff(wanted, have, now, moved).write == [wanted.peers[hex_b]]
+    assert diff(wanted, have).write == [wanted.peers[hex_b]]  # no clock: the wanted one
 
 
 def test_a_get_response_parses_and_an_errno_is_an_error():

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
@@ -73,6 +74,8 @@ class WgDevice:
     port: int
     plane: WireguardGo | KernelWireguard | None = None
     index: int | None = None
+    # the endpoint written last per peer (public key, hex): what its lease published then
+    published: dict[str, str] = field(default_factory=dict)
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
@@ -297,14 +300,18 @@ class WireguardBackend(Backend):
         wanted = wanted_device(self._private, device.port, halves, self.config.keepalive, self._psk)
         try:
             have = await asyncio.to_thread(device.plane.get)
-            change = diff(wanted, have)
+            change = diff(wanted, have, time.time(), device.published)
             if change:
                 await asyncio.to_thread(device.plane.set, change)
+            device.published = {k: p.endpoint for k, p in wanted.peers.items()}
         except (UapiError, OSError) as e:
             log.warning("WireGuard device %s: %s; retrying at the next pass", device.name, e)
             self.kernel.repair_wanted.set()
             return []
         return [f"{device.name}: {words}" for words in change.describe()]
+
+    def datapath_stats(self) -> dict | None:
+        return None  # WireGuard keeps its own counters (`wg show`)
 
     def datapath_problem(self) -> str | None:
         problems = [d.plane.problem() for d in self.wg_devices if d.plane is not None]

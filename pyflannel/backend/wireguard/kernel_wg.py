@@ -74,6 +74,8 @@ class KernelWireguard:
                         host = f"[{where}]" if where.version == 6 else str(where)
                         now.endpoint = f"{host}:{endpoint['port']}"
                     now.keepalive = peer.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0
+                    handshake = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME") or {}
+                    now.last_handshake = int(handshake.get("tv_sec") or 0)
                     psk = peer.get_attr("WGPEER_A_PRESHARED_KEY")
                     now.has_psk = bool(psk) and _hex(psk).strip("0") != ""
                     for allowed in peer.get_attr("WGPEER_A_ALLOWEDIPS") or []:

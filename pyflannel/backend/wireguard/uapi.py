@@ -8,7 +8,10 @@ generic netlink carries the same fields (kernel_wg.py maps them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+# WireGuard's REJECT_AFTER_TIME: a session older than this is dead, so is what it taught
+SESSION_LIFETIME = 180
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,20 @@ class Change:
         return words
 
 
-def diff(wanted: WantedDevice, have: DeviceState) -> Change:
+def diff(
+    wanted: WantedDevice,
+    have: DeviceState,
+    now: float = 0.0,
+    published: dict[str, str] | None = None,
+) -> Change:
+    """What turns ``have`` into ``wanted``. A peer's endpoint the device learned by itself
+    (WireGuard roams: it sends to where the peer's last authenticated packet came from, such
+    as the outside of the NAT a peer sits behind) is kept while its session lives (a
+    handshake within SESSION_LIFETIME of ``now``) and the peer still publishes the endpoint
+    ``published`` says was written last (none known, after a start: kept too); a newly
+    published one is written at once. Upstream rewrites every endpoint that differs from the
+    lease's, which undoes roaming (Kilo fixed the same, its PR #41). Without ``published``
+    every endpoint is the wanted one."""
     change = Change()
     if have.private_key != wanted.private_key:
         change.private_key = wanted.private_key
@@ -90,16 +106,29 @@ def diff(wanted: WantedDevice, have: DeviceState) -> Change:
         change.listen_port = wanted.listen_port
     change.remove = sorted(set(have.peers) - set(wanted.peers))
     for key, peer in wanted.peers.items():
-        now = have.peers.get(key)
+        state = have.peers.get(key)
+        if state is not None and published is not None and roamed(peer, state, now, published):
+            peer = replace(peer, endpoint=state.endpoint)
         if (
-            now is None
-            or now.endpoint != peer.endpoint
-            or now.allowed_ips != set(peer.allowed_ips)
-            or now.keepalive != peer.keepalive
-            or now.has_psk != bool(peer.psk)
+            state is None
+            or state.endpoint != peer.endpoint
+            or state.allowed_ips != set(peer.allowed_ips)
+            or state.keepalive != peer.keepalive
+            or state.has_psk != bool(peer.psk)
         ):
             change.write.append(peer)
     return change
+
+
+def roamed(peer: WantedPeer, state: PeerState, now: float, published: dict[str, str]) -> bool:
+    """The device learned another endpoint for ``peer`` from the peer itself, and it holds."""
+    return (
+        bool(state.endpoint)
+        and state.endpoint != peer.endpoint
+        and published.get(peer.public_key, peer.endpoint) == peer.endpoint
+        and state.last_handshake > 0
+        and 0 <= now - state.last_handshake < SESSION_LIFETIME
+    )
 
 
 def set_request(change: Change) -> str:
