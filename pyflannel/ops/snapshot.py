@@ -75,13 +75,16 @@ class HealView:
 
 @dataclass(frozen=True)
 class TrafficView:
-    mode: str  # "iptables" | "nftables"
-    enabled: bool
-    masquerade: bool
-    forward: bool
-    rules_set: bool  # rules computed (they may still have drifted: ask StatusIO)
-    last_problem: str
-    restores: int
+    """The traffic rules (the status document's ``iptables`` section, whichever the mode)."""
+
+    mode: str = "iptables"  # "iptables" | "nftables"
+    enabled: bool = False
+    masquerade: bool = False
+    forward: bool = False
+    rules_set: bool = False  # rules computed (they may still have drifted: ask StatusIO)
+    last_problem: str = ""
+    restores: int = 0
+    present: bool = False  # in the kernel as computed (asked live by /status)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,19 @@ def beside_upstream(config: dict, daemon_args: tuple[str, ...], pods: bool = Fal
         yield bed
 
 
+def start_nodes(
+    nodes, daemon_args=FAST_RECONCILE, pods: bool = True, env=None, private_run: bool = False
+) -> None:
+    """Start the nodes' daemons, wait until each is ready, and put a pod behind each (with
+    ``pods``). ``private_run``: each daemon in a mount namespace of its own (wireguard-go)."""
+    for node in nodes:
+        node.start(*daemon_args, env=env, private_run=private_run)
+    for node in nodes:
+        node.wait_ready()
+        if pods:
+            node.add_pod()
+
+
 def started_bed(
     hosts: int = 3,
     mtu: int = 1500,
@@ -63,12 +76,7 @@ def started_bed(
     bed.__enter__()
     try:
         bed.put_config(config)
-        for node in bed.nodes:
-            node.start(*daemon_args, env=env)
-        for node in bed.nodes:
-            node.wait_ready()
-            if pods:
-                node.add_pod()
+        start_nodes(bed.nodes, daemon_args, pods, env)
     except BaseException:
         bed.close()
         raise

@@ -19,7 +19,7 @@ from testbed.capture import finish_capture, start_capture
 from testbed.iperf import iperf, received_bits_per_second
 from tests.conftest import require
 
-from .conftest import eventually, require_testbed
+from .conftest import eventually, require_testbed, start_nodes
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "wireguard"}}
 ARGS = ("--reconcile-interval=2", "--probe-interval=1")
@@ -37,11 +37,7 @@ def bed():
         )
     with TestBed(hosts=4) as bed:
         bed.put_config(CONFIG)
-        for node in bed.nodes[:3]:
-            node.start(*ARGS, private_run=True)
-        for node in bed.nodes[:3]:
-            node.wait_ready()
-            node.add_pod()
+        start_nodes(bed.nodes[:3], ARGS, private_run=True)
         yield bed
 
 
@@ -275,11 +271,7 @@ def _two_dual_stack_nodes(config: dict):
 
     with TestBed(hosts=2) as dual:
         dual.put_config(config)
-        for node in dual.nodes:
-            node.start(*ARGS, private_run=True)
-        for node in dual.nodes:
-            node.wait_ready()
-            node.add_pod()
+        start_nodes(dual.nodes, ARGS, private_run=True)
         yield dual
 
 

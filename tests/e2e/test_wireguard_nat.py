@@ -13,7 +13,7 @@ import pytest
 from testbed.nat import outside_ip
 from tests.conftest import require
 
-from .conftest import eventually, require_testbed
+from .conftest import eventually, require_testbed, start_nodes
 
 # keepalives from both sides every 5 s: the natted node's keep its mapping open (the public
 # node's go to the unreachable published address until it learns the real one)
@@ -38,11 +38,7 @@ def bed():
         )
     with NatBed(hosts=2, natted={2}) as bed:
         bed.put_config(CONFIG)
-        for node in bed.nodes:
-            node.start(*ARGS, private_run=True)
-        for node in bed.nodes:
-            node.wait_ready()
-            node.add_pod()
+        start_nodes(bed.nodes, ARGS, private_run=True)
         yield bed
 
 

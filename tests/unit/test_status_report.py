@@ -8,13 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from pyflannel.ops.snapshot import HealView, LeaseView, ProbeView, StoreStatus
+from pyflannel.ops.snapshot import HealView, LeaseView, ProbeView, StoreStatus, TrafficView
 from pyflannel.ops.status.document import (
     BackendSection,
     DaemonState,
     PeerHalf6,
     PeerRow,
-    RulesState,
     SchemaError,
     StatusDoc,
     SubnetEnvState,
@@ -57,7 +56,7 @@ def healthy() -> StatusDoc:
         peers=(PEER,),
         subnet_env=SubnetEnvState("/run/flannel/subnet.env"),
         bridge_nf=BridgeNf("1", "1"),
-        iptables=RulesState(enabled=True, masquerade=True, forward=True, present=True),
+        iptables=TrafficView(enabled=True, masquerade=True, forward=True, present=True),
     )
 
 
@@ -105,7 +104,10 @@ def test_a_healthy_node_is_said_healthy_with_its_facts():
         ),
         (
             lambda d: replace(
-                d, iptables=RulesState("nftables", True, True, True, False, "flushed by someone")
+                d,
+                iptables=TrafficView(
+                    "nftables", True, True, True, True, "flushed by someone", present=False
+                ),
             ),
             "nftables rules missing: flushed by someone",
         ),

@@ -19,7 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyflannel.ops.snapshot import HealView, InstanceView, LeaseView, ProbeView, StoreStatus
+from pyflannel.ops.snapshot import (
+    HealView,
+    InstanceView,
+    LeaseView,
+    ProbeView,
+    StoreStatus,
+    TrafficView,
+)
 from pyflannel.schema import FLATTEN, SchemaError, from_json, optional, to_json
 from pyflannel.traffic.br_netfilter import BridgeNf
 
@@ -164,19 +171,6 @@ class SubnetEnvState:
 
 
 @dataclass(frozen=True)
-class RulesState:
-    """The traffic rules (the ``iptables`` section, whichever the mode)."""
-
-    mode: str = "iptables"
-    enabled: bool = False
-    masquerade: bool = False
-    forward: bool = False
-    present: bool = False
-    last_problem: str = ""
-    restores: int = 0
-
-
-@dataclass(frozen=True)
 class StatusDoc:
     daemon: DaemonState
     store: StoreStatus
@@ -192,7 +186,7 @@ class StatusDoc:
     ignored: tuple[str, ...] = ()
     subnet_env: SubnetEnvState | None = optional()
     bridge_nf: BridgeNf | None = optional()
-    iptables: RulesState | None = optional()
+    iptables: TrafficView | None = optional()
 
     @property
     def store_kind(self) -> str:

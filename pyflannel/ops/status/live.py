@@ -15,7 +15,6 @@ from pyflannel.ops.status.document import (
     InterfaceView,
     MeshCounters,
     PeerRow,
-    RulesState,
     StatusDoc,
     SubnetEnvState,
 )
@@ -89,14 +88,8 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
         ignored=ignored,
         subnet_env=SubnetEnvState(snap.instance.subnet_file, snap.subnet_env_problems),
         bridge_nf=br_netfilter.read(),
-        iptables=RulesState(
-            mode=t.mode,
-            enabled=t.enabled,
-            masquerade=t.masquerade,
-            forward=t.forward,
-            present=await io.rules_present() if t.enabled and t.rules_set else not t.enabled,
-            last_problem=t.last_problem,
-            restores=t.restores,
+        iptables=dataclasses.replace(
+            t, present=await io.rules_present() if t.enabled and t.rules_set else not t.enabled
         ),
     )
 
