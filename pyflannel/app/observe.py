@@ -96,8 +96,10 @@ def subnet_env_problems(daemon: Daemon) -> list[str]:
 def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
     from pyflannel.ops.snapshot import (
         DaemonSnapshot,
+        DaemonState,
         InstanceView,
         LeaseView,
+        MeshCounters,
         StoreAccess,
         StoreStatus,
         TrafficView,
@@ -121,11 +123,14 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             last_renewal_took_s=keeper.last_renewal_took,
         )
     return DaemonSnapshot(
-        pid=os.getpid(),
-        version=__version__,
-        started=daemon.started,
-        ready=daemon.ready.is_set(),
-        not_ready=tuple(not_ready(daemon)),
+        daemon=DaemonState(
+            running=True,
+            pid=os.getpid(),
+            version=__version__,
+            started=daemon.started,
+            ready=daemon.ready.is_set(),
+            not_ready=tuple(not_ready(daemon)),
+        ),
         config_change=r.config_watch.change if r else "",
         instance=InstanceView(
             etcd_prefix=o.etcd_prefix,
@@ -159,11 +164,13 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         backend=r.plane.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
         mesh=daemon.prober.view() if daemon.prober else {},
-        probes_sent=daemon.prober.sent if daemon.prober else 0,
-        mesh_writes=daemon.mesh_writes,
+        counters=MeshCounters(
+            probes_sent=daemon.prober.sent if daemon.prober else 0,
+            summaries_written=daemon.mesh_writes,
+            path_moves={str(k): v for k, v in daemon.healer.moves.items()} if daemon.healer else {},
+            path_rounds=daemon.healer.rounds if daemon.healer else 0,
+        ),
         paths=daemon.healer.view() if daemon.healer else {},
-        path_moves={str(k): v for k, v in daemon.healer.moves.items()} if daemon.healer else {},
-        path_rounds=daemon.healer.rounds if daemon.healer else 0,
         traffic=TrafficView(
             mode=t.mode,
             enabled=t.enabled,

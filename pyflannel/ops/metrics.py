@@ -18,10 +18,10 @@ class DaemonCollector:
     def collect(self):
         snap = self.snap
         yield InfoMetricFamily(
-            "pyflannel_build", "pyflannel version", value={"version": snap.version}
+            "pyflannel_build", "pyflannel version", value={"version": snap.daemon.version}
         )
         yield GaugeMetricFamily(
-            "pyflannel_ready", "1 once the node is ready", value=int(snap.ready)
+            "pyflannel_ready", "1 once the node is ready", value=int(snap.daemon.ready)
         )
         lease, etcd, backend = snap.lease, snap.store, snap.backend
         if lease is not None:
@@ -123,8 +123,8 @@ class DaemonCollector:
                     "ICMP net-unreachable sent",
                     value=stats.icmp_unreachable_sent,
                 )
-        yield from mesh_metrics(snap.mesh, snap.probes_sent)
-        yield from path_metrics(snap.paths, snap.path_moves)
+        yield from mesh_metrics(snap.mesh, snap.counters.probes_sent)
+        yield from path_metrics(snap.paths, snap.counters.path_moves)
         yield CounterMetricFamily(
             "pyflannel_iptables_restores",
             "iptables rule sets (re)applied",

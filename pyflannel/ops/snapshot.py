@@ -111,12 +111,27 @@ class InstanceView:
 
 
 @dataclass(frozen=True)
+class DaemonState:
+    running: bool
+    version: str = ""
+    reason: str = optional("")  # why it is not running (no answer on its endpoint, ...)
+    pid: int | None = optional()
+    started: float | None = optional()  # wall clock
+    ready: bool = False
+    not_ready: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshCounters:
+    probes_sent: int = 0
+    summaries_written: int = 0  # path summaries written to the store
+    path_moves: dict[str, int] = field(default_factory=dict)  # by encapsulation moved to
+    path_rounds: int = 0
+
+
+@dataclass(frozen=True)
 class DaemonSnapshot:
-    pid: int
-    version: str
-    started: float
-    ready: bool
-    not_ready: tuple[str, ...]
+    daemon: DaemonState
     config_change: str
     instance: InstanceView
     store: StoreStatus
@@ -128,12 +143,9 @@ class DaemonSnapshot:
     subnet_env_problems: tuple[str, ...]
     traffic: TrafficView
     mesh: dict[str, ProbeView]  # peer subnet -> its probed path (ops/mesh/prober.py); {} when off
-    probes_sent: int = 0
-    mesh_writes: int = 0  # mesh summaries written to the store
+    counters: MeshCounters = field(default_factory=MeshCounters)  # probes, summaries, moves
     # peer subnet -> the encapsulation it is sent over and why (ops/mesh/healer.py); {} when off
     paths: dict[str, HealView] = field(default_factory=dict)
-    path_moves: dict[str, int] = field(default_factory=dict)  # moves made, by encapsulation
-    path_rounds: int = 0  # the healer's probe rounds done
 
 
 class StatusIO(Protocol):

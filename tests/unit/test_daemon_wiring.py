@@ -195,7 +195,8 @@ async def test_start_up_follows_upstreams_order_and_ready_means_programmed(tmp_p
             "FLANNEL_MTU": "1490",
             "FLANNEL_IPMASQ": "false",
         }
-        assert daemon.snapshot().ready and not daemon.snapshot().not_ready
+        state = daemon.snapshot().daemon
+        assert state.ready and not state.not_ready
 
 
 async def test_a_missing_config_is_waited_for_then_used(tmp_path, caplog):

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyflannel.ops.snapshot import (
+    DaemonState,
     HealView,
     InstanceView,
     LeaseView,
+    MeshCounters,
     ProbeView,
     StoreStatus,
     TrafficView,
@@ -30,26 +32,7 @@ from pyflannel.ops.snapshot import (
 from pyflannel.schema import FLATTEN, SchemaError, from_json, optional, to_json
 from pyflannel.traffic.br_netfilter import BridgeNf
 
-__all__ = ["SchemaError", "StatusDoc"]
-
-
-@dataclass(frozen=True)
-class DaemonState:
-    running: bool
-    version: str = ""
-    reason: str = optional("")  # why it is not running (no answer on its endpoint, ...)
-    pid: int | None = optional()
-    started: float | None = optional()  # wall clock
-    ready: bool = False
-    not_ready: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MeshCounters:
-    probes_sent: int = 0
-    summaries_written: int = 0  # path summaries written to the store
-    path_moves: dict[str, int] = field(default_factory=dict)  # by encapsulation moved to
-    path_rounds: int = 0
+__all__ = ["DaemonState", "MeshCounters", "SchemaError", "StatusDoc"]
 
 
 @dataclass(frozen=True)

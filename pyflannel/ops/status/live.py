@@ -10,10 +10,8 @@ from pyflannel.errors import FlannelError
 from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
 from pyflannel.ops.status.document import (
     BackendSection,
-    DaemonState,
     DatapathStats,
     InterfaceView,
-    MeshCounters,
     PeerRow,
     StatusDoc,
     SubnetEnvState,
@@ -52,21 +50,9 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
             peers = tuple(_with_paths(row, snap) for row in peer_rows(b.peers, actual))
         ignored = tuple(f"{subnet}: {why}" for subnet, why in b.rejected)
     return StatusDoc(
-        daemon=DaemonState(
-            running=True,
-            pid=snap.pid,
-            version=snap.version,
-            started=snap.started,
-            ready=snap.ready,
-            not_ready=snap.not_ready,
-        ),
+        daemon=snap.daemon,
         config_change=snap.config_change,
-        mesh=MeshCounters(
-            probes_sent=snap.probes_sent,
-            summaries_written=snap.mesh_writes,
-            path_moves=snap.path_moves,
-            path_rounds=snap.path_rounds,
-        ),
+        mesh=snap.counters,
         instance=snap.instance,
         store=store,
         network=snap.network,
