@@ -14,7 +14,7 @@ import abc
 import logging
 from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -216,6 +216,30 @@ class UserspaceDatapath(Protocol):
 
     def datapath_problem(self) -> str | None:
         """Why it has stopped, if it has (for liveness checks)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PeerEndpoint:
+    """Where a peer is sent to, as its device has it: the endpoint in use, the one its lease
+    publishes (they differ when the device learned another one from the peer's own packets:
+    a peer behind NAT), and its last handshake (seconds since the epoch, 0: never)."""
+
+    endpoint: str
+    published: str
+    last_handshake: int = 0
+
+    @property
+    def learned(self) -> bool:
+        return bool(self.endpoint) and self.endpoint != self.published
+
+
+@runtime_checkable
+class ReportsPeerEndpoints(Protocol):
+    """A backend whose peers are sessions with endpoints (WireGuard)."""
+
+    def peer_endpoints(self) -> dict[IPNetwork, PeerEndpoint]:
+        """By peer subnet (each family's), as the devices reported at the last reconcile."""
         ...
 
 

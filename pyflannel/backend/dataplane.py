@@ -16,7 +16,9 @@ from pyflannel.backend.base import (
     AlternatePaths,
     Backend,
     HasAlternatePaths,
+    PeerEndpoint,
     PeerFilterSource,
+    ReportsPeerEndpoints,
     UserspaceDatapath,
 )
 from pyflannel.backend.kernel import Devices
@@ -46,6 +48,7 @@ class BackendSnapshot:
     rejected: tuple[tuple[IPv4Network, str], ...] = ()
     repairs: int = 0
     passes: int = 0  # full reconciles done
+    endpoints: dict[str, PeerEndpoint] = field(default_factory=dict)  # by peer subnet (WireGuard)
 
 
 class DataPlane:
@@ -176,4 +179,7 @@ class DataPlane:
             passes=self.kernel.passes,
             details=b.status_details(),
             probe_host=b.probe_host,
+            endpoints={str(subnet): endpoint for subnet, endpoint in b.peer_endpoints().items()}
+            if isinstance(b, ReportsPeerEndpoints)
+            else {},
         )

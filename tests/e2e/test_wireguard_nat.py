@@ -7,6 +7,7 @@ upstream rewrites it). Through userspace WireGuard (this kernel has no module)."
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -70,6 +71,23 @@ def test_once_it_spoke_it_is_reached_at_its_routers_outside_address_and_stays_so
     result = public.finish_ping(ping, timeout=30)
     assert result.lost == 0, result
     assert endpoints(public)[public_key(home)] == learned
+
+
+def test_status_shows_where_the_natted_peer_is_sent_and_what_its_lease_says(bed):
+    public, home = bed.nodes
+    _reaches(home, public)  # a fresh handshake, whatever ran before
+
+    def learned():
+        rows = {r["subnet"]: r for r in public.status()["peers"]}
+        endpoint = rows[str(home.subnet)].get("endpoint") or {}
+        assert endpoint.get("endpoint", "").startswith(f"{outside_ip(2)}:"), endpoint
+        return endpoint
+
+    endpoint = eventually(learned, timeout=5)  # as the devices reported at a reconcile
+    assert endpoint["published"] == "192.168.2.2:51820"
+    assert time.time() - endpoint["last_handshake"] < 180
+    text = public.status_cli().stdout
+    assert "(learned from its packets; its lease says 192.168.2.2:51820)" in text, text
 
 
 def test_the_natted_node_reaches_the_public_one(bed):

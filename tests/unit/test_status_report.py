@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from pyflannel.backend.base import PeerEndpoint
 from pyflannel.ops.snapshot import HealView, LeaseView, ProbeView, StoreStatus, TrafficView
 from pyflannel.ops.status.document import (
     BackendSection,
@@ -170,6 +171,21 @@ def test_a_peer_moved_to_udp_says_why_and_when_it_comes_back():
     _, (warning,) = assess(doc)
     assert "via udp: vxlan blocked since" in warning and "back after 2 clean rounds" in warning
     assert "    via udp: vxlan blocked since" in render(doc)
+
+
+def test_a_wireguard_peers_learned_endpoint_is_shown_beside_what_its_lease_says():
+    learned = PeerEndpoint("203.0.113.7:40001", "192.168.2.2:51820", int(time.time()) - 12)
+    doc = with_peer(healthy(), endpoint=learned)
+    assert assess(doc) == ([], [])  # a learned endpoint is how NAT works, not a problem
+    assert (
+        "    WireGuard: sent to 203.0.113.7:40001 (learned from its packets; its lease says "
+        "192.168.2.2:51820), handshake 12 s ago"
+    ) in render(doc)
+    wire = json.loads(json.dumps(doc.to_json()))
+    assert wire["peers"][0]["endpoint"]["endpoint"] == "203.0.113.7:40001"
+    assert StatusDoc.parse(wire) == doc
+    never = with_peer(healthy(), endpoint=PeerEndpoint("198.51.100.2:51820", "198.51.100.2:51820"))
+    assert "    WireGuard: sent to 198.51.100.2:51820, handshake never" in render(never)
 
 
 def test_a_dual_stack_peer_is_judged_per_family():

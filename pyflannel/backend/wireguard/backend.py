@@ -22,10 +22,11 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from pyflannel.backend import kernel
-from pyflannel.backend.base import Backend
+from pyflannel.backend.base import Backend, PeerEndpoint
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import (
+    IPNetwork,
     KernelState,
     Peer,
     Peer6,
@@ -51,7 +52,7 @@ from pyflannel.backend.wireguard.peers import (
     wireguard_peer,
     wireguard_peer6,
 )
-from pyflannel.backend.wireguard.uapi import UapiError, diff
+from pyflannel.backend.wireguard.uapi import DeviceState, UapiError, diff
 from pyflannel.backend.wireguard.userspace import WireguardGo
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
@@ -76,6 +77,7 @@ class WgDevice:
     index: int | None = None
     # the endpoint written last per peer (public key, hex): what its lease published then
     published: dict[str, str] = field(default_factory=dict)
+    seen: DeviceState = field(default_factory=DeviceState)  # as it reported, last reconcile
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
@@ -299,7 +301,7 @@ class WireguardBackend(Backend):
         assert device.plane is not None
         wanted = wanted_device(self._private, device.port, halves, self.config.keepalive, self._psk)
         try:
-            have = await asyncio.to_thread(device.plane.get)
+            have = device.seen = await asyncio.to_thread(device.plane.get)
             change = diff(wanted, have, time.time(), device.published)
             if change:
                 await asyncio.to_thread(device.plane.set, change)
@@ -312,6 +314,23 @@ class WireguardBackend(Backend):
 
     def datapath_stats(self) -> dict | None:
         return None  # WireGuard keeps its own counters (`wg show`)
+
+    def peer_endpoints(self) -> dict[IPNetwork, PeerEndpoint]:
+        peers = list(self.peers.values())
+        v6 = [p.v6 for p in peers if p.v6 is not None]
+        carried: list[tuple[WgDevice, list[Peer] | list[Peer6]]] = [(self.v4, peers)]
+        if self.one_device:
+            carried.append((self.v4, v6))  # one device: one session for both halves
+        elif self.v6 is not None:
+            carried.append((self.v6, v6))
+        out: dict[IPNetwork, PeerEndpoint] = {}
+        for device, halves in carried:
+            for half in halves:
+                key = base64.b64decode(half.public_key).hex()
+                state, published = device.seen.peers.get(key), device.published.get(key)
+                if state is not None and published:
+                    out[half.subnet] = PeerEndpoint(state.endpoint, published, state.last_handshake)
+        return out
 
     def datapath_problem(self) -> str | None:
         problems = [d.plane.problem() for d in self.wg_devices if d.plane is not None]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyflannel.backend.base import PeerEndpoint
 from pyflannel.ops.snapshot import (
     DaemonState,
     HealView,
@@ -117,6 +118,7 @@ class PeerHalf6:
     fdb: bool | None = optional()
     route: bool | None = optional()
     path: ProbeView | None = optional()
+    endpoint: PeerEndpoint | None = optional()
     problem: str = optional("")
 
     @property
@@ -140,6 +142,7 @@ class PeerRow:
     route: bool | None = None
     path: ProbeView | None = None
     heal: HealView | None = optional()
+    endpoint: PeerEndpoint | None = optional()  # WireGuard: where it is sent, as the device has it
     ipv6: PeerHalf6 | None = optional()
 
     def halves(self) -> tuple[PeerRow | PeerHalf6, ...]:

@@ -81,10 +81,18 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
 
 
 def _with_paths(row: PeerRow, snap: DaemonSnapshot) -> PeerRow:
-    """A peer's row with what the prober and the healer say of its path."""
+    """A peer's row with what the prober and the healer say of its path, and where its
+    session is sent (WireGuard)."""
+    endpoints = snap.backend.endpoints if snap.backend is not None else {}
     v6 = row.ipv6
     if v6 is not None and v6.programmed:
-        v6 = dataclasses.replace(v6, path=snap.mesh.get(v6.subnet))
+        v6 = dataclasses.replace(
+            v6, path=snap.mesh.get(v6.subnet), endpoint=endpoints.get(v6.subnet)
+        )
     return dataclasses.replace(
-        row, path=snap.mesh.get(row.subnet), heal=snap.paths.get(row.subnet), ipv6=v6
+        row,
+        path=snap.mesh.get(row.subnet),
+        heal=snap.paths.get(row.subnet),
+        endpoint=endpoints.get(row.subnet),
+        ipv6=v6,
     )

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from ipaddress import ip_network
 
+from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.plan import KernelState, Peer, Peer6
 from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
@@ -160,6 +161,17 @@ def via_udp(row: PeerRow) -> str:
         f"via udp{trying}: {heal.why} since {since} ({_ago(heal.since)}); VXLAN probed every "
         f"round, back after {heal.back_after} clean rounds"
     )
+
+
+def session(e: PeerEndpoint) -> str:
+    """ "sent to 203.0.113.7:40001 (learned from its packets; its lease says …), handshake
+    12 s ago" for a WireGuard peer."""
+    where = (
+        f"{e.endpoint} (learned from its packets; its lease says {e.published})"
+        if e.learned
+        else e.published
+    )
+    return f"WireGuard: sent to {where}, handshake {_ago(e.last_handshake)}"
 
 
 def _entries_and_path(half: PeerRow | PeerHalf6) -> str:
@@ -325,6 +337,8 @@ def _peer_lines(doc: StatusDoc) -> list[str]:
         )
         if healed := via_udp(r):
             lines.append(f"    {healed}")
+        if r.endpoint is not None:
+            lines.append(f"    {session(r.endpoint)}")
         v6 = r.ipv6
         if v6 is not None and v6.problem:
             lines.append(f"    IPv6 not programmed: {v6.problem}")
