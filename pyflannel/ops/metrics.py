@@ -3,9 +3,12 @@ sync, nothing computed when nobody scrapes)."""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
+from pyflannel.backend.base import PeerEndpoint
 from pyflannel.ops.snapshot import DaemonSnapshot, HealView, ProbeView
 from pyflannel.ops.status.document import DatapathStats
 
@@ -98,6 +101,7 @@ class DaemonCollector:
                 "kernel entries repaired by the reconciler",
                 value=backend.repairs,
             )
+            yield from session_metrics(backend.endpoints, time.time())
             stats = self.udp_stats
             if stats:
                 pkts = CounterMetricFamily(
@@ -167,6 +171,28 @@ def mesh_metrics(mesh: dict[str, ProbeView], sent: int = 0):
         if view.rtt_ms is not None:
             rtt.add_metric([subnet], view.rtt_ms / 1000)
     yield from (reachable, black_hole, rtt)
+
+
+def session_metrics(endpoints: dict[str, PeerEndpoint], now: float):
+    """WireGuard peers: sent to an endpoint learned from their packets (behind NAT), and the
+    age of their last handshake (per peer up to MESH_LABEL_LIMIT peers)."""
+    if not endpoints or len(endpoints) > MESH_LABEL_LIMIT:
+        return
+    learned = GaugeMetricFamily(
+        "pyflannel_peer_endpoint_learned",
+        "1 if the peer is sent to an endpoint learned from its packets, not its lease's",
+        labels=["peer"],
+    )
+    age = GaugeMetricFamily(
+        "pyflannel_peer_handshake_age_seconds",
+        "seconds since the peer's last WireGuard handshake (none yet: no sample)",
+        labels=["peer"],
+    )
+    for subnet, e in sorted(endpoints.items()):
+        learned.add_metric([subnet], int(e.learned))
+        if e.last_handshake:
+            age.add_metric([subnet], max(0.0, now - e.last_handshake))
+    yield from (learned, age)
 
 
 def path_metrics(paths: dict[str, HealView], moves: dict[str, int]):

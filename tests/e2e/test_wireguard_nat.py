@@ -90,6 +90,25 @@ def test_status_shows_where_the_natted_peer_is_sent_and_what_its_lease_says(bed)
     assert "(learned from its packets; its lease says 192.168.2.2:51820)" in text, text
 
 
+def test_metrics_say_the_natted_peer_is_reached_at_a_learned_endpoint(bed):
+    public, home = bed.nodes
+    _reaches(home, public)
+    peer = f'peer="{home.subnet}"'
+
+    def learned() -> str:
+        metrics = public.endpoint("/metrics")
+        assert f"pyflannel_peer_endpoint_learned{{{peer}}} 1.0" in metrics
+        return metrics
+
+    metrics = eventually(learned, timeout=5)
+    (age,) = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(f"pyflannel_peer_handshake_age_seconds{{{peer}}}")
+    ]
+    assert 0 <= age < 180
+
+
 def test_the_natted_node_reaches_the_public_one(bed):
     public, home = bed.nodes
     result = home.ping(public.pod_ip, count=10, interval=0.1)
