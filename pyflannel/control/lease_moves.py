@@ -5,7 +5,6 @@ order, so that nothing points at the new subnet before the device holds it."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 from pyflannel.backend.dataplane import DataPlane
@@ -14,8 +13,6 @@ from pyflannel.subnet.lease import Lease
 from pyflannel.subnet.table import LeaseTable
 from pyflannel.traffic.families import NetworkRules
 from pyflannel.traffic.ownership import Cluster
-
-log = logging.getLogger(__name__)
 
 
 class LeaseMoves:

@@ -30,7 +30,7 @@ from pyflannel.backend.udp.path import DEFAULT_PORT, DEFAULT_TUNING, UdpTuning
 from pyflannel.backend.udp.peer import udp_peer
 from pyflannel.backend.udp.tun import TUN_NAME
 from pyflannel.backend.vxlan.device import VxlanConfig, parse_vxlan_config
-from pyflannel.backend.vxlan.devices import VxlanDevices, find_link
+from pyflannel.backend.vxlan.devices import VxlanDevices
 from pyflannel.backend.vxlan.paths import VxlanPaths
 from pyflannel.backend.vxlan.peer import ENCAP_VXLAN, NAME, vxlan_peer, vxlan_peer6
 from pyflannel.backend.vxlan.udp_side import UdpSide
@@ -250,7 +250,7 @@ def offline(ipr, network) -> OfflineBackend | None:
         ),
         None,
     )
-    link = find_link(ipr, name) if name else None
+    link = ipr.get_link(name) if name else None
     if link is None:
         return None
     tun = (

@@ -33,10 +33,6 @@ from pyflannel.subnet.lease import Lease
 log = logging.getLogger(__name__)
 
 
-def find_link(ipr: IPRoute, name: str) -> Link | None:
-    return ipr.get_link(name)
-
-
 def create_vxlan(ipr: IPRoute, spec: VxlanSpec, mac: str) -> Link:
     ipr.add_link(spec.name, "vxlan", mac=mac, mtu=spec.mtu, vxlan=spec.settings())
     link = ipr.get_link(spec.name)
@@ -133,14 +129,14 @@ class VxlanDevices:
         return repaired
 
     async def _repaired(self, spec: VxlanSpec, had: Link) -> tuple[Link, str]:
-        link = await self.netlink.call(find_link, spec.name)
+        link = await self.netlink.call(IPRoute.get_link, spec.name)
         if link is not None and not incompatibilities(link, spec) and link.mac == had.mac:
             return link, ""
         what = "was deleted" if link is None else "was changed"
         return await self._ensure(spec, mac=had.mac), f"device {spec.name} {what}; recreated"
 
     async def _ensure(self, spec: VxlanSpec, mac: str | None) -> Link:
-        link = await self.netlink.call(find_link, spec.name)
+        link = await self.netlink.call(IPRoute.get_link, spec.name)
         if link is not None:
             reasons = incompatibilities(link, spec)
             if not reasons:

@@ -36,7 +36,6 @@ class UdpSide:
         may_send: Callable[[str], bool],
     ):
         self.path = UdpPath(netlink, ext, port, overlay_mtu(udp.NAME, ext.mtu), tuning)
-        self.ext = ext
         self.may_send = may_send  # a sender's address: is it a peer that speaks UDP?
         self.doorbell: Doorbell | None = None  # the UDP port, while the path does not run
         self._starting = asyncio.Lock()
@@ -71,7 +70,7 @@ class UdpSide:
         """Until the UDP path runs, its port answers the lease's UDPPort promise."""
         if self.doorbell is not None:
             self.doorbell.close()
-        self.doorbell = Doorbell(self.ext.iface_addr, self.port, self.may_send, self._rung)
+        self.doorbell = Doorbell(self.path.ext.iface_addr, self.port, self.may_send, self._rung)
         self.doorbell.open()
 
     def _rung(self, sender: str) -> None:
@@ -95,7 +94,6 @@ class UdpSide:
 
     async def move(self, ext: ExtIface) -> None:
         """Rebind on a new underlay (the doorbell too, while the path does not run)."""
-        self.ext = ext
         await self.path.move(ext, overlay_mtu(udp.NAME, ext.mtu))
         if not self.running and self.lease is not None:
             self.listen()  # on the new address
