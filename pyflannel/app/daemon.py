@@ -13,6 +13,7 @@ that the wiring can be unit-tested with an in-memory store and a backend of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from pyflannel.backend.base import Backend
 from pyflannel.backend.dataplane import DataPlane
 from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.backend.registry import BackendContext, start_backend
+from pyflannel.backend.sites.link import SiteLink, site_key_path
 from pyflannel.control.config_watch import ConfigWatch
 from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.lease_moves import LeaseMoves
@@ -38,8 +40,9 @@ from pyflannel.control.network_config import load_network_config
 from pyflannel.control.peer_programmer import PeerProgrammer
 from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.control.reconciling import ReconcileLoop
+from pyflannel.control.site_records import SiteRecords
 from pyflannel.control.underlay import UnderlayFollower
-from pyflannel.errors import FlannelError
+from pyflannel.errors import BackendError, FlannelError
 from pyflannel.kernel.iface import ExtIface, IfaceChoice, chosen_interface, hardware_address
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.privileges import check_privileges
@@ -75,6 +78,8 @@ if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
     from pyflannel.ops.snapshot import DaemonSnapshot
 
 log = logging.getLogger(__name__)
+
+SITE_RECORDS_WAIT = 5.0  # seconds the first programming waits for the node records (--site)
 
 
 @dataclass
@@ -184,7 +189,11 @@ class Daemon:
             BackendContext(self.netlink, cfg, ext, o.backend_settings)
         )
         timeline.step("backend")
-        plane = DataPlane(backend, blackhole_own=o.ip_blackhole_route)
+        plane = DataPlane(
+            backend,
+            blackhole_own=o.ip_blackhole_route,
+            sites=await self._site_link(cfg, ext, backend),
+        )
         plane.also_own(previous_network(o.subnet_file))
         if cfg.cidr6 is not None:
             plane.also_own(previous_network6(o.subnet_file))
@@ -255,8 +264,41 @@ class Daemon:
             underlay,
             peers,
             ReconcileLoop(plane, o.reconcile_interval, before=underlay.check),
+            sites=SiteRecords(self.store, plane, plane.sites, lambda: keeper.lease or lease)
+            if plane.sites is not None
+            else None,
         )
         return self.running
+
+    async def _site_link(self, cfg: NetworkConfig, ext: ExtIface, backend) -> SiteLink | None:
+        """--site: this node's site and the site link (its device for a backend that does not
+        encrypt), started."""
+        o = self.options
+        if not o.site:
+            return None
+        if not backend.data_plane:
+            log.warning(
+                "--site %s: the %s backend carries no traffic; ignored", o.site, backend.name
+            )
+            return None
+        if cfg.enable_ipv6 or backend.name == "extension":
+            raise BackendError(
+                f"--site is not supported on {'a dual-stack network' if cfg.enable_ipv6 else 'the extension backend'}"
+                " yet: run these nodes without --site"
+            )
+        link = SiteLink(
+            self.netlink,
+            cfg,
+            ext,
+            o.site,
+            site_key_path(o.subnet_file),
+            port=o.site_port,
+            keepalive=o.site_keepalive,
+            datapath=o.wireguard_datapath,
+            own_device=backend.name != "wireguard",
+        )
+        await link.start()
+        return link
 
     def _rule_networks(self, cfg: NetworkConfig, lease: Lease) -> list[tuple[Cluster, Cluster]]:
         """(cluster, pod subnet) per family, for the traffic rules."""
@@ -320,6 +362,14 @@ class Daemon:
         timeline.step("endpoint")
         r = await self.start()
         async with asyncio.TaskGroup() as tasks:
+            if r.sites is not None:
+                tasks.create_task(r.sites.follow(), name="node-records")
+                tasks.create_task(r.sites.publish(), name="node-record")
+                # peers placed by their records from the first programming on (bounded: a
+                # record read later places them again)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SITE_RECORDS_WAIT):
+                        await r.sites.read.wait()
             tasks.create_task(r.watch.run(), name="peer-watch")
             tasks.create_task(r.peers.run(), name="peer-changes")
             await r.watch.synced.wait()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pyflannel.errors import OptionsError
 from pyflannel.kernel.iface import IfaceChoice
 from pyflannel.subnet.env_file import parse_env
+from pyflannel.subnet.node_record import check_site_name
 from pyflannel.subnet.stores import StoreOptions, parse_endpoint
 
 if TYPE_CHECKING:  # the lower layers' own option types, imported when asked for
@@ -182,6 +183,24 @@ class Options:
         "wireguard backend: auto (the kernel's module if it can make a link, else userspace "
         "wireguard-go), kernel, or userspace (default %(default)s; pyflannel only)",
         layer="backend",
+    )
+    site: str = option(
+        "",
+        "this node's site (a datacenter, an office, a home): nodes of one site reach each "
+        "other by the network's backend over their --iface addresses, in clear; nodes of other "
+        "sites through an encrypted WireGuard site link over their outside addresses "
+        "(--public-ip, or learned behind NAT); published beside the lease; nodes without a site "
+        "(and upstream flanneld) are reached as before (pyflannel only)",
+    )
+    site_port: int = option(
+        51830,
+        "UDP port of the site link (flannel-site) with --site (default %(default)s; pyflannel only)",
+    )
+    site_keepalive: int = option(
+        25,
+        "seconds between the site link's keepalives to each node of another site: they keep a "
+        "NAT router's mapping open and teach the other side where this node is (0: none; "
+        "default %(default)s; pyflannel only)",
     )
     ip_masq: bool = option(
         False,
@@ -481,6 +500,13 @@ def validate(options: Options) -> None:
         raise OptionsError(
             f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"
         )
+    if options.site:
+        try:
+            check_site_name(options.site)
+        except ValueError as e:
+            raise OptionsError(f"--site: {e}") from None
+    if not 0 < options.site_port < 65536 or options.site_keepalive < 0:
+        raise OptionsError("--site-port must be a UDP port and --site-keepalive >= 0")
     if options.public_ip:
         try:
             IPv4Address(options.public_ip)

@@ -11,6 +11,7 @@ from pyflannel.control.lease_keeper import LeaseKeeper
 from pyflannel.control.peer_programmer import PeerProgrammer
 from pyflannel.control.peer_watch import PeerWatch
 from pyflannel.control.reconciling import ReconcileLoop
+from pyflannel.control.site_records import SiteRecords
 from pyflannel.control.underlay import UnderlayFollower
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.config import NetworkConfig
@@ -31,6 +32,7 @@ class Running:
     underlay: UnderlayFollower
     peers: PeerProgrammer
     reconciler: ReconcileLoop
+    sites: SiteRecords | None = None  # --site: this node's record, the others' followed
 
     @property
     def lease(self) -> Lease:

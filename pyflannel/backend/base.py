@@ -62,6 +62,8 @@ class Backend(abc.ABC):
         self.network = network
         self.ext = ext
         self.lease: Lease | None = None  # this node's, set before ``configure``
+        # --site: where each peer is decides how it is reached (backend/sites/link.py)
+        self.sites: PeerPlacement | None = None
         self.kernel = Reconciler(netlink, self)
         # Route destinations this network owns: its CIDR, and the CIDR the subnet file named
         # before a config change (its leftovers are ours to remove, nobody else's).
@@ -97,6 +99,21 @@ class Backend(abc.ABC):
     def mtu_reason(self) -> str:
         """How the MTU was computed, in words."""
         return ""
+
+    # -- what the reconciler asks: the backend's answers, placed by site ---------------------
+
+    async def placed_peer(self, lease: Lease) -> Peer:
+        """The peer of ``lease`` as this node reaches it: by this backend (``peer``), or, with
+        --site, as its site decides (over its inside address, or through the site link)."""
+        if self.sites is None:
+            return await self.peer(lease)
+        return await self.sites.place(lease, self.peer)
+
+    def all_devices(self) -> Devices:
+        """``devices()``, with the site link's device where there is one."""
+        devices = self.devices()
+        site = self.sites.index if self.sites is not None else None
+        return devices if site is None else replace(devices, site=site)
 
     # -- what a backend with devices says too ----------------------------------------------
 
@@ -188,6 +205,19 @@ class Backend(abc.ABC):
 
 
 # -- capabilities a backend may have ------------------------------------------------------------
+
+
+class PeerPlacement(Protocol):
+    """Where each peer is (its site), deciding how it is reached (backend/sites/link.py)."""
+
+    @property
+    def index(self) -> int | None:
+        """The site link device's index (None: none)."""
+        ...
+
+    async def place(self, lease: Lease, backend_peer: Callable[[Lease], Awaitable[Peer]]) -> Peer:
+        """The peer of ``lease``, placed (``backend_peer``: the backend's own view)."""
+        ...
 
 
 @runtime_checkable

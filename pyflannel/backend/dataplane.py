@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any
@@ -24,6 +25,7 @@ from pyflannel.backend.base import (
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.plan import IPAddress, IPNetwork, Peer, Peer6, Table, blackhole_routes
 from pyflannel.backend.reconciler import ReconcileReport
+from pyflannel.backend.sites.link import SiteLink
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.watch import Damage, Watched
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -49,14 +51,23 @@ class BackendSnapshot:
     repairs: int = 0
     passes: int = 0  # full reconciles done
     endpoints: dict[str, PeerEndpoint] = field(default_factory=dict)  # by peer subnet (WireGuard)
+    site: str = ""  # this node's (--site), "" without
+    placements: dict[str, str] = field(
+        default_factory=dict
+    )  # by peer subnet: where it is, in words
 
 
 class DataPlane:
-    def __init__(self, backend: Backend, blackhole_own: bool = False):
+    def __init__(
+        self, backend: Backend, blackhole_own: bool = False, sites: SiteLink | None = None
+    ):
         self.backend = backend
         self.kernel = backend.kernel
         # --ip-blackhole-route: a blackhole route for this node's own subnets
         self.blackhole_own = blackhole_own
+        # --site: peers placed by site, those of other sites through the site link
+        self.sites = sites
+        backend.sites = sites
 
     # -- what the backend is -----------------------------------------------------------------
 
@@ -70,6 +81,10 @@ class DataPlane:
 
     @property
     def mtu(self) -> int:
+        """The pod MTU: the backend's, and no more than the site link carries."""
+        sites = self.sites
+        if sites is not None and sites.device is not None:
+            return min(self.backend.mtu, sites.mtu)
         return self.backend.mtu
 
     @property
@@ -77,7 +92,7 @@ class DataPlane:
         return self.backend.data_plane
 
     def devices(self) -> Devices:
-        return self.backend.devices()
+        return self.backend.all_devices()
 
     def also_own(self, previous: IPNetwork | None) -> None:
         self.backend.also_own(previous)
@@ -104,7 +119,8 @@ class DataPlane:
 
     def datapath_problem(self) -> str | None:
         b = self.backend
-        return b.datapath_problem() if isinstance(b, UserspaceDatapath) else None
+        problem = b.datapath_problem() if isinstance(b, UserspaceDatapath) else None
+        return problem or (self.sites.problem() if self.sites is not None else None)
 
     @property
     def alternate_paths(self) -> AlternatePaths | None:
@@ -126,6 +142,8 @@ class DataPlane:
         async with self.kernel.lock:
             self.backend.lease = lease
             await self.backend.configure(lease)
+            if self.sites is not None:
+                await self.sites.configure(lease)
             if self.blackhole_own:
                 await self.kernel.set_own(blackhole_routes(lease.subnet, lease.ipv6_subnet))
 
@@ -135,13 +153,38 @@ class DataPlane:
     async def update_peers(self, changes: PeerChanges) -> None:
         before = frozenset(self.kernel.peers)
         await self.kernel.update_peers(changes)
+        if self.sites is not None:
+            for lease in changes.removed:
+                self.sites.forget(lease.subnet)
+            async with self.kernel.lock:
+                await self.sites.sync()
         await self.backend.peers_updated(changes, before)
 
+    async def site_records(self, stored: Mapping[str, bytes]) -> None:
+        """The node records as stored now: the peers whose record changed placed again."""
+        if self.sites is None:
+            return
+        changed = self.sites.update_records(stored)
+        leases = [self.sites.leases[s] for s in changed if s in self.sites.leases]
+        if leases:
+            await self.update_peers(PeerChanges(added=leases))
+
     async def reconcile(self) -> ReconcileReport:
-        return await self.kernel.reconcile()
+        repaired: list[str] = []
+        if self.sites is not None:
+            async with self.kernel.lock:  # the device first: routes go into it
+                repaired += await self.sites.ensure()
+        report = await self.kernel.reconcile()
+        if self.sites is not None:
+            async with self.kernel.lock:
+                repaired += await self.sites.sync()
+        report.repaired[:0] = repaired
+        return report
 
     async def close(self) -> None:
         await self.backend.close()
+        if self.sites is not None:
+            await self.sites.close()
 
     # -- the kernel watch: what this network owns, and damage done to it -------------------
 
@@ -149,6 +192,8 @@ class DataPlane:
         devices = self.backend.devices()
         indexes = (devices.overlay, devices.overlay6)
         names = (self.backend.device_name, *self.backend.extra_devices())
+        if self.sites is not None and self.sites.device is not None:
+            names += (self.sites.device.name,)
         return Watched(
             frozenset(n for n in names if n),
             frozenset(i for i in indexes if i),
@@ -179,7 +224,16 @@ class DataPlane:
             passes=self.kernel.passes,
             details=b.status_details(),
             probe_host=b.probe_host,
-            endpoints={str(subnet): endpoint for subnet, endpoint in b.peer_endpoints().items()}
-            if isinstance(b, ReportsPeerEndpoints)
+            endpoints=self._endpoints(),
+            site=self.sites.site if self.sites is not None else "",
+            placements={str(s): self.sites.describe(s) for s in self.kernel.peers}
+            if self.sites is not None
             else {},
         )
+
+    def _endpoints(self) -> dict[str, PeerEndpoint]:
+        b = self.backend
+        endpoints = dict(b.peer_endpoints()) if isinstance(b, ReportsPeerEndpoints) else {}
+        if self.sites is not None:
+            endpoints.update(self.sites.endpoints())
+        return {str(subnet): endpoint for subnet, endpoint in endpoints.items()}

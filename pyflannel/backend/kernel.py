@@ -66,6 +66,7 @@ class Devices:
     networks: tuple[IPNetwork, ...] = ()
     overlay6: int | None = None
     tunnel6: int | None = None
+    site: int | None = None  # the site link: routes to peers of other sites (backend/sites/)
 
     def owns_route(self, dst: IPNetwork) -> bool:
         return any(
@@ -223,6 +224,8 @@ def _route_of(route: Message, devices: Devices) -> Route:
     overlay = (devices.overlay, devices.overlay6)
     if oif is not None and oif in (devices.tunnel, devices.tunnel6):
         return Route(gateway, Via.TUNNEL)
+    if oif is not None and oif == devices.site:
+        return Route(gateway, Via.SITE)
     if oif is not None and oif in overlay and flags & RTNH_F_ONLINK:
         return Route(gateway, Via.ONLINK)
     return Route(gateway, Via.UNDERLAY if oif not in (*overlay, devices.tunnel) else Via.OTHER)
@@ -254,9 +257,11 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
             kind=codec.RTN_BLACKHOLE,
             priority=BLACKHOLE_METRIC,
         )
-    oif = {Via.ONLINK: devices.overlay_for(op.key), Via.TUNNEL: devices.tunnel_for(op.key)}.get(
-        route.via
-    )
+    oif = {
+        Via.ONLINK: devices.overlay_for(op.key),
+        Via.TUNNEL: devices.tunnel_for(op.key),
+        Via.SITE: devices.site,
+    }.get(route.via)
     return requests.route_replace(
         seq, op.key, route.gateway, oif, route.via == Via.ONLINK, RTPROT_PYFLANNEL
     )

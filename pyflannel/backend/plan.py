@@ -39,6 +39,7 @@ class Via(enum.StrEnum):
     ONLINK = "onlink"  # onlink via the overlay (L2) device of its family
     UNDERLAY = "underlay"  # directly via the underlay
     TUNNEL = "tunnel"  # into the point-to-point tunnel device of its family
+    SITE = "site"  # into the site link (a WireGuard device to nodes of other sites)
     BLACKHOLE = "blackhole"  # dropped here (this node's own subnet, --ip-blackhole-route)
     OTHER = "other"  # none of ours (read from the kernel only)
 
@@ -147,6 +148,7 @@ class Peer:
     public_key: str = ""  # wireguard: base64, as in the lease
     v6: Peer6 | None = None  # dual-stack: the IPv6 half, if usable
     v6_problem: str = ""  # why a lease's IPv6 half is not programmed (its IPv4 half is)
+    site: str = ""  # its site, from its node record ("" without one: backend/sites/)
     entries: KernelState = field(default_factory=lambda: KernelState(), compare=False)
 
     @property
@@ -178,6 +180,11 @@ def underlay_route(subnet: IPNetwork, gateway: IPAddress) -> KernelState:
 def tunnel_route(subnet: IPNetwork) -> KernelState:
     """The subnet into the point-to-point tunnel device (the UDP path)."""
     return KernelState(routes={subnet: Route(None, Via.TUNNEL)})
+
+
+def site_route(subnet: IPNetwork) -> KernelState:
+    """The subnet into the site link (a peer of another site: backend/sites/)."""
+    return KernelState(routes={subnet: Route(None, Via.SITE)})
 
 
 def blackhole_routes(*subnets: IPNetwork | None) -> KernelState:

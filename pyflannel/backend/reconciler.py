@@ -48,7 +48,7 @@ class ReconcileReport:
 class DesiredStateSource(Protocol):
     """What a backend tells the reconciler."""
 
-    def devices(self) -> Devices:
+    def all_devices(self) -> Devices:
         """The devices entries point at, and the CIDRs the network owns."""
         ...
 
@@ -56,7 +56,7 @@ class DesiredStateSource(Protocol):
         """Recreate/reconfigure devices that changed behind our back; what was repaired."""
         ...
 
-    async def peer(self, lease: Lease) -> Peer:
+    async def placed_peer(self, lease: Lease) -> Peer:
         """The peer a lease describes; PeerDataError if this node cannot use it."""
         ...
 
@@ -98,7 +98,7 @@ class Reconciler:
             for lease in changes.added:
                 self._forget(lease.subnet, scope)
                 try:
-                    peer = await self.source.peer(lease)
+                    peer = await self.source.placed_peer(lease)
                 except PeerDataError as e:
                     self._reject(lease, str(e))
                     continue
@@ -171,7 +171,7 @@ class Reconciler:
         deletions = [(op.table, str(op.key)) for op in ops if op.action == Action.DELETE]
         for mark in deletions:  # before sending: the notification may beat our own wake-up
             self._own_deletions[mark] = self._own_deletions.get(mark, 0) + 1
-        failed = await self.netlink.call(kernel.apply_all, self.source.devices(), ops)
+        failed = await self.netlink.call(kernel.apply_all, self.source.all_devices(), ops)
         for op, _ in failed:
             if op.action == Action.DELETE:
                 self.explains(op.table, str(op.key))
@@ -202,7 +202,7 @@ class Reconciler:
         async with self.lock:
             self.passes += 1  # tried, whatever comes of it
             report = ReconcileReport(repaired=await self.source.ensure_devices())
-            self.actual = await self.netlink.call(kernel.read_state, self.source.devices())
+            self.actual = await self.netlink.call(kernel.read_state, self.source.all_devices())
             done, report.failed = await self._apply(diff(self.desired.state, self.actual))
             if self.programmed:
                 report.repaired += [f"{op.action} {op.table} {op.key}" for op in done]

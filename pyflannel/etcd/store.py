@@ -337,6 +337,32 @@ class EtcdSubnetManager(SubnetManager):
                 continue
         return out
 
+    # -- node records: pyflannel only, outside subnets/ ------------------------------------
+
+    @property
+    def nodes_prefix(self) -> str:
+        return join_key(self.prefix, "pyflannel", "nodes") + "/"
+
+    async def publish_node(self, lease: Lease, record: bytes) -> None:
+        key = (self.nodes_prefix + subnet_key(lease.subnet)).encode()
+        await self.client.put(key, record, lease=self._token(lease).lease_id)
+
+    async def node_records(self) -> AsyncIterator[dict[str, bytes]]:
+        """One read of the prefix, then its watch from the next revision on."""
+        prefix = self.nodes_prefix.encode()
+        kvs, revision = await self.client.get_prefix(prefix)
+        records = {kv.key.decode(errors="replace"): kv.value for kv in kvs}
+        yield dict(records)
+        async for response in self.client.watch_prefix(prefix, revision + 1):
+            for event in response.events:
+                key = event.kv.key.decode(errors="replace")
+                if event.type == "delete":
+                    records.pop(key, None)
+                else:
+                    records[key] = event.kv.value
+            if response.events:
+                yield dict(records)
+
     # -- the store itself ------------------------------------------------------------------
 
     def view(self) -> StoreView:

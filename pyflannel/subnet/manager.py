@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar
@@ -216,6 +217,15 @@ class SubnetManager(abc.ABC):
     @abc.abstractmethod
     async def path_summaries(self) -> dict[str, dict]:
         """Every node's published paths, by its subnet."""
+
+    @abc.abstractmethod
+    async def publish_node(self, lease: Lease, record: bytes) -> None:
+        """This node's record (subnet/node_record.py), living and expiring with its lease."""
+
+    @abc.abstractmethod
+    def node_records(self) -> AsyncIterator[dict[str, bytes]]:
+        """Every node's record as stored (by key), once now and again after each change;
+        raises the store's errors (the caller starts again: a fresh read)."""
 
     # -- the store itself ----------------------------------------------------------------
 

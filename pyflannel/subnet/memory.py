@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
@@ -63,6 +64,7 @@ class MemoryStore:
     forgotten: int = 0  # changes up to here are no longer in the history
     down: bool = False
     paths: dict[str, dict] = field(default_factory=dict)
+    nodes: dict[str, bytes] = field(default_factory=dict)  # node records by subnet key
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     calls: int = 0  # every call of every manager (their cost)
 
@@ -279,6 +281,20 @@ class MemorySubnetManager(SubnetManager):
     async def path_summaries(self) -> dict[str, dict]:
         self.store.check()
         return dict(self.store.paths)
+
+    async def publish_node(self, lease: Lease, record: bytes) -> None:
+        self.store.check()
+        self.store.nodes[str(lease.subnet)] = record
+
+    async def node_records(self) -> AsyncIterator[dict[str, bytes]]:
+        """The records, polled (a memory store has no watch: tests and the demo's alloc)."""
+        last = None
+        while True:
+            self.store.check()
+            if self.store.nodes != last:
+                last = dict(self.store.nodes)
+                yield dict(last)
+            await asyncio.sleep(0.2)
 
     def view(self) -> StoreView:
         return StoreView("memory", "memory", StoreFacts(revision=self.store.revision))

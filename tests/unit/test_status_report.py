@@ -222,7 +222,7 @@ def test_a_newer_daemons_extra_fields_are_ignored():
     doc = healthy()
     wire = doc.to_json()
     wire["daemon"]["threads"] = 7
-    wire["peers"][0]["site"] = "paris"
+    wire["peers"][0]["region"] = "paris"
     assert StatusDoc.parse(wire) == doc
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
@@ -36,7 +34,8 @@ from pyflannel.backend.plan import (
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.wireguard.config import Mode, WireguardConfig, parse_wireguard_config
-from pyflannel.backend.wireguard.kernel_wg import KernelWireguard, create_link
+from pyflannel.backend.wireguard.device import WgDevice
+from pyflannel.backend.wireguard.kernel_wg import KernelWireguard
 from pyflannel.backend.wireguard.keys import (
     InvalidKey,
     key_file_path,
@@ -52,7 +51,7 @@ from pyflannel.backend.wireguard.peers import (
     wireguard_peer,
     wireguard_peer6,
 )
-from pyflannel.backend.wireguard.uapi import DeviceState, UapiError, diff
+from pyflannel.backend.wireguard.uapi import UapiError
 from pyflannel.backend.wireguard.userspace import WireguardGo
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
@@ -65,19 +64,6 @@ log = logging.getLogger(__name__)
 DUAL_STACK = True  # carries IPv6 too (EnableIPv6), as upstream's
 
 DEVICE, DEVICE6 = "flannel-wg", "flannel-wg-v6"
-
-
-@dataclass
-class WgDevice:
-    """One WireGuard device: its name, listen port, data plane and interface index."""
-
-    name: str
-    port: int
-    plane: WireguardGo | KernelWireguard | None = None
-    index: int | None = None
-    # the endpoint written last per peer (public key, hex): what its lease published then
-    published: dict[str, str] = field(default_factory=dict)
-    seen: DeviceState = field(default_factory=DeviceState)  # as it reported, last reconcile
 
 
 async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
@@ -111,7 +97,6 @@ class WireguardBackend(Backend):
             self.v6 = WgDevice(DEVICE6, self.config.listen_port_v6)
         elif self.config.mode is Mode.IPV6 and not network.enable_ipv6:
             raise BackendError("wireguard Mode 'ipv6' needs EnableIPv6 (a dual-stack network)")
-        self.choice = ""  # why this data plane, for the log and status
 
     @property
     def wg_devices(self) -> list[WgDevice]:
@@ -164,39 +149,8 @@ class WireguardBackend(Backend):
                     f"{', '.join(foreign)}): one wireguard network per host (upstream's device "
                     "names are fixed)"
                 )
-            device.plane = await self._choose_plane(device.name)
-            await self._ensure_plane(device)
+            await device.start(self.netlink, self.datapath)
         return self.lease_attrs()
-
-    async def _choose_plane(self, name: str) -> WireguardGo | KernelWireguard:
-        if self.datapath in ("auto", "kernel"):
-            try:
-                await self.netlink.call(create_link, name)
-                self.choice = "kernel WireGuard"
-                log.info("WireGuard: using the kernel's module for %s", name)
-                return KernelWireguard(name)
-            except Exception as e:
-                reason = kernel.describe_error(e)
-                if self.datapath == "kernel":
-                    raise BackendError(
-                        f"cannot create WireGuard device {name} in the kernel: {reason} "
-                        "(--wireguard-datapath=kernel; auto would use wireguard-go)"
-                    ) from e
-                self.choice = f"userspace: the kernel cannot make a wireguard link ({reason})"
-        else:
-            self.choice = "userspace: forced by --wireguard-datapath=userspace"
-        plane = WireguardGo(name)  # BackendError naming the package if it is missing
-        log.warning("WireGuard: %s; using wireguard-go for %s", self.choice, name)
-        return plane
-
-    async def _ensure_plane(self, device: WgDevice) -> list[str]:
-        assert device.plane is not None, "prepare() first"
-        done = await asyncio.to_thread(device.plane.ensure)
-        index = await self.netlink.call(kernel.link_index, device.name)
-        if index is None:
-            raise BackendError(f"{device.name} is missing although WireGuard runs")
-        device.index = index
-        return done
 
     def lease_attrs(self) -> LeaseAttrs:
         """Upstream's: one key for both families (BackendV6Data repeats it)."""
@@ -257,7 +211,7 @@ class WireguardBackend(Backend):
     async def ensure_devices(self) -> list[str]:
         repaired = []
         for device in self.wg_devices:
-            repaired += await self._ensure_plane(device)
+            repaired += await device.ensure(self.netlink)
         repaired += [f"device {c}" for c in await self._configure_devices()]
         return repaired + await self._sync_peers()
 
@@ -298,19 +252,13 @@ class WireguardBackend(Backend):
         return done
 
     async def _sync(self, device: WgDevice, halves) -> list[str]:
-        assert device.plane is not None
         wanted = wanted_device(self._private, device.port, halves, self.config.keepalive, self._psk)
         try:
-            have = device.seen = await asyncio.to_thread(device.plane.get)
-            change = diff(wanted, have, time.time(), device.published)
-            if change:
-                await asyncio.to_thread(device.plane.set, change)
-            device.published = {k: p.endpoint for k, p in wanted.peers.items()}
+            return await device.sync(wanted)
         except (UapiError, OSError) as e:
             log.warning("WireGuard device %s: %s; retrying at the next pass", device.name, e)
             self.kernel.repair_wanted.set()
             return []
-        return [f"{device.name}: {words}" for words in change.describe()]
 
     def datapath_stats(self) -> dict | None:
         return None  # WireGuard keeps its own counters (`wg show`)
@@ -326,14 +274,13 @@ class WireguardBackend(Backend):
         out: dict[IPNetwork, PeerEndpoint] = {}
         for device, halves in carried:
             for half in halves:
-                key = base64.b64decode(half.public_key).hex()
-                state, published = device.seen.peers.get(key), device.published.get(key)
-                if state is not None and published:
-                    out[half.subnet] = PeerEndpoint(state.endpoint, published, state.last_handshake)
+                endpoint = device.endpoint_of(half.public_key)
+                if endpoint is not None:
+                    out[half.subnet] = endpoint
         return out
 
     def datapath_problem(self) -> str | None:
-        problems = [d.plane.problem() for d in self.wg_devices if d.plane is not None]
+        problems = [d.problem() for d in self.wg_devices]
         return "; ".join(p for p in problems if p) or None
 
     def status_details(self) -> dict[str, Any]:
@@ -346,5 +293,4 @@ class WireguardBackend(Backend):
 
     async def close(self) -> None:
         for device in self.wg_devices:
-            if device.plane is not None:
-                await asyncio.to_thread(device.plane.stop)
+            await device.stop()

@@ -144,6 +144,8 @@ class PeerRow:
     heal: HealView | None = optional()
     endpoint: PeerEndpoint | None = optional()  # WireGuard: where it is sent, as the device has it
     ipv6: PeerHalf6 | None = optional()
+    site: str = optional("")  # its site (--site), from its node record
+    placement: str = optional("")  # where it is and how it is reached, in words (--site)
 
     def halves(self) -> tuple[PeerRow | PeerHalf6, ...]:
         """This row and its programmed IPv6 half: a path each."""

@@ -43,7 +43,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
             repairs=b.repairs,
             reconcile_passes=b.passes,
             probe_host=b.probe_host,
-            details=b.details,
+            details={**b.details, "site": b.site} if b.site else b.details,
         )
         actual = await io.kernel_state()
         if actual is not None:
@@ -95,4 +95,5 @@ def _with_paths(row: PeerRow, snap: DaemonSnapshot) -> PeerRow:
         heal=snap.paths.get(row.subnet),
         endpoint=endpoints.get(row.subnet),
         ipv6=v6,
+        placement=snap.backend.placements.get(row.subnet, "") if snap.backend is not None else "",
     )

@@ -45,6 +45,7 @@ def peer_row(peer: Peer, actual: KernelState) -> PeerRow:
         udp_port=peer.udp_port or None,
         public_key=peer.public_key or "",
         ipv6=v6,
+        site=peer.site,
         **_programmed(peer, actual),  # type: ignore[arg-type]  # neighbour, fdb, route
     )
 
@@ -335,6 +336,8 @@ def _peer_lines(doc: StatusDoc) -> list[str]:
             f"  {r.subnet:<18} {r.public_ip:<15} {r.encap:<6} "
             f"{(r.vtep_mac or r.udp_port or '-')!s:<18} {_entries_and_path(r)}"
         )
+        if r.placement:
+            lines.append(f"    {r.placement}")
         if healed := via_udp(r):
             lines.append(f"    {healed}")
         if r.endpoint is not None:

@@ -1,0 +1,249 @@
+"""This node's site and the site link: the WireGuard device (``flannel-site``) that carries a
+network's traffic to the nodes of other sites, encrypted, whatever the network's backend
+(vxlan, host-gw, udp). A wireguard network needs no second device: its own peers are sent to
+the outside addresses instead.
+
+It holds this node's record (published beside the lease by the daemon), the records of the
+others (read from the store), and where each peer is (placement.py); the reconciler asks it
+for each peer (``place``), and the device is made to carry exactly the peers of other sites
+on every pass (the same diff as the wireguard backend's, which keeps an endpoint learned from
+a peer behind NAT). Every site-link peer gets a keepalive, so that a node behind NAT keeps its
+router's mapping open and teaches the others where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from pyflannel.backend import kernel
+from pyflannel.backend.base import PeerEndpoint
+from pyflannel.backend.mtu import overlay_mtu
+from pyflannel.backend.plan import IPNetwork, Peer, site_route
+from pyflannel.backend.sites.placement import Placement, Where, at_address, place
+from pyflannel.backend.wireguard.device import WgDevice
+from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, public_key
+from pyflannel.backend.wireguard.peers import wanted_device
+from pyflannel.backend.wireguard.uapi import UapiError
+from pyflannel.errors import BackendError
+from pyflannel.kernel.iface import ExtIface
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.subnet.config import NetworkConfig
+from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.node_record import BadRecord, NodeRecord, parse_record
+
+log = logging.getLogger(__name__)
+
+DEVICE = "flannel-site"
+DEFAULT_PORT = 51830  # beside WireGuard's 51820/51821, which a wireguard network may use
+DEFAULT_KEEPALIVE = 25  # seconds: what WireGuard recommends behind NAT
+ENCAP_SITE = "site"  # a peer reached through the site link
+
+
+def site_key_path(subnet_file: str) -> Path:
+    """The site link's private key, beside the network's subnet file (one per network:
+    ``/run/flannel/subnet.site-key``), created once, mode 0600, like the wireguard key."""
+    return Path(subnet_file).with_suffix(".site-key")
+
+
+class SiteLink:
+    def __init__(
+        self,
+        netlink: Netlink,
+        network: NetworkConfig,
+        ext: ExtIface,
+        site: str,
+        key_path: Path,
+        port: int = DEFAULT_PORT,
+        keepalive: int = DEFAULT_KEEPALIVE,
+        datapath: str = "auto",
+        own_device: bool = True,
+    ):
+        """``own_device`` False: the network's backend encrypts (wireguard) and reaches the
+        other sites itself; no site device is made."""
+        self.netlink = netlink
+        self.network = network
+        self.ext = ext
+        self.site = site
+        self.key_path = key_path
+        self.keepalive = keepalive
+        self.datapath = datapath
+        self.device = WgDevice(DEVICE, port) if own_device else None
+        self._private = b""
+        self.public_key = ""
+        self.records: dict[IPv4Network, NodeRecord] = {}  # the other nodes', by subnet
+        self.placements: dict[IPv4Network, Placement] = {}  # every peer placed
+        self.leases: dict[IPv4Network, Lease] = {}  # and its lease (to place it again)
+        self.own_stored: NodeRecord | None = None  # this node's record as the store has it
+        self._bad: dict[str, str] = {}  # record key -> why it is not used (said once)
+        self.own_subnet: IPv4Network | None = None
+
+    # -- this node ---------------------------------------------------------------------------
+
+    @property
+    def mtu(self) -> int:
+        """What the site link carries (the pod MTU is at most this)."""
+        return overlay_mtu("wireguard", self.ext.mtu)
+
+    @property
+    def index(self) -> int | None:
+        return self.device.index if self.device is not None else None
+
+    async def start(self) -> None:
+        if self.device is None:
+            log.info("site %s: peers of other sites through the wireguard backend", self.site)
+            return
+        try:
+            self._private, created = await asyncio.to_thread(load_or_create, self.key_path)
+        except (InvalidKey, OSError) as e:
+            raise BackendError(f"site link key file {self.key_path}: {e}") from e
+        self.public_key = base64.b64encode(public_key(self._private)).decode()
+        log.info(
+            "site %s: %s the site link key %s (public key %s)",
+            self.site,
+            "created" if created else "using",
+            self.key_path,
+            self.public_key,
+        )
+        foreign = await self.netlink.call(kernel.foreign_addresses, DEVICE, self.network.cidr)
+        if foreign:
+            raise BackendError(
+                f"{DEVICE} already serves another network on this host (address "
+                f"{', '.join(foreign)}): one network with --site per host"
+            )
+        await self.device.start(self.netlink, self.datapath)
+
+    def record(self, lease: Lease) -> NodeRecord:
+        """What this node publishes beside ``lease``."""
+        inside = self.ext.iface_addr
+        outside = self.ext.public_ip if self.ext.public_ip != inside else None
+        if self.device is None:
+            return NodeRecord(lease.subnet, self.site, inside, outside)
+        return NodeRecord(
+            lease.subnet, self.site, inside, outside, self.public_key, self.device.port
+        )
+
+    async def configure(self, lease: Lease) -> list[str]:
+        """The site device for this node's (new) subnet."""
+        self.own_subnet = lease.subnet
+        return await self._configure()
+
+    async def ensure(self) -> list[str]:
+        """The device, its address and MTU back if someone took them; what was repaired."""
+        if self.device is None:
+            return []
+        return await self.device.ensure(self.netlink) + await self._configure()
+
+    async def _configure(self) -> list[str]:
+        """The site device's address (``<subnet>.0/32``: the source of what it sends, as on
+        the other overlay devices) and MTU."""
+        if self.device is None or self.device.index is None or self.own_subnet is None:
+            return []
+        changed = await self.netlink.call(
+            kernel.configure_device,
+            self.device.index,
+            DEVICE,
+            self.own_subnet.network_address,
+            self.network.cidr,
+            self.mtu,
+        )
+        return [f"device {c}" for c in changed]
+
+    # -- the others --------------------------------------------------------------------------
+
+    def update_records(self, stored: Mapping[str, bytes]) -> set[IPv4Network]:
+        """The records as stored now; the subnets whose record changed (to be placed again)."""
+        records: dict[IPv4Network, NodeRecord] = {}
+        self.own_stored = None
+        for key, raw in stored.items():
+            try:
+                record = parse_record(raw)
+            except BadRecord as e:
+                if self._bad.get(key) != str(e):
+                    log.warning("node record %s: %s; its node is reached as its lease says", key, e)
+                    self._bad[key] = str(e)
+                continue
+            self._bad.pop(key, None)
+            if record.subnet != self.own_subnet:
+                records[record.subnet] = record
+            else:
+                self.own_stored = record
+        changed = {
+            s for s in records.keys() | self.records.keys() if records.get(s) != self.records.get(s)
+        }
+        self.records = records
+        return changed
+
+    async def place(self, lease: Lease, backend_peer: Callable[[Lease], Awaitable[Peer]]) -> Peer:
+        """The peer of ``lease`` as this node reaches it (``backend_peer``: the backend's own
+        view of a lease)."""
+        where = place(self.site, lease, self.records.get(lease.subnet))
+        if where.where is Where.ACROSS and self.device is not None:
+            peer = Peer(lease.subnet, where.address, ENCAP_SITE, entries=site_route(lease.subnet))
+        else:
+            peer = await backend_peer(at_address(lease, where.address))
+        old = self.placements.get(lease.subnet)
+        if old != where:
+            log.info("peer %s: %s", lease.subnet, where.describe(self.site))
+        self.placements[lease.subnet] = where
+        self.leases[lease.subnet] = lease
+        return replace(peer, site=where.site)
+
+    def forget(self, subnet: IPv4Network) -> None:
+        self.placements.pop(subnet, None)
+        self.leases.pop(subnet, None)
+
+    def describe(self, subnet: IPv4Network) -> str:
+        where = self.placements.get(subnet)
+        return where.describe(self.site) if where is not None else ""
+
+    # -- the device --------------------------------------------------------------------------
+
+    async def sync(self) -> list[str]:
+        """Make the site device carry exactly the peers of other sites; what was changed."""
+        if self.device is None or self.device.plane is None:
+            return []
+        halves = [
+            Peer(
+                subnet,
+                where.address,
+                ENCAP_SITE,
+                udp_port=record.site_port,
+                public_key=record.site_key,
+            )
+            for subnet, where in self.placements.items()
+            if where.where is Where.ACROSS
+            for record in (self.records.get(subnet),)
+            if record is not None
+        ]
+        wanted = wanted_device(self._private, self.device.port, halves, self.keepalive)
+        try:
+            return await self.device.sync(wanted)
+        except (UapiError, OSError) as e:
+            log.warning("site link %s: %s; retrying at the next pass", DEVICE, e)
+            return [f"{DEVICE}: not configured ({e})"]
+
+    def endpoints(self) -> dict[IPNetwork, PeerEndpoint]:
+        """Where each peer of another site is sent, as the device said last."""
+        out: dict[IPNetwork, PeerEndpoint] = {}
+        if self.device is None:
+            return out
+        for subnet, where in self.placements.items():
+            record = self.records.get(subnet)
+            if where.where is Where.ACROSS and record is not None:
+                endpoint = self.device.endpoint_of(record.site_key)
+                if endpoint is not None:
+                    out[subnet] = endpoint
+        return out
+
+    def problem(self) -> str | None:
+        return self.device.problem() if self.device is not None else None
+
+    async def close(self) -> None:
+        if self.device is not None:
+            await self.device.stop()

@@ -1,0 +1,56 @@
+"""Where a peer is, from this node's site and the peer's node record, and so how it is
+reached. Pure.
+
+- No record (upstream flanneld, or a pyflannel node without ``--site``): as its lease says,
+  the network's backend to its ``PublicIP``, as before sites.
+- Same site: the network's backend, in clear, to its *inside* address (its interface's, on
+  the site's own network: a provider's private LAN, an office LAN).
+- Another site: encrypted, over the outside addresses: the site link (a WireGuard device of
+  its own) for a backend that does not encrypt, the backend itself for wireguard. Sent first to
+  the peer's own outside address, else its lease's ``PublicIP``; a peer behind NAT is then
+  known where its packets come from (WireGuard roams, and pyflannel keeps what it learned).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+
+from pyflannel.subnet.lease import Lease
+from pyflannel.subnet.node_record import NodeRecord
+
+
+class Where(enum.StrEnum):
+    AS_LEASE = "as its lease says"
+    IN_SITE = "in this site"
+    ACROSS = "across sites"
+
+
+@dataclass(frozen=True)
+class Placement:
+    where: Where
+    address: IPv4Address  # where it is sent: its inside address, its outside one, or PublicIP
+    site: str = ""  # its site ("" without a record)
+
+    def describe(self, own_site: str) -> str:
+        if self.where is Where.IN_SITE:
+            return f"site {self.site}, at its inside address {self.address}"
+        if self.where is Where.ACROSS:
+            return f"site {self.site} (this node: {own_site}), encrypted to {self.address}"
+        return f"no site (no node record): at its PublicIP {self.address}"
+
+
+def place(own_site: str, lease: Lease, record: NodeRecord | None) -> Placement:
+    if record is None or record.subnet != lease.subnet:
+        return Placement(Where.AS_LEASE, lease.attrs.public_ip)
+    if record.site == own_site:
+        return Placement(Where.IN_SITE, record.inside_ip, record.site)
+    return Placement(Where.ACROSS, record.reachable_at or lease.attrs.public_ip, record.site)
+
+
+def at_address(lease: Lease, address: IPv4Address) -> Lease:
+    """The lease as the backend is to use it: sent to ``address`` instead of its PublicIP."""
+    if lease.attrs.public_ip == address:
+        return lease
+    return replace(lease, attrs=replace(lease.attrs, public_ip=address))
