@@ -72,6 +72,7 @@ class Node:
         self.pod_ns = f"{bed.prefix}h{index}{network}p"
         self.bridge = f"cni{network}" if network else "cni0"
         self.underlay_ip = IPv4Address(f"{UNDERLAY}.{index}")
+        self.iface = "eth0"  # the daemon's --iface
         self.underlay_ip6 = IPv6Address(f"{UNDERLAY6}::{index}")
         self.dir = bed.workdir / f"h{index}{network}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ class Node:
             "pyflannel",
             "run",
             *self.bed.etcd_flags(),
-            "--iface=eth0",
+            f"--iface={self.iface}",
             f"--subnet-file={self.subnet_file}",
             *args,
         ]

@@ -58,3 +58,48 @@ class NatBed(TestBed):
             "MASQUERADE",
         ]
         netns.run(masquerade, ns=router)
+
+
+SITE_LAN = "10.0.0"  # a site's private network (a provider's private LAN between its nodes)
+
+
+class SitesBed(NatBed):
+    """The article's cluster, small: the nodes in ``sites`` (name -> 1-based nodes) that are not
+    ``natted`` have their public address on the switch and, per site, a private LAN between
+    them (``<prefix>s<site>`` holds its bridge; node i is 10.0.<k>.<i>/24 on its ``eth1``, k the
+    site's number from 0): their daemons run with ``--iface=eth1 --public-ip=<public>``. Natted
+    nodes sit behind their own NAT routers (NatBed) and know no outside address of their own.
+    ``site_args(node)`` gives a daemon's --site flags."""
+
+    def __init__(self, hosts: int, sites: dict[str, set[int]], natted: set[int], **kwargs):
+        self.sites = sites
+        super().__init__(hosts=hosts, natted=natted, **kwargs)
+
+    def site_of(self, node: Node) -> str:
+        return next(name for name, members in self.sites.items() if node.index in members)
+
+    def lan_ip(self, node: Node) -> IPv4Address:
+        k = list(self.sites).index(self.site_of(node))
+        return IPv4Address(f"10.0.{k}.{node.index}")
+
+    def attach_host(self, node: Node, mac: str | None = None) -> None:
+        super().attach_host(node, mac)
+        if node.index in self.natted:
+            return
+        site = self.site_of(node)
+        lan = f"{self.prefix}s{list(self.sites).index(site)}"
+        if lan not in self._namespaces:
+            self._create(lan)
+            netns.ip(lan, "link", "add", "br1", "mtu", str(self.mtu), "type", "bridge")
+            netns.ip(lan, "link", "set", "br1", "up")
+        netns.add_veth(lan, f"s{node.index}", node.ns, "eth1", self.mtu)
+        netns.ip(lan, "link", "set", f"s{node.index}", "master", "br1", "up")
+        netns.ip(node.ns, "addr", "add", f"{self.lan_ip(node)}/24", "dev", "eth1")
+        netns.ip(node.ns, "link", "set", "eth1", "up")
+        node.iface = "eth1"
+
+    def site_args(self, node: Node) -> tuple[str, ...]:
+        args: tuple[str, ...] = (f"--site={self.site_of(node)}",)
+        if node.index not in self.natted:
+            args += (f"--public-ip={node.underlay_ip}",)
+        return args

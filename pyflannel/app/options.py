@@ -191,6 +191,7 @@ class Options:
         "sites through an encrypted WireGuard site link over their outside addresses "
         "(--public-ip, or learned behind NAT); published beside the lease; nodes without a site "
         "(and upstream flanneld) are reached as before (pyflannel only)",
+        layer="backend",
     )
     site_port: int = option(
         51830,

@@ -58,7 +58,9 @@ async def start(ctx: BackendContext) -> tuple[Backend, LeaseAttrs]:
     off = fallback == "off" or ctx.network.enable_ipv6
     udp_port = None if off else fallback_port(ctx)
     tuning = UdpTuning.from_settings(ctx.settings)
-    backend = VxlanBackend(ctx.netlink, ctx.network, ctx.ext, udp_port, tuning)
+    backend = VxlanBackend(
+        ctx.netlink, ctx.network, ctx.ext, udp_port, tuning, local_any=bool(ctx.setting("site", ""))
+    )
     try:
         return backend, await backend.prepare()
     except BackendError as e:
@@ -81,10 +83,12 @@ class VxlanBackend(Backend):
         ext: ExtIface,
         udp_port: int | None = None,
         udp_tuning: UdpTuning = DEFAULT_TUNING,
+        local_any: bool = False,
     ):
         super().__init__(netlink, network, ext)
         self.config: VxlanConfig = parse_vxlan_config(network.backend)
-        self.vteps = VxlanDevices(netlink, self.config, network, ext)  # flannel.<VNI> (+ v6)
+        # flannel.<VNI> (+ v6); local_any: --site (devices.py)
+        self.vteps = VxlanDevices(netlink, self.config, network, ext, local_any)
         self.device_name = self.vteps.spec.name
         self.mtu = self.vteps.mtu
         self.udp_port = udp_port  # None: this node does not accept UDP encapsulation

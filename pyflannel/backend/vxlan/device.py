@@ -63,7 +63,7 @@ def parse_vxlan_config(backend: dict[str, Any]) -> VxlanConfig:
 class VxlanSpec:
     name: str
     vni: int
-    local: IPv4Address | IPv6Address  # an IPv6 local: the flannel-v6 device
+    local: IPv4Address | IPv6Address | None  # an IPv6 local: the flannel-v6 device; None: any
     link_index: int
     port: int
     learning: bool

@@ -43,13 +43,22 @@ def create_vxlan(ipr: IPRoute, spec: VxlanSpec, mac: str) -> Link:
 
 class VxlanDevices:
     def __init__(
-        self, netlink: Netlink, config: VxlanConfig, network: NetworkConfig, ext: ExtIface
+        self,
+        netlink: Netlink,
+        config: VxlanConfig,
+        network: NetworkConfig,
+        ext: ExtIface,
+        local_any: bool = False,
     ):
+        """``local_any`` (--site): no local address, so that the kernel sends from the address
+        on the way to each peer (the inside one within a site, the public one to upstream
+        nodes at their PublicIP), not from the public IP over the site's private LAN."""
         self.netlink, self.config, self.network = netlink, config, network
+        self.local_any = local_any
         self.spec = VxlanSpec(
             name=device_name(config.vni),
             vni=config.vni,
-            local=ext.public_ip,
+            local=None if local_any else ext.public_ip,
             link_index=ext.index,
             port=config.port,
             learning=config.learning,
@@ -69,7 +78,8 @@ class VxlanDevices:
         self.ext = ext
         link_mtu = self.config.mtu or ext.mtu
         mtu4 = overlay_mtu(NAME, link_mtu)
-        self.spec = replace(self.spec, local=ext.public_ip, link_index=ext.index, mtu=mtu4)
+        local = None if self.local_any else ext.public_ip
+        self.spec = replace(self.spec, local=local, link_index=ext.index, mtu=mtu4)
         self.mtu = mtu4
         if self.network.enable_ipv6:
             if ext.iface_addr6 is None:
