@@ -1,9 +1,9 @@
 """Nodes behind NAT on one bed: a natted node's host sits on a private link of its own
 (192.168.<i>.2/24) behind a router namespace, whose outside leg is a port of the switch
 (198.51.100.<100 + i>) and which masquerades everything leaving it (iptables MASQUERADE), as
-a home or office router does. The node reaches the switch (etcd, the other nodes) through it;
-nothing on the switch reaches the node unless the node spoke first (conntrack), and no port
-is forwarded. Its eth0 address, the one its lease publishes, is reached by nobody."""
+a home or office router does, with a home router's firewall (nothing unsolicited reaches the
+router itself). The node reaches the switch (etcd, the other nodes) through it; nothing on the
+switch reaches the node unless the node spoke first (conntrack), and no port is forwarded. Its eth0 address, the one its lease publishes, is reached by nobody."""
 
 from __future__ import annotations
 
@@ -58,6 +58,16 @@ class NatBed(TestBed):
             "MASQUERADE",
         ]
         netns.run(masquerade, ns=router)
+        # Like a home router's firewall: nothing unsolicited reaches the router itself. (An
+        # unsolicited datagram it accepted would leave a conntrack entry that makes its NAT
+        # pick another port for the node's own packets to that sender, as no real router's
+        # firewall lets happen.)
+        for rule in (
+            ["-A", "INPUT", "-i", "eth0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+            + ["-j", "ACCEPT"],
+            ["-A", "INPUT", "-i", "eth0", "-j", "DROP"],
+        ):
+            netns.run(["iptables", *rule], ns=router)
 
 
 SITE_LAN = "10.0.0"  # a site's private network (a provider's private LAN between its nodes)

@@ -4,7 +4,8 @@ followed, so that each peer is reached as its site says (backend/sites/).
 Two loops. ``follow`` reads every record and then watches them (a new node, a node moved, a
 key rotated): the peers whose record changed are placed again at once. ``publish`` writes
 this node's record when the store does not hold it as it should be (first start, a new lease,
-a record lost with an etcd restore or deleted by hand): no write while it is there."""
+a record lost with an etcd restore or deleted by hand, behind NAT its outside address as the
+nodes with addresses of their own see it): no write while it is there."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from pyflannel.subnet.manager import SubnetManager
 log = logging.getLogger(__name__)
 
 RETRY = 1.0  # seconds before the records are read again after a store failure
-PUBLISH_CHECK = 1.0  # seconds between checks that this node's record is stored as it should be
+# seconds between checks that this node's record is stored as it should be (a read of the
+# site link's sessions, no store I/O unless the record must be written)
+PUBLISH_CHECK = 2.0
 
 
 class SiteRecords:
@@ -48,6 +51,7 @@ class SiteRecords:
     async def publish(self) -> None:
         said = ""
         while True:
+            await self.link.refresh()
             lease = self.lease()
             wanted = self.link.record(lease)
             if self.link.own_stored != wanted:

@@ -38,15 +38,32 @@ class NodeRecord:
     # whose own peers carry the traffic between sites
     site_key: str = optional("")
     site_port: int = optional(0)
+    # Behind NAT: the outside address and port its site link is seen at by nodes with
+    # addresses of their own (``seen`` in their records), so that a node behind another NAT
+    # can send there too (both sending opens both routers: a direct path through two NATs).
+    outside_port: int = optional(0)
+    outside_learned: bool = optional(False)
+    # The peers this node's site link learned where they are (behind NAT), by subnet: the
+    # "ip:port" their packets come from.
+    seen: dict[str, str] = optional({})
 
     def to_bytes(self) -> bytes:
         return json.dumps(to_json(self), sort_keys=True).encode()
 
     @property
-    def reachable_at(self) -> IPv4Address | None:
-        """Where nodes of other sites send to first: its own outside address (a node behind
-        NAT has none: they learn where it is from its packets)."""
-        return self.outside_ip
+    def public(self) -> bool:
+        """Has an outside address of its own (not behind NAT)."""
+        return self.outside_ip is not None and not self.outside_learned
+
+
+def parse_endpoint(text: str) -> tuple[IPv4Address, int] | None:
+    """``"198.51.100.7:40001"`` as an address and port; None if it is not one."""
+    host, _, port = text.rpartition(":")
+    try:
+        address, number = IPv4Address(host), int(port)
+    except ValueError:
+        return None
+    return (address, number) if 0 < number < 65536 else None
 
 
 def check_site_name(name: str) -> str:
@@ -68,6 +85,8 @@ def parse_record(raw: bytes | str) -> NodeRecord:
         check_site_name(record.site)
     except ValueError as e:
         raise BadRecord(str(e)) from None
+    if not 0 <= record.outside_port < 65536:
+        raise BadRecord(f"outside_port {record.outside_port} is not a UDP port")
     if not record.site_key and not record.site_port:
         return record
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Network
@@ -25,11 +26,17 @@ from pyflannel.backend import kernel
 from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import IPNetwork, Peer, site_route
-from pyflannel.backend.sites.placement import Placement, Where, at_address, place
+from pyflannel.backend.sites.placement import (
+    Placement,
+    Where,
+    at_address,
+    outside_as_seen,
+    place,
+)
 from pyflannel.backend.wireguard.device import WgDevice
 from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, public_key
 from pyflannel.backend.wireguard.peers import wanted_device
-from pyflannel.backend.wireguard.uapi import UapiError
+from pyflannel.backend.wireguard.uapi import SESSION_LIFETIME, UapiError
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
@@ -119,14 +126,41 @@ class SiteLink:
         await self.device.start(self.netlink, self.datapath)
 
     def record(self, lease: Lease) -> NodeRecord:
-        """What this node publishes beside ``lease``."""
+        """What this node publishes beside ``lease``: its outside address its own
+        (--public-ip) or, behind NAT, as the nodes with addresses of their own see it; the
+        peers whose endpoint its site link learned."""
         inside = self.ext.iface_addr
         outside = self.ext.public_ip if self.ext.public_ip != inside else None
         if self.device is None:
             return NodeRecord(lease.subnet, self.site, inside, outside)
-        return NodeRecord(
-            lease.subnet, self.site, inside, outside, self.public_key, self.device.port
+        record = NodeRecord(
+            lease.subnet,
+            self.site,
+            inside,
+            outside,
+            self.public_key,
+            self.device.port,
+            seen=self._seen_behind_nat(),
         )
+        learned = (
+            None if outside is not None else outside_as_seen(lease.subnet, self.records.values())
+        )
+        if learned is None:
+            return record
+        return replace(record, outside_ip=learned[0], outside_port=learned[1], outside_learned=True)
+
+    def _seen_behind_nat(self) -> dict[str, str]:
+        """Where the peers without an address of their own are seen (a live session's
+        endpoint): what they learn their outside address from."""
+        now = time.time()
+        return {
+            str(subnet): endpoint.endpoint
+            for subnet, endpoint in self.endpoints().items()
+            if endpoint.endpoint
+            and now - endpoint.last_handshake < SESSION_LIFETIME
+            and (record := self.records.get(subnet)) is not None
+            and not record.public
+        }
 
     async def configure(self, lease: Lease) -> list[str]:
         """The site device for this node's (new) subnet."""
@@ -227,6 +261,15 @@ class SiteLink:
         except (UapiError, OSError) as e:
             log.warning("site link %s: %s; retrying at the next pass", DEVICE, e)
             return [f"{DEVICE}: not configured ({e})"]
+
+    async def refresh(self) -> None:
+        """Read the device's sessions (where each peer is sent, its last handshake) between
+        passes: what this node publishes of them is current within seconds."""
+        if self.device is not None and self.device.plane is not None:
+            try:
+                await self.device.read()
+            except (UapiError, OSError) as e:
+                log.debug("site link %s not read: %s", DEVICE, e)
 
     def endpoints(self) -> dict[IPNetwork, PeerEndpoint]:
         """Where each peer of another site is sent, as the device said last."""

@@ -14,11 +14,13 @@ reached. Pure.
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.subnet.lease import Lease
-from pyflannel.subnet.node_record import NodeRecord
+from pyflannel.subnet.node_record import NodeRecord, parse_endpoint
 
 
 class Where(enum.StrEnum):
@@ -32,12 +34,15 @@ class Placement:
     where: Where
     address: IPv4Address  # where it is sent: its inside address, its outside one, or PublicIP
     site: str = ""  # its site ("" without a record)
+    port: int = 0  # across sites: its site link's port there (behind NAT: as others see it)
 
     def describe(self, own_site: str) -> str:
         if self.where is Where.IN_SITE:
             return f"site {self.site}, at its inside address {self.address}"
         if self.where is Where.ACROSS:
-            return f"site {self.site} (this node: {own_site}), encrypted to {self.address}"
+            return (
+                f"site {self.site} (this node: {own_site}), encrypted to {self.address}:{self.port}"
+            )
         return f"no site (no node record): at its PublicIP {self.address}"
 
 
@@ -46,7 +51,29 @@ def place(own_site: str, lease: Lease, record: NodeRecord | None) -> Placement:
         return Placement(Where.AS_LEASE, lease.attrs.public_ip)
     if record.site == own_site:
         return Placement(Where.IN_SITE, record.inside_ip, record.site)
-    return Placement(Where.ACROSS, record.reachable_at or lease.attrs.public_ip, record.site)
+    return Placement(
+        Where.ACROSS,
+        record.outside_ip or lease.attrs.public_ip,
+        record.site,
+        record.outside_port or record.site_port,
+    )
+
+
+def outside_as_seen(
+    subnet: IPv4Network, records: Iterable[NodeRecord]
+) -> tuple[IPv4Address, int] | None:
+    """Where the nodes with addresses of their own see the site link of ``subnet`` (a node
+    behind NAT learning its outside address and port): the endpoint most of them name."""
+    seen = Counter(
+        endpoint
+        for record in records
+        if record.public
+        for endpoint in (parse_endpoint(record.seen.get(str(subnet), "")),)
+        if endpoint is not None
+    )
+    if not seen:
+        return None
+    return max(seen.items(), key=lambda item: (item[1], -int(item[0][0]), -item[0][1]))[0]
 
 
 def at_address(lease: Lease, address: IPv4Address) -> Lease:

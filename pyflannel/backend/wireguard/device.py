@@ -75,13 +75,18 @@ class WgDevice:
     async def sync(self, wanted: WantedDevice) -> list[str]:
         """Make the device's key, port and peers ``wanted``'s; what was changed. Raises
         UapiError/OSError when the device does not answer."""
-        assert self.plane is not None
-        have = self.seen = await asyncio.to_thread(self.plane.get)
+        have = await self.read()
         change = diff(wanted, have, time.time(), self.published)
         if change:
             await asyncio.to_thread(self.plane.set, change)
         self.published = {k: p.endpoint for k, p in wanted.peers.items()}
         return [f"{self.name}: {words}" for words in change.describe()]
+
+    async def read(self) -> DeviceState:
+        """The device as it is now (kept as ``seen``)."""
+        assert self.plane is not None
+        self.seen = await asyncio.to_thread(self.plane.get)
+        return self.seen
 
     def endpoint_of(self, public_key: str) -> PeerEndpoint | None:
         """Where the peer of ``public_key`` (base64) is sent, as the device said last."""
