@@ -62,9 +62,9 @@ class NatBed(TestBed):
         # unsolicited datagram it accepted would leave a conntrack entry that makes its NAT
         # pick another port for the node's own packets to that sender, as no real router's
         # firewall lets happen.)
+        established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
         for rule in (
-            ["-A", "INPUT", "-i", "eth0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
-            + ["-j", "ACCEPT"],
+            ["-A", "INPUT", "-i", "eth0", *established, "-j", "ACCEPT"],
             ["-A", "INPUT", "-i", "eth0", "-j", "DROP"],
         ):
             netns.run(["iptables", *rule], ns=router)
