@@ -23,11 +23,31 @@ def outside_ip(index: int) -> IPv4Address:
 
 
 class NatBed(TestBed):
-    """``natted``: the (1-based) nodes each behind a NAT router of its own."""
+    """``natted``: the (1-based) nodes each behind a NAT router of its own; those also in
+    ``symmetric`` behind a router that maps every new flow to a random port (``MASQUERADE
+    --random``, as carrier-grade and some office NATs do), so that what one peer sees of the
+    node is no use to another: no direct path to another natted node opens through it."""
 
-    def __init__(self, hosts: int, natted: set[int], **kwargs):
+    def __init__(
+        self, hosts: int, natted: set[int], symmetric: frozenset[int] = frozenset(), **kwargs
+    ):
         self.natted = natted
+        self.symmetric = symmetric
         super().__init__(hosts=hosts, **kwargs)
+
+    def open_nat(self, index: int) -> None:
+        """Router ``index`` keeps ports from now on (plain MASQUERADE) and forgets its flows
+        (conntrack -F), as after a router's reconfiguration and reboot."""
+        router = router_ns(self, index)
+        self.symmetric = self.symmetric - {index}
+        netns.run(
+            ["iptables", "-t", "nat", "-R", "POSTROUTING", "1", *self._masquerade(index)], ns=router
+        )
+        netns.run(["conntrack", "-F"], ns=router)
+
+    def _masquerade(self, index: int) -> list[str]:
+        random = ["--random"] if index in self.symmetric else []
+        return ["-o", "eth0", "-j", "MASQUERADE", *random]
 
     def attach_host(self, node: Node, mac: str | None = None) -> None:
         if node.index not in self.natted:
@@ -46,18 +66,7 @@ class NatBed(TestBed):
         netns.ip(node.ns, "link", "set", "eth0", "up")
         netns.ip(node.ns, "route", "add", "default", "via", f"192.168.{i}.1")
         netns.sysctl(router, "net.ipv4.ip_forward", "1")
-        masquerade = [
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ]
-        netns.run(masquerade, ns=router)
+        netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *self._masquerade(i)], ns=router)
         # Like a home router's firewall: nothing unsolicited reaches the router itself. (An
         # unsolicited datagram it accepted would leave a conntrack entry that makes its NAT
         # pick another port for the node's own packets to that sender, as no real router's
@@ -83,7 +92,7 @@ class SitesBed(NatBed):
 
     def __init__(self, hosts: int, sites: dict[str, set[int]], natted: set[int], **kwargs):
         self.sites = sites
-        super().__init__(hosts=hosts, natted=natted, **kwargs)
+        super().__init__(hosts, natted, **kwargs)
 
     def site_of(self, node: Node) -> str:
         return next(name for name, members in self.sites.items() if node.index in members)

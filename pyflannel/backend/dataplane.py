@@ -52,9 +52,9 @@ class BackendSnapshot:
     passes: int = 0  # full reconciles done
     endpoints: dict[str, PeerEndpoint] = field(default_factory=dict)  # by peer subnet (WireGuard)
     site: str = ""  # this node's (--site), "" without
-    placements: dict[str, str] = field(
-        default_factory=dict
-    )  # by peer subnet: where it is, in words
+    # by peer subnet: where it is and how it is reached, in words (--site)
+    placements: dict[str, str] = field(default_factory=dict)
+    relaying_for: tuple[str, ...] = ()  # pairs of nodes this one relays between ("a <-> b")
 
 
 class DataPlane:
@@ -169,6 +169,13 @@ class DataPlane:
         if leases:
             await self.update_peers(PeerChanges(added=leases))
 
+    async def site_pass(self) -> None:
+        """Between reconciles (every few seconds): the site link's sessions read, peers
+        relayed or direct again (sites/relay.py)."""
+        if self.sites is not None:
+            async with self.kernel.lock:
+                await self.sites.refresh()
+
     async def reconcile(self) -> ReconcileReport:
         repaired: list[str] = []
         if self.sites is not None:
@@ -226,6 +233,7 @@ class DataPlane:
             probe_host=b.probe_host,
             endpoints=self._endpoints(),
             site=self.sites.site if self.sites is not None else "",
+            relaying_for=tuple(self.sites.relaying_for()) if self.sites is not None else (),
             placements={str(s): self.sites.describe(s) for s in self.kernel.peers}
             if self.sites is not None
             else {},
@@ -235,5 +243,5 @@ class DataPlane:
         b = self.backend
         endpoints = dict(b.peer_endpoints()) if isinstance(b, ReportsPeerEndpoints) else {}
         if self.sites is not None:
-            endpoints.update(self.sites.endpoints())
+            endpoints.update(self.sites.endpoints().items())
         return {str(subnet): endpoint for subnet, endpoint in endpoints.items()}

@@ -51,7 +51,7 @@ class SiteRecords:
     async def publish(self) -> None:
         said = ""
         while True:
-            await self.link.refresh()
+            await self.plane.site_pass()
             lease = self.lease()
             wanted = self.link.record(lease)
             if self.link.own_stored != wanted:

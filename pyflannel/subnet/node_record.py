@@ -46,6 +46,9 @@ class NodeRecord:
     # The peers this node's site link learned where they are (behind NAT), by subnet: the
     # "ip:port" their packets come from.
     seen: dict[str, str] = optional({})
+    # The peers this node reaches through a relay (no session of their own), by subnet: the
+    # relay's subnet (backend/sites/relay.py).
+    via: dict[str, str] = optional({})
 
     def to_bytes(self) -> bytes:
         return json.dumps(to_json(self), sort_keys=True).encode()

@@ -9,6 +9,7 @@ the office node unless it spoke first. Through userspace WireGuard (no kernel mo
 import base64
 import json
 import socket
+import struct
 import subprocess
 
 import pytest
@@ -34,7 +35,12 @@ def bed():
             subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0,
             f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
         )
-    with SitesBed(hosts=4, sites={"de": {1, 2}, "oslo": {3}, "home": {4}}, natted={3, 4}) as bed:
+    with SitesBed(
+        hosts=4,
+        sites={"de": {1, 2}, "oslo": {3}, "home": {4}},
+        natted={3, 4},
+        symmetric=frozenset({4}),  # home: no direct path to oslo through it, until opened
+    ) as bed:
         bed.put_config(CONFIG)
         for node in bed.nodes:
             node.start(*ARGS, *bed.site_args(node), private_run=True)
@@ -150,22 +156,95 @@ def test_behind_nat_a_node_learns_its_outside_address_from_the_public_ones(bed):
         assert "outside_learned" not in theirs
 
 
-def test_two_nodes_behind_two_nats_reach_each_other_directly(bed):
-    """Each sends to the other's outside address as the public nodes see it: each one's
-    packets open its own router for the other's (no relay, no port forwarded)."""
+def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
+    """Home's router maps each flow to a random port: what the public nodes see of home is
+    no use to oslo, and neither opens its router for the other. After RELAY_AFTER (15 s)
+    without a session each sends the other's subnet through the same public node."""
     *_, oslo, home = bed.nodes
+    relayed = {}
+
+    def through_a_relay():
+        for a, b in ((oslo, home), (home, oslo)):
+            row = {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)]
+            assert "relayed via" in row.get("placement", ""), row
+            relayed[a.index] = row["placement"].split("relayed via ")[1].split()[0]
+        return relayed
+
+    eventually(through_a_relay, timeout=60)
+    assert relayed[3] == relayed[4]  # both ends agree (they publish their choice)
+    (relay,) = [n for n in bed.nodes if str(n.subnet) == relayed[3]]
+    assert bed.site_of(relay) == "de"
+    for a, b in ((oslo, home), (home, oslo)):
+        result = a.ping(b.pod_ip, count=10, interval=0.1)
+        assert result.lost == 0, result
+    pair = " <-> ".join(sorted((str(oslo.subnet), str(home.subnet))))
+    assert relay.status()["backend"]["relaying_for"] == [pair]
+    assert f"relays for {pair}" in relay.status_cli().stdout
+
+
+def test_a_relay_forwards_nothing_from_outside_the_network(bed):
+    """Datagrams to the relay's site link port from a stranger on the internet (the switch),
+    whatever they carry (here an IPv4 packet to oslo's pod, as a relay would carry it),
+    reach no pod: WireGuard takes only what its members' keys sealed."""
+    *_, oslo, home = bed.nodes
+    (relay,) = [n for n in bed.nodes if str(n.subnet) in _placement(oslo, home)]
+    stranger = bed.lan  # the switch's own namespace: on the internet, no member of anything
+    capture = start_capture(oslo.pod_ns, "eth0", 3)
+    forged = _ipv4_udp(str(home.pod_ip), str(oslo.pod_ip))
+    script = (
+        "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
+        f"[s.sendto(bytes.fromhex(sys.argv[1]),('{relay.underlay_ip}',{SITE_PORT})) for _ in range(50)]"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", stranger, "python3", "-c", script, forged.hex()], check=True
+    )
+    arrived = finish_capture(capture)
+    assert not [r for r in arrived if r.get("dport") == 7777], arrived
+
+
+def test_back_to_direct_once_the_nats_let_the_two_meet(bed):
+    """Home's router now keeps ports (and forgot its flows): home learns its new outside
+    port, oslo sends there, both open their routers: direct, the relay no longer used."""
+    *_, oslo, home = bed.nodes
+    bed.open_nat(4)
 
     def direct():
-        row = {r["subnet"]: r for r in oslo.status()["peers"]}[str(home.subnet)]
-        endpoint = row.get("endpoint") or {}
-        assert endpoint.get("endpoint", "").startswith(f"{outside_ip(4)}:"), row
-        assert endpoint["last_handshake"] > 0, row
-        return row
+        for a, b in ((oslo, home), (home, oslo)):
+            row = {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)]
+            assert "relayed" not in row.get("placement", ""), row
+            assert row["endpoint"]["last_handshake"] > 0, row
+        return True
 
-    eventually(direct, timeout=30)
+    eventually(direct, timeout=90)  # a new mapping learned, then the next direct try (30 s)
+    row = {r["subnet"]: r for r in oslo.status()["peers"]}[str(home.subnet)]
+    assert row["endpoint"]["endpoint"].startswith(f"{outside_ip(4)}:"), row
     for a, b in ((oslo, home), (home, oslo)):
         result = a.ping(b.pod_ip, count=5, interval=0.1)
         assert result.lost == 0, result
+
+
+def _placement(a, b) -> str:
+    return {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)].get("placement", "")
+
+
+def _ipv4_udp(src: str, dst: str) -> bytes:
+    """An IPv4/UDP packet to port 7777 (checksums left 0: the kernel would take it)."""
+    payload = b"forged"
+    udp = struct.pack("!HHHH", 7777, 7777, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0,
+        64,
+        17,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
+    return header + udp
 
 
 def _reaches(a, b):

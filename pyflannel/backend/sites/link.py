@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,7 +26,7 @@ from pathlib import Path
 from pyflannel.backend import kernel
 from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.mtu import overlay_mtu
-from pyflannel.backend.plan import IPNetwork, Peer, site_route
+from pyflannel.backend.plan import Peer, site_route
 from pyflannel.backend.sites.placement import (
     Placement,
     Where,
@@ -33,10 +34,10 @@ from pyflannel.backend.sites.placement import (
     outside_as_seen,
     place,
 )
+from pyflannel.backend.sites.relay import DIRECT_RETRY, Relays
 from pyflannel.backend.wireguard.device import WgDevice
 from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, public_key
-from pyflannel.backend.wireguard.peers import wanted_device
-from pyflannel.backend.wireguard.uapi import SESSION_LIFETIME, UapiError
+from pyflannel.backend.wireguard.uapi import SESSION_LIFETIME, UapiError, WantedDevice, WantedPeer
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
@@ -87,6 +88,7 @@ class SiteLink:
         self.placements: dict[IPv4Network, Placement] = {}  # every peer placed
         self.leases: dict[IPv4Network, Lease] = {}  # and its lease (to place it again)
         self.own_stored: NodeRecord | None = None  # this node's record as the store has it
+        self.relays = Relays()  # peers of other sites relayed, and through whom
         self._bad: dict[str, str] = {}  # record key -> why it is not used (said once)
         self.own_subnet: IPv4Network | None = None
 
@@ -141,6 +143,7 @@ class SiteLink:
             self.public_key,
             self.device.port,
             seen=self._seen_behind_nat(),
+            via={str(s): str(r) for s, r in self.relays.via.items()},
         )
         learned = (
             None if outside is not None else outside_as_seen(lease.subnet, self.records.values())
@@ -231,10 +234,32 @@ class SiteLink:
     def forget(self, subnet: IPv4Network) -> None:
         self.placements.pop(subnet, None)
         self.leases.pop(subnet, None)
+        self.relays.via.pop(subnet, None)
 
     def describe(self, subnet: IPv4Network) -> str:
         where = self.placements.get(subnet)
-        return where.describe(self.site) if where is not None else ""
+        if where is None:
+            return ""
+        relay = self.relays.via.get(subnet)
+        if relay is None:
+            return where.describe(self.site)
+        record = self.records.get(relay)
+        at = f" at {record.outside_ip}" if record is not None else ""
+        return (
+            f"{where.describe(self.site)}; no session of its own: relayed via {relay}{at} "
+            f"(direct tried every {DIRECT_RETRY:.0f} s)"
+        )
+
+    def relaying_for(self) -> list[str]:
+        """The pairs of nodes whose traffic goes through this one (their records say so)."""
+        own = str(self.own_subnet)
+        pairs = {
+            tuple(sorted((str(subnet), peer)))
+            for subnet, record in self.records.items()
+            for peer, relay in record.via.items()
+            if relay == own
+        }
+        return [f"{a} <-> {b}" for a, b in sorted(pairs)]
 
     # -- the device --------------------------------------------------------------------------
 
@@ -242,38 +267,61 @@ class SiteLink:
         """Make the site device carry exactly the peers of other sites; what was changed."""
         if self.device is None or self.device.plane is None:
             return []
-        halves = [
-            Peer(
-                subnet,
-                where.address,
-                ENCAP_SITE,
-                udp_port=record.site_port,
-                public_key=record.site_key,
+        across = self._across()
+        allowed = self.relays.allowed(across)
+        peers = {}
+        for subnet, record in across.items():
+            where = self.placements[subnet]
+            key = base64.b64decode(record.site_key).hex()
+            peers[key] = WantedPeer(
+                key, f"{where.address}:{where.port}", tuple(allowed[subnet]), self.keepalive
             )
-            for subnet, where in self.placements.items()
-            if where.where is Where.ACROSS
-            for record in (self.records.get(subnet),)
-            if record is not None
-        ]
-        wanted = wanted_device(self._private, self.device.port, halves, self.keepalive)
+        wanted = WantedDevice(self._private.hex(), self.device.port, peers)
         try:
             return await self.device.sync(wanted)
         except (UapiError, OSError) as e:
             log.warning("site link %s: %s; retrying at the next pass", DEVICE, e)
             return [f"{DEVICE}: not configured ({e})"]
 
-    async def refresh(self) -> None:
-        """Read the device's sessions (where each peer is sent, its last handshake) between
-        passes: what this node publishes of them is current within seconds."""
-        if self.device is not None and self.device.plane is not None:
-            try:
-                await self.device.read()
-            except (UapiError, OSError) as e:
-                log.debug("site link %s not read: %s", DEVICE, e)
+    def _across(self) -> dict[IPv4Network, NodeRecord]:
+        """The peers of other sites the site link carries, with their records."""
+        return {
+            subnet: record
+            for subnet, where in self.placements.items()
+            if where.where is Where.ACROSS and (record := self.records.get(subnet)) is not None
+        }
 
-    def endpoints(self) -> dict[IPNetwork, PeerEndpoint]:
+    async def refresh(self) -> list[str]:
+        """Between passes: read the device's sessions (what this node publishes of them is
+        current within seconds), relay the peers without one and end relaying for those with
+        one again, try relayed peers' direct paths afresh; what it changed."""
+        if self.device is None or self.device.plane is None or self.own_subnet is None:
+            return []
+        try:
+            await self.device.read()
+        except (UapiError, OSError) as e:
+            log.debug("site link %s not read: %s", DEVICE, e)
+            return []
+        now = time.time()
+        across = self._across()
+        changes = self.relays.decide(self.own_subnet, now, across, self.records, self.endpoints())
+        for words in changes:
+            log.info("site link: %s", words)
+        retry = [
+            base64.b64decode(across[s].site_key).hex()
+            for s in self.relays.retry_due(now)
+            if s in across
+        ]
+        if retry:  # written anew below: a fresh handshake attempt
+            with contextlib.suppress(UapiError, OSError):
+                await self.device.drop(retry)
+        if changes or retry:
+            return await self.sync()
+        return []
+
+    def endpoints(self) -> dict[IPv4Network, PeerEndpoint]:
         """Where each peer of another site is sent, as the device said last."""
-        out: dict[IPNetwork, PeerEndpoint] = {}
+        out: dict[IPv4Network, PeerEndpoint] = {}
         if self.device is None:
             return out
         for subnet, where in self.placements.items():

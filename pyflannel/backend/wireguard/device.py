@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pyflannel.backend import kernel
 from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.wireguard.kernel_wg import KernelWireguard, create_link
-from pyflannel.backend.wireguard.uapi import DeviceState, WantedDevice, diff
+from pyflannel.backend.wireguard.uapi import Change, DeviceState, WantedDevice, diff
 from pyflannel.backend.wireguard.userspace import WireguardGo
 from pyflannel.errors import BackendError
 from pyflannel.kernel.netlink import Netlink
@@ -75,6 +75,7 @@ class WgDevice:
     async def sync(self, wanted: WantedDevice) -> list[str]:
         """Make the device's key, port and peers ``wanted``'s; what was changed. Raises
         UapiError/OSError when the device does not answer."""
+        assert self.plane is not None
         have = await self.read()
         change = diff(wanted, have, time.time(), self.published)
         if change:
@@ -87,6 +88,11 @@ class WgDevice:
         assert self.plane is not None
         self.seen = await asyncio.to_thread(self.plane.get)
         return self.seen
+
+    async def drop(self, keys: list[str]) -> None:
+        """Remove these peers (hex keys) now; the next ``sync`` writes them anew."""
+        assert self.plane is not None
+        await asyncio.to_thread(self.plane.set, Change(remove=keys))
 
     def endpoint_of(self, public_key: str) -> PeerEndpoint | None:
         """Where the peer of ``public_key`` (base64) is sent, as the device said last."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from pyflannel.backend.dataplane import BackendSnapshot
 from pyflannel.errors import FlannelError
 from pyflannel.ops.snapshot import DaemonSnapshot, StatusIO
 from pyflannel.ops.status.document import (
@@ -43,7 +44,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
             repairs=b.repairs,
             reconcile_passes=b.passes,
             probe_host=b.probe_host,
-            details={**b.details, "site": b.site} if b.site else b.details,
+            details=_with_site(b),
         )
         actual = await io.kernel_state()
         if actual is not None:
@@ -78,6 +79,13 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
             t, present=await io.rules_present() if t.enabled and t.rules_set else not t.enabled
         ),
     )
+
+
+def _with_site(b: BackendSnapshot) -> dict:
+    """The backend's details, with this node's site and whom it relays for (--site)."""
+    if not b.site:
+        return b.details
+    return {**b.details, "site": b.site, "relaying_for": list(b.relaying_for)}
 
 
 def _with_paths(row: PeerRow, snap: DaemonSnapshot) -> PeerRow:

@@ -281,6 +281,11 @@ def _backend_lines(doc: StatusDoc) -> list[str]:
         lines.append(f"           IPv6 on {fact('device6')} (VTEP MAC {fact('vtep_mac6')})")
     if fact("fallback"):
         lines.append(f"           UDP FALLBACK: {fact('fallback')}")
+    if fact("site"):
+        relays = fact("relaying_for") or []
+        lines.append(
+            f"site       {fact('site')}" + (f"; relays for {', '.join(relays)}" if relays else "")
+        )
     udp = b.udp
     if udp is not None:
         drops = {**udp.to_peers.drops, **{f"in:{k}": v for k, v in udp.from_peers.drops.items()}}
