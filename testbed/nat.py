@@ -33,6 +33,7 @@ class NatBed(TestBed):
     ):
         self.natted = natted
         self.symmetric = symmetric
+        self.outside: dict[int, IPv4Address] = {}  # routers renumbered: their address now
         super().__init__(hosts=hosts, **kwargs)
 
     def open_nat(self, index: int) -> None:
@@ -43,6 +44,16 @@ class NatBed(TestBed):
         netns.run(
             ["iptables", "-t", "nat", "-R", "POSTROUTING", "1", *self._masquerade(index)], ns=router
         )
+        netns.run(["conntrack", "-F"], ns=router)
+
+    def renumber(self, index: int, address: IPv4Address) -> None:
+        """Router ``index``'s outside address becomes ``address`` (a provider renumbering
+        the office line) and it forgets its flows, as after a reconnect."""
+        router = router_ns(self, index)
+        old = self.outside.get(index, outside_ip(index))
+        netns.ip(router, "addr", "del", f"{old}/24", "dev", "eth0")
+        netns.ip(router, "addr", "add", f"{address}/24", "dev", "eth0")
+        self.outside[index] = address
         netns.run(["conntrack", "-F"], ns=router)
 
     def _masquerade(self, index: int) -> list[str]:

@@ -7,10 +7,14 @@ addresses, with no pod address in clear there, in both directions, although noth
 the office node unless it spoke first. Through userspace WireGuard (no kernel module here)."""
 
 import base64
+import itertools
 import json
+import re
 import socket
 import struct
 import subprocess
+import time
+from ipaddress import IPv4Address
 
 import pytest
 
@@ -221,6 +225,45 @@ def test_back_to_direct_once_the_nats_let_the_two_meet(bed):
     for a, b in ((oslo, home), (home, oslo)):
         result = a.ping(b.pod_ip, count=5, interval=0.1)
         assert result.lost == 0, result
+
+
+def test_the_office_line_renumbered_every_path_comes_back_by_itself(bed):
+    """The office router gets another public address and forgets its flows while a pod in
+    "de" pings a pod in the office. Nothing is restarted. The office node's next keepalive
+    (at most --site-keepalive, 25 s, later) comes from the new address; the public nodes'
+    WireGuard follows it at once, the office node learns its new outside address from their
+    records and publishes it, and home, behind its own NAT, meets it there. Target: every
+    pair of pods within 40 s (one keepalive interval, a handshake, two record rounds)."""
+    de1, _, oslo, _ = bed.nodes
+    for a in bed.nodes:  # everything works before
+        for b in bed.nodes:
+            if a is not b:
+                eventually(lambda a=a, b=b: _reaches(a, b), timeout=30)
+    ping = de1.start_ping(oslo.pod_ip, interval=0.2)
+    time.sleep(1)
+    started = time.monotonic()
+    bed.renumber(3, IPv4Address("198.51.100.113"))
+    back = {}
+    for a in bed.nodes:
+        for b in bed.nodes:
+            if a is not b:
+                eventually(lambda a=a, b=b: _reaches(a, b), timeout=60)
+                back[(a.index, b.index)] = time.monotonic() - started
+    result = de1.finish_ping(ping, interrupt=True)
+    outage = _longest_gap(result.output) * 0.2
+    print(
+        f"renumbered office line: ping outage {outage:.1f} s; pairs back by {max(back.values()):.1f} s"
+    )
+    assert max(back.values()) < 40, back
+    assert outage < 40, result.output[-500:]
+    row = {r["subnet"]: r for r in de1.status()["peers"]}[str(oslo.subnet)]
+    assert row["endpoint"]["endpoint"].startswith("198.51.100.113:"), row
+
+
+def _longest_gap(output: str) -> int:
+    """The most echo requests in a row that got no reply (from ping's icmp_seq numbers)."""
+    seqs = [int(n) for n in re.findall(r"icmp_seq=(\d+)", output)]
+    return max((b - a - 1 for a, b in itertools.pairwise(seqs)), default=0)
 
 
 def _placement(a, b) -> str:
