@@ -29,10 +29,18 @@ class NatBed(TestBed):
     node is no use to another: no direct path to another natted node opens through it."""
 
     def __init__(
-        self, hosts: int, natted: set[int], symmetric: frozenset[int] = frozenset(), **kwargs
+        self,
+        hosts: int,
+        natted: set[int],
+        symmetric: frozenset[int] = frozenset(),
+        behind: dict[int, int] | None = None,
+        **kwargs,
     ):
+        """``behind``: natted nodes that share another natted node's router (an office of
+        several nodes: node -> the node whose router it is behind)."""
         self.natted = natted
         self.symmetric = symmetric
+        self.behind = behind or {}
         self.outside: dict[int, IPv4Address] = {}  # routers renumbered: their address now
         super().__init__(hosts=hosts, **kwargs)
 
@@ -64,18 +72,26 @@ class NatBed(TestBed):
         if node.index not in self.natted:
             super().attach_host(node, mac)
             return
-        i, router = node.index, router_ns(self, node.index)
-        self._attach(router, f"vr{i}", outside_ip(i))
+        i = self.behind.get(node.index, node.index)  # the router's number
+        router = router_ns(self, i)
+        first = router not in self._namespaces
+        if first:
+            self._attach(router, f"vr{i}", outside_ip(i))
+            netns.ip(router, "link", "add", "lan0", "type", "bridge")
+            netns.ip(router, "addr", "add", f"192.168.{i}.1/24", "dev", "lan0")
+            netns.ip(router, "link", "set", "lan0", "up")
         self._create(node.ns)
-        netns.add_veth(router, "lan0", node.ns, "eth0", self.mtu)
-        node.underlay_ip = IPv4Address(f"192.168.{i}.2")
-        netns.ip(router, "addr", "add", f"192.168.{i}.1/24", "dev", "lan0")
-        netns.ip(router, "link", "set", "lan0", "up")
+        netns.add_veth(router, f"n{node.index}", node.ns, "eth0", self.mtu)
+        netns.ip(router, "link", "set", f"n{node.index}", "master", "lan0", "up")
+        host = 2 if node.index == i else 10 + node.index
+        node.underlay_ip = IPv4Address(f"192.168.{i}.{host}")
         if mac:
             netns.ip(node.ns, "link", "set", "eth0", "address", mac)
         netns.ip(node.ns, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
         netns.ip(node.ns, "link", "set", "eth0", "up")
         netns.ip(node.ns, "route", "add", "default", "via", f"192.168.{i}.1")
+        if not first:
+            return
         netns.sysctl(router, "net.ipv4.ip_forward", "1")
         netns.run(["iptables", "-t", "nat", "-A", "POSTROUTING", *self._masquerade(i)], ns=router)
         # Like a home router's firewall: nothing unsolicited reaches the router itself. (An
@@ -88,9 +104,6 @@ class NatBed(TestBed):
             ["-A", "INPUT", "-i", "eth0", "-j", "DROP"],
         ):
             netns.run(["iptables", *rule], ns=router)
-
-
-SITE_LAN = "10.0.0"  # a site's private network (a provider's private LAN between its nodes)
 
 
 class SitesBed(NatBed):

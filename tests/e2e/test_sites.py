@@ -40,15 +40,17 @@ def bed():
             f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
         )
     with SitesBed(
-        hosts=4,
-        sites={"de": {1, 2}, "oslo": {3}, "home": {4}},
-        natted={3, 4},
+        hosts=5,
+        sites={"de": {1, 2}, "oslo": {3, 5}, "home": {4}},
+        natted={3, 4, 5},
         symmetric=frozenset({4}),  # home: no direct path to oslo through it, until opened
+        behind={5: 3},  # the second office node, behind the office's router
     ) as bed:
         bed.put_config(CONFIG)
-        for node in bed.nodes:
+        bed.started = bed.nodes[:4]  # the fifth, a second office node, joins later
+        for node in bed.started:
             node.start(*ARGS, *bed.site_args(node), private_run=True)
-        for node in bed.nodes:
+        for node in bed.started:
             node.wait_ready()
             node.add_pod()
         yield bed
@@ -61,7 +63,7 @@ def records(bed) -> dict[str, dict]:
 
 
 def test_each_node_publishes_its_site_beside_an_upstream_lease(bed):
-    de1, _, oslo, _ = bed.nodes
+    de1, _, oslo, _ = bed.started
     stored = eventually(lambda: _all_records(bed), timeout=10)
     mine = stored[f"/coreos.com/network/pyflannel/nodes/{de1.subnet.network_address}-24"]
     assert mine["site"] == "de" and mine["inside_ip"] == "10.0.0.1"
@@ -81,8 +83,8 @@ def _all_records(bed):
 
 
 def test_every_pod_reaches_every_other_both_ways(bed):
-    for a in bed.nodes:
-        for b in bed.nodes:
+    for a in bed.started:
+        for b in bed.started:
             if a is not b:
                 eventually(lambda a=a, b=b: _reaches(a, b), timeout=15)
                 result = a.ping(b.pod_ip, count=5, interval=0.1)
@@ -90,7 +92,7 @@ def test_every_pod_reaches_every_other_both_ways(bed):
 
 
 def test_within_a_site_vxlan_goes_over_its_private_lan_in_clear(bed):
-    de1, de2, *_ = bed.nodes
+    de1, de2, *_ = bed.started
     (fdb,) = [e for e in de1.fdb() if e.get("dst") and e["dst"].startswith("10.0.0.")]
     assert fdb["dst"] == "10.0.0.2"
     lan = start_capture(de1.ns, "eth1", 3)
@@ -103,7 +105,7 @@ def test_within_a_site_vxlan_goes_over_its_private_lan_in_clear(bed):
 
 
 def test_across_sites_only_wireguard_on_the_public_segment(bed):
-    de1, _, oslo, _ = bed.nodes
+    de1, _, oslo, _ = bed.started
     _reaches(oslo, de1)
     capture = start_capture(de1.ns, "eth0", 3)
     de1.ping(oslo.pod_ip, count=10, interval=0.1)
@@ -121,7 +123,7 @@ def test_across_sites_only_wireguard_on_the_public_segment(bed):
 
 
 def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
-    de1, de2, oslo, _ = bed.nodes
+    de1, de2, oslo, _ = bed.started
     _reaches(oslo, de1)
 
     def rows():
@@ -142,7 +144,7 @@ def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
 
 
 def test_behind_nat_a_node_learns_its_outside_address_from_the_public_ones(bed):
-    de1, de2, oslo, _ = bed.nodes
+    de1, de2, oslo, _ = bed.started
     key = f"/coreos.com/network/pyflannel/nodes/{oslo.subnet.network_address}-24"
 
     def learned():
@@ -164,7 +166,7 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     """Home's router maps each flow to a random port: what the public nodes see of home is
     no use to oslo, and neither opens its router for the other. After RELAY_AFTER (15 s)
     without a session each sends the other's subnet through the same public node."""
-    *_, oslo, home = bed.nodes
+    *_, oslo, home = bed.started
     relayed = {}
 
     def through_a_relay():
@@ -176,7 +178,7 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
 
     eventually(through_a_relay, timeout=60)
     assert relayed[3] == relayed[4]  # both ends agree (they publish their choice)
-    (relay,) = [n for n in bed.nodes if str(n.subnet) == relayed[3]]
+    (relay,) = [n for n in bed.started if str(n.subnet) == relayed[3]]
     assert bed.site_of(relay) == "de"
     for a, b in ((oslo, home), (home, oslo)):
         result = a.ping(b.pod_ip, count=10, interval=0.1)
@@ -190,8 +192,8 @@ def test_a_relay_forwards_nothing_from_outside_the_network(bed):
     """Datagrams to the relay's site link port from a stranger on the internet (the switch),
     whatever they carry (here an IPv4 packet to oslo's pod, as a relay would carry it),
     reach no pod: WireGuard takes only what its members' keys sealed."""
-    *_, oslo, home = bed.nodes
-    (relay,) = [n for n in bed.nodes if str(n.subnet) in _placement(oslo, home)]
+    *_, oslo, home = bed.started
+    (relay,) = [n for n in bed.started if str(n.subnet) in _placement(oslo, home)]
     stranger = bed.lan  # the switch's own namespace: on the internet, no member of anything
     capture = start_capture(oslo.pod_ns, "eth0", 3)
     forged = _ipv4_udp(str(home.pod_ip), str(oslo.pod_ip))
@@ -209,7 +211,7 @@ def test_a_relay_forwards_nothing_from_outside_the_network(bed):
 def test_back_to_direct_once_the_nats_let_the_two_meet(bed):
     """Home's router now keeps ports (and forgot its flows): home learns its new outside
     port, oslo sends there, both open their routers: direct, the relay no longer used."""
-    *_, oslo, home = bed.nodes
+    *_, oslo, home = bed.started
     bed.open_nat(4)
 
     def direct():
@@ -234,9 +236,9 @@ def test_the_office_line_renumbered_every_path_comes_back_by_itself(bed):
     WireGuard follows it at once, the office node learns its new outside address from their
     records and publishes it, and home, behind its own NAT, meets it there. Target: every
     pair of pods within 40 s (one keepalive interval, a handshake, two record rounds)."""
-    de1, _, oslo, _ = bed.nodes
-    for a in bed.nodes:  # everything works before
-        for b in bed.nodes:
+    de1, _, oslo, _ = bed.started
+    for a in bed.started:  # everything works before
+        for b in bed.started:
             if a is not b:
                 eventually(lambda a=a, b=b: _reaches(a, b), timeout=30)
     ping = de1.start_ping(oslo.pod_ip, interval=0.2)
@@ -244,8 +246,8 @@ def test_the_office_line_renumbered_every_path_comes_back_by_itself(bed):
     started = time.monotonic()
     bed.renumber(3, IPv4Address("198.51.100.113"))
     back = {}
-    for a in bed.nodes:
-        for b in bed.nodes:
+    for a in bed.started:
+        for b in bed.started:
             if a is not b:
                 eventually(lambda a=a, b=b: _reaches(a, b), timeout=60)
                 back[(a.index, b.index)] = time.monotonic() - started
@@ -258,6 +260,31 @@ def test_the_office_line_renumbered_every_path_comes_back_by_itself(bed):
     assert outage < 40, result.output[-500:]
     row = {r["subnet"]: r for r in de1.status()["peers"]}[str(oslo.subnet)]
     assert row["endpoint"]["endpoint"].startswith("198.51.100.113:"), row
+
+
+def test_a_node_joining_behind_the_office_nat_reaches_every_site_at_once(bed):
+    """A second office node starts: it reaches the other office node over the office LAN
+    (VXLAN, same site), and the nodes of "de" and "home" through the site link, with nothing
+    configured on the router or anywhere else."""
+    de1, _, oslo, home = bed.started
+    joiner = bed.nodes[4]
+    started = time.monotonic()
+    joiner.start(*ARGS, *bed.site_args(joiner), private_run=True)
+    joiner.wait_ready()
+    joiner.add_pod()
+    ready = time.monotonic() - started
+    first = {}
+    for target in (oslo, de1, home):
+        eventually(lambda t=target: _reaches(joiner, t), timeout=60, interval=0.2)
+        first[bed.site_of(target)] = time.monotonic() - started
+    print(f"joining office node: ready {ready:.1f} s; first pod reached: {first}")
+    rows = {r["subnet"]: r for r in joiner.status()["peers"]}
+    assert rows[str(oslo.subnet)]["encap"] == "vxlan"  # the office LAN, in clear
+    assert rows[str(oslo.subnet)]["public_ip"] == str(oslo.underlay_ip)
+    assert rows[str(de1.subnet)]["encap"] == "site"
+    for target in (oslo, de1, home):  # and back
+        eventually(lambda t=target: _reaches(t, joiner), timeout=30)
+    bed.started.append(joiner)
 
 
 def _longest_gap(output: str) -> int:

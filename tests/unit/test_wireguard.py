@@ -20,6 +20,8 @@ from pyflannel.backend.wireguard.uapi import (
     DeviceState,
     PeerState,
     UapiError,
+    WantedDevice,
+    WantedPeer,
     diff,
     parse_get,
     parse_response,
@@ -212,6 +214,20 @@ def test_an_endpoint_the_device_learned_from_the_peer_is_kept_while_its_session_
     moved = {hex_b: "198.51.100.99:51820"}  # it published another endpoint since
     assert diff(wanted, have, now, moved).write == [wanted.peers[hex_b]]
     assert diff(wanted, have).write == [wanted.peers[hex_b]]  # no clock: the wanted one
+
+
+def test_a_learned_endpoint_differing_from_a_newly_published_one_in_the_port_only_is_kept():
+    """A NAT that maps each flow to a port of its own: the peer publishes its outside
+    address with the port another node sees; this device learned the port that works here."""
+    peer = WantedPeer("bb" * 32, "198.51.100.104:27341", ("10.1.4.0/24",), 25)
+    wanted = WantedDevice("aa" * 32, 51830, {peer.public_key: peer})
+    now = 1_800_000_000.0
+    learned = PeerState("198.51.100.104:9255", {"10.1.4.0/24"}, 25, last_handshake=int(now) - 5)
+    have = DeviceState("aa" * 32, 51830, {peer.public_key: learned})
+    before = {peer.public_key: "198.51.100.104:51830"}  # what was written before
+    assert not diff(wanted, have, now, before)
+    learned.endpoint = "198.51.100.113:9255"  # another address: the published one is written
+    assert diff(wanted, have, now, before).write == [peer]
 
 
 def test_a_get_response_parses_and_an_errno_is_an_error():

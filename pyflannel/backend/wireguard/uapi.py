@@ -95,8 +95,8 @@ def diff(
     (WireGuard roams: it sends to where the peer's last authenticated packet came from, such
     as the outside of the NAT a peer sits behind) is kept while its session lives (a
     handshake within SESSION_LIFETIME of ``now``) and the peer still publishes the endpoint
-    ``published`` says was written last (none known, after a start: kept too); a newly
-    published one is written at once. Upstream rewrites every endpoint that differs from the
+    ``published`` says was written last (none known, after a start: kept too), or a newly
+    published one that differs in its port only; one at another address is written at once. Upstream rewrites every endpoint that differs from the
     lease's, which undoes roaming (Kilo fixed the same, its PR #41). Without ``published``
     every endpoint is the wanted one."""
     change = Change()
@@ -121,14 +121,24 @@ def diff(
 
 
 def roamed(peer: WantedPeer, state: PeerState, now: float, published: dict[str, str]) -> bool:
-    """The device learned another endpoint for ``peer`` from the peer itself, and it holds."""
+    """The device learned another endpoint for ``peer`` from the peer itself, and it holds:
+    the peer still publishes what was written last, or what it publishes now differs from
+    the learned one in the port only (a NAT that maps each flow to a port of its own shows
+    every peer another port: the one this device learned is the one that works here)."""
     return (
         bool(state.endpoint)
         and state.endpoint != peer.endpoint
-        and published.get(peer.public_key, peer.endpoint) == peer.endpoint
+        and (
+            published.get(peer.public_key, peer.endpoint) == peer.endpoint
+            or _host(state.endpoint) == _host(peer.endpoint)
+        )
         and state.last_handshake > 0
         and 0 <= now - state.last_handshake < SESSION_LIFETIME
     )
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0]
 
 
 def set_request(change: Change) -> str:
