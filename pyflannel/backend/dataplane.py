@@ -26,6 +26,7 @@ from pyflannel.backend.kernel import Devices
 from pyflannel.backend.plan import IPAddress, IPNetwork, Peer, Peer6, Table, blackhole_routes
 from pyflannel.backend.reconciler import ReconcileReport
 from pyflannel.backend.sites.link import SiteLink
+from pyflannel.backend.sites.placement import PlacementView
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.watch import Damage, Watched
 from pyflannel.subnet.lease import Lease, LeaseAttrs
@@ -52,8 +53,8 @@ class BackendSnapshot:
     passes: int = 0  # full reconciles done
     endpoints: dict[str, PeerEndpoint] = field(default_factory=dict)  # by peer subnet (WireGuard)
     site: str = ""  # this node's (--site), "" without
-    # by peer subnet: where it is and how it is reached, in words (--site)
-    placements: dict[str, str] = field(default_factory=dict)
+    # by peer subnet: where it is and how it is reached (--site)
+    placements: dict[str, PlacementView] = field(default_factory=dict)
     relaying_for: tuple[str, ...] = ()  # pairs of nodes this one relays between ("a <-> b")
 
 
@@ -234,10 +235,15 @@ class DataPlane:
             endpoints=self._endpoints(),
             site=self.sites.site if self.sites is not None else "",
             relaying_for=tuple(self.sites.relaying_for()) if self.sites is not None else (),
-            placements={str(s): self.sites.describe(s) for s in self.kernel.peers}
-            if self.sites is not None
-            else {},
+            placements=self._placements(),
         )
+
+    def _placements(self) -> dict[str, PlacementView]:
+        sites = self.sites
+        if sites is None:
+            return {}
+        views = ((subnet, sites.view(subnet)) for subnet in self.kernel.peers)
+        return {str(subnet): view for subnet, view in views if view is not None}
 
     def _endpoints(self) -> dict[str, PeerEndpoint]:
         b = self.backend

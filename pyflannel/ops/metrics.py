@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from pyflannel.backend.base import PeerEndpoint
+from pyflannel.backend.sites.placement import PlacementView
 from pyflannel.ops.snapshot import DaemonSnapshot, HealView, ProbeView
 from pyflannel.ops.status.document import DatapathStats
 
@@ -102,6 +103,7 @@ class DaemonCollector:
                 value=backend.repairs,
             )
             yield from session_metrics(backend.endpoints, time.time())
+            yield from site_metrics(backend.placements, backend.relaying_for)
             stats = self.udp_stats
             if stats:
                 pkts = CounterMetricFamily(
@@ -193,6 +195,39 @@ def session_metrics(endpoints: dict[str, PeerEndpoint], now: float):
         if e.last_handshake:
             age.add_metric([subnet], max(0.0, now - e.last_handshake))
     yield from (learned, age)
+
+
+def site_metrics(placements: dict[str, PlacementView], relaying_for: tuple[str, ...]):
+    """--site: per peer its site and path (in site, across sites, relayed), whether it is
+    encrypted and through whom it is relayed (up to MESH_LABEL_LIMIT peers); the pairs of
+    nodes this one relays for."""
+    if not placements:
+        return
+    counts = GaugeMetricFamily(
+        "pyflannel_peers_by_path", "peers by how they are reached (--site)", labels=["path"]
+    )
+    by_path: dict[str, int] = {}
+    for view in placements.values():
+        by_path[view.path] = by_path.get(view.path, 0) + 1
+    for path, n in sorted(by_path.items()):
+        counts.add_metric([path], n)
+    yield counts
+    yield GaugeMetricFamily(
+        "pyflannel_relayed_pairs",
+        "pairs of other nodes whose traffic this node relays",
+        value=len(relaying_for),
+    )
+    if len(placements) > MESH_LABEL_LIMIT:
+        return
+    per_peer = GaugeMetricFamily(
+        "pyflannel_peer_path",
+        "1 per peer: its site, how it is reached, whether encrypted, the relay (if relayed)",
+        labels=["peer", "site", "path", "encrypted", "via"],
+    )
+    for subnet, view in sorted(placements.items()):
+        labels = [subnet, view.site, view.path, str(view.encrypted).lower(), view.via]
+        per_peer.add_metric(labels, 1)
+    yield per_peer
 
 
 def path_metrics(paths: dict[str, HealView], moves: dict[str, int]):

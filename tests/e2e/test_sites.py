@@ -135,6 +135,8 @@ def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
     mate, office = by_subnet[str(de2.subnet)], by_subnet[str(oslo.subnet)]
     assert mate["site"] == "de" and mate["encap"] == "vxlan" and mate["public_ip"] == "10.0.0.2"
     assert office["site"] == "oslo" and office["encap"] == "site"
+    assert mate["placement"]["path"] == "in site" and not mate["placement"]["encrypted"]
+    assert office["placement"]["path"] == "across sites" and office["placement"]["encrypted"]
     # sent where its packets come from: its router's outside, which it now publishes too
     assert office["endpoint"]["endpoint"].startswith(f"{outside_ip(3)}:")
     assert office["endpoint"]["published"] == office["endpoint"]["endpoint"]
@@ -172,8 +174,9 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     def through_a_relay():
         for a, b in ((oslo, home), (home, oslo)):
             row = {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)]
-            assert "relayed via" in row.get("placement", ""), row
-            relayed[a.index] = row["placement"].split("relayed via ")[1].split()[0]
+            assert row["placement"]["path"] == "relayed", row
+            assert row["placement"]["encrypted"] is True
+            relayed[a.index] = row["placement"]["via"]
         return relayed
 
     eventually(through_a_relay, timeout=60)
@@ -186,6 +189,13 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     pair = " <-> ".join(sorted((str(oslo.subnet), str(home.subnet))))
     assert relay.status()["backend"]["relaying_for"] == [pair]
     assert f"relays for {pair}" in relay.status_cli().stdout
+    metrics = oslo.endpoint("/metrics")
+    line = (
+        f'pyflannel_peer_path{{encrypted="true",path="relayed",peer="{home.subnet}",'
+        f'site="home",via="{relay.subnet}"}} 1.0'
+    )
+    assert line in metrics, metrics
+    assert "pyflannel_relayed_pairs 1.0" in relay.endpoint("/metrics")
 
 
 def test_a_relay_forwards_nothing_from_outside_the_network(bed):
@@ -193,7 +203,7 @@ def test_a_relay_forwards_nothing_from_outside_the_network(bed):
     whatever they carry (here an IPv4 packet to oslo's pod, as a relay would carry it),
     reach no pod: WireGuard takes only what its members' keys sealed."""
     *_, oslo, home = bed.started
-    (relay,) = [n for n in bed.started if str(n.subnet) in _placement(oslo, home)]
+    (relay,) = [n for n in bed.started if str(n.subnet) == _placement(oslo, home)["via"]]
     stranger = bed.lan  # the switch's own namespace: on the internet, no member of anything
     capture = start_capture(oslo.pod_ns, "eth0", 3)
     forged = _ipv4_udp(str(home.pod_ip), str(oslo.pod_ip))
@@ -217,7 +227,7 @@ def test_back_to_direct_once_the_nats_let_the_two_meet(bed):
     def direct():
         for a, b in ((oslo, home), (home, oslo)):
             row = {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)]
-            assert "relayed" not in row.get("placement", ""), row
+            assert row["placement"]["path"] == "across sites", row
             assert row["endpoint"]["last_handshake"] > 0, row
         return True
 
@@ -293,8 +303,8 @@ def _longest_gap(output: str) -> int:
     return max((b - a - 1 for a, b in itertools.pairwise(seqs)), default=0)
 
 
-def _placement(a, b) -> str:
-    return {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)].get("placement", "")
+def _placement(a, b) -> dict:
+    return {r["subnet"]: r for r in a.status()["peers"]}[str(b.subnet)]["placement"]
 
 
 def _ipv4_udp(src: str, dst: str) -> bytes:

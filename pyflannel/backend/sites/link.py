@@ -28,7 +28,9 @@ from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import Peer, site_route
 from pyflannel.backend.sites.placement import (
+    PATHS,
     Placement,
+    PlacementView,
     Where,
     at_address,
     outside_as_seen,
@@ -236,19 +238,25 @@ class SiteLink:
         self.leases.pop(subnet, None)
         self.relays.via.pop(subnet, None)
 
-    def describe(self, subnet: IPv4Network) -> str:
+    def view(self, subnet: IPv4Network) -> PlacementView | None:
+        """Where the peer of ``subnet`` is and how it is reached (None: not placed)."""
         where = self.placements.get(subnet)
         if where is None:
-            return ""
+            return None
+        words = where.describe(self.site)
+        encrypted = where.where is Where.ACROSS
         relay = self.relays.via.get(subnet)
         if relay is None:
-            return where.describe(self.site)
+            return PlacementView(
+                where.site, PATHS[where.where], encrypted, str(where.address), words=words
+            )
         record = self.records.get(relay)
         at = f" at {record.outside_ip}" if record is not None else ""
-        return (
-            f"{where.describe(self.site)}; no session of its own: relayed via {relay}{at} "
+        words += (
+            f"; no session of its own: relayed via {relay}{at} "
             f"(direct tried every {DIRECT_RETRY:.0f} s)"
         )
+        return PlacementView(where.site, "relayed", True, str(where.address), str(relay), words)
 
     def relaying_for(self) -> list[str]:
         """The pairs of nodes whose traffic goes through this one (their records say so)."""

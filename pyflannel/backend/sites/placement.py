@@ -46,6 +46,25 @@ class Placement:
         return f"no site (no node record): at its PublicIP {self.address}"
 
 
+@dataclass(frozen=True)
+class PlacementView:
+    """A peer's placement as status, trace and /metrics show it."""
+
+    site: str  # its site ("" without a record)
+    path: str  # "in site" | "across sites" | "relayed" | "as its lease says"
+    encrypted: bool  # by the site link, or the network's own wireguard backend
+    address: str  # where it is sent (inside, outside or PublicIP)
+    via: str = ""  # relayed: the relay's subnet
+    words: str = ""  # the whole of it, in words
+
+
+PATHS = {
+    Where.IN_SITE: "in site",
+    Where.ACROSS: "across sites",
+    Where.AS_LEASE: "as its lease says",
+}
+
+
 def place(own_site: str, lease: Lease, record: NodeRecord | None) -> Placement:
     if record is None or record.subnet != lease.subnet:
         return Placement(Where.AS_LEASE, lease.attrs.public_ip)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyflannel.backend.base import PeerEndpoint
+from pyflannel.backend.sites.placement import PlacementView
 from pyflannel.ops.snapshot import (
     DaemonState,
     HealView,
@@ -145,7 +146,7 @@ class PeerRow:
     endpoint: PeerEndpoint | None = optional()  # WireGuard: where it is sent, as the device has it
     ipv6: PeerHalf6 | None = optional()
     site: str = optional("")  # its site (--site), from its node record
-    placement: str = optional("")  # where it is and how it is reached, in words (--site)
+    placement: PlacementView | None = optional()  # where it is and how it is reached (--site)
 
     def halves(self) -> tuple[PeerRow | PeerHalf6, ...]:
         """This row and its programmed IPv6 half: a path each."""

@@ -103,5 +103,5 @@ def _with_paths(row: PeerRow, snap: DaemonSnapshot) -> PeerRow:
         heal=snap.paths.get(row.subnet),
         endpoint=endpoints.get(row.subnet),
         ipv6=v6,
-        placement=snap.backend.placements.get(row.subnet, "") if snap.backend is not None else "",
+        placement=snap.backend.placements.get(row.subnet) if snap.backend is not None else None,
     )

@@ -341,8 +341,8 @@ def _peer_lines(doc: StatusDoc) -> list[str]:
             f"  {r.subnet:<18} {r.public_ip:<15} {r.encap:<6} "
             f"{(r.vtep_mac or r.udp_port or '-')!s:<18} {_entries_and_path(r)}"
         )
-        if r.placement:
-            lines.append(f"    {r.placement}")
+        if r.placement is not None:
+            lines.append(f"    {r.placement.words}")
         if healed := via_udp(r):
             lines.append(f"    {healed}")
         if r.endpoint is not None:
