@@ -52,10 +52,9 @@ class BackendSnapshot:
     repairs: int = 0
     passes: int = 0  # full reconciles done
     endpoints: dict[str, PeerEndpoint] = field(default_factory=dict)  # by peer subnet (WireGuard)
-    site: str = ""  # this node's (--site), "" without
+    site: dict[str, Any] = field(default_factory=dict)  # --site: its facts (SiteLink.details)
     # by peer subnet: where it is and how it is reached (--site)
     placements: dict[str, PlacementView] = field(default_factory=dict)
-    relaying_for: tuple[str, ...] = ()  # pairs of nodes this one relays between ("a <-> b")
 
 
 class DataPlane:
@@ -233,8 +232,7 @@ class DataPlane:
             details=b.status_details(),
             probe_host=b.probe_host,
             endpoints=self._endpoints(),
-            site=self.sites.site if self.sites is not None else "",
-            relaying_for=tuple(self.sites.relaying_for()) if self.sites is not None else (),
+            site=self.sites.details() if self.sites is not None else {},
             placements=self._placements(),
         )
 

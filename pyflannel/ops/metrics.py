@@ -103,7 +103,7 @@ class DaemonCollector:
                 value=backend.repairs,
             )
             yield from session_metrics(backend.endpoints, time.time())
-            yield from site_metrics(backend.placements, backend.relaying_for)
+            yield from site_metrics(backend.placements, backend.site.get("relaying_for", []))
             stats = self.udp_stats
             if stats:
                 pkts = CounterMetricFamily(
@@ -197,7 +197,7 @@ def session_metrics(endpoints: dict[str, PeerEndpoint], now: float):
     yield from (learned, age)
 
 
-def site_metrics(placements: dict[str, PlacementView], relaying_for: tuple[str, ...]):
+def site_metrics(placements: dict[str, PlacementView], relaying_for: list[str]):
     """--site: per peer its site and path (in site, across sites, relayed), whether it is
     encrypted and through whom it is relayed (up to MESH_LABEL_LIMIT peers); the pairs of
     nodes this one relays for."""

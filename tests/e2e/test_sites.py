@@ -164,6 +164,17 @@ def test_behind_nat_a_node_learns_its_outside_address_from_the_public_ones(bed):
         assert "outside_learned" not in theirs
 
 
+def test_doctor_on_a_natted_node_names_its_learned_outside_address(bed):
+    _, _, oslo, _ = bed.started
+    _, findings = oslo.doctor()
+    site = findings["site"]
+    assert site["status"] in ("pass", "warn"), site  # warn: home may be relayed by now
+    assert f"site oslo, outside {outside_ip(3)}:" in site["detail"], site
+    assert "(learned: behind NAT)" in site["detail"], site
+    text = oslo.status_cli().stdout
+    assert f"site       oslo, outside {outside_ip(3)}:" in text, text
+
+
 def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     """Home's router maps each flow to a random port: what the public nodes see of home is
     no use to oslo, and neither opens its router for the other. After RELAY_AFTER (15 s)

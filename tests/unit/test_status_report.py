@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 
 from pyflannel.backend.base import PeerEndpoint
+from pyflannel.backend.sites.placement import PlacementView
+from pyflannel.ops.doctor.checks import FAIL, PASS, WARN, judge_site
 from pyflannel.ops.snapshot import HealView, LeaseView, ProbeView, StoreStatus, TrafficView
 from pyflannel.ops.status.document import (
     BackendSection,
@@ -243,3 +245,45 @@ def test_a_malformed_document_is_refused_naming_the_field(spoil, where):
     with pytest.raises(SchemaError) as caught:
         StatusDoc.parse(wire)
     assert str(caught.value).startswith(where)
+
+
+# -- --site: the site line, the peer's placement, doctor's verdict ------------------------------
+
+
+def sited(outside: str, learned: bool, path: str, handshake: int = 0, relays=()) -> StatusDoc:
+    doc = healthy()
+    details = {
+        **doc.backend.details,
+        "site": "oslo",
+        "outside": outside,
+        "outside_learned": learned,
+        "relaying_for": list(relays),
+    }
+    placement = PlacementView("de", path, True, "198.51.100.1", "10.1.9.0/24" * (path == "relayed"))
+    endpoint = PeerEndpoint("198.51.100.1:51830", "198.51.100.1:51830", handshake)
+    doc = replace(doc, backend=replace(doc.backend, details=details))
+    return with_peer(
+        doc, encap="site", placement=replace(placement, words=f"words {path}"), endpoint=endpoint
+    )
+
+
+def test_a_sited_node_says_its_site_its_outside_and_each_peers_placement():
+    doc = sited("198.51.100.103:51830", True, "across sites", handshake=int(time.time()))
+    text = render(doc)
+    assert "site       oslo, outside 198.51.100.103:51830 (as the public nodes see it" in text
+    assert "    words across sites" in text
+    assert StatusDoc.parse(doc.to_json()) == doc
+    finding = judge_site(doc)
+    assert finding.status == PASS and "learned: behind NAT" in finding.detail
+    assert "1 across sites (1 with a session)" in finding.detail
+    relay = render(sited("198.51.100.1:51830", False, "across sites", relays=["a <-> b"]))
+    assert "site       oslo, outside 198.51.100.1:51830; relays for a <-> b" in relay
+
+
+def test_doctor_names_a_natted_node_nobody_answers_and_relayed_peers():
+    lost = judge_site(sited("", False, "across sites"))
+    assert lost.status == FAIL and "no node with an address of its own answers" in lost.detail
+    assert "--site-port" in lost.advice
+    relayed = judge_site(sited("198.51.100.103:51830", True, "relayed"))
+    assert relayed.status == WARN and "relayed, no direct session: 10.1.2.0/24" in relayed.detail
+    assert judge_site(healthy()) is None  # no --site: nothing to say

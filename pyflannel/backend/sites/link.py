@@ -258,6 +258,22 @@ class SiteLink:
         )
         return PlacementView(where.site, "relayed", True, str(where.address), str(relay), words)
 
+    def details(self) -> dict[str, object]:
+        """What status shows of this node's site: its outside address (its own, learned
+        behind NAT, or none known yet) and whom it relays for."""
+        own = self.own_stored
+        outside = (
+            f"{own.outside_ip}:{own.outside_port or own.site_port}"
+            if own and own.outside_ip
+            else ""
+        )
+        return {
+            "site": self.site,
+            "outside": outside,
+            "outside_learned": bool(own and own.outside_learned),
+            "relaying_for": self.relaying_for(),
+        }
+
     def relaying_for(self) -> list[str]:
         """The pairs of nodes whose traffic goes through this one (their records say so)."""
         own = str(self.own_subnet)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyflannel.ops.etcd_advice import NODE_RTT_MS, etcd_advice, member_line
+from pyflannel.ops.status.document import StatusDoc
 from pyflannel.traffic.br_netfilter import BridgeNf, problem
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -257,6 +258,47 @@ def judge_bridge_nf(state: BridgeNf, dual_stack: bool) -> Finding:
         "bridged traffic passes iptables (net.bridge.bridge-nf-call-iptables=1"
         + (", ip6tables=1)" if dual_stack else ")"),
     )
+
+
+def judge_site(doc: StatusDoc | None) -> Finding | None:
+    """--site: does this node have an outside address others reach it at (its own, or learned
+    behind NAT from a node with an address of its own that answers), and which peers of other
+    sites it reaches directly, through a relay, or not at all. None without --site."""
+    backend = doc.backend if doc is not None else None
+    if doc is None or backend is None or not backend.fact("site"):
+        return None
+    site = backend.fact("site")
+    across = [r for r in doc.peers if r.placement is not None and r.placement.encrypted]
+    relayed = [
+        r.subnet for r in across if r.placement is not None and r.placement.path == "relayed"
+    ]
+    live = [r.subnet for r in across if r.endpoint is not None and r.endpoint.last_handshake]
+    if not backend.fact("outside"):
+        return Finding(
+            "site",
+            FAIL,
+            f"site {site}: behind NAT, and no node with an address of its own answers "
+            f"({len(across)} of other sites, {len(live)} with a session): its outside address "
+            "is unknown, so nodes behind other NATs cannot reach it",
+            "At least one node with a public address (--public-ip) must reach this one: allow "
+            "UDP to its --site-port (default 51830) out of this network, and check that node runs.",
+        )
+    detail = (
+        f"site {site}, outside {backend.fact('outside')}"
+        + (" (learned: behind NAT)" if backend.fact("outside_learned") else "")
+        + f"; {len(doc.peers) - len(across)} peers in the site or without one, {len(across)} "
+        f"across sites ({len(live)} with a session)"
+    )
+    if relayed:
+        return Finding(
+            "site",
+            WARN,
+            f"{detail}; relayed, no direct session: {', '.join(relayed)}",
+            "Their NATs (or a firewall) keep the two ends apart; traffic flows through a relay "
+            "(one more hop). A router that keeps source ports (no MASQUERADE --random) or a "
+            "forwarded --site-port lets them meet directly.",
+        )
+    return Finding("site", PASS, detail)
 
 
 def judge_port(port: int, what: str, owner: str | None, in_use: bool) -> Finding:

@@ -33,6 +33,7 @@ from pyflannel.ops.doctor.checks import (
     judge_ipv6,
     judge_mtu,
     judge_port,
+    judge_site,
     judge_traffic_tools,
     judge_tun,
     judge_vxlan,
@@ -328,6 +329,9 @@ async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[
     where = interface if mtu is not None else "the external interface (none found)"
     findings.append(judge_ipv6(probe_ipv6(where, address6), dual_stack))
     findings.append(judge_bridge_nf(br_netfilter.read(), bool(dual_stack)))
+    site = judge_site(doc)
+    if site is not None:
+        findings.append(site)
     device = (doc.backend.device if doc is not None and doc.backend else None) or "flannel.1"
     if device.startswith("flannel."):
         findings.append(await asyncio.to_thread(judge_offload, device, doc))

@@ -82,10 +82,9 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
 
 
 def _with_site(b: BackendSnapshot) -> dict:
-    """The backend's details, with this node's site and whom it relays for (--site)."""
-    if not b.site:
-        return b.details
-    return {**b.details, "site": b.site, "relaying_for": list(b.relaying_for)}
+    """The backend's details, with this node's site, its outside address and whom it relays
+    for (--site)."""
+    return {**b.details, **b.site}
 
 
 def _with_paths(row: PeerRow, snap: DaemonSnapshot) -> PeerRow:

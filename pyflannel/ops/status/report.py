@@ -283,8 +283,11 @@ def _backend_lines(doc: StatusDoc) -> list[str]:
         lines.append(f"           UDP FALLBACK: {fact('fallback')}")
     if fact("site"):
         relays = fact("relaying_for") or []
+        outside = fact("outside") or "none known (behind NAT, no public node answers yet)"
+        learned = " (as the public nodes see it: behind NAT)" if fact("outside_learned") else ""
         lines.append(
-            f"site       {fact('site')}" + (f"; relays for {', '.join(relays)}" if relays else "")
+            f"site       {fact('site')}, outside {outside}{learned}"
+            + (f"; relays for {', '.join(relays)}" if relays else "")
         )
     udp = b.udp
     if udp is not None:
