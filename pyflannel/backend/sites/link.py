@@ -220,7 +220,9 @@ class SiteLink:
 
     async def place(self, lease: Lease, backend_peer: Callable[[Lease], Awaitable[Peer]]) -> Peer:
         """The peer of ``lease`` as this node reaches it (``backend_peer``: the backend's own
-        view of a lease)."""
+        view of a lease). The lease is kept even if the backend refuses it as it is (host-gw:
+        a PublicIP off its link): a record arriving later places it again."""
+        self.leases[lease.subnet] = lease
         where = place(self.site, lease, self.records.get(lease.subnet))
         if where.where is Where.ACROSS and self.device is not None:
             peer = Peer(lease.subnet, where.address, ENCAP_SITE, entries=site_route(lease.subnet))
@@ -230,7 +232,6 @@ class SiteLink:
         if old != where:
             log.info("peer %s: %s", lease.subnet, where.describe(self.site))
         self.placements[lease.subnet] = where
-        self.leases[lease.subnet] = lease
         return replace(peer, site=where.site)
 
     def forget(self, subnet: IPv4Network) -> None:
