@@ -22,7 +22,7 @@ from testbed.capture import finish_capture, start_capture
 from testbed.nat import outside_ip
 from tests.conftest import require
 
-from .conftest import eventually, require_testbed
+from .conftest import eventually, require_testbed, require_upstream
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
 ARGS = ("--reconcile-interval=2",)
@@ -40,14 +40,15 @@ def bed():
             f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
         )
     with SitesBed(
-        hosts=5,
-        sites={"de": {1, 2}, "oslo": {3, 5}, "home": {4}},
+        hosts=6,
+        sites={"de": {1, 2, 6}, "oslo": {3, 5}, "home": {4}},
         natted={3, 4, 5},
         symmetric=frozenset({4}),  # home: no direct path to oslo through it, until opened
         behind={5: 3},  # the second office node, behind the office's router
     ) as bed:
         bed.put_config(CONFIG)
-        bed.started = bed.nodes[:4]  # the fifth, a second office node, joins later
+        # the fifth, a second office node, joins later; the sixth runs upstream flanneld
+        bed.started = bed.nodes[:4]
         for node in bed.started:
             node.start(*ARGS, *bed.site_args(node), private_run=True)
         for node in bed.started:
@@ -306,6 +307,28 @@ def test_a_node_joining_behind_the_office_nat_reaches_every_site_at_once(bed):
     for target in (oslo, de1, home):  # and back
         eventually(lambda t=target: _reaches(t, joiner), timeout=30)
     bed.started.append(joiner)
+
+
+def test_an_upstream_flanneld_in_de_is_reached_as_before_by_the_nodes_that_reach_its_ip(bed):
+    """Upstream flanneld v0.20.2 on a "de" host (on its public interface, as it runs today):
+    no node record, so the pyflannel nodes reach it as its lease says (VXLAN to its PublicIP,
+    from their public address), and it reaches them at theirs. A node behind NAT it cannot
+    reach: it sends to the PublicIP in that node's lease, an address behind the router (the
+    README says so)."""
+    from testbed.upstream import start_upstream
+
+    require_upstream()
+    de1, de2, oslo, *_ = bed.started
+    upstream = bed.nodes[5]
+    start_upstream(upstream)
+    upstream.add_pod()
+    for node in (de1, de2):
+        for a, b in ((node, upstream), (upstream, node)):
+            eventually(lambda a=a, b=b: _reaches(a, b), timeout=20)
+    row = {r["subnet"]: r for r in de1.status()["peers"]}[str(upstream.subnet)]
+    assert row["encap"] == "vxlan" and row["public_ip"] == str(upstream.underlay_ip), row
+    assert row["placement"]["path"] == "as its lease says" and not row["placement"]["encrypted"]
+    assert oslo.ping(upstream.pod_ip, count=3, interval=0.2, wait=1).received == 0
 
 
 def _longest_gap(output: str) -> int:
