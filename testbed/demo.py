@@ -151,6 +151,92 @@ def _minions(bed, config: dict) -> int:
     return pods(bed)
 
 
+SITES_DELAY_MS = 15  # one way, between the sites and etcd in "de"
+
+
+def sites_demo() -> int:
+    """The reference article's cluster: "de" (two nodes, a provider's private LAN beside
+    their public addresses, etcd), an "oslo" office (two nodes behind the office's NAT
+    router) and a "home" node behind a NAT that maps each flow to a random port; the
+    connections of oslo and home to etcd delayed. Every pair of pods pinged, each pair's
+    path shown. The pairs that failed."""
+    from testbed.delay import DelayedPaths, set_delay
+    from testbed.nat import SitesBed, outside_ip
+
+    sites = {"de": {1, 2}, "oslo": {3, 4}, "home": {5}}
+    with SitesBed(
+        hosts=5, sites=sites, natted={3, 4, 5}, behind={4: 3}, symmetric=frozenset({5})
+    ) as bed:
+        section("the sites")
+        for node in bed.nodes:
+            where = bed.site_of(node)
+            if node.index in bed.natted:
+                router = bed.behind.get(node.index, node.index)
+                how = f"behind the NAT router at {outside_ip(router)}"
+                if router in bed.symmetric:
+                    how += " (a new random port for every flow)"
+            else:
+                how = f"public {node.underlay_ip}, private LAN {bed.lan_ip(node)}"
+            if node.index in bed.natted:
+                how = f"{node.underlay_ip} {how}"
+            say(f"{node.ns}: site {where}, {how}")
+        delay_file = bed.workdir / "delay_ms"
+        set_delay(delay_file, SITES_DELAY_MS)
+        relays = [
+            DelayedPaths(n.ns, [(bed.etcd_ip, 2379)], delay_file, 15380).start()
+            for n in bed.nodes
+            if bed.site_of(n) != "de"
+        ]
+        say(f"etcd {bed.etcd.url} in de; oslo and home reach it {2 * SITES_DELAY_MS} ms away")
+        try:
+            config = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
+            bed.put_config(config)
+            say(f"etcdctl put /coreos.com/network/config '{json.dumps(config)}'")
+            section("starting pyflannel with --site on every node")
+            for node in bed.nodes:
+                node.start(*bed.site_args(node), private_run=True)
+                say(f"{node.ns}: pyflannel run {' '.join(node.daemon_command()[4:])}")
+            for node in bed.nodes:
+                node.wait_ready()
+                node.add_pod()
+            return _sites_traffic(bed)
+        finally:
+            for relay in relays:
+                relay.stop()
+            section("tearing down")
+
+
+def _sites_traffic(bed) -> int:
+    section("every pod pings every other (a relay forms within ~20 s where NATs keep two apart)")
+    failures = 0
+    for src in bed.nodes:
+        for dst in bed.nodes:
+            if src is dst:
+                continue
+            deadline = time.monotonic() + 40
+            while True:
+                result = src.ping(dst.pod_ip, count=3, interval=0.1)
+                if result.received == 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            ok = result.received == 3
+            failures += not ok
+            rows = {r["subnet"]: r for r in src.status()["peers"]}
+            placement = (rows.get(str(dst.subnet)) or {}).get("placement") or {}
+            say(
+                f"{'ok  ' if ok else 'FAIL'} {bed.site_of(src)}/{src.ns} -> "
+                f"{bed.site_of(dst)}/{dst.ns}: {result.received}/3, "
+                f"{placement.get('words', 'no placement')}"
+            )
+    section("node records in etcd (beside upstream's leases)")
+    out = bed.etcd.ctl("get", "/coreos.com/network/pyflannel/nodes/", "--prefix").stdout
+    say(out.rstrip())
+    node = bed.nodes[0]
+    section(f"pyflannel status on {node.ns}")
+    say(node.status_cli().stdout.rstrip())
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=3)
@@ -172,11 +258,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the nodes are booted Debian 12 machines (systemd-nspawn) with the Debian package "
         "installed by apt: pyflannel runs as pyflannel.service under systemd",
     )
+    parser.add_argument(
+        "--sites",
+        action="store_true",
+        help="the article's cluster: a 'de' site with a private LAN, an 'oslo' office of two "
+        "nodes behind NAT, a 'home' node behind another NAT; every pair's path shown",
+    )
     args = parser.parse_args(argv)
+    netns.sweep()
+    if args.sites:
+        failures = sites_demo()
+        say("all namespaces, daemons and etcd removed")
+        if failures:
+            say(f"{failures} pod pairs could not reach each other")
+        return 1 if failures else 0
     config = dict(VXLAN_CONFIG)
     if args.dual_stack:
         config.update(EnableIPv6=True, IPv6Network="fd10::/48")
-    netns.sweep()
     if args.minions:
         failures = minions_demo(args.hosts, config)
         if failures:

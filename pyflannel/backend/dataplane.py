@@ -88,6 +88,16 @@ class DataPlane:
         return self.backend.mtu
 
     @property
+    def mtu_reason(self) -> str:
+        sites = self.sites
+        if sites is None or sites.device is None or sites.mtu >= self.backend.mtu:
+            return self.backend.mtu_reason
+        return (
+            f"{sites.ext.mtu} ({sites.ext.name} MTU) - 80 (the site link's WireGuard overhead), "
+            f"below the backend's {self.backend.mtu}"
+        )
+
+    @property
     def carries_traffic(self) -> bool:
         return self.backend.data_plane
 
@@ -223,8 +233,8 @@ class DataPlane:
         return BackendSnapshot(
             type=b.name,
             device=b.device_name,
-            mtu=b.mtu,
-            mtu_reason=b.mtu_reason,
+            mtu=self.mtu,
+            mtu_reason=self.mtu_reason,
             peers=tuple(self.kernel.peers.values()),
             rejected=tuple(self.kernel.rejected.items()),
             repairs=self.kernel.repairs,

@@ -142,6 +142,8 @@ def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
     assert office["endpoint"]["endpoint"].startswith(f"{outside_ip(3)}:")
     assert office["endpoint"]["published"] == office["endpoint"]["endpoint"]
     text = de1.status_cli().stdout
+    assert "MTU 1420 = 1500 (eth1 MTU) - 80 (the site link's WireGuard overhead)" in text, text
+    assert de1.subnet_env()["FLANNEL_MTU"] == "1420"  # the pods' packets fit the site link
     assert "site de, at its inside address 10.0.0.2" in text, text
     assert f"site oslo (this node: de), encrypted to {outside_ip(3)}:" in text, text
 
