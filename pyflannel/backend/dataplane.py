@@ -158,6 +158,8 @@ class DataPlane:
                 await self.kernel.set_own(blackhole_routes(lease.subnet, lease.ipv6_subnet))
 
     async def move_underlay(self, ext: ExtIface) -> LeaseAttrs:
+        if self.sites is not None:  # its inside address, outside address and MTU follow
+            self.sites.ext = ext
         return await self.backend.move_underlay(ext)
 
     async def update_peers(self, changes: PeerChanges) -> None:

@@ -210,6 +210,15 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     )
     assert line in metrics, metrics
     assert "pyflannel_relayed_pairs 1.0" in relay.endpoint("/metrics")
+    # trace follows the relayed path: this node's session with the relay, the relay's path on
+    trace = oslo.trace_cli(str(oslo.pod_ip), str(home.pod_ip), "--json")
+    assert trace.stdout, trace.stderr
+    steps = {s["place"]: s for s in json.loads(trace.stdout)["steps"]}
+    assert steps["site"]["detail"].startswith("site home"), steps
+    assert steps["route"]["ok"] and "the site link" in steps["route"]["detail"], steps
+    assert steps["relay hop 1"]["ok"] and str(relay.subnet) in steps["relay hop 1"]["detail"]
+    assert steps["relay hop 2"]["ok"] in (True, None), steps  # None: not probed yet
+    assert steps["destination"]["ok"] and trace.returncode == 0, trace.stdout
 
 
 def test_a_relay_forwards_nothing_from_outside_the_network(bed):

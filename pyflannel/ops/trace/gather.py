@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from ipaddress import IPv4Address, IPv4Network, ip_interface
 
 from pyflannel.backend import kernel
 from pyflannel.backend.kernel import Devices
 from pyflannel.backend.offline import EVERYTHING, detect
+from pyflannel.backend.sites.link import DEVICE as SITE_DEVICE
+from pyflannel.backend.sites.relay import live
 from pyflannel.errors import FlannelError
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.ops.mesh.path_probe import PathProber
 from pyflannel.ops.status.client import StatusEndpoint, daemon_document
-from pyflannel.ops.status.document import StatusDoc
+from pyflannel.ops.status.document import PeerRow, StatusDoc
 from pyflannel.ops.trace import rules
 from pyflannel.ops.trace.model import (
     Trace,
@@ -70,7 +73,7 @@ async def trace(
     if t.src_node is None or not t.src_node.this_node:
         _published(t, summaries)
         return t
-    await _local_path(t, src, dst, doc, env)
+    await _local_path(t, src, dst, doc, env, summaries)
     return t
 
 
@@ -106,20 +109,37 @@ def _published(t: Trace, summaries: dict[str, dict]) -> None:
 
 
 async def _local_path(
-    t: Trace, src: IPv4Address, dst: IPv4Address, doc: StatusDoc | None, env: dict[str, str]
+    t: Trace,
+    src: IPv4Address,
+    dst: IPv4Address,
+    doc: StatusDoc | None,
+    env: dict[str, str],
+    summaries: dict[str, dict],
 ) -> None:
     """SRC is on this node: every place from here to the destination."""
     node = t.dst_node
     assert node is not None
     network = (doc.network if doc is not None else None) or env.get("FLANNEL_NETWORK")
-    facts = await _kernel(dst, src, IPv4Address(node.public_ip), network)
     row = doc.peer(node.subnet) if doc is not None else None
+    placement = row.placement if row is not None else None
+    if placement is not None:  # --site: where the peer is decides where it is sent
+        if placement.path == "in site":
+            node.public_ip = placement.address  # the backend over its inside address
+        t.add("site", True, placement.words)
+    facts = await _kernel(dst, src, IPv4Address(node.public_ip), network)
     heal = row.heal if row is not None else None
     healed = heal is not None and heal.via == "udp"
     dev = judge_route(t, node, facts["route"], healed)
     if dev is None:
         return
     t.encapsulation = encapsulation_of(dev)
+    if (
+        dev == SITE_DEVICE
+        and row is not None
+        and doc is not None
+        and not _site_link(t, row, doc, summaries)
+    ):
+        return
     if heal is not None and healed:
         t.add("path healer", True, f"via udp: {heal.why} (VXLAN is probed every round)")
     elif heal is not None and heal.cannot_heal and node.backend == "vxlan":
@@ -211,7 +231,59 @@ def _filter(packet: rules.Packet) -> rules.Verdict | None:
 def encapsulation_of(dev: str) -> str:
     if dev.startswith("flannel."):
         return "vxlan"
-    return {"flannel0": "udp", "flannel-wg": "wireguard"}.get(dev, "none (routed)")
+    return {"flannel0": "udp", "flannel-wg": "wireguard", SITE_DEVICE: SITE_LINK}.get(
+        dev, "none (routed)"
+    )
+
+
+SITE_LINK = "wireguard (site link)"
+
+
+def _site_link(t: Trace, row: PeerRow, doc: StatusDoc, summaries: dict[str, dict]) -> bool:
+    """A peer of another site: its WireGuard session, or, relayed, each hop's: this node's
+    session with the relay, and the path the relay publishes to the peer."""
+    placement = row.placement
+    assert placement is not None
+    if placement.path == "relayed":
+        relay = doc.peer(placement.via)
+        if not _session(t, "relay hop 1", relay, f"relay {placement.via}"):
+            return False
+        state = ((summaries.get(placement.via) or {}).get("paths") or {}).get(row.subnet)
+        if state is None:
+            t.add("relay hop 2", None, f"relay {placement.via} publishes no path to {row.subnet}")
+            return True
+        ok = True if state in HEALTHY_STATES else None if state == "unknown" else False
+        t.add(
+            "relay hop 2",
+            ok,
+            f"relay {placement.via} reports its path to {row.subnet}: {state}",
+            "" if ok else f"run `pyflannel trace` on the relay ({placement.via}) to {t.dst}",
+        )
+        return ok is not False
+    return _session(t, "site link", row, f"peer {row.subnet}")
+
+
+def _session(t: Trace, place: str, row: PeerRow | None, who: str) -> bool:
+    endpoint = row.endpoint if row is not None else None
+    now = time.time()
+    if endpoint is None or not live(endpoint, now):
+        age = now - endpoint.last_handshake if endpoint and endpoint.last_handshake else None
+        when = "never" if age is None else f"{age:.0f} s ago"
+        t.add(
+            place,
+            False,
+            f"no WireGuard session with {who} (last handshake: {when}; sent to "
+            f"{endpoint.endpoint if endpoint else '?'})",
+            "is UDP to its --site-port (51830) blocked on the way? `pyflannel doctor` on both",
+        )
+        return False
+    age = now - endpoint.last_handshake
+    t.add(
+        place,
+        True,
+        f"WireGuard session with {who} at {endpoint.endpoint}, handshake {age:.0f} s ago",
+    )
+    return True
 
 
 async def _probe(
@@ -230,7 +302,9 @@ async def _probe(
     prober = PathProber()
     prober.open()
     try:
-        if not await prober.echo(public):
+        if t.encapsulation == SITE_LINK:
+            pass  # the session is the underlay's proof (a router behind NAT answers no echo)
+        elif not await prober.echo(public):
             t.add(
                 "underlay",
                 False,
@@ -239,7 +313,9 @@ async def _probe(
             )
             return
         full = int(under.get("mtu") or 1500)
-        if not await prober.echo(public, size=full):
+        if t.encapsulation == SITE_LINK:
+            pass
+        elif not await prober.echo(public, size=full):
             t.add(
                 "underlay",
                 False,
@@ -248,13 +324,20 @@ async def _probe(
                 "lower the MTU of the underlay interfaces to the path's, or mend the path",
             )
             return
-        t.add(
-            "underlay",
-            True,
-            f"{t.src_node.public_ip} -> {node.public_ip} via {under.get('dev', '?')} "
-            f"(MTU {full}, {full}-byte packets pass){', ' + port if port else ''}",
+        else:
+            t.add(
+                "underlay",
+                True,
+                f"{t.src_node.public_ip} -> {node.public_ip} via {under.get('dev', '?')} "
+                f"(MTU {full}, {full}-byte packets pass){', ' + port if port else ''}",
+            )
+        encap = (
+            t.encapsulation.upper()
+            if t.encapsulation in ("vxlan", "udp")
+            else "the site link"
+            if t.encapsulation == SITE_LINK
+            else "the route"
         )
-        encap = t.encapsulation.upper() if t.encapsulation in ("vxlan", "udp") else "the route"
         if not await prober.echo(overlay, source=own):
             t.add(
                 "encapsulation",

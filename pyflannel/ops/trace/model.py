@@ -128,6 +128,9 @@ def judge_route(trace: Trace, dst: Node, route: dict | None, healed: bool) -> st
         return None
     dev, gateway = route.get("dev", ""), route.get("gateway")
     shown = f"{trace.dst} via {gateway or '-'} dev {dev}"
+    if dev == "flannel-site":
+        trace.add("route", True, f"{shown} (the site link: encrypted, to a node of another site)")
+        return dev
     if dst.backend == "vxlan" and not healed:
         if dev.startswith("flannel.") and gateway == str(overlay):
             trace.add("route", True, f"{shown} onlink (VXLAN, as the lease says)")
