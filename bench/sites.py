@@ -56,8 +56,11 @@ def placement(a, b) -> dict:
 
 
 def wireguard_cpu(node) -> float:
-    """CPU seconds of the node's site link wireguard-go so far (utime + stime)."""
-    pid = int(node.in_daemon_mounts("pgrep", "-f", "wireguard-go.*flannel-site").stdout.split()[0])
+    """CPU seconds of the node's site link wireguard-go so far (utime + stime): the daemon's
+    own child, every node's wireguard-go being in one PID namespace."""
+    (pid,) = [
+        p for p in node.all_children() if b"wireguard-go" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
