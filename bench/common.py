@@ -26,6 +26,16 @@ def summary(samples: list[float]) -> dict:
     return {**result, "failed": failed} if failed else result
 
 
+def wait_for(check, limit: float) -> float:
+    """Seconds until ``check()`` is true, polling every 0.1 s; NaN if not within ``limit``."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > limit:
+            return float("nan")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
 def machine() -> dict:
     return {
         "host": platform.node(),

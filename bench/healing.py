@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results
+from bench.common import summary, table, wait_for, write_results
 from testbed import breaks, netns
 from testbed.bed import Node, TestBed
 
@@ -58,15 +58,6 @@ def reaches(a: Node, b: Node, tcp: bool) -> bool:
         out = netns.run(["python3", "-c", CONNECT, str(b.pod_ip)], ns=a.pod_ns, check=False)
         return out.stdout.strip() == "ok"
     return a.ping(b.pod_ip, count=1, wait=0.5).received == 1
-
-
-def wait_for(check, limit: float) -> float:
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > limit:
-            return float("nan")
-        time.sleep(0.1)
-    return time.monotonic() - t0
 
 
 def one_run(bed: TestBed, name: str, args: tuple[str, ...], interval: float) -> dict:

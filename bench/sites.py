@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results
+from bench.common import summary, table, wait_for, write_results
 from testbed.iperf import iperf, received_bits_per_second
 from testbed.nat import SitesBed
 
@@ -36,15 +36,6 @@ SECONDS = 5  # per iperf3 run
 
 def reaches(a, b) -> bool:
     return a.ping(b.pod_ip, count=1, wait=0.5).received == 1
-
-
-def wait_for(check, limit: float) -> float:
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > limit:
-            return float("nan")
-        time.sleep(0.1)
-    return time.monotonic() - t0
 
 
 def all_pairs(nodes) -> bool:

@@ -18,6 +18,19 @@ def require_testbed() -> None:
         )
 
 
+def require_wireguard_go(nat: bool = False) -> None:
+    """The bed, and what userspace WireGuard needs on it (``nat``: the NAT routers too)."""
+    import shutil
+
+    require_testbed()
+    tools = ("wireguard-go", "wg", "nsenter", "unshare") + (("iptables", "conntrack") if nat else ())
+    for tool in tools:
+        require(
+            shutil.which(tool) is not None,
+            f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables conntrack)",
+        )
+
+
 def require_upstream() -> None:
     """The bed and upstream flanneld v0.20.2, built from its source (../shared/anchors)."""
     from testbed.upstream import upstream_flanneld

@@ -20,9 +20,8 @@ import pytest
 
 from testbed.capture import finish_capture, start_capture
 from testbed.nat import outside_ip
-from tests.conftest import require
 
-from .conftest import eventually, require_testbed, require_upstream
+from .conftest import eventually, require_upstream, require_wireguard_go
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
 ARGS = ("--reconcile-interval=2",)
@@ -33,12 +32,7 @@ SITE_PORT = 51830
 def bed():
     from testbed.nat import SitesBed
 
-    require_testbed()
-    for tool in ("wireguard-go", "wg", "nsenter", "unshare", "iptables"):
-        require(
-            subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0,
-            f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
-        )
+    require_wireguard_go(nat=True)
     with SitesBed(
         hosts=6,
         sites={"de": {1, 2, 6}, "oslo": {3, 5}, "home": {4}},

@@ -5,13 +5,10 @@ and udp's traffic (wireguard's own peers are sent to the outside addresses). A s
 two "de" nodes with a private LAN and public addresses, one "oslo" node behind NAT. The VXLAN
 case, and NAT, relays and renumbering in depth: test_sites.py."""
 
-import subprocess
 
 import pytest
 
-from tests.conftest import require
-
-from .conftest import eventually, require_testbed
+from .conftest import eventually, require_wireguard_go
 
 CASES = {
     "host-gw": ({"Type": "host-gw"}, "direct"),
@@ -24,12 +21,7 @@ CASES = {
 def bed(request):
     from testbed.nat import SitesBed
 
-    require_testbed()
-    for tool in ("wireguard-go", "wg", "unshare", "iptables"):
-        require(
-            subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0,
-            f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
-        )
+    require_wireguard_go(nat=True)
     backend, encap = CASES[request.param]
     with SitesBed(hosts=3, sites={"de": {1, 2}, "oslo": {3}}, natted={3}) as bed:
         bed.put_config({"Network": "10.1.0.0/16", "Backend": backend})

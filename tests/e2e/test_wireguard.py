@@ -17,9 +17,8 @@ import pytest
 
 from testbed.capture import finish_capture, start_capture
 from testbed.iperf import iperf, received_bits_per_second
-from tests.conftest import require
 
-from .conftest import eventually, require_testbed, start_nodes
+from .conftest import eventually, require_wireguard_go, start_nodes
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "wireguard"}}
 ARGS = ("--reconcile-interval=2", "--probe-interval=1")
@@ -29,12 +28,7 @@ ARGS = ("--reconcile-interval=2", "--probe-interval=1")
 def bed():
     from testbed.bed import TestBed
 
-    require_testbed()
-    for tool in ("wireguard-go", "wg", "nsenter", "unshare"):
-        require(
-            subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0,
-            f"{tool} (apt install wireguard-go wireguard-tools util-linux)",
-        )
+    require_wireguard_go()
     with TestBed(hosts=4) as bed:
         bed.put_config(CONFIG)
         start_nodes(bed.nodes[:3], ARGS, private_run=True)

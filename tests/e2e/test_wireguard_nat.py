@@ -6,15 +6,13 @@ to the natted node flows in both directions without interruption (Kilo's PR #41 
 upstream rewrites it). Through userspace WireGuard (this kernel has no module)."""
 
 import json
-import subprocess
 import time
 
 import pytest
 
 from testbed.nat import outside_ip
-from tests.conftest import require
 
-from .conftest import eventually, require_testbed, start_nodes
+from .conftest import eventually, require_wireguard_go, start_nodes
 
 # keepalives from both sides every 5 s: the natted node's keep its mapping open (the public
 # node's go to the unreachable published address until it learns the real one)
@@ -31,12 +29,7 @@ ARGS = ("--reconcile-interval=1", "--probe-interval=0")
 def bed():
     from testbed.nat import NatBed
 
-    require_testbed()
-    for tool in ("wireguard-go", "wg", "nsenter", "unshare", "iptables"):
-        require(
-            subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0,
-            f"{tool} (apt install wireguard-go wireguard-tools util-linux iptables)",
-        )
+    require_wireguard_go(nat=True)
     with NatBed(hosts=2, natted={2}) as bed:
         bed.put_config(CONFIG)
         start_nodes(bed.nodes, ARGS, private_run=True)

@@ -13,7 +13,6 @@ router's mapping open and teaches the others where it is.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -37,8 +36,7 @@ from pyflannel.backend.sites.placement import (
     place,
 )
 from pyflannel.backend.sites.relay import DIRECT_RETRY, Relays
-from pyflannel.backend.wireguard.device import WgDevice
-from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, public_key
+from pyflannel.backend.wireguard.device import WgDevice, key_pair
 from pyflannel.backend.wireguard.uapi import SESSION_LIFETIME, UapiError, WantedDevice, WantedPeer
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
@@ -109,17 +107,8 @@ class SiteLink:
         if self.device is None:
             log.info("site %s: peers of other sites through the wireguard backend", self.site)
             return
-        try:
-            self._private, created = await asyncio.to_thread(load_or_create, self.key_path)
-        except (InvalidKey, OSError) as e:
-            raise BackendError(f"site link key file {self.key_path}: {e}") from e
-        self.public_key = base64.b64encode(public_key(self._private)).decode()
-        log.info(
-            "site %s: %s the site link key %s (public key %s)",
-            self.site,
-            "created" if created else "using",
-            self.key_path,
-            self.public_key,
+        self._private, self.public_key = await key_pair(
+            self.key_path, f"site {self.site}: site link"
         )
         foreign = await self.netlink.call(kernel.foreign_addresses, DEVICE, self.network.cidr)
         if foreign:

@@ -12,8 +12,6 @@ changed, removed, or someone's ``wg set`` is followed or undone.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
 from collections.abc import Set as AbstractSet
 from ipaddress import IPv4Network, IPv6Network
@@ -34,12 +32,10 @@ from pyflannel.backend.plan import (
 )
 from pyflannel.backend.registry import BackendContext
 from pyflannel.backend.wireguard.config import Mode, WireguardConfig, parse_wireguard_config
-from pyflannel.backend.wireguard.device import WgDevice
+from pyflannel.backend.wireguard.device import WgDevice, key_pair
 from pyflannel.backend.wireguard.kernel_wg import KernelWireguard
 from pyflannel.backend.wireguard.keys import (
-    InvalidKey,
     key_file_path,
-    load_or_create,
     parse_key,
     public_key,
 )
@@ -128,17 +124,7 @@ class WireguardBackend(Backend):
     # -- set-up ----------------------------------------------------------------------------
 
     async def prepare(self) -> LeaseAttrs:
-        try:
-            self._private, created = await asyncio.to_thread(load_or_create, self.key_path)
-        except (InvalidKey, OSError) as e:
-            raise BackendError(f"WireGuard key file {self.key_path}: {e}") from e
-        self.public_key = base64.b64encode(public_key(self._private)).decode()
-        log.info(
-            "%s WireGuard key %s (public key %s)",
-            "created the" if created else "using the",
-            self.key_path,
-            self.public_key,
-        )
+        self._private, self.public_key = await key_pair(self.key_path, "WireGuard")
         for device in self.wg_devices:
             foreign = await self.netlink.call(
                 kernel.foreign_addresses, device.name, self.network.cidr

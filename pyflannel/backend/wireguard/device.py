@@ -10,16 +10,30 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyflannel.backend import kernel
 from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.wireguard.kernel_wg import KernelWireguard, create_link
+from pyflannel.backend.wireguard.keys import InvalidKey, load_or_create, public_key
 from pyflannel.backend.wireguard.uapi import Change, DeviceState, WantedDevice, diff
 from pyflannel.backend.wireguard.userspace import WireguardGo
 from pyflannel.errors import BackendError
 from pyflannel.kernel.netlink import Netlink
 
 log = logging.getLogger(__name__)
+
+
+async def key_pair(path: Path, what: str) -> tuple[bytes, str]:
+    """The private key in ``path`` (created once, mode 0600) and its public key (base64, as
+    advertised); BackendError naming the file if it cannot be had."""
+    try:
+        private, created = await asyncio.to_thread(load_or_create, path)
+    except (InvalidKey, OSError) as e:
+        raise BackendError(f"{what} key file {path}: {e}") from e
+    public = base64.b64encode(public_key(private)).decode()
+    log.info("%s %s key %s (public key %s)", "created" if created else "using", what, path, public)
+    return private, public
 
 
 @dataclass
