@@ -23,7 +23,9 @@ def require_wireguard_go(nat: bool = False) -> None:
     import shutil
 
     require_testbed()
-    tools = ("wireguard-go", "wg", "nsenter", "unshare") + (("iptables", "conntrack") if nat else ())
+    tools = ("wireguard-go", "wg", "nsenter", "unshare") + (
+        ("iptables", "conntrack") if nat else ()
+    )
     for tool in tools:
         require(
             shutil.which(tool) is not None,

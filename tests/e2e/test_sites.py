@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from testbed.capture import finish_capture, start_capture
+from testbed.iperf import iperf, received_bits_per_second
 from testbed.nat import outside_ip
 
 from .conftest import eventually, require_upstream, require_wireguard_go
@@ -84,6 +85,13 @@ def test_every_pod_reaches_every_other_both_ways(bed):
                 eventually(lambda a=a, b=b: _reaches(a, b), timeout=15)
                 result = a.ping(b.pod_ip, count=5, interval=0.1)
                 assert result.lost == 0, (a.ns, b.ns, result)
+
+
+def test_tcp_transfers_within_a_site_and_across_sites(bed):
+    de1, de2, oslo, _ = bed.started
+    for a, b in ((de1, de2), (de1, oslo), (oslo, de2)):
+        result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)
+        assert received_bits_per_second(result) > 1e6, (a.ns, b.ns, result)
 
 
 def test_within_a_site_vxlan_goes_over_its_private_lan_in_clear(bed):
@@ -194,6 +202,8 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
     for a, b in ((oslo, home), (home, oslo)):
         result = a.ping(b.pod_ip, count=10, interval=0.1)
         assert result.lost == 0, result
+        transfer = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)  # TCP through the relay
+        assert received_bits_per_second(transfer) > 1e6, transfer
     pair = " <-> ".join(sorted((str(oslo.subnet), str(home.subnet))))
     assert relay.status()["backend"]["relaying_for"] == [pair]
     assert f"relays for {pair}" in relay.status_cli().stdout

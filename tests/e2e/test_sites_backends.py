@@ -5,7 +5,6 @@ and udp's traffic (wireguard's own peers are sent to the outside addresses). A s
 two "de" nodes with a private LAN and public addresses, one "oslo" node behind NAT. The VXLAN
 case, and NAT, relays and renumbering in depth: test_sites.py."""
 
-
 import pytest
 
 from .conftest import eventually, require_wireguard_go
