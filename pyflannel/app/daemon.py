@@ -270,7 +270,9 @@ class Daemon:
         )
         return self.running
 
-    async def _site_link(self, cfg: NetworkConfig, ext: ExtIface, backend) -> SiteLink | None:
+    async def _site_link(
+        self, cfg: NetworkConfig, ext: ExtIface, backend: Backend
+    ) -> SiteLink | None:
         """--site: this node's site and the site link (its device for a backend that does not
         encrypt), started."""
         o = self.options
@@ -282,9 +284,9 @@ class Daemon:
             )
             return None
         if cfg.enable_ipv6 or backend.name == "extension":
+            where = "a dual-stack network" if cfg.enable_ipv6 else "the extension backend"
             raise BackendError(
-                f"--site is not supported on {'a dual-stack network' if cfg.enable_ipv6 else 'the extension backend'}"
-                " yet: run these nodes without --site"
+                f"--site is not supported on {where} yet: run these nodes without --site"
             )
         link = SiteLink(
             self.netlink,

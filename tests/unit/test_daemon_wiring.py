@@ -15,6 +15,7 @@ from pyflannel.app.options import build_options
 from pyflannel.backend.base import Backend
 from pyflannel.backend.plan import Peer
 from pyflannel.backend.reconciler import Reconciler, ReconcileReport
+from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.subnet.env_file import parse_env
 from pyflannel.subnet.lease import LeaseAttrs
@@ -125,11 +126,9 @@ def options(tmp_path: Path, *extra: str):
     return build_options(args, {})
 
 
-@contextlib.asynccontextmanager
-async def running_daemon(tmp_path, store: MemoryStore, journal: list, **kernel_faults):
-    """A daemon on the in-memory store with the recording backend; yields (daemon, the list
-    that will hold its backend once started)."""
-    made: list[RecordingBackend] = []
+def parts_for(store: MemoryStore, journal: list, made: list, **kernel_faults) -> Parts:
+    """The daemon's parts: the in-memory store, the recording backend (appended to ``made``
+    once started), no kernel."""
 
     async def start_backend(ctx):
         journal.append("backend started")
@@ -145,7 +144,7 @@ async def running_daemon(tmp_path, store: MemoryStore, journal: list, **kernel_f
     async def fingerprint_of(index):
         return "02:00:00:00:00:01"
 
-    parts = Parts(
+    return Parts(
         store=MemorySubnetManager(store),
         netlink=NoKernel(),  # type: ignore[arg-type]
         rules=lambda made_for: QuietRules(),  # type: ignore[arg-type, return-value]
@@ -156,7 +155,14 @@ async def running_daemon(tmp_path, store: MemoryStore, journal: list, **kernel_f
         kernel_watch=False,
         privileges=lambda: None,
     )
-    daemon = Daemon(options(tmp_path), parts)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(tmp_path, store: MemoryStore, journal: list, **kernel_faults):
+    """A daemon on the in-memory store with the recording backend; yields (daemon, the list
+    that will hold its backend once started)."""
+    made: list[RecordingBackend] = []
+    daemon = Daemon(options(tmp_path), parts_for(store, journal, made, **kernel_faults))
     task = asyncio.create_task(daemon.run())
     try:
         yield daemon, made
@@ -264,3 +270,16 @@ async def test_a_store_outage_leaves_the_data_plane_and_the_watch_catches_up(tmp
         )
         await wait_for(lambda: IPv4Network("10.1.250.0/24") in backend.peers, timeout=10)
         assert daemon.running.watch.relists == 1  # resumed, nothing re-listed
+
+
+async def test_site_is_refused_where_it_cannot_work_yet(tmp_path):
+    """--site on a dual-stack network: a clear error at start, before any lease is taken."""
+    dual = CONFIG.replace(
+        b'"SubnetLen"', b'"EnableIPv6": true, "IPv6Network": "fd10::/48", "SubnetLen"'
+    )
+    store, journal, made = MemoryStore(config=dual), [], []
+    daemon = Daemon(options(tmp_path, "--site=de"), parts_for(store, journal, made))
+    with pytest.raises(BackendError, match="--site is not supported on a dual-stack network"):
+        await daemon.start()
+    assert not store.records  # no lease taken
+    await daemon.close()
