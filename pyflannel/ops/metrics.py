@@ -4,6 +4,7 @@ sync, nothing computed when nobody scrapes)."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -206,10 +207,7 @@ def site_metrics(placements: dict[str, PlacementView], relaying_for: list[str]):
     counts = GaugeMetricFamily(
         "pyflannel_peers_by_path", "peers by how they are reached (--site)", labels=["path"]
     )
-    by_path: dict[str, int] = {}
-    for view in placements.values():
-        by_path[view.path] = by_path.get(view.path, 0) + 1
-    for path, n in sorted(by_path.items()):
+    for path, n in sorted(Counter(view.path for view in placements.values()).items()):
         counts.add_metric([path], n)
     yield counts
     yield GaugeMetricFamily(

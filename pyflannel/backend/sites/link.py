@@ -27,7 +27,6 @@ from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.mtu import overlay_mtu
 from pyflannel.backend.plan import Peer, site_route
 from pyflannel.backend.sites.placement import (
-    PATHS,
     Placement,
     PlacementView,
     Where,
@@ -35,9 +34,9 @@ from pyflannel.backend.sites.placement import (
     outside_as_seen,
     place,
 )
-from pyflannel.backend.sites.relay import DIRECT_RETRY, Relays
+from pyflannel.backend.sites.relay import DIRECT_RETRY, Relays, live
 from pyflannel.backend.wireguard.device import WgDevice, key_pair
-from pyflannel.backend.wireguard.uapi import SESSION_LIFETIME, UapiError, WantedDevice, WantedPeer
+from pyflannel.backend.wireguard.uapi import UapiError, WantedDevice, WantedPeer
 from pyflannel.errors import BackendError
 from pyflannel.kernel.iface import ExtIface
 from pyflannel.kernel.netlink import Netlink
@@ -151,7 +150,7 @@ class SiteLink:
             str(subnet): endpoint.endpoint
             for subnet, endpoint in self.endpoints().items()
             if endpoint.endpoint
-            and now - endpoint.last_handshake < SESSION_LIFETIME
+            and live(endpoint, now)
             and (record := self.records.get(subnet)) is not None
             and not record.public
         }
@@ -238,7 +237,7 @@ class SiteLink:
         relay = self.relays.via.get(subnet)
         if relay is None:
             return PlacementView(
-                where.site, PATHS[where.where], encrypted, str(where.address), words=words
+                where.site, where.where.value, encrypted, str(where.address), words=words
             )
         record = self.records.get(relay)
         at = f" at {record.outside_ip}" if record is not None else ""

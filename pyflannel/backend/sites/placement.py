@@ -24,8 +24,10 @@ from pyflannel.subnet.node_record import NodeRecord, parse_endpoint
 
 
 class Where(enum.StrEnum):
+    """How a peer is placed; the value is the ``path`` status and /metrics show."""
+
     AS_LEASE = "as its lease says"
-    IN_SITE = "in this site"
+    IN_SITE = "in site"
     ACROSS = "across sites"
 
 
@@ -56,13 +58,6 @@ class PlacementView:
     address: str  # where it is sent (inside, outside or PublicIP)
     via: str = ""  # relayed: the relay's subnet
     words: str = ""  # the whole of it, in words
-
-
-PATHS = {
-    Where.IN_SITE: "in site",
-    Where.ACROSS: "across sites",
-    Where.AS_LEASE: "as its lease says",
-}
 
 
 def place(own_site: str, lease: Lease, record: NodeRecord | None) -> Placement:

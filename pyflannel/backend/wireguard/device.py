@@ -47,7 +47,6 @@ class WgDevice:
     # the endpoint written last per peer (public key, hex): what its lease published then
     published: dict[str, str] = field(default_factory=dict)
     seen: DeviceState = field(default_factory=DeviceState)  # as it reported, last reconcile
-    choice: str = ""  # why this data plane, for the log and status
 
     async def start(self, netlink: Netlink, datapath: str) -> None:
         """Choose the data plane (``datapath``: auto | kernel | userspace) and run it."""
@@ -59,7 +58,6 @@ class WgDevice:
         if datapath in ("auto", "kernel"):
             try:
                 await netlink.call(create_link, name)
-                self.choice = "kernel WireGuard"
                 log.info("WireGuard: using the kernel's module for %s", name)
                 return KernelWireguard(name)
             except Exception as e:
@@ -69,11 +67,11 @@ class WgDevice:
                         f"cannot create WireGuard device {name} in the kernel: {reason} "
                         "(--wireguard-datapath=kernel; auto would use wireguard-go)"
                     ) from e
-                self.choice = f"userspace: the kernel cannot make a wireguard link ({reason})"
+                why = f"the kernel cannot make a wireguard link ({reason})"
         else:
-            self.choice = "userspace: forced by --wireguard-datapath=userspace"
+            why = "forced by --wireguard-datapath=userspace"
         plane = WireguardGo(name)  # BackendError naming the package if it is missing
-        log.warning("WireGuard: %s; using wireguard-go for %s", self.choice, name)
+        log.warning("WireGuard: %s; using wireguard-go for %s", why, name)
         return plane
 
     async def ensure(self, netlink: Netlink) -> list[str]:

@@ -4,8 +4,10 @@ tested without such a machine."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from pyflannel.backend.sites.relay import live
 from pyflannel.ops.etcd_advice import NODE_RTT_MS, etcd_advice, member_line
 from pyflannel.ops.status.document import StatusDoc
 from pyflannel.traffic.br_netfilter import BridgeNf, problem
@@ -272,13 +274,14 @@ def judge_site(doc: StatusDoc | None) -> Finding | None:
     relayed = [
         r.subnet for r in across if r.placement is not None and r.placement.path == "relayed"
     ]
-    live = [r.subnet for r in across if r.endpoint is not None and r.endpoint.last_handshake]
+    now = time.time()
+    sessions = [r.subnet for r in across if r.endpoint is not None and live(r.endpoint, now)]
     if not backend.fact("outside"):
         return Finding(
             "site",
             FAIL,
             f"site {site}: behind NAT, and no node with an address of its own answers "
-            f"({len(across)} of other sites, {len(live)} with a session): its outside address "
+            f"({len(across)} of other sites, {len(sessions)} with a session): its outside address "
             "is unknown, so nodes behind other NATs cannot reach it",
             "At least one node with a public address (--public-ip) must reach this one: allow "
             "UDP to its --site-port (default 51830) out of this network, and check that node runs.",
@@ -287,7 +290,7 @@ def judge_site(doc: StatusDoc | None) -> Finding | None:
         f"site {site}, outside {backend.fact('outside')}"
         + (" (learned: behind NAT)" if backend.fact("outside_learned") else "")
         + f"; {len(doc.peers) - len(across)} peers in the site or without one, {len(across)} "
-        f"across sites ({len(live)} with a session)"
+        f"across sites ({len(sessions)} with a session)"
     )
     if relayed:
         return Finding(
