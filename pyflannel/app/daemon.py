@@ -206,6 +206,9 @@ class Daemon:
                 if plane.carries_traffic or "iptables_forward_rules" in o.given
                 else False,
                 peer_filter_port=plane.encapsulation_port if o.vxlan_peer_filter else None,
+                site_port=plane.sites.device.port
+                if plane.sites is not None and plane.sites.device is not None
+                else None,
             )
         )
         identity = NodeIdentity(
@@ -264,7 +267,13 @@ class Daemon:
             underlay,
             peers,
             ReconcileLoop(plane, o.reconcile_interval, before=underlay.check),
-            sites=SiteRecords(self.store, plane, plane.sites, lambda: keeper.lease or lease)
+            sites=SiteRecords(
+                self.store,
+                plane,
+                plane.sites,
+                lambda: keeper.lease or lease,
+                self.traffic.set_site_members,
+            )
             if plane.sites is not None
             else None,
         )

@@ -179,6 +179,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
             rules_set=bool(t.rules),
             last_problem=t.last_problem,
             restores=t.restores,
+            site_strangers=t.strangers,
         ),
     )
 

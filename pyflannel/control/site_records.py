@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pyflannel.backend.dataplane import DataPlane
 from pyflannel.backend.sites.link import SiteLink
@@ -29,12 +29,20 @@ PUBLISH_CHECK = 2.0
 
 class SiteRecords:
     def __init__(
-        self, store: SubnetManager, plane: DataPlane, link: SiteLink, lease: Callable[[], Lease]
+        self,
+        store: SubnetManager,
+        plane: DataPlane,
+        link: SiteLink,
+        lease: Callable[[], Lease],
+        members: Callable[[list[str]], Awaitable[None]] | None = None,
     ):
+        """``members``: told the network's nodes' addresses on every pass (the traffic rules
+        count datagrams to the site port from any other address)."""
         self.store = store
         self.plane = plane
         self.link = link
         self.lease = lease
+        self.members = members
         self.read = asyncio.Event()  # the records were read once (peers placed by them)
         self.writes = 0
 
@@ -49,9 +57,17 @@ class SiteRecords:
             await asyncio.sleep(RETRY)
 
     async def publish(self) -> None:
-        said = ""
+        said, said_members = "", ""
         while True:
             await self.plane.site_pass()
+            if self.members is not None and self.read.is_set():  # the members known
+                try:
+                    await self.members(self.link.members())
+                    said_members = ""
+                except FlannelError as e:
+                    if str(e) != said_members:
+                        log.warning("site link: strangers not counted: %s; retrying", e)
+                        said_members = str(e)
             lease = self.lease()
             wanted = self.link.record(lease)
             if self.link.own_stored != wanted:

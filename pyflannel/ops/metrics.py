@@ -137,6 +137,12 @@ class DaemonCollector:
             "iptables rule sets (re)applied",
             value=snap.traffic.restores,
         )
+        if snap.traffic.site_strangers is not None:
+            yield CounterMetricFamily(
+                "pyflannel_site_port_strangers",
+                "datagrams to the site link's port from no member's address (--site)",
+                value=snap.traffic.site_strangers,
+            )
 
 
 MESH_LABEL_LIMIT = 256  # per-peer series only up to this many peers: label cardinality bounded

@@ -85,6 +85,9 @@ class TrafficView:
     last_problem: str = ""
     restores: int = 0
     present: bool = False  # in the kernel as computed (asked live by /status)
+    # --site, iptables mode: datagrams to the site link's port from an address no node of the
+    # network has (WireGuard drops them); None: not counted
+    site_strangers: int | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class TrafficManager(abc.ABC):
         random_fully_disabled: bool = False,
         peer_filter_port: int | None = None,
         family: int = 4,
+        site_port: int | None = None,
     ):
         self.family = family  # 6: the IPv6 rules of a dual-stack network
         self.masquerade = masquerade
@@ -57,6 +58,8 @@ class TrafficManager(abc.ABC):
         self.peer_filter_port = (
             peer_filter_port  # set: accept VXLAN only from peers (--vxlan-peer-filter)
         )
+        self.site_port = site_port  # set: count strangers' datagrams to the site link (--site)
+        self.strangers: int | None = None  # how many (None: not counted)
         self._network: tuple[Cluster, Cluster] | None = None  # (cluster, pod)
         self.rules: list[Any] = []
         self.restores = 0
@@ -64,7 +67,12 @@ class TrafficManager(abc.ABC):
 
     @property
     def enabled(self) -> bool:
-        return self.masquerade or self.forward or self.peer_filter_port is not None
+        return (
+            self.masquerade
+            or self.forward
+            or self.peer_filter_port is not None
+            or self.site_port is not None
+        )
 
     @property
     def network(self) -> tuple[Cluster, Cluster]:
@@ -91,3 +99,7 @@ class TrafficManager(abc.ABC):
 
     async def set_peers(self, public_ips: list[str]) -> None:  # noqa: B027 - optional
         """Follow the peer set (the VXLAN peer filter, where the mode has one)."""
+
+    async def set_site_members(self, addresses: list[str]) -> None:  # noqa: B027 - optional
+        """Follow the addresses the network's nodes reach the site link from (--site: the
+        count of strangers' datagrams, where the mode keeps one)."""

@@ -30,12 +30,14 @@ class RulesFor:
     """What a network's rules are made for: its mode (EnableNFTables), its families, and
     what its backend decides: no forward rules for a backend without a data plane unless the
     flag was given (None: as the flag says), the port only peers may send to
-    (--vxlan-peer-filter: iptables, IPv4 underlay only)."""
+    (--vxlan-peer-filter: iptables, IPv4 underlay only), the site link's port (--site: its
+    strangers counted, iptables)."""
 
     nftables: bool = False
     dual_stack: bool = False
     forward: bool | None = None
     peer_filter_port: int | None = None
+    site_port: int | None = None
 
 
 def network_rules(settings: TrafficSettings, made_for: RulesFor = RulesFor()) -> NetworkRules:
@@ -53,6 +55,7 @@ def network_rules(settings: TrafficSettings, made_for: RulesFor = RulesFor()) ->
                 random_fully_disabled=settings.random_fully_disabled,
                 peer_filter_port=made_for.peer_filter_port if family == 4 else None,
                 family=family,
+                site_port=made_for.site_port if family == 4 else None,
             )
             for family in ((4, 6) if made_for.dual_stack else (4,))
         ]
@@ -130,6 +133,14 @@ class NetworkRules:
 
     async def set_peers(self, public_ips: list[str]) -> None:
         await self.v4.set_peers(public_ips)
+
+    async def set_site_members(self, addresses: list[str]) -> None:
+        await self.v4.set_site_members(addresses)
+
+    @property
+    def strangers(self) -> int | None:
+        """Datagrams to the site link's port from no member's address (None: not counted)."""
+        return self.v4.strangers
 
     def tables(self) -> set[tuple[int, str]]:
         return {table for m in self.managers for table in m.tables()}

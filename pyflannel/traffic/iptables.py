@@ -23,6 +23,9 @@ from pyflannel.traffic.iptables_rules import (
     masquerade_rules,
     parse_version,
     restore_payload,
+    site_chain,
+    site_port_rules,
+    strangers_counted,
     vxlan_peer_rules,
 )
 from pyflannel.traffic.ownership import Cluster
@@ -39,6 +42,8 @@ class IptablesRules(TrafficManager):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.peer_ips: list[str] = []
+        self.site_members: list[str] | None = None  # None: not known yet (nothing counted)
+        self._counted = 0  # the strangers' rule's count when last read (reset by a restore)
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
 
@@ -67,6 +72,7 @@ class IptablesRules(TrafficManager):
                 ("masquerade", self.masquerade),
                 ("forward", self.forward),
                 ("vxlan peer filter", self.peer_filter_port is not None),
+                ("site link strangers counted", self.site_port is not None),
             )
             if on
         ]
@@ -82,6 +88,8 @@ class IptablesRules(TrafficManager):
             rules += forward_rules(cluster)
         if self.peer_filter_port is not None:
             rules += vxlan_peer_rules(self.peer_filter_port, self.peer_ips)
+        if self.site_port is not None and self.site_members is not None:
+            rules += site_port_rules(self.site_port, self.site_members)
         return rules
 
     def tables(self) -> set[tuple[int, str]]:
@@ -92,13 +100,43 @@ class IptablesRules(TrafficManager):
 
     async def set_peers(self, public_ips: list[str]) -> None:
         """The VXLAN peer filter follows the peer set."""
-        ips = sorted(set(public_ips), key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        ips = _in_order(public_ips)
         if self.peer_filter_port is None or ips == self.peer_ips:
             return
         self.peer_ips = ips
+        await self._rebuild()
+
+    async def set_site_members(self, addresses: list[str]) -> None:
+        """The site port's chain follows the network's nodes' addresses."""
+        ips = _in_order(addresses)
+        if self.site_port is None or ips == self.site_members:
+            return
+        await self.count_strangers()  # before the chain is written anew (its count reset)
+        self.site_members = ips
+        await self._rebuild()
+
+    async def _rebuild(self) -> None:
         if self._network is not None:
             self.rules = self._build()
             await self._restore()
+
+    async def count_strangers(self) -> None:
+        """Add what the strangers' rule counted since the last read (a restore starts it at
+        zero again; the total stays)."""
+        if self.site_port is None or self._network is None:
+            return
+        try:
+            listed = await _run(
+                self.tool, "-w", "-t", "filter", "-S", site_chain(self.site_port), "-v"
+            )
+        except TrafficError:
+            return  # the chain is gone: drift, repaired by the check
+        counted = strangers_counted(listed)
+        if counted is None:
+            return
+        grown = counted - self._counted if counted >= self._counted else counted
+        self.strangers = (self.strangers or 0) + grown
+        self._counted = counted
 
     async def _listing(self) -> dict[str, list[str]]:
         return {
@@ -119,11 +157,13 @@ class IptablesRules(TrafficManager):
                 stdin=restore_payload(table, self.rules, listed[table], self.network[0]),
             )
         self.restores += 1
+        self._counted = 0  # the site port's chain was written anew
 
     async def check(self) -> list[str]:
         """Drift between the rules and the kernel; repaired if there is any."""
         if not self.rules:
             return []
+        await self.count_strangers()  # before a repair starts the count again
         problems = self._drift(await self._listing())
         if problems:
             log.warning("%s rules drifted (%s); restoring them", self.tool, "; ".join(problems[:3]))
@@ -137,6 +177,10 @@ class IptablesRules(TrafficManager):
 
     def _drift(self, listed: dict[str, list[str]]) -> list[str]:
         return drift(self.rules, listed, self.network[0])
+
+
+def _in_order(ips: list[str]) -> list[str]:
+    return sorted(set(ips), key=lambda ip: tuple(int(x) for x in ip.split(".")))
 
 
 def tool_for(family: int) -> str:

@@ -24,8 +24,11 @@ from pyflannel.traffic.ownership import (
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
 VXLAN_CHAIN_PREFIX = "FLANNEL-VXLAN-"  # + the VXLAN port: one chain per network
+SITE_CHAIN_PREFIX = "FLANNEL-SITE-"  # + the site link's port (--site): one network per port
 SHARED_CHAINS = (MASQ_CHAIN, FORWARD_CHAIN)  # upstream's names, shared by all networks
 VXLAN_COMMENT = "pyflannel vxlan peers"
+SITE_COMMENT = "pyflannel site link members"
+STRANGERS_COMMENT = "pyflannel site link: from no member"
 MASQ_COMMENT = "flanneld masq"
 FORWARD_COMMENT = "flanneld forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"
@@ -94,12 +97,43 @@ def vxlan_peer_rules(port: int, peers: list[str]) -> list[Rule]:
     )
 
 
+def site_chain(port: int) -> str:
+    return f"{SITE_CHAIN_PREFIX}{port}"
+
+
+def site_port_rules(port: int, members: list[str]) -> list[Rule]:
+    """pyflannel only (--site): datagrams to the site link's port from an address no node of
+    the network has are counted by the chain's last rule. It has no target: WireGuard drops
+    what no member's key sealed, and a member that roamed to an address not known yet (a
+    renumbered NAT) must still get through."""
+    c = f'-m comment --comment "{SITE_COMMENT}"'
+    chain = site_chain(port)
+    return (
+        [Rule("filter", "INPUT", f"-p udp -m udp --dport {port} {c} -j {chain}")]
+        + [Rule("filter", chain, f"-s {ip}/32 {c} -j RETURN") for ip in members]
+        + [Rule("filter", chain, f'-m comment --comment "{STRANGERS_COMMENT}"')]
+    )
+
+
+_COUNTERS = re.compile(r" -c (\d+) (\d+)")
+
+
+def strangers_counted(listed_with_counters: str) -> int | None:
+    """The packets the strangers' rule counted, from ``iptables -S <site chain> -v``
+    (``-A ... -c <packets> <bytes>``); None if the rule is not there."""
+    for line in listed_with_counters.splitlines():
+        m = _COUNTERS.search(line)
+        if m and f'"{STRANGERS_COMMENT}"' in line:
+            return int(m.group(1))
+    return None
+
+
 # Ownership, per network. Several networks on one host (one daemon per --etcd-prefix) share
 # upstream's chains FLANNEL-POSTRTG and FLANNEL-FWD, as upstream's daemons do; in those a line
 # belongs to the network whose CIDR it names. Lines naming no network (the kube-proxy mark
 # rule, the jumps from the built-in chains) are shared: kept once, never removed. A line in a
 # flannel chain without a flannel comment is nobody's and is removed. The VXLAN peer-filter
-# chain is per port, so one network's alone.
+# and site-port chains are per port, so one network's alone.
 def claim(line: str, rules: list[Rule], cluster: Cluster) -> str:
     """Whose a listed ``-A <flannel chain> ...`` line is: OURS (to keep as wanted or remove),
     SHARED (one copy kept for every network) or OTHERS (another network's: never touched)."""

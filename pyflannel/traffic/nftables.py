@@ -45,6 +45,12 @@ class NftablesRules(TrafficManager):
         if self.peer_filter_port is not None:
             log.warning("--vxlan-peer-filter is an iptables rule set: not applied in nftables mode")
             self.peer_filter_port = None
+        if self.site_port is not None:
+            log.info(
+                "site link: datagrams from strangers are counted in iptables mode only "
+                "(WireGuard drops them either way)"
+            )
+            self.site_port = None
 
     async def setup(self, cluster: Cluster, pod: Cluster) -> None:
         if not self.enabled:

@@ -228,21 +228,54 @@ def test_two_nodes_no_nat_lets_meet_go_through_a_relay_both_ways(bed):
 def test_a_relay_forwards_nothing_from_outside_the_network(bed):
     """Datagrams to the relay's site link port from a stranger on the internet (the switch),
     whatever they carry (here an IPv4 packet to oslo's pod, as a relay would carry it),
-    reach no pod: WireGuard takes only what its members' keys sealed."""
+    reach no pod: WireGuard takes only what its members' keys sealed. The relay counts them
+    (status, /metrics), and keeps the count when its rules are repaired."""
     *_, oslo, home = bed.started
     (relay,) = [n for n in bed.started if str(n.subnet) == _placement(oslo, home)["via"]]
-    stranger = bed.lan  # the switch's own namespace: on the internet, no member of anything
+    chain = f"FLANNEL-SITE-{SITE_PORT}"
+    members = eventually(lambda: _members(relay, chain, want=3), timeout=20)
+    assert {str(outside_ip(3)), str(outside_ip(4))} <= set(members), members  # the NATs' addresses
+    before = eventually(lambda: _strangers(relay), timeout=20)
     capture = start_capture(oslo.pod_ns, "eth0", 3)
+    _forge(bed, relay, home, oslo)
+    arrived = finish_capture(capture)
+    assert not [r for r in arrived if r.get("dport") == 7777], arrived
+    counted = eventually(lambda: _strangers(relay, at_least=before + 50), timeout=20)
+    assert counted <= before + 50 + 5, (before, counted)  # the members' own traffic is not
+    relay.run("iptables", "-F", chain)  # a firewall flush: repaired, the count kept
+    eventually(lambda: _members(relay, chain, want=3), timeout=20)
+    _forge(bed, relay, home, oslo)
+    eventually(lambda: _strangers(relay, at_least=counted + 50), timeout=20)
+    metrics = relay.endpoint("/metrics")
+    total = re.search(r"^pyflannel_site_port_strangers_total (\S+)", metrics, re.M)
+    assert total and float(total.group(1)) >= counted + 50, metrics
+    assert "site port  " in relay.status_cli().stdout
+
+
+def _forge(bed, relay, home, oslo) -> None:
     forged = _ipv4_udp(str(home.pod_ip), str(oslo.pod_ip))
     script = (
         "import socket,sys; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); "
         f"[s.sendto(bytes.fromhex(sys.argv[1]),('{relay.underlay_ip}',{SITE_PORT})) for _ in range(50)]"
     )
+    stranger = bed.lan  # the switch's own namespace: on the internet, no member of anything
     subprocess.run(
         ["ip", "netns", "exec", stranger, "python3", "-c", script, forged.hex()], check=True
     )
-    arrived = finish_capture(capture)
-    assert not [r for r in arrived if r.get("dport") == 7777], arrived
+
+
+def _members(node, chain: str, want: int) -> list[str]:
+    """The addresses the node's site port chain lets by uncounted (at least ``want``)."""
+    listed = node.run("iptables", "-S", chain).stdout
+    found = re.findall(r"-s (\S+)/32 .* -j RETURN", listed)
+    assert len(found) >= want and "from no member" in listed, listed
+    return found
+
+
+def _strangers(node, at_least: int = 0) -> int:
+    counted = node.status()["iptables"]["site_strangers"]
+    assert counted is not None and counted >= at_least, counted
+    return counted
 
 
 def test_back_to_direct_once_the_nats_let_the_two_meet(bed):

@@ -84,12 +84,15 @@ class QuietRules:
     """Traffic rules that are never needed (--ip-masq off, no forward rules)."""
 
     mode, enabled, masquerade, forward = "iptables", False, False, False
-    peer_filter_port, rules, restores, last_problem = None, [], 0, ""
+    peer_filter_port, rules, restores, last_problem, strangers = None, [], 0, "", None
 
     async def setup(self, networks) -> None:
         pass
 
     async def set_peers(self, ips) -> None:
+        pass
+
+    async def set_site_members(self, ips) -> None:
         pass
 
     async def present(self) -> bool:

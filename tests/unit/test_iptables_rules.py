@@ -178,3 +178,33 @@ def test_the_vxlan_peer_filter_chain_is_per_port():
     b = vxlan_peer_rules(8473, ["198.51.100.3"])
     assert {r.chain for r in a[1:]} == {"FLANNEL-VXLAN-8472"}
     assert {r.chain for r in b[1:]} == {"FLANNEL-VXLAN-8473"}
+
+
+def test_the_site_port_chain_lets_members_by_and_counts_the_rest():
+    from pyflannel.traffic.iptables_rules import site_port_rules
+
+    rules = site_port_rules(51830, ["10.0.0.2", "198.51.100.103"])
+    c = '-m comment --comment "pyflannel site link members"'
+    assert [r.line for r in rules] == [
+        f"-A INPUT -p udp -m udp --dport 51830 {c} -j FLANNEL-SITE-51830",
+        f"-A FLANNEL-SITE-51830 -s 10.0.0.2/32 {c} -j RETURN",
+        f"-A FLANNEL-SITE-51830 -s 198.51.100.103/32 {c} -j RETURN",
+        # no target: counted, then WireGuard decides (a member roamed to a new address passes)
+        '-A FLANNEL-SITE-51830 -m comment --comment "pyflannel site link: from no member"',
+    ]
+    assert {r.table for r in rules} == {"filter"}
+
+
+def test_the_strangers_count_is_read_from_the_chain_with_its_counters():
+    from pyflannel.traffic.iptables_rules import strangers_counted
+
+    # iptables v1.8.9 (nf_tables), `iptables -S FLANNEL-SITE-51830 -v`, as printed
+    listed = (
+        "-N FLANNEL-SITE-51830\n"
+        '-A FLANNEL-SITE-51830 -s 10.0.0.2/32 -m comment --comment "pyflannel site link members"'
+        " -c 812 90211 -j RETURN\n"
+        '-A FLANNEL-SITE-51830 -m comment --comment "pyflannel site link: from no member"'
+        " -c 50 2100\n"
+    )
+    assert strangers_counted(listed) == 50
+    assert strangers_counted("-N FLANNEL-SITE-51830\n") is None

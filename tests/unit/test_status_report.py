@@ -287,3 +287,11 @@ def test_doctor_names_a_natted_node_nobody_answers_and_relayed_peers():
     relayed = judge_site(sited("198.51.100.103:51830", True, "relayed"))
     assert relayed.status == WARN and "relayed, no direct session: 10.1.2.0/24" in relayed.detail
     assert judge_site(healthy()) is None  # no --site: nothing to say
+
+
+def test_a_relay_says_how_many_datagrams_came_from_strangers():
+    doc = sited("198.51.100.1:51830", False, "across sites", relays=["a <-> b"])
+    assert "site port" not in render(doc)  # not counted (nftables mode): nothing said
+    counted = replace(doc, iptables=replace(doc.iptables, site_strangers=50))
+    assert "site port  50 datagrams from no member's address" in render(counted)
+    assert StatusDoc.parse(counted.to_json()) == counted

@@ -345,6 +345,18 @@ class SiteLink:
                     out[subnet] = endpoint
         return out
 
+    def members(self) -> list[str]:
+        """The addresses the network's nodes may reach the site link's port from: each one's
+        inside and outside address as its record says, its lease's PublicIP, and where the
+        device last saw it (a NAT's current mapping)."""
+        if self.device is None:
+            return []
+        ips = {str(lease.attrs.public_ip) for lease in self.leases.values()}
+        for record in self.records.values():
+            ips |= {str(a) for a in (record.inside_ip, record.outside_ip) if a is not None}
+        ips |= {e.endpoint.rpartition(":")[0] for e in self.endpoints().values() if e.endpoint}
+        return sorted(ips)
+
     def problem(self) -> str | None:
         return self.device.problem() if self.device is not None else None
 

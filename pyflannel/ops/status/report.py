@@ -320,6 +320,11 @@ def _rules_lines(doc: StatusDoc) -> list[str]:
             f"{rules.mode:<10} {' + '.join(what) or 'off'}"
             + (f": {'in place' if rules.present else 'MISSING'}" if what else "")
         )
+        if rules.site_strangers is not None:
+            lines.append(
+                f"site port  {rules.site_strangers} datagrams from no member's address "
+                "(dropped by WireGuard unless a member's key sealed them)"
+            )
     if nf is not None:
         values = [
             f"{k}={v}"
