@@ -73,6 +73,7 @@ from pyflannel.traffic.ownership import Cluster
 
 if TYPE_CHECKING:  # imported once the daemon is ready, and only if it probes
     from pyflannel.ops.mesh.healer import PathHealer
+    from pyflannel.ops.mesh.mtu_fixer import PathMtuFixer
     from pyflannel.ops.mesh.prober import MeshProber
     from pyflannel.ops.mesh.publisher import MeshPublisher
     from pyflannel.ops.snapshot import DaemonSnapshot
@@ -133,6 +134,7 @@ class Daemon:
         self.kernel_watch: KernelWatch | None = None
         self.prober: MeshProber | None = None
         self.healer: PathHealer | None = None
+        self.mtu_fixer: PathMtuFixer | None = None
         self.publisher: MeshPublisher | None = None
         self.ipv6 = False  # the network is dual-stack (EnableIPv6)
         self.traffic = self.parts.rules(RulesFor())  # until the network is known
@@ -410,6 +412,16 @@ class Daemon:
                 self.publisher = MeshPublisher(
                     self.prober, self.store, lambda: r.lease, lambda: r.ext.public_ip
                 )
+                if o.fix_path_mtu:
+                    from pyflannel.ops.mesh.mtu_fixer import PathMtuFixer
+
+                    self.mtu_fixer = PathMtuFixer(
+                        self.prober,
+                        r.plane.set_path_mtu,
+                        self.traffic.set_clamps,
+                        lambda: r.plane.mtu,
+                    )
+                    self.prober.after_round = self.mtu_fixer.after_round
                 tasks.create_task(self.prober.run(), name="mesh-prober")
                 tasks.create_task(self.publisher.run(), name="mesh-summary")
                 self.healer = self._healer(r.plane, self.prober)

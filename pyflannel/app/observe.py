@@ -24,8 +24,9 @@ from pyflannel.traffic.families import NetworkRules
 if TYPE_CHECKING:  # the prober (and statistics) are imported only where it runs, the
     # snapshot's types when the first snapshot is taken (not on the way to subnet.env)
     from pyflannel.ops.mesh.healer import PathHealer
+    from pyflannel.ops.mesh.mtu_fixer import PathMtuFixer
     from pyflannel.ops.mesh.prober import MeshProber
-    from pyflannel.ops.snapshot import DaemonSnapshot
+    from pyflannel.ops.snapshot import DaemonSnapshot, ProbeView
 
 
 class Daemon(Protocol):
@@ -42,6 +43,7 @@ class Daemon(Protocol):
     netlink: Netlink
     prober: MeshProber | None
     healer: PathHealer | None
+    mtu_fixer: PathMtuFixer | None
 
     @property
     def programmed(self) -> bool: ...
@@ -163,7 +165,7 @@ def daemon_snapshot(daemon: Daemon) -> DaemonSnapshot:
         lease=lease,
         backend=r.plane.snapshot() if r else None,
         subnet_env_problems=tuple(subnet_env_problems(daemon)),
-        mesh=daemon.prober.view() if daemon.prober else {},
+        mesh=_mesh(daemon),
         counters=MeshCounters(
             probes_sent=daemon.prober.sent if daemon.prober else 0,
             summaries_written=daemon.mesh_writes,
@@ -216,3 +218,11 @@ class StatusAnswers:
 
 def _link_exists(ipr: IPRoute, name: str) -> bool:
     return ipr.get_link(name) is not None
+
+
+def _mesh(daemon: Daemon) -> dict[str, ProbeView]:
+    """The prober's view of every path, with the paths whose MTU was fixed."""
+    if daemon.prober is None:
+        return {}
+    views = daemon.prober.view()
+    return daemon.mtu_fixer.annotate(views) if daemon.mtu_fixer is not None else views

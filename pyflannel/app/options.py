@@ -144,6 +144,13 @@ class Options:
         "VXLAN to it broken and UDP working, and back when VXLAN works again; needs "
         "--probe-interval > 0 (default %(default)s; pyflannel only)",
     )
+    fix_path_mtu: bool = option(
+        True,
+        "where the prober finds a peer's path an MTU black hole, measure what it carries "
+        "(don't-fragment probes) and fix that path only: its route's MTU (mtu lock) and a TCP "
+        "MSS clamp for the peer's subnet, removed when the full size passes again; needs "
+        "--probe-interval > 0 (default %(default)s; pyflannel only)",
+    )
     backend_fallback: str = option(
         "auto",
         "when the network's backend is vxlan: 'auto' falls back to UDP encapsulation if this "

@@ -172,6 +172,10 @@ class DataPlane:
                 await self.sites.sync()
         await self.backend.peers_updated(changes, before)
 
+    async def set_path_mtu(self, subnet: IPNetwork, mtu: int | None) -> None:
+        """A peer's path MTU fixed (ops/mesh/mtu_fixer.py), or no longer (None)."""
+        await self.kernel.set_path_mtu(subnet, mtu)
+
     async def site_records(self, stored: Mapping[str, bytes]) -> None:
         """The node records as stored now: the peers whose record changed placed again."""
         if self.sites is None:

@@ -221,14 +221,17 @@ def read_state(ipr: IPRoute, devices: Devices) -> KernelState:
 def _route_of(route: Message, devices: Devices) -> Route:
     gateway = route.get_attr("RTA_GATEWAY")
     oif, flags = route.get_attr("RTA_OIF"), route["flags"]
+    metrics = route.get_attr("RTA_METRICS")
+    mtu = (metrics.get_attr("RTAX_MTU") or 0) if metrics is not None else 0
     overlay = (devices.overlay, devices.overlay6)
     if oif is not None and oif in (devices.tunnel, devices.tunnel6):
-        return Route(gateway, Via.TUNNEL)
+        return Route(gateway, Via.TUNNEL, mtu)
     if oif is not None and oif == devices.site:
-        return Route(gateway, Via.SITE)
+        return Route(gateway, Via.SITE, mtu)
     if oif is not None and oif in overlay and flags & RTNH_F_ONLINK:
-        return Route(gateway, Via.ONLINK)
-    return Route(gateway, Via.UNDERLAY if oif not in (*overlay, devices.tunnel) else Via.OTHER)
+        return Route(gateway, Via.ONLINK, mtu)
+    via = Via.UNDERLAY if oif not in (*overlay, devices.tunnel) else Via.OTHER
+    return Route(gateway, via, mtu)
 
 
 def _encode(seq: int, devices: Devices, op: Op) -> bytes:
@@ -263,7 +266,7 @@ def _encode(seq: int, devices: Devices, op: Op) -> bytes:
         Via.SITE: devices.site,
     }.get(route.via)
     return requests.route_replace(
-        seq, op.key, route.gateway, oif, route.via == Via.ONLINK, RTPROT_PYFLANNEL
+        seq, op.key, route.gateway, oif, route.via == Via.ONLINK, RTPROT_PYFLANNEL, mtu=route.mtu
     )
 
 

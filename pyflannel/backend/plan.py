@@ -55,6 +55,7 @@ IPNetwork = IPv4Network | IPv6Network
 class Route(NamedTuple):
     gateway: IPAddress | None
     via: Via
+    mtu: int = 0  # a path MTU fixed for the peer (``mtu lock``: ops/mesh/path_mtu.py); 0 none
 
 
 @dataclass
@@ -192,6 +193,17 @@ def blackhole_routes(*subnets: IPNetwork | None) -> KernelState:
     route (the CNI bridge's) takes it: traffic to an unassigned pod address ends here instead
     of leaving by the default route."""
     return KernelState(routes={s: Route(None, Via.BLACKHOLE) for s in subnets if s is not None})
+
+
+def with_path_mtu(entries: KernelState, path_mtu: dict[IPNetwork, int]) -> KernelState:
+    """``entries`` with the routes to the subnets in ``path_mtu`` carrying their path's MTU."""
+    if not path_mtu or not any(s in path_mtu for s in entries.routes):
+        return entries
+    routes = {
+        subnet: route._replace(mtu=path_mtu.get(subnet, 0))
+        for subnet, route in entries.routes.items()
+    }
+    return KernelState(dict(entries.neighbours), dict(entries.fdb), routes)
 
 
 def peer_entries(peer: Peer) -> KernelState:

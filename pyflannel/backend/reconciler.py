@@ -25,12 +25,14 @@ from pyflannel.backend.kernel import Devices
 from pyflannel.backend.plan import (
     Action,
     DesiredState,
+    IPNetwork,
     KernelState,
     Op,
     Peer,
     PeerDataError,
     diff,
     record,
+    with_path_mtu,
 )
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.subnet.lease import Lease
@@ -88,6 +90,7 @@ class Reconciler:
         self.programmed = False
         self._own_deletions: dict[tuple[str, str], int] = {}  # deletions we made ourselves
         self._own = KernelState()  # entries for this node's own subnets (set_own)
+        self.path_mtu: dict[IPNetwork, int] = {}  # subnet -> its path's MTU, where fixed
 
     async def update_peers(self, changes: PeerChanges) -> None:
         async with self.lock:
@@ -119,6 +122,28 @@ class Reconciler:
             if self.programmed:
                 await self._apply_scoped(scope)
 
+    async def set_path_mtu(self, subnet: IPNetwork, mtu: int | None) -> None:
+        """The route to ``subnet`` (a peer's, of either family) carries ``mtu`` (None: the
+        device's again); only that route is replaced."""
+        async with self.lock:
+            scope = KernelState()
+            peer = self._peer_of(subnet)
+            if peer is not None:
+                self._forget(peer.subnet, scope)
+            if mtu is None:
+                self.path_mtu.pop(subnet, None)
+            else:
+                self.path_mtu[subnet] = mtu
+            if peer is not None:
+                self._remember(peer, scope)
+                if self.programmed:
+                    await self._apply_scoped(scope)
+
+    def _peer_of(self, subnet: IPNetwork) -> Peer | None:
+        if subnet.version == 4:
+            return self.peers.get(subnet)
+        return next((p for p in self.peers.values() if p.v6 and p.v6.subnet == subnet), None)
+
     async def add_entries(self, entries: KernelState) -> None:
         """Entries the network needs whatever its peers (e.g. the UDP backend's route for the
         whole network); call with ``lock`` held."""
@@ -145,14 +170,14 @@ class Reconciler:
     def _remember(self, peer: Peer, scope: KernelState) -> None:
         """A peer and its entries wanted (added to ``scope``, to be applied)."""
         self.peers[peer.subnet] = peer
-        entries = self.source.entries(peer)
+        entries = with_path_mtu(self.source.entries(peer), self.path_mtu)
         self.desired.add(entries)
         scope.add(entries)
 
     def _forget(self, subnet: IPv4Network, scope: KernelState) -> None:
         old = self.peers.pop(subnet, None)
         if old is not None:
-            entries = self.source.entries(old)
+            entries = with_path_mtu(self.source.entries(old), self.path_mtu)
             self.desired.discard(entries)
             scope.add(entries)
 

@@ -32,6 +32,7 @@ RTPROT_PYFLANNEL = 152  # our routes: `ip route show proto 152`
 RT_TABLE_MAIN, RTN_UNICAST, RTN_BLACKHOLE = 254, 1, 6
 RT_SCOPE_UNIVERSE = 0
 RTNH_F_ONLINK = 4
+RTAX_MTU = 2  # a route metric: its MTU (linux/rtnetlink.h)
 NUD_PERMANENT, NTF_SELF = 0x80, 0x02
 NLM_F_EXCL = 0x200
 IFF_UP = 0x1

@@ -258,6 +258,7 @@ ADDR = Kind(
     Header("=BBBBi", "family prefixlen flags scope index"),  # ifaddrmsg
     Attrs((1, "IFA_ADDRESS", ADDRESS), (2, "IFA_LOCAL", ADDRESS), (8, "IFA_FLAGS", U32)),
 )
+METRICS = Attrs((1, "RTAX_LOCK", U32), (2, "RTAX_MTU", U32))  # linux/rtnetlink.h RTAX_*
 ROUTE = Kind(
     Header("=BBBBBBBBI", "family dst_len src_len tos table proto scope type flags"),  # rtmsg
     Attrs(
@@ -266,6 +267,7 @@ ROUTE = Kind(
         (5, "RTA_GATEWAY", ADDRESS),
         (6, "RTA_PRIORITY", U32),
         (7, "RTA_PREFSRC", ADDRESS),
+        (8, "RTA_METRICS", Nested(METRICS)),
         (15, "RTA_TABLE", U32),
     ),
 )

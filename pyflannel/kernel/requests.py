@@ -29,6 +29,7 @@ from pyflannel.kernel.codec import (
     REPLACE,
     RT_SCOPE_UNIVERSE,
     RT_TABLE_MAIN,
+    RTAX_MTU,
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELNEIGH,
@@ -134,7 +135,10 @@ def route_replace(
     proto: int,
     kind: int = RTN_UNICAST,
     priority: int | None = None,
+    mtu: int = 0,
 ) -> bytes:
+    """``mtu``: the route's MTU, locked (``ip route ... mtu lock N``: the kernel keeps it
+    whatever PMTU discovery learns); 0: none."""
     header = dict(
         family=family_of(dst),
         dst_len=dst.prefixlen,
@@ -149,6 +153,7 @@ def route_replace(
         "RTA_GATEWAY": gateway,
         "RTA_OIF": oif,
         "RTA_PRIORITY": priority,
+        "RTA_METRICS": {"RTAX_LOCK": 1 << RTAX_MTU, "RTAX_MTU": mtu} if mtu else None,
     }
     return ROUTE.encode(RTM_NEWROUTE, REPLACE, seq, header, attrs)
 

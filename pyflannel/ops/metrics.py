@@ -163,6 +163,11 @@ def mesh_metrics(mesh: dict[str, ProbeView], sent: int = 0):
     for state, n in sorted(counts.items()):
         states.add_metric([state], n)
     yield states
+    yield GaugeMetricFamily(
+        "pyflannel_path_mtu_fixed_peers",
+        "paths whose MTU is fixed below the pod MTU (--fix-path-mtu)",
+        value=sum(1 for view in mesh.values() if view.path_mtu),
+    )
     if len(mesh) > MESH_LABEL_LIMIT:
         return
     reachable = GaugeMetricFamily(
@@ -174,12 +179,19 @@ def mesh_metrics(mesh: dict[str, ProbeView], sent: int = 0):
         labels=["peer"],
     )
     rtt = GaugeMetricFamily("pyflannel_peer_rtt_seconds", "median probe RTT", labels=["peer"])
+    path_mtu = GaugeMetricFamily(
+        "pyflannel_peer_path_mtu_bytes",
+        "the MTU fixed on the path to the peer (only where smaller than the pod MTU)",
+        labels=["peer"],
+    )
     for subnet, view in sorted(mesh.items()):
+        if view.path_mtu:
+            path_mtu.add_metric([subnet], view.path_mtu)
         reachable.add_metric([subnet], int(view.state not in ("unreachable", "unknown")))
         black_hole.add_metric([subnet], int(view.state == "mtu black hole"))
         if view.rtt_ms is not None:
             rtt.add_metric([subnet], view.rtt_ms / 1000)
-    yield from (reachable, black_hole, rtt)
+    yield from (reachable, black_hole, rtt, path_mtu)
 
 
 def session_metrics(endpoints: dict[str, PeerEndpoint], now: float):

@@ -56,6 +56,11 @@ class ProbeView:
     rtt_max_ms: float | None
     loss: float
     since: float  # wall clock of the last change of state
+    # the path's MTU where it was fixed (--fix-path-mtu: smaller than the pod MTU), since when
+    # and how many probes measuring it took
+    path_mtu: int | None = optional()
+    path_mtu_since: float = optional(0.0)
+    path_mtu_probes: int = optional(0)
 
 
 @dataclass(frozen=True)

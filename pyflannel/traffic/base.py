@@ -100,6 +100,10 @@ class TrafficManager(abc.ABC):
     async def set_peers(self, public_ips: list[str]) -> None:  # noqa: B027 - optional
         """Follow the peer set (the VXLAN peer filter, where the mode has one)."""
 
+    @abc.abstractmethod
+    async def set_clamps(self, clamps: dict[Cluster, int]) -> None:
+        """TCP MSS clamped for traffic to and from these peer subnets (ops/mesh/mtu_fixer.py)."""
+
     async def set_site_members(self, addresses: list[str]) -> None:  # noqa: B027 - optional
         """Follow the addresses the network's nodes reach the site link from (--site: the
         count of strangers' datagrams, where the mode keeps one)."""

@@ -137,6 +137,12 @@ class NetworkRules:
     async def set_site_members(self, addresses: list[str]) -> None:
         await self.v4.set_site_members(addresses)
 
+    async def set_clamps(self, clamps: dict[Cluster, int]) -> None:
+        """Each family's clamps to its own manager (a dual-stack network's IPv6 subnets to
+        ip6tables or ``ip6 flannel-ipv6``)."""
+        for m in self.managers:
+            await m.set_clamps({s: mss for s, mss in clamps.items() if s.version == m.family})
+
     @property
     def strangers(self) -> int | None:
         """Datagrams to the site link's port from no member's address (None: not counted)."""

@@ -21,6 +21,7 @@ from pyflannel.traffic.iptables_rules import (
     drift,
     forward_rules,
     masquerade_rules,
+    mss_rules,
     parse_version,
     restore_payload,
     site_chain,
@@ -43,6 +44,7 @@ class IptablesRules(TrafficManager):
         super().__init__(*args, **kwargs)
         self.peer_ips: list[str] = []
         self.site_members: list[str] | None = None  # None: not known yet (nothing counted)
+        self.clamps: dict[Cluster, int] = {}  # peer subnet -> MSS (ops/mesh/mtu_fixer.py)
         self._counted = 0  # the strangers' rule's count when last read (reset by a restore)
         self.rules: list[Rule] = []
         self.version: tuple[int, ...] = (0, 0, 0)
@@ -90,6 +92,8 @@ class IptablesRules(TrafficManager):
             rules += vxlan_peer_rules(self.peer_filter_port, self.peer_ips)
         if self.site_port is not None and self.site_members is not None:
             rules += site_port_rules(self.site_port, self.site_members)
+        if self.clamps:
+            rules += mss_rules(self.clamps)
         return rules
 
     def tables(self) -> set[tuple[int, str]]:
@@ -114,6 +118,21 @@ class IptablesRules(TrafficManager):
         await self.count_strangers()  # before the chain is written anew (its count reset)
         self.site_members = ips
         await self._rebuild()
+
+    async def set_clamps(self, clamps: dict[Cluster, int]) -> None:
+        """The MSS clamps follow the paths fixed; the last one gone, this network's lines
+        leave the shared chain (and the chain, if no other network has one there)."""
+        if clamps == self.clamps:
+            return
+        if self._network is None:
+            raise TrafficError("traffic rules are off (--iptables-forward-rules=false)")
+        had, self.clamps = self.clamps, dict(clamps)
+        await self._rebuild()
+        if had and not clamps:
+            listed = (await _run(self.tool, "-w", "-t", "mangle", "-S")).splitlines()
+            payload = cleanup_payload("mangle", listed, self.network[0])
+            if payload is not None:
+                await _run(f"{self.tool}-restore", "--noflush", "--wait", stdin=payload)
 
     async def _rebuild(self) -> None:
         if self._network is not None:
@@ -194,7 +213,7 @@ async def remove_rules(cluster: Cluster) -> bool:
     if shutil.which(f"{tool}-restore") is None:
         return False
     removed = False
-    for table in ("nat", "filter"):
+    for table in ("nat", "filter", "mangle"):
         listed = (await _run(tool, "-w", "-t", table, "-S")).splitlines()
         payload = cleanup_payload(table, listed, cluster)
         if payload is not None:

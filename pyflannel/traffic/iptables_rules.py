@@ -25,12 +25,14 @@ MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
 VXLAN_CHAIN_PREFIX = "FLANNEL-VXLAN-"  # + the VXLAN port: one chain per network
 SITE_CHAIN_PREFIX = "FLANNEL-SITE-"  # + the site link's port (--site): one network per port
-SHARED_CHAINS = (MASQ_CHAIN, FORWARD_CHAIN)  # upstream's names, shared by all networks
+MSS_CHAIN = "FLANNEL-MSS"  # pyflannel's MSS clamps (mangle), shared like upstream's chains
+SHARED_CHAINS = (MASQ_CHAIN, FORWARD_CHAIN, MSS_CHAIN)  # shared by all networks on the host
 VXLAN_COMMENT = "pyflannel vxlan peers"
 SITE_COMMENT = "pyflannel site link members"
 STRANGERS_COMMENT = "pyflannel site link: from no member"
 MASQ_COMMENT = "flanneld masq"
 FORWARD_COMMENT = "flanneld forward"
+MSS_COMMENT = "pyflannel path mtu"
 KUBE_PROXY_MARK = "0x4000/0x4000"
 RANDOM_FULLY_SINCE = (1, 6, 2)
 
@@ -77,6 +79,21 @@ def forward_rules(cluster: Cluster) -> list[Rule]:
         Rule("filter", "FORWARD", f"{c} -j {FORWARD_CHAIN}"),
         Rule("filter", FORWARD_CHAIN, f"-s {cluster} {c} -j ACCEPT"),
         Rule("filter", FORWARD_CHAIN, f"-d {cluster} {c} -j ACCEPT"),
+    ]
+
+
+def mss_rules(clamps: dict[Cluster, int]) -> list[Rule]:
+    """pyflannel only: TCP SYNs to and from each peer subnet whose path carries less than the
+    pod MTU have their MSS lowered to what it carries (never raised: TCPMSS --set-mss leaves a
+    smaller MSS as it is). Both directions: the clamp works with a peer that clamps nothing
+    (an upstream node). Forwarded traffic only: this node's own connections follow the
+    route's MTU."""
+    c = f'-m comment --comment "{MSS_COMMENT}"'
+    syn = "-p tcp -m tcp --tcp-flags SYN,RST SYN"
+    return [Rule("mangle", "FORWARD", f"{c} -j {MSS_CHAIN}")] + [
+        Rule("mangle", MSS_CHAIN, f"{side} {subnet} {syn} {c} -j TCPMSS --set-mss {mss}")
+        for subnet, mss in sorted(clamps.items(), key=lambda kv: str(kv[0]))
+        for side in ("-s", "-d")
     ]
 
 
@@ -144,7 +161,7 @@ def claim(line: str, rules: list[Rule], cluster: Cluster) -> str:
         return SHARED
     if names_network_inside(line, cluster):
         return OURS
-    if MASQ_COMMENT not in line and FORWARD_COMMENT not in line:
+    if not any(c in line for c in (MASQ_COMMENT, FORWARD_COMMENT, MSS_COMMENT)):
         return OURS  # a stray line in a flannel chain: nobody's, so ours to clean up
     return OTHERS
 
@@ -229,6 +246,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 JUMPS = {
     MASQ_CHAIN: ("nat", "POSTROUTING", MASQ_COMMENT),
     FORWARD_CHAIN: ("filter", "FORWARD", FORWARD_COMMENT),
+    MSS_CHAIN: ("mangle", "FORWARD", MSS_COMMENT),
 }
 
 

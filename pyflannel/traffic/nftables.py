@@ -41,6 +41,7 @@ class NftablesRules(TrafficManager):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rules: list[nft.NftRule] = []
+        self.clamps: dict[Cluster, int] = {}  # peer subnet -> MSS (ops/mesh/mtu_fixer.py)
         self.fully_random: bool | None = None  # what the kernel accepts, asked once
         if self.peer_filter_port is not None:
             log.warning("--vxlan-peer-filter is an iptables rule set: not applied in nftables mode")
@@ -81,7 +82,18 @@ class NftablesRules(TrafficManager):
             rules += nft.forward_rules(cluster)
         if self.masquerade:
             rules += nft.masquerade_rules(cluster, pod, bool(self.fully_random))
-        return rules
+        return rules + nft.mss_rules(self.clamps)
+
+    async def set_clamps(self, clamps: dict[Cluster, int]) -> None:
+        """The MSS clamps follow the paths fixed (this network's lines in the ``mss`` chain;
+        the last one gone, the lines go: nft.transaction deletes them)."""
+        if clamps == self.clamps:
+            return
+        if self._network is None:
+            raise TrafficError("traffic rules are off (--iptables-forward-rules=false)")
+        self.clamps = dict(clamps)
+        self.rules = self._build()
+        await self._apply(await _listing(self.network[0]))
 
     async def _apply(self, listing: nft.Listing) -> None:
         await run_tool(

@@ -27,8 +27,10 @@ from pyflannel.traffic.ownership import (
 FAMILY = "ip"
 TABLE = "flannel-ipv4"
 FAMILY6, TABLE6 = "ip6", "flannel-ipv6"  # a dual-stack network's IPv6 rules (same chains)
-FORWARD, POSTRTG = "forward", "postrtg"
+FORWARD, POSTRTG, MSS = "forward", "postrtg", "mss"
 CHAINS = {
+    MSS: 'comment "pyflannel: TCP MSS clamped on paths of a smaller MTU" ; '
+    "type filter hook forward priority mangle ;",
     FORWARD: 'comment "chain to accept flannel traffic" ; type filter hook forward priority filter ;',
     POSTRTG: 'comment "chain to manage traffic masquerading by flannel" ; '
     "type nat hook postrouting priority srcnat ;",
@@ -65,6 +67,19 @@ def forward_rules(cluster: Cluster) -> list[NftRule]:
     return [
         NftRule(FORWARD, f"{ip} saddr {cluster} accept"),
         NftRule(FORWARD, f"{ip} daddr {cluster} accept"),
+    ]
+
+
+def mss_rules(clamps: dict[Cluster, int]) -> list[NftRule]:
+    """pyflannel only: as iptables_rules.mss_rules, lowered only where larger."""
+    return [
+        NftRule(
+            MSS,
+            f"{'ip6' if subnet.version == 6 else 'ip'} {side} {subnet} tcp flags syn / syn,rst "
+            f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}",
+        )
+        for subnet, mss in sorted(clamps.items(), key=lambda kv: str(kv[0]))
+        for side in ("saddr", "daddr")
     ]
 
 

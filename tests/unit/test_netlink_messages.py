@@ -225,12 +225,17 @@ def test_every_route_attribute_round_trips_through_its_table():
         "RTA_PREFSRC": ip_address("10.1.1.0"),
         "RTA_TABLE": 254,
     }
-    assert set(values) == set(ROUTE.attrs.by_name)  # every row, so a new one joins this test
+    metrics = {"RTAX_LOCK": 1 << codec.RTAX_MTU, "RTAX_MTU": 1350}  # ip route ... mtu lock 1350
+    assert set(values) | {"RTA_METRICS"} == set(ROUTE.attrs.by_name)  # every row: a new one joins
     header = {"family": 2, "dst_len": 24, "table": 254, "proto": 152, "type": 1, "flags": 4}
-    _, body = payload(ROUTE.encode(codec.RTM_NEWROUTE, 0, 1, header, values))
+    wire = ROUTE.encode(codec.RTM_NEWROUTE, 0, 1, header, {**values, "RTA_METRICS": metrics})
+    _, body = payload(wire)
     back = ROUTE.decode(body)
+    assert back.attrs.pop("RTA_METRICS").attrs == metrics
     assert back.attrs == values and {k: back[k] for k in header} == header
-    theirs = pyroute2_reads(rtmsg, ROUTE.encode(codec.RTM_NEWROUTE, 0, 1, header, values))
+    theirs = pyroute2_reads(rtmsg, wire)
+    assert theirs.get_attr("RTA_METRICS").get_attr("RTAX_MTU") == 1350
+    assert theirs.get_attr("RTA_METRICS").get_attr("RTAX_LOCK") == 4
     assert {name: theirs.get_attr(name) for name in values} == {
         name: str(v) if name in ("RTA_DST", "RTA_GATEWAY", "RTA_PREFSRC") else v
         for name, v in values.items()

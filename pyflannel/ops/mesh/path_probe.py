@@ -24,7 +24,7 @@ from pyflannel.kernel import cbpf
 from pyflannel.ops.mesh.path_choice import PathResult
 from pyflannel.ops.mesh.prober import (
     IP_MTU_DISCOVER,
-    IP_PMTUDISC_DO,
+    IP_PMTUDISC_PROBE,
     TIMEOUT,
     checksum,
     drain,
@@ -99,7 +99,7 @@ class PathProber:
         icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
         cbpf.attach(tcp, cbpf.SO_ATTACH_FILTER, answer_filter(self._port))
-        icmp.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)  # DF, never split
+        icmp.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)  # DF, never split
         for sock in (icmp, tcp):
             sock.setblocking(False)
         loop.add_reader(icmp.fileno(), self._read_icmp)

@@ -22,19 +22,24 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from pyflannel.backend.plan import Peer, Peer6
 from pyflannel.ops.mesh.health import PathRecord, PeerHealth, explain
+from pyflannel.ops.mesh.path_mtu import Bisection
 from pyflannel.ops.snapshot import ProbeView
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 1.0  # seconds a probe waits for its answer
+SMALL = 64  # bytes: the small probe (the IP packet)
 TCP_PORT = 9  # discard: closed on nodes, so the peer's kernel answers a SYN with a RST
-IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: set DF, never fragment locally
-IPV6_MTU_DISCOVER = 23  # <linux/in6.h>; IPV6_PMTUDISC_DO is 2 as well
+# <linux/in.h>: DF set, never fragmented locally, and the route's MTU (a path fixed by
+# ops/mesh/mtu_fixer.py) and any learned PMTU ignored: a probe measures the path itself
+IP_MTU_DISCOVER, IP_PMTUDISC_PROBE = 10, 3
+IPV6_MTU_DISCOVER = 23  # <linux/in6.h>; IPV6_PMTUDISC_PROBE is 3 as well
+MEASURE_TIMEOUT = 0.2  # seconds a measuring probe waits at least (more on a slow path)
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
 
@@ -107,9 +112,12 @@ class MeshProber:
         mtu: Callable[[], int],
         interval: float,
         rate: float,
+        after_round: Callable[[], Awaitable[None]] | None = None,
     ):
+        """``after_round``: called after each round (the path MTU fixer reads its results)."""
         self.peers, self.target, self.mtu = peers, target, mtu
         self.interval, self.rate = interval, rate
+        self.after_round = after_round
         self.records: dict[IPv4Network | IPv6Network, PathRecord] = {}
         self.sent = 0
         self._ident = os.getpid() & 0xFFFF
@@ -123,7 +131,7 @@ class MeshProber:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         self._sock = sock
         loop.add_reader(sock.fileno(), self._read)
         try:
@@ -131,6 +139,8 @@ class MeshProber:
             while rounds is None or done < rounds:
                 started = loop.time()
                 await self._round()
+                if self.after_round is not None:
+                    await self.after_round()
                 done += 1
                 left = self.interval - (loop.time() - started)
                 await asyncio.sleep(max(0.0, left) * random.uniform(0.9, 1.1))  # jittered
@@ -147,7 +157,7 @@ class MeshProber:
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_PROBE)
             except OSError as e:
                 log.warning("mesh: cannot probe IPv6 paths: %s", e)
                 return False
@@ -177,13 +187,17 @@ class MeshProber:
         if kind == "tcp":
             self._record(peer, record, kind, await self._tcp(target), mtu)
             return
-        size = 64 if kind == "small" else mtu
+        size = SMALL if kind == "small" else mtu
+        self._record(peer, record, kind, await self._echo(target, size, TIMEOUT), mtu)
+
+    async def _echo(self, target: Address, size: int, timeout: float) -> float | None:
+        """One don't-fragment echo of ``size`` bytes (the IP packet): its RTT in ms, None if
+        lost (or refused locally: larger than this node's own device)."""
         self._seq = (self._seq + 1) & 0xFFFF
         seq, nonce = self._seq, os.urandom(8)
         future = asyncio.get_running_loop().create_future()
         self._pending[seq] = (target, nonce, future)
         t0 = time.monotonic()
-        rtt: float | None = None
         try:
             if target.version == 6:
                 assert self._sock6 is not None
@@ -194,14 +208,33 @@ class MeshProber:
                 request = echo_request(self._ident, seq, nonce, size)
                 self._sock.sendto(request, (str(target), 0))
             self.sent += 1
-            async with asyncio.timeout(TIMEOUT):
+            async with asyncio.timeout(timeout):
                 await future
-            rtt = (time.monotonic() - t0) * 1000
+            return (time.monotonic() - t0) * 1000
         except (TimeoutError, OSError):
-            rtt = None  # lost (or refused locally, e.g. larger than this node's own MTU)
+            return None
         finally:
             self._pending.pop(seq, None)
-        self._record(peer, record, kind, rtt, mtu)
+
+    async def passes(self, half: Half, size: int) -> bool:
+        """Does the path to ``half`` carry a don't-fragment packet of ``size`` now?"""
+        return await self._echo(self.target(half), size, TIMEOUT) is not None
+
+    async def largest(self, half: Half, too_large: int) -> tuple[int, int, float] | None:
+        """The largest don't-fragment packet the path to ``half`` carries, below
+        ``too_large`` (a size seen lost): bisected, each probe waiting a few round trips.
+        (size, probes spent, seconds), or None if even the smallest is not answered now."""
+        record = self.records.get(half.subnet)
+        rtt = (record.rtt_max if record else None) or TIMEOUT * 1000
+        timeout = min(TIMEOUT, max(MEASURE_TIMEOUT, 5 * rtt / 1000))
+        target, t0 = self.target(half), time.monotonic()
+        search = Bisection(passes=SMALL, fails=too_large)
+        while (size := search.next_size()) is not None:
+            search.record(size, await self._echo(target, size, timeout) is not None)
+        # a probe lost by chance looks like one too large: the size found must pass again
+        if await self._echo(target, search.found, TIMEOUT) is None:
+            return None
+        return search.found, search.probes + 1, time.monotonic() - t0
 
     async def _tcp(self, target: Address) -> float | None:
         """A TCP exchange through the overlay: connect to a closed port; a RST (refused) or an

@@ -16,6 +16,7 @@ from pyflannel.backend.base import PeerEndpoint
 from pyflannel.backend.plan import KernelState, Peer, Peer6
 from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
+from pyflannel.ops.mesh.path_mtu import mss_for
 from pyflannel.ops.status.document import PeerHalf6, PeerRow, StatusDoc
 from pyflannel.traffic import br_netfilter
 
@@ -119,7 +120,15 @@ def assess(doc: StatusDoc) -> tuple[list[str], list[str]]:
             state = half.path.state
             words = explain(state, half.subnet, half.public_ip, mtu, half.path.loss)
             cannot = row.heal.cannot_heal if half is row and row.heal is not None else ""
-            if state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
+            fixed = half.path.path_mtu
+            if state == PeerHealth.BLACK_HOLE and fixed:
+                warnings.append(
+                    f"path to {half.subnet} carries {fixed} bytes, not {mtu}: fixed on that "
+                    f"path since {_ago(half.path.path_mtu_since)} (route MTU {fixed}, MSS clamp "
+                    f"{mss_for(fixed, 6 if ':' in half.subnet else 4)}); every other peer keeps "
+                    f"{mtu}"
+                )
+            elif state in (PeerHealth.UNREACHABLE, PeerHealth.BLACK_HOLE, PeerHealth.TCP_BROKEN):
                 problems.append(f"{words} (not moved to UDP: {cannot})" if cannot else words)
             elif state == PeerHealth.LOSSY:
                 warnings.append(words)
@@ -180,7 +189,10 @@ def _entries_and_path(half: PeerRow | PeerHalf6) -> str:
     path = half.path
     rtt = f"{path.rtt_ms:.2f}" if path is not None and path.rtt_ms is not None else "-"
     marks = " ".join(f"{_mark(getattr(half, k)):<7}" for k in ENTRIES)
-    return f"{marks} {path.state if path is not None else '-':<15} {rtt}"
+    state = path.state if path is not None else "-"
+    if path is not None and path.path_mtu:
+        state = f"fixed at {path.path_mtu}"
+    return f"{marks} {state:<15} {rtt}"
 
 
 def render(doc: StatusDoc, etcd_tuning: dict[str, float] | None = None) -> str:

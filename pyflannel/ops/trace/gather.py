@@ -19,6 +19,7 @@ from pyflannel.backend.sites.link import DEVICE as SITE_DEVICE
 from pyflannel.backend.sites.relay import live
 from pyflannel.errors import FlannelError
 from pyflannel.kernel.netlink import Netlink
+from pyflannel.ops.mesh.path_mtu import mss_for
 from pyflannel.ops.mesh.path_probe import PathProber
 from pyflannel.ops.status.client import StatusEndpoint, daemon_document
 from pyflannel.ops.status.document import PeerRow, StatusDoc
@@ -210,9 +211,12 @@ def _route_get(ipr, address) -> dict | None:
     oif = msg.get_attr("RTA_OIF")
     link = ipr.get_links(oif)[0] if oif else None
     gateway = msg.get_attr("RTA_GATEWAY")
+    metrics = msg.get_attr("RTA_METRICS")
     return {
         "dev": link.get_attr("IFLA_IFNAME") if link else "",
         "mtu": link.get_attr("IFLA_MTU") if link else 0,
+        # a path MTU fixed on the route (ops/mesh/mtu_fixer.py); 0: none
+        "route_mtu": (metrics.get_attr("RTAX_MTU") or 0) if metrics is not None else 0,
         "gateway": str(gateway) if gateway is not None else None,
         "type": {2: "local", 6: "blackhole", 7: "unreachable"}.get(msg["type"], "unicast"),
     }
@@ -347,15 +351,28 @@ async def _probe(
                 "allow it between the nodes' public IPs; `pyflannel doctor`",
             )
             return
+        fixed = (facts["route"] or {}).get("route_mtu", 0)
+        carried = t.pod_mtu
         if t.pod_mtu and not await prober.echo(overlay, size=t.pod_mtu, source=own):
-            t.add(
-                "encapsulation",
-                False,
-                f"full-size packets ({t.pod_mtu} bytes, the pod MTU) to {overlay} are lost "
-                f"inside {encap}, small ones pass: an MTU black hole",
-                "check the underlay MTU on both nodes (`pyflannel status` on each)",
-            )
-            return
+            if 0 < fixed < t.pod_mtu and await prober.echo(overlay, size=fixed, source=own):
+                t.add(
+                    "path mtu",
+                    True,
+                    f"the path to {overlay} carries {fixed} bytes, not the pod MTU "
+                    f"{t.pod_mtu}: fixed on this path (route MTU {fixed} lock, TCP MSS "
+                    f"clamped to {mss_for(fixed, 4)}; --fix-path-mtu)",
+                )
+                carried = fixed
+            else:
+                t.add(
+                    "encapsulation",
+                    False,
+                    f"full-size packets ({t.pod_mtu} bytes, the pod MTU) to {overlay} are lost "
+                    f"inside {encap}, small ones pass: an MTU black hole",
+                    "check the underlay MTU on both nodes (`pyflannel status` on each); "
+                    "--fix-path-mtu fixes it per path within a few probe rounds",
+                )
+                return
         if not await prober.syn(overlay, own):
             t.add(
                 "encapsulation",
@@ -368,7 +385,7 @@ async def _probe(
         t.add(
             "encapsulation",
             True,
-            f"{encap} to {overlay}: small, {t.pod_mtu}-byte (don't-fragment) and TCP probes pass",
+            f"{encap} to {overlay}: small, {carried}-byte (don't-fragment) and TCP probes pass",
         )
         if dst in (overlay, public):
             return
