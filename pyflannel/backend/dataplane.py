@@ -55,6 +55,8 @@ class BackendSnapshot:
     site: dict[str, Any] = field(default_factory=dict)  # --site: its facts (SiteLink.details)
     # by peer subnet: where it is and how it is reached (--site)
     placements: dict[str, PlacementView] = field(default_factory=dict)
+    # the routes whose path MTU is fixed (ops/mesh/mtu_fixer.py), by subnet
+    path_mtu: dict[IPNetwork, int] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -250,6 +252,7 @@ class DataPlane:
             endpoints=self._endpoints(),
             site=self.sites.details() if self.sites is not None else {},
             placements=self._placements(),
+            path_mtu=dict(self.kernel.path_mtu),
         )
 
     def _placements(self) -> dict[str, PlacementView]:

@@ -48,7 +48,7 @@ async def daemon_status(snap: DaemonSnapshot, io: StatusIO) -> StatusDoc:
         )
         actual = await io.kernel_state()
         if actual is not None:
-            peers = tuple(_with_paths(row, snap) for row in peer_rows(b.peers, actual))
+            peers = tuple(_with_paths(row, snap) for row in peer_rows(b.peers, actual, b.path_mtu))
         ignored = tuple(f"{subnet}: {why}" for subnet, why in b.rejected)
     return StatusDoc(
         daemon=snap.daemon,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from ipaddress import ip_network
 
 from pyflannel.backend.base import PeerEndpoint
-from pyflannel.backend.plan import KernelState, Peer, Peer6
+from pyflannel.backend.plan import KernelState, Peer, Peer6, with_path_mtu
 from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
 from pyflannel.ops.mesh.path_mtu import mss_for
@@ -24,7 +24,7 @@ HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
 ENTRIES = ("neighbour", "fdb", "route")  # the kernel entries a peer may need, in table order
 
 
-def peer_row(peer: Peer, actual: KernelState) -> PeerRow:
+def peer_row(peer: Peer, actual: KernelState, path_mtu: dict | None = None) -> PeerRow:
     """One line of the peers table: what the peer needs and whether the kernel has it; on a
     dual-stack network its IPv6 half under ``ipv6`` (or why it is not programmed)."""
     v6 = None
@@ -34,7 +34,7 @@ def peer_row(peer: Peer, actual: KernelState) -> PeerRow:
             public_ip=str(peer.v6.public_ip),
             encap=peer.v6.encap,
             vtep_mac=peer.v6.vtep_mac or None,
-            **_programmed(peer.v6, actual),  # type: ignore[arg-type]  # neighbour, fdb, route
+            **_programmed(peer.v6, actual, path_mtu),  # type: ignore[arg-type]
         )
     elif peer.v6_problem:
         v6 = PeerHalf6(problem=peer.v6_problem)
@@ -47,12 +47,15 @@ def peer_row(peer: Peer, actual: KernelState) -> PeerRow:
         public_key=peer.public_key or "",
         ipv6=v6,
         site=peer.site,
-        **_programmed(peer, actual),  # type: ignore[arg-type]  # neighbour, fdb, route
+        **_programmed(peer, actual, path_mtu),  # type: ignore[arg-type]  # neighbour, fdb, route
     )
 
 
-def _programmed(half: Peer | Peer6, actual: KernelState) -> dict[str, bool | None]:
-    want = half.entries
+def _programmed(
+    half: Peer | Peer6, actual: KernelState, path_mtu: dict | None = None
+) -> dict[str, bool | None]:
+    """``path_mtu``: the routes that carry a fixed path MTU (their wanted value has it)."""
+    want = with_path_mtu(half.entries, path_mtu or {})
     return {
         name: None if not wanted else all(have.get(k) == v for k, v in wanted.items())
         for name, (_, wanted), (_, have) in zip(
@@ -61,8 +64,11 @@ def _programmed(half: Peer | Peer6, actual: KernelState) -> dict[str, bool | Non
     }
 
 
-def peer_rows(peers: Iterable[Peer], actual: KernelState) -> list[PeerRow]:
-    return sorted((peer_row(p, actual) for p in peers), key=lambda r: ip_network(r.subnet))
+def peer_rows(
+    peers: Iterable[Peer], actual: KernelState, path_mtu: dict | None = None
+) -> list[PeerRow]:
+    rows = (peer_row(p, actual, path_mtu) for p in peers)
+    return sorted(rows, key=lambda r: ip_network(r.subnet))
 
 
 def _missing(half: PeerRow | PeerHalf6) -> list[str]:
