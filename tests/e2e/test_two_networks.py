@@ -24,7 +24,13 @@ NETWORKS = {
         {"Network": "10.3.0.0/16", "Backend": {"Type": "vxlan", "VNI": 2, "Port": 8473}},
     ),
 }
-ARGS = ("--reconcile-interval=2", "--iptables-resync=1", "--ip-masq", "--udp-workers=1")
+ARGS = (
+    "--reconcile-interval=2",
+    "--iptables-resync=1",
+    "--ip-masq",
+    "--udp-workers=1",
+    "--probe-interval=2",
+)
 IDLE = 10.0  # seconds
 
 
@@ -155,3 +161,36 @@ def test_a_second_network_on_the_same_subnet_file_is_refused(bed):
         f"(pid {first.pid}, network /coreos.com/network" in proc.stderr
     )
     assert "give each network its own --subnet-file" in proc.stderr
+
+
+def test_a_narrow_path_for_one_network_is_fixed_by_that_network_alone(bed):
+    """VXLAN on port 8472 (the first network) loses packets over 1400 bytes between the two
+    hosts; VNI 2 on 8473 and the udp network do not. The first network fixes its peer's path
+    (route MTU, MSS clamp naming its peer's subnet); the others' routes and paths stay as
+    they were, and on the mended path the fix goes."""
+    from tests.e2e.test_path_mtu import OFFLOADS
+
+    (a, b), (va, vb) = bed.networks[""], bed.networks["v"]
+    drop = ["-p", "udp", "--dport", "8472", "-m", "length", "--length", "1401:65535", "-j", "DROP"]
+    for node in (a, b):
+        node.run("ethtool", "-K", "eth0", *(x for o in OFFLOADS for x in (o, "off")), check=False)
+        node.run("iptables", "-I", "INPUT", *drop)
+    try:
+        eventually(lambda: _path(a, b).get("path_mtu") == 1350 or _fail(a, b), timeout=30)
+        mangle = a.run("iptables", "-t", "mangle", "-S", "FLANNEL-MSS").stdout
+        assert f"-d {b.subnet}" in mangle and "10.3." not in mangle and "10.2." not in mangle
+        assert "mtu" in a.run("ip", "route", "show", str(b.subnet)).stdout
+        assert "mtu" not in a.run("ip", "route", "show", str(vb.subnet)).stdout
+        assert "path_mtu" not in _path(va, vb)
+        assert va.ping(vb.pod_ip, count=2, size=1422, dont_fragment=True).received == 2
+    finally:
+        for node in (a, b):
+            node.run("iptables", "-D", "INPUT", *drop)
+
+
+def _path(node, peer) -> dict:
+    return {r["subnet"]: r for r in node.status()["peers"]}[str(peer.subnet)]["path"] or {}
+
+
+def _fail(node, peer):
+    raise AssertionError(_path(node, peer))

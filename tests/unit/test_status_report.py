@@ -167,6 +167,19 @@ def test_a_black_hole_names_the_mtu_and_why_it_was_not_healed():
     assert problem.endswith("(not moved to UDP: no UDP port)")
 
 
+def test_a_black_hole_whose_path_mtu_is_fixed_degrades_and_is_not_a_problem():
+    fixed = ProbeView(
+        "mtu black hole", 0.3, 0.3, 0.0, 0.0, path_mtu=1350, path_mtu_since=time.time() - 60
+    )
+    doc = with_peer(healthy(), path=fixed)
+    problems, (warning,) = assess(doc)
+    assert problems == [] and exit_code(doc) == DEGRADED
+    assert warning.startswith("path to 10.1.2.0/24 carries 1350 bytes, not 1450: fixed on")
+    assert "(route MTU 1350, MSS clamp 1310); every other peer keeps 1450" in warning
+    assert "ok      ok      fixed at 1350" in render(doc)
+    assert StatusDoc.parse(doc.to_json()) == doc
+
+
 def test_a_peer_moved_to_udp_says_why_and_when_it_comes_back():
     heal = HealView(via="udp", since=time.time() - 30, why="vxlan blocked", back_after=2)
     doc = with_peer(healthy(), heal=heal)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_PROBES = 12  # per measurement: exact to the byte from 64 to 9000
+MAX_PROBES = 14  # per measurement: exact to the byte from 64 to 9000 (jumbo frames)
 BACK_AFTER = 3  # full-size rounds in a row before a fix goes
 HOLD = 30.0  # seconds a fix stays at least
 MAX_HOLD = 3600.0
