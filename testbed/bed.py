@@ -304,6 +304,9 @@ class Node:
             netns.ip(self.ns, "link", "del", bridge)
         if self.pod_ns in netns.list_namespaces():
             netns.delete(self.pod_ns)
+        # the old pod's veth goes with its namespace, but the kernel tears a namespace down
+        # later: take the port now, or the new one's name may still be in use
+        netns.ip(self.ns, "link", "del", port, check=False)
         netns.sysctl(self.ns, "net.ipv4.ip_forward", "1")
         netns.ip(self.ns, "link", "add", bridge, "type", "bridge")
         netns.ip(self.ns, "addr", "add", f"{gateway}/{subnet.prefixlen}", "dev", bridge)

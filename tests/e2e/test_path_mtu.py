@@ -39,7 +39,14 @@ def bed():
         yield bed
 
 
-OFFLOADS = ("tso", "gso", "gro", "tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation")
+OFFLOADS = (
+    "tso",
+    "gso",
+    "gro",
+    "tx-udp-segmentation",
+    "tx-udp_tnl-segmentation",
+    "tx-udp_tnl-csum-segmentation",
+)
 
 
 def narrow(bed, a, b, on: bool = True) -> None:

@@ -25,7 +25,7 @@ from testbed.nat import outside_ip
 from .conftest import eventually, require_upstream, require_wireguard_go
 
 CONFIG = {"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}
-ARGS = ("--reconcile-interval=2",)
+ARGS = ("--reconcile-interval=2", "--probe-interval=2")
 SITE_PORT = 51830
 
 
@@ -88,7 +88,7 @@ def test_every_pod_reaches_every_other_both_ways(bed):
 
 
 def test_tcp_transfers_within_a_site_and_across_sites(bed):
-    de1, de2, oslo, _ = bed.started
+    de1, de2, oslo, *_ = bed.started
     for a, b in ((de1, de2), (de1, oslo), (oslo, de2)):
         result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=1)
         assert received_bits_per_second(result) > 1e6, (a.ns, b.ns, result)
@@ -126,7 +126,7 @@ def test_across_sites_only_wireguard_on_the_public_segment(bed):
 
 
 def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
-    de1, de2, oslo, _ = bed.started
+    de1, de2, oslo, *_ = bed.started
     _reaches(oslo, de1)
 
     def rows():
@@ -151,7 +151,7 @@ def test_status_says_where_each_peer_is_and_how_it_is_reached(bed):
 
 
 def test_behind_nat_a_node_learns_its_outside_address_from_the_public_ones(bed):
-    de1, de2, oslo, _ = bed.started
+    de1, de2, oslo, *_ = bed.started
     key = f"/coreos.com/network/pyflannel/nodes/{oslo.subnet.network_address}-24"
 
     def learned():
@@ -411,3 +411,47 @@ def _ipv4_udp(src: str, dst: str) -> bytes:
 
 def _reaches(a, b):
     assert a.ping(b.pod_ip, count=1, wait=1).received == 1
+
+
+def test_a_narrow_path_between_sites_is_fixed_on_the_site_link(bed):
+    """The internet path between de2 and the office's router carries 1400-byte packets and
+    drops larger ones without a word. Inside the site link (WireGuard: 60 bytes of headers,
+    padding to 16) the pods' full 1420 bytes are lost there: both ends fix that path (the
+    route into flannel-site carries what passes, locked; MSS clamped) and TCP crosses both
+    ways; de1, on a full path, keeps 1420 to the office."""
+    from testbed.nat import router_ns
+
+    from .test_path_mtu import OFFLOADS, transfer
+
+    de1, de2, oslo, *_ = bed.started
+    router, office = router_ns(bed, 3), str(bed.outside.get(3, outside_ip(3)))
+    off = [x for o in OFFLOADS for x in (o, "off")]
+    for ns, devices in ((de2.ns, ("eth0",)), (oslo.ns, ("eth0",)), (router, ("eth0", "n3"))):
+        for device in devices:
+            subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", device, *off], check=False)
+    size = ["-p", "udp", "-m", "length", "--length", "1401:65535", "-j", "DROP"]
+    drops = [
+        (de2.ns, "INPUT", ["-s", office, *size]),
+        (router, "FORWARD", ["-s", str(de2.underlay_ip), *size]),
+    ]
+    for ns, chain, rule in drops:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", chain, *rule], check=True)
+    try:
+        for a, b in ((de2, oslo), (oslo, de2)):
+            fixed = eventually(lambda a=a, b=b: _path_mtu(a, b), timeout=40)
+            assert 1300 <= fixed < 1420, fixed
+        route = de2.run("ip", "route", "show", str(oslo.subnet)).stdout
+        assert "dev flannel-site" in route and "mtu lock" in route, route
+        assert transfer(de2, oslo, megabytes=20) == 20 << 20
+        assert transfer(oslo, de2, megabytes=20) == 20 << 20
+        assert de1.ping(oslo.pod_ip, count=3, size=1420 - 28, dont_fragment=True).received == 3
+    finally:
+        for ns, chain, rule in drops:
+            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D", chain, *rule], check=True)
+
+
+def _path_mtu(node, peer) -> int:
+    row = {r["subnet"]: r for r in node.status()["peers"]}[str(peer.subnet)]
+    fixed = (row["path"] or {}).get("path_mtu")
+    assert fixed, row["path"]
+    return fixed
