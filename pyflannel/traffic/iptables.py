@@ -115,7 +115,6 @@ class IptablesRules(TrafficManager):
         ips = _in_order(addresses)
         if self.site_port is None or ips == self.site_members:
             return
-        await self.count_strangers()  # before the chain is written anew (its count reset)
         self.site_members = ips
         await self._rebuild()
 
@@ -136,6 +135,7 @@ class IptablesRules(TrafficManager):
 
     async def _rebuild(self) -> None:
         if self._network is not None:
+            await self.count_strangers()  # before the site port's chain is written anew
             self.rules = self._build()
             await self._restore()
 

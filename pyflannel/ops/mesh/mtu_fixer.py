@@ -58,8 +58,11 @@ class PathMtuFixer:
         }
         now, pod_mtu, changed = time.time(), self.pod_mtu(), False
         for subnet in list(self.fixes):
-            if subnet not in halves or self.fixes[subnet].mtu >= pod_mtu:
-                await self._undo(subnet, "the peer left" if subnet not in halves else "")
+            if subnet not in halves:
+                await self._undo(subnet, "left (the peer is gone)")
+                changed = True
+            elif self.fixes[subnet].mtu >= pod_mtu:  # the pod MTU itself went down
+                await self._undo(subnet, f"needs no fix at the pod MTU {pod_mtu} now")
                 changed = True
         for subnet, record in list(self.prober.records.items()):
             half = halves.get(subnet)
