@@ -1,0 +1,85 @@
+"""The package on Debian's own kernels, in QEMU guests (testbed/vm.py; issue 39, first step):
+a Debian 12 guest with Debian 12's kernel, the .deb installed with apt, pyflannel.service
+started by its systemd at boot; a node on this machine's kernel beside it on the bed's switch.
+One VXLAN cluster of mixed kernels: the guest leases a subnet from the bed's etcd, and a pod on
+the host-kernel node reaches the guest's VXLAN device. Run with ``-s`` to see each guest's
+``uname -r`` and boot time."""
+
+import shutil
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from testbed import rootfs
+from testbed.vm import Guest, kernel_layer
+from tests.conftest import require
+
+from ..e2e.conftest import eventually
+
+pytestmark = pytest.mark.vms
+GUEST_ADDRESS = "198.51.100.50"
+
+
+@pytest.fixture(scope="module")
+def guest_layers(deb, minion_layers, tmp_path_factory):
+    """The minion tree with Debian 12's kernel and, above both, the package (apt, offline)."""
+    require(shutil.which("qemu-system-x86_64") is not None, "QEMU (apt install qemu-system-x86)")
+    kernel = kernel_layer(minion_layers)
+    upper = Path(tmp_path_factory.mktemp("vm-session")) / "layer"
+    yield rootfs.with_package([kernel, *minion_layers], deb, upper)
+    rootfs.remove_tree(upper)
+
+
+@pytest.fixture(scope="module")
+def bed(guest_layers):
+    from testbed.bed import TestBed
+
+    with TestBed(hosts=1) as bed:
+        bed.put_config()
+        (node,) = bed.nodes
+        node.start("--reconcile-interval=2")
+        node.wait_ready()
+        node.add_pod()
+        default = f"FLANNELD_ETCD_ENDPOINTS={bed.etcd.url}\nFLANNELD_IFACE=eth0\n"
+        guest = Guest(
+            "g1",
+            guest_layers,
+            bed.lan,
+            GUEST_ADDRESS,
+            bed.workdir,
+            files={"/etc/default/pyflannel": default},
+        )
+        bed.guest = guest
+        try:
+            guest.build()
+            seconds = guest.boot()
+            print(f"\nguest g1: Debian 12, kernel {guest.kernel}, booted in {seconds:.1f} s (TCG)")
+            yield bed
+        finally:
+            guest.close()
+
+
+def test_the_guest_runs_debian_12s_own_kernel_and_leases_a_subnet(bed):
+    guest = bed.guest
+    assert guest.kernel.startswith("6.1.") and guest.kernel.endswith("-amd64"), guest.kernel
+    subnet = IPv4Network(guest.wait_console(r"GUEST subnet=(\S+)", 150).group(1), strict=False)
+    key = f"/coreos.com/network/subnets/{subnet.network_address}-{subnet.prefixlen}"
+    lease = bed.leases().get(key)
+    assert lease is not None and f'"PublicIP":"{GUEST_ADDRESS}"' in lease, (
+        bed.leases(),
+        guest.console_tail(),
+    )
+
+
+def test_a_pod_on_the_host_kernel_reaches_the_guests_vxlan_device(bed):
+    guest = bed.guest
+    subnet = IPv4Network(guest.wait_console(r"GUEST subnet=(\S+)", 150).group(1), strict=False)
+    (node,) = bed.nodes
+
+    def reaches():
+        result = node.ping(subnet.network_address, count=1, wait=2)
+        assert result.received == 1, (result, guest.console_tail(20))
+        return True
+
+    eventually(reaches, timeout=120)
