@@ -13,8 +13,10 @@ started, and ``GUEST subnet=<FLANNEL_SUBNET>`` once pyflannel wrote subnet.env.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -46,8 +48,9 @@ After=multi-user.target pyflannel.service
 Type=oneshot
 ExecStart=/bin/sh -c 'echo "GUEST ready kernel=$(uname -r)" > /dev/ttyS0; \
 for i in $(seq 1 120); do if [ -f /run/flannel/subnet.env ]; then . /run/flannel/subnet.env; \
-echo "GUEST subnet=$FLANNEL_SUBNET" > /dev/ttyS0; exit 0; fi; sleep 1; done; \
-journalctl -u pyflannel --no-pager -n 40 > /dev/ttyS0'
+echo "GUEST subnet=$FLANNEL_SUBNET" > /dev/ttyS0; \
+journalctl -u pyflannel --no-pager -o cat | grep -E "FALLBACK|ready in" | sed "s/^/GUEST log: /" \
+> /dev/ttyS0; exit 0; fi; sleep 1; done; journalctl -u pyflannel --no-pager -n 40 > /dev/ttyS0'
 [Install]
 WantedBy=multi-user.target
 """
@@ -81,9 +84,12 @@ class Guest:
         workdir: Path,
         files: Mapping[str, str] | None = None,
         memory_mb: int = 768,
+        without: Sequence[str] = (),
     ):
         """``layers``: the tree, top first (the kernel layer among them); ``files``: more
-        files for this guest (path inside -> text), e.g. /etc/default/pyflannel."""
+        files for this guest (path inside -> text), e.g. /etc/default/pyflannel;
+        ``without``: files taken out of its tree (a kernel module: as on a host that never
+        loads it)."""
         self.name = name
         self.layers = list(layers)
         self.switch_ns = switch_ns
@@ -91,6 +97,7 @@ class Guest:
         self.dir = workdir / name
         self.files = dict(files or {})
         self.memory_mb = memory_mb
+        self.without = list(without)
         self.tap = f"tap{name}"[:15]
         self.console = self.dir / "console.log"
         self.proc: subprocess.Popen | None = None
@@ -111,6 +118,10 @@ class Guest:
             path = conf / inside.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for inside in self.without:  # an overlay whiteout: absent from the merged tree
+            path = conf / inside.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
         return conf
 
     def build(self) -> None:

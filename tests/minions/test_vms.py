@@ -18,7 +18,7 @@ from tests.conftest import require
 from ..e2e.conftest import eventually
 
 pytestmark = pytest.mark.vms
-GUEST_ADDRESS = "198.51.100.50"
+GUEST_ADDRESS, BARE_ADDRESS = "198.51.100.50", "198.51.100.51"
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +38,35 @@ def bed(guest_layers):
     with TestBed(hosts=1) as bed:
         bed.put_config()
         (node,) = bed.nodes
-        node.start("--reconcile-interval=2")
+        node.start("--reconcile-interval=2", "--probe-interval=1")
         node.wait_ready()
         node.add_pod()
-        default = f"FLANNELD_ETCD_ENDPOINTS={bed.etcd.url}\nFLANNELD_IFACE=eth0\n"
-        guest = Guest(
-            "g1",
+        default = {
+            "/etc/default/pyflannel": f"FLANNELD_ETCD_ENDPOINTS={bed.etcd.url}\nFLANNELD_IFACE=eth0\n"
+        }
+        (vxlan,) = guest_layers[1].glob("usr/lib/modules/*/kernel/drivers/net/vxlan/vxlan.ko")
+        bed.guest = Guest("g1", guest_layers, bed.lan, GUEST_ADDRESS, bed.workdir, default)
+        bed.bare = Guest(  # as on an OpenVZ/LXC host that never loads the module
+            "g2",
             guest_layers,
             bed.lan,
-            GUEST_ADDRESS,
+            BARE_ADDRESS,
             bed.workdir,
-            files={"/etc/default/pyflannel": default},
+            default,
+            without=[f"/{vxlan.relative_to(guest_layers[1])}"],
         )
-        bed.guest = guest
         try:
-            guest.build()
-            seconds = guest.boot()
-            print(f"\nguest g1: Debian 12, kernel {guest.kernel}, booted in {seconds:.1f} s (TCG)")
+            for guest, what in ((bed.guest, ""), (bed.bare, ", no vxlan module in this guest")):
+                guest.build()
+                seconds = guest.boot()
+                print(
+                    f"\nguest {guest.name}: Debian 12, kernel {guest.kernel}{what}, booted in "
+                    f"{seconds:.1f} s (TCG)"
+                )
             yield bed
         finally:
-            guest.close()
+            bed.guest.close()
+            bed.bare.close()
 
 
 def test_the_guest_runs_debian_12s_own_kernel_and_leases_a_subnet(bed):
@@ -80,6 +89,27 @@ def test_a_pod_on_the_host_kernel_reaches_the_guests_vxlan_device(bed):
     def reaches():
         result = node.ping(subnet.network_address, count=1, wait=2)
         assert result.received == 1, (result, guest.console_tail(20))
+        return True
+
+    eventually(reaches, timeout=120)
+
+
+def test_a_kernel_without_vxlan_falls_back_to_udp_by_itself_and_is_reached(bed):
+    """No vxlan module in this guest (the reference article's OpenVZ VPS): pyflannel falls
+    back to UDP, says why, leases with BackendType udp; the host-kernel node keeps VXLAN for
+    its VXLAN peers and reaches this one through its own flannel0."""
+    bare = bed.bare
+    print("\nno vxlan module in this guest:", bare.kernel)
+    subnet = IPv4Network(bare.wait_console(r"GUEST subnet=(\S+)", 150).group(1), strict=False)
+    said = bare.wait_console(r"GUEST log: .*VXLAN FALLBACK.*", 10).group(0)
+    assert "udp" in said.lower(), said
+    lease = bed.leases()[f"/coreos.com/network/subnets/{subnet.network_address}-{subnet.prefixlen}"]
+    assert '"BackendType":"udp"' in lease and '"FallbackFrom":"vxlan"' in lease, lease
+    (node,) = bed.nodes
+
+    def reaches():
+        result = node.ping(subnet.network_address, count=1, wait=2)
+        assert result.received == 1, (result, bare.console_tail(20))
         return True
 
     eventually(reaches, timeout=120)
