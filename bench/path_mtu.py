@@ -17,7 +17,6 @@ packets (larger ones vanish, no ICMP), h1-h2 at full size. Per run, a fresh bed:
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from bench.common import summary, table, wait_for, write_results
 from testbed import netns
 from testbed.bed import TestBed
 from testbed.iperf import iperf, received_bits_per_second
-from tests.e2e.test_path_mtu import NARROW, OFFLOADS, SINK, narrow
+from tests.e2e.test_path_mtu import NARROW, OFFLOADS, SINK, narrow, serving
 
 SECONDS = 5  # per iperf3 run
 CLIENT = """
@@ -42,21 +41,11 @@ c.recv(1)
 
 def one_mb(src, dst) -> bool:
     """Does a 1 MB transfer from src's pod to dst's pod complete within 2 s?"""
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", dst.pod_ns, "python3", "-c", SINK, str(dst.pod_ip)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        if sink.stdout.readline().strip() != "READY":
-            return False
+    with serving(dst, SINK) as received:
         sent = netns.run(
             ["python3", "-c", CLIENT, str(dst.pod_ip)], ns=src.pod_ns, check=False, timeout=10
         )
-        return sent.returncode == 0 and sink.stdout.readline().strip() == str(1 << 20)
-    finally:
-        sink.kill()
-        sink.wait()
+        return sent.returncode == 0 and received.readline().strip() == str(1 << 20)
 
 
 def gbit(a, b) -> float:

@@ -25,7 +25,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -230,22 +230,36 @@ def package_dependencies(deb: Path) -> list[str]:
     return sorted(names)
 
 
-def minion(dependencies: Sequence[str]) -> list[Path]:
-    """The cached minion layers (top first): stock plus ``dependencies`` and the tools."""
-    base = stock()
-    packages = sorted({*dependencies, *TOOL_PACKAGES})
-    home = CACHE / f"minion-{_key(base.parent.name, packages, _recipe(_prepare_tools))}"
+def cached_layer(
+    name: str,
+    layers: Sequence[Path],
+    packages: Sequence[str],
+    key: Sequence[object],
+    then: Callable[[Path], None] | None = None,
+) -> Path:
+    """A cached layer above ``layers``: ``packages`` installed with apt from the archive
+    (and ``then`` run on it), built once per ``key`` under ``<CACHE>/<name>-<key>``."""
+    home = CACHE / f"{name}-{_key(*key)}"
     upper = home / "layer"
     with _locked(CACHE / ".lock"):
         if not (home / "ready").exists():
             shutil.rmtree(home, ignore_errors=True)
             started = time.monotonic()
-            _apt_install([base], upper, packages, network=True)
-            _prepare_tools(upper)
+            _apt_install(layers, upper, packages, network=True)
+            if then is not None:
+                then(upper)
             (home / "ready").write_text(
                 f"built in {time.monotonic() - started:.0f} s: {' '.join(packages)}\n"
             )
-    return [upper, base]
+    return upper
+
+
+def minion(dependencies: Sequence[str]) -> list[Path]:
+    """The cached minion layers (top first): stock plus ``dependencies`` and the tools."""
+    base = stock()
+    packages = sorted({*dependencies, *TOOL_PACKAGES})
+    key = (base.parent.name, packages, _recipe(_prepare_tools))
+    return [cached_layer("minion", [base], packages, key, then=_prepare_tools), base]
 
 
 def with_package(layers: Sequence[Path], deb: Path, upper: Path) -> list[Path]:

@@ -63,15 +63,8 @@ class GuestError(RuntimeError):
 def kernel_layer(layers: Sequence[Path]) -> Path:
     """The cached layer with Debian 12's kernel and initramfs above ``layers`` (~50 s once,
     from the Debian archive)."""
-    home = rootfs.CACHE / f"kernel-{rootfs._key([str(p) for p in layers], KERNEL_PACKAGES)}"
-    upper = home / "layer"
-    with rootfs._locked(rootfs.CACHE / ".lock"):
-        if not (home / "ready").exists():
-            shutil.rmtree(home, ignore_errors=True)
-            started = time.monotonic()
-            rootfs._apt_install(layers, upper, KERNEL_PACKAGES, network=True)
-            (home / "ready").write_text(f"built in {time.monotonic() - started:.0f} s\n")
-    return upper
+    key = ([str(p) for p in layers], KERNEL_PACKAGES)
+    return rootfs.cached_layer("kernel", layers, KERNEL_PACKAGES, key)
 
 
 class Guest:

@@ -7,6 +7,7 @@ the full size. h4 runs upstream flanneld v0.20.2 (started for its own test).
 The fix on each side: the peer's route carries 1350 (``mtu lock``), TCP SYNs to and from its
 subnet have their MSS clamped to 1310; every other peer keeps 1450. Mended, it goes."""
 
+import contextlib
 import re
 import subprocess
 import time
@@ -71,24 +72,32 @@ def _fixed(node, peer, want):
     return True
 
 
-def transfer(src, dst, megabytes: int = 50, timeout: float = 60) -> int:
-    """Bytes a TCP connection from src's pod delivers to a server in dst's pod."""
+@contextlib.contextmanager
+def serving(node, script: str):
+    """``script`` run in node's pod with the pod's address, once it printed READY: its output
+    lines to read; killed after."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", dst.pod_ns, "python3", "-c", SINK, str(dst.pod_ip)],
+        ["ip", "netns", "exec", node.pod_ns, "python3", "-c", script, str(node.pod_ip)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert server.stdout.readline().strip() == "READY"
+        yield server.stdout
+    finally:
+        server.kill()
+        server.wait()
+
+
+def transfer(src, dst, megabytes: int = 50, timeout: float = 60) -> int:
+    """Bytes a TCP connection from src's pod delivers to a server in dst's pod."""
+    with serving(dst, SINK) as received:
         netns.run(
             ["python3", "-c", SOURCE, str(dst.pod_ip), str(megabytes)],
             ns=src.pod_ns,
             timeout=timeout,
         )
-        return int(server.stdout.readline().strip() or 0)
-    finally:
-        server.kill()
-        server.wait()
+        return int(received.readline().strip() or 0)
 
 
 SINK = """
@@ -156,19 +165,10 @@ def test_a_pods_own_pmtu_discovery_learns_the_smaller_size(bed):
     1450 is refused locally, one of 1350 arrives."""
     h1, _, h3, _ = bed.nodes
     eventually(lambda: _fixed(h1, h3, FIXED), timeout=FIX_TARGET)
-    receiver = subprocess.Popen(
-        ["ip", "netns", "exec", h3.pod_ns, "python3", "-c", UDP_SINK, str(h3.pod_ip)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert receiver.stdout.readline().strip() == "READY"
+    with serving(h3, UDP_SINK) as received:
         out = netns.run(["python3", "-c", UDP_DF_SENDER, str(h3.pod_ip)], ns=h1.pod_ns).stdout
         assert f"learned {FIXED}" in out and "second refused 90" in out, out  # EMSGSIZE
-        assert receiver.stdout.readline().strip() == str(FIXED - 28)
-    finally:
-        receiver.kill()
-        receiver.wait()
+        assert received.readline().strip() == str(FIXED - 28)
 
 
 UDP_SINK = """

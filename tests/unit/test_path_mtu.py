@@ -44,13 +44,13 @@ def test_the_mss_leaves_room_for_the_headers_of_each_family():
 
 
 def test_a_fix_goes_after_enough_full_size_rounds_and_not_before_its_hold():
-    fix = PathFix(1350, since=1000.0, probes=11, seconds=0.4)
+    fix = PathFix(1350, since=1000.0, probes=11)
     now = 1000.0 + HOLD
     assert not any(full_size_round(fix, True, now) for _ in range(BACK_AFTER - 1))
     assert full_size_round(fix, True, now)
-    young = PathFix(1350, since=now, probes=11, seconds=0.4)
+    young = PathFix(1350, since=now, probes=11)
     assert not any(full_size_round(young, True, now + 1) for _ in range(BACK_AFTER * 3))
-    lost = PathFix(1350, since=0.0, probes=11, seconds=0.4)
+    lost = PathFix(1350, since=0.0, probes=11)
     results = [full_size_round(lost, passed, now) for passed in (True, True, False, True, True)]
     assert not any(results)  # one lost round starts the count again
 

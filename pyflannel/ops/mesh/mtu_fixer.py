@@ -48,7 +48,6 @@ class PathMtuFixer:
         self.fixes: dict[Subnet, PathFix] = {}
         self.damping: dict[Subnet, Damping] = {}
         self.probes = 0  # spent measuring, in all
-        self.changes = 0  # fixes made and undone
         self._misses: dict[Subnet, int] = {}  # rounds in a row a fixed size was lost
         self._clamps_stale = False  # the rules refused the last clamps: set them again
 
@@ -99,9 +98,8 @@ class PathMtuFixer:
             return False  # it passed in the end: lost probes, not a small path
         damping = self.damping.setdefault(half.subnet, Damping())
         damping.hold = next_hold(damping, now)
-        self.fixes[half.subnet] = PathFix(mtu, now, probes, seconds, hold=damping.hold)
+        self.fixes[half.subnet] = PathFix(mtu, now, probes, hold=damping.hold)
         await self.route_mtu(half.subnet, mtu)
-        self.changes += 1
         log.warning(
             "%s (measured with %d probes in %.1f s)",
             describe(str(half.subnet), mtu, pod_mtu, half.subnet.version),
@@ -115,7 +113,6 @@ class PathMtuFixer:
         self._misses.pop(subnet, None)
         self.damping.setdefault(subnet, Damping()).returned = time.time()
         await self.route_mtu(subnet, None)
-        self.changes += 1
         if why:
             log.info(
                 "path to %s %s: its route MTU and MSS clamp (%d) removed",

@@ -70,7 +70,6 @@ class PathFix:
     mtu: int
     since: float
     probes: int
-    seconds: float  # the measurement's duration
     hold: float = HOLD
     full_rounds: int = 0  # rounds in a row the full size passed since
 
