@@ -1,4 +1,5 @@
-"""Debian 12 root file systems for booted minions (../shared/reference/minions.md), in layers:
+"""Debian root file systems (12 unless told; 13 for the VM tests) for booted minions and guests
+(../shared/reference/minions.md), in layers:
 
 - **stock**: ``debootstrap --variant=minbase`` with systemd, built once and cached, keyed on its
   package list (~55 s). What a fresh Debian 12 machine has, as far as pyflannel cares.
@@ -146,10 +147,11 @@ def _apt_install(layers: Sequence[Path], upper: Path, what: Sequence[str], netwo
         )
 
 
-def stock() -> Path:
-    """The cached stock Debian 12 tree (built on first use: ~1 min, needs the archive)."""
+def stock(suite: str = SUITE) -> Path:
+    """The cached stock Debian tree of ``suite`` (Debian 12 unless told: the VM tests boot
+    Debian 13 too), built on first use (~1 min, needs the archive)."""
     mirror = _mirror()
-    home = CACHE / f"stock-{_key(SUITE, mirror, STOCK_PACKAGES, _recipe(_prepare_for_boot))}"
+    home = CACHE / f"stock-{_key(suite, mirror, STOCK_PACKAGES, _recipe(_prepare_for_boot))}"
     tree = home / "rootfs"
     with _locked(CACHE / ".lock"):
         if (home / "ready").exists():
@@ -162,7 +164,7 @@ def stock() -> Path:
                 "debootstrap",
                 "--variant=minbase",
                 f"--include={','.join(STOCK_PACKAGES)}",
-                SUITE,
+                suite,
                 str(tree),
                 mirror,
             ],
@@ -172,14 +174,15 @@ def stock() -> Path:
         )
         if proc.returncode != 0:
             raise RootfsError(f"debootstrap failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
-        _prepare_for_boot(tree)
+        _prepare_for_boot(tree, suite)
         (home / "ready").write_text(f"built in {time.monotonic() - started:.0f} s\n")
     return tree
 
 
-def _prepare_for_boot(tree: Path) -> None:
+def _prepare_for_boot(tree: Path, suite: str) -> None:
     """Each minion gets its own machine ID and hostname (from nspawn's --uuid and
-    --machine); the archive is the host's, with its updates and security suites."""
+    --machine); the archive is the host's, with its updates and security suites (of
+    ``suite``)."""
     (tree / "etc/machine-id").write_text("")
     (tree / "etc/hostname").unlink(missing_ok=True)
     dbus_id = tree / "var/lib/dbus/machine-id"
@@ -188,7 +191,8 @@ def _prepare_for_boot(tree: Path) -> None:
     dbus_id.symlink_to("/etc/machine-id")
     if HOST_SOURCES.exists():
         (tree / "etc/apt/sources.list").unlink(missing_ok=True)
-        shutil.copy(HOST_SOURCES, tree / "etc/apt/sources.list.d/debian.sources")
+        sources = HOST_SOURCES.read_text().replace(SUITE, suite)
+        (tree / "etc/apt/sources.list.d/debian.sources").write_text(sources)
     # Nothing of the minion should reach outside the bed on its own.
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         link = tree / "etc/systemd/system" / timer

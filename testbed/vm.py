@@ -8,23 +8,44 @@ emulation (KVM does not run guests on this machine kind): slow, so tests check b
 never speed.
 
 The guest reports on its console: ``GUEST ready kernel=<uname -r>`` when its units have
-started, and ``GUEST subnet=<FLANNEL_SUBNET>`` once pyflannel wrote subnet.env.
+started, and ``GUEST subnet=<FLANNEL_SUBNET>`` once pyflannel wrote subnet.env (again after each
+reboot). Commands run inside it through the QEMU guest agent (Debian's ``qemu-guest-agent``, on
+a virtio-serial port whose host end is a unix socket in the guest's directory): ``guest-exec``
+and ``guest-exec-status``, as an operator's hypervisor tooling does it.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from testbed import netns, rootfs
 
-KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools")
+# Debian releases a guest can run: the suite, its kernel series, its Python.
+RELEASES = {"12": ("bookworm", "6.1.", "3.11"), "13": ("trixie", "6.12.", "3.13")}
+# In every guest: the kernel, its initramfs, the agent the tests run commands through, and
+# the tools pyflannel's checks and the tests use (what the minion tree has, but podman).
+GUEST_PACKAGES = (
+    "linux-image-amd64",
+    "initramfs-tools",
+    "qemu-guest-agent",
+    "nftables",
+    "iptables",
+    "ethtool",
+    "procps",
+)
 IMAGE_SIZE = "2G"
 BOOT_TIMEOUT = 180.0  # seconds: a TCG boot takes ~20-30 s alone, more beside other guests
 
@@ -60,11 +81,33 @@ class GuestError(RuntimeError):
     pass
 
 
-def kernel_layer(layers: Sequence[Path]) -> Path:
-    """The cached layer with Debian 12's kernel and initramfs above ``layers`` (~50 s once,
-    from the Debian archive)."""
-    key = ([str(p) for p in layers], KERNEL_PACKAGES)
-    return rootfs.cached_layer("kernel", layers, KERNEL_PACKAGES, key)
+@dataclass(frozen=True)
+class Ran:
+    """What a command inside the guest did."""
+
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Ran:
+        if self.returncode != 0:
+            raise GuestError(
+                f"in the guest: {self.command!r} exited {self.returncode}:\n"
+                f"{self.stdout[-2000:]}{self.stderr[-2000:]}"
+            )
+        return self
+
+
+def guest_layers(release: str, dependencies: Sequence[str]) -> list[Path]:
+    """The cached layers (top first) of a guest running Debian ``release`` ("12", "13"):
+    its stock tree and, above it, ``dependencies`` (the package's) and GUEST_PACKAGES with
+    that release's own kernel (~1-2 min once per release, from the Debian archive)."""
+    suite = RELEASES[release][0]
+    base = rootfs.stock(suite)
+    packages = sorted({*dependencies, *GUEST_PACKAGES})
+    key = (base.parent.name, packages)
+    return [rootfs.cached_layer(f"guest{release}", [base], packages, key), base]
 
 
 class Guest:
@@ -93,7 +136,9 @@ class Guest:
         self.without = list(without)
         self.tap = f"tap{name}"[:15]
         self.console = self.dir / "console.log"
+        self.agent = self.dir / "agent.sock"
         self.proc: subprocess.Popen | None = None
+        self._started = 0.0
         self.boot_seconds = 0.0
 
     def _conf_layer(self) -> Path:
@@ -141,6 +186,12 @@ class Guest:
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Start the guest on the switch and wait for its report; seconds it took."""
+        self.start()
+        return self.wait_booted(timeout)
+
+    def start(self) -> None:
+        """Start the guest on the switch (``wait_booted`` waits for it: several guests boot
+        at once that way)."""
         netns.run(["ip", "tuntap", "add", self.tap, "mode", "tap"], ns=self.switch_ns)
         netns.ip(self.switch_ns, "link", "set", self.tap, "master", "br0", "up")
         started = time.monotonic()
@@ -157,7 +208,6 @@ class Guest:
                 "-smp",
                 "1",
                 "-nographic",
-                "-no-reboot",
                 "-kernel",
                 str(self.dir / "vmlinuz"),
                 "-initrd",
@@ -169,26 +219,45 @@ class Guest:
                 "-netdev",
                 f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
                 "-device",
-                "virtio-net-pci,netdev=n0",
+                f"virtio-net-pci,netdev=n0,mac={self.mac}",
+                "-chardev",
+                f"socket,id=agent,path={self.agent},server=on,wait=off",
+                "-device",
+                "virtio-serial",
+                "-device",
+                "virtserialport,chardev=agent,name=org.qemu.guest_agent.0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=subprocess.STDOUT,
         )
         console.close()
+        self._started = started
+
+    def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> float:
+        """Until the guest reported ready and its agent answers; seconds since its start."""
         self.wait_console(r"GUEST ready kernel=\S+", timeout)
-        self.boot_seconds = time.monotonic() - started
+        self.wait_agent()
+        self.boot_seconds = time.monotonic() - self._started
         return self.boot_seconds
+
+    @property
+    def mac(self) -> str:
+        """The guest's own MAC (QEMU's default, 52:54:00:12:34:56, is every guest's: two
+        guests on one switch would not reach each other)."""
+        digest = hashlib.sha256(self.name.encode()).digest()
+        return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
     def console_text(self) -> str:
         return self.console.read_bytes().decode(errors="replace") if self.console.exists() else ""
 
-    def wait_console(self, pattern: str, timeout: float) -> re.Match:
-        """The first console line matching ``pattern``; GuestError with the console's tail if
-        it does not come within ``timeout`` or the guest ends."""
+    def wait_console(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
+        """The first console line matching ``pattern`` (written after the console's first
+        ``since`` characters: see ``reboot``); GuestError with the console's tail if it does
+        not come within ``timeout`` or the guest ends."""
         deadline = time.monotonic() + timeout
         while True:
-            found = re.search(pattern, self.console_text())
+            found = re.compile(pattern).search(self.console_text(), since)
             if found:
                 return found
             if self.proc is not None and self.proc.poll() is not None:
@@ -196,6 +265,76 @@ class Guest:
             if time.monotonic() > deadline:
                 raise GuestError(f"guest {self.name}: no {pattern!r}:\n{self.console_tail()}")
             time.sleep(0.5)
+
+    def run(self, command: str, timeout: float = 60.0) -> Ran:
+        """Run a shell ``command`` inside the guest (the guest agent's ``guest-exec``), wait
+        for it to end and return what it printed."""
+        started = self._agent(
+            "guest-exec", path="/bin/sh", arg=["-c", command], **{"capture-output": True}
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._agent("guest-exec-status", pid=started["pid"])
+            if status["exited"]:
+                break
+            if time.monotonic() > deadline:
+                raise GuestError(f"guest {self.name}: {command!r} still running after {timeout} s")
+            time.sleep(0.2)
+
+        def text(key: str) -> str:
+            return base64.b64decode(status.get(key, "")).decode(errors="replace")
+
+        return Ran(command, status.get("exitcode", -1), text("out-data"), text("err-data"))
+
+    def _agent(self, command: str, **arguments: object) -> dict:
+        """One request to the guest agent, on a connection of its own (the agent's port goes
+        away and comes back when the guest reboots): a ``guest-sync`` first, so that nothing
+        a half-read earlier exchange left is taken for this answer."""
+        token = int(time.monotonic() * 1000) % 2**31
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(self.agent))
+            reader = conn.makefile("rb")
+            for request, wanted in (
+                ({"execute": "guest-sync", "arguments": {"id": token}}, token),
+                ({"execute": command, "arguments": arguments}, None),
+            ):
+                conn.sendall(json.dumps(request).encode() + b"\n")
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        raise GuestError(f"guest {self.name}: the agent closed on {command}")
+                    answer = json.loads(line)
+                    if "error" in answer:
+                        raise GuestError(f"guest {self.name}: {command}: {answer['error']}")
+                    if wanted is None or answer.get("return") == wanted:
+                        break
+            return answer["return"]
+
+    def wait_agent(self, timeout: float = 60.0) -> None:
+        """Until the guest agent answers (it starts with the guest's units)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._agent("guest-ping")
+                return
+            except (OSError, GuestError, ValueError) as e:
+                if time.monotonic() > deadline:
+                    raise GuestError(
+                        f"guest {self.name}: no agent ({e}):\n{self.console_tail()}"
+                    ) from e
+                time.sleep(1)
+
+    def reboot(self, timeout: float = BOOT_TIMEOUT) -> int:
+        """``systemctl reboot`` inside the guest: a new kernel, nothing of the old one's state
+        kept but the disk. Returns the console position where the new boot starts (for
+        ``wait_console(..., since=)``), once it reported ready again."""
+        since = len(self.console_text())
+        with contextlib.suppress(GuestError, OSError):  # the agent may go before it answers
+            self._agent("guest-exec", path="/bin/systemctl", arg=["reboot"])
+        self.wait_console(r"GUEST ready kernel=\S+", timeout, since=since)
+        self.wait_agent()
+        return since
 
     @property
     def kernel(self) -> str:

@@ -13,6 +13,7 @@ from pyflannel.ops.doctor.checks import (
     judge_clock,
     judge_container,
     judge_etcd,
+    judge_fast_path,
     judge_iptables,
     judge_mtu,
     judge_port,
@@ -32,6 +33,25 @@ def test_vxlan_missing_with_tun_is_a_warning_about_the_fallback():
 def test_neither_vxlan_nor_tun_is_a_failure():
     assert judge_vxlan(Probe(False, "Operation not supported"), tun_ok=False).status == FAIL
     assert judge_tun(Probe(False, "No such device")).status == FAIL
+
+
+def test_what_a_kernel_can_do_is_named_by_its_release():
+    f = judge_vxlan(Probe(False, "Unknown device type"), tun_ok=True, kernel="6.1.0-57-amd64")
+    assert f.detail.startswith("this kernel (6.1.0-57-amd64) cannot create a VXLAN device")
+    assert "(6.12.48+deb13-amd64)" in judge_vxlan(Probe(True), True, "6.12.48+deb13-amd64").detail
+
+
+def test_the_udp_fast_path_finding_names_what_the_kernel_refused():
+    taken = {"tun offloads": None, "UDP_SEGMENT": None, "UDP_GRO": None}
+    f = judge_fast_path(Probe(True, facts=taken), "6.1.0-57-amd64")
+    assert (
+        f.status == PASS and "(6.1.0-57-amd64) takes tun offloads, UDP_SEGMENT, UDP_GRO" in f.detail
+    )
+    old = {**taken, "UDP_GRO": "refused: Protocol not available"}
+    f = judge_fast_path(Probe(True, facts=old), "4.19.0-27-amd64")
+    assert f.status == WARN and "refuses UDP_GRO (refused: Protocol not available)" in f.detail
+    assert "UDP_SEGMENT" not in f.detail and "per packet" in f.advice
+    assert judge_fast_path(Probe(None, "no namespace")).status == PASS
 
 
 def test_openvz_container_is_recognised():

@@ -32,21 +32,24 @@ class Probe:
     facts: dict = field(default_factory=dict)
 
 
-def judge_vxlan(p: Probe, tun_ok: bool | None) -> Finding:
+def judge_vxlan(p: Probe, tun_ok: bool | None, kernel: str = "") -> Finding:
+    """``kernel``: its release (uname -r), named in the finding: what a kernel can do is its
+    own (Debian 12's 6.1 and 13's 6.12 differ from each other and from a VPS host's)."""
+    this = f"this kernel ({kernel})" if kernel else "this kernel"
     if p.ok:
-        return Finding("vxlan", PASS, "this kernel creates VXLAN devices")
+        return Finding("vxlan", PASS, f"{this} creates VXLAN devices")
     fallback = "pyflannel falls back to UDP encapsulation (--backend-fallback=auto), at a few % of VXLAN's throughput"
     if tun_ok:
         return Finding(
             "vxlan",
             WARN,
-            f"cannot create a VXLAN device: {p.error}",
+            f"{this} cannot create a VXLAN device: {p.error}",
             f"Load the vxlan module (modprobe vxlan) if you can; otherwise {fallback}.",
         )
     return Finding(
         "vxlan",
         FAIL,
-        f"cannot create a VXLAN device: {p.error}",
+        f"{this} cannot create a VXLAN device: {p.error}",
         "Neither VXLAN nor TUN works: this node cannot join the overlay.",
     )
 
@@ -78,6 +81,26 @@ def judge_tun(p: Probe) -> Finding:
         f"cannot create a TUN device: {p.error}",
         "The UDP backend needs /dev/net/tun (modprobe tun; in a container, ask the host to "
         "allow the tun device).",
+    )
+
+
+def judge_fast_path(p: Probe, kernel: str = "") -> Finding:
+    """What the UDP backend's fast path may use on this kernel: ``p.facts`` maps each feature
+    (backend/udp/kernel_support.py) to None (taken) or the kernel's refusal. Refusals are not
+    failures: the data path goes per packet for that half, slower, and says so."""
+    this = f"this kernel ({kernel})" if kernel else "this kernel"
+    if p.ok is None:
+        return Finding("udp fast path", PASS, f"not checked: {p.error}")
+    refused = {k: why for k, why in p.facts.items() if why}
+    if not refused:
+        return Finding("udp fast path", PASS, f"{this} takes {', '.join(p.facts)}")
+    return Finding(
+        "udp fast path",
+        WARN,
+        f"{this} refuses " + "; ".join(f"{k} ({why})" for k, why in refused.items()),
+        "The UDP backend (and the fallback from VXLAN) works without them, per packet for "
+        "what is refused: fewer Gbit/s for more CPU. A newer kernel takes them (4.18+ for "
+        "UDP_SEGMENT, 5.0+ for UDP_GRO).",
     )
 
 

@@ -11,9 +11,11 @@ import email.utils
 import errno
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from pyflannel.ops.doctor.checks import (
     judge_clock,
     judge_container,
     judge_etcd,
+    judge_fast_path,
     judge_iptables,
     judge_ipv6,
     judge_mtu,
@@ -51,12 +54,18 @@ def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def probe_devices() -> tuple[Probe, Probe, Probe]:
-    """Create a VXLAN, a TUN and a WireGuard device in a throwaway namespace."""
+def probe_devices() -> tuple[Probe, Probe, Probe, Probe]:
+    """Create a VXLAN, a TUN and a WireGuard device in a throwaway namespace, and try there
+    what the UDP fast path asks of the kernel (backend/udp/kernel_support.py)."""
     ns = f"pf{os.getpid()}x99-doctor"
     if _run("ip", "netns", "add", ns).returncode != 0:
         untested = Probe(None, "not tested")
-        return Probe(None, "cannot create a network namespace to test in"), untested, untested
+        return (
+            Probe(None, "cannot create a network namespace to test in"),
+            untested,
+            untested,
+            untested,
+        )
     try:
         v = _run(
             "ip", "-n", ns, "link", "add", "pfdoctor", "type", "vxlan", "id", "4242", "dstport", "0"
@@ -67,9 +76,27 @@ def probe_devices() -> tuple[Probe, Probe, Probe]:
             Probe(v.returncode == 0, v.stderr.strip()),
             Probe(t.returncode == 0, t.stderr.strip()),
             Probe(w.returncode == 0, w.stderr.strip()),
+            probe_fast_path(ns),
         )
     finally:
         _run("ip", "netns", "del", ns)
+
+
+def probe_fast_path(ns: str) -> Probe:
+    """The fast path's kernel features, tried in namespace ``ns`` by a child Python (this
+    process stays in its own namespace)."""
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    child = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "pyflannel.backend.udp.kernel_support"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        return Probe(True, facts=json.loads(child.stdout))
+    except ValueError:
+        return Probe(None, f"the probe failed: {child.stderr.strip()[-300:]}")
 
 
 def wireguard_go() -> str | None:
@@ -303,12 +330,14 @@ def _server_date(url: str, o: StoreOptions) -> str | None:
 
 
 async def run_checks(o: DoctorOptions, etcd_tuning: dict | None = None) -> list[Finding]:
-    vxlan, tun, wireguard = await asyncio.to_thread(probe_devices)
+    vxlan, tun, wireguard, fast_path = await asyncio.to_thread(probe_devices)
+    kernel = platform.release()
     etcd, skew = await probe_etcd(o.store)
     interface, mtu, address6 = await asyncio.to_thread(probe_interface, o)
     findings = [
-        judge_vxlan(vxlan, tun.ok),
+        judge_vxlan(vxlan, tun.ok, kernel),
         judge_tun(tun),
+        judge_fast_path(fast_path, kernel),
         judge_wireguard(wireguard, tun.ok, wireguard_go()),
         judge_container(probe_container()),
         judge_iptables(await asyncio.to_thread(probe_iptables), o.ip_masq),
