@@ -108,6 +108,10 @@ def test_each_guest_runs_its_releases_own_kernel_python_and_unit(bed):
         assert guest.run("systemctl is-active pyflannel").check().stdout.strip() == "active"
         lease = lease_of(bed, subnet_of(guest))
         assert lease["PublicIP"] == GUESTS[name][1], lease
+        theirs = [
+            k for k, v in bed.leases().items() if json.loads(v)["PublicIP"] == lease["PublicIP"]
+        ]
+        assert len(theirs) == 1, (theirs, guest.run("journalctl -u pyflannel -o cat").stdout)
 
 
 def test_a_pod_on_the_host_kernel_reaches_every_guest(bed):
