@@ -26,6 +26,12 @@ def summary(samples: list[float]) -> dict:
     return {**result, "failed": failed} if failed else result
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(check, limit: float) -> float:
     """Seconds until ``check()`` is true, polling every 0.1 s; NaN if not within ``limit``."""
     t0 = time.monotonic()

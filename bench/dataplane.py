@@ -2,6 +2,15 @@
 each data-path design, and WireGuard (userspace), in one run on one 2-node test bed.
 
     sudo python3 bench/dataplane.py [--repeat 3] [--seconds 3] [--mtu 1500] [--modes ...]
+    sudo python3 bench/dataplane.py --latency [--repeat 3]
+
+``--latency``: the UDP path's latency, pyflannel's (as it runs by default, with its busy
+polling off, its data-path priority off, and as the path was before both and the epoll loop)
+beside upstream flanneld v0.20.2's and kernel VXLAN, in one run:
+pod-to-pod ping RTT (300 pings 10 ms apart; p50 and p99) idle and beside a busy loop on every
+core (nice 0, as a noisy neighbour's), and 1-stream TCP throughput with the daemons' CPU per
+GB; each mode in turn, repeated, medians of the repeats. Writes
+bench/results/dataplane-latency.{json,md}.
 
 For each mode: iperf3 TCP pod -> pod (underlay: host -> host) with 1 and 4 streams, both
 directions, repeated; ping RTT (median, p99); CPU seconds the two daemons and their UDP
@@ -14,14 +23,16 @@ VXLAN of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import plot, summary, table, write_results
+from bench.common import cpu_seconds, plot, summary, table, write_results
 from testbed import netns
 from testbed.bed import TestBed
 from testbed.iperf import iperf, received_bits_per_second
@@ -47,11 +58,6 @@ UDP_ARGS = {
 # wireguard: the wireguard backend through userspace wireguard-go (this kernel has no module;
 # wireguard-go's CPU counts as the daemon's).
 MODES = ("underlay", "direct", "host-gw", "vxlan", *UDP_ARGS, "wireguard")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def daemon_pids(bed: TestBed) -> list[int]:
@@ -145,13 +151,138 @@ def ratio(results: dict, base: str, mode: str, label: str) -> str:
     return f"{median(mode) / median(base):.3f}"
 
 
+# --latency: (implementation, backend, pyflannel's flags)
+LATENCY_MODES = {
+    "vxlan (kernel)": ("pyflannel", "vxlan", ()),
+    "udp pyflannel": ("pyflannel", "udp", ()),
+    "udp pyflannel, busy poll off": ("pyflannel", "udp", ("--udp-busy-poll=0",)),
+    "udp pyflannel, priority off": ("pyflannel", "udp", ("--udp-priority=normal",)),
+    "udp pyflannel as before": (  # the data path as it was: the stdlib loop, no poll, nice 0
+        "pyflannel",
+        "udp",
+        ("--udp-datapath=asyncio", "--udp-busy-poll=0", "--udp-priority=normal"),
+    ),
+    "udp upstream": ("upstream", "udp", ()),
+}
+PINGS = 300
+
+
+def ping_rtts(a, b) -> list[float]:
+    """Milliseconds, pod a -> pod b, PINGS pings 10 ms apart (lost ones left out)."""
+    out = netns.run(
+        ["ping", "-n", "-c", str(PINGS), "-i", "0.01", str(b.pod_ip)],
+        ns=a.pod_ns,
+        check=False,
+        timeout=60,
+    ).stdout
+    return [float(x.split("=")[1]) for x in out.split() if x.startswith("time=")]
+
+
+@contextlib.contextmanager
+def noisy_neighbour():
+    """A busy loop on every core, at the default priority (nice 0)."""
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def latency_once(bed: TestBed, mode: str, seconds: float) -> dict:
+    from bench.upstream import cluster
+
+    impl, backend, flags = LATENCY_MODES[mode]
+    cluster(bed, impl, backend, flags=flags)
+    a, b = bed.nodes[0], bed.nodes[1]
+    for node in (a, b):
+        node.add_pod()
+    time.sleep(1)
+    idle = summary(ping_rtts(a, b))
+    with noisy_neighbour():
+        busy = summary(ping_rtts(a, b))
+    pids = [p for n in (a, b) for p in (n.pid, *n.all_children())]
+    cpu0 = [cpu_seconds(p) for p in pids]
+    rate = received_bits_per_second(iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds, 1)) / 1e9
+    cpu = sum(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+    return {
+        "idle_p50": idle["median"],
+        "idle_p99": idle["p99"],
+        "busy_p50": busy["median"],
+        "busy_p99": busy["p99"],
+        "lost": 2 * PINGS - idle["n"] - busy["n"],
+        "gbps": rate,
+        "cpu_s_per_gb": cpu / (rate * seconds / 8) if rate else float("nan"),
+    }
+
+
+def latency(args) -> int:
+    """The --latency table: every mode once per repeat, in turn (so a drift of the machine
+    touches them alike); medians of the repeats."""
+    samples: dict[str, list[dict]] = {mode: [] for mode in LATENCY_MODES}
+    with TestBed(hosts=2) as bed:
+        for n in range(args.repeat):
+            for mode in LATENCY_MODES:
+                samples[mode].append(latency_once(bed, mode, args.seconds))
+                print(f"run {n + 1} {mode}: {samples[mode][-1]}", flush=True)
+    keys = ("idle_p50", "idle_p99", "busy_p50", "busy_p99", "gbps", "cpu_s_per_gb", "lost")
+    results = {
+        mode: {k: summary([s[k] for s in runs])["median"] for k in keys} | {"samples": runs}
+        for mode, runs in samples.items()
+    }
+    up = results["udp upstream"]
+    rows = [
+        [
+            mode,
+            r["idle_p50"],
+            r["idle_p99"],
+            r["busy_p50"],
+            r["busy_p99"],
+            f"{r['idle_p50'] / up['idle_p50']:.2f} / {r['idle_p99'] / up['idle_p99']:.2f}",
+            r["gbps"],
+            r["cpu_s_per_gb"],
+            int(r["lost"]),
+        ]
+        for mode, r in results.items()
+    ]
+    text = table(
+        [
+            "path",
+            "idle p50 ms",
+            "idle p99 ms",
+            "busy p50 ms",
+            "busy p99 ms",
+            "idle x upstream p50 / p99",
+            "1-stream Gbit/s",
+            "CPU s/GB",
+            "pings lost",
+        ],
+        rows,
+    )
+    text += (
+        f"\n\n{PINGS} pings 10 ms apart pod to pod, idle and beside a busy loop per core (nice 0);"
+        f" iperf3 1 stream {args.seconds} s; medians of {args.repeat} runs, modes in turn"
+    )
+    print(text)
+    write_results("dataplane-latency", {"args": vars(args), "results": results}, text)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--latency", action="store_true", help="the UDP path's latency table")
     args = parser.parse_args()
+    if args.latency:
+        return latency(args)
     results = {}
     with TestBed(hosts=2, mtu=args.mtu) as bed:
         bed.put_config()

@@ -19,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import summary, table, write_results
-from bench.dataplane import cpu_seconds
+from bench.common import cpu_seconds, summary, table, write_results
 from pyflannel.etcd import client as etcd_client
 from pyflannel.etcd.client import EtcdClient
 from testbed.etcd import EtcdServer

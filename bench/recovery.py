@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench.dataplane import cpu_seconds
+from bench.common import cpu_seconds
 from testbed import netns
 from testbed.bed import Node, TestBed
 from testbed.etcd import EtcdServer

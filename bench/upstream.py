@@ -29,13 +29,21 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import recovery
-from bench.common import compiled, installed_python, plot, summary, table, write_results
-from bench.dataplane import cpu_seconds
+from bench.common import (
+    compiled,
+    cpu_seconds,
+    installed_python,
+    plot,
+    summary,
+    table,
+    write_results,
+)
 from testbed.bed import Node, TestBed
 from testbed.iperf import iperf, received_bits_per_second
 from testbed.upstream import launch_upstream, upstream_flanneld
@@ -55,11 +63,12 @@ def put_config(bed: TestBed, backend: str) -> None:
     bed.put_config({**CONFIG, "Backend": BACKENDS[backend]})
 
 
-def launch(node: Node, impl: str, endpoints: str = "") -> None:
-    """Start ``impl`` on the node (``endpoints``: other than the bed's etcd URL)."""
+def launch(node: Node, impl: str, endpoints: str = "", flags: Sequence[str] = ()) -> None:
+    """Start ``impl`` on the node (``endpoints``: other than the bed's etcd URL; ``flags``:
+    more of pyflannel's)."""
     if impl == "pyflannel":
         extra = [f"--etcd-endpoints={endpoints}"] if endpoints else []
-        node.start("--healthz-port=0", "--probe-interval=0", *extra)
+        node.start("--healthz-port=0", "--probe-interval=0", *extra, *flags)
     else:
         launch_upstream(node, *([f"-etcd-endpoints={endpoints}"] if endpoints else []))
 
@@ -139,15 +148,17 @@ def route_count(node: Node) -> int:
     return len(node.run("ip", "route", "show", "root", "10.0.0.0/12").stdout.splitlines())
 
 
-def cluster(bed: TestBed, impl: str, backend: str = "vxlan", endpoints: str = "") -> None:
+def cluster(
+    bed: TestBed, impl: str, backend: str = "vxlan", endpoints: str = "", flags: Sequence[str] = ()
+) -> None:
     """Every node runs ``impl`` (one at a time: v0.20.2 loses leases of nodes that start
-    together), ready."""
+    together), ready; ``flags``: more of pyflannel's."""
     put_config(bed, backend)
     for node in bed.nodes:
         wipe(node)
     bed.etcd.ctl("del", "/coreos.com/network/subnets/", "--prefix")  # a new cluster
     for n, node in enumerate(bed.nodes):
-        launch(node, impl, endpoints)
+        launch(node, impl, endpoints, flags)
         deadline = time.monotonic() + 30
         while not node.subnet_file.exists():
             assert time.monotonic() < deadline, node.log()[-2000:]

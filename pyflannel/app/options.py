@@ -166,9 +166,23 @@ class Options:
     )
     udp_datapath: str = option(
         "auto",
-        "how the UDP data path waits for packets: auto (= asyncio, the stdlib loop), uvloop "
-        "(needs the uvloop package), or threads (measured slower); default %(default)s; "
-        "pyflannel only",
+        "how the UDP data path waits for packets: auto (= epoll, a plain epoll loop: the "
+        "lowest latency, and busy polling), asyncio (the stdlib loop), uvloop (needs the "
+        "uvloop package), or threads (measured slower); default %(default)s; pyflannel only",
+        layer="backend",
+    )
+    udp_priority: str = option(
+        "realtime",
+        "UDP backend: the packet threads' CPU priority: realtime (SCHED_RR 1, only while they "
+        "use under half a core: a lone packet goes ahead of busy neighbours, a saturated path "
+        "competes like any process) or normal (default %(default)s; pyflannel only)",
+        layer="backend",
+    )
+    udp_busy_poll: int = option(
+        1000,
+        "UDP backend: microseconds a packet thread keeps polling after a packet before it "
+        "sleeps, so that an answer coming back within that time goes without a wake-up; at "
+        "most a tenth of a core is spent so; 0: off (default %(default)s; pyflannel only)",
         layer="backend",
     )
     udp_fastpath: bool = option(
@@ -504,9 +518,18 @@ def validate(options: Options) -> None:
             "--wireguard-datapath must be auto, kernel or userspace, "
             f"not {options.wireguard_datapath!r}"
         )
-    if options.udp_datapath not in ("auto", "threads", "asyncio", "uvloop"):
+    if options.udp_datapath not in ("auto", "epoll", "threads", "asyncio", "uvloop"):
         raise OptionsError(
-            f"--udp-datapath must be threads, asyncio or uvloop, not {options.udp_datapath!r}"
+            "--udp-datapath must be epoll, threads, asyncio or uvloop, "
+            f"not {options.udp_datapath!r}"
+        )
+    if not 0 <= options.udp_busy_poll <= 100_000:
+        raise OptionsError(
+            f"--udp-busy-poll must be from 0 to 100000 microseconds, not {options.udp_busy_poll}"
+        )
+    if options.udp_priority not in ("realtime", "normal"):
+        raise OptionsError(
+            f"--udp-priority must be realtime or normal, not {options.udp_priority!r}"
         )
     if options.site:
         try:

@@ -322,5 +322,31 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
         c.wait_ready()
 
 
+def test_only_the_packet_threads_run_real_time_and_a_saturated_path_competes_as_any(bed):
+    """--udp-priority=realtime (the default): in each worker exactly one thread, the packet
+    loop, is SCHED_RR 1; the daemon's and the workers' other threads are ordinary. A TCP
+    transfer that keeps a packet thread over half a core puts it back to ordinary priority
+    (the bound), and it is real time again once the transfer ends."""
+    a, b, _ = bed.nodes
+    for node in (a, b):
+        policies = {pid: _policies(pid) for pid in (node.pid, *node.children())}
+        assert set(policies[node.pid]) == {os.SCHED_OTHER}, policies
+        for worker in node.children():
+            assert sorted(policies[worker]).count(os.SCHED_RR) == 1, policies
+        assert udp_stats(node)["priority"]["realtime"], udp_stats(node)["priority"]
+        assert "packet threads: real time (SCHED_RR 1)" in node.status_cli().stdout
+    demotions = udp_stats(a)["priority"]["demotions"]
+    result = iperf(a.pod_ns, b.pod_ns, str(b.pod_ip), seconds=3)
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    after = udp_stats(a)["priority"]
+    assert after["demotions"] > demotions, after
+    eventually(lambda: udp_stats(a)["priority"]["realtime"], timeout=5)
+
+
+def _policies(pid: int) -> list[int]:
+    """The scheduling policy of each thread of process ``pid``."""
+    return [os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 def udp_stats(node) -> dict:
     return node.status()["backend"]["udp"]

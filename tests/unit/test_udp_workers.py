@@ -52,6 +52,33 @@ def test_the_fast_path_is_on_only_where_every_worker_has_it():
     assert no_tso["fastpath"]["tso"] is False
 
 
+def test_the_packet_threads_are_real_time_only_where_every_workers_is():
+    def prio(realtime=True, demotions=0, refused=""):
+        return {
+            "mode": "realtime",
+            "realtime": realtime,
+            "demotions": demotions,
+            "refused": refused,
+        }
+
+    total = merge(
+        [snapshot() | {"priority": prio()}, snapshot() | {"priority": prio(False, 2)}], [1, 2]
+    )
+    assert total["priority"] == {
+        "mode": "realtime",
+        "realtime": False,
+        "demotions": 2,
+        "refused": "",
+        "busy_poll_us": 0,
+        "busy_polled_s": 0.0,
+    }
+    refused = merge(
+        [snapshot() | {"priority": prio(False, refused="SCHED_RR refused: EPERM")}], [1]
+    )
+    assert refused["priority"]["refused"] == "SCHED_RR refused: EPERM"
+    assert merge([snapshot()], [1])["priority"] is None  # a worker of an older pyflannel
+
+
 def test_a_worker_that_does_not_answer_is_reported_not_guessed():
     total = merge([snapshot(4, 4), None], [1, 2])
     assert total["unanswered"] == 1

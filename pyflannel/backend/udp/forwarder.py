@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING
 
 from pyflannel.backend.udp import gso, tun
 from pyflannel.backend.udp import packet as pk
+from pyflannel.backend.udp.priority import (
+    BUSY_POLL_SHARE,
+    NORMAL,
+    WINDOW,
+    PacketThreadPriority,
+)
 from pyflannel.backend.udp.routes import ForwardingTable, NextHop
 
 if TYPE_CHECKING:
@@ -40,14 +46,15 @@ BUFFER = 65536  # read whole datagrams: anything longer than the MTU is dropped,
 TX_BATCH = 64  # packets read from the TUN before the fast path sends them
 UDP_SEGMENT, UDP_GRO = 103, 104  # SOL_UDP options (linux/udp.h)
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
-DATAPATHS = ("threads", "asyncio", "uvloop")
+DATAPATHS = ("epoll", "threads", "asyncio", "uvloop")
 
 
 def resolve_datapath(name: str) -> str:
-    """``auto`` is the stdlib loop. bench/dataplane.py (three runs, MTU 1500 and 9000): one
-    event-loop thread beats two threads by 10-17 % on 2 cores; uvloop ties the stdlib loop
-    on throughput, and on latency it won one run and lost two — no reason to need it."""
-    return "asyncio" if name == "auto" else name
+    """``auto`` is the plain epoll loop. bench/dataplane.py (three runs, MTU 1500 and 9000):
+    one thread beats two threads by 10-17 % on 2 cores; uvloop ties the stdlib loop on
+    throughput and latency; the plain epoll loop takes less time from a wake-up to the packet
+    than either loop (bench/dataplane.py --latency) and is the only one that busy-polls."""
+    return "epoll" if name == "auto" else name
 
 
 SEND_ERROR = "send_error"
@@ -77,6 +84,8 @@ class Forwarder:
         mtu: int,
         datapath: str = "auto",
         fastpath: bool = False,
+        priority: str = NORMAL,
+        busy_poll: float = 0.0,
     ):
         datapath = resolve_datapath(datapath)
         if datapath not in DATAPATHS:
@@ -97,6 +106,11 @@ class Forwarder:
         self._stop_r, self._stop_w = os.pipe()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._errors_logged: set[str] = set()
+        # The event loop's thread only (the default datapath): see priority.py.
+        self.priority = PacketThreadPriority(priority if self.datapath != "threads" else NORMAL)
+        # Seconds the epoll loop keeps polling after a packet (0: sleeps at once), and in all.
+        self.busy_poll = busy_poll if self.datapath == "epoll" else 0.0
+        self.busy_polled = 0.0
         self.failed: str | None = None  # why a data-path thread died (the device vanished...)
         # Fast path: the TUN carries virtio-net headers (it was opened with IFF_VNET_HDR),
         # receives use UDP_GRO, sends UDP_SEGMENT. Each half turns itself off (once, logged)
@@ -201,6 +215,16 @@ class Forwarder:
         if self.incoming(buf, sender) and self._write_tun(buf, self.from_peers):
             self.from_peers.packets += 1
             self.from_peers.bytes += len(buf)
+
+    def _write_tun_plain(self, packet: memoryview) -> bool:
+        """One complete packet to a TUN with virtio-net headers."""
+        try:
+            os.writev(self.tun_fd, [gso.PLAIN, packet])
+            return True
+        except OSError as e:
+            self.from_peers.drop(WRITE_ERROR)
+            self._log_error("write to TUN", e)
+            return False
 
     def _write_tun(self, data: bytes | bytearray, counters: Counters) -> bool:
         try:
@@ -371,6 +395,11 @@ class Forwarder:
                     size = struct.unpack("=i", data[:4])[0]
             sender = addr[0]
             received = view[:nbytes]
+            if size >= nbytes:  # one datagram (no coalescing to do): straight to the TUN
+                if self.incoming(received, sender) and self._write_tun_plain(received):
+                    counters.packets += 1
+                    counters.bytes += nbytes
+                continue
             try:
                 datagrams = [
                     received[start : start + size] for start in range(0, nbytes, size or 1)
@@ -453,6 +482,10 @@ class Forwarder:
                     daemon=True,
                 ),
             ]
+        elif self.datapath == "epoll":
+            self._threads = [
+                threading.Thread(target=self._epoll_loop, name="udp-data-path", daemon=True)
+            ]
         else:
             self._threads = [
                 threading.Thread(target=self._event_loop, name="udp-data-path", daemon=True)
@@ -484,6 +517,50 @@ class Forwarder:
     def alive(self) -> bool:
         return self.failed is None and all(t.is_alive() for t in self._threads)
 
+    def _epoll_loop(self) -> None:
+        """Both fds on one epoll set in one thread, nothing between a wake-up and the drain.
+        After a packet the thread keeps polling (without sleeping) for ``busy_poll`` seconds:
+        an answer that comes back within that time (a ping's, an RPC's) is taken at once,
+        without a wake-up and by a warm interpreter; at most BUSY_POLL_SHARE of a core is
+        spent that way per WINDOW (priority.py), then it sleeps until the next packet."""
+        tun_fd, sock_fd, stop_fd = self.tun_fd, self.sock.fileno(), self._stop_r
+        drain_tun, drain_udp = self._drain_tun, self._drain_udp
+        busy, allowance = self.busy_poll, BUSY_POLL_SHARE * WINDOW
+        ep = select.epoll()
+        for fd in (tun_fd, sock_fd, stop_fd):
+            ep.register(fd, select.EPOLLIN)
+        self.priority.enter()
+        clock, poll = time.monotonic, ep.poll
+        last = window_end = spent = 0.0
+        try:
+            while True:
+                now = clock()
+                if now >= window_end:
+                    window_end, spent = now + WINDOW, 0.0
+                if now - last < busy and spent < allowance:
+                    ready = poll(0)
+                    if not ready:
+                        spent += clock() - now
+                        self.busy_polled += clock() - now
+                        continue
+                else:
+                    ready = poll(-1)
+                last = clock()
+                for fd, events in ready:
+                    if fd == tun_fd:
+                        drain_tun()
+                    elif fd == sock_fd:
+                        drain_udp()
+                    else:
+                        return
+                    if events & (select.EPOLLERR | select.EPOLLHUP):
+                        raise OSError(errno.EIO, "device or socket closed under the data path")
+        except OSError as e:
+            self.failed = f"{threading.current_thread().name}: {e}"
+            log.error("udp data path stopped: %s; the reconciler will restart it", self.failed)
+        finally:
+            ep.close()
+
     def _event_loop(self) -> None:
         import asyncio
 
@@ -498,6 +575,7 @@ class Forwarder:
         loop.add_reader(self.tun_fd, self._drain_tun)
         loop.add_reader(self.sock.fileno(), self._drain_udp)
         loop.add_reader(self._stop_r, loop.stop)
+        self.priority.enter()
         try:
             loop.run_forever()
         finally:
@@ -532,5 +610,7 @@ class Forwarder:
                 "off": dict(self.fast_off),
             },
             "peers": len(self.table),
+            "priority": self.priority.state.snapshot()
+            | {"busy_poll_us": round(self.busy_poll * 1e6), "busy_polled_s": self.busy_polled},
             "time": time.time(),
         }

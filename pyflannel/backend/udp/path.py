@@ -46,19 +46,25 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class UdpTuning:
-    """How the data path runs: see --udp-datapath, --udp-fastpath, --udp-workers."""
+    """How the data path runs: see --udp-datapath, --udp-fastpath, --udp-workers,
+    --udp-priority, --udp-busy-poll."""
 
     datapath: str = "auto"
     fastpath: bool = True
+    priority: str = "realtime"
+    busy_poll_us: int = 1000
     workers: int = 1
     verbosity: int = 0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> UdpTuning:
-        """From the daemon's flags (--udp-datapath, --udp-fastpath, --udp-workers, -v)."""
+        """From the daemon's flags (--udp-datapath, --udp-fastpath, --udp-workers,
+        --udp-priority, --udp-busy-poll, -v)."""
         return cls(
             datapath=settings.get("udp_datapath") or "auto",
             fastpath=bool(settings.get("udp_fastpath", True)),
+            priority=settings.get("udp_priority") or "realtime",
+            busy_poll_us=settings.get("udp_busy_poll", 1000),
             workers=settings.get("udp_workers") or default_workers(),
             verbosity=settings.get("v") or 0,
         )
@@ -119,7 +125,14 @@ class UdpPath:
             setup.append({"local": [str(self._subnet), str(self._network)]})
         from pyflannel.backend.udp.pool import WorkerPool
 
-        pool = WorkerPool(self.mtu, tuning.datapath, fastpath, tuning.verbosity)
+        pool = WorkerPool(
+            self.mtu,
+            tuning.datapath,
+            fastpath,
+            tuning.verbosity,
+            tuning.priority,
+            tuning.busy_poll_us,
+        )
         try:
             pool.start(tun_fds, socks, setup)
         except OSError as e:

@@ -90,8 +90,18 @@ class Channel:
 
 
 class WorkerPool:
-    def __init__(self, mtu: int, datapath: str, fastpath: bool, verbosity: int = 0):
+    def __init__(
+        self,
+        mtu: int,
+        datapath: str,
+        fastpath: bool,
+        verbosity: int = 0,
+        priority: str = "normal",
+        busy_poll_us: int = 0,
+    ):
         self.mtu = mtu
+        self.priority = priority
+        self.busy_poll_us = busy_poll_us
         self.datapath = datapath
         self.fastpath = fastpath
         self.verbosity = verbosity
@@ -116,6 +126,8 @@ class WorkerPool:
                 f"--control-fd={theirs.fileno()}",
                 f"--mtu={self.mtu}",
                 f"--datapath={self.datapath}",
+                f"--priority={self.priority}",
+                f"--busy-poll-us={self.busy_poll_us}",
                 f"-v={self.verbosity}",
             ] + (["--fastpath"] if self.fastpath else [])
             try:
@@ -196,6 +208,7 @@ def merge(snapshots: list[dict | None], pids: list[int]) -> dict:
             "off": {k: v for s in answered for k, v in s["fastpath"]["off"].items()},
         },
         "peers": max((s["peers"] for s in answered), default=0),
+        "priority": _merge_priority([s["priority"] for s in answered if "priority" in s]),
         "per_worker": [
             {
                 "pid": pid,
@@ -209,6 +222,20 @@ def merge(snapshots: list[dict | None], pids: list[int]) -> dict:
     if len(answered) < len(snapshots):
         total["unanswered"] = len(snapshots) - len(answered)
     return total
+
+
+def _merge_priority(states: list[dict]) -> dict | None:
+    """The workers' packet-thread priorities as one: real time if every worker's is now."""
+    if not states:
+        return None
+    return {
+        "mode": states[0]["mode"],
+        "realtime": all(s["realtime"] for s in states),
+        "demotions": sum(s["demotions"] for s in states),
+        "refused": next((s["refused"] for s in states if s["refused"]), ""),
+        "busy_poll_us": states[0].get("busy_poll_us", 0),
+        "busy_polled_s": sum(s.get("busy_polled_s", 0.0) for s in states),
+    }
 
 
 def _sum_direction(directions) -> dict:

@@ -3,7 +3,7 @@ socket of the ``SO_REUSEPORT`` group and forwards between them (forwarder.py). P
 threads: the packet loops are Python, and one interpreter runs Python on one core at a time.
 
     python -m pyflannel.backend.udp.worker --index I --tun-fd T --sock-fd S --control-fd C \
-        --mtu M [--datapath D] [--fastpath] [-v N]
+        --mtu M [--datapath D] [--fastpath] [--priority P] [--busy-poll-us U] [-v N]
 
 The daemon opens the descriptors (it holds the privileges and reports the errors) and talks to
 the worker over the control socket, one JSON object per line each way:
@@ -31,7 +31,7 @@ import sys
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.backend.udp import tun
+from pyflannel.backend.udp import priority, tun
 from pyflannel.backend.udp.forwarder import Forwarder
 from pyflannel.backend.udp.routes import ForwardingTable
 
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mtu", type=int, required=True)
     parser.add_argument("--datapath", default="auto")
     parser.add_argument("--fastpath", action="store_true")
+    parser.add_argument("--priority", default="normal", choices=priority.CHOICES)
+    parser.add_argument("--busy-poll-us", type=int, default=0)
     parser.add_argument("-v", type=int, default=0)
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when we stop.
@@ -101,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     sock.setblocking(False)
     control = socket.socket(fileno=args.control_fd)
     control.setblocking(True)
-    forwarder = Forwarder(args.tun_fd, sock, args.mtu, args.datapath, args.fastpath)
+    forwarder = Forwarder(
+        args.tun_fd,
+        sock,
+        args.mtu,
+        args.datapath,
+        args.fastpath,
+        args.priority,
+        args.busy_poll_us / 1e6,
+    )
     if args.fastpath:
         forwarder.offer_tso()
     else:  # the device keeps offloads a fast-path run set: without a vnet header, none
@@ -117,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     reader = threading.Thread(target=serve, args=(lines, control, forwarder, outcome), daemon=True)
     reader.start()
     while reader.is_alive():
-        reader.join(0.5)
+        reader.join(priority.WINDOW)
+        forwarder.priority.watch()
         if not forwarder.alive:
             log.error("data path stopped: %s", forwarder.failed or "a packet thread exited")
             return 1

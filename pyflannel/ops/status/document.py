@@ -66,6 +66,18 @@ class FastPath:
 
 
 @dataclass(frozen=True)
+class PacketPriority:
+    """The packet threads' CPU priority (backend/udp/priority.py)."""
+
+    mode: str = "normal"
+    realtime: bool = False  # every worker's packet thread is real time now
+    demotions: int = 0  # windows that ended real time for using more than the budget
+    refused: str = ""
+    busy_poll_us: int = 0  # polling after a packet (--udp-busy-poll)
+    busy_polled_s: float = 0.0  # seconds spent so, all workers
+
+
+@dataclass(frozen=True)
 class DatapathStats:
     """The UDP data path's counters, summed over its workers (backend/udp/pool.py ``merge``):
     they arrive from the worker processes, and are parsed here before anything reads them."""
@@ -78,6 +90,7 @@ class DatapathStats:
     workers: int = 0
     peers: int = 0
     per_worker: tuple[dict[str, Any], ...] = ()
+    priority: PacketPriority | None = None
     unanswered: int = optional(0)
     time: float | None = None
 

@@ -17,7 +17,7 @@ from pyflannel.backend.plan import KernelState, Peer, Peer6, with_path_mtu
 from pyflannel.ops.etcd_advice import etcd_advice, member_line
 from pyflannel.ops.mesh.health import PeerHealth, explain
 from pyflannel.ops.mesh.path_mtu import mss_for
-from pyflannel.ops.status.document import PeerHalf6, PeerRow, StatusDoc
+from pyflannel.ops.status.document import PacketPriority, PeerHalf6, PeerRow, StatusDoc
 from pyflannel.traffic import br_netfilter
 
 HEALTHY, UNHEALTHY, DEGRADED = 0, 1, 2
@@ -324,7 +324,22 @@ def _backend_lines(doc: StatusDoc) -> list[str]:
             f"           fast path: {', '.join(halves)}"
             + "".join(f"; {h} off: {why}" for h, why in fast.off.items())
         )
+        if udp.priority is not None:
+            lines.append(f"           packet threads: {_priority(udp.priority)}")
     return lines
+
+
+def _priority(p: PacketPriority) -> str:
+    poll = f"; busy poll {p.busy_poll_us} us after a packet" if p.busy_poll_us else ""
+    if p.mode != "realtime":
+        return f"ordinary priority (--udp-priority=normal){poll}"
+    if p.refused:
+        return f"ordinary priority: {p.refused} (needs CAP_SYS_NICE or LimitRTPRIO=1){poll}"
+    now = "real time (SCHED_RR 1)" if p.realtime else "ordinary priority for now (over budget)"
+    now += f", {p.demotions} times over half a core" if p.demotions else ""
+    if p.busy_poll_us:
+        now += f"; busy poll {p.busy_poll_us} us after a packet ({p.busy_polled_s:.1f} s in all)"
+    return now
 
 
 def _rules_lines(doc: StatusDoc) -> list[str]:
