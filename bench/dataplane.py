@@ -4,8 +4,8 @@ each data-path design, and WireGuard (userspace), in one run on one 2-node test 
     sudo python3 bench/dataplane.py [--repeat 3] [--seconds 3] [--mtu 1500] [--modes ...]
     sudo python3 bench/dataplane.py --latency [--repeat 3]
 
-``--latency``: the UDP path's latency, pyflannel's (as it runs by default, with its busy
-polling off, its data-path priority off, and as the path was before both and the epoll loop)
+``--latency``: the UDP path's latency, pyflannel's (as it runs by default, with its
+data-path priority off, and as the path was before the epoll loop and the priority)
 beside upstream flanneld v0.20.2's and kernel VXLAN, in one run:
 pod-to-pod ping RTT (300 pings 10 ms apart; p50 and p99) idle and beside a busy loop on every
 core (nice 0, as a noisy neighbour's), and 1-stream TCP throughput with the daemons' CPU per
@@ -155,12 +155,11 @@ def ratio(results: dict, base: str, mode: str, label: str) -> str:
 LATENCY_MODES = {
     "vxlan (kernel)": ("pyflannel", "vxlan", ()),
     "udp pyflannel": ("pyflannel", "udp", ()),
-    "udp pyflannel, busy poll off": ("pyflannel", "udp", ("--udp-busy-poll=0",)),
     "udp pyflannel, priority off": ("pyflannel", "udp", ("--udp-priority=normal",)),
-    "udp pyflannel as before": (  # the data path as it was: the stdlib loop, no poll, nice 0
+    "udp pyflannel as before": (  # the data path as it was: the stdlib loop, nice 0
         "pyflannel",
         "udp",
-        ("--udp-datapath=asyncio", "--udp-busy-poll=0", "--udp-priority=normal"),
+        ("--udp-datapath=asyncio", "--udp-priority=normal"),
     ),
     "udp upstream": ("upstream", "udp", ()),
 }

@@ -167,7 +167,7 @@ class Options:
     udp_datapath: str = option(
         "auto",
         "how the UDP data path waits for packets: auto (= epoll, a plain epoll loop: the "
-        "lowest latency, and busy polling), asyncio (the stdlib loop), uvloop (needs the "
+        "lowest latency), asyncio (the stdlib loop), uvloop (needs the "
         "uvloop package), or threads (measured slower); default %(default)s; pyflannel only",
         layer="backend",
     )
@@ -176,13 +176,6 @@ class Options:
         "UDP backend: the packet threads' CPU priority: realtime (SCHED_RR 1, only while they "
         "use under half a core: a lone packet goes ahead of busy neighbours, a saturated path "
         "competes like any process) or normal (default %(default)s; pyflannel only)",
-        layer="backend",
-    )
-    udp_busy_poll: int = option(
-        1000,
-        "UDP backend: microseconds a packet thread keeps polling after a packet before it "
-        "sleeps, so that an answer coming back within that time goes without a wake-up; at "
-        "most a tenth of a core is spent so; 0: off (default %(default)s; pyflannel only)",
         layer="backend",
     )
     udp_fastpath: bool = option(
@@ -522,10 +515,6 @@ def validate(options: Options) -> None:
         raise OptionsError(
             "--udp-datapath must be epoll, threads, asyncio or uvloop, "
             f"not {options.udp_datapath!r}"
-        )
-    if not 0 <= options.udp_busy_poll <= 100_000:
-        raise OptionsError(
-            f"--udp-busy-poll must be from 0 to 100000 microseconds, not {options.udp_busy_poll}"
         )
     if options.udp_priority not in ("realtime", "normal"):
         raise OptionsError(

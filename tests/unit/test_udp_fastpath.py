@@ -21,7 +21,7 @@ from .test_udp_forwarder import Rig
 from .test_udp_gso import resegment
 
 
-@pytest.fixture(params=["asyncio", "threads"])
+@pytest.fixture(params=["epoll", "asyncio", "threads"])
 def rig(request):
     r = Rig(request.param, fastpath=True, start=False)
     yield r

@@ -59,7 +59,7 @@ class Rig:
             time.sleep(0.005)
 
 
-@pytest.fixture(params=["threads", "asyncio", "uvloop"])
+@pytest.fixture(params=["epoll", "threads", "asyncio", "uvloop"])
 def rig(request):
     r = Rig(request.param)
     yield r

@@ -69,8 +69,6 @@ def test_the_packet_threads_are_real_time_only_where_every_workers_is():
         "realtime": False,
         "demotions": 2,
         "refused": "",
-        "busy_poll_us": 0,
-        "busy_polled_s": 0.0,
     }
     refused = merge(
         [snapshot() | {"priority": prio(False, refused="SCHED_RR refused: EPERM")}], [1]

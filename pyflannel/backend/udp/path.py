@@ -47,24 +47,22 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class UdpTuning:
     """How the data path runs: see --udp-datapath, --udp-fastpath, --udp-workers,
-    --udp-priority, --udp-busy-poll."""
+    --udp-priority."""
 
     datapath: str = "auto"
     fastpath: bool = True
     priority: str = "realtime"
-    busy_poll_us: int = 1000
     workers: int = 1
     verbosity: int = 0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> UdpTuning:
         """From the daemon's flags (--udp-datapath, --udp-fastpath, --udp-workers,
-        --udp-priority, --udp-busy-poll, -v)."""
+        --udp-priority, -v)."""
         return cls(
             datapath=settings.get("udp_datapath") or "auto",
             fastpath=bool(settings.get("udp_fastpath", True)),
             priority=settings.get("udp_priority") or "realtime",
-            busy_poll_us=settings.get("udp_busy_poll", 1000),
             workers=settings.get("udp_workers") or default_workers(),
             verbosity=settings.get("v") or 0,
         )
@@ -131,7 +129,6 @@ class UdpPath:
             fastpath,
             tuning.verbosity,
             tuning.priority,
-            tuning.busy_poll_us,
         )
         try:
             pool.start(tun_fds, socks, setup)

@@ -97,11 +97,9 @@ class WorkerPool:
         fastpath: bool,
         verbosity: int = 0,
         priority: str = "normal",
-        busy_poll_us: int = 0,
     ):
         self.mtu = mtu
         self.priority = priority
-        self.busy_poll_us = busy_poll_us
         self.datapath = datapath
         self.fastpath = fastpath
         self.verbosity = verbosity
@@ -127,7 +125,6 @@ class WorkerPool:
                 f"--mtu={self.mtu}",
                 f"--datapath={self.datapath}",
                 f"--priority={self.priority}",
-                f"--busy-poll-us={self.busy_poll_us}",
                 f"-v={self.verbosity}",
             ] + (["--fastpath"] if self.fastpath else [])
             try:
@@ -233,8 +230,6 @@ def _merge_priority(states: list[dict]) -> dict | None:
         "realtime": all(s["realtime"] for s in states),
         "demotions": sum(s["demotions"] for s in states),
         "refused": next((s["refused"] for s in states if s["refused"]), ""),
-        "busy_poll_us": states[0].get("busy_poll_us", 0),
-        "busy_polled_s": sum(s.get("busy_polled_s", 0.0) for s in states),
     }
 
 

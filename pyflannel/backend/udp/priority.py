@@ -32,7 +32,6 @@ CHOICES = (REALTIME, NORMAL)
 RT_PRIORITY = 1
 WINDOW = 0.5  # seconds between looks at the packet thread's CPU time
 BUDGET = 0.5  # share of one core the packet thread may use at real-time priority
-BUSY_POLL_SHARE = 0.1  # share of one core the packet thread may spend busy-polling
 
 
 def next_realtime(realtime: bool, share: float, budget: float = BUDGET) -> bool:

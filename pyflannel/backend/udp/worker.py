@@ -3,7 +3,7 @@ socket of the ``SO_REUSEPORT`` group and forwards between them (forwarder.py). P
 threads: the packet loops are Python, and one interpreter runs Python on one core at a time.
 
     python -m pyflannel.backend.udp.worker --index I --tun-fd T --sock-fd S --control-fd C \
-        --mtu M [--datapath D] [--fastpath] [--priority P] [--busy-poll-us U] [-v N]
+        --mtu M [--datapath D] [--fastpath] [--priority P] [-v N]
 
 The daemon opens the descriptors (it holds the privileges and reports the errors) and talks to
 the worker over the control socket, one JSON object per line each way:
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datapath", default="auto")
     parser.add_argument("--fastpath", action="store_true")
     parser.add_argument("--priority", default="normal", choices=priority.CHOICES)
-    parser.add_argument("--busy-poll-us", type=int, default=0)
     parser.add_argument("-v", type=int, default=0)
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when we stop.
@@ -110,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         args.datapath,
         args.fastpath,
         args.priority,
-        args.busy_poll_us / 1e6,
     )
     if args.fastpath:
         forwarder.offer_tso()

@@ -73,8 +73,6 @@ class PacketPriority:
     realtime: bool = False  # every worker's packet thread is real time now
     demotions: int = 0  # windows that ended real time for using more than the budget
     refused: str = ""
-    busy_poll_us: int = 0  # polling after a packet (--udp-busy-poll)
-    busy_polled_s: float = 0.0  # seconds spent so, all workers
 
 
 @dataclass(frozen=True)

@@ -330,16 +330,12 @@ def _backend_lines(doc: StatusDoc) -> list[str]:
 
 
 def _priority(p: PacketPriority) -> str:
-    poll = f"; busy poll {p.busy_poll_us} us after a packet" if p.busy_poll_us else ""
     if p.mode != "realtime":
-        return f"ordinary priority (--udp-priority=normal){poll}"
+        return "ordinary priority (--udp-priority=normal)"
     if p.refused:
-        return f"ordinary priority: {p.refused} (needs CAP_SYS_NICE or LimitRTPRIO=1){poll}"
+        return f"ordinary priority: {p.refused} (needs CAP_SYS_NICE or LimitRTPRIO=1)"
     now = "real time (SCHED_RR 1)" if p.realtime else "ordinary priority for now (over budget)"
-    now += f", {p.demotions} times over half a core" if p.demotions else ""
-    if p.busy_poll_us:
-        now += f"; busy poll {p.busy_poll_us} us after a packet ({p.busy_polled_s:.1f} s in all)"
-    return now
+    return now + (f", {p.demotions} times over half a core" if p.demotions else "")
 
 
 def _rules_lines(doc: StatusDoc) -> list[str]:
