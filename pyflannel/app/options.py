@@ -174,7 +174,7 @@ class Options:
     udp_priority: str = option(
         "realtime",
         "UDP backend: the packet threads' CPU priority: realtime (SCHED_RR 1, only while they "
-        "use under half a core: a lone packet goes ahead of busy neighbours, a saturated path "
+        "use under a fifth of a core: a lone packet goes ahead of busy neighbours, bulk traffic "
         "competes like any process) or normal (default %(default)s; pyflannel only)",
         layer="backend",
     )

@@ -325,7 +325,7 @@ def test_a_peer_without_the_fast_path_still_interoperates(bed):
 def test_only_the_packet_threads_run_real_time_and_a_saturated_path_competes_as_any(bed):
     """--udp-priority=realtime (the default): in each worker exactly one thread, the packet
     loop, is SCHED_RR 1; the daemon's and the workers' other threads are ordinary. A TCP
-    transfer that keeps a packet thread over half a core puts it back to ordinary priority
+    transfer that keeps a packet thread over a fifth of a core puts it back to ordinary priority
     (the bound), and it is real time again once the transfer ends."""
     a, b, _ = bed.nodes
     for node in (a, b):

@@ -1,5 +1,5 @@
 """The UDP packet thread's priority (backend/udp/priority.py): real time while it uses under
-half a core, ordinary beyond; refused cleanly where the kernel says no. The threads here are
+a fifth of a core, ordinary beyond; refused cleanly where the kernel says no. The threads here are
 real and the kernel's scheduler answers (root, as the suite runs)."""
 
 import os

@@ -6,7 +6,7 @@ thread) runs under ``SCHED_RR`` at priority 1, the lowest real-time priority, so
 ordinary processes the moment a packet wakes it. Bounded as the kernel bounds its own packet
 work (softirqs run at once until they take too long, then ``ksoftirqd`` carries on at ordinary
 priority): the worker watches its packet thread's CPU time every WINDOW seconds, and a thread
-that used more than BUDGET of a core in a window goes back to ordinary scheduling until a
+that used more than BUDGET of a core (a fifth) in a window goes back to ordinary scheduling until a
 window shows it under half the budget. A saturated data path therefore competes like any
 process, and only light traffic (the latency-bound kind: RPCs, DNS, pings) is served ahead of
 the neighbours. The kernel's own real-time throttle (``kernel.sched_rt_runtime_us``, 95 % of
@@ -31,7 +31,7 @@ REALTIME, NORMAL = "realtime", "normal"
 CHOICES = (REALTIME, NORMAL)
 RT_PRIORITY = 1
 WINDOW = 0.5  # seconds between looks at the packet thread's CPU time
-BUDGET = 0.5  # share of one core the packet thread may use at real-time priority
+BUDGET = 0.2  # share of one core the packet thread may use at real-time priority
 
 
 def next_realtime(realtime: bool, share: float, budget: float = BUDGET) -> bool:

@@ -335,7 +335,7 @@ def _priority(p: PacketPriority) -> str:
     if p.refused:
         return f"ordinary priority: {p.refused} (needs CAP_SYS_NICE or LimitRTPRIO=1)"
     now = "real time (SCHED_RR 1)" if p.realtime else "ordinary priority for now (over budget)"
-    return now + (f", {p.demotions} times over half a core" if p.demotions else "")
+    return now + (f", {p.demotions} times over a fifth of a core" if p.demotions else "")
 
 
 def _rules_lines(doc: StatusDoc) -> list[str]:
