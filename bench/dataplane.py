@@ -201,7 +201,9 @@ def latency_once(bed: TestBed, mode: str, seconds: float) -> dict:
     a, b = bed.nodes[0], bed.nodes[1]
     for node in (a, b):
         node.add_pod()
-    time.sleep(1)
+    deadline = time.monotonic() + 30  # upstream's udp may take a while to pass a first packet
+    while a.ping(b.pod_ip, count=1, wait=1).received != 1 and time.monotonic() < deadline:
+        pass
     idle = summary(ping_rtts(a, b))
     with noisy_neighbour():
         busy = summary(ping_rtts(a, b))

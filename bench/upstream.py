@@ -57,6 +57,7 @@ CONFIG = {
 }
 BACKENDS = {"vxlan": {"Type": "vxlan"}, "host-gw": {"Type": "host-gw"}, "udp": {"Type": "udp"}}
 DEVICES = ("flannel.1", "flannel0")
+UPSTREAM_WATCHING = "Watching for new subnet leases"
 
 
 def put_config(bed: TestBed, backend: str) -> None:
@@ -158,11 +159,20 @@ def cluster(
         wipe(node)
     bed.etcd.ctl("del", "/coreos.com/network/subnets/", "--prefix")  # a new cluster
     for n, node in enumerate(bed.nodes):
+        watching = node.log().count(UPSTREAM_WATCHING)
         launch(node, impl, endpoints, flags)
         deadline = time.monotonic() + 30
         while not node.subnet_file.exists():
             assert time.monotonic() < deadline, node.log()[-2000:]
             time.sleep(0.02)
+        # The udp backend's one route is there at once: for upstream, wait for its watch
+        # instead, and a second more (it logs before its etcd watch is in place, and a lease
+        # written in between is one it never sees: measured here, 1 start in 2).
+        while impl == "upstream" and node.log().count(UPSTREAM_WATCHING) == watching:
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            time.sleep(0.02)
+        if impl == "upstream":
+            time.sleep(1)
         for other in bed.nodes[:n]:
             while not has_route(node, str(other.subnet)):
                 assert time.monotonic() < deadline, node.log()[-2000:]
