@@ -172,10 +172,12 @@ class Options:
         layer="backend",
     )
     udp_priority: str = option(
-        "realtime",
-        "UDP backend: the packet threads' CPU priority: realtime (SCHED_RR 1, only while they "
-        "use under a fifth of a core: a lone packet goes ahead of busy neighbours, bulk traffic "
-        "competes like any process) or normal (default %(default)s; pyflannel only)",
+        "auto",
+        "UDP backend: the packet threads' CPU priority: auto (real time, SCHED_RR 1, while "
+        "neighbours make them wait for the CPU, else ordinary), realtime (always), or normal; "
+        "real time only while they use under a fifth of a core, so a lone packet goes ahead "
+        "of busy neighbours and bulk traffic competes like any process (default %(default)s; "
+        "pyflannel only)",
         layer="backend",
     )
     udp_fastpath: bool = option(
@@ -516,9 +518,9 @@ def validate(options: Options) -> None:
             "--udp-datapath must be epoll, threads, asyncio or uvloop, "
             f"not {options.udp_datapath!r}"
         )
-    if options.udp_priority not in ("realtime", "normal"):
+    if options.udp_priority not in ("auto", "realtime", "normal"):
         raise OptionsError(
-            f"--udp-priority must be realtime or normal, not {options.udp_priority!r}"
+            f"--udp-priority must be auto, realtime or normal, not {options.udp_priority!r}"
         )
     if options.site:
         try:

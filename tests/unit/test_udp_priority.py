@@ -1,6 +1,7 @@
-"""The UDP packet thread's priority (backend/udp/priority.py): real time while it uses under
-a fifth of a core, ordinary beyond; refused cleanly where the kernel says no. The threads here are
-real and the kernel's scheduler answers (root, as the suite runs)."""
+"""The UDP packet thread's priority (backend/udp/priority.py): real time (always, or in auto
+mode while neighbours make it wait) while it uses under a fifth of a core, ordinary beyond;
+refused cleanly where the kernel says no. The threads here are real and the kernel's scheduler
+answers (root, as the suite runs)."""
 
 import os
 import subprocess
@@ -11,14 +12,38 @@ import time
 import pytest
 
 from pyflannel.backend.udp import priority
-from pyflannel.backend.udp.priority import BUDGET, PacketThreadPriority, next_realtime
+from pyflannel.backend.udp.priority import (
+    AUTO,
+    BUDGET,
+    CONTENDED_WAIT,
+    HOLD,
+    NORMAL,
+    REALTIME,
+    PacketThreadPriority,
+    next_realtime,
+)
+
+
+def test_auto_is_real_time_only_while_neighbours_make_the_thread_wait():
+    free, contended = CONTENDED_WAIT / 10, CONTENDED_WAIT * 10
+    assert not next_realtime(AUTO, False, 0.01, free, 0)
+    assert not next_realtime(AUTO, False, 0.01, None, 0)  # too few wake-ups to tell
+    assert next_realtime(AUTO, False, 0.01, contended, 0)
+    assert next_realtime(AUTO, True, 0.01, None, HOLD / 2)  # held...
+    assert not next_realtime(AUTO, True, 0.01, None, HOLD)  # ... then ordinary, to look again
+    assert next_realtime(REALTIME, False, 0.01, free, 0) and next_realtime(
+        REALTIME, True, 0, None, 1e6
+    )
+    assert not next_realtime(NORMAL, False, 0.01, contended, 0)
 
 
 def test_over_budget_goes_ordinary_and_back_only_well_under_it():
-    assert next_realtime(True, 0.1) and next_realtime(True, BUDGET)
-    assert not next_realtime(True, BUDGET + 0.01)
-    assert not next_realtime(False, BUDGET * 0.6)  # hysteresis: not back at once
-    assert next_realtime(False, BUDGET * 0.4)
+    contended = CONTENDED_WAIT * 10
+    for mode in (AUTO, REALTIME):
+        assert next_realtime(mode, True, BUDGET, None, 0)
+        assert not next_realtime(mode, True, BUDGET + 0.01, None, 0)
+        assert not next_realtime(mode, False, BUDGET * 0.6, contended, 0)  # not back at once
+        assert next_realtime(mode, False, BUDGET * 0.4, contended, 0)
 
 
 def _policy(tid: int) -> int:
@@ -63,17 +88,17 @@ def test_the_packet_thread_is_real_time_until_it_takes_more_than_its_budget(pack
     keeper, tid, spin = packet_thread
     assert _policy(tid) == os.SCHED_RR and os.sched_getparam(tid).sched_priority == 1
     assert _policy(threading.get_native_id()) == os.SCHED_OTHER  # only that thread
-    time.sleep(0.3)
+    time.sleep(0.25)
     keeper.watch()  # idle: stays real time
     assert keeper.state.realtime and _policy(tid) == os.SCHED_RR
     spin.set()
-    time.sleep(0.5)
+    time.sleep(0.3)
     keeper.watch()  # a window of spinning
     assert not keeper.state.realtime and keeper.state.demotions == 1
     assert _policy(tid) == os.SCHED_OTHER
     time.sleep(SPIN)
     keeper.watch()  # the rest of the spin: ordinary still (not under half the budget)
-    time.sleep(0.5)
+    time.sleep(0.3)
     keeper.watch()  # a whole window idle
     assert keeper.state.realtime and _policy(tid) == os.SCHED_RR
 
@@ -110,3 +135,48 @@ def test_without_the_right_to_real_time_it_says_so_and_stays_ordinary():
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "False SCHED_RR refused: Operation not permitted", ran.stdout
     assert "real-time priority refused" in ran.stderr
+
+
+def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before():
+    """A thread waking every millisecond (a light packet flow) pinned to one core: ordinary
+    while the core is free; two busy loops put on that core make its wake-ups wait, and the
+    next look makes it real time."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_NICE) to make a thread real time")
+    core = sorted(os.sched_getaffinity(0))[-1]
+    keeper = PacketThreadPriority(AUTO)
+    stop, entered = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def run():
+        os.sched_setaffinity(0, {core})
+        keeper.enter()
+        tids.append(threading.get_native_id())
+        entered.set()
+        while not stop.is_set():
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert entered.wait(5)
+    hogs: list[subprocess.Popen] = []
+    try:
+        time.sleep(0.3)
+        keeper.watch()
+        assert not keeper.state.realtime and _policy(tids[0]) == os.SCHED_OTHER
+        hogs = [
+            subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+            for _ in range(2)
+        ]
+        time.sleep(0.5)
+        keeper.watch()  # the baseline: the windows before held the hogs' start
+        time.sleep(0.3)
+        keeper.watch()
+        assert keeper.state.realtime and keeper.state.raised == 1, keeper.state
+        assert _policy(tids[0]) == os.SCHED_RR
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        stop.set()
+        thread.join(5)

@@ -67,6 +67,7 @@ def test_the_packet_threads_are_real_time_only_where_every_workers_is():
     assert total["priority"] == {
         "mode": "realtime",
         "realtime": False,
+        "raised": 0,
         "demotions": 2,
         "refused": "",
     }

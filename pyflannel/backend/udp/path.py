@@ -51,7 +51,7 @@ class UdpTuning:
 
     datapath: str = "auto"
     fastpath: bool = True
-    priority: str = "realtime"
+    priority: str = "auto"
     workers: int = 1
     verbosity: int = 0
 
@@ -62,7 +62,7 @@ class UdpTuning:
         return cls(
             datapath=settings.get("udp_datapath") or "auto",
             fastpath=bool(settings.get("udp_fastpath", True)),
-            priority=settings.get("udp_priority") or "realtime",
+            priority=settings.get("udp_priority") or "auto",
             workers=settings.get("udp_workers") or default_workers(),
             verbosity=settings.get("v") or 0,
         )

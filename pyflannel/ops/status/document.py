@@ -71,6 +71,7 @@ class PacketPriority:
 
     mode: str = "normal"
     realtime: bool = False  # every worker's packet thread is real time now
+    raised: int = 0  # times a packet thread went real time
     demotions: int = 0  # windows that ended real time for using more than the budget
     refused: str = ""
 

@@ -330,12 +330,19 @@ def _backend_lines(doc: StatusDoc) -> list[str]:
 
 
 def _priority(p: PacketPriority) -> str:
-    if p.mode != "realtime":
+    if p.mode == "normal":
         return "ordinary priority (--udp-priority=normal)"
     if p.refused:
         return f"ordinary priority: {p.refused} (needs CAP_SYS_NICE or LimitRTPRIO=1)"
-    now = "real time (SCHED_RR 1)" if p.realtime else "ordinary priority for now (over budget)"
-    return now + (f", {p.demotions} times over a fifth of a core" if p.demotions else "")
+    if p.realtime:
+        now = "real time (SCHED_RR 1)"
+    elif p.mode == "auto":
+        now = "ordinary priority (real time when neighbours hold the CPU)"
+    else:
+        now = "ordinary priority for now (over a fifth of a core)"
+    counts = [f"real time {p.raised} times"] if p.mode == "auto" and p.raised else []
+    counts += [f"{p.demotions} times over a fifth of a core"] if p.demotions else []
+    return now + (f"; {', '.join(counts)}" if counts else "")
 
 
 def _rules_lines(doc: StatusDoc) -> list[str]:
