@@ -184,11 +184,6 @@ class Guest:
         if proc.returncode != 0:
             raise GuestError(f"guest {self.name}: image not built: {proc.stderr[-2000:]}")
 
-    def boot(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Start the guest on the switch and wait for its report; seconds it took."""
-        self.start()
-        return self.wait_booted(timeout)
-
     def start(self) -> None:
         """Start the guest on the switch (``wait_booted`` waits for it: several guests boot
         at once that way)."""

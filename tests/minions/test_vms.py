@@ -18,6 +18,7 @@ from testbed.vm import RELEASES, Guest, guest_layers
 from tests.conftest import require
 
 from ..e2e.conftest import eventually
+from ..e2e.test_path_mtu import SOURCE  # 1 MB blocks to a port 5001 sink, argv: address, MB
 
 pytestmark = pytest.mark.vms
 # name -> (Debian release, address on the switch, without the vxlan module)
@@ -308,11 +309,3 @@ SINK = (
     "while (b := c.recv(65536)): n += len(b)\n"
     'open("/run/bed-sink", "w").write(str(n))'
 )
-SOURCE = """
-import socket, sys
-c = socket.create_connection((sys.argv[1], 5001), timeout=30)
-block = bytes(1 << 20)
-for _ in range(int(sys.argv[2])):
-    c.sendall(block)
-c.close()
-"""

@@ -102,7 +102,7 @@ class Forwarder:
         self._stop_r, self._stop_w = os.pipe()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._errors_logged: set[str] = set()
-        # The event loop's thread only (the default datapath): see priority.py.
+        # The packet thread of the one-thread datapaths (epoll, asyncio, uvloop): priority.py.
         self.priority = PacketThreadPriority(priority if self.datapath != "threads" else NORMAL)
         self.failed: str | None = None  # why a data-path thread died (the device vanished...)
         # Fast path: the TUN carries virtio-net headers (it was opened with IFF_VNET_HDR),
@@ -529,7 +529,9 @@ class Forwarder:
                         drain_udp()
                     else:
                         return
-                    if events & (select.EPOLLERR | select.EPOLLHUP):
+                    # A socket error (an ICMP error for a send) is read and counted by the
+                    # drain; a hang-up, or an error on the TUN (its device gone), ends the path.
+                    if events & select.EPOLLHUP or (fd == tun_fd and events & select.EPOLLERR):
                         raise OSError(errno.EIO, "device or socket closed under the data path")
         except OSError as e:
             self.failed = f"{threading.current_thread().name}: {e}"

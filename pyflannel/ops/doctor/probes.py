@@ -86,15 +86,25 @@ def probe_fast_path(ns: str) -> Probe:
     """The fast path's kernel features, tried in namespace ``ns`` by a child Python (this
     process stays in its own namespace)."""
     _run("ip", "-n", ns, "link", "set", "lo", "up")
-    child = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "pyflannel.backend.udp.kernel_support"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-    )
     try:
+        child = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "pyflannel.backend.udp.kernel_support",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )
         return Probe(True, facts=json.loads(child.stdout))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Probe(None, f"the probe did not run: {e}")
     except ValueError:
         return Probe(None, f"the probe failed: {child.stderr.strip()[-300:]}")
 
