@@ -57,6 +57,7 @@ def test_the_packet_threads_are_real_time_only_where_every_workers_is():
         return {
             "mode": "realtime",
             "realtime": realtime,
+            "raised": 0,
             "demotions": demotions,
             "refused": refused,
         }

@@ -52,7 +52,7 @@ def fast_path_support() -> dict[str, str | None]:
             found["UDP_SEGMENT"] = None
         except OSError as e:
             found["UDP_SEGMENT"] = f"refused: {e.strerror}"
-    return found
+    return {feature: found[feature] for feature in FEATURES}
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def _merge_priority(states: list[dict]) -> dict | None:
     return {
         "mode": states[0]["mode"],
         "realtime": all(s["realtime"] for s in states),
-        "raised": sum(s.get("raised", 0) for s in states),
+        "raised": sum(s["raised"] for s in states),
         "demotions": sum(s["demotions"] for s in states),
         "refused": next((s["refused"] for s in states if s["refused"]), ""),
     }

@@ -23,11 +23,11 @@ path runs at ordinary priority.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def next_realtime(mode: str, realtime: bool, share: float, wait: float | None, h
     return mode == REALTIME or (wait is not None and wait > CONTENDED_WAIT)
 
 
-@dataclass
+@dataclasses.dataclass
 class PriorityState:
     """What the packet thread runs at, for the status document."""
 
@@ -66,13 +66,7 @@ class PriorityState:
     refused: str = ""  # why the kernel would not make it real time
 
     def snapshot(self) -> dict:
-        return {
-            "mode": self.mode,
-            "realtime": self.realtime,
-            "raised": self.raised,
-            "demotions": self.demotions,
-            "refused": self.refused,
-        }
+        return dataclasses.asdict(self)
 
 
 class PacketThreadPriority:

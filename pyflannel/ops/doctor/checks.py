@@ -32,10 +32,14 @@ class Probe:
     facts: dict = field(default_factory=dict)
 
 
+def _this_kernel(kernel: str) -> str:
+    """``kernel``: its release (uname -r), named in findings: what a kernel can do is its own
+    (Debian 12's 6.1 and 13's 6.12 differ from each other and from a VPS host's)."""
+    return f"this kernel ({kernel})" if kernel else "this kernel"
+
+
 def judge_vxlan(p: Probe, tun_ok: bool | None, kernel: str = "") -> Finding:
-    """``kernel``: its release (uname -r), named in the finding: what a kernel can do is its
-    own (Debian 12's 6.1 and 13's 6.12 differ from each other and from a VPS host's)."""
-    this = f"this kernel ({kernel})" if kernel else "this kernel"
+    this = _this_kernel(kernel)
     if p.ok:
         return Finding("vxlan", PASS, f"{this} creates VXLAN devices")
     fallback = "pyflannel falls back to UDP encapsulation (--backend-fallback=auto), at a few % of VXLAN's throughput"
@@ -88,7 +92,7 @@ def judge_fast_path(p: Probe, kernel: str = "") -> Finding:
     """What the UDP backend's fast path may use on this kernel: ``p.facts`` maps each feature
     (backend/udp/kernel_support.py) to None (taken) or the kernel's refusal. Refusals are not
     failures: the data path goes per packet for that half, slower, and says so."""
-    this = f"this kernel ({kernel})" if kernel else "this kernel"
+    this = _this_kernel(kernel)
     if p.ok is None:
         return Finding("udp fast path", PASS, f"not checked: {p.error}")
     refused = {k: why for k, why in p.facts.items() if why}

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from pyflannel.etcd.client import EtcdClient
 
 
-def _run(*cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run(*cmd: str, timeout: float = 10, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def probe_devices() -> tuple[Probe, Probe, Probe, Probe]:
@@ -86,21 +86,19 @@ def probe_fast_path(ns: str) -> Probe:
     """The fast path's kernel features, tried in namespace ``ns`` by a child Python (this
     process stays in its own namespace)."""
     _run("ip", "-n", ns, "link", "set", "lo", "up")
+    module = "pyflannel.backend.udp.kernel_support"
+    path = os.pathsep.join(p for p in sys.path if p)  # this pyflannel, as installed
     try:
-        child = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "pyflannel.backend.udp.kernel_support",
-            ],
-            capture_output=True,
-            text=True,
+        child = _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            module,
             timeout=20,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            env={**os.environ, "PYTHONPATH": path},
         )
         return Probe(True, facts=json.loads(child.stdout))
     except (OSError, subprocess.TimeoutExpired) as e:
