@@ -210,6 +210,26 @@ def test_flows_spread_over_the_worker_processes_on_both_sides(bed):
     assert sorted(w["pid"] for w in udp_stats(a)["per_worker"]) == sorted(a.children())
 
 
+def test_an_echo_reply_leaves_through_the_worker_that_received_its_request(bed):
+    """The kernel makes a ping's reply inside the TUN write of its request and queues it by
+    its own flow hash (no ports for ICMP): the steering program keeps such a pair of pods on
+    one worker, so no second, sleeping worker has to wake up for the reply. (It used the
+    ICMP checksum as ports: a quarter of the replies left through the other worker.)"""
+    a, b, _ = bed.nodes
+    before = udp_stats(b)["per_worker"]
+    assert a.ping(b.pod_ip, count=200, interval=0.01).received == 200
+    after = udp_stats(b)["per_worker"]
+    received, replied = (
+        [w[key] - w0[key] for w, w0 in zip(after, before, strict=True)]
+        for key in ("from_peers", "to_peers")
+    )
+    print(f"\non {b.ns} per worker: requests {received}, replies {replied}")
+    busy = received.index(max(received))
+    assert received[busy] >= 200 and replied[busy] >= 200
+    others = [i for i in range(len(received)) if i != busy]
+    assert all(received[i] < 10 and replied[i] < 10 for i in others), (received, replied)
+
+
 def test_a_killed_worker_is_replaced_by_the_reconciler(bed):
     a, b, _ = bed.nodes
     mark = len(a.log())

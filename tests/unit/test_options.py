@@ -1,5 +1,9 @@
 """Options: upstream flag names and defaults, FLANNELD_* environment, flags win."""
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
 from pyflannel.app.cli import make_parser
@@ -141,3 +145,22 @@ def test_store_settings_given_or_not():
     assert not options(["--etcd-prefix=/net-b", "--subnet-file=/x.env"]).store_given
     assert options(["--etcd-cafile=/ca.pem"]).store_given
     assert options([], {"FLANNELD_ETCD_ENDPOINTS": "http://10.0.0.5:2379"}).store_given
+
+
+def test_the_readme_flag_table_gives_each_options_default():
+    # The operator reads the defaults there: "| `--flag` | `default` | meaning |".
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| `([^`]*)` \|", readme, re.M)
+    defaults = {f.name: f for f in dataclasses.fields(Options)}
+    assert len(rows) > 20
+    for flag, shown in rows:
+        field = defaults[flag[2:].replace("-", "_")]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if isinstance(default, bool):
+            assert shown == str(default).lower(), flag
+        elif isinstance(default, float):
+            assert float(shown) == default, flag
+        elif isinstance(default, list):
+            assert shown == ",".join(default), flag
+        else:
+            assert shown == str(default), flag

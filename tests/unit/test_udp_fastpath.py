@@ -13,7 +13,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
 import pyflannel.backend.udp as udp_package
-from pyflannel.backend.udp import gso, tun
+from pyflannel.backend.udp import forwarder, gso, tun
 from pyflannel.backend.udp import packet as pk
 from pyflannel.backend.udp.forwarder import UDP_SEGMENT
 
@@ -69,6 +69,45 @@ def test_a_burst_from_the_tun_leaves_as_one_datagram_per_inner_packet(rig):
     assert received == [minus_one_ttl(p) for p in packets]  # each datagram: one inner packet
     assert sent_calls and max(sent_calls) > 1  # ... sent with UDP_SEGMENT, several per call
     rig.wait(lambda: rig.fwd.to_peers.packets == 20)
+
+
+def test_the_first_packet_of_a_wake_up_leaves_before_the_tun_is_read_again(rig, monkeypatch):
+    # A lone packet must not wait for the read that finds the TUN empty; a burst still forms
+    # its batch behind the first packet.
+    events = []
+    real_readv, real_sendto, real_sendmsg = forwarder.os.readv, rig.sock.sendto, rig.sock.sendmsg
+
+    def readv(fd, buffers):
+        try:
+            n = real_readv(fd, buffers)
+        except BlockingIOError:
+            events.append("empty")
+            raise
+        events.append("read")
+        return n
+
+    def sendto(data, address):
+        events.append("send 1")
+        return real_sendto(data, address)
+
+    def sendmsg(buffers, *args):
+        events.append(f"send {len(buffers)}")
+        return real_sendmsg(buffers, *args)
+
+    monkeypatch.setattr(forwarder.os, "readv", readv)
+    rig.sock = rig.fwd.sock = _Patched(rig.sock, sendto=sendto, sendmsg=sendmsg)
+    for p in outgoing_flow(5):  # queued before the data path looks: one wake-up sees them all
+        rig.kernel.send(gso.PLAIN + p)
+    rig.fwd.start()
+    for _ in range(5):
+        rig.peer.recvfrom(65536)
+    rig.wait(lambda: "empty" in events)
+    assert events == ["read", "send 1", "read", "read", "read", "read", "empty", "send 4"]
+    del events[:]
+    rig.kernel.send(gso.PLAIN + outgoing_flow(1)[0])  # alone
+    rig.peer.recvfrom(65536)
+    rig.wait(lambda: "empty" in events)
+    assert events == ["read", "send 1", "empty"]
 
 
 def test_a_burst_from_a_peer_reaches_the_tun_as_gso_writes_of_the_same_packets(rig):

@@ -139,8 +139,10 @@ def test_without_the_right_to_real_time_it_says_so_and_stays_ordinary():
 
 def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before():
     """A thread waking every millisecond (a light packet flow) pinned to one core: ordinary
-    while the core is free; two busy loops put on that core make its wake-ups wait, and the
-    next look makes it real time."""
+    while its wake-ups do not wait; two busy loops put on that core make them wait, and the
+    next look makes it real time. (Whether the core is free before the hogs is not this
+    test's to choose, another process of the machine may be on it: the first look is judged
+    by the waits it measured.)"""
     if os.geteuid() != 0:
         pytest.skip("needs root (CAP_SYS_NICE) to make a thread real time")
     core = sorted(os.sched_getaffinity(0))[-1]
@@ -163,7 +165,9 @@ def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before(
     try:
         time.sleep(0.3)
         keeper.watch()
-        assert not keeper.state.realtime and _policy(tids[0]) == os.SCHED_OTHER
+        contended = keeper.last_wait is not None and keeper.last_wait > CONTENDED_WAIT
+        assert keeper.state.realtime == contended, (keeper.last_wait, keeper.state)
+        assert _policy(tids[0]) == (os.SCHED_RR if contended else os.SCHED_OTHER)
         hogs = [
             subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
             for _ in range(2)

@@ -1,12 +1,13 @@
 """Worker steering: the classic BPF program, run by the kernel on a real SO_REUSEPORT group on
 loopback, sends each datagram to socket ``flow_hash(inner packet) % workers``; the hash keeps
-a flow and its replies together and spreads the flows of one peer."""
+a flow and its replies together and spreads the flows of one peer. (That the kernel's TUN then
+sends the replies through the same worker: tests/e2e/test_udp_cluster.py.)"""
 
 import random
 import socket
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 
 from pyflannel.backend.udp import steering
 
@@ -45,8 +46,13 @@ def random_packet(rng: random.Random) -> bytes:
     src = ".".join(str(rng.randrange(256)) for _ in range(4))
     dst = ".".join(str(rng.randrange(256)) for _ in range(4))
     options = [b"\x01\x01\x01\x00"] if rng.random() < 0.3 else []  # NOPs: a longer header
-    transport = rng.choice([TCP, UDP])(sport=rng.randrange(65536), dport=rng.randrange(65536))
-    return bytes(IP(src=src, dst=dst, options=options) / transport / b"data")
+    kind = rng.choice([TCP, UDP, ICMP])
+    if kind is ICMP:
+        transport = ICMP(id=rng.randrange(65536), seq=rng.randrange(65536))
+    else:
+        transport = kind(sport=rng.randrange(65536), dport=rng.randrange(65536))
+    fragment = rng.choice([{}, {}, {"flags": "MF"}, {"frag": rng.randrange(1, 8192)}])
+    return bytes(IP(src=src, dst=dst, options=options, **fragment) / transport / b"data")
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -84,6 +90,24 @@ def test_a_flow_and_its_replies_hash_alike():
         there = bytes(IP(src=a, dst=b) / TCP(sport=sp, dport=dp))
         back = bytes(IP(src=b, dst=a) / TCP(sport=dp, dport=sp, flags="A"))
         assert steering.flow_hash(there) == steering.flow_hash(back)
+
+
+def test_an_echo_and_its_reply_hash_alike_whatever_their_sequence_numbers():
+    # The kernel makes the reply inside the TUN write of the request and queues it by its own
+    # hash, which has no ports for ICMP: ours must not use the ICMP checksum as "ports".
+    hashes = {
+        steering.flow_hash(bytes(IP(src=s, dst=d) / ICMP(type=t, id=9, seq=seq)))
+        for seq in range(64)
+        for s, d, t in (("10.1.1.2", "10.1.2.2", 8), ("10.1.2.2", "10.1.1.2", 0))
+    }
+    assert len(hashes) == 1
+
+
+def test_the_fragments_of_a_datagram_hash_alike():
+    datagram = IP(src="10.1.1.2", dst="10.1.2.2", id=77) / UDP(sport=4000, dport=53) / (b"x" * 3000)
+    pieces = fragment(datagram, fragsize=1000)
+    assert len(pieces) == 4
+    assert len({steering.flow_hash(bytes(p)) for p in pieces}) == 1
 
 
 def test_connections_from_even_ephemeral_ports_still_spread_over_two_workers():

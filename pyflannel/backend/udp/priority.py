@@ -79,6 +79,7 @@ class PacketThreadPriority:
         self._tid = 0
         self._cpu = self._at = self._since = 0.0
         self._delay = self._wakeups = 0
+        self.last_wait: float | None = None  # the last window's mean run-queue wait (s)
 
     def enter(self) -> None:
         """Called by the packet thread as it starts."""
@@ -105,6 +106,7 @@ class PacketThreadPriority:
         share = (cpu - self._cpu) / max(now - self._at, 1e-3)
         woke = wakeups - self._wakeups
         wait = (delay - self._delay) / woke / 1e9 if woke >= MIN_WAKEUPS else None
+        self.last_wait = wait
         self._cpu, self._at, self._delay, self._wakeups = cpu, now, delay, wakeups
         realtime = self.state.realtime
         wanted = next_realtime(self.state.mode, realtime, share, wait, now - self._since)
