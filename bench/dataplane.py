@@ -5,7 +5,7 @@ each data-path design, and WireGuard (userspace), in one run on one 2-node test 
     sudo python3 bench/dataplane.py --latency [--repeat 3]
 
 ``--latency``: the UDP path's latency, pyflannel's (as it runs by default, with its
-data-path priority off, and as the path was before the epoll loop and the priority)
+data-path priority off, and on the stdlib event loop it ran on before the epoll loop)
 beside upstream flanneld v0.20.2's and kernel VXLAN, in one run:
 pod-to-pod ping RTT (300 pings 10 ms apart; p50 and p99) idle and beside a busy loop on every
 core (nice 0, as a noisy neighbour's), and 1-stream TCP throughput with the daemons' CPU per
@@ -156,7 +156,7 @@ LATENCY_MODES = {
     "vxlan (kernel)": ("pyflannel", "vxlan", ()),
     "udp pyflannel": ("pyflannel", "udp", ()),
     "udp pyflannel, priority off": ("pyflannel", "udp", ("--udp-priority=normal",)),
-    "udp pyflannel as before": (  # the data path as it was: the stdlib loop, nice 0
+    "udp pyflannel, stdlib loop, priority off": (  # the data path's loop before epoll
         "pyflannel",
         "udp",
         ("--udp-datapath=asyncio", "--udp-priority=normal"),

@@ -18,7 +18,11 @@ async def report_drops(
     before: dict[str, int] = {}
     while True:
         await asyncio.sleep(every)
-        counters = await stats()
+        try:
+            counters = await stats()
+        except Exception as e:  # a report never stops the daemon; the next one tries again
+            log.warning("udp data path: its counters could not be read: %s", e)
+            continue
         if counters is None:
             continue
         now = {

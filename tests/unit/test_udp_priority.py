@@ -15,35 +15,42 @@ from pyflannel.backend.udp import priority
 from pyflannel.backend.udp.priority import (
     AUTO,
     BUDGET,
+    CONTENDED_IDLE,
     CONTENDED_WAIT,
     HOLD,
     NORMAL,
     REALTIME,
     PacketThreadPriority,
+    contended,
     next_realtime,
 )
 
 
-def test_auto_is_real_time_only_while_neighbours_make_the_thread_wait():
-    free, contended = CONTENDED_WAIT / 10, CONTENDED_WAIT * 10
-    assert not next_realtime(AUTO, False, 0.01, free, 0)
-    assert not next_realtime(AUTO, False, 0.01, None, 0)  # too few wake-ups to tell
-    assert next_realtime(AUTO, False, 0.01, contended, 0)
-    assert next_realtime(AUTO, True, 0.01, None, HOLD / 2)  # held...
-    assert not next_realtime(AUTO, True, 0.01, None, HOLD)  # ... then ordinary, to look again
-    assert next_realtime(REALTIME, False, 0.01, free, 0) and next_realtime(
-        REALTIME, True, 0, None, 1e6
-    )
-    assert not next_realtime(NORMAL, False, 0.01, contended, 0)
+def test_neighbours_contend_when_the_thread_waits_and_its_cpus_are_not_idle():
+    waited, busy = CONTENDED_WAIT * 10, CONTENDED_IDLE / 4
+    assert contended(waited, busy)
+    # a lone flow's wake-ups wait for whoever woke them, on CPUs that are otherwise idle
+    assert not contended(waited, 0.99)
+    assert not contended(CONTENDED_WAIT / 10, busy)  # busy CPUs, but the thread is let in
+    assert not contended(None, busy) and not contended(waited, None)  # too little to tell
+
+
+def test_auto_is_real_time_only_while_neighbours_contend():
+    assert not next_realtime(AUTO, False, 0.01, False, 0)
+    assert next_realtime(AUTO, False, 0.01, True, 0)
+    assert next_realtime(AUTO, True, 0.01, False, HOLD / 2)  # held...
+    assert not next_realtime(AUTO, True, 0.01, False, HOLD)  # ... then ordinary, to look again
+    assert next_realtime(REALTIME, False, 0.01, False, 0)
+    assert next_realtime(REALTIME, True, 0, False, 1e6)
+    assert not next_realtime(NORMAL, False, 0.01, True, 0)
 
 
 def test_over_budget_goes_ordinary_and_back_only_well_under_it():
-    contended = CONTENDED_WAIT * 10
     for mode in (AUTO, REALTIME):
-        assert next_realtime(mode, True, BUDGET, None, 0)
-        assert not next_realtime(mode, True, BUDGET + 0.01, None, 0)
-        assert not next_realtime(mode, False, BUDGET * 0.6, contended, 0)  # not back at once
-        assert next_realtime(mode, False, BUDGET * 0.4, contended, 0)
+        assert next_realtime(mode, True, BUDGET, False, 0)
+        assert not next_realtime(mode, True, BUDGET + 0.01, False, 0)
+        assert not next_realtime(mode, False, BUDGET * 0.6, True, 0)  # not back at once
+        assert next_realtime(mode, False, BUDGET * 0.4, True, 0)
 
 
 def _policy(tid: int) -> int:
@@ -139,10 +146,10 @@ def test_without_the_right_to_real_time_it_says_so_and_stays_ordinary():
 
 def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before():
     """A thread waking every millisecond (a light packet flow) pinned to one core: ordinary
-    while its wake-ups do not wait; two busy loops put on that core make them wait, and the
-    next look makes it real time. (Whether the core is free before the hogs is not this
-    test's to choose, another process of the machine may be on it: the first look is judged
-    by the waits it measured.)"""
+    while the core is free; two busy loops put on that core take its idle time and make the
+    thread's wake-ups wait, and the next look makes it real time. (Whether the core is free
+    before the hogs is not this test's to choose, another process of the machine may be on
+    it: the first look is judged by what it measured.)"""
     if os.geteuid() != 0:
         pytest.skip("needs root (CAP_SYS_NICE) to make a thread real time")
     core = sorted(os.sched_getaffinity(0))[-1]
@@ -165,9 +172,10 @@ def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before(
     try:
         time.sleep(0.3)
         keeper.watch()
-        contended = keeper.last_wait is not None and keeper.last_wait > CONTENDED_WAIT
-        assert keeper.state.realtime == contended, (keeper.last_wait, keeper.state)
-        assert _policy(tids[0]) == (os.SCHED_RR if contended else os.SCHED_OTHER)
+        assert keeper.last_idle is not None  # the core's ticks were read
+        waited = contended(keeper.last_wait, keeper.last_idle)
+        assert keeper.state.realtime == waited, (keeper.last_wait, keeper.last_idle, keeper.state)
+        assert _policy(tids[0]) == (os.SCHED_RR if waited else os.SCHED_OTHER)
         hogs = [
             subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
             for _ in range(2)
@@ -177,6 +185,7 @@ def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before(
         time.sleep(0.3)
         keeper.watch()
         assert keeper.state.realtime and keeper.state.raised == 1, keeper.state
+        assert keeper.last_idle < CONTENDED_IDLE, keeper.last_idle
         assert _policy(tids[0]) == os.SCHED_RR
     finally:
         for hog in hogs:

@@ -133,6 +133,45 @@ def test_a_channel_queues_a_large_table_for_a_busy_worker_without_blocking_the_c
     worker_end.close()
 
 
+def test_a_snapshot_whose_channel_is_closed_under_it_gets_no_answer_and_no_exception():
+    """The reconciler restarts a path (closing its channels) while the drop report's snapshot
+    waits for the workers' answers: that snapshot gets none. It raised before (select() on a
+    closed socket), and the exception stopped the daemon."""
+    import socket
+    import time
+
+    from pyflannel.backend.udp.pool import Channel
+
+    ours, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = Channel(ours)
+    channel.close()
+    assert channel.reply({"snapshot": 1}, "snapshot", time.monotonic() + 0.2) is None
+    assert channel.broken == "control socket closed"
+    worker_end.close()
+
+
+async def test_a_drop_report_that_cannot_read_the_counters_says_so_and_goes_on(caplog):
+    import asyncio
+
+    from pyflannel.ops.datapath_report import report_drops
+
+    calls = []
+
+    async def stats():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("the path restarted under the snapshot")
+        return {"to_peers": {"drops": {"no_route": len(calls)}}, "from_peers": {"drops": {}}}
+
+    task = asyncio.create_task(report_drops(stats, every=0.01))
+    while len(calls) < 3 and not task.done():
+        await asyncio.sleep(0.01)
+    assert not task.done(), task.exception()  # it went on
+    task.cancel()
+    assert "its counters could not be read: the path restarted" in caplog.text
+    assert "dropped packets" in caplog.text
+
+
 def test_workers_import_the_daemons_own_pyflannel_wherever_it_is_installed(tmp_path):
     """The Debian package keeps pyflannel in a private directory: a worker started with
     ``python -m`` from elsewhere must still find that copy, before any other (``-S``: not

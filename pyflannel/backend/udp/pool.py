@@ -59,7 +59,8 @@ class Channel:
 
     def reply(self, message: dict, key: str, deadline: float) -> dict | None:
         """The answer to ``message`` (sent before), matched on ``key``; None by ``deadline``
-        (a monotonic time) or if the socket broke."""
+        (a monotonic time), if the socket broke, or if the channel was closed meanwhile (the
+        path restarted under a snapshot)."""
         while not self.broken:
             line, newline, rest = self._pending.partition(b"\n")
             if newline:
@@ -69,10 +70,13 @@ class Channel:
                     return reply
                 continue  # the late answer to an earlier request that timed out
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                return None
             try:
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    return None
                 chunk = self.sock.recv(1 << 16)
+            except ValueError:  # closed here (its descriptor is -1)
+                self.broken = "control socket closed"
+                return None
             except OSError as e:
                 self.broken = f"control socket: {e}"
                 return None

@@ -5,11 +5,15 @@ packet arrives should run at once, not after a busy neighbour's time slice.
 control thread) runs at ordinary priority while the CPU is free, and goes to ``SCHED_RR``
 priority 1, the lowest real-time priority, when neighbours make it wait: when, over a
 WINDOW, its wake-ups waited on a run queue CONTENDED_WAIT on average (the kernel's schedstat
-for the thread). Real time then preempts the neighbours the moment a packet wakes the thread
-(measured: p99 0.7 ms beside a busy loop per core, against 4.5 ms), but on a free CPU it costs
-~0.1 ms a round trip (the kernel places a waking real-time thread on another core), so it is
-held only HOLD seconds at a time, then ordinary priority is tried again. ``realtime``: real
-time whenever within the budget, contended or not. ``normal``: ordinary, as upstream.
+for the thread) *and* its CPUs were idle less than CONTENDED_IDLE of the time (/proc/stat).
+Both: a lone flow's wake-ups wait too, for whoever woke them (the pod that sent, the softirq
+that received) to leave the CPU: 3-70 us on average, measured, on CPUs 99 % idle; a busy loop
+per core makes that 110-215 us, with no idle time. Real time then preempts the neighbours the
+moment a packet wakes the thread (measured: p99 0.7 ms beside a busy loop per core, against
+4.5 ms), but on a free CPU it costs ~0.05-0.1 ms a round trip (the kernel places a waking
+real-time thread on another core, away from the warm cache), so it is held only HOLD seconds
+at a time, then ordinary priority is tried again. ``realtime``: real time whenever within the
+budget, contended or not. ``normal``: ordinary, as upstream.
 
 Bounded as the kernel bounds its own packet work (softirqs run at once until they take too
 long, then ``ksoftirqd`` carries on at ordinary priority): a thread that used more than
@@ -38,21 +42,29 @@ RT_PRIORITY = 1
 WINDOW = 0.25  # seconds between looks at the packet thread
 BUDGET = 0.2  # share of one core the packet thread may use at real-time priority
 CONTENDED_WAIT = 10e-6  # mean run-queue wait per wake-up (s) that says the CPU is contended
+CONTENDED_IDLE = 0.2  # ... if the thread's CPUs were idle less than this share of the window
 MIN_WAKEUPS = 5  # wake-ups in a window to judge it by
 HOLD = 30.0  # seconds real time is kept in auto mode before ordinary is tried again
 
 
-def next_realtime(mode: str, realtime: bool, share: float, wait: float | None, held: float) -> bool:
+def contended(wait: float | None, idle: float | None) -> bool:
+    """Whether neighbours made the packet thread wait in a window: ``wait`` its mean run-queue
+    wait per wake-up (None: too few wake-ups to tell), ``idle`` the share of the time its
+    CPUs were idle (None: unknown)."""
+    return wait is not None and wait > CONTENDED_WAIT and idle is not None and idle < CONTENDED_IDLE
+
+
+def next_realtime(mode: str, realtime: bool, share: float, contended: bool, held: float) -> bool:
     """Whether the packet thread should be real time for the next window: ``share`` of a core
-    it used in the last one, ``wait`` its mean run-queue wait per wake-up then (None: too few
-    wake-ups, or real time, to tell), ``held`` seconds it has been real time."""
+    it used in the last one, whether neighbours ``contended`` for its CPUs then (contended()),
+    ``held`` seconds it has been real time."""
     if mode == NORMAL:
         return False
     if realtime:
         return share <= BUDGET and (mode == REALTIME or held < HOLD)
     if share >= BUDGET / 2:  # back only well under the budget: no flapping at its edge
         return False
-    return mode == REALTIME or (wait is not None and wait > CONTENDED_WAIT)
+    return mode == REALTIME or contended
 
 
 @dataclasses.dataclass
@@ -79,7 +91,9 @@ class PacketThreadPriority:
         self._tid = 0
         self._cpu = self._at = self._since = 0.0
         self._delay = self._wakeups = 0
-        self.last_wait: float | None = None  # the last window's mean run-queue wait (s)
+        self._idle: tuple[int, int] = (0, 0)
+        self.last_wait: float | None = None  # the last window's mean run-queue wait (s) ...
+        self.last_idle: float | None = None  # ... and its CPUs' idle share
 
     def enter(self) -> None:
         """Called by the packet thread as it starts."""
@@ -87,6 +101,7 @@ class PacketThreadPriority:
         self._tid = threading.get_native_id()
         self._cpu, self._at = time.thread_time(), time.monotonic()
         self._delay, self._wakeups = self._schedstat()
+        self._idle = self._cpus_idle()
         if self.state.mode == REALTIME:
             self._set(True)
 
@@ -105,11 +120,19 @@ class PacketThreadPriority:
         delay, wakeups = self._schedstat()
         share = (cpu - self._cpu) / max(now - self._at, 1e-3)
         woke = wakeups - self._wakeups
-        wait = (delay - self._delay) / woke / 1e9 if woke >= MIN_WAKEUPS else None
-        self.last_wait = wait
-        self._cpu, self._at, self._delay, self._wakeups = cpu, now, delay, wakeups
+        self.last_wait = (delay - self._delay) / woke / 1e9 if woke >= MIN_WAKEUPS else None
+        idle = self._cpus_idle()
+        ticks = idle[1] - self._idle[1]
+        self.last_idle = (idle[0] - self._idle[0]) / ticks if ticks > 0 else None
+        self._cpu, self._at, self._delay, self._wakeups, self._idle = cpu, now, delay, wakeups, idle
         realtime = self.state.realtime
-        wanted = next_realtime(self.state.mode, realtime, share, wait, now - self._since)
+        wanted = next_realtime(
+            self.state.mode,
+            realtime,
+            share,
+            contended(self.last_wait, self.last_idle),
+            now - self._since,
+        )
         if wanted == realtime:
             return
         if realtime and share > BUDGET:
@@ -125,6 +148,22 @@ class PacketThreadPriority:
         try:
             fields = Path(f"/proc/self/task/{self._tid}/schedstat").read_text().split()
             return int(fields[1]), int(fields[2])
+        except (OSError, ValueError, IndexError):
+            return 0, 0
+
+    def _cpus_idle(self) -> tuple[int, int]:
+        """Idle and all clock ticks so far of the CPUs the packet thread may run on."""
+        try:
+            allowed = {f"cpu{n}" for n in os.sched_getaffinity(self._tid)}
+            idle = total = 0
+            for line in Path("/proc/stat").read_text().splitlines():
+                name, _, rest = line.partition(" ")
+                if name in allowed:
+                    # user nice system idle iowait irq softirq steal (guest is within user)
+                    ticks = [int(t) for t in rest.split()[:8]]
+                    idle += ticks[3] + ticks[4]
+                    total += sum(ticks)
+            return idle, total
         except (OSError, ValueError, IndexError):
             return 0, 0
 

@@ -11,9 +11,9 @@ Ports count only where the kernel's own flow hash reads them (TCP, UDP, DCCP, SC
 and not in a fragment): the TUN sends a flow's packets to the queue that last wrote one of
 that flow, keyed by that hash. An ICMP echo's "ports" would be its type and checksum, new with
 every sequence number: its request reached one worker and the reply the kernel makes in that
-very TUN write went to the queue of the previous request's worker, which had to be woken
-(a quarter of the pings, measured; +0.1-0.3 ms each). Without ports, a pair of pods' ICMP
-and fragments stay on one worker, as they do in the kernel's choice of queue.
+very TUN write went to the queue of the previous request's worker, which had to be woken (a
+quarter of the replies with two workers, measured). Without ports, a pair of pods' ICMP and
+fragments stay on one worker, as they do in the kernel's choice of queue.
 
 ``flow_hash`` is the same function in Python, the reference the kernel test checks against.
 A datagram too short for the program's loads makes it return 0: junk goes to worker 0.
