@@ -5,12 +5,13 @@ each data-path design, and WireGuard (userspace), in one run on one 2-node test 
     sudo python3 bench/dataplane.py --latency [--repeat 3]
 
 ``--latency``: the UDP path's latency, pyflannel's (as it runs by default, with its
-data-path priority off, and on the stdlib event loop it ran on before the epoll loop)
-beside upstream flanneld v0.20.2's and kernel VXLAN, in one run:
+data-path priority off, real time always, and on the stdlib event loop it ran on before the
+epoll loop) beside upstream flanneld v0.20.2's and kernel VXLAN, in one run:
 pod-to-pod ping RTT (300 pings 10 ms apart; p50 and p99) idle and beside a busy loop on every
 core (nice 0, as a noisy neighbour's), and 1-stream TCP throughput with the daemons' CPU per
-GB; each mode in turn, repeated, medians of the repeats. Writes
-bench/results/dataplane-latency.{json,md}.
+GB; each mode in turn, repeated, medians of the repeats. Also how many of the nodes' threads
+ran real time at the end of the idle and of the busy pings (auto: none idle, the packet
+threads busy). Writes bench/results/dataplane-latency.{json,md}.
 
 For each mode: iperf3 TCP pod -> pod (underlay: host -> host) with 1 and 4 streams, both
 directions, repeated; ping RTT (median, p99); CPU seconds the two daemons and their UDP
@@ -156,6 +157,7 @@ LATENCY_MODES = {
     "vxlan (kernel)": ("pyflannel", "vxlan", ()),
     "udp pyflannel": ("pyflannel", "udp", ()),
     "udp pyflannel, priority off": ("pyflannel", "udp", ("--udp-priority=normal",)),
+    "udp pyflannel, real time always": ("pyflannel", "udp", ("--udp-priority=realtime",)),
     "udp pyflannel, stdlib loop, priority off": (  # the data path's loop before epoll
         "pyflannel",
         "udp",
@@ -193,6 +195,18 @@ def noisy_neighbour():
             loop.wait()
 
 
+def realtime_threads(nodes) -> int:
+    """How many threads of the nodes' daemons and workers run real time (SCHED_RR) now."""
+    count = 0
+    for node in nodes:
+        for pid in (node.pid, *node.all_children()):
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        count += os.sched_getscheduler(int(tid)) == os.SCHED_RR
+    return count
+
+
 def latency_once(bed: TestBed, mode: str, seconds: float) -> dict:
     from bench.upstream import cluster
 
@@ -205,8 +219,10 @@ def latency_once(bed: TestBed, mode: str, seconds: float) -> dict:
     while a.ping(b.pod_ip, count=1, wait=1).received != 1 and time.monotonic() < deadline:
         pass
     idle = summary(ping_rtts(a, b))
+    realtime_idle = realtime_threads((a, b))
     with noisy_neighbour():
         busy = summary(ping_rtts(a, b))
+        realtime_busy = realtime_threads((a, b))
     pids = [p for n in (a, b) for p in (n.pid, *n.all_children())]
     cpu0 = [cpu_seconds(p) for p in pids]
     try:
@@ -220,6 +236,8 @@ def latency_once(bed: TestBed, mode: str, seconds: float) -> dict:
         "busy_p50": busy["median"],
         "busy_p99": busy["p99"],
         "lost": 2 * PINGS - idle["n"] - busy["n"],
+        "rt_idle": realtime_idle,
+        "rt_busy": realtime_busy,
         "gbps": rate,
         "cpu_s_per_gb": cpu / (rate * seconds / 8) if rate == rate and rate else float("nan"),
     }
@@ -234,7 +252,17 @@ def latency(args) -> int:
             for mode in LATENCY_MODES:
                 samples[mode].append(latency_once(bed, mode, args.seconds))
                 print(f"run {n + 1} {mode}: {samples[mode][-1]}", flush=True)
-    keys = ("idle_p50", "idle_p99", "busy_p50", "busy_p99", "gbps", "cpu_s_per_gb", "lost")
+    keys = (
+        "idle_p50",
+        "idle_p99",
+        "busy_p50",
+        "busy_p99",
+        "gbps",
+        "cpu_s_per_gb",
+        "lost",
+        "rt_idle",
+        "rt_busy",
+    )
     results = {
         mode: {k: summary([s[k] for s in runs])["median"] for k in keys} | {"samples": runs}
         for mode, runs in samples.items()
@@ -251,6 +279,7 @@ def latency(args) -> int:
             r["gbps"],
             r["cpu_s_per_gb"],
             int(r["lost"]),
+            f"{r['rt_idle']:g} / {r['rt_busy']:g}",
         ]
         for mode, r in results.items()
     ]
@@ -265,6 +294,7 @@ def latency(args) -> int:
             "1-stream Gbit/s",
             "CPU s/GB",
             "pings lost",
+            "real-time threads idle / busy",
         ],
         rows,
     )

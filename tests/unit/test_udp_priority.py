@@ -21,18 +21,20 @@ from pyflannel.backend.udp.priority import (
     NORMAL,
     REALTIME,
     PacketThreadPriority,
-    contended,
+    neighbours_contend,
     next_realtime,
 )
 
 
 def test_neighbours_contend_when_the_thread_waits_and_its_cpus_are_not_idle():
     waited, busy = CONTENDED_WAIT * 10, CONTENDED_IDLE / 4
-    assert contended(waited, busy)
+    assert neighbours_contend(waited, busy)
     # a lone flow's wake-ups wait for whoever woke them, on CPUs that are otherwise idle
-    assert not contended(waited, 0.99)
-    assert not contended(CONTENDED_WAIT / 10, busy)  # busy CPUs, but the thread is let in
-    assert not contended(None, busy) and not contended(waited, None)  # too little to tell
+    assert not neighbours_contend(waited, 0.99)
+    assert not neighbours_contend(CONTENDED_WAIT / 10, busy)  # busy CPUs, but the thread is let in
+    assert not neighbours_contend(None, busy) and not neighbours_contend(
+        waited, None
+    )  # too little to tell
 
 
 def test_auto_is_real_time_only_while_neighbours_contend():
@@ -173,7 +175,7 @@ def test_auto_goes_real_time_when_busy_neighbours_share_its_core_and_not_before(
         time.sleep(0.3)
         keeper.watch()
         assert keeper.last_idle is not None  # the core's ticks were read
-        waited = contended(keeper.last_wait, keeper.last_idle)
+        waited = neighbours_contend(keeper.last_wait, keeper.last_idle)
         assert keeper.state.realtime == waited, (keeper.last_wait, keeper.last_idle, keeper.state)
         assert _policy(tids[0]) == (os.SCHED_RR if waited else os.SCHED_OTHER)
         hogs = [

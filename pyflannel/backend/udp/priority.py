@@ -47,7 +47,7 @@ MIN_WAKEUPS = 5  # wake-ups in a window to judge it by
 HOLD = 30.0  # seconds real time is kept in auto mode before ordinary is tried again
 
 
-def contended(wait: float | None, idle: float | None) -> bool:
+def neighbours_contend(wait: float | None, idle: float | None) -> bool:
     """Whether neighbours made the packet thread wait in a window: ``wait`` its mean run-queue
     wait per wake-up (None: too few wake-ups to tell), ``idle`` the share of the time its
     CPUs were idle (None: unknown)."""
@@ -56,8 +56,8 @@ def contended(wait: float | None, idle: float | None) -> bool:
 
 def next_realtime(mode: str, realtime: bool, share: float, contended: bool, held: float) -> bool:
     """Whether the packet thread should be real time for the next window: ``share`` of a core
-    it used in the last one, whether neighbours ``contended`` for its CPUs then (contended()),
-    ``held`` seconds it has been real time."""
+    it used in the last one, whether neighbours ``contended`` for its CPUs then
+    (neighbours_contend()), ``held`` seconds it has been real time."""
     if mode == NORMAL:
         return False
     if realtime:
@@ -130,7 +130,7 @@ class PacketThreadPriority:
             self.state.mode,
             realtime,
             share,
-            contended(self.last_wait, self.last_idle),
+            neighbours_contend(self.last_wait, self.last_idle),
             now - self._since,
         )
         if wanted == realtime:
