@@ -4,8 +4,9 @@ when one dies.
 
 Worker processes are started with exec (``python -m``), never a bare fork: a forked copy of
 the daemon would carry its event loop, its netlink thread's state and its etcd connections
-into a process that must own none of them. They import the daemon's own copy of pyflannel, wherever it is installed (the Debian package keeps it in a
-private directory that is not on Python's default path).
+into a process that must own none of them. They import the daemon's own copy of pyflannel,
+wherever it is installed (the Debian package keeps it in a private directory that is not on
+Python's default path).
 """
 
 from __future__ import annotations
